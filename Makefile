@@ -1,0 +1,50 @@
+# Everything a fresh machine needs is installed from here: the virtualenv, the package, and the
+# Apache Kafka broker jars (Maven Central, cached under ~/.cache/kafkaworker).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install jars lint format test test-fast kafka run clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changed (or the venv is gone): `make install` is idempotent.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "kafkaworker needs Python >= 3.11; set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+jars: install
+	@$(PY) -m tools.kafka.broker fetch >/dev/null
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict kafkaworker tools
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# The whole suite, slow fault tests included, against a real broker the suite starts and stops.
+test: lint jars
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install jars
+	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+# A dev broker in the foreground on 127.0.0.1:9092; Ctrl+C stops it.
+kafka: jars
+	$(PY) -m tools.kafka.broker run --port 9092
+
+# The example worker and a small load generator, with a local broker when none answers on 9092.
+run: jars
+	$(PY) -m tools.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -1,0 +1,82 @@
+"""Session-wide fixtures: one real Apache Kafka broker for the whole run.
+
+With KAFKAWORKER_TEST_BOOTSTRAP=host:port the suite uses that cluster instead of starting one.
+When any test fails, the broker logs are copied to build/test-logs/ for the post-mortem.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tools.kafka.broker import Cluster
+
+LOG_DIR = Path(__file__).resolve().parent.parent / "build" / "test-logs"
+_clusters: list[tuple[str, Cluster]] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.testsfailed:
+        for name, cluster in _clusters:
+            for path in cluster.keep_logs(LOG_DIR / name):
+                print(f"\nkept broker log: {path}")
+
+
+def _started(name: str, cluster: Cluster) -> Cluster:
+    _clusters.append((name, cluster))
+    cluster.start()
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """bootstrap.servers of a real broker (KRaft, share groups on)."""
+    external = os.environ.get("KAFKAWORKER_TEST_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    cluster = _started("single", Cluster(1))
+    try:
+        yield cluster.bootstrap
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster3() -> Iterator[Cluster]:
+    """Three KRaft nodes, replication factor 3, min.insync.replicas=2; nodes can be stopped."""
+    cluster = _started("cluster3", Cluster(3, heap="512m"))
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def admin(kafka_bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+TopicFactory = Callable[..., str]
+
+
+@pytest.fixture
+def new_topic(admin: AdminClient) -> Iterator[TopicFactory]:
+    """Create uniquely named topics for one test and delete them afterwards."""
+    created: list[str] = []
+
+    def create(partitions: int = 1, *, prefix: str = "t", replication: int = 1) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        admin.create_topics([NewTopic(name, partitions, replication)])[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield create
+    if created:
+        for future in admin.delete_topics(created, operation_timeout=30).values():
+            future.exception(timeout=30)

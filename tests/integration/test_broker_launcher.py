@@ -1,0 +1,93 @@
+"""The broker launcher never leaves a JVM behind and says in one line what is missing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tools.kafka import broker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited but is still listed until its parent reaps it.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
+
+
+def _wait_dead(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.kafka
+def test_broker_dies_with_a_parent_killed_by_sigkill() -> None:
+    script = (
+        "from tools.kafka.broker import Cluster\n"
+        "import sys, time\n"
+        "c = Cluster(1)\n"
+        "c.start()\n"
+        "print(c.nodes[0].process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    jvm = int(parent.stdout.readline())
+    assert _alive(jvm)
+    parent.kill()
+    parent.wait()
+    assert _wait_dead(jvm, 15), f"JVM {jvm} outlived its parent"
+
+
+@pytest.mark.kafka
+def test_dev_broker_stops_on_ctrl_c() -> None:
+    port = broker.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.kafka.broker", "run", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    banner = proc.stdout.readline()
+    assert f"127.0.0.1:{port}" in banner
+    jvm = int(banner.split("(pid ", 1)[1].split(",", 1)[0])
+    assert _alive(jvm)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    assert _wait_dead(jvm, 15)
+    assert not broker._port_answers(port)
+
+
+def test_missing_maven_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    java_dir = Path(
+        os.path.realpath(
+            subprocess.run(
+                ["sh", "-c", "command -v java"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
+    ).parent
+    monkeypatch.setenv("PATH", str(java_dir))
+    with pytest.raises(broker.BrokerError) as error:
+        broker.ensure_jars()
+    message = str(error.value)
+    assert "'mvn' is not on PATH" in message
+    assert "\n" not in message

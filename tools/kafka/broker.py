@@ -1,0 +1,473 @@
+"""A real Apache Kafka (KRaft, broker + controller in one JVM) on loopback, for tests.
+
+No Docker here, so the broker is the Apache Kafka jars from Maven Central, run straight from a
+cache outside the work tree. One node, or a three-node cluster whose nodes a test can stop and
+start one at a time.
+
+Every JVM runs in its own session (so it is stopped with its whole process group) under
+`setpriv --pdeathsig KILL`, so it also dies with the Python process that started it when that
+process is killed with SIGKILL: a failed or interrupted run never leaves an orphan broker behind.
+setpriv sets PR_SET_PDEATHSIG between fork and exec in C; a Python preexec_fn would do the same
+but can deadlock in a process that already runs threads, as a test process does.
+
+    python -m tools.kafka.broker fetch            # download the jars (idempotent)
+    python -m tools.kafka.broker run --port 9092  # a dev broker in the foreground, Ctrl+C stops it
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+POM = Path(__file__).with_name("pom.xml")
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be fetched or started; the message says what to do."""
+
+
+def kafka_version() -> str:
+    """The version pinned in pom.xml, the single place it is written."""
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
+    if match is None:
+        raise BrokerError(f"{POM} has no <kafka.version>; restore it from git")
+    return match.group(1)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kafkaworker" / f"kafka-{kafka_version()}"
+
+
+def ensure_jars() -> Path:
+    """Return the directory of broker jars, fetching them with Maven the first time.
+
+    The jars land in a temporary sibling directory that is renamed into place only when Maven
+    succeeds, so an interrupted download is never mistaken for a complete one.
+    """
+    target = cache_dir()
+    if (target / ".complete").exists():
+        return target
+    for tool, hint in (
+        ("java", "install a JDK 17+ (Debian: apt-get install openjdk-17-jre-headless)"),
+        ("mvn", "install Maven (Debian: apt-get install maven)"),
+    ):
+        if shutil.which(tool) is None:
+            raise BrokerError(f"'{tool}' is not on PATH, needed to run the Kafka broker: {hint}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
+    cmd = [
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        tail = " | ".join((result.stdout + result.stderr).strip().splitlines()[-3:])
+        raise BrokerError(
+            f"could not fetch Apache Kafka {kafka_version()} jars with Maven "
+            f"(exit {result.returncode}): {tail}; check that Maven Central is reachable"
+        )
+    (staging / ".complete").write_text(kafka_version())
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent(command: list[str]) -> list[str]:
+    """Prefix `command` so that the kernel kills it when its parent dies."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
+
+
+# Tuned for tests on a 2-core machine: fast group joins, small internal topics, short sessions
+# for the kill -9 tests, and every group protocol (classic, KIP-848 consumer, KIP-932 share).
+TEST_BROKER_PROPERTIES: dict[str, str] = {
+    "num.partitions": "1",
+    "auto.create.topics.enable": "false",
+    "group.initial.rebalance.delay.ms": "0",
+    "offsets.topic.num.partitions": "4",
+    "transaction.state.log.num.partitions": "4",
+    "share.coordinator.state.topic.num.partitions": "4",
+    "group.min.session.timeout.ms": "1000",
+    "group.consumer.min.session.timeout.ms": "3000",
+    "group.consumer.session.timeout.ms": "10000",
+    "group.consumer.min.heartbeat.interval.ms": "250",
+    "group.consumer.heartbeat.interval.ms": "1000",
+    "group.share.min.heartbeat.interval.ms": "250",
+    "group.share.heartbeat.interval.ms": "1000",
+    "group.coordinator.rebalance.protocols": "classic,consumer,share",
+    "num.network.threads": "2",
+    "num.io.threads": "4",
+    "log.cleaner.threads": "1",
+    "num.recovery.threads.per.data.dir": "1",
+}
+
+
+@dataclass
+class Node:
+    """One KRaft node (broker + controller) and the JVM running it."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    data_dir: Path
+    jars: Path
+    heap: str
+    process: subprocess.Popen[bytes] | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        log4j = self.data_dir / "log4j2.properties"
+        return [
+            "java",
+            "-Xms128m",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp",
+            f"{self.jars}/*",
+            main,
+            *args,
+        ]
+
+    def write_config(self, voters: str, cluster_id: str, *, share_groups: bool) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(self.node_id),
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.quorum.voters": voters,
+            "log.dirs": str(self.data_dir / "data"),
+            **self.properties,
+        }
+        (self.data_dir / "server.properties").write_text(
+            "".join(f"{k}={v}\n" for k, v in props.items())
+        )
+        (self.data_dir / "log4j2.properties").write_text(
+            "rootLogger.level = INFO\n"
+            "rootLogger.appenderRef.file.ref = file\n"
+            "appender.file.type = File\n"
+            "appender.file.name = file\n"
+            f"appender.file.fileName = {self.log_file}\n"
+            "appender.file.layout.type = PatternLayout\n"
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+            "logger.kafka.name = kafka\nlogger.kafka.level = INFO\n"
+            "logger.kafkaapache.name = org.apache.kafka\nlogger.kafkaapache.level = INFO\n"
+        )
+        fmt = self._java(
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.data_dir / "server.properties"),
+            "--ignore-formatted",
+        )
+        if share_groups:
+            fmt += ["--feature", "share.version=1"]
+        result = subprocess.run(
+            _die_with_parent(fmt),
+            capture_output=True,
+            text=True,
+            check=False,
+            start_new_session=True,
+        )
+        if result.returncode != 0:
+            raise BrokerError(
+                f"formatting KRaft storage for node {self.node_id} failed: "
+                f"{(result.stdout + result.stderr).strip()[-500:]}"
+            )
+
+    def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        out = open(self.data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            self.process = subprocess.Popen(
+                _die_with_parent(
+                    self._java("kafka.Kafka", str(self.data_dir / "server.properties"))
+                ),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            out.close()
+
+    def signal_stop(self, *, kill: bool = False) -> None:
+        """Ask the JVM's whole process group to stop (SIGTERM: clean shutdown) without waiting."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+
+    def stop(self, *, timeout: float = 30.0, kill: bool = False) -> None:
+        """Stop the JVM and its process group: SIGTERM, then SIGKILL after `timeout`."""
+        self.signal_stop(kill=kill)
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def log_tail(self, lines: int = 15) -> str:
+        texts = []
+        for path in (self.data_dir / "stdout.log", self.log_file):
+            if path.exists():
+                texts += path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(texts)
+
+
+class Cluster:
+    """One or three KRaft nodes on 127.0.0.1, free ports, a temporary data directory."""
+
+    def __init__(
+        self,
+        size: int = 1,
+        *,
+        heap: str = "768m",
+        share_groups: bool = True,
+        properties: Mapping[str, str] | None = None,
+        port: int | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
+        if size not in (1, 3):
+            raise ValueError("a cluster has 1 or 3 nodes")
+        self.jars = ensure_jars()
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="kafkaworker-kafka-"))
+        props = dict(TEST_BROKER_PROPERTIES)
+        replication = str(size)
+        min_isr = "2" if size == 3 else "1"
+        props.update(
+            {
+                "default.replication.factor": replication,
+                "min.insync.replicas": min_isr,
+                "offsets.topic.replication.factor": replication,
+                "transaction.state.log.replication.factor": replication,
+                "transaction.state.log.min.isr": min_isr,
+                "share.coordinator.state.topic.replication.factor": replication,
+                "share.coordinator.state.topic.min.isr": min_isr,
+            }
+        )
+        props.update(properties or {})
+        self.nodes = [
+            Node(
+                node_id=i + 1,
+                port=port if (port and size == 1) else free_port(),
+                controller_port=free_port(),
+                data_dir=self.data_dir / f"node{i + 1}",
+                jars=self.jars,
+                heap=heap,
+                properties=props,
+            )
+            for i in range(size)
+        ]
+        self.share_groups = share_groups
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def start(self, *, timeout: float = 90.0) -> None:
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        for node in self.nodes:
+            node.write_config(voters, cluster_id, share_groups=self.share_groups)
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_ready(timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, *, timeout: float = 90.0, nodes: list[Node] | None = None) -> None:
+        """Block until every given node answers a Metadata request listing all live brokers."""
+        targets = nodes or self.nodes
+        deadline = time.monotonic() + timeout
+        for node in targets:
+            quiet: dict[str, Any] = {"log_level": 0, "logger": _SilentLogger()}
+            admin = AdminClient({"bootstrap.servers": node.bootstrap, **quiet})
+            while True:
+                if node.process is None or node.process.poll() is not None:
+                    raise BrokerError(
+                        f"Kafka node {node.node_id} exited during start-up; "
+                        f"its log ({node.log_file}):\n{node.log_tail()}"
+                    )
+                try:
+                    metadata = admin.list_topics(timeout=1.0)
+                    if len(metadata.brokers) >= sum(1 for n in self.nodes if n.process is not None):
+                        break
+                except Exception:  # noqa: BLE001 - not up yet; the deadline bounds the loop
+                    pass
+                if time.monotonic() > deadline:
+                    raise BrokerError(
+                        f"Kafka node {node.node_id} did not answer a Metadata "
+                        f"request within {timeout:.0f}s; log:\n{node.log_tail()}"
+                    )
+                time.sleep(0.2)
+
+    def stop_node(self, index: int, *, kill: bool = False) -> None:
+        self.nodes[index].stop(kill=kill)
+
+    def start_node(self, index: int, *, timeout: float = 90.0) -> None:
+        self.nodes[index].start()
+        self.wait_ready(timeout=timeout, nodes=[self.nodes[index]])
+
+    def stop(self) -> None:
+        # Signal every node first: stopped one by one, each waits on a quorum that is leaving.
+        for node in self.nodes:
+            node.signal_stop()
+        for node in self.nodes:
+            node.stop(timeout=15.0)
+
+    def keep_logs(self, destination: Path) -> list[Path]:
+        """Copy each node's logs to `destination` (for failed runs) and return the copies."""
+        destination.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for node in self.nodes:
+            for src in (node.log_file, node.data_dir / "stdout.log"):
+                if src.exists():
+                    dst = destination / f"node{node.node_id}-{src.name}"
+                    shutil.copyfile(src, dst)
+                    kept.append(dst)
+        return kept
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+class _SilentLogger:
+    """librdkafka logs every refused connection while the broker boots; those are expected."""
+
+    def log(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> object:
+        return self.log
+
+
+@contextlib.contextmanager
+def running(size: int = 1, **kwargs: object) -> Iterator[Cluster]:
+    cluster = Cluster(size, **kwargs)  # type: ignore[arg-type]
+    with cluster:
+        yield cluster
+
+
+def _port_answers(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.kafka.broker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help="download the broker jars into the cache")
+    run = sub.add_parser("run", help="run a broker in the foreground until Ctrl+C")
+    run.add_argument("--port", type=int, default=9092)
+    run.add_argument(
+        "--if-free",
+        action="store_true",
+        help="exit 0 at once when something already answers on the port",
+    )
+    run.add_argument("--auto-create-topics", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            print(ensure_jars())
+            return 0
+        if _port_answers(args.port):
+            if args.if_free:
+                print(f"something already answers on 127.0.0.1:{args.port}; using it")
+                return 0
+            print(f"port {args.port} is taken; stop what uses it or pass --port", file=sys.stderr)
+            return 2
+        properties = {"auto.create.topics.enable": "true"} if args.auto_create_topics else {}
+        cluster = Cluster(1, port=args.port, properties=properties)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            cluster.start()
+            node = cluster.nodes[0]
+            assert node.process is not None
+            print(
+                f"Kafka {kafka_version()} is up on {cluster.bootstrap} (pid {node.process.pid}, "
+                f"data {cluster.data_dir}); Ctrl+C stops it",
+                flush=True,
+            )
+            node.process.wait()
+            print(f"the broker exited; log:\n{node.log_tail()}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            cluster.cleanup()
+    except BrokerError as exc:
+        print(f"kafka: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
