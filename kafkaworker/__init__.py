@@ -1,5 +1,41 @@
-"""kafkaworker: a decorator-driven Kafka worker framework with at-least-once delivery."""
+"""kafkaworker: a decorator-driven Kafka worker framework with at-least-once delivery.
+
+from kafkaworker import App, Message
+
+app = App("orders-service")
+
+@app.handler("orders", concurrency=8)
+def handle_order(msg: Message) -> None: ...
+"""
+
+from kafkaworker.app import App
+from kafkaworker.errors import (
+    AppImportError,
+    ConfigError,
+    DeadLetter,
+    DeserializationError,
+    KafkaWorkerError,
+    Skip,
+    StartupError,
+)
+from kafkaworker.message import Message
+from kafkaworker.runtime.retry import Backoff
+from kafkaworker.settings import Settings, load_settings
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "App",
+    "AppImportError",
+    "Backoff",
+    "ConfigError",
+    "DeadLetter",
+    "DeserializationError",
+    "KafkaWorkerError",
+    "Message",
+    "Settings",
+    "Skip",
+    "StartupError",
+    "__version__",
+    "load_settings",
+]

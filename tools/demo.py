@@ -20,7 +20,7 @@ from tools.kafka.broker import Cluster, _port_answers
 
 BOOTSTRAP = "127.0.0.1:9092"
 TOPIC = "orders"
-WORKER = [sys.executable, "-m", "apps.orders.plain_consumer"]
+WORKER = [sys.executable, "-m", "kafkaworker", "run", "apps.orders.app:app"]
 LOADGEN = [
     sys.executable,
     "-m",

@@ -1,0 +1,108 @@
+"""App: the handler registry (the decorator), settings and lifecycle hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from kafkaworker.errors import ConfigError
+from kafkaworker.handlers import AckMode, HandlerSpec, Ordering
+from kafkaworker.runtime.retry import Backoff
+from kafkaworker.serialization import Codec
+from kafkaworker.settings import Settings
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+F = TypeVar("F", bound=Callable[..., Any])
+Hook = Callable[[], None]
+
+
+class App:
+    """A named set of handlers. The name is the default consumer group id and client.id prefix.
+
+    >>> app = App("orders-service")
+    >>> @app.handler("orders", concurrency=8)
+    ... def handle_order(msg): ...
+    """
+
+    def __init__(self, name: str, *, settings: Settings | None = None) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"App name {name!r} is invalid: a non-empty string (the group id)")
+        self.name = name
+        self.settings = settings
+        self._handlers: dict[str, HandlerSpec] = {}
+        self.startup_hooks: list[Hook] = []
+        self.shutdown_hooks: list[Hook] = []
+
+    @property
+    def handlers(self) -> Mapping[str, HandlerSpec]:
+        return dict(self._handlers)
+
+    def handler(
+        self,
+        topics: str | Sequence[str],
+        *,
+        group: str | None = None,
+        name: str | None = None,
+        concurrency: int = 8,
+        ordering: Ordering = "partition",
+        retries: int = 0,
+        backoff: Backoff | None = None,
+        dlq: str | None = None,
+        codec: str | Codec = "json",
+        ack: AckMode = "auto",
+    ) -> Callable[[F], F]:
+        """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
+        topic_tuple = (topics,) if isinstance(topics, str) else tuple(topics)
+
+        def register(func: F) -> F:
+            handler_name = name or getattr(func, "__name__", None) or repr(func)
+            if handler_name in self._handlers:
+                raise ConfigError(
+                    f"handler {handler_name!r} is registered twice in app {self.name!r}: "
+                    "give one of them another name with @app.handler(..., name=...)"
+                )
+            self._handlers[handler_name] = HandlerSpec(
+                name=handler_name,
+                func=func,
+                topics=topic_tuple,
+                group=group,
+                concurrency=concurrency,
+                ordering=ordering,
+                retries=retries,
+                backoff=backoff or Backoff(),
+                dlq=dlq,
+                codec=codec,
+                ack=ack,
+            )
+            return func
+
+        return register
+
+    def on_startup(self, func: Hook) -> Hook:
+        """Run `func` once before any consumer starts (e.g. open a connection pool)."""
+        self.startup_hooks.append(func)
+        return func
+
+    def on_shutdown(self, func: Hook) -> Hook:
+        """Run `func` once after every consumer has stopped and committed."""
+        self.shutdown_hooks.append(func)
+        return func
+
+    def run(
+        self,
+        *,
+        settings_path: str | Path | None = None,
+        only: Sequence[str] = (),
+        overrides: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Run every handler (or `only` these) until SIGTERM/SIGINT; returns the exit code."""
+        from kafkaworker.runtime.runner import Runner  # noqa: PLC0415 - keeps import light
+
+        return Runner.from_app(
+            self, settings_path=settings_path, only=only, overrides=overrides
+        ).run()
+
+    def __repr__(self) -> str:
+        return f"<App {self.name!r} handlers={list(self._handlers)}>"

@@ -1,0 +1,31 @@
+"""Error types. Each carries the context a user needs and prints as one line."""
+
+from __future__ import annotations
+
+
+class KafkaWorkerError(Exception):
+    """Base class: the message says what is wrong and what to do, in one line."""
+
+
+class ConfigError(KafkaWorkerError, ValueError):
+    """An invalid handler option or setting: names the key, the value and what is allowed."""
+
+
+class AppImportError(KafkaWorkerError):
+    """`MODULE:APP` could not be imported, or is not an App."""
+
+
+class StartupError(KafkaWorkerError):
+    """The worker cannot start: broker unreachable, topic missing, client config rejected."""
+
+
+class DeserializationError(KafkaWorkerError):
+    """A payload could not be decoded by the handler's codec. Fatal: retrying cannot help."""
+
+
+class DeadLetter(KafkaWorkerError):  # noqa: N818 - a verb, raised by handlers: `raise DeadLetter(...)`
+    """Raised by a handler to send the message straight to its dead-letter topic."""
+
+
+class Skip(KafkaWorkerError):  # noqa: N818 - raised by handlers: `raise Skip("duplicate")`
+    """Raised by a handler to finish a message without handling it (counted and logged)."""

@@ -1,0 +1,115 @@
+"""HandlerSpec: a frozen description of one handler, validated when it is declared."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from kafkaworker.errors import ConfigError
+from kafkaworker.runtime.retry import Backoff
+from kafkaworker.serialization import Codec, get_codec
+
+Ordering = Literal["partition", "key", "none"]
+AckMode = Literal["auto", "manual"]
+ORDERINGS: tuple[str, ...] = get_args(Ordering)
+ACK_MODES: tuple[str, ...] = get_args(AckMode)
+# Kafka's own rule (kafka.common.internals.Topic): legal characters and at most 249 of them.
+_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+_MAX_CONCURRENCY = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """Everything the runtime needs to run one handler; `replace()` re-validates."""
+
+    name: str
+    func: Callable[..., Any] = field(repr=False)
+    topics: tuple[str, ...]
+    group: str | None = None
+    concurrency: int = 8
+    ordering: Ordering = "partition"
+    retries: int = 0
+    backoff: Backoff = field(default_factory=Backoff)
+    dlq: str | None = None
+    codec: str | Codec = "json"
+    ack: AckMode = "auto"
+
+    def __post_init__(self) -> None:
+        def bad(option: str, value: object, allowed: str) -> ConfigError:
+            return ConfigError(f"handler {self.name!r}: {option}={value!r} is invalid: {allowed}")
+
+        if not callable(self.func):
+            raise bad("func", self.func, "a handler must be callable")
+        if not self.topics:
+            raise bad("topics", list(self.topics), "give at least one topic")
+        for topic in self.topics:
+            if not isinstance(topic, str) or not _TOPIC.fullmatch(topic) or topic in (".", ".."):
+                raise bad("topics", topic, "a topic name is 1-249 of [a-zA-Z0-9._-]")
+        if len(set(self.topics)) != len(self.topics):
+            raise bad("topics", list(self.topics), "a topic is listed twice")
+        if self.group is not None and (not isinstance(self.group, str) or not self.group):
+            raise bad("group", self.group, "a non-empty string, or None for the app's name")
+        if (
+            not isinstance(self.concurrency, int)
+            or isinstance(self.concurrency, bool)
+            or not 1 <= self.concurrency <= _MAX_CONCURRENCY
+        ):
+            raise bad("concurrency", self.concurrency, f"an integer from 1 to {_MAX_CONCURRENCY}")
+        if self.ordering not in ORDERINGS:
+            raise bad("ordering", self.ordering, f"allowed are {', '.join(ORDERINGS)}")
+        if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
+            raise bad("retries", self.retries, "an integer >= 0 (re-attempts after the first)")
+        if not isinstance(self.backoff, Backoff):
+            raise bad("backoff", self.backoff, "a kafkaworker.Backoff(...) or None")
+        if self.dlq is not None:
+            if not isinstance(self.dlq, str) or not _TOPIC.fullmatch(self.dlq):
+                raise bad("dlq", self.dlq, "a topic name is 1-249 of [a-zA-Z0-9._-]")
+            if self.dlq in self.topics:
+                raise bad("dlq", self.dlq, "the dead-letter topic cannot be a source topic")
+        try:
+            get_codec(self.codec)
+        except LookupError as exc:
+            raise bad("codec", self.codec, str(exc)) from None
+        if self.ack not in ACK_MODES:
+            raise bad("ack", self.ack, f"allowed are {', '.join(ACK_MODES)}")
+        _check_signature(self.name, self.func)
+
+    def replace(self, **changes: Any) -> HandlerSpec:
+        """A copy with `changes` applied (None values ignored), validated again."""
+        known = {f.name for f in dataclasses.fields(self)}
+        for option in changes:
+            if option not in known:
+                raise ConfigError(f"handler {self.name!r}: unknown option {option!r}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def describe(self) -> Mapping[str, str]:
+        """A row for `kafkaworker routes`."""
+        codec = self.codec if isinstance(self.codec, str) else type(self.codec).__name__
+        return {
+            "name": self.name,
+            "topics": ",".join(self.topics),
+            "group": self.group or "",
+            "concurrency": str(self.concurrency),
+            "ordering": self.ordering,
+            "retries": str(self.retries),
+            "dlq": self.dlq or "-",
+            "codec": codec,
+        }
+
+
+def _check_signature(name: str, func: Callable[..., Any]) -> None:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return  # builtins and C callables: trust them
+    try:
+        signature.bind(object())
+    except TypeError:
+        raise ConfigError(
+            f"handler {name!r}: {func!r} must accept exactly one argument (the Message), "
+            f"but its signature is {signature}"
+        ) from None

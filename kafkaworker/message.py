@@ -1,0 +1,173 @@
+"""Message: one Kafka record as a handler sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+
+from kafkaworker.errors import DeserializationError
+from kafkaworker.serialization import CODECS, Codec, Headers
+
+if TYPE_CHECKING:
+    import confluent_kafka
+
+T = TypeVar("T")
+_UNSET: Any = object()
+
+
+class Message(Generic[T]):
+    """A record: where it came from, its key, its decoded value, headers and delivery attempt.
+
+    Built by the runtime straight from the confluent-kafka record; key, headers, timestamp and
+    the decoded value are read from it only when a handler asks, so handlers that look at a few
+    fields do not pay for the rest. Build one yourself to unit-test a handler:
+    `Message("orders", value={"id": 1})`.
+    """
+
+    __slots__ = (
+        "_ack",
+        "_acked",
+        "_codec",
+        "_headers",
+        "_key",
+        "_raw",
+        "_raw_value",
+        "_state",
+        "_timestamp",
+        "_value",
+        "attempt",
+        "offset",
+        "partition",
+        "topic",
+    )
+
+    topic: str
+    partition: int
+    offset: int
+    attempt: int
+    # Lazily filled from `_raw` (the confluent-kafka record) while they hold _UNSET.
+    _raw: Any
+    _key: Any
+    _raw_value: Any
+    _headers: Any
+    _timestamp: Any
+    _value: Any
+
+    def __init__(
+        self,
+        topic: str,
+        value: T | None = None,
+        *,
+        partition: int = 0,
+        offset: int = 0,
+        key: bytes | None = None,
+        raw_value: bytes | None = None,
+        headers: Headers | None = None,
+        timestamp: datetime | None = None,
+        attempt: int = 1,
+        codec: Codec | None = None,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.attempt = attempt
+        self._raw = None
+        self._codec = codec or CODECS["json"]
+        self._key = key
+        self._raw_value = raw_value
+        self._headers = list(headers or ())
+        self._timestamp = timestamp
+        self._value = value
+        self._ack: Callable[[], None] | None = None
+        self._acked = False
+        self._state: Any = None  # the runtime's PartitionState
+
+    @classmethod
+    def _from_kafka(
+        cls, raw: confluent_kafka.Message, codec: Codec, state: Any = None
+    ) -> Message[Any]:
+        """The runtime's constructor: no copying, nothing decoded yet."""
+        msg: Message[Any] = cls.__new__(cls)
+        msg.topic = raw.topic()  # type: ignore[assignment] # never None for a fetched record
+        msg.partition = raw.partition()  # type: ignore[assignment]
+        msg.offset = raw.offset()  # type: ignore[assignment]
+        msg.attempt = 1
+        msg._raw = raw
+        msg._codec = codec
+        msg._key = msg._raw_value = msg._headers = msg._timestamp = msg._value = _UNSET
+        msg._ack = None
+        msg._acked = False
+        msg._state = state
+        return msg
+
+    @property
+    def key(self) -> bytes | None:
+        if self._key is _UNSET:
+            self._key = self._raw.key()
+        return self._key  # type: ignore[no-any-return]
+
+    @property
+    def raw_value(self) -> bytes | None:
+        if self._raw_value is _UNSET:
+            self._raw_value = self._raw.value()
+        return self._raw_value  # type: ignore[no-any-return]
+
+    @property
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        if self._headers is _UNSET:
+            self._headers = self._raw.headers() or []
+        return self._headers  # type: ignore[no-any-return]
+
+    def header(self, name: str, default: bytes | None = None) -> bytes | None:
+        """The value of the last header called `name` (Kafka allows repeats), or `default`."""
+        for header_name, header_value in reversed(self.headers):
+            if header_name == name:
+                return header_value
+        return default
+
+    @property
+    def timestamp(self) -> datetime | None:
+        if self._timestamp is _UNSET:
+            kind, millis = self._raw.timestamp()
+            self._timestamp = (
+                None
+                if kind == TIMESTAMP_NOT_AVAILABLE
+                else datetime.fromtimestamp(millis / 1000, tz=UTC)
+            )
+        return self._timestamp  # type: ignore[no-any-return]
+
+    @property
+    def value(self) -> T:
+        """The value decoded by the handler's codec (decoded once, on first access)."""
+        if self._value is _UNSET:
+            data = self.raw_value
+            if data is None:
+                self._value = None
+            else:
+                try:
+                    self._value = self._codec.decode(data, self.headers)
+                except Exception as exc:
+                    raise DeserializationError(
+                        f"cannot decode the value of {self.topic}[{self.partition}]@{self.offset}"
+                        f" with the {self._codec.name} codec: {exc}"
+                    ) from exc
+        return self._value  # type: ignore[no-any-return]
+
+    def ack(self) -> None:
+        """Mark the message finished (handlers with ack="manual"). Safe from any thread, once.
+
+        Until it is acknowledged, the partition's committed offset never moves past it.
+        With ack="auto" the runtime acknowledges when the handler returns; calling ack() then
+        does nothing.
+        """
+        if self._acked:
+            return
+        self._acked = True
+        if self._ack is not None:
+            self._ack()
+
+    def __repr__(self) -> str:
+        return f"<Message {self.topic}[{self.partition}]@{self.offset} attempt={self.attempt}>"

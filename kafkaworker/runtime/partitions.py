@@ -1,0 +1,49 @@
+"""PartitionState: what one worker knows about one partition during one assignment."""
+
+from __future__ import annotations
+
+import threading
+
+from kafkaworker.runtime.offsets import PartitionOffsets
+
+
+class PartitionState:
+    """Per-assignment state. A partition assigned again gets a new object, so completions of
+    the previous assignment, still arriving from slow handlers, are recognised and ignored.
+
+    Written by the poll thread only, except `revoked`, which pool threads read (a plain
+    attribute read is atomic) and wait on (`revoked_event`, which also cuts backoff sleeps).
+    """
+
+    __slots__ = (
+        "in_flight",
+        "last_dispatched",
+        "offsets",
+        "over_limit",
+        "partition",
+        "paused",
+        "revoked",
+        "revoked_event",
+        "topic",
+    )
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offsets = PartitionOffsets()
+        # Dispatched to the pool and not yet reported back (done or dropped).
+        self.in_flight = 0
+        # Highest offset dispatched in this assignment: a record fetched again is not re-run.
+        self.last_dispatched = -1
+        self.paused = False
+        self.over_limit = False
+        self.revoked = False
+        self.revoked_event = threading.Event()
+
+    def revoke(self) -> None:
+        """Stop work on this partition: unstarted messages are dropped, backoffs cut short."""
+        self.revoked = True
+        self.revoked_event.set()
+
+    def __repr__(self) -> str:
+        return f"<PartitionState {self.topic}[{self.partition}] in_flight={self.in_flight}>"

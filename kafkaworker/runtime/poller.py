@@ -1,0 +1,320 @@
+"""The poll thread: the ONLY thread that touches the consumer. It never runs user code.
+
+Each turn it fetches a batch, hands it to the pool, takes back what the pool finished, stores
+the offsets that became committable (librdkafka's auto-commit then commits them), and pauses
+or resumes partitions for backpressure. It keeps polling while partitions are paused, so a slow
+handler never costs the group membership (`max.poll.interval.ms`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from kafkaworker.handlers import HandlerSpec
+from kafkaworker.message import Message
+from kafkaworker.runtime.partitions import PartitionState
+from kafkaworker.runtime.pool import Completion, CompletionQueue, WorkerPool
+from kafkaworker.serialization import get_codec
+from kafkaworker.settings import Settings
+
+log = structlog.get_logger("kafkaworker.poller")
+
+# How long one poll waits when there is no work out. With work out, completions must be
+# picked up promptly (commits, resuming paused partitions), so it waits less.
+_IDLE_POLL = 0.2
+_BUSY_POLL = 0.02
+
+
+@dataclass
+class PollerStats:
+    """Counters written by the poll thread; read by tests and metrics."""
+
+    fetched: int = 0
+    finished: int = 0
+    assigned: int = 0
+    revoked: int = 0
+    lost: int = 0
+    pauses: int = 0
+    commits: int = 0
+
+
+class Poller:
+    """Drives one consumer for one handler; owns the consumer and its stop path."""
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        settings: Settings,
+        consumer: Consumer,
+        pool: WorkerPool,
+        completions: CompletionQueue,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self._consumer = consumer
+        self._pool = pool
+        self._completions = completions
+        self._codec = get_codec(spec.codec)
+        self._partitions: dict[tuple[str, int], PartitionState] = {}
+        self._stopping = threading.Event()
+        self._globally_paused = False
+        self.stats = PollerStats()
+        self.unfinished_at_exit: dict[tuple[str, int], int] = {}
+
+    # -- lifecycle (called from the TopicWorker) ---------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        """The poll thread's body: subscribe, poll until asked to stop, then shut down."""
+        self._consumer.subscribe(
+            list(self.spec.topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        try:
+            while not self._stopping.is_set():
+                self._turn()
+        finally:
+            self._shutdown()
+
+    # -- one turn ---------------------------------------------------------------------------
+
+    def _turn(self) -> None:
+        busy = self._globally_paused or any(s.in_flight for s in self._partitions.values())
+        first = self._consumer.poll(_BUSY_POLL if busy else _IDLE_POLL)
+        if first is not None:
+            # poll() returns as soon as one record is there; consume(n, 0) then takes what is
+            # already fetched without waiting (consume(n, t) would wait t for a full batch).
+            batch = [first, *self._consumer.consume(self.settings.poll_batch - 1, 0)]
+            self._dispatch(batch)
+        self._collect(self._drain())
+        self._apply_backpressure()
+
+    def _dispatch(self, batch: list[Any]) -> None:
+        ready: list[Message[Any]] = []
+        partitions = self._partitions
+        codec = self._codec
+        for raw in batch:
+            error = raw.error()
+            if error is not None:
+                self._on_error(error)
+                continue
+            state = partitions.get((raw.topic(), raw.partition()))
+            offset = raw.offset()
+            # Not ours any more (fetched just before a revoke), or fetched again after a
+            # pause: the first copy is already in flight, the new owner gets the rest.
+            if state is None or state.revoked or offset <= state.last_dispatched:
+                continue
+            state.last_dispatched = offset
+            state.offsets.add(offset)
+            state.in_flight += 1
+            ready.append(Message._from_kafka(raw, codec, state))
+        self.stats.fetched += len(ready)
+        self._pool.submit(ready)
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("consumer error", handler=self.spec.name, error=str(error))
+
+    # -- completions and commits -------------------------------------------------------------
+
+    def _drain(self, timeout: float | None = None) -> list[Completion]:
+        """Everything the pool reported so far; with a timeout, wait that long for the first."""
+        done: list[Completion] = []
+        try:
+            if timeout is not None:
+                done.extend(self._completions.get(timeout=timeout))
+            while True:
+                done.extend(self._completions.get_nowait())
+        except queue.Empty:
+            pass
+        return done
+
+    def _collect(self, completions: Iterable[Completion]) -> None:
+        """Mark finished offsets and store those that became committable."""
+        partitions = self._partitions
+        touched: set[PartitionState] = set()
+        finished = 0
+        for state, offset, ok in completions:
+            if partitions.get((state.topic, state.partition)) is not state:
+                continue  # from an earlier assignment of the partition: not ours to count
+            state.in_flight -= 1
+            if ok:
+                state.offsets.finish(offset)
+                touched.add(state)
+                finished += 1
+        self.stats.finished += finished
+        to_store = []
+        for state in touched:
+            position = state.offsets.advance()
+            if position is not None:
+                to_store.append(TopicPartition(state.topic, state.partition, position))
+        if to_store:
+            try:
+                self._consumer.store_offsets(offsets=to_store)
+            except KafkaException as exc:  # e.g. a partition unassigned meanwhile
+                log.debug("store_offsets failed", error=str(exc))
+
+    def _commit(self, states: Iterable[PartitionState]) -> None:
+        """Synchronously commit the committable position of these partitions."""
+        offsets = [
+            TopicPartition(s.topic, s.partition, s.offsets.committable)
+            for s in states
+            if s.offsets.committable is not None
+        ]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self.stats.commits += 1
+        except KafkaException as exc:
+            # Not fatal for delivery: uncommitted work is redelivered, never skipped.
+            log.warning("commit failed", handler=self.spec.name, error=str(exc))
+
+    def _wait_in_flight(self, states: list[PartitionState], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(s.in_flight > 0 for s in states):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._collect(self._drain(timeout=min(remaining, 0.1)))
+
+    # -- backpressure ------------------------------------------------------------------------
+
+    def _apply_backpressure(self) -> None:
+        settings = self.settings
+        high, low = settings.max_pending_per_partition, settings.max_pending_per_partition // 2
+        total = 0
+        for state in self._partitions.values():
+            outstanding = len(state.offsets)
+            total += outstanding
+            if outstanding >= high:
+                state.over_limit = True
+            elif outstanding <= low:
+                state.over_limit = False
+        if total >= settings.max_pending:
+            self._globally_paused = True
+        elif total <= settings.max_pending // 2:
+            self._globally_paused = False
+        pause: list[TopicPartition] = []
+        resume: list[TopicPartition] = []
+        for state in self._partitions.values():
+            want = self._globally_paused or state.over_limit
+            if want != state.paused and not state.revoked:
+                state.paused = want
+                (pause if want else resume).append(TopicPartition(state.topic, state.partition))
+        if pause:
+            self._consumer.pause(pause)
+            self.stats.pauses += 1
+            log.debug("paused", handler=self.spec.name, partitions=_names(pause))
+        if resume:
+            self._consumer.resume(resume)
+            log.debug("resumed", handler=self.spec.name, partitions=_names(resume))
+
+    # -- rebalances (called by librdkafka from inside poll(), on this thread) ----------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._partitions[(tp.topic, tp.partition)] = PartitionState(tp.topic, tp.partition)
+        self.stats.assigned += 1
+        log.info("partitions assigned", handler=self.spec.name, partitions=_names(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.stats.revoked += 1
+        self._release(partitions, commit=True)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another member may own these already: committing now could move its offsets back.
+        self.stats.lost += 1
+        self._release(partitions, commit=False)
+
+    def _release(self, partitions: list[TopicPartition], *, commit: bool) -> None:
+        """Stop dispatching, drop unstarted, wait (bounded) for in-flight, commit, forget."""
+        states = [s for tp in partitions if (s := self._partitions.get((tp.topic, tp.partition)))]
+        self._stop_work(states)
+        if commit:
+            self._wait_in_flight(states, self.settings.revoke_timeout)
+            self._commit(states)
+        still = {(s.topic, s.partition): s.in_flight for s in states if s.in_flight}
+        if still:
+            log.warning(
+                "revoked partitions still had messages in flight; the new owner will process "
+                "them again",
+                handler=self.spec.name,
+                in_flight=still,
+            )
+        paused = [TopicPartition(s.topic, s.partition) for s in states if s.paused]
+        if paused:
+            # librdkafka keeps a partition's pause flag across unassign and reassign.
+            self._consumer.resume(paused)
+        for state in states:
+            del self._partitions[(state.topic, state.partition)]
+        log.info(
+            "partitions revoked" if commit else "partitions lost",
+            handler=self.spec.name,
+            partitions=_names(partitions),
+        )
+
+    def _stop_work(self, states: list[PartitionState]) -> None:
+        for state in states:
+            state.revoke()
+        dropped = self._pool.drop(states)
+        self._collect((m._state, m.offset, False) for m in dropped)
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Stop fetching, finish in-flight work within shutdown_timeout, commit, close."""
+        states = list(self._partitions.values())
+        try:
+            if states:
+                self._consumer.pause([TopicPartition(s.topic, s.partition) for s in states])
+            self._stop_work(states)
+            deadline = time.monotonic() + self.settings.shutdown_timeout
+            while any(s.in_flight for s in self._partitions.values()):
+                if time.monotonic() >= deadline:
+                    break
+                # Keep serving the group (heartbeats are librdkafka's, but rebalance callbacks
+                # and max.poll.interval.ms are ours) while in-flight handlers finish.
+                self._consumer.poll(0)
+                self._collect(self._drain(timeout=0.05))
+            self._collect(self._drain())
+            self._commit(self._partitions.values())
+            self.unfinished_at_exit = {
+                (s.topic, s.partition): s.in_flight
+                for s in self._partitions.values()
+                if s.in_flight
+            }
+            if self.unfinished_at_exit:
+                log.warning(
+                    "shutdown_timeout reached with messages in flight; they are not committed "
+                    "and will be delivered again",
+                    handler=self.spec.name,
+                    in_flight=self.unfinished_at_exit,
+                    lowest_unfinished={
+                        f"{s.topic}[{s.partition}]": s.offsets.lowest_unfinished()
+                        for s in self._partitions.values()
+                        if s.in_flight
+                    },
+                )
+        finally:
+            self._consumer.close()
+            self._pool.close()
+
+
+def _names(partitions: Iterable[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}[{tp.partition}]" for tp in partitions]

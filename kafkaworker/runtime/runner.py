@@ -1,0 +1,213 @@
+"""Runner: one per process. One TopicWorker per handler, signals, exit codes.
+
+Exit codes: 0 after a graceful shutdown; 1 when a worker failed or start-up was refused;
+128 + signal number when a second signal cut the shutdown short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException
+
+from kafkaworker.errors import ConfigError, StartupError
+from kafkaworker.handlers import HandlerSpec
+from kafkaworker.observability import logging as kw_logging
+from kafkaworker.runtime.retry import Backoff
+from kafkaworker.runtime.worker import TopicWorker, consumer_config, new_consumer
+from kafkaworker.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from kafkaworker.app import App
+
+log = structlog.get_logger("kafkaworker.runner")
+
+
+def resolve_specs(app: App, settings: Settings, only: Sequence[str] = ()) -> list[HandlerSpec]:
+    """The app's handlers with settings.handlers.<name> applied, limited to `only`."""
+    handlers = app.handlers
+    known = ", ".join(handlers) or "(none)"
+    for name in settings.handlers:
+        if name not in handlers:
+            raise ConfigError(
+                f"settings handlers.{name}: app {app.name!r} has no handler "
+                f"{name!r}; its handlers are: {known}"
+            )
+    for name in only:
+        if name not in handlers:
+            raise ConfigError(
+                f"--only {name}: app {app.name!r} has no such handler; its handlers are: {known}"
+            )
+    specs = []
+    for name, declared in handlers.items():
+        if only and name not in only:
+            continue
+        spec = declared
+        override = settings.handlers.get(name)
+        if override is not None:
+            changes = override.model_dump(exclude_none=True, exclude={"backoff"})
+            if override.backoff is not None:
+                changes["backoff"] = Backoff(
+                    **{
+                        **dataclasses.asdict(spec.backoff),
+                        **override.backoff.model_dump(exclude_none=True),
+                    }
+                )
+            spec = spec.replace(**changes)
+        specs.append(spec)
+    if not specs:
+        raise ConfigError(f"app {app.name!r} has no handlers: declare one with @app.handler(...)")
+    return specs
+
+
+class Runner:
+    def __init__(self, app: App, settings: Settings, specs: list[HandlerSpec]) -> None:
+        self.app = app
+        self.settings = settings
+        self.specs = specs
+        self.workers: list[TopicWorker] = []
+        self._stop = threading.Event()
+        self._signals = 0
+        self.started = threading.Event()
+
+    @classmethod
+    def from_app(
+        cls,
+        app: App,
+        *,
+        settings_path: str | os.PathLike[str] | None = None,
+        only: Sequence[str] = (),
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Runner:
+        overrides = dict(overrides or {})
+        if app.settings is not None and settings_path is None:
+            settings = app.settings
+            if overrides:
+                settings = load_settings(None, **{**app.settings.model_dump(), **overrides})
+        else:
+            settings = load_settings(settings_path, **overrides)
+        return cls(app, settings, resolve_specs(app, settings, only))
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start every handler, block until a signal (or `stop()`), shut down; the exit code."""
+        kw_logging.configure(self.settings.log_level, self.settings.log_format)
+        self.preflight()
+        for hook in self.app.startup_hooks:
+            hook()
+        self.workers = [TopicWorker(self.app.name, spec, self.settings) for spec in self.specs]
+        self._install_signal_handlers()
+        for worker in self.workers:
+            worker.start()
+        log.info(
+            "worker started",
+            app=self.app.name,
+            handlers=[s.name for s in self.specs],
+            bootstrap=self.settings.kafka.bootstrap_servers,
+            pid=os.getpid(),
+        )
+        self.started.set()
+        failed = False
+        while not self._stop.wait(0.2):
+            if any(not w.alive for w in self.workers):
+                failed = True
+                break
+        return self._shutdown(failed=failed)
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown (what the first SIGTERM/SIGINT does)."""
+        self._stop.set()
+
+    def _shutdown(self, *, failed: bool) -> int:
+        started = time.monotonic()
+        for worker in self.workers:
+            worker.request_stop()
+        # Each poll thread bounds its own drain by shutdown_timeout; the margin covers the
+        # final commit and leaving the group.
+        deadline = started + self.settings.shutdown_timeout + 15
+        for worker in self.workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        for hook in self.app.shutdown_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("shutdown hook failed", hook=getattr(hook, "__name__", repr(hook)))
+                failed = True
+        errors = [w for w in self.workers if w.error is not None or w.alive]
+        unfinished = {
+            w.spec.name: w.poller.unfinished_at_exit
+            for w in self.workers
+            if w.poller.unfinished_at_exit
+        }
+        log.info(
+            "worker stopped",
+            app=self.app.name,
+            seconds=round(time.monotonic() - started, 2),
+            unfinished=unfinished or None,
+        )
+        return 1 if failed or errors else 0
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals can only be handled there; the embedding program owns them
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self._signals += 1
+            if self._signals == 1:
+                log.info(
+                    "shutting down: finishing in-flight messages (signal again to exit at once)",
+                    signal=signal.Signals(signum).name,
+                    timeout=self.settings.shutdown_timeout,
+                )
+                self._stop.set()
+            else:
+                # Exit without committing anything more: unfinished work is redelivered.
+                os.write(2, b"second signal: exiting at once without committing\n")
+                os._exit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    # -- start-up checks ---------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Fail fast, in one line, on an unreachable cluster or a topic that does not exist."""
+        spec = self.specs[0]
+        config = consumer_config(self.app.name, spec, self.settings)
+        quiet = logging.getLogger("kafkaworker.librdkafka.preflight")
+        quiet.setLevel(logging.CRITICAL)
+        quiet.propagate = False
+        config["logger"] = quiet
+        consumer = new_consumer(config)
+        timeout = self.settings.startup_timeout
+        bootstrap = self.settings.kafka.bootstrap_servers
+        try:
+            metadata = consumer.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            error = exc.args[0]
+            reason = error.str() if isinstance(error, KafkaError) else str(exc)
+            raise StartupError(
+                f"cannot reach Kafka at {bootstrap} within {timeout:g}s ({reason}): check "
+                "kafka.bootstrap_servers (env KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS) and that "
+                "the brokers are up"
+            ) from None
+        finally:
+            consumer.close()
+        for spec in self.specs:
+            for topic in spec.topics:
+                found = metadata.topics.get(topic)
+                if found is None or found.error is not None:
+                    raise StartupError(
+                        f"topic {topic!r} (handler {spec.name!r}) does not exist on {bootstrap}:"
+                        " create it, or fix the handler's topics"
+                    )

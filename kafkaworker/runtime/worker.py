@@ -1,0 +1,93 @@
+"""TopicWorker: one consumer, one poll thread and one pool, for one handler."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException
+
+from kafkaworker.errors import StartupError
+from kafkaworker.handlers import HandlerSpec
+from kafkaworker.runtime.poller import Poller
+from kafkaworker.runtime.pool import Completion, WorkerPool
+from kafkaworker.settings import Settings
+
+log = structlog.get_logger("kafkaworker.worker")
+
+
+def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dict[str, Any]:
+    """librdkafka configuration for a handler's consumer; raw `kafka.consumer` keys win."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "group.id": spec.group or app_name,
+        "client.id": f"{app_name}.{spec.name}",
+        # At-least-once: offsets are stored only when finished (by the poll thread), and
+        # librdkafka's auto-commit commits what is stored; revoke and shutdown commit at once.
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": max(1, round(settings.commit_interval * 1000)),
+        "auto.offset.reset": settings.auto_offset_reset,
+        "enable.partition.eof": False,
+        "logger": logging.getLogger("kafkaworker.librdkafka"),
+    }
+    if settings.kafka.group_protocol == "consumer":
+        config["group.protocol"] = "consumer"  # KIP-848: assignment is the broker's job
+    else:
+        config["partition.assignment.strategy"] = "cooperative-sticky"
+    config.update(settings.kafka.consumer)
+    return config
+
+
+def new_consumer(config: dict[str, Any]) -> Consumer:
+    try:
+        return Consumer(config)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise StartupError(f"the consumer configuration was rejected: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KafkaException) and isinstance(exc.args[0], KafkaError):
+        return str(exc.args[0].str())
+    return " ".join(str(exc).split())
+
+
+class TopicWorker:
+    """Owns its consumer (through the Poller), its pool and its poll thread, and stops them."""
+
+    def __init__(self, app_name: str, spec: HandlerSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.config = consumer_config(app_name, spec, settings)
+        completions: queue.SimpleQueue[list[Completion]] = queue.SimpleQueue()
+        self.pool = WorkerPool(spec, completions, name=f"kw-{spec.name}")
+        self.poller = Poller(spec, settings, new_consumer(self.config), self.pool, completions)
+        self._thread = threading.Thread(
+            target=self._run_poller, name=f"kw-{spec.name}-poll", daemon=True
+        )
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self.pool.start()
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        self.poller.request_stop()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run_poller(self) -> None:
+        try:
+            self.poller.run()
+        except BaseException as exc:  # recorded for the Runner, which decides the exit code
+            self.error = exc
+            log.exception("poll thread failed", handler=self.spec.name)

@@ -1,0 +1,81 @@
+"""Codecs: how a handler's message values are decoded from bytes (and encoded back).
+
+A codec is any object with `decode(data, headers)` and `encode(value)`; the built-in ones are
+registered by name: "json" (orjson, the default), "raw" (bytes) and "text" (UTF-8).
+A Kafka null value (a tombstone) decodes to None with every codec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import orjson
+
+Headers = Sequence[tuple[str, bytes | None]]
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Decode a payload into the value a handler sees; encode a value into a payload."""
+
+    name: str
+
+    def decode(self, data: bytes, headers: Headers) -> Any: ...
+
+    def encode(self, value: Any) -> bytes: ...
+
+
+class JsonCodec:
+    name = "json"
+
+    def decode(self, data: bytes, headers: Headers) -> Any:
+        if not data:
+            # orjson's own message ("Input is a zero-length, empty document") is less clear.
+            raise ValueError("empty value is not JSON")
+        return orjson.loads(data)
+
+    def encode(self, value: Any) -> bytes:
+        return orjson.dumps(value)
+
+
+class RawCodec:
+    name = "raw"
+
+    def decode(self, data: bytes, headers: Headers) -> bytes:
+        return data
+
+    def encode(self, value: Any) -> bytes:
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise TypeError(f"the raw codec encodes bytes, not {type(value).__name__}")
+        return bytes(value)
+
+
+class TextCodec:
+    name = "text"
+
+    def decode(self, data: bytes, headers: Headers) -> str:
+        return data.decode("utf-8")
+
+    def encode(self, value: Any) -> bytes:
+        if not isinstance(value, str):
+            raise TypeError(f"the text codec encodes str, not {type(value).__name__}")
+        return value.encode("utf-8")
+
+
+CODECS: dict[str, Codec] = {codec.name: codec for codec in (JsonCodec(), RawCodec(), TextCodec())}
+
+
+def get_codec(codec: str | Codec) -> Codec:
+    """The codec registered under `codec`, or `codec` itself when it already is one."""
+    if isinstance(codec, str):
+        try:
+            return CODECS[codec]
+        except KeyError:
+            raise LookupError(
+                f"unknown codec {codec!r}: allowed are {', '.join(sorted(CODECS))} "
+                "or an object with decode(data, headers) and encode(value)"
+            ) from None
+    if isinstance(codec, Codec):
+        return codec
+    raise LookupError(f"codec {codec!r} is neither a codec name nor a Codec object")

@@ -1,0 +1,175 @@
+"""Settings: library defaults < decorator arguments < settings.yaml < KAFKAWORKER_* env < CLI.
+
+pydantic-settings merges the sources; this module adds where the YAML file comes from, the
+per-handler overrides, and errors that fit on one line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from kafkaworker.errors import ConfigError
+
+ClientValue = str | int | float | bool
+
+# librdkafka properties the runtime owns: changing them would break at-least-once.
+RESERVED_CONSUMER_PROPERTIES = {
+    "enable.auto.offset.store": "offsets are stored only once a message is finished",
+    "enable.auto.commit": "the runtime commits stored offsets periodically and on revoke",
+    "group.id": "set the group with @app.handler(group=...) or handlers.<name>.group",
+    "on_commit": "the runtime installs its own commit callback",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # "classic" uses cooperative-sticky assignment; "consumer" is KIP-848's broker-side protocol.
+    group_protocol: Literal["classic", "consumer"] = "classic"
+    # Raw librdkafka properties, passed through: e.g. {"fetch.min.bytes": 1}.
+    consumer: dict[str, ClientValue] = Field(default_factory=dict)
+    producer: dict[str, ClientValue] = Field(default_factory=dict)
+
+
+class BackoffSettings(_Strict):
+    initial: float | None = None
+    multiplier: float | None = None
+    max: float | None = None
+    jitter: Literal["full", "equal", "none"] | None = None
+
+
+class HandlerSettings(_Strict):
+    """Per-handler overrides of the decorator's arguments (None: keep the decorator's)."""
+
+    group: str | None = None
+    concurrency: PositiveInt | None = None
+    ordering: Literal["partition", "key", "none"] | None = None
+    retries: int | None = Field(default=None, ge=0)
+    backoff: BackoffSettings | None = None
+    dlq: str | None = None
+    codec: str | None = None
+    ack: Literal["auto", "manual"] | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KAFKAWORKER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    handlers: dict[str, HandlerSettings] = Field(default_factory=dict)
+
+    # How long graceful shutdown waits for in-flight messages before it commits and exits.
+    shutdown_timeout: PositiveFloat = 30.0
+    # How long a revoke waits for the revoked partitions' in-flight messages.
+    revoke_timeout: PositiveFloat = 30.0
+    # How long start-up waits for the brokers to answer before it gives up.
+    startup_timeout: PositiveFloat = 15.0
+    # Backpressure: messages fetched and not yet committable, per handler and per partition.
+    # Above a limit the partitions are paused (and still polled, so membership is kept).
+    max_pending: PositiveInt = 10_000
+    max_pending_per_partition: PositiveInt = 2_000
+    # Largest batch taken from the consumer at once.
+    poll_batch: PositiveInt = 500
+    # How often finished offsets are committed (librdkafka auto.commit.interval.ms).
+    commit_interval: PositiveFloat = 1.0
+    # Where a group with no committed offset starts. "earliest": a new worker processes what
+    # is already there instead of silently skipping it.
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: CLI (init) > environment > YAML file > defaults.
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def resolve_settings_path(path: str | os.PathLike[str] | None) -> Path | None:
+    """--settings PATH, else KAFKAWORKER_SETTINGS, else ./settings.yaml when it exists."""
+    explicit = path if path is not None else os.environ.get("KAFKAWORKER_SETTINGS")
+    if explicit:
+        resolved = Path(explicit)
+        if not resolved.is_file():
+            raise ConfigError(f"settings file {str(resolved)!r} does not exist: fix the path")
+        return resolved
+    default = Path("settings.yaml")
+    return default if default.is_file() else None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load settings from the YAML file, the environment and `overrides` (CLI flags)."""
+    yaml_path = resolve_settings_path(path)
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=yaml_path)
+
+    try:
+        settings = _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, yaml_path)) from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable or malformed YAML
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"cannot read settings file {str(yaml_path)!r}: {detail}") from None
+    check_client_properties(settings)
+    return settings
+
+
+def check_client_properties(settings: Settings) -> None:
+    for key, why in RESERVED_CONSUMER_PROPERTIES.items():
+        if key in settings.kafka.consumer:
+            raise ConfigError(
+                f"setting kafka.consumer.{key} is managed by kafkaworker ({why}): remove it"
+            )
+
+
+def _one_line(exc: ValidationError, yaml_path: Path | None) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    source = f" (settings file {str(yaml_path)!r} or KAFKAWORKER_* env)" if yaml_path else ""
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting {key!r}{source}: {_allowed_keys(error['loc'])}{more}"
+    value = error.get("input")
+    return f"setting {key}={value!r} is invalid{source}: {error['msg']}{more}"
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> str:
+    model: type[BaseModel] | None = Settings
+    for part in loc[:-1]:
+        if model is None:
+            break
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else (HandlerSettings if part == "handlers" else None)
+        )
+    if model is None:
+        return "not a known key"
+    return "allowed keys are " + ", ".join(model.model_fields)

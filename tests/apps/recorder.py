@@ -1,0 +1,36 @@
+"""A test app that records every message it finishes, for the fault tests to count.
+
+Configured by environment: RECORDER_TOPIC, RECORDER_FILE, RECORDER_SLEEP (seconds per message),
+RECORDER_ORDERING, RECORDER_CONCURRENCY. Each finished message appends one line,
+"pid partition offset key started finished", with one write on an O_APPEND descriptor, so
+lines from several processes never interleave.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from kafkaworker import App, Message
+
+app = App("recorder")
+_FILE = os.environ.get("RECORDER_FILE", "/dev/null")
+_SLEEP = float(os.environ.get("RECORDER_SLEEP", "0"))
+_fd = os.open(_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+_pid = os.getpid()
+
+
+@app.handler(
+    os.environ.get("RECORDER_TOPIC", "recorder"),
+    group=os.environ.get("RECORDER_GROUP"),
+    ordering=os.environ.get("RECORDER_ORDERING", "partition"),  # type: ignore[arg-type]
+    concurrency=int(os.environ.get("RECORDER_CONCURRENCY", "4")),
+    codec="raw",
+)
+def record(msg: Message[bytes]) -> None:
+    started = time.monotonic()
+    if _SLEEP:
+        time.sleep(_SLEEP)
+    key = (msg.key or b"-").decode()
+    line = f"{_pid} {msg.partition} {msg.offset} {key} {started:.6f} {time.monotonic():.6f}\n"
+    os.write(_fd, line.encode())

@@ -1,0 +1,309 @@
+"""The runtime against the real broker, in process: ordering, commits, failures, backpressure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from kafkaworker import App, Backoff, Message, StartupError
+from kafkaworker.runtime.runner import Runner, resolve_specs
+from tests.conftest import TopicFactory
+from tests.support import committed, end_offsets, make_settings, produce, running, wait_until
+
+pytestmark = pytest.mark.kafka
+
+
+class Tracker:
+    """Thread-safe record of what handlers saw, and how many ran at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[int, int, bytes | None]] = []
+        self.active: dict[Any, int] = defaultdict(int)
+        self.max_active: dict[Any, int] = defaultdict(int)
+
+    def enter(self, *scopes: Any) -> None:
+        with self.lock:
+            for scope in scopes:
+                self.active[scope] += 1
+                self.max_active[scope] = max(self.max_active[scope], self.active[scope])
+
+    def leave(self, msg: Message[Any], *scopes: Any) -> None:
+        with self.lock:
+            for scope in scopes:
+                self.active[scope] -= 1
+            self.seen.append((msg.partition, msg.offset, msg.key))
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.seen)
+
+
+def test_partition_ordering_runs_one_message_per_partition_in_offset_order(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = new_topic(4)
+    total = 2000
+    produce(
+        kafka_bootstrap,
+        topic,
+        [b"%d" % i for i in range(total)],
+        partitions=[i % 4 for i in range(total)],
+    )
+    tracker = Tracker()
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, concurrency=8, codec="raw")
+    def handle(msg: Message[bytes]) -> None:
+        tracker.enter(msg.partition)
+        tracker.leave(msg, msg.partition)
+
+    with running(app, make_settings(kafka_bootstrap)):
+        wait_until(lambda: tracker.count() >= total, 60, "every message handled")
+        wait_until(
+            lambda: (
+                committed(kafka_bootstrap, app.name, topic, 4)
+                == end_offsets(kafka_bootstrap, topic, 4)
+            ),
+            30,
+            "offsets committed to the end",
+        )
+
+    per_partition: dict[int, list[int]] = defaultdict(list)
+    for partition, offset, _ in tracker.seen:
+        per_partition[partition].append(offset)
+    assert {p: offsets for p, offsets in per_partition.items()} == {
+        p: list(range(total // 4)) for p in range(4)
+    }
+    assert all(tracker.max_active[p] == 1 for p in range(4))
+
+
+def test_key_ordering_keeps_per_key_order_with_parallelism_inside_a_partition(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = new_topic(2)
+    total = 600
+    keys = [b"k%d" % (i % 30) for i in range(total)]
+    produce(kafka_bootstrap, topic, [b"%d" % i for i in range(total)], keys=keys)
+    tracker = Tracker()
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, concurrency=16, ordering="key", codec="raw")
+    def handle(msg: Message[bytes]) -> None:
+        tracker.enter(("key", msg.partition, msg.key), ("partition", msg.partition))
+        time.sleep(0.002)
+        tracker.leave(msg, ("key", msg.partition, msg.key), ("partition", msg.partition))
+
+    with running(app, make_settings(kafka_bootstrap)):
+        wait_until(lambda: tracker.count() >= total, 60, "every message handled")
+
+    per_key: dict[tuple[int, bytes | None], list[int]] = defaultdict(list)
+    for partition, offset, key in tracker.seen:
+        per_key[(partition, key)].append(offset)
+    assert sum(len(v) for v in per_key.values()) == total
+    assert all(offsets == sorted(offsets) for offsets in per_key.values())
+    assert all(tracker.max_active[("key", p, k)] == 1 for p, k in per_key)
+    # More threads than partitions pay off: one partition runs several keys at once.
+    assert max(tracker.max_active[("partition", p)] for p in range(2)) > 1
+
+
+def test_no_ordering_uses_every_thread(kafka_bootstrap: str, new_topic: TopicFactory) -> None:
+    topic = new_topic(1)
+    produce(kafka_bootstrap, topic, [b"x"] * 64)
+    tracker = Tracker()
+    all_in = threading.Barrier(8, timeout=20)
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, concurrency=8, ordering="none", codec="raw")
+    def handle(msg: Message[bytes]) -> None:
+        tracker.enter("all")
+        if msg.offset < 8:
+            all_in.wait()  # passes only when 8 threads are in the handler together
+        tracker.leave(msg, "all")
+
+    with running(app, make_settings(kafka_bootstrap)):
+        wait_until(lambda: tracker.count() >= 64, 60, "every message handled")
+    assert tracker.max_active["all"] == 8
+    assert sorted(offset for _, offset, _ in tracker.seen) == list(range(64))
+
+
+def test_a_failing_message_stops_its_partitions_commits_but_not_the_others(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = new_topic(2)
+    produce(
+        kafka_bootstrap,
+        topic,
+        [b"%d" % i for i in range(40)],
+        partitions=[i % 2 for i in range(40)],
+    )
+    attempts: dict[int, int] = defaultdict(int)
+    handled = Tracker()
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec="raw", retries=2, backoff=Backoff(initial=0.01, max=0.05))
+    def handle(msg: Message[bytes]) -> None:
+        if msg.partition == 0 and msg.offset == 5:
+            attempts[msg.attempt] += 1
+            raise RuntimeError("the payment service is down")
+        handled.enter()
+        handled.leave(msg)
+
+    with running(app, make_settings(kafka_bootstrap)) as runner:
+        wait_until(lambda: handled.count() >= 25, 30, "partition 1 and the head of partition 0")
+        wait_until(
+            lambda: committed(kafka_bootstrap, app.name, topic, 2) == {0: 5, 1: 20},
+            30,
+            "partition 1 committed to its end, partition 0 up to the failure",
+        )
+        wait_until(lambda: len(attempts) >= 5, 30, "the failing message retried past retries")
+        assert runner.workers[0].poller.stats.finished == 25
+    # Past its retries the message kept being retried (stalled), never skipped.
+    assert sorted(attempts)[:5] == [1, 2, 3, 4, 5]
+    assert committed(kafka_bootstrap, app.name, topic, 2) == {0: 5, 1: 20}
+
+
+def test_manual_ack_commits_only_what_was_acknowledged(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = new_topic(1)
+    produce(kafka_bootstrap, topic, [b"%d" % i for i in range(10)])
+    received: list[Message[bytes]] = []
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec="raw", ack="manual")
+    def handle(msg: Message[bytes]) -> None:
+        received.append(msg)  # acknowledged later, from another thread
+
+    with running(app, make_settings(kafka_bootstrap)):
+        wait_until(lambda: len(received) == 10, 30, "10 messages handed over")
+        acker = threading.Thread(
+            target=lambda: [m.ack() for m in reversed(received) if m.offset != 3]
+        )
+        acker.start()
+        acker.join()
+        wait_until(
+            lambda: committed(kafka_bootstrap, app.name, topic, 1) == {0: 3},
+            30,
+            "a commit up to the unacknowledged offset 3",
+        )
+        time.sleep(0.5)  # several commit intervals: the position must stay at 3
+        assert committed(kafka_bootstrap, app.name, topic, 1) == {0: 3}
+        received[3].ack()
+        wait_until(
+            lambda: committed(kafka_bootstrap, app.name, topic, 1) == {0: 10},
+            30,
+            "the commit to move to the end once offset 3 is acknowledged",
+        )
+
+
+def test_backpressure_bounds_outstanding_work_and_pauses(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = new_topic(1)
+    produce(kafka_bootstrap, topic, [b"x"] * 300)
+    outstanding: list[int] = []
+    app = App(f"g-{topic}")
+    runner_box: list[Runner] = []
+
+    @app.handler(topic, codec="raw", concurrency=2)
+    def handle(msg: Message[bytes]) -> None:
+        time.sleep(0.002)
+        poller = runner_box[0].workers[0].poller
+        outstanding.append(sum(len(s.offsets) for s in list(poller._partitions.values())))
+
+    settings = make_settings(
+        kafka_bootstrap, max_pending_per_partition=20, max_pending=1000, poll_batch=10
+    )
+    with running(app, settings) as runner:
+        runner_box.append(runner)
+        wait_until(lambda: len(outstanding) >= 300, 60, "every message handled")
+        stats = runner.workers[0].poller.stats
+        assert stats.pauses > 0
+    # At most the limit plus one batch fetched before the pause took effect.
+    assert max(outstanding) <= 20 + 10
+
+
+def test_a_handler_slower_than_max_poll_interval_keeps_its_membership(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = new_topic(1)
+    produce(kafka_bootstrap, topic, [b"%d" % i for i in range(5)])
+    done = Tracker()
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec="raw", concurrency=1)
+    def handle(msg: Message[bytes]) -> None:
+        if msg.offset == 0:
+            time.sleep(9)  # longer than max.poll.interval.ms below
+        done.enter()
+        done.leave(msg)
+
+    settings = make_settings(
+        kafka_bootstrap,
+        kafka={
+            "bootstrap_servers": kafka_bootstrap,
+            "consumer": {"max.poll.interval.ms": 6000, "session.timeout.ms": 6000},
+        },
+    )
+    with running(app, settings) as runner:
+        wait_until(lambda: done.count() == 5, 40, "all five handled")
+        wait_until(
+            lambda: committed(kafka_bootstrap, app.name, topic, 1) == {0: 5},
+            30,
+            "offsets committed",
+        )
+        stats = runner.workers[0].poller.stats
+        assert (stats.assigned, stats.revoked, stats.lost) == (1, 0, 0)
+    assert [offset for _, offset, _ in done.seen] == [0, 1, 2, 3, 4]
+
+
+def test_kip848_consumer_protocol_processes_everything(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = new_topic(3)
+    produce(kafka_bootstrap, topic, [b"%d" % i for i in range(300)])
+    done = Tracker()
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec="raw")
+    def handle(msg: Message[bytes]) -> None:
+        done.enter()
+        done.leave(msg)
+
+    settings = make_settings(
+        kafka_bootstrap, kafka={"bootstrap_servers": kafka_bootstrap, "group_protocol": "consumer"}
+    )
+    with running(app, settings):
+        wait_until(lambda: done.count() >= 300, 60, "every message handled")
+        wait_until(
+            lambda: (
+                committed(kafka_bootstrap, app.name, topic, 3)
+                == end_offsets(kafka_bootstrap, topic, 3)
+            ),
+            30,
+            "offsets committed",
+        )
+    assert len(done.seen) == 300
+
+
+def test_a_missing_topic_is_a_clear_startup_error(kafka_bootstrap: str) -> None:
+    app = App("g-missing")
+
+    @app.handler("no-such-topic-here")
+    def handle(msg: Message[Any]) -> None:
+        pass
+
+    runner = Runner(
+        app, make_settings(kafka_bootstrap), resolve_specs(app, make_settings(kafka_bootstrap))
+    )
+    with pytest.raises(StartupError) as error:
+        runner.run()
+    assert str(error.value) == (
+        f"topic 'no-such-topic-here' (handler 'handle') does not exist on {kafka_bootstrap}: "
+        "create it, or fix the handler's topics"
+    )

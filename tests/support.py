@@ -1,0 +1,197 @@
+"""Helpers shared by the integration and fault tests: produce, await, read commits, run apps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from kafkaworker import App, Settings
+from kafkaworker.runtime.runner import Runner, resolve_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    """Poll `predicate` until it is truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: Sequence[bytes],
+    *,
+    keys: Sequence[bytes | None] | None = None,
+    partitions: Sequence[int] | None = None,
+) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    errors: list[Any] = []
+    for i, value in enumerate(values):
+        kwargs: dict[str, Any] = {}
+        if keys is not None:
+            kwargs["key"] = keys[i]
+        if partitions is not None:
+            kwargs["partition"] = partitions[i]
+        producer.produce(topic, value, on_delivery=lambda e, _m: e and errors.append(e), **kwargs)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    assert errors == []
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition (-1001 where none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 10)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in tps}
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "end-offsets"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def make_settings(bootstrap: str, **overrides: Any) -> Settings:
+    """Settings for in-process runs: fast commits and shutdown, no settings.yaml involved."""
+    values: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": bootstrap},
+        "commit_interval": 0.2,
+        "shutdown_timeout": 10.0,
+        "startup_timeout": 10.0,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@contextmanager
+def running(app: App, settings: Settings) -> Iterator[Runner]:
+    """Run `app` in a background thread; stop it gracefully on exit and check it exited 0."""
+    runner = Runner(app, settings, resolve_specs(app, settings))
+    result: list[int] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(runner.run())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            failure.append(exc)
+            runner.started.set()
+
+    thread = threading.Thread(target=target, name="test-runner", daemon=True)
+    thread.start()
+    runner.started.wait(30)
+    if failure:
+        raise failure[0]
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        thread.join(60)
+        assert not thread.is_alive(), "the runner did not stop within 60s"
+        if failure:
+            raise failure[0]
+        assert result == [0], f"the runner exited with {result}"
+
+
+@dataclass
+class Record:
+    """One handled message, as written by tests/apps/recorder.py."""
+
+    pid: int
+    partition: int
+    offset: int
+    key: str
+    started: float
+    finished: float
+
+
+def read_records(path: Path) -> list[Record]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        parts = line.split(" ")
+        if len(parts) != 6:
+            continue  # a line cut by kill -9 mid-write: not a finished record
+        pid, partition, offset, key, started, finished = parts
+        records.append(
+            Record(int(pid), int(partition), int(offset), key, float(started), float(finished))
+        )
+    return records
+
+
+class WorkerProcess:
+    """A real `kafkaworker run tests.apps.recorder:app` subprocess."""
+
+    def __init__(self, bootstrap: str, topic: str, record: Path, **env: str) -> None:
+        self.env = {
+            **os.environ,
+            "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKAWORKER_COMMIT_INTERVAL": "0.2",
+            "KAFKAWORKER_LOG_LEVEL": "INFO",
+            "RECORDER_TOPIC": topic,
+            "RECORDER_FILE": str(record),
+            **env,
+        }
+        self.log = record.with_suffix(f".{len(list(record.parent.glob('*.log')))}.log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kafkaworker", "run", "tests.apps.recorder:app"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, signum: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")

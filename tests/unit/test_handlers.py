@@ -1,0 +1,90 @@
+"""The decorator: registration, validation at import time, one-line errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kafkaworker import App, Backoff, ConfigError, Message
+
+
+def handler(msg: Message[Any]) -> None:
+    pass
+
+
+def test_decorator_returns_the_function_unchanged_and_registers_it() -> None:
+    app = App("svc")
+    decorated = app.handler("orders", concurrency=3, ordering="key", retries=2, dlq="orders.dlq")(
+        handler
+    )
+    assert decorated is handler
+    spec = app.handlers["handler"]
+    assert spec.topics == ("orders",)
+    assert (spec.concurrency, spec.ordering, spec.retries, spec.dlq) == (3, "key", 2, "orders.dlq")
+    assert spec.backoff == Backoff()
+    assert (spec.codec, spec.ack, spec.group) == ("json", "auto", None)
+
+
+def test_a_list_of_topics_and_an_explicit_name() -> None:
+    app = App("svc")
+    app.handler(["a", "b"], name="both")(handler)
+    assert app.handlers["both"].topics == ("a", "b")
+
+
+def test_two_handlers_with_one_name_fail_at_import_naming_it() -> None:
+    app = App("svc")
+    app.handler("a")(handler)
+    with pytest.raises(ConfigError, match="handler 'handler' is registered twice"):
+        app.handler("b")(handler)
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"concurrency": 0}, "concurrency=0"),
+        ({"concurrency": True}, "concurrency=True"),
+        ({"ordering": "random"}, "ordering='random'"),
+        ({"retries": -1}, "retries=-1"),
+        ({"ack": "later"}, "ack='later'"),
+        ({"codec": "yaml"}, "codec='yaml'"),
+        ({"dlq": "orders"}, "dlq='orders'"),
+        ({"dlq": "bad topic"}, "dlq='bad topic'"),
+        ({"backoff": 5}, "backoff=5"),
+        ({"group": ""}, "group=''"),
+    ],
+)
+def test_invalid_options_name_the_handler_and_the_option(
+    options: dict[str, Any], option: str
+) -> None:
+    app = App("svc")
+    with pytest.raises(ConfigError) as error:
+        app.handler("orders", **options)(handler)
+    message = str(error.value)
+    assert message.startswith(f"handler 'handler': {option} is invalid: ")
+    assert "\n" not in message
+
+
+def test_invalid_topic_name() -> None:
+    with pytest.raises(ConfigError, match=r"topics='a/b' is invalid"):
+        App("svc").handler("a/b")(handler)
+
+
+def test_a_handler_must_take_one_argument() -> None:
+    def no_args() -> None:
+        pass
+
+    with pytest.raises(ConfigError, match="must accept exactly one argument"):
+        App("svc").handler("orders")(no_args)
+
+
+def test_backoff_is_validated() -> None:
+    with pytest.raises(ConfigError, match="jitter='half'"):
+        Backoff(jitter="half")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"max=0\.1"):
+        Backoff(initial=1, max=0.1)
+
+
+def test_app_name_must_be_a_non_empty_string() -> None:
+    with pytest.raises(ConfigError, match="App name ''"):
+        App("")

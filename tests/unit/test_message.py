@@ -1,0 +1,76 @@
+"""Message: fields, headers, decoding, acknowledgement."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from kafkaworker import DeserializationError, Message
+from kafkaworker.serialization import CODECS
+
+
+def test_a_message_built_by_hand_for_unit_tests() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    msg: Message[dict[str, Any]] = Message(
+        "orders",
+        {"id": 1},
+        partition=2,
+        offset=9,
+        key=b"k",
+        timestamp=at,
+        headers=[("trace", b"a"), ("trace", b"b"), ("empty", None)],
+    )
+    assert (msg.topic, msg.partition, msg.offset, msg.attempt) == ("orders", 2, 9, 1)
+    assert msg.value == {"id": 1}
+    assert msg.key == b"k"
+    assert msg.timestamp == at
+    assert msg.header("trace") == b"b"  # the last one wins, as with Kafka's lastHeader()
+    assert msg.header("empty") is None
+    assert msg.header("missing", b"default") == b"default"
+
+
+def test_ack_calls_back_once() -> None:
+    calls = []
+    msg: Message[Any] = Message("t", None)
+    msg._ack = lambda: calls.append(1)
+    msg.ack()
+    msg.ack()
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("codec", "payload", "expected"),
+    [
+        ("json", b'{"a": [1, 2]}', {"a": [1, 2]}),
+        ("raw", b"\x00\xff", b"\x00\xff"),
+        ("text", "zürich".encode(), "zürich"),
+    ],
+)
+def test_codecs_round_trip(codec: str, payload: bytes, expected: object) -> None:
+    assert CODECS[codec].decode(payload, []) == expected
+    assert CODECS[codec].decode(CODECS[codec].encode(expected), []) == expected
+
+
+@pytest.mark.parametrize("payload", [b"{not json", b"", b"\xff\xfe"])
+def test_undecodable_json_is_a_deserialization_error_naming_the_record(payload: bytes) -> None:
+    class Raw:
+        def topic(self) -> str:
+            return "orders"
+
+        def partition(self) -> int:
+            return 3
+
+        def offset(self) -> int:
+            return 41
+
+        def value(self) -> bytes:
+            return payload
+
+        def headers(self) -> None:
+            return None
+
+    msg = Message._from_kafka(Raw(), CODECS["json"])  # type: ignore[arg-type]
+    with pytest.raises(DeserializationError, match=r"orders\[3\]@41 with the json codec"):
+        _ = msg.value

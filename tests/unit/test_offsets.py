@@ -1,0 +1,99 @@
+"""OffsetTracker: the committed position never passes an unfinished offset."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kafkaworker.runtime.offsets import PartitionOffsets
+
+
+def test_nothing_is_committable_before_the_first_offset_finishes() -> None:
+    offsets = PartitionOffsets()
+    for offset in (10, 11, 12):
+        offsets.add(offset)
+    offsets.finish(11)
+    offsets.finish(12)
+    assert offsets.advance() is None
+    assert offsets.committable is None
+    assert len(offsets) == 3
+
+
+def test_position_moves_past_a_finished_prefix_only() -> None:
+    offsets = PartitionOffsets()
+    for offset in range(5):
+        offsets.add(offset)
+    offsets.finish(0)
+    offsets.finish(1)
+    offsets.finish(3)
+    assert offsets.advance() == 2
+    assert offsets.lowest_unfinished() == 2
+    offsets.finish(2)
+    assert offsets.advance() == 4
+    offsets.finish(4)
+    assert offsets.advance() == 5
+    assert len(offsets) == 0
+
+
+def test_gaps_from_compaction_commit_one_past_the_last_offset_seen() -> None:
+    offsets = PartitionOffsets()
+    for offset in (3, 7, 20):
+        offsets.add(offset)
+    for offset in (20, 7, 3):
+        offsets.finish(offset)
+    assert offsets.advance() == 21
+
+
+@st.composite
+def fetched_and_finish_order(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    gaps = draw(st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=200))
+    start = draw(st.integers(min_value=0, max_value=10**12))
+    fetched = []
+    position = start
+    for gap in gaps:
+        fetched.append(position)
+        position += gap
+    finish_order = draw(st.permutations(fetched))
+    return fetched, list(finish_order)
+
+
+@given(fetched_and_finish_order(), st.data())
+def test_committed_never_passes_an_unfinished_offset(
+    case: tuple[list[int], list[int]], data: st.DataObject
+) -> None:
+    fetched, finish_order = case
+    # Only a prefix of the finish order completes: the rest stays in flight (or failed).
+    finished_count = data.draw(st.integers(min_value=0, max_value=len(finish_order)))
+    offsets = PartitionOffsets()
+    for offset in fetched:
+        offsets.add(offset)
+    finished: set[int] = set()
+    for offset in finish_order[:finished_count]:
+        offsets.finish(offset)
+        finished.add(offset)
+        offsets.advance()
+        if offsets.committable is not None:
+            # Every fetched offset below the committed position is finished.
+            assert all(o in finished for o in fetched if o < offsets.committable)
+    unfinished = [o for o in fetched if o not in finished]
+    if unfinished:
+        assert offsets.committable is None or offsets.committable <= min(unfinished)
+        assert offsets.lowest_unfinished() == min(unfinished)
+
+
+@given(fetched_and_finish_order())
+def test_committed_reaches_the_end_when_everything_finishes(
+    case: tuple[list[int], list[int]],
+) -> None:
+    fetched, finish_order = case
+    offsets = PartitionOffsets()
+    for offset in fetched:
+        offsets.add(offset)
+    positions = []
+    for offset in finish_order:
+        offsets.finish(offset)
+        if (moved := offsets.advance()) is not None:
+            positions.append(moved)
+    assert offsets.committable == fetched[-1] + 1
+    assert positions == sorted(positions)  # the position only ever moves forward
+    assert len(offsets) == 0

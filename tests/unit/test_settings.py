@@ -1,0 +1,149 @@
+"""Settings: defaults < decorator < settings.yaml < KAFKAWORKER_* env < CLI, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kafkaworker import App, ConfigError, Message, load_settings
+from kafkaworker.runtime.runner import resolve_specs
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KAFKAWORKER_SETTINGS", raising=False)
+    return tmp_path
+
+
+def app_with_handler(**options: Any) -> App:
+    app = App("svc")
+
+    @app.handler("orders", **options)
+    def handle(msg: Message[Any]) -> None:
+        pass
+
+    return app
+
+
+def test_library_defaults_without_any_file_or_env() -> None:
+    settings = load_settings()
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.shutdown_timeout == 30.0
+    assert resolve_specs(app_with_handler(), settings)[0].concurrency == 8
+
+
+def test_each_layer_overrides_the_one_below(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = app_with_handler(concurrency=3)  # decorator over the default of 8
+    assert resolve_specs(app, load_settings())[0].concurrency == 3
+
+    (isolated / "settings.yaml").write_text(
+        "log_level: WARNING\nhandlers:\n  handle:\n    concurrency: 5\n    ordering: key\n"
+    )
+    settings = load_settings()
+    assert resolve_specs(app, settings)[0].concurrency == 5  # yaml over decorator
+    assert settings.log_level == "WARNING"
+
+    monkeypatch.setenv("KAFKAWORKER_HANDLERS__HANDLE__CONCURRENCY", "7")
+    monkeypatch.setenv("KAFKAWORKER_LOG_LEVEL", "ERROR")
+    settings = load_settings()
+    spec = resolve_specs(app, settings)[0]
+    assert spec.concurrency == 7  # env over yaml
+    assert spec.ordering == "key"  # nested env merges with the yaml, key by key
+    assert settings.log_level == "ERROR"
+
+    assert load_settings(log_level="DEBUG").log_level == "DEBUG"  # CLI over env
+
+
+def test_env_nesting_reaches_kafka_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS", "10.0.0.1:9093")
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__CONSUMER", '{"fetch.min.bytes": 1024}')
+    settings = load_settings()
+    assert settings.kafka.bootstrap_servers == "10.0.0.1:9093"
+    assert settings.kafka.consumer == {"fetch.min.bytes": 1024}
+
+
+def test_settings_path_from_flag_then_env(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (isolated / "a.yaml").write_text("shutdown_timeout: 3\n")
+    (isolated / "b.yaml").write_text("shutdown_timeout: 4\n")
+    monkeypatch.setenv("KAFKAWORKER_SETTINGS", str(isolated / "b.yaml"))
+    assert load_settings().shutdown_timeout == 4
+    assert load_settings(isolated / "a.yaml").shutdown_timeout == 3
+
+
+def test_backoff_override_merges_with_the_decorator() -> None:
+    from kafkaworker import Backoff  # noqa: PLC0415
+
+    app = app_with_handler(backoff=Backoff(initial=1.0, max=10.0))
+    Path("settings.yaml").write_text("handlers:\n  handle:\n    backoff:\n      max: 20\n")
+    spec = resolve_specs(app, load_settings())[0]
+    assert (spec.backoff.initial, spec.backoff.max) == (1.0, 20.0)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        (
+            "kafka:\n  bootstrap_server: x\n",
+            "unknown setting 'kafka.bootstrap_server' (settings file 'settings.yaml' or "
+            "KAFKAWORKER_* env): allowed keys are bootstrap_servers, group_protocol, consumer, "
+            "producer",
+        ),
+        (
+            "shutdown_timeout: soon\n",
+            "setting shutdown_timeout='soon' is invalid (settings file 'settings.yaml' or "
+            "KAFKAWORKER_* env): Input should be a valid number, unable to parse string as a "
+            "number",
+        ),
+        (
+            "handlers:\n  h:\n    ordering: random\n",
+            "setting handlers.h.ordering='random' is invalid (settings file 'settings.yaml' or "
+            "KAFKAWORKER_* env): Input should be 'partition', 'key' or 'none'",
+        ),
+        (
+            "kafka:\n  consumer:\n    enable.auto.offset.store: true\n",
+            "setting kafka.consumer.enable.auto.offset.store is managed by kafkaworker (offsets "
+            "are stored only once a message is finished): remove it",
+        ),
+        ("kafka: [\n", "cannot read settings file 'settings.yaml': while parsing"),
+    ],
+)
+def test_wrong_settings_fail_in_one_line_naming_key_value_and_what_is_allowed(
+    yaml_text: str, expected: str
+) -> None:
+    Path("settings.yaml").write_text(yaml_text)
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    message = str(error.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+
+
+def test_wrong_env_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKAWORKER_MAX_PENDING", "-5")
+    with pytest.raises(
+        ConfigError, match=r"^setting max_pending='-5' is invalid: Input should be greater than 0"
+    ):
+        load_settings()
+
+
+def test_missing_settings_file_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"settings file 'nope\.yaml' does not exist"):
+        load_settings("nope.yaml")
+
+
+def test_overrides_for_an_unknown_handler_are_refused() -> None:
+    Path("settings.yaml").write_text("handlers:\n  hadnle:\n    concurrency: 2\n")
+    with pytest.raises(
+        ConfigError, match="app 'svc' has no handler 'hadnle'; its handlers are: handle"
+    ):
+        resolve_specs(app_with_handler(), load_settings())
+
+
+def test_only_names_an_unknown_handler() -> None:
+    with pytest.raises(ConfigError, match="--only nope: app 'svc' has no such handler"):
+        resolve_specs(app_with_handler(), load_settings(), only=["nope"])
