@@ -163,11 +163,10 @@ class Message(Generic[T]):
         With ack="auto" the runtime acknowledges when the handler returns; calling ack() then
         does nothing.
         """
-        if self._acked:
-            return
-        self._acked = True
         if self._ack is not None:
-            self._ack()
+            self._ack()  # the runtime's: reports the message once, whoever calls first
+        else:
+            self._acked = True
 
     def __repr__(self) -> str:
         return f"<Message {self.topic}[{self.partition}]@{self.offset} attempt={self.attempt}>"

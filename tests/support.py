@@ -156,6 +156,9 @@ class WorkerProcess:
             **os.environ,
             "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
             "KAFKAWORKER_COMMIT_INTERVAL": "0.2",
+            # A member killed with SIGKILL stays in the group until its session times out.
+            "KAFKAWORKER_KAFKA__CONSUMER": '{"session.timeout.ms": 6000, '
+            '"heartbeat.interval.ms": 1000}',
             "KAFKAWORKER_LOG_LEVEL": "INFO",
             "RECORDER_TOPIC": topic,
             "RECORDER_FILE": str(record),

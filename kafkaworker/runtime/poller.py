@@ -65,6 +65,10 @@ class Poller:
         self._codec = get_codec(spec.codec)
         self._partitions: dict[tuple[str, int], PartitionState] = {}
         self._stopping = threading.Event()
+        # Set once shutdown committed: the revoke that consumer.close() triggers then only
+        # forgets (waiting and committing again would delay leaving the group).
+        self._closed_out = False
+        self._shutdown_deadline = float("inf")
         self._globally_paused = False
         self.stats = PollerStats()
         self.unfinished_at_exit: dict[tuple[str, int], int] = {}
@@ -96,8 +100,11 @@ class Poller:
         if first is not None:
             # poll() returns as soon as one record is there; consume(n, 0) then takes what is
             # already fetched without waiting (consume(n, t) would wait t for a full batch).
-            batch = [first, *self._consumer.consume(self.settings.poll_batch - 1, 0)]
-            self._dispatch(batch)
+            # `first` is dispatched before consume() runs: consume() may run rebalance
+            # callbacks, and a record from before a revoke must not reach the next assignment.
+            self._dispatch([first])
+            if self.settings.poll_batch > 1:
+                self._dispatch(self._consumer.consume(self.settings.poll_batch - 1, 0))
         self._collect(self._drain())
         self._apply_backpressure()
 
@@ -105,30 +112,45 @@ class Poller:
         ready: list[Message[Any]] = []
         partitions = self._partitions
         codec = self._codec
+        fatal: KafkaError | None = None
         for raw in batch:
             error = raw.error()
             if error is not None:
-                self._on_error(error)
+                fatal = fatal or self._on_error(error)
                 continue
             state = partitions.get((raw.topic(), raw.partition()))
+            if state is None or state.revoked:
+                continue  # fetched just before a revoke: the new owner gets it
             offset = raw.offset()
-            # Not ours any more (fetched just before a revoke), or fetched again after a
-            # pause: the first copy is already in flight, the new owner gets the rest.
-            if state is None or state.revoked or offset <= state.last_dispatched:
+            if offset <= state.last_dispatched:
+                # The tracker needs ascending offsets; the first copy is already in flight.
+                log.warning(
+                    "record fetched twice; the first copy is handled",
+                    handler=self.spec.name,
+                    topic=state.topic,
+                    partition=state.partition,
+                    offset=offset,
+                    last_dispatched=state.last_dispatched,
+                )
                 continue
             state.last_dispatched = offset
             state.offsets.add(offset)
             state.in_flight += 1
             ready.append(Message._from_kafka(raw, codec, state))
         self.stats.fetched += len(ready)
+        # Hand over what was counted in flight before raising, or shutdown would wait for it.
         self._pool.submit(ready)
+        if fatal is not None:
+            raise KafkaException(fatal)
 
-    def _on_error(self, error: KafkaError) -> None:
+    def _on_error(self, error: KafkaError) -> KafkaError | None:
+        """Log a consumer error; return it when it is fatal (the consumer is unusable)."""
         if error.code() == KafkaError._PARTITION_EOF:
-            return
+            return None
         if error.fatal():
-            raise KafkaException(error)
+            return error
         log.warning("consumer error", handler=self.spec.name, error=str(error))
+        return None
 
     # -- completions and commits -------------------------------------------------------------
 
@@ -167,7 +189,7 @@ class Poller:
             try:
                 self._consumer.store_offsets(offsets=to_store)
             except KafkaException as exc:  # e.g. a partition unassigned meanwhile
-                log.debug("store_offsets failed", error=str(exc))
+                log.warning("store_offsets failed", handler=self.spec.name, error=str(exc))
 
     def _commit(self, states: Iterable[PartitionState]) -> None:
         """Synchronously commit the committable position of these partitions."""
@@ -246,11 +268,13 @@ class Poller:
         """Stop dispatching, drop unstarted, wait (bounded) for in-flight, commit, forget."""
         states = [s for tp in partitions if (s := self._partitions.get((tp.topic, tp.partition)))]
         self._stop_work(states)
-        if commit:
-            self._wait_in_flight(states, self.settings.revoke_timeout)
+        if commit and not self._closed_out:
+            # During shutdown a revoke may not outlast what is left of shutdown_timeout.
+            remaining = self._shutdown_deadline - time.monotonic()
+            self._wait_in_flight(states, min(self.settings.revoke_timeout, max(0.0, remaining)))
             self._commit(states)
         still = {(s.topic, s.partition): s.in_flight for s in states if s.in_flight}
-        if still:
+        if still and not self._closed_out:
             log.warning(
                 "revoked partitions still had messages in flight; the new owner will process "
                 "them again",
@@ -280,20 +304,24 @@ class Poller:
     def _shutdown(self) -> None:
         """Stop fetching, finish in-flight work within shutdown_timeout, commit, close."""
         states = list(self._partitions.values())
+        self._shutdown_deadline = deadline = time.monotonic() + self.settings.shutdown_timeout
         try:
             if states:
                 self._consumer.pause([TopicPartition(s.topic, s.partition) for s in states])
             self._stop_work(states)
-            deadline = time.monotonic() + self.settings.shutdown_timeout
             while any(s.in_flight for s in self._partitions.values()):
                 if time.monotonic() >= deadline:
                     break
                 # Keep serving the group (heartbeats are librdkafka's, but rebalance callbacks
-                # and max.poll.interval.ms are ours) while in-flight handlers finish.
-                self._consumer.poll(0)
+                # and max.poll.interval.ms are ours) while in-flight handlers finish. A record
+                # from a partition assigned meanwhile is not dispatched, so never stored.
+                record = self._consumer.poll(0)
+                if record is not None and (error := record.error()) is not None:
+                    self._on_error(error)
                 self._collect(self._drain(timeout=0.05))
             self._collect(self._drain())
             self._commit(self._partitions.values())
+            self._closed_out = True
             self.unfinished_at_exit = {
                 (s.topic, s.partition): s.in_flight
                 for s in self._partitions.values()

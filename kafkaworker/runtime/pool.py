@@ -34,8 +34,10 @@ Completion = tuple[PartitionState, int, bool]
 CompletionQueue = queue.SimpleQueue[list[Completion]]
 
 # A worker reports what it finished at least this often while it drains a long chunk, so that
-# commits and backpressure follow slow handlers closely.
+# commits and backpressure follow slow handlers closely; after a handler call this slow it
+# reports before every message.
 _REPORT_EVERY = 0.05
+_SLOW_HANDLER = 0.001
 
 
 class WorkerPool:
@@ -50,6 +52,7 @@ class WorkerPool:
         self._lanes: dict[LaneKey, Lane] = {}
         self._ready: deque[Lane] = deque()
         self._closing = False
+        self._ack_lock = threading.Lock()  # manual acks: each message is reported once
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(spec.concurrency)
@@ -84,7 +87,9 @@ class WorkerPool:
                 if not lane.scheduled and not lane.active:
                     lane.scheduled = True
                     self._ready.append(lane)
-                    woken += 1 if self._exclusive else len(lane.queue)
+                    woken += 1
+                if not self._exclusive:
+                    woken += len(batch)  # the shared lane: one waiting thread per message
             if woken:
                 self._cond.notify(woken)
 
@@ -145,6 +150,9 @@ class WorkerPool:
                 if not lane.scheduled:
                     lane.scheduled = True
                     self._ready.append(lane)
+                    # This thread takes the next ready lane itself; wake one more in case
+                    # there are several (new messages came while the lane was active).
+                    self._cond.notify()
             elif self._lanes.get(lane.key) is lane:
                 # Forget empty lanes: with ordering="key" there is one per key ever seen.
                 del self._lanes[lane.key]
@@ -170,6 +178,7 @@ class WorkerPool:
             reported_at = time.monotonic()
 
         manual = self.spec.ack == "manual"
+        slow = False
         while chunk:
             msg = chunk.popleft()
             state = msg._state
@@ -177,19 +186,33 @@ class WorkerPool:
                 report.append((state, msg.offset, False))
                 continue
             # What is finished must not wait behind a handler that may take long: report it
-            # before starting the next message once it is older than the reporting interval.
-            if report and time.monotonic() - reported_at >= _REPORT_EVERY:
+            # first when handlers are slow (then one report per message costs nothing), or
+            # once it is older than the reporting interval.
+            if report and (slow or time.monotonic() - reported_at >= _REPORT_EVERY):
                 flush()
+            started = time.monotonic()
             try:
                 finished = self._execute(msg, state, before_backoff=flush)
             except BaseException:
-                # Not an Exception (SystemExit, KeyboardInterrupt raised by a handler): the
-                # message stays unfinished, so its offset is never committed past.
-                log.exception("handler raised a BaseException", **_where(self.spec, msg))
+                # A bug of the runtime's own: the message stays unfinished, never skipped.
+                log.exception("failed to run the handler", **_where(self.spec, msg))
                 finished = False
-            if not (manual and finished):  # a manual message is reported by msg.ack()
-                report.append((state, msg.offset, finished))
+            slow = time.monotonic() - started >= _SLOW_HANDLER
+            if manual:
+                # Reported exactly once: by msg.ack(), or here if it can no longer be acked.
+                if not finished and self._claim(msg):
+                    report.append((state, msg.offset, False))
+                continue
+            report.append((state, msg.offset, finished))
         flush()
+
+    def _claim(self, msg: Message[Any]) -> bool:
+        """Take the right to report a manual-ack message; False if it was reported already."""
+        with self._ack_lock:
+            if msg._acked:
+                return False
+            msg._acked = True
+            return True
 
     def _execute(
         self, msg: Message[Any], state: PartitionState, *, before_backoff: Callable[[], None]
@@ -201,9 +224,15 @@ class WorkerPool:
         stalls visibly instead of losing the message, and its offset is never committed past.
         """
         spec = self.spec
-        if spec.ack == "manual":
-            completions = self._completions
-            msg._ack = lambda: completions.put([(state, msg.offset, True)])
+        manual = spec.ack == "manual"
+        if manual:
+            completions, claim = self._completions, self._claim
+
+            def ack() -> None:
+                if claim(msg):
+                    completions.put([(state, msg.offset, True)])
+
+            msg._ack = ack
         retry = 0
         while True:
             try:
@@ -211,10 +240,14 @@ class WorkerPool:
                 return True
             except Skip as exc:
                 log.info("message skipped", reason=str(exc), **_where(spec, msg))
-                if spec.ack == "manual":
+                if manual:
                     msg.ack()
                 return True
-            except Exception as exc:  # any handler error: retried, then stalled (never lost)
+            # Any handler error, even a BaseException such as SystemExit: retried, then
+            # stalled, never lost. (Signals reach the main thread only, never a handler.)
+            except BaseException as exc:
+                if manual and msg._acked:
+                    return True  # acknowledged before it raised: finished as far as Kafka goes
                 if state.revoked:
                     return False
                 retry += 1

@@ -1,9 +1,9 @@
 """A test app that records every message it finishes, for the fault tests to count.
 
 Configured by environment: RECORDER_TOPIC, RECORDER_FILE, RECORDER_SLEEP (seconds per message),
-RECORDER_ORDERING, RECORDER_CONCURRENCY. Each finished message appends one line,
-"pid partition offset key started finished", with one write on an O_APPEND descriptor, so
-lines from several processes never interleave.
+RECORDER_ORDERING, RECORDER_CONCURRENCY, RECORDER_GROUP, RECORDER_STARTS (a file of started).
+Each finished message appends one line, "pid partition offset key started finished", with one
+write on an O_APPEND descriptor, so lines from several processes never interleave.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ app = App("recorder")
 _FILE = os.environ.get("RECORDER_FILE", "/dev/null")
 _SLEEP = float(os.environ.get("RECORDER_SLEEP", "0"))
 _fd = os.open(_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+# Optional: one line "pid partition offset" when a handler starts, to see what is in flight.
+_STARTS = os.environ.get("RECORDER_STARTS")
+_starts_fd = os.open(_STARTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if _STARTS else None
 _pid = os.getpid()
 
 
@@ -29,6 +32,8 @@ _pid = os.getpid()
 )
 def record(msg: Message[bytes]) -> None:
     started = time.monotonic()
+    if _starts_fd is not None:
+        os.write(_starts_fd, f"{_pid} {msg.partition} {msg.offset}\n".encode())
     if _SLEEP:
         time.sleep(_SLEEP)
     key = (msg.key or b"-").decode()

@@ -179,13 +179,17 @@ def test_manual_ack_commits_only_what_was_acknowledged(
     def handle(msg: Message[bytes]) -> None:
         received.append(msg)  # acknowledged later, from another thread
 
-    with running(app, make_settings(kafka_bootstrap)):
+    with running(app, make_settings(kafka_bootstrap)) as runner:
         wait_until(lambda: len(received) == 10, 30, "10 messages handed over")
+        # Acked twice each (from two threads at once): still counted once.
         acker = threading.Thread(
             target=lambda: [m.ack() for m in reversed(received) if m.offset != 3]
         )
+        racer = threading.Thread(target=lambda: [m.ack() for m in received if m.offset != 3])
+        racer.start()
         acker.start()
         acker.join()
+        racer.join()
         wait_until(
             lambda: committed(kafka_bootstrap, app.name, topic, 1) == {0: 3},
             30,
@@ -194,11 +198,15 @@ def test_manual_ack_commits_only_what_was_acknowledged(
         time.sleep(0.5)  # several commit intervals: the position must stay at 3
         assert committed(kafka_bootstrap, app.name, topic, 1) == {0: 3}
         received[3].ack()
+        received[3].ack()
         wait_until(
             lambda: committed(kafka_bootstrap, app.name, topic, 1) == {0: 10},
             30,
             "the commit to move to the end once offset 3 is acknowledged",
         )
+        poller = runner.workers[0].poller
+        wait_until(lambda: poller.stats.finished == 10, 10, "ten finished")
+        assert [s.in_flight for s in poller._partitions.values()] == [0]
 
 
 def test_backpressure_bounds_outstanding_work_and_pauses(
