@@ -91,3 +91,18 @@ def test_missing_maven_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.Mon
     message = str(error.value)
     assert "'mvn' is not on PATH" in message
     assert "\n" not in message
+
+
+def test_a_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:
+    # Random ids are URL-safe base64: about one in 64 starts with "-", which the storage
+    # tool's argparse would take for an option.
+    node = broker.Node(
+        node_id=1,
+        port=broker.free_port(),
+        controller_port=broker.free_port(),
+        data_dir=tmp_path / "node1",
+        jars=broker.ensure_jars(),
+        heap="256m",
+    )
+    node.write_config(f"1@127.0.0.1:{node.controller_port}", "-" + "A" * 21, share_groups=False)
+    assert (tmp_path / "node1" / "data" / "meta.properties").exists()

@@ -201,8 +201,8 @@ class Node:
         fmt = self._java(
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            cluster_id,
+            # --opt=value: a random id may start with "-", which argparse reads as an option.
+            f"--cluster-id={cluster_id}",
             "-c",
             str(self.data_dir / "server.properties"),
             "--ignore-formatted",
