@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kafkaworker.errors import ConfigError
-from kafkaworker.handlers import AckMode, HandlerSpec, Ordering
+from kafkaworker.handlers import AckMode, HandlerSpec, OnExhausted, Ordering
 from kafkaworker.runtime.retry import Backoff
 from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings
@@ -52,6 +52,8 @@ class App:
         dlq: str | None = None,
         codec: str | Codec = "json",
         ack: AckMode = "auto",
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        on_exhausted: OnExhausted = "stall",
     ) -> Callable[[F], F]:
         """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
         topic_tuple = (topics,) if isinstance(topics, str) else tuple(topics)
@@ -75,6 +77,8 @@ class App:
                 dlq=dlq,
                 codec=codec,
                 ack=ack,
+                retry_on=retry_on if isinstance(retry_on, tuple) else (retry_on,),
+                on_exhausted=on_exhausted,
             )
             return func
 

@@ -15,8 +15,10 @@ from kafkaworker.serialization import Codec, get_codec
 
 Ordering = Literal["partition", "key", "none"]
 AckMode = Literal["auto", "manual"]
+OnExhausted = Literal["stall", "skip"]
 ORDERINGS: tuple[str, ...] = get_args(Ordering)
 ACK_MODES: tuple[str, ...] = get_args(AckMode)
+ON_EXHAUSTED: tuple[str, ...] = get_args(OnExhausted)
 # Kafka's own rule (kafka.common.internals.Topic): legal characters and at most 249 of them.
 _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _MAX_CONCURRENCY = 4096
@@ -37,6 +39,11 @@ class HandlerSpec:
     dlq: str | None = None
     codec: str | Codec = "json"
     ack: AckMode = "auto"
+    # Which errors are worth retrying; any other error is fatal (straight to the DLQ).
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    # Without a DLQ, what to do once retries are spent: keep retrying at the maximum backoff
+    # (the partition stalls, nothing is lost) or log the message and move on.
+    on_exhausted: OnExhausted = "stall"
 
     def __post_init__(self) -> None:
         def bad(option: str, value: object, allowed: str) -> ConfigError:
@@ -76,6 +83,14 @@ class HandlerSpec:
             raise bad("codec", self.codec, str(exc)) from None
         if self.ack not in ACK_MODES:
             raise bad("ack", self.ack, f"allowed are {', '.join(ACK_MODES)}")
+        if (
+            not isinstance(self.retry_on, tuple)
+            or not self.retry_on
+            or not all(isinstance(c, type) and issubclass(c, BaseException) for c in self.retry_on)
+        ):
+            raise bad("retry_on", self.retry_on, "a tuple of exception classes")
+        if self.on_exhausted not in ON_EXHAUSTED:
+            raise bad("on_exhausted", self.on_exhausted, f"allowed are {', '.join(ON_EXHAUSTED)}")
         _check_signature(self.name, self.func)
 
     def replace(self, **changes: Any) -> HandlerSpec:

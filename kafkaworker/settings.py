@@ -52,6 +52,25 @@ class BackoffSettings(_Strict):
     jitter: Literal["full", "equal", "none"] | None = None
 
 
+class DeadLetterSettings(_Strict):
+    # Create a handler's DLQ topic at start-up when it does not exist (as Kafka Connect does);
+    # with false, a missing DLQ topic fails start-up, naming it.
+    create_topics: bool = True
+    partitions: PositiveInt | None = None  # None: as many as the handler's largest topic
+    replication_factor: PositiveInt | None = None  # None: the broker's default
+    timeout: PositiveFloat = 10.0  # how long one DLQ write waits for acks=all
+
+
+class CircuitBreakerSettings(_Strict):
+    """Pause a handler whose messages mostly go to the DLQ (a bad deploy), for `cooldown`."""
+
+    enabled: bool = True
+    threshold: float = Field(default=0.5, gt=0, le=1)  # share of the window dead-lettered
+    window: PositiveInt = 100  # the last N finished messages
+    min_messages: PositiveInt = 20  # no verdict on fewer
+    cooldown: PositiveFloat = 30.0  # seconds paused before trying again
+
+
 class HandlerSettings(_Strict):
     """Per-handler overrides of the decorator's arguments (None: keep the decorator's)."""
 
@@ -63,6 +82,8 @@ class HandlerSettings(_Strict):
     dlq: str | None = None
     codec: str | None = None
     ack: Literal["auto", "manual"] | None = None
+    on_exhausted: Literal["stall", "skip"] | None = None
+    circuit_breaker: CircuitBreakerSettings | None = None
 
 
 class Settings(BaseSettings):
@@ -75,6 +96,8 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     handlers: dict[str, HandlerSettings] = Field(default_factory=dict)
+    dead_letter: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
+    circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
 
     # How long graceful shutdown waits for in-flight messages before it commits and exits.
     shutdown_timeout: PositiveFloat = 30.0

@@ -20,8 +20,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.breaker import CircuitBreaker
 from kafkaworker.runtime.partitions import PartitionState
-from kafkaworker.runtime.pool import Completion, CompletionQueue, WorkerPool
+from kafkaworker.runtime.pool import (
+    DEAD_LETTERED,
+    NOT_FINISHED,
+    Completion,
+    CompletionQueue,
+    WorkerPool,
+)
 from kafkaworker.serialization import get_codec
 from kafkaworker.settings import Settings
 
@@ -56,12 +64,17 @@ class Poller:
         consumer: Consumer,
         pool: WorkerPool,
         completions: CompletionQueue,
+        *,
+        breaker: CircuitBreaker | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
         self._consumer = consumer
         self._pool = pool
         self._completions = completions
+        self._breaker = breaker
+        self._metrics = metrics or Metrics()
         self._codec = get_codec(spec.codec)
         self._partitions: dict[tuple[str, int], PartitionState] = {}
         self._stopping = threading.Event()
@@ -95,7 +108,11 @@ class Poller:
     # -- one turn ---------------------------------------------------------------------------
 
     def _turn(self) -> None:
-        busy = self._globally_paused or any(s.in_flight for s in self._partitions.values())
+        busy = (
+            self._globally_paused
+            or (self._breaker is not None and self._breaker.open)
+            or any(s.in_flight for s in self._partitions.values())
+        )
         first = self._consumer.poll(_BUSY_POLL if busy else _IDLE_POLL)
         if first is not None:
             # poll() returns as soon as one record is there; consume(n, 0) then takes what is
@@ -171,14 +188,17 @@ class Poller:
         partitions = self._partitions
         touched: set[PartitionState] = set()
         finished = 0
-        for state, offset, ok in completions:
+        breaker = self._breaker
+        for state, offset, outcome in completions:
             if partitions.get((state.topic, state.partition)) is not state:
                 continue  # from an earlier assignment of the partition: not ours to count
             state.in_flight -= 1
-            if ok:
+            if outcome != NOT_FINISHED:
                 state.offsets.finish(offset)
                 touched.add(state)
                 finished += 1
+                if breaker is not None:
+                    breaker.record(outcome == DEAD_LETTERED)
         self.stats.finished += finished
         to_store = []
         for state in touched:
@@ -232,10 +252,11 @@ class Poller:
             self._globally_paused = True
         elif total <= settings.max_pending // 2:
             self._globally_paused = False
+        breaker_open = self._update_breaker()
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         for state in self._partitions.values():
-            want = self._globally_paused or state.over_limit
+            want = self._globally_paused or state.over_limit or breaker_open
             if want != state.paused and not state.revoked:
                 state.paused = want
                 (pause if want else resume).append(TopicPartition(state.topic, state.partition))
@@ -246,6 +267,26 @@ class Poller:
         if resume:
             self._consumer.resume(resume)
             log.debug("resumed", handler=self.spec.name, partitions=_names(resume))
+
+    def _update_breaker(self) -> bool:
+        breaker = self._breaker
+        if breaker is None:
+            return False
+        share = breaker.share
+        transition = breaker.update()
+        if transition == "opened":
+            self._metrics.circuit_open.labels(self.spec.name).set(1)
+            log.error(
+                "circuit breaker opened: most messages are going to the dead-letter topic; "
+                "pausing the handler instead",
+                handler=self.spec.name,
+                dead_lettered_share=round(share, 2),
+                cooldown=breaker.cooldown,
+            )
+        elif transition == "closed":
+            self._metrics.circuit_open.labels(self.spec.name).set(0)
+            log.warning("circuit breaker closed: resuming", handler=self.spec.name)
+        return breaker.open
 
     # -- rebalances (called by librdkafka from inside poll(), on this thread) ----------------
 
@@ -297,7 +338,7 @@ class Poller:
         for state in states:
             state.revoke()
         dropped = self._pool.drop(states)
-        self._collect((m._state, m.offset, False) for m in dropped)
+        self._collect((m._state, m.offset, NOT_FINISHED) for m in dropped)
 
     # -- shutdown ------------------------------------------------------------------------------
 

@@ -23,14 +23,21 @@ import structlog
 from kafkaworker.errors import Skip
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.breaker import CircuitBreaker
+from kafkaworker.runtime.deadletter import DeadLetterPublisher, error_type
 from kafkaworker.runtime.lanes import Lane, LaneKey, lane_key_function
 from kafkaworker.runtime.partitions import PartitionState
 from kafkaworker.runtime.retry import is_fatal
 
 log = structlog.get_logger("kafkaworker.pool")
 
-# (partition state, offset, finished). Not finished: dropped unstarted, or abandoned on revoke.
-Completion = tuple[PartitionState, int, bool]
+# Outcomes reported back to the poll thread. Not finished: dropped unstarted, or abandoned
+# on revoke; its offset is never committed past. (AWAITING_ACK is never reported: msg.ack()
+# reports the message itself.)
+NOT_FINISHED, FINISHED, DEAD_LETTERED, AWAITING_ACK = 0, 1, 2, 3
+# (partition state, offset, outcome)
+Completion = tuple[PartitionState, int, int]
 CompletionQueue = queue.SimpleQueue[list[Completion]]
 
 # A worker reports what it finished at least this often while it drains a long chunk, so that
@@ -43,8 +50,20 @@ _SLOW_HANDLER = 0.001
 class WorkerPool:
     """`concurrency` threads draining lanes for one handler."""
 
-    def __init__(self, spec: HandlerSpec, completions: CompletionQueue, *, name: str) -> None:
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        completions: CompletionQueue,
+        *,
+        name: str,
+        dead_letters: DeadLetterPublisher | None = None,
+        breaker: CircuitBreaker | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.spec = spec
+        self._dead_letters = dead_letters
+        self._breaker = breaker
+        self._metrics = metrics or Metrics()
         self._completions = completions
         self._lane_key = lane_key_function(spec.ordering)
         self._exclusive = spec.ordering != "none"
@@ -183,7 +202,7 @@ class WorkerPool:
             msg = chunk.popleft()
             state = msg._state
             if state.revoked:
-                report.append((state, msg.offset, False))
+                report.append((state, msg.offset, NOT_FINISHED))
                 continue
             # What is finished must not wait behind a handler that may take long: report it
             # first when handlers are slow (then one report per message costs nothing), or
@@ -192,18 +211,18 @@ class WorkerPool:
                 flush()
             started = time.monotonic()
             try:
-                finished = self._execute(msg, state, before_backoff=flush)
+                outcome = self._execute(msg, state, before_backoff=flush)
             except BaseException:
                 # A bug of the runtime's own: the message stays unfinished, never skipped.
                 log.exception("failed to run the handler", **_where(self.spec, msg))
-                finished = False
+                outcome = NOT_FINISHED
             slow = time.monotonic() - started >= _SLOW_HANDLER
-            if manual:
-                # Reported exactly once: by msg.ack(), or here if it can no longer be acked.
-                if not finished and self._claim(msg):
-                    report.append((state, msg.offset, False))
+            if outcome == AWAITING_ACK:
                 continue
-            report.append((state, msg.offset, finished))
+            # A manual-ack message is reported exactly once: by msg.ack(), or here.
+            if manual and not self._claim(msg):
+                continue
+            report.append((state, msg.offset, outcome))
         flush()
 
     def _claim(self, msg: Message[Any]) -> bool:
@@ -216,12 +235,13 @@ class WorkerPool:
 
     def _execute(
         self, msg: Message[Any], state: PartitionState, *, before_backoff: Callable[[], None]
-    ) -> bool:
-        """Run the handler until it succeeds; False if the partition was revoked meanwhile.
+    ) -> int:
+        """Run the handler under the failure policy; return the message's outcome.
 
-        Up to `retries` re-attempts with backoff; after that (and at once for fatal errors)
-        the message is retried at the maximum backoff for as long as it takes: its partition
-        stalls visibly instead of losing the message, and its offset is never committed past.
+        Up to `retries` re-attempts with backoff, for errors in `retry_on`; other errors, and
+        fatal ones (undecodable payloads, validation errors, DeadLetter), skip the retries.
+        Once retries are spent: the DLQ when there is one, else on_exhausted ("stall": retry
+        at the maximum backoff for as long as it takes; "skip": log and move on).
         """
         spec = self.spec
         manual = spec.ack == "manual"
@@ -230,42 +250,141 @@ class WorkerPool:
 
             def ack() -> None:
                 if claim(msg):
-                    completions.put([(state, msg.offset, True)])
+                    completions.put([(state, msg.offset, FINISHED)])
 
             msg._ack = ack
         retry = 0
         while True:
             try:
                 spec.func(msg)
-                return True
+                return AWAITING_ACK if manual else FINISHED
             except Skip as exc:
+                self._metrics.skipped.labels(spec.name).inc()
                 log.info("message skipped", reason=str(exc), **_where(spec, msg))
                 if manual:
                     msg.ack()
-                return True
-            # Any handler error, even a BaseException such as SystemExit: retried, then
-            # stalled, never lost. (Signals reach the main thread only, never a handler.)
+                    return AWAITING_ACK
+                return FINISHED
+            # Any handler error, even a BaseException such as SystemExit, goes through the
+            # policy. (Signals reach the main thread only, never a handler.)
             except BaseException as exc:
                 if manual and msg._acked:
-                    return True  # acknowledged before it raised: finished as far as Kafka goes
+                    return AWAITING_ACK  # acknowledged before it raised: finished for Kafka
                 if state.revoked:
-                    return False
+                    return NOT_FINISHED
+                self._metrics.handler_failures.labels(spec.name).inc()
                 retry += 1
-                fatal = is_fatal(exc)
-                exhausted = fatal or retry > spec.retries
-                delay = spec.backoff.max if exhausted and retry > 1 else spec.backoff.delay(retry)
-                log.error(
-                    "handler failed",
-                    error=f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}",
-                    retry_in=round(delay, 3),
-                    stalled=exhausted,
-                    exc_info=exc if retry == 1 else None,
-                    **_where(spec, msg),
+                fatal = is_fatal(exc) or not isinstance(exc, spec.retry_on)
+                if not fatal and retry <= spec.retries:
+                    delay = spec.backoff.delay(retry)
+                    log.warning(
+                        "handler failed; retrying",
+                        error=f"{error_type(exc)}: {exc}",
+                        retry_in=round(delay, 3),
+                        exc_info=exc if retry == 1 else None,
+                        **_where(spec, msg),
+                    )
+                    before_backoff()  # what this thread finished must not wait out the backoff
+                    if state.revoked_event.wait(delay):
+                        return NOT_FINISHED
+                    msg.attempt += 1
+                    continue
+                outcome = self._exhausted(
+                    msg, state, exc, fatal=fatal, before_backoff=before_backoff
                 )
-                before_backoff()  # what this thread finished must not wait out the backoff
+                if outcome is not None:
+                    return outcome
+                msg.attempt += 1  # run the handler again: stalled, or the breaker closed
+
+    def _exhausted(
+        self,
+        msg: Message[Any],
+        state: PartitionState,
+        error: BaseException,
+        *,
+        fatal: bool,
+        before_backoff: Callable[[], None],
+    ) -> int | None:
+        """Retries are spent (or the error is fatal): the outcome, or None to run again."""
+        spec = self.spec
+        where = _where(spec, msg)
+        described = f"{error_type(error)}: {error}"
+        before_backoff()
+        breaker = self._breaker
+        if breaker is not None and breaker.open:
+            # Most messages are failing (a bad deploy?): hold this one rather than fill the
+            # DLQ, and run the handler again once the breaker closes.
+            log.warning("circuit breaker open: holding the message", error=described, **where)
+            while breaker.open:
+                if state.revoked_event.wait(0.2):
+                    return NOT_FINISHED
+            return None
+        if self._dead_letters is not None:
+            return self._dead_letter(msg, state, error, before_backoff)
+        if spec.on_exhausted == "skip":
+            self._metrics.skipped.labels(spec.name).inc()
+            log.error(
+                "retries exhausted; skipping the message (on_exhausted=skip)",
+                error=described,
+                fatal=fatal,
+                exc_info=error,
+                **where,
+            )
+            return FINISHED
+        log.error(
+            "retries exhausted and no dead-letter topic: retrying at the maximum backoff; "
+            "the partition is stalled until the handler succeeds",
+            error=described,
+            fatal=fatal,
+            retry_in=spec.backoff.max,
+            exc_info=error if msg.attempt == spec.retries + 1 else None,
+            **where,
+        )
+        stalled = self._metrics.stalled.labels(spec.name)
+        stalled.inc()
+        try:
+            revoked = state.revoked_event.wait(spec.backoff.max)
+        finally:
+            stalled.dec()
+        return NOT_FINISHED if revoked else None
+
+    def _dead_letter(
+        self,
+        msg: Message[Any],
+        state: PartitionState,
+        error: BaseException,
+        before_backoff: Callable[[], None],
+    ) -> int:
+        """Write the DLQ record until the broker acknowledges it; only then is it finished."""
+        assert self._dead_letters is not None
+        spec, where = self.spec, _where(self.spec, msg)
+        failures = 0
+        while True:
+            try:
+                self._dead_letters.publish(msg, error)
+            except Exception as exc:  # noqa: BLE001 - every failure is retried the same way
+                failures += 1
+                self._metrics.dead_letter_write_failures.labels(spec.name).inc()
+                delay = max(0.05, spec.backoff.delay(failures))
+                log.error(
+                    "cannot write to the dead-letter topic; the partition waits until it can",
+                    dlq=self._dead_letters.topic,
+                    reason=str(exc),
+                    retry_in=round(delay, 3),
+                    **where,
+                )
+                before_backoff()
                 if state.revoked_event.wait(delay):
-                    return False
-                msg.attempt += 1
+                    return NOT_FINISHED
+                continue
+            self._metrics.dead_lettered.labels(spec.name).inc()
+            log.warning(
+                "message sent to the dead-letter topic",
+                dlq=self._dead_letters.topic,
+                error=f"{error_type(error)}: {error}",
+                **where,
+            )
+            return DEAD_LETTERED
 
 
 def _where(spec: HandlerSpec, msg: Message[Any]) -> dict[str, Any]:

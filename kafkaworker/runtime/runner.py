@@ -18,10 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafkaworker.errors import ConfigError, StartupError
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability import logging as kw_logging
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.producer import Producer
 from kafkaworker.runtime.retry import Backoff
 from kafkaworker.runtime.worker import TopicWorker, consumer_config, new_consumer
 from kafkaworker.settings import Settings, load_settings
@@ -54,7 +57,8 @@ def resolve_specs(app: App, settings: Settings, only: Sequence[str] = ()) -> lis
         spec = declared
         override = settings.handlers.get(name)
         if override is not None:
-            changes = override.model_dump(exclude_none=True, exclude={"backoff"})
+            # circuit_breaker is a runtime setting, read by the TopicWorker, not a spec field.
+            changes = override.model_dump(exclude_none=True, exclude={"backoff", "circuit_breaker"})
             if override.backoff is not None:
                 changes["backoff"] = Backoff(
                     **{
@@ -75,6 +79,8 @@ class Runner:
         self.settings = settings
         self.specs = specs
         self.workers: list[TopicWorker] = []
+        self.metrics = Metrics()
+        self.producer: Producer | None = None
         self._stop = threading.Event()
         self._signals = 0
         self.started = threading.Event()
@@ -105,7 +111,14 @@ class Runner:
         self.preflight()
         for hook in self.app.startup_hooks:
             hook()
-        self.workers = [TopicWorker(self.app.name, spec, self.settings) for spec in self.specs]
+        if any(spec.dlq for spec in self.specs):
+            self.producer = Producer(self.settings, client_id=f"{self.app.name}.producer")
+        self.workers = [
+            TopicWorker(
+                self.app.name, spec, self.settings, producer=self.producer, metrics=self.metrics
+            )
+            for spec in self.specs
+        ]
         self._install_signal_handlers()
         for worker in self.workers:
             worker.start()
@@ -137,6 +150,10 @@ class Runner:
         deadline = started + self.settings.shutdown_timeout + 15
         for worker in self.workers:
             worker.join(max(0.0, deadline - time.monotonic()))
+        if self.producer is not None:
+            undelivered = self.producer.close(timeout=10)
+            if undelivered:
+                log.warning("producer closed with undelivered records", count=undelivered)
         for hook in self.app.shutdown_hooks:
             try:
                 hook()
@@ -203,11 +220,72 @@ class Runner:
             ) from None
         finally:
             consumer.close()
+
+        def exists(topic: str) -> bool:
+            found = metadata.topics.get(topic)
+            return found is not None and found.error is None
+
         for spec in self.specs:
             for topic in spec.topics:
-                found = metadata.topics.get(topic)
-                if found is None or found.error is not None:
+                if not exists(topic):
                     raise StartupError(
                         f"topic {topic!r} (handler {spec.name!r}) does not exist on {bootstrap}:"
                         " create it, or fix the handler's topics"
                     )
+        for spec in self.specs:
+            if spec.dlq is None or exists(spec.dlq):
+                continue
+            if not self.settings.dead_letter.create_topics:
+                raise StartupError(
+                    f"dead-letter topic {spec.dlq!r} (handler {spec.name!r}) does not exist on "
+                    f"{bootstrap}: create it, or set dead_letter.create_topics: true"
+                )
+            partitions = self.settings.dead_letter.partitions or max(
+                len(metadata.topics[topic].partitions) for topic in spec.topics
+            )
+            self._create_topic(spec.dlq, partitions, spec.name)
+
+    def _create_topic(self, topic: str, partitions: int, handler: str) -> None:
+        replication = self.settings.dead_letter.replication_factor or -1  # -1: broker default
+        admin = AdminClient(
+            {
+                "bootstrap.servers": self.settings.kafka.bootstrap_servers,
+                **_admin_properties(self.settings.kafka.consumer),
+            }
+        )
+        future = admin.create_topics([NewTopic(topic, partitions, replication)])[topic]
+        try:
+            future.result(timeout=self.settings.startup_timeout)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                return  # another worker of the group created it first
+            reason = error.str() if isinstance(error, KafkaError) else str(exc)
+            raise StartupError(
+                f"cannot create dead-letter topic {topic!r} (handler {handler!r}): {reason}; "
+                "create it yourself, or fix dead_letter.partitions/replication_factor"
+            ) from None
+        log.info("created dead-letter topic", topic=topic, partitions=partitions, handler=handler)
+
+
+# Consumer-only librdkafka properties an AdminClient would warn about; connection and
+# security settings (SASL, TLS) must reach it.
+_CONSUMER_ONLY_PREFIXES = (
+    "fetch.",
+    "group.",
+    "auto.",
+    "enable.auto",
+    "max.poll",
+    "session.",
+    "heartbeat.",
+    "partition.assignment",
+    "isolation.",
+    "queued.",
+    "enable.partition.eof",
+    "check.crcs",
+    "consume.",
+)
+
+
+def _admin_properties(consumer: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in consumer.items() if not k.startswith(_CONSUMER_ONLY_PREFIXES)}

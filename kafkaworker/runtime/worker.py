@@ -12,6 +12,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from kafkaworker.errors import StartupError
 from kafkaworker.handlers import HandlerSpec
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.producer import Producer
+from kafkaworker.runtime.breaker import CircuitBreaker
+from kafkaworker.runtime.deadletter import DeadLetterPublisher
 from kafkaworker.runtime.poller import Poller
 from kafkaworker.runtime.pool import Completion, WorkerPool
 from kafkaworker.settings import Settings
@@ -55,16 +59,66 @@ def _reason(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
+def new_breaker(settings: Settings, handler: str) -> CircuitBreaker | None:
+    """The handler's breaker (handlers.<name>.circuit_breaker, else the global one)."""
+    override = settings.handlers.get(handler)
+    config = (override.circuit_breaker if override else None) or settings.circuit_breaker
+    if not config.enabled:
+        return None
+    return CircuitBreaker(
+        threshold=config.threshold,
+        window=config.window,
+        min_messages=config.min_messages,
+        cooldown=config.cooldown,
+    )
+
+
 class TopicWorker:
     """Owns its consumer (through the Poller), its pool and its poll thread, and stops them."""
 
-    def __init__(self, app_name: str, spec: HandlerSpec, settings: Settings) -> None:
+    def __init__(
+        self,
+        app_name: str,
+        spec: HandlerSpec,
+        settings: Settings,
+        *,
+        producer: Producer | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.spec = spec
         self.settings = settings
         self.config = consumer_config(app_name, spec, settings)
+        self.metrics = metrics or Metrics()
+        dead_letters = breaker = None
+        if spec.dlq is not None:
+            if producer is None:
+                raise ValueError(f"handler {spec.name!r} has a DLQ but no producer was given")
+            dead_letters = DeadLetterPublisher(
+                producer,
+                spec.dlq,
+                group=self.config["group.id"],
+                handler=spec.name,
+                timeout=settings.dead_letter.timeout,
+            )
+            breaker = new_breaker(settings, spec.name)
         completions: queue.SimpleQueue[list[Completion]] = queue.SimpleQueue()
-        self.pool = WorkerPool(spec, completions, name=f"kw-{spec.name}")
-        self.poller = Poller(spec, settings, new_consumer(self.config), self.pool, completions)
+        self.pool = WorkerPool(
+            spec,
+            completions,
+            name=f"kw-{spec.name}",
+            dead_letters=dead_letters,
+            breaker=breaker,
+            metrics=self.metrics,
+        )
+        self.poller = Poller(
+            spec,
+            settings,
+            new_consumer(self.config),
+            self.pool,
+            completions,
+            breaker=breaker,
+            metrics=self.metrics,
+        )
         self._thread = threading.Thread(
             target=self._run_poller, name=f"kw-{spec.name}-poll", daemon=True
         )

@@ -52,6 +52,8 @@ def test_two_handlers_with_one_name_fail_at_import_naming_it() -> None:
         ({"dlq": "bad topic"}, "dlq='bad topic'"),
         ({"backoff": 5}, "backoff=5"),
         ({"group": ""}, "group=''"),
+        ({"on_exhausted": "drop"}, "on_exhausted='drop'"),
+        ({"retry_on": (ValueError, int)}, "retry_on=(<class 'ValueError'>, <class 'int'>)"),
     ],
 )
 def test_invalid_options_name_the_handler_and_the_option(
@@ -63,6 +65,14 @@ def test_invalid_options_name_the_handler_and_the_option(
     message = str(error.value)
     assert message.startswith(f"handler 'handler': {option} is invalid: ")
     assert "\n" not in message
+
+
+def test_retry_on_takes_one_class_or_a_tuple() -> None:
+    app = App("svc")
+    app.handler("a", name="one", retry_on=TimeoutError)(handler)
+    app.handler("b", name="two", retry_on=(TimeoutError, ConnectionError))(handler)
+    assert app.handlers["one"].retry_on == (TimeoutError,)
+    assert app.handlers["two"].retry_on == (TimeoutError, ConnectionError)
 
 
 def test_invalid_topic_name() -> None:

@@ -1,0 +1,180 @@
+"""Producer: one per process, thread-safe, shared by handlers and the dead-letter path.
+
+confluent-kafka's Producer is thread-safe, but its delivery callbacks only run inside
+`poll()`/`flush()`. This class owns a thread that serves them, so `send()` can hand back a
+Future resolved on delivery and `send_sync()` can wait for the broker's acknowledgement from
+any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException
+
+from kafkaworker.errors import KafkaWorkerError, StartupError
+from kafkaworker.serialization import Codec, get_codec
+from kafkaworker.settings import Settings
+
+HeaderList = Sequence[tuple[str, bytes | str | None]]
+
+
+class ProduceError(KafkaWorkerError):
+    """The broker did not acknowledge a record; `kafka_error` says why."""
+
+    def __init__(self, message: str, kafka_error: KafkaError | None = None) -> None:
+        super().__init__(message)
+        self.kafka_error = kafka_error
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        # Durable and ordered by default: a DLQ record or an output must not be lost or
+        # duplicated by a producer retry.
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        # Same partition for the same key as the Java client (murmur2), unlike librdkafka's
+        # default (consistent_random, CRC32).
+        "partitioner": "murmur2_random",
+    }
+    config.update(settings.kafka.producer)
+    return config
+
+
+class Producer:
+    """A thread-safe producer. `send()` returns a Future; `send_sync()` waits for the ack."""
+
+    def __init__(self, settings: Settings, *, client_id: str | None = None) -> None:
+        config = producer_config(settings)
+        if client_id:
+            config.setdefault("client.id", client_id)
+        try:
+            self._producer = confluent_kafka.Producer(config)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise StartupError(f"the producer configuration was rejected: {exc}") from None
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="kw-producer", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.1)
+
+    def send(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: bytes | str | None = None,
+        headers: HeaderList | None = None,
+        partition: int | None = None,
+        codec: str | Codec | None = None,
+        timeout: float = 30.0,
+    ) -> Future[confluent_kafka.Message]:
+        """Queue a record; the Future resolves to the delivered record or a ProduceError.
+
+        `value` is encoded by `codec`; without one, bytes (and None, a tombstone) go as they
+        are and anything else is JSON. When librdkafka's queue is full, waits up to `timeout`.
+        """
+        payload = _encode(value, codec)
+        future: Future[confluent_kafka.Message] = Future()
+
+        def on_delivery(error: KafkaError | None, record: confluent_kafka.Message) -> None:
+            if error is not None:
+                future.set_exception(
+                    ProduceError(
+                        f"record for {topic!r} (key {key!r}) was not delivered: {error.str()}",
+                        error,
+                    )
+                )
+            else:
+                future.set_result(record)
+
+        kwargs: dict[str, Any] = {
+            "key": key,
+            "headers": list(headers or ()),
+            "on_delivery": on_delivery,
+        }
+        if partition is not None:
+            kwargs["partition"] = partition
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._producer.produce(topic, payload, **kwargs)
+                return future
+            except BufferError:
+                # The local queue is full: the serving thread is draining it.
+                if time.monotonic() > deadline:
+                    raise ProduceError(
+                        f"librdkafka's queue stayed full for {timeout:g}s sending to {topic!r}"
+                    ) from None
+                time.sleep(0.005)
+            except KafkaException as exc:
+                raise ProduceError(f"cannot send to {topic!r}: {exc}", exc.args[0]) from None
+
+    def send_sync(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: bytes | str | None = None,
+        headers: HeaderList | None = None,
+        partition: int | None = None,
+        codec: str | Codec | None = None,
+        timeout: float = 30.0,
+    ) -> confluent_kafka.Message:
+        """Send and wait for the broker's acknowledgement; raise ProduceError on failure."""
+        future = self.send(
+            topic,
+            value,
+            key=key,
+            headers=headers,
+            partition=partition,
+            codec=codec,
+            timeout=timeout,
+        )
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            raise ProduceError(
+                f"no acknowledgement for a record to {topic!r} within {timeout:g}s"
+            ) from None
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for queued records; returns how many are still undelivered."""
+        return int(self._producer.flush(timeout))
+
+    def ping(self, timeout: float = 5.0) -> bool:
+        """True when the cluster answers a Metadata request within `timeout`."""
+        try:
+            self._producer.list_topics(timeout=timeout)
+        except KafkaException:
+            return False
+        return True
+
+    def close(self, timeout: float = 30.0) -> int:
+        remaining = self.flush(timeout)
+        self._closed.set()
+        self._thread.join(1.0)
+        return remaining
+
+
+def _encode(value: Any, codec: str | Codec | None) -> bytes | None:
+    if codec is None:
+        if value is None or isinstance(value, bytes):
+            return value
+        codec = "json"
+    try:
+        return get_codec(codec).encode(value)
+    except Exception as exc:
+        raise ProduceError(
+            f"cannot encode a {type(value).__name__} with the "
+            f"{codec if isinstance(codec, str) else codec.name} codec: {exc}"
+        ) from exc

@@ -1,0 +1,62 @@
+"""CircuitBreaker: stop dead-lettering everything when a bad deploy fails every message.
+
+Pure: the poll thread feeds it outcomes and the clock; workers only read `open`.
+When more than `threshold` of the last `window` finished messages went to the DLQ (and at
+least `min_messages` were seen), the breaker opens: the handler's partitions are paused and
+messages that would be dead-lettered wait instead. After `cooldown` seconds it closes with
+an empty window, so it needs fresh evidence to open again; the waiting messages then run
+their handler again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Literal
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        *,
+        threshold: float,
+        window: int,
+        min_messages: int,
+        cooldown: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threshold = threshold
+        self.min_messages = min_messages
+        self.cooldown = cooldown
+        self._clock = clock
+        self._outcomes: deque[bool] = deque(maxlen=window)
+        self._dead_lettered = 0
+        self._opened_at = 0.0
+        self.open = False
+
+    def record(self, dead_lettered: bool) -> None:
+        outcomes = self._outcomes
+        if len(outcomes) == outcomes.maxlen and outcomes[0]:
+            self._dead_lettered -= 1
+        outcomes.append(dead_lettered)
+        self._dead_lettered += dead_lettered
+
+    @property
+    def share(self) -> float:
+        return self._dead_lettered / len(self._outcomes) if self._outcomes else 0.0
+
+    def update(self) -> Literal["opened", "closed"] | None:
+        """Open or close as the evidence and the clock say; return the transition, if any."""
+        if self.open:
+            if self._clock() - self._opened_at >= self.cooldown:
+                self.open = False
+                self._outcomes.clear()
+                self._dead_lettered = 0
+                return "closed"
+            return None
+        if len(self._outcomes) >= self.min_messages and self.share > self.threshold:
+            self.open = True
+            self._opened_at = self._clock()
+            return "opened"
+        return None
