@@ -57,6 +57,30 @@ def produce(
     assert errors == []
 
 
+def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30) -> list[Any]:
+    """The first `count` records of `topic` (fails if fewer arrive within `timeout`)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.time()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < count and time.monotonic() < deadline:
+            for record in consumer.consume(count, timeout=0.5):
+                if record.error() is None:
+                    records.append(record)
+    finally:
+        consumer.close()
+    assert len(records) >= count, f"{len(records)} of {count} records arrived on {topic}"
+    return records
+
+
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offset per partition (-1001 where none)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})

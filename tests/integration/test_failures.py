@@ -8,39 +8,14 @@ import time
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from kafkaworker import App, Backoff, DeadLetter, Message, Skip, StartupError
 from kafkaworker.runtime.runner import Runner, resolve_specs
 from tests.conftest import TopicFactory
-from tests.support import committed, make_settings, produce, running, wait_until
+from tests.support import committed, make_settings, produce, read_topic, running, wait_until
 
 pytestmark = pytest.mark.kafka
-
-
-def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30) -> list[Any]:
-    """The first `count` records of `topic` (fails if fewer arrive within `timeout`)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{time.time()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(records) < count and time.monotonic() < deadline:
-            for record in consumer.consume(count, timeout=0.5):
-                if record.error() is None:
-                    records.append(record)
-    finally:
-        consumer.close()
-    assert len(records) >= count, f"{len(records)} of {count} records arrived on {topic}"
-    return records
 
 
 def kw_headers(record: Any) -> dict[str, str]:

@@ -1,0 +1,330 @@
+"""DLQ tooling: read dead-letter records, and replay them to where they came from.
+
+`replay` keeps its progress in a consumer group, so a second run with the same options does
+not replay the same records again. The group is `kafkaworker.replay.<dlq topic>`, suffixed
+with a short hash of the filters and --to when any is given: runs with other filters keep
+their own progress. Replayed records are the original key, value and headers byte for byte
+(the kw.* failure headers are removed) plus `kw.replayed_from: <dlq>[<partition>]@<offset>`.
+Progress is committed only after the broker acknowledged the replayed records.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from kafkaworker.errors import KafkaWorkerError, StartupError
+from kafkaworker.producer import Producer
+from kafkaworker.runtime.deadletter import HEADER_PREFIX
+from kafkaworker.settings import Settings
+
+
+class DlqError(KafkaWorkerError):
+    """A DLQ command cannot go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """One record of a DLQ topic, with its failure headers parsed."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]  # the original record's own headers
+    failure: dict[str, str]  # kw.* headers, without the prefix
+
+    @property
+    def origin(self) -> str:
+        f = self.failure
+        return f"{f.get('original.topic', '?')}[{f.get('original.partition', '?')}]@" + (
+            f.get("original.offset", "?")
+        )
+
+    @property
+    def failed_at(self) -> datetime | None:
+        try:
+            return datetime.fromisoformat(self.failure["failed_at"])
+        except (KeyError, ValueError):
+            return None
+
+    def as_json(self, topic: str) -> dict[str, Any]:
+        return {
+            "dlq": {"topic": topic, "partition": self.partition, "offset": self.offset},
+            "original": {
+                "topic": self.failure.get("original.topic"),
+                "partition": _int(self.failure.get("original.partition")),
+                "offset": _int(self.failure.get("original.offset")),
+                "timestamp": _int(self.failure.get("original.timestamp")),
+            },
+            "group": self.failure.get("group"),
+            "handler": self.failure.get("handler"),
+            "attempts": _int(self.failure.get("attempts")),
+            "error": {
+                "type": self.failure.get("error.type"),
+                "message": self.failure.get("error.message"),
+                "traceback": self.failure.get("error.traceback"),
+            },
+            "failed_at": self.failure.get("failed_at"),
+            "key": _text_or_base64(self.key),
+            "value": _text_or_base64(self.value),
+            "headers": [[k, _text_or_base64(v)] for k, v in self.headers],
+        }
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _text_or_base64(data: bytes | None) -> str | dict[str, str] | None:
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode()}
+
+
+def parse(record: Any) -> DeadLetterRecord:
+    headers: list[tuple[str, bytes | None]] = []
+    failure: dict[str, str] = {}
+    for name, value in record.headers() or []:
+        if name.startswith(HEADER_PREFIX):
+            failure[name[len(HEADER_PREFIX) :]] = (value or b"").decode("utf-8", "replace")
+        else:
+            headers.append((name, value))
+    return DeadLetterRecord(
+        record.partition(), record.offset(), record.key(), record.value(), headers, failure
+    )
+
+
+@dataclass
+class Reader:
+    """Reads a DLQ topic from given positions up to its end as it was when reading began."""
+
+    settings: Settings
+    topic: str
+    group: str | None = None
+    consumer: Consumer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka.bootstrap_servers,
+                "group.id": self.group or "kafkaworker.dlq-inspect",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                **{
+                    k: v
+                    for k, v in self.settings.kafka.consumer.items()
+                    if k.startswith(("security.", "sasl.", "ssl."))
+                },
+            }
+        )
+
+    def partitions(self) -> list[int]:
+        try:
+            metadata = self.consumer.list_topics(self.topic, timeout=self.settings.startup_timeout)
+        except KafkaException as exc:
+            raise StartupError(
+                f"cannot reach Kafka at {self.settings.kafka.bootstrap_servers}: {exc}"
+            ) from None
+        found = metadata.topics.get(self.topic)
+        if found is None or found.error is not None:
+            raise DlqError(f"topic {self.topic!r} does not exist: check the name")
+        return sorted(found.partitions)
+
+    def span(self, from_group: bool) -> dict[int, tuple[int, int]]:
+        """Per partition, (start, end): the group's position (or the beginning) and the end."""
+        partitions = self.partitions()
+        committed = {p: OFFSET_BEGINNING for p in partitions}
+        if from_group:
+            for tp in self.consumer.committed(
+                [TopicPartition(self.topic, p) for p in partitions], timeout=10
+            ):
+                if tp.offset >= 0:
+                    committed[tp.partition] = tp.offset
+        span = {}
+        for p in partitions:
+            low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.topic, p), timeout=10
+            )
+            start = low if committed[p] == OFFSET_BEGINNING else max(low, committed[p])
+            if start < high:
+                span[p] = (start, high)
+        return span
+
+    def read(self, span: dict[int, tuple[int, int]]) -> Iterator[DeadLetterRecord]:
+        """Records in span order; stops when every partition reached its end."""
+        if not span:
+            return
+        self.consumer.assign(
+            [TopicPartition(self.topic, p, start) for p, (start, _) in span.items()]
+        )
+        remaining = {p for p, (start, end) in span.items() if start < end}
+        idle_since = time.monotonic()
+        while remaining:
+            batch = self.consumer.consume(500, timeout=0.5)
+            for record in batch:
+                if record.error() is not None:
+                    continue
+                partition, offset = record.partition(), record.offset()
+                if partition in remaining and offset is not None and offset < span[partition][1]:
+                    yield parse(record)
+            if batch:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > 30:
+                raise DlqError(
+                    f"no records arrived from {self.topic!r} for 30s; is the cluster reachable?"
+                )
+            # Done with a partition once its position reached the end seen at the start: by
+            # position, not by record, since the last offsets may hold no record (markers).
+            for tp in self.consumer.position([TopicPartition(self.topic, p) for p in remaining]):
+                if tp.offset >= span[tp.partition][1]:
+                    remaining.discard(tp.partition)
+
+    def commit(self, positions: dict[int, int]) -> None:
+        if positions:
+            self.consumer.commit(
+                offsets=[TopicPartition(self.topic, p, o) for p, o in positions.items()],
+                asynchronous=False,
+            )
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@dataclass(frozen=True)
+class ReplayFilter:
+    error_type: str | None = None
+    since: datetime | None = None
+
+    def matches(self, record: DeadLetterRecord) -> bool:
+        if self.error_type is not None:
+            actual = record.failure.get("error.type", "")
+            if actual != self.error_type and not actual.endswith("." + self.error_type):
+                return False
+        if self.since is not None:
+            failed_at = record.failed_at
+            if failed_at is None or failed_at < self.since:
+                return False
+        return True
+
+
+def replay_group(topic: str, to: str | None, selection: ReplayFilter) -> str:
+    options = [to, selection.error_type, selection.since.isoformat() if selection.since else None]
+    if not any(options):
+        return f"kafkaworker.replay.{topic}"
+    digest = hashlib.sha256(repr(options).encode()).hexdigest()[:10]
+    return f"kafkaworker.replay.{topic}.{digest}"
+
+
+@dataclass
+class ReplayResult:
+    scanned: int = 0
+    replayed: int = 0
+    filtered_out: int = 0
+    without_origin: int = 0
+
+
+def replay(
+    settings: Settings,
+    topic: str,
+    *,
+    to: str | None = None,
+    selection: ReplayFilter | None = None,
+    limit: int | None = None,
+    rate: float | None = None,
+    dry_run: bool = False,
+    group: str | None = None,
+    on_record: Callable[[DeadLetterRecord, bool], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """Re-publish the DLQ records of `topic` that match `selection` to their origin."""
+    selection = selection or ReplayFilter()
+    group = group or replay_group(topic, to, selection)
+    reader = Reader(settings, topic, group)
+    producer = None if dry_run else Producer(settings, client_id="kafkaworker.replay")
+    result = ReplayResult()
+    positions: dict[int, int] = {}
+    interval = 1.0 / rate if rate else 0.0
+    next_at = time.monotonic()
+    try:
+        span = reader.span(from_group=True)
+        if on_total is not None:
+            on_total(sum(end - start for start, end in span.values()))
+        pending = []
+        for record in reader.read(span):
+            if limit is not None and result.replayed >= limit:
+                break
+            result.scanned += 1
+            target = to or record.failure.get("original.topic")
+            chosen = selection.matches(record)
+            if chosen and not target:
+                result.without_origin += 1
+                chosen = False
+            elif not chosen:
+                result.filtered_out += 1
+            if chosen:
+                if interval:
+                    next_at = max(next_at + interval, time.monotonic())
+                    time.sleep(max(0.0, next_at - time.monotonic()))
+                if producer is not None:
+                    assert target is not None
+                    pending.append(
+                        producer.send(
+                            target,
+                            record.value,
+                            key=record.key,
+                            headers=[
+                                *record.headers,
+                                (
+                                    HEADER_PREFIX + "replayed_from",
+                                    f"{topic}[{record.partition}]@{record.offset}".encode(),
+                                ),
+                            ],
+                        )
+                    )
+                result.replayed += 1
+            positions[record.partition] = record.offset + 1
+            if on_record is not None:
+                on_record(record, chosen)
+            if len(pending) >= 500:
+                _settle(pending)
+                reader.commit(positions)
+        if not dry_run:
+            _settle(pending)
+            reader.commit(positions)
+    finally:
+        reader.close()
+        if producer is not None:
+            producer.close()
+    return result
+
+
+def _settle(pending: list[Any]) -> None:
+    """Wait for every replayed record's acknowledgement (raises the first failure)."""
+    for future in pending:
+        future.result(60)
+    pending.clear()
+
+
+def inspect(settings: Settings, topic: str, limit: int | None) -> Iterator[DeadLetterRecord]:
+    reader = Reader(settings, topic)
+    try:
+        for count, record in enumerate(reader.read(reader.span(from_group=False)), start=1):
+            yield record
+            if limit is not None and count >= limit:
+                return
+    finally:
+        reader.close()
