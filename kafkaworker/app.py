@@ -54,6 +54,7 @@ class App:
         ack: AckMode = "auto",
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
         on_exhausted: OnExhausted = "stall",
+        retry_topics: Sequence[float] = (),
     ) -> Callable[[F], F]:
         """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
         topic_tuple = (topics,) if isinstance(topics, str) else tuple(topics)
@@ -79,6 +80,7 @@ class App:
                 ack=ack,
                 retry_on=retry_on if isinstance(retry_on, tuple) else (retry_on,),
                 on_exhausted=on_exhausted,
+                retry_topics=tuple(retry_topics),
             )
             return func
 

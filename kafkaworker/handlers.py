@@ -44,6 +44,8 @@ class HandlerSpec:
     # Without a DLQ, what to do once retries are spent: keep retrying at the maximum backoff
     # (the partition stalls, nothing is lost) or log the message and move on.
     on_exhausted: OnExhausted = "stall"
+    # Delays (seconds) of the delayed retry topics, in order; () for none.
+    retry_topics: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         def bad(option: str, value: object, allowed: str) -> ConfigError:
@@ -89,6 +91,13 @@ class HandlerSpec:
             or not all(isinstance(c, type) and issubclass(c, BaseException) for c in self.retry_on)
         ):
             raise bad("retry_on", self.retry_on, "a tuple of exception classes")
+        if not isinstance(self.retry_topics, tuple) or not all(
+            isinstance(d, int | float) and not isinstance(d, bool) and d > 0
+            for d in self.retry_topics
+        ):
+            raise bad("retry_topics", self.retry_topics, "a list of delays in seconds, each > 0")
+        if len(set(self.retry_topics)) != len(self.retry_topics):
+            raise bad("retry_topics", list(self.retry_topics), "a delay is listed twice")
         if self.on_exhausted not in ON_EXHAUSTED:
             raise bad("on_exhausted", self.on_exhausted, f"allowed are {', '.join(ON_EXHAUSTED)}")
         _check_signature(self.name, self.func)

@@ -83,6 +83,7 @@ class HandlerSettings(_Strict):
     codec: str | None = None
     ack: Literal["auto", "manual"] | None = None
     on_exhausted: Literal["stall", "skip"] | None = None
+    retry_topics: tuple[PositiveFloat, ...] | None = None
     circuit_breaker: CircuitBreakerSettings | None = None
 
 

@@ -25,9 +25,15 @@ class Metrics:
             labels,
             registry=self.registry,
         )
+        self.retried_later = Counter(
+            "kafkaworker_retried_later",
+            "Messages sent to a delayed retry topic",
+            labels,
+            registry=self.registry,
+        )
         self.dead_letter_write_failures = Counter(
             "kafkaworker_dead_letter_write_failures",
-            "DLQ writes the broker did not acknowledge (the partition stalls until one is)",
+            "DLQ and retry-topic writes the broker did not acknowledge (the partition waits)",
             labels,
             registry=self.registry,
         )

@@ -17,15 +17,18 @@ broker has acknowledged the DLQ record.
 
 from __future__ import annotations
 
+import time
 import traceback
 from datetime import UTC, datetime
 from typing import Any
 
 from kafkaworker.message import Message
 from kafkaworker.producer import Producer
+from kafkaworker.runtime.retrytopics import DUE_HEADER, Stage
 
 TRACEBACK_LIMIT = 8 * 1024
 HEADER_PREFIX = "kw."
+ATTEMPTS_HEADER = HEADER_PREFIX + "attempts"
 
 
 def error_type(error: BaseException) -> str:
@@ -33,49 +36,116 @@ def error_type(error: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+ORIGIN_HEADERS = tuple(
+    HEADER_PREFIX + name
+    for name in ("original.topic", "original.partition", "original.offset", "original.timestamp")
+)
+# Headers this module writes. They are removed before a record is written again (to a retry
+# topic, or from a retry topic to the DLQ), so the user's own headers stay byte for byte.
+OWN_HEADERS = frozenset(
+    {
+        *ORIGIN_HEADERS,
+        *(
+            HEADER_PREFIX + name
+            for name in (
+                "group",
+                "handler",
+                "attempts",
+                "error.type",
+                "error.message",
+                "error.traceback",
+                "failed_at",
+            )
+        ),
+        DUE_HEADER,
+    }
+)
+
+
+def user_headers(msg: Message[Any]) -> list[tuple[str, bytes | None]]:
+    return [(name, value) for name, value in msg.headers if name not in OWN_HEADERS]
+
+
+def origin_headers(msg: Message[Any]) -> list[tuple[str, bytes]]:
+    """Where the message first came from: its own coordinates, or those a retry carried."""
+    carried = [(name, msg.header(name)) for name in ORIGIN_HEADERS]
+    if all(value is not None for _, value in carried):
+        return carried  # type: ignore[return-value]
+    stamp = msg.timestamp
+    own = (
+        msg.topic,
+        str(msg.partition),
+        str(msg.offset),
+        str(int(stamp.timestamp() * 1000)) if stamp else "-1",
+    )
+    return [(name, value.encode()) for name, value in zip(ORIGIN_HEADERS, own, strict=True)]
+
+
+def _error_headers(error: BaseException) -> list[tuple[str, bytes]]:
+    return [
+        (HEADER_PREFIX + "error.type", error_type(error).encode()),
+        (HEADER_PREFIX + "error.message", str(error).encode()),
+    ]
+
+
 def failure_headers(
     msg: Message[Any], *, group: str, handler: str, error: BaseException
 ) -> list[tuple[str, bytes]]:
-    stamp = msg.timestamp
     formatted = "".join(traceback.format_exception(error)).encode()
     if len(formatted) > TRACEBACK_LIMIT:
         # The tail holds the innermost frames and the message: the part worth keeping.
         formatted = b"...\n" + formatted[-(TRACEBACK_LIMIT - 4) :]
-    values = {
-        "original.topic": msg.topic,
-        "original.partition": str(msg.partition),
-        "original.offset": str(msg.offset),
-        "original.timestamp": str(int(stamp.timestamp() * 1000)) if stamp else "-1",
-        "group": group,
-        "handler": handler,
-        "attempts": str(msg.attempt),
-        "error.type": error_type(error),
-        "error.message": str(error),
-        "failed_at": datetime.now(UTC).isoformat(),
-    }
-    headers = [(HEADER_PREFIX + name, value.encode()) for name, value in values.items()]
-    headers.insert(-1, (HEADER_PREFIX + "error.traceback", formatted))
-    return headers
+    return [
+        *origin_headers(msg),
+        (HEADER_PREFIX + "group", group.encode()),
+        (HEADER_PREFIX + "handler", handler.encode()),
+        (HEADER_PREFIX + "attempts", str(msg.attempt).encode()),
+        *_error_headers(error),
+        (HEADER_PREFIX + "error.traceback", formatted),
+        (HEADER_PREFIX + "failed_at", datetime.now(UTC).isoformat().encode()),
+    ]
 
 
-class DeadLetterPublisher:
-    """Publishes a handler's failed messages to its DLQ topic, waiting for the ack."""
+class FailurePublisher:
+    """Writes a handler's failed messages to its next retry topic or its DLQ, waiting for the
+    broker's acknowledgement (acks=all) before the source offset may count as finished."""
 
     def __init__(
-        self, producer: Producer, topic: str, *, group: str, handler: str, timeout: float = 30.0
+        self,
+        producer: Producer,
+        dlq: str | None,
+        *,
+        group: str,
+        handler: str,
+        timeout: float = 30.0,
     ) -> None:
         self.producer = producer
-        self.topic = topic
+        self.topic = dlq
         self.group = group
         self.handler = handler
         self.timeout = timeout
 
     def publish(self, msg: Message[Any], error: BaseException) -> None:
-        """Raises ProduceError when the broker does not acknowledge the record."""
+        """Write the DLQ record; raises ProduceError when the broker does not acknowledge it."""
+        assert self.topic is not None
         headers = [
-            *msg.headers,
+            *user_headers(msg),
             *failure_headers(msg, group=self.group, handler=self.handler, error=error),
         ]
         self.producer.send_sync(
             self.topic, msg.raw_value, key=msg.key, headers=headers, timeout=self.timeout
+        )
+
+    def publish_retry(self, msg: Message[Any], error: BaseException, stage: Stage) -> None:
+        """Write the message to a delayed retry topic, due `stage.delay` seconds from now."""
+        due = int((time.time() + stage.delay) * 1000)
+        headers = [
+            *user_headers(msg),
+            *origin_headers(msg),
+            (HEADER_PREFIX + "attempts", str(msg.attempt).encode()),
+            *_error_headers(error),
+            (DUE_HEADER, str(due).encode()),
+        ]
+        self.producer.send_sync(
+            stage.topic, msg.raw_value, key=msg.key, headers=headers, timeout=self.timeout
         )

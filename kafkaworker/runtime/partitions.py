@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from kafkaworker.runtime.offsets import PartitionOffsets
+
+if TYPE_CHECKING:
+    from kafkaworker.message import Message
 
 
 class PartitionState:
@@ -16,6 +21,7 @@ class PartitionState:
     """
 
     __slots__ = (
+        "delayed",
         "in_flight",
         "last_dispatched",
         "offsets",
@@ -35,6 +41,9 @@ class PartitionState:
         self.in_flight = 0
         # Highest offset dispatched in this assignment: a record fetched again is not re-run.
         self.last_dispatched = -1
+        # Records of a delayed retry topic fetched before they are due, held in order (the
+        # partition stays paused meanwhile). Tracked as outstanding, not yet in flight.
+        self.delayed: deque[Message[Any]] = deque()
         self.paused = False
         self.over_limit = False
         self.revoked = False

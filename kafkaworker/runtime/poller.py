@@ -22,6 +22,7 @@ from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.breaker import CircuitBreaker
+from kafkaworker.runtime.deadletter import ATTEMPTS_HEADER
 from kafkaworker.runtime.partitions import PartitionState
 from kafkaworker.runtime.pool import (
     DEAD_LETTERED,
@@ -30,6 +31,7 @@ from kafkaworker.runtime.pool import (
     CompletionQueue,
     WorkerPool,
 )
+from kafkaworker.runtime.retrytopics import DUE_HEADER, RetryRoutes
 from kafkaworker.serialization import get_codec
 from kafkaworker.settings import Settings
 
@@ -67,6 +69,7 @@ class Poller:
         *,
         breaker: CircuitBreaker | None = None,
         metrics: Metrics | None = None,
+        routes: RetryRoutes | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -75,6 +78,9 @@ class Poller:
         self._completions = completions
         self._breaker = breaker
         self._metrics = metrics or Metrics()
+        self._routes = routes
+        self._retry_topics = routes.retry_topics if routes else frozenset()
+        self._holding: set[PartitionState] = set()  # partitions with delayed records
         self._codec = get_codec(spec.codec)
         self._partitions: dict[tuple[str, int], PartitionState] = {}
         self._stopping = threading.Event()
@@ -94,7 +100,9 @@ class Poller:
     def run(self) -> None:
         """The poll thread's body: subscribe, poll until asked to stop, then shut down."""
         self._consumer.subscribe(
-            list(self.spec.topics),
+            [*self.spec.topics, *(stage.topic for stage in self._routes.stages)]
+            if self._routes
+            else list(self.spec.topics),
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -110,6 +118,7 @@ class Poller:
     def _turn(self) -> None:
         busy = (
             self._globally_paused
+            or bool(self._holding)
             or (self._breaker is not None and self._breaker.open)
             or any(s.in_flight for s in self._partitions.values())
         )
@@ -122,6 +131,8 @@ class Poller:
             self._dispatch([first])
             if self.settings.poll_batch > 1:
                 self._dispatch(self._consumer.consume(self.settings.poll_batch - 1, 0))
+        if self._holding:
+            self._release_due()
         self._collect(self._drain())
         self._apply_backpressure()
 
@@ -152,13 +163,46 @@ class Poller:
                 continue
             state.last_dispatched = offset
             state.offsets.add(offset)
+            msg = Message._from_kafka(raw, codec, state)
+            if state.topic in self._retry_topics and self._hold(msg, state):
+                continue
             state.in_flight += 1
-            ready.append(Message._from_kafka(raw, codec, state))
+            ready.append(msg)
         self.stats.fetched += len(ready)
         # Hand over what was counted in flight before raising, or shutdown would wait for it.
         self._pool.submit(ready)
         if fatal is not None:
             raise KafkaException(fatal)
+
+    def _hold(self, msg: Message[Any], state: PartitionState) -> bool:
+        """A record from a retry topic: count its attempts; hold it if it is not due yet."""
+        attempts = msg.header(ATTEMPTS_HEADER)
+        if attempts is not None and attempts.isdigit():
+            msg.attempt = int(attempts) + 1
+        due = msg.header(DUE_HEADER)
+        due_ms = int(due) if due is not None and due.isdigit() else 0
+        if state.delayed or due_ms > time.time() * 1000:
+            state.delayed.append(msg)  # behind earlier held ones: they are due first
+            self._holding.add(state)
+            return True
+        return False
+
+    def _release_due(self) -> None:
+        """Dispatch held retry records whose due time has come, in order."""
+        now_ms = time.time() * 1000
+        ready: list[Message[Any]] = []
+        for state in list(self._holding):
+            delayed = state.delayed
+            while delayed:
+                due = delayed[0].header(DUE_HEADER)
+                if due is not None and due.isdigit() and int(due) > now_ms:
+                    break
+                ready.append(delayed.popleft())
+                state.in_flight += 1
+            if not delayed:
+                self._holding.discard(state)
+        if ready:
+            self._pool.submit(ready)
 
     def _on_error(self, error: KafkaError) -> KafkaError | None:
         """Log a consumer error; return it when it is fatal (the consumer is unusable)."""
@@ -256,7 +300,8 @@ class Poller:
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         for state in self._partitions.values():
-            want = self._globally_paused or state.over_limit or breaker_open
+            # A retry partition whose head is not due is paused until it is.
+            want = self._globally_paused or state.over_limit or breaker_open or bool(state.delayed)
             if want != state.paused and not state.revoked:
                 state.paused = want
                 (pause if want else resume).append(TopicPartition(state.topic, state.partition))
@@ -337,6 +382,8 @@ class Poller:
     def _stop_work(self, states: list[PartitionState]) -> None:
         for state in states:
             state.revoke()
+            state.delayed.clear()  # never started: redelivered to the next owner
+            self._holding.discard(state)
         dropped = self._pool.drop(states)
         self._collect((m._state, m.offset, NOT_FINISHED) for m in dropped)
 

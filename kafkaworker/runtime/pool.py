@@ -25,10 +25,11 @@ from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.breaker import CircuitBreaker
-from kafkaworker.runtime.deadletter import DeadLetterPublisher, error_type
+from kafkaworker.runtime.deadletter import FailurePublisher, error_type
 from kafkaworker.runtime.lanes import Lane, LaneKey, lane_key_function
 from kafkaworker.runtime.partitions import PartitionState
 from kafkaworker.runtime.retry import is_fatal
+from kafkaworker.runtime.retrytopics import RetryRoutes
 
 log = structlog.get_logger("kafkaworker.pool")
 
@@ -56,12 +57,14 @@ class WorkerPool:
         completions: CompletionQueue,
         *,
         name: str,
-        dead_letters: DeadLetterPublisher | None = None,
+        failures: FailurePublisher | None = None,
+        routes: RetryRoutes | None = None,
         breaker: CircuitBreaker | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.spec = spec
-        self._dead_letters = dead_letters
+        self._failures = failures
+        self._routes = routes
         self._breaker = breaker
         self._metrics = metrics or Metrics()
         self._completions = completions
@@ -319,8 +322,29 @@ class WorkerPool:
                 if state.revoked_event.wait(0.2):
                     return NOT_FINISHED
             return None
-        if self._dead_letters is not None:
-            return self._dead_letter(msg, state, error, before_backoff)
+        stage = self._routes.next_stage(msg.topic) if self._routes and not fatal else None
+        if stage is not None and self._failures is not None:
+            publisher = self._failures
+            return self._write(
+                lambda: publisher.publish_retry(msg, error, stage),
+                destination=stage.topic,
+                msg=msg,
+                state=state,
+                error=error,
+                outcome=FINISHED,
+                before_backoff=before_backoff,
+            )
+        if spec.dlq is not None and self._failures is not None:
+            publisher = self._failures
+            return self._write(
+                lambda: publisher.publish(msg, error),
+                destination=spec.dlq,
+                msg=msg,
+                state=state,
+                error=error,
+                outcome=DEAD_LETTERED,
+                before_backoff=before_backoff,
+            )
         if spec.on_exhausted == "skip":
             self._metrics.skipped.labels(spec.name).inc()
             log.error(
@@ -348,27 +372,31 @@ class WorkerPool:
             stalled.dec()
         return NOT_FINISHED if revoked else None
 
-    def _dead_letter(
+    def _write(
         self,
+        write: Callable[[], None],
+        *,
+        destination: str,
         msg: Message[Any],
         state: PartitionState,
         error: BaseException,
+        outcome: int,
         before_backoff: Callable[[], None],
     ) -> int:
-        """Write the DLQ record until the broker acknowledges it; only then is it finished."""
-        assert self._dead_letters is not None
+        """Write to a retry topic or the DLQ until the broker acknowledges it; only then is
+        the message finished. Meanwhile its partition waits: nothing is committed past it."""
         spec, where = self.spec, _where(self.spec, msg)
         failures = 0
         while True:
             try:
-                self._dead_letters.publish(msg, error)
+                write()
             except Exception as exc:  # noqa: BLE001 - every failure is retried the same way
                 failures += 1
                 self._metrics.dead_letter_write_failures.labels(spec.name).inc()
                 delay = max(0.05, spec.backoff.delay(failures))
                 log.error(
-                    "cannot write to the dead-letter topic; the partition waits until it can",
-                    dlq=self._dead_letters.topic,
+                    "cannot write the failed message; the partition waits until it can",
+                    destination=destination,
                     reason=str(exc),
                     retry_in=round(delay, 3),
                     **where,
@@ -377,14 +405,24 @@ class WorkerPool:
                 if state.revoked_event.wait(delay):
                     return NOT_FINISHED
                 continue
-            self._metrics.dead_lettered.labels(spec.name).inc()
-            log.warning(
-                "message sent to the dead-letter topic",
-                dlq=self._dead_letters.topic,
-                error=f"{error_type(error)}: {error}",
-                **where,
-            )
-            return DEAD_LETTERED
+            described = f"{error_type(error)}: {error}"
+            if outcome == DEAD_LETTERED:
+                self._metrics.dead_lettered.labels(spec.name).inc()
+                log.warning(
+                    "message sent to the dead-letter topic",
+                    dlq=destination,
+                    error=described,
+                    **where,
+                )
+            else:
+                self._metrics.retried_later.labels(spec.name).inc()
+                log.info(
+                    "message sent to a delayed retry topic",
+                    retry_topic=destination,
+                    error=described,
+                    **where,
+                )
+            return outcome
 
 
 def _where(spec: HandlerSpec, msg: Message[Any]) -> dict[str, Any]:

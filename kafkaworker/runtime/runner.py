@@ -26,6 +26,7 @@ from kafkaworker.observability import logging as kw_logging
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.producer import Producer
 from kafkaworker.runtime.retry import Backoff
+from kafkaworker.runtime.retrytopics import RetryRoutes
 from kafkaworker.runtime.worker import TopicWorker, consumer_config, new_consumer
 from kafkaworker.settings import Settings, load_settings
 
@@ -111,7 +112,7 @@ class Runner:
         self.preflight()
         for hook in self.app.startup_hooks:
             hook()
-        if any(spec.dlq for spec in self.specs):
+        if any(spec.dlq or spec.retry_topics for spec in self.specs):
             self.producer = Producer(self.settings, client_id=f"{self.app.name}.producer")
         self.workers = [
             TopicWorker(
@@ -233,17 +234,23 @@ class Runner:
                         " create it, or fix the handler's topics"
                     )
         for spec in self.specs:
-            if spec.dlq is None or exists(spec.dlq):
-                continue
-            if not self.settings.dead_letter.create_topics:
-                raise StartupError(
-                    f"dead-letter topic {spec.dlq!r} (handler {spec.name!r}) does not exist on "
-                    f"{bootstrap}: create it, or set dead_letter.create_topics: true"
-                )
-            partitions = self.settings.dead_letter.partitions or max(
-                len(metadata.topics[topic].partitions) for topic in spec.topics
-            )
-            self._create_topic(spec.dlq, partitions, spec.name)
+            sizes = {topic: len(metadata.topics[topic].partitions) for topic in spec.topics}
+            wanted = [  # (topic, kind, partitions when created)
+                (stage.topic, "retry topic", sizes[stage.source])
+                for stage in RetryRoutes(spec.topics, spec.retry_topics).stages
+            ]
+            if spec.dlq is not None:
+                dlq_size = self.settings.dead_letter.partitions or max(sizes.values())
+                wanted.append((spec.dlq, "dead-letter topic", dlq_size))
+            for topic, kind, partitions in wanted:
+                if exists(topic):
+                    continue
+                if not self.settings.dead_letter.create_topics:
+                    raise StartupError(
+                        f"{kind} {topic!r} (handler {spec.name!r}) does not exist on "
+                        f"{bootstrap}: create it, or set dead_letter.create_topics: true"
+                    )
+                self._create_topic(topic, partitions, spec.name)
 
     def _create_topic(self, topic: str, partitions: int, handler: str) -> None:
         replication = self.settings.dead_letter.replication_factor or -1  # -1: broker default
@@ -262,10 +269,10 @@ class Runner:
                 return  # another worker of the group created it first
             reason = error.str() if isinstance(error, KafkaError) else str(exc)
             raise StartupError(
-                f"cannot create dead-letter topic {topic!r} (handler {handler!r}): {reason}; "
+                f"cannot create topic {topic!r} (handler {handler!r}): {reason}; "
                 "create it yourself, or fix dead_letter.partitions/replication_factor"
             ) from None
-        log.info("created dead-letter topic", topic=topic, partitions=partitions, handler=handler)
+        log.info("created topic", topic=topic, partitions=partitions, handler=handler)
 
 
 # Consumer-only librdkafka properties an AdminClient would warn about; connection and

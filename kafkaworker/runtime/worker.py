@@ -15,9 +15,10 @@ from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.producer import Producer
 from kafkaworker.runtime.breaker import CircuitBreaker
-from kafkaworker.runtime.deadletter import DeadLetterPublisher
+from kafkaworker.runtime.deadletter import FailurePublisher
 from kafkaworker.runtime.poller import Poller
 from kafkaworker.runtime.pool import Completion, WorkerPool
+from kafkaworker.runtime.retrytopics import RetryRoutes
 from kafkaworker.settings import Settings
 
 log = structlog.get_logger("kafkaworker.worker")
@@ -89,24 +90,28 @@ class TopicWorker:
         self.settings = settings
         self.config = consumer_config(app_name, spec, settings)
         self.metrics = metrics or Metrics()
-        dead_letters = breaker = None
-        if spec.dlq is not None:
+        failures = breaker = routes = None
+        if spec.retry_topics:
+            routes = RetryRoutes(spec.topics, spec.retry_topics)
+        if spec.dlq is not None or routes is not None:
             if producer is None:
-                raise ValueError(f"handler {spec.name!r} has a DLQ but no producer was given")
-            dead_letters = DeadLetterPublisher(
+                raise ValueError(f"handler {spec.name!r} writes failures but has no producer")
+            failures = FailurePublisher(
                 producer,
                 spec.dlq,
                 group=self.config["group.id"],
                 handler=spec.name,
                 timeout=settings.dead_letter.timeout,
             )
+        if spec.dlq is not None:
             breaker = new_breaker(settings, spec.name)
         completions: queue.SimpleQueue[list[Completion]] = queue.SimpleQueue()
         self.pool = WorkerPool(
             spec,
             completions,
             name=f"kw-{spec.name}",
-            dead_letters=dead_letters,
+            failures=failures,
+            routes=routes,
             breaker=breaker,
             metrics=self.metrics,
         )
@@ -118,6 +123,7 @@ class TopicWorker:
             completions,
             breaker=breaker,
             metrics=self.metrics,
+            routes=routes,
         )
         self._thread = threading.Thread(
             target=self._run_poller, name=f"kw-{spec.name}-poll", daemon=True

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from kafkaworker import Message
 from kafkaworker.cli import cli
 from kafkaworker.producer import Producer
-from kafkaworker.runtime.deadletter import DeadLetterPublisher
+from kafkaworker.runtime.deadletter import FailurePublisher
 from tests.conftest import TopicFactory
 from tests.support import end_offsets, make_settings, read_topic
 
@@ -24,7 +24,7 @@ def dlq_records(kafka_bootstrap: str, new_topic: TopicFactory) -> dict[str, str]
     """A DLQ with 5 records: 3 ValueErrors (2 from orders, 1 from payments), 2 KeyErrors."""
     orders, payments, dlq = new_topic(1), new_topic(1), new_topic(2, prefix="dlq")
     producer = Producer(make_settings(kafka_bootstrap))
-    publisher = DeadLetterPublisher(producer, dlq, group="svc", handler="h")
+    publisher = FailurePublisher(producer, dlq, group="svc", handler="h")
     failures: list[tuple[str, bytes, BaseException]] = [
         (orders, b'{"id": 1}', ValueError("no items")),
         (orders, b"\xff\xfe", KeyError("sku")),
