@@ -11,6 +11,7 @@ thread wait precisely for in-flight work on revoke and shutdown.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -322,27 +323,23 @@ class WorkerPool:
                 if state.revoked_event.wait(0.2):
                     return NOT_FINISHED
             return None
+        publisher = self._failures
         stage = self._routes.next_stage(msg.topic) if self._routes and not fatal else None
-        if stage is not None and self._failures is not None:
-            publisher = self._failures
+        if publisher is not None and (stage is not None or spec.dlq is not None):
+            if stage is not None:  # a delayed retry topic comes first, the DLQ after the last
+                destination, outcome = stage.topic, FINISHED
+                write = functools.partial(publisher.publish_retry, msg, error, stage)
+            else:
+                assert spec.dlq is not None
+                destination, outcome = spec.dlq, DEAD_LETTERED
+                write = functools.partial(publisher.publish, msg, error)
             return self._write(
-                lambda: publisher.publish_retry(msg, error, stage),
-                destination=stage.topic,
+                write,
+                destination=destination,
                 msg=msg,
                 state=state,
                 error=error,
-                outcome=FINISHED,
-                before_backoff=before_backoff,
-            )
-        if spec.dlq is not None and self._failures is not None:
-            publisher = self._failures
-            return self._write(
-                lambda: publisher.publish(msg, error),
-                destination=spec.dlq,
-                msg=msg,
-                state=state,
-                error=error,
-                outcome=DEAD_LETTERED,
+                outcome=outcome,
                 before_backoff=before_backoff,
             )
         if spec.on_exhausted == "skip":

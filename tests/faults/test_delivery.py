@@ -135,8 +135,9 @@ def test_a_second_signal_exits_at_once_without_committing_unfinished_work(
     ).start()
     wait_until(lambda: starts.exists() and starts.read_text(), 60, "the first message started")
     worker.signal(signal.SIGTERM)
-    time.sleep(0.5)  # the first signal's drain is under way (it would wait 60s for the handler)
-    worker.signal(signal.SIGTERM)
+    # The first signal's drain is under way (it would wait 60s for the handler)...
+    wait_until(lambda: "shutting down" in worker.output(), 10, "the graceful shutdown to begin")
+    worker.signal(signal.SIGTERM)  # ...and the second one cuts it short
     assert worker.wait(10) == 128 + signal.SIGTERM
     assert read_records(record) == []
     assert committed(kafka_bootstrap, f"g-{topic}", topic, 1) == {0: -1001}

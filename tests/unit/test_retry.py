@@ -33,3 +33,14 @@ def test_fatal_errors_are_the_ones_no_retry_can_fix() -> None:
     assert is_fatal(DeadLetter("x"))
     assert is_fatal(Skip("x"))
     assert not is_fatal(TimeoutError())
+
+
+def test_pydantic_validation_errors_are_fatal() -> None:
+    from pydantic import BaseModel, ValidationError  # noqa: PLC0415
+
+    class Order(BaseModel):
+        id: int
+
+    with pytest.raises(ValidationError) as error:
+        Order.model_validate({"id": "seven"})
+    assert is_fatal(error.value)
