@@ -19,6 +19,7 @@ from kafkaworker.errors import (
     StartupError,
 )
 from kafkaworker.message import Message
+from kafkaworker.producer import ProduceError, Producer
 from kafkaworker.runtime.retry import Backoff
 from kafkaworker.settings import Settings, load_settings
 
@@ -33,6 +34,8 @@ __all__ = [
     "DeserializationError",
     "KafkaWorkerError",
     "Message",
+    "ProduceError",
+    "Producer",
     "Settings",
     "Skip",
     "StartupError",

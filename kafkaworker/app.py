@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kafkaworker.errors import ConfigError
 from kafkaworker.handlers import AckMode, HandlerSpec, OnExhausted, Ordering
+from kafkaworker.producer import Producer
 from kafkaworker.runtime.retry import Backoff
 from kafkaworker.serialization import Codec
-from kafkaworker.settings import Settings
+from kafkaworker.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,6 +33,8 @@ class App:
         self.name = name
         self.settings = settings
         self._handlers: dict[str, HandlerSpec] = {}
+        self._producer: Producer | None = None
+        self._run_settings: Settings | None = None  # set by the Runner while the app runs
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
 
@@ -55,6 +58,7 @@ class App:
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
         on_exhausted: OnExhausted = "stall",
         retry_topics: Sequence[float] = (),
+        output: str | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
         topic_tuple = (topics,) if isinstance(topics, str) else tuple(topics)
@@ -81,10 +85,24 @@ class App:
                 retry_on=retry_on if isinstance(retry_on, tuple) else (retry_on,),
                 on_exhausted=on_exhausted,
                 retry_topics=tuple(retry_topics),
+                output=output,
             )
             return func
 
         return register
+
+    @property
+    def producer(self) -> Producer:
+        """The process's one Producer, shared by handlers, outputs and the DLQ.
+
+        While the app runs it is the runner's (built from the same settings); outside a run
+        (a web service, a script) it is built on first use from the app's settings, or
+        settings.yaml and the environment.
+        """
+        if self._producer is None:
+            settings = self._run_settings or self.settings or load_settings()
+            self._producer = Producer(settings, client_id=f"{self.name}.producer")
+        return self._producer
 
     def on_startup(self, func: Hook) -> Hook:
         """Run `func` once before any consumer starts (e.g. open a connection pool)."""

@@ -15,6 +15,7 @@ from kafkaworker import __version__
 from kafkaworker import dlq as dlq_tools
 from kafkaworker.app import App
 from kafkaworker.errors import AppImportError, KafkaWorkerError
+from kafkaworker.producer import Producer
 from kafkaworker.settings import load_settings
 
 
@@ -219,6 +220,74 @@ def dlq_replay(  # noqa: PLR0917 - click passes every option by position
             f"{result.without_origin} record(s) have no kw.original.topic header: "
             "replay them with --to TOPIC"
         )
+
+
+@cli.command()
+@click.argument("topic")
+@click.option("--key", help="the key of every message")
+@click.option(
+    "--codec",
+    type=click.Choice(["json", "text", "raw"]),
+    default="json",
+    show_default=True,
+    help="json: each line must be a JSON document",
+)
+@click.option("--header", "headers", multiple=True, metavar="K=V", help="a header (repeatable)")
+@SETTINGS_OPTION
+def produce(
+    topic: str, key: str | None, codec: str, headers: tuple[str, ...], settings_path: str | None
+) -> None:
+    """Produce one message per line of standard input to TOPIC."""
+    try:
+        parsed_headers = [_header(text) for text in headers]
+        settings = load_settings(settings_path)
+        producer = Producer(settings, client_id="kafkaworker.produce")
+    except KafkaWorkerError as exc:
+        raise click.ClickException(str(exc)) from None
+    futures = []
+    bad: str | None = None
+    try:
+        for number, line in enumerate(sys.stdin.buffer, start=1):
+            payload = line.rstrip(b"\r\n")
+            if codec == "json":
+                try:
+                    orjson.loads(payload)
+                except orjson.JSONDecodeError as exc:
+                    bad = (
+                        f"line {number} is not JSON ({exc}): nothing from it on was sent; "
+                        "fix it, or use --codec text"
+                    )
+                    break
+            elif codec == "text":
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad = (
+                        f"line {number} is not UTF-8: nothing from it on was sent; use --codec raw"
+                    )
+                    break
+            futures.append(producer.send(topic, payload, key=key, headers=parsed_headers))
+        failed, last_error = 0, ""
+        for future in futures:
+            try:
+                future.result(60)
+            except KafkaWorkerError as exc:
+                failed += 1
+                last_error = str(exc)
+    finally:
+        producer.close()
+    click.echo(f"produced {len(futures) - failed} message(s) to {topic}", err=True)
+    if failed:
+        raise click.ClickException(f"{failed} message(s) were not delivered: {last_error}")
+    if bad is not None:
+        raise click.ClickException(bad)
+
+
+def _header(text: str) -> tuple[str, bytes]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise click.BadParameter(f"{text!r} is not K=V", param_hint="--header")
+    return name, value.encode()
 
 
 def _preview(data: bytes | None, size: int = 120) -> str:

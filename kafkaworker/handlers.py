@@ -7,11 +7,15 @@ import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from pydantic import BaseModel
 
 from kafkaworker.errors import ConfigError
+from kafkaworker.message import Message
 from kafkaworker.runtime.retry import Backoff
 from kafkaworker.serialization import Codec, get_codec
+from kafkaworker.serialization.models import ModelCodec
 
 Ordering = Literal["partition", "key", "none"]
 AckMode = Literal["auto", "manual"]
@@ -46,6 +50,12 @@ class HandlerSpec:
     on_exhausted: OnExhausted = "stall"
     # Delays (seconds) of the delayed retry topics, in order; () for none.
     retry_topics: tuple[float, ...] = ()
+    # Where the handler's return value(s) are produced (with the input's key); None: nowhere.
+    output: str | None = None
+    # Derived from the handler's signature: the pydantic model its messages are validated
+    # as, and whether it takes the model itself rather than a Message.
+    model: type[BaseModel] | None = field(init=False, default=None, repr=False)
+    takes_value: bool = field(init=False, default=False, repr=False)
 
     def __post_init__(self) -> None:
         def bad(option: str, value: object, allowed: str) -> ConfigError:
@@ -100,7 +110,34 @@ class HandlerSpec:
             raise bad("retry_topics", list(self.retry_topics), "a delay is listed twice")
         if self.on_exhausted not in ON_EXHAUSTED:
             raise bad("on_exhausted", self.on_exhausted, f"allowed are {', '.join(ON_EXHAUSTED)}")
+        if self.output is not None:
+            if not isinstance(self.output, str) or not _TOPIC.fullmatch(self.output):
+                raise bad("output", self.output, "a topic name is 1-249 of [a-zA-Z0-9._-]")
+            if self.output in self.topics:
+                raise bad("output", self.output, "a handler cannot produce to its own topic")
+            if self.ack == "manual":
+                raise bad(
+                    "output",
+                    self.output,
+                    "outputs need ack='auto' (the runtime acks "
+                    "the input once every output is acknowledged)",
+                )
         _check_signature(self.name, self.func)
+        model, takes_value = _payload_model(self.func)
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "takes_value", takes_value)
+
+    def message_codec(self) -> Codec:
+        """The codec the handler's messages are decoded with (validating into its model)."""
+        codec = get_codec(self.codec)
+        return ModelCodec(codec, self.model) if self.model is not None else codec
+
+    def call(self) -> Callable[[Message[Any]], Any]:
+        """How the runtime calls the handler: with the Message, or with its validated value."""
+        func = self.func
+        if self.takes_value:
+            return lambda msg: func(msg.value)
+        return func
 
     def replace(self, **changes: Any) -> HandlerSpec:
         """A copy with `changes` applied (None values ignored), validated again."""
@@ -122,7 +159,32 @@ class HandlerSpec:
             "retries": str(self.retries),
             "dlq": self.dlq or "-",
             "codec": codec,
+            "output": self.output or "-",
         }
+
+
+def _payload_model(func: Callable[..., Any]) -> tuple[type[BaseModel] | None, bool]:
+    """(model, takes_value) from the first parameter's annotation.
+
+    `def h(order: Order)` gets the validated Order; `def h(msg: Message[Order])` gets a
+    Message whose value is validated as Order; anything else gets a plain Message.
+    """
+    try:
+        parameter = next(iter(inspect.signature(func).parameters.values()))
+    except (StopIteration, TypeError, ValueError):
+        return None, False
+    try:
+        hints = get_type_hints(func)
+    except Exception:  # noqa: BLE001 - unresolvable forward references: no typing then
+        return None, False
+    annotation = hints.get(parameter.name)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, True
+    if get_origin(annotation) is Message:
+        (argument,) = get_args(annotation) or (None,)
+        if isinstance(argument, type) and issubclass(argument, BaseModel):
+            return argument, False
+    return None, False
 
 
 def _check_signature(name: str, func: Callable[..., Any]) -> None:

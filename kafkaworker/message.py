@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+from pydantic import ValidationError
 
 from kafkaworker.errors import DeserializationError
 from kafkaworker.serialization import CODECS, Codec, Headers
@@ -149,6 +150,8 @@ class Message(Generic[T]):
             else:
                 try:
                     self._value = self._codec.decode(data, self.headers)
+                except ValidationError:
+                    raise  # names the failing fields; fatal as it is
                 except Exception as exc:
                     raise DeserializationError(
                         f"cannot decode the value of {self.topic}[{self.partition}]@{self.offset}"

@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import confluent_kafka
+import structlog
 from confluent_kafka import KafkaError, KafkaException
 
 from kafkaworker.errors import KafkaWorkerError, StartupError
@@ -22,6 +23,7 @@ from kafkaworker.serialization import Codec, get_codec
 from kafkaworker.settings import Settings
 
 HeaderList = Sequence[tuple[str, bytes | str | None]]
+log = structlog.get_logger("kafkaworker.producer")
 
 
 class ProduceError(KafkaWorkerError):
@@ -88,6 +90,7 @@ class Producer:
 
         def on_delivery(error: KafkaError | None, record: confluent_kafka.Message) -> None:
             if error is not None:
+                log.error("delivery failed", topic=topic, key=key, error=error.str())
                 future.set_exception(
                     ProduceError(
                         f"record for {topic!r} (key {key!r}) was not delivered: {error.str()}",

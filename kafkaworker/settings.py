@@ -84,6 +84,7 @@ class HandlerSettings(_Strict):
     ack: Literal["auto", "manual"] | None = None
     on_exhausted: Literal["stall", "skip"] | None = None
     retry_topics: tuple[PositiveFloat, ...] | None = None
+    output: str | None = None
     circuit_breaker: CircuitBreakerSettings | None = None
 
 
@@ -112,6 +113,8 @@ class Settings(BaseSettings):
     max_pending_per_partition: PositiveInt = 2_000
     # Largest batch taken from the consumer at once.
     poll_batch: PositiveInt = 500
+    # How long a handler's outputs may take to be acknowledged before the handler fails.
+    produce_timeout: PositiveFloat = 30.0
     # How often finished offsets are committed (librdkafka auto.commit.interval.ms).
     commit_interval: PositiveFloat = 1.0
     # Where a group with no committed offset starts. "earliest": a new worker processes what

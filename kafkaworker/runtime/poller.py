@@ -32,7 +32,6 @@ from kafkaworker.runtime.pool import (
     WorkerPool,
 )
 from kafkaworker.runtime.retrytopics import DUE_HEADER, RetryRoutes
-from kafkaworker.serialization import get_codec
 from kafkaworker.settings import Settings
 
 log = structlog.get_logger("kafkaworker.poller")
@@ -81,7 +80,7 @@ class Poller:
         self._routes = routes
         self._retry_topics = routes.retry_topics if routes else frozenset()
         self._holding: set[PartitionState] = set()  # partitions with delayed records
-        self._codec = get_codec(spec.codec)
+        self._codec = spec.message_codec()
         self._partitions: dict[tuple[str, int], PartitionState] = {}
         self._stopping = threading.Event()
         # Set once shutdown committed: the revoke that consumer.close() triggers then only

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import structlog
@@ -25,12 +25,14 @@ from kafkaworker.errors import Skip
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
+from kafkaworker.producer import Producer
 from kafkaworker.runtime.breaker import CircuitBreaker
 from kafkaworker.runtime.deadletter import FailurePublisher, error_type
 from kafkaworker.runtime.lanes import Lane, LaneKey, lane_key_function
 from kafkaworker.runtime.partitions import PartitionState
 from kafkaworker.runtime.retry import is_fatal
 from kafkaworker.runtime.retrytopics import RetryRoutes
+from kafkaworker.serialization import get_codec
 
 log = structlog.get_logger("kafkaworker.pool")
 
@@ -62,8 +64,16 @@ class WorkerPool:
         routes: RetryRoutes | None = None,
         breaker: CircuitBreaker | None = None,
         metrics: Metrics | None = None,
+        producer: Producer | None = None,
+        produce_timeout: float = 30.0,
     ) -> None:
+        if spec.output is not None and producer is None:
+            raise ValueError(f"handler {spec.name!r} has an output but no producer was given")
         self.spec = spec
+        self._call = spec.call()
+        self._producer = producer
+        self._produce_timeout = produce_timeout
+        self._output_codec = get_codec(spec.codec)
         self._failures = failures
         self._routes = routes
         self._breaker = breaker
@@ -260,7 +270,9 @@ class WorkerPool:
         retry = 0
         while True:
             try:
-                spec.func(msg)
+                result = self._call(msg)
+                if spec.output is not None:
+                    self._emit(msg, result)
                 return AWAITING_ACK if manual else FINISHED
             except Skip as exc:
                 self._metrics.skipped.labels(spec.name).inc()
@@ -299,6 +311,26 @@ class WorkerPool:
                 if outcome is not None:
                     return outcome
                 msg.attempt += 1  # run the handler again: stalled, or the breaker closed
+
+    def _emit(self, msg: Message[Any], result: Any) -> None:
+        """Produce the handler's output(s) with the input's key and wait for every ack: the
+        input is finished only then (at-least-once end to end). Raises like a handler."""
+        assert self._producer is not None and self.spec.output is not None
+        if result is None:
+            return
+        items = list(result) if isinstance(result, list | tuple | Iterator) else [result]
+        futures = [
+            self._producer.send(
+                self.spec.output,
+                item,
+                key=msg.key,
+                codec=self._output_codec,
+                timeout=self._produce_timeout,
+            )
+            for item in items
+        ]
+        for future in futures:
+            future.result(self._produce_timeout)
 
     def _exhausted(
         self,

@@ -112,8 +112,11 @@ class Runner:
         self.preflight()
         for hook in self.app.startup_hooks:
             hook()
-        if any(spec.dlq or spec.retry_topics for spec in self.specs):
-            self.producer = Producer(self.settings, client_id=f"{self.app.name}.producer")
+        # The app's producer (app.producer) is built from this run's settings: eagerly when a
+        # handler writes outputs, retries or DLQ records, else on a handler's first use.
+        self.app._run_settings = self.settings
+        if any(spec.dlq or spec.retry_topics or spec.output for spec in self.specs):
+            self.producer = self.app.producer
         self.workers = [
             TopicWorker(
                 self.app.name, spec, self.settings, producer=self.producer, metrics=self.metrics
@@ -151,8 +154,9 @@ class Runner:
         deadline = started + self.settings.shutdown_timeout + 15
         for worker in self.workers:
             worker.join(max(0.0, deadline - time.monotonic()))
-        if self.producer is not None:
-            undelivered = self.producer.close(timeout=10)
+        producer, self.app._producer, self.app._run_settings = self.app._producer, None, None
+        if producer is not None:
+            undelivered = producer.close(timeout=10)
             if undelivered:
                 log.warning("producer closed with undelivered records", count=undelivered)
         for hook in self.app.shutdown_hooks:
@@ -242,6 +246,11 @@ class Runner:
             if spec.dlq is not None:
                 dlq_size = self.settings.dead_letter.partitions or max(sizes.values())
                 wanted.append((spec.dlq, "dead-letter topic", dlq_size))
+            if spec.output is not None and not exists(spec.output):
+                raise StartupError(
+                    f"output topic {spec.output!r} (handler {spec.name!r}) does not exist on "
+                    f"{bootstrap}: create it, or fix the handler's output"
+                )
             for topic, kind, partitions in wanted:
                 if exists(topic):
                     continue

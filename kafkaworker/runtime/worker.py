@@ -114,6 +114,8 @@ class TopicWorker:
             routes=routes,
             breaker=breaker,
             metrics=self.metrics,
+            producer=producer,
+            produce_timeout=settings.produce_timeout,
         )
         self.poller = Poller(
             spec,

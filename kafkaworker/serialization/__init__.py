@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
+from pydantic import BaseModel
 
 Headers = Sequence[tuple[str, bytes | None]]
 
@@ -36,6 +37,8 @@ class JsonCodec:
         return orjson.loads(data)
 
     def encode(self, value: Any) -> bytes:
+        if isinstance(value, BaseModel):
+            return value.model_dump_json().encode()
         return orjson.dumps(value)
 
 
