@@ -35,6 +35,9 @@ class App:
         self._handlers: dict[str, HandlerSpec] = {}
         self._producer: Producer | None = None
         self._run_settings: Settings | None = None  # set by the Runner while the app runs
+        # A Schema Registry client for codec="avro" handlers; None: built from the settings'
+        # schema_registry. (Set it to share one client, e.g. a mock:// one in tests.)
+        self.schema_registry: Any = None
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from kafkaworker.errors import ConfigError
 from kafkaworker.message import Message
 from kafkaworker.runtime.retry import Backoff
-from kafkaworker.serialization import Codec, get_codec
+from kafkaworker.serialization import RUNTIME_CODECS, Codec, get_codec
 from kafkaworker.serialization.models import ModelCodec
 
 Ordering = Literal["partition", "key", "none"]
@@ -89,10 +89,11 @@ class HandlerSpec:
                 raise bad("dlq", self.dlq, "a topic name is 1-249 of [a-zA-Z0-9._-]")
             if self.dlq in self.topics:
                 raise bad("dlq", self.dlq, "the dead-letter topic cannot be a source topic")
-        try:
-            get_codec(self.codec)
-        except LookupError as exc:
-            raise bad("codec", self.codec, str(exc)) from None
+        if self.codec not in RUNTIME_CODECS:
+            try:
+                get_codec(self.codec)
+            except LookupError as exc:
+                raise bad("codec", self.codec, str(exc)) from None
         if self.ack not in ACK_MODES:
             raise bad("ack", self.ack, f"allowed are {', '.join(ACK_MODES)}")
         if (
@@ -127,9 +128,16 @@ class HandlerSpec:
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "takes_value", takes_value)
 
-    def message_codec(self) -> Codec:
-        """The codec the handler's messages are decoded with (validating into its model)."""
-        codec = get_codec(self.codec)
+    def message_codec(self, runtime_codecs: Mapping[str, Codec] | None = None) -> Codec:
+        """The codec the handler's messages are decoded with (validating into its model).
+
+        A codec named in RUNTIME_CODECS ("avro") comes from `runtime_codecs`, built by the
+        runner (it needs the Schema Registry client).
+        """
+        if isinstance(self.codec, str) and self.codec in (runtime_codecs or {}):
+            codec = (runtime_codecs or {})[self.codec]
+        else:
+            codec = get_codec(self.codec)
         return ModelCodec(codec, self.model) if self.model is not None else codec
 
     def call(self) -> Callable[[Message[Any]], Any]:

@@ -85,7 +85,7 @@ class Producer:
         `value` is encoded by `codec`; without one, bytes (and None, a tombstone) go as they
         are and anything else is JSON. When librdkafka's queue is full, waits up to `timeout`.
         """
-        payload = _encode(value, codec)
+        payload = _encode(topic, value, codec)
         future: Future[confluent_kafka.Message] = Future()
 
         def on_delivery(error: KafkaError | None, record: confluent_kafka.Message) -> None:
@@ -169,13 +169,17 @@ class Producer:
         return remaining
 
 
-def _encode(value: Any, codec: str | Codec | None) -> bytes | None:
+def _encode(topic: str, value: Any, codec: str | Codec | None) -> bytes | None:
     if codec is None:
         if value is None or isinstance(value, bytes):
             return value
         codec = "json"
     try:
-        return get_codec(codec).encode(value)
+        resolved = get_codec(codec)
+        encode_for = getattr(resolved, "encode_for", None)  # codecs whose subject is the topic
+        if encode_for is not None:
+            return encode_for(topic, value)  # type: ignore[no-any-return]
+        return resolved.encode(value)
     except Exception as exc:
         raise ProduceError(
             f"cannot encode a {type(value).__name__} with the "

@@ -71,6 +71,13 @@ class CircuitBreakerSettings(_Strict):
     cooldown: PositiveFloat = 30.0  # seconds paused before trying again
 
 
+class SchemaRegistrySettings(_Strict):
+    """For codec="avro": the registry's URL and client properties (basic.auth.user.info...)."""
+
+    url: str
+    config: dict[str, ClientValue] = Field(default_factory=dict)
+
+
 class HandlerSettings(_Strict):
     """Per-handler overrides of the decorator's arguments (None: keep the decorator's)."""
 
@@ -99,6 +106,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     handlers: dict[str, HandlerSettings] = Field(default_factory=dict)
     dead_letter: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
+    schema_registry: SchemaRegistrySettings | None = None
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
 
     # How long graceful shutdown waits for in-flight messages before it commits and exits.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from kafkaworker.runtime.pool import (
     WorkerPool,
 )
 from kafkaworker.runtime.retrytopics import DUE_HEADER, RetryRoutes
+from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings
 
 log = structlog.get_logger("kafkaworker.poller")
@@ -69,6 +70,7 @@ class Poller:
         breaker: CircuitBreaker | None = None,
         metrics: Metrics | None = None,
         routes: RetryRoutes | None = None,
+        runtime_codecs: Mapping[str, Codec] | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -80,7 +82,7 @@ class Poller:
         self._routes = routes
         self._retry_topics = routes.retry_topics if routes else frozenset()
         self._holding: set[PartitionState] = set()  # partitions with delayed records
-        self._codec = spec.message_codec()
+        self._codec = spec.message_codec(runtime_codecs)
         self._partitions: dict[tuple[str, int], PartitionState] = {}
         self._stopping = threading.Event()
         # Set once shutdown committed: the revoke that consumer.close() triggers then only

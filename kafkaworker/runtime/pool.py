@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import structlog
@@ -32,7 +32,7 @@ from kafkaworker.runtime.lanes import Lane, LaneKey, lane_key_function
 from kafkaworker.runtime.partitions import PartitionState
 from kafkaworker.runtime.retry import is_fatal
 from kafkaworker.runtime.retrytopics import RetryRoutes
-from kafkaworker.serialization import get_codec
+from kafkaworker.serialization import Codec, get_codec
 
 log = structlog.get_logger("kafkaworker.pool")
 
@@ -66,6 +66,7 @@ class WorkerPool:
         metrics: Metrics | None = None,
         producer: Producer | None = None,
         produce_timeout: float = 30.0,
+        runtime_codecs: Mapping[str, Codec] | None = None,
     ) -> None:
         if spec.output is not None and producer is None:
             raise ValueError(f"handler {spec.name!r} has an output but no producer was given")
@@ -73,7 +74,13 @@ class WorkerPool:
         self._call = spec.call()
         self._producer = producer
         self._produce_timeout = produce_timeout
-        self._output_codec = get_codec(spec.codec)
+        self._output_codec: Codec | None = None
+        if spec.output is not None:
+            codec = spec.codec
+            runtime = runtime_codecs or {}
+            self._output_codec = (
+                runtime[codec] if isinstance(codec, str) and codec in runtime else get_codec(codec)
+            )
         self._failures = failures
         self._routes = routes
         self._breaker = breaker

@@ -28,6 +28,7 @@ from kafkaworker.producer import Producer
 from kafkaworker.runtime.retry import Backoff
 from kafkaworker.runtime.retrytopics import RetryRoutes
 from kafkaworker.runtime.worker import TopicWorker, consumer_config, new_consumer
+from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -117,9 +118,15 @@ class Runner:
         self.app._run_settings = self.settings
         if any(spec.dlq or spec.retry_topics or spec.output for spec in self.specs):
             self.producer = self.app.producer
+        runtime_codecs = self._runtime_codecs()
         self.workers = [
             TopicWorker(
-                self.app.name, spec, self.settings, producer=self.producer, metrics=self.metrics
+                self.app.name,
+                spec,
+                self.settings,
+                producer=self.producer,
+                metrics=self.metrics,
+                runtime_codecs=runtime_codecs,
             )
             for spec in self.specs
         ]
@@ -140,6 +147,26 @@ class Runner:
                 failed = True
                 break
         return self._shutdown(failed=failed)
+
+    def _runtime_codecs(self) -> dict[str, Codec]:
+        """Codecs named in handlers that need the running app: "avro" (a registry client)."""
+        users = [spec.name for spec in self.specs if spec.codec == "avro"]
+        if not users:
+            return {}
+        from kafkaworker.serialization.avro import AvroCodec  # noqa: PLC0415 - optional extra
+
+        registry = self.app.schema_registry
+        if registry is None:
+            if self.settings.schema_registry is None:
+                raise ConfigError(
+                    f"handler {users[0]!r} uses codec 'avro' but schema_registry.url is not "
+                    "set: add it to the settings (KAFKAWORKER_SCHEMA_REGISTRY__URL)"
+                )
+            registry = {
+                "url": self.settings.schema_registry.url,
+                **self.settings.schema_registry.config,
+            }
+        return {"avro": AvroCodec(registry)}
 
     def stop(self) -> None:
         """Ask for a graceful shutdown (what the first SIGTERM/SIGINT does)."""

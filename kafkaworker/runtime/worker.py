@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -19,6 +20,7 @@ from kafkaworker.runtime.deadletter import FailurePublisher
 from kafkaworker.runtime.poller import Poller
 from kafkaworker.runtime.pool import Completion, WorkerPool
 from kafkaworker.runtime.retrytopics import RetryRoutes
+from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings
 
 log = structlog.get_logger("kafkaworker.worker")
@@ -85,6 +87,7 @@ class TopicWorker:
         *,
         producer: Producer | None = None,
         metrics: Metrics | None = None,
+        runtime_codecs: Mapping[str, Codec] | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -116,6 +119,7 @@ class TopicWorker:
             metrics=self.metrics,
             producer=producer,
             produce_timeout=settings.produce_timeout,
+            runtime_codecs=runtime_codecs,
         )
         self.poller = Poller(
             spec,
@@ -126,6 +130,7 @@ class TopicWorker:
             breaker=breaker,
             metrics=self.metrics,
             routes=routes,
+            runtime_codecs=runtime_codecs,
         )
         self._thread = threading.Thread(
             target=self._run_poller, name=f"kw-{spec.name}-poll", daemon=True

@@ -67,6 +67,9 @@ class TextCodec:
 
 
 CODECS: dict[str, Codec] = {codec.name: codec for codec in (JsonCodec(), RawCodec(), TextCodec())}
+# Codecs that need something only the running app has (a Schema Registry client): named in a
+# handler, built by the runtime.
+RUNTIME_CODECS = frozenset({"avro"})
 
 
 def get_codec(codec: str | Codec) -> Codec:
@@ -75,8 +78,14 @@ def get_codec(codec: str | Codec) -> Codec:
         try:
             return CODECS[codec]
         except KeyError:
+            if codec in RUNTIME_CODECS:
+                raise LookupError(
+                    f"the {codec!r} codec needs a Schema Registry: pass an AvroCodec(...) "
+                    "object, or run the handler with schema_registry.url in the settings"
+                ) from None
             raise LookupError(
-                f"unknown codec {codec!r}: allowed are {', '.join(sorted(CODECS))} "
+                f"unknown codec {codec!r}: allowed are "
+                f"{', '.join(sorted({*CODECS, *RUNTIME_CODECS}))} "
                 "or an object with decode(data, headers) and encode(value)"
             ) from None
     if isinstance(codec, Codec):
