@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel
@@ -216,3 +217,26 @@ def test_produce_command_sends_one_message_per_line(
     assert bad.stderr.startswith("produced 1 message(s)")
     assert "Error: line 2 is not JSON" in bad.stderr
     assert end_offsets(kafka_bootstrap, topic, 1) == {0: 3}
+
+
+@pytest.mark.parametrize("compression", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_batches_round_trip(
+    kafka_bootstrap: str, new_topic: TopicFactory, compression: str
+) -> None:
+    topic = new_topic(1)
+    settings = make_settings(
+        kafka_bootstrap,
+        kafka={
+            "bootstrap_servers": kafka_bootstrap,
+            "producer": {"compression.type": compression, "linger.ms": 20},
+        },
+    )
+    producer = Producer(settings)
+    try:
+        futures = [producer.send(topic, {"n": i, "pad": "x" * 200}) for i in range(50)]
+        for future in futures:
+            future.result(30)
+    finally:
+        producer.close()
+    values = [orjson.loads(r.value())["n"] for r in read_topic(kafka_bootstrap, topic, 50)]
+    assert values == list(range(50))
