@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install jars lint format test test-fast kafka run clean
+.PHONY: install jars lint format test test-fast kafka run bench clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ kafka: jars
 # The example worker and a small load generator, with a local broker when none answers on 9092.
 run: jars
 	$(PY) -m tools.demo
+
+# Benchmarks against the raw client and peer frameworks (each peer in its own virtualenv,
+# installed by the suite). Results: benchmarks/results/latest.{json,md,png}.
+bench: jars
+	$(PY) -m pip install --quiet matplotlib
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -18,12 +18,14 @@ from kafkaworker.message import Message
 LaneKey = Hashable
 
 
+# A partition's lane is keyed by its PartitionState: no tuple per message, and a partition
+# assigned again gets new lanes, never a lane still holding the previous assignment's work.
 def _by_partition(msg: Message[Any]) -> LaneKey:
-    return (msg.topic, msg.partition)
+    return msg._state  # type: ignore[no-any-return]
 
 
 def _by_key(msg: Message[Any]) -> LaneKey:
-    return (msg.topic, msg.partition, msg.key)
+    return (msg._state, msg.key)
 
 
 def _shared(msg: Message[Any]) -> LaneKey:

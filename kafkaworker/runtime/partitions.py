@@ -22,6 +22,7 @@ class PartitionState:
 
     __slots__ = (
         "delayed",
+        "forgotten",
         "in_flight",
         "last_dispatched",
         "offsets",
@@ -48,6 +49,9 @@ class PartitionState:
         self.over_limit = False
         self.revoked = False
         self.revoked_event = threading.Event()
+        # Set when the poll thread forgets the partition: late completions are then ignored
+        # (a later assignment of the partition has a new PartitionState).
+        self.forgotten = False
 
     def revoke(self) -> None:
         """Stop work on this partition: unstarted messages are dropped, backoffs cut short."""

@@ -90,6 +90,10 @@ class Poller:
         self._closed_out = False
         self._shutdown_deadline = float("inf")
         self._globally_paused = False
+        # Messages handed to the pool and not yet reported, over all partitions; and whether
+        # anything changed this turn (backpressure is only re-judged then).
+        self._in_flight = 0
+        self._changed = False
         self.stats = PollerStats()
         self.unfinished_at_exit: dict[tuple[str, int], int] = {}
 
@@ -118,10 +122,10 @@ class Poller:
 
     def _turn(self) -> None:
         busy = (
-            self._globally_paused
+            self._in_flight > 0
+            or self._globally_paused
             or bool(self._holding)
             or (self._breaker is not None and self._breaker.open)
-            or any(s.in_flight for s in self._partitions.values())
         )
         first = self._consumer.poll(_BUSY_POLL if busy else _IDLE_POLL)
         if first is not None:
@@ -135,22 +139,29 @@ class Poller:
         if self._holding:
             self._release_due()
         self._collect(self._drain())
-        self._apply_backpressure()
+        if self._changed or self._breaker is not None:
+            self._changed = False
+            self._apply_backpressure()
 
     def _dispatch(self, batch: list[Any]) -> None:
         ready: list[Message[Any]] = []
         partitions = self._partitions
         codec = self._codec
         fatal: KafkaError | None = None
+        # Records come in runs of one partition: look its state up once per run.
+        current: tuple[str, int] | None = None
+        state: PartitionState | None = None
         for raw in batch:
             error = raw.error()
             if error is not None:
                 fatal = fatal or self._on_error(error)
                 continue
-            state = partitions.get((raw.topic(), raw.partition()))
+            topic, partition, offset = raw.topic(), raw.partition(), raw.offset()
+            if current is None or partition != current[1] or topic != current[0]:
+                current = (topic, partition)
+                state = partitions.get(current)
             if state is None or state.revoked:
                 continue  # fetched just before a revoke: the new owner gets it
-            offset = raw.offset()
             if offset <= state.last_dispatched:
                 # The tracker needs ascending offsets; the first copy is already in flight.
                 log.warning(
@@ -164,12 +175,14 @@ class Poller:
                 continue
             state.last_dispatched = offset
             state.offsets.add(offset)
-            msg = Message._from_kafka(raw, codec, state)
+            msg = Message._from_kafka(raw, codec, state, topic, partition, offset)
             if state.topic in self._retry_topics and self._hold(msg, state):
                 continue
             state.in_flight += 1
             ready.append(msg)
         self.stats.fetched += len(ready)
+        self._in_flight += len(ready)
+        self._changed = self._changed or bool(ready)
         # Hand over what was counted in flight before raising, or shutdown would wait for it.
         self._pool.submit(ready)
         if fatal is not None:
@@ -200,6 +213,7 @@ class Poller:
                     break
                 ready.append(delayed.popleft())
                 state.in_flight += 1
+                self._in_flight += 1
             if not delayed:
                 self._holding.discard(state)
         if ready:
@@ -230,14 +244,14 @@ class Poller:
 
     def _collect(self, completions: Iterable[Completion]) -> None:
         """Mark finished offsets and store those that became committable."""
-        partitions = self._partitions
         touched: set[PartitionState] = set()
-        finished = 0
+        finished = returned = 0
         breaker = self._breaker
         for state, offset, outcome in completions:
-            if partitions.get((state.topic, state.partition)) is not state:
+            if state.forgotten:
                 continue  # from an earlier assignment of the partition: not ours to count
             state.in_flight -= 1
+            returned += 1
             if outcome != NOT_FINISHED:
                 state.offsets.finish(offset)
                 touched.add(state)
@@ -245,6 +259,8 @@ class Poller:
                 if breaker is not None:
                     breaker.record(outcome == DEAD_LETTERED)
         self.stats.finished += finished
+        self._in_flight -= returned
+        self._changed = self._changed or returned > 0
         to_store = []
         for state in touched:
             position = state.offsets.advance()
@@ -374,6 +390,8 @@ class Poller:
             self._consumer.resume(paused)
         for state in states:
             del self._partitions[(state.topic, state.partition)]
+            state.forgotten = True
+            self._in_flight -= state.in_flight  # their reports will be ignored from now on
         log.info(
             "partitions revoked" if commit else "partitions lost",
             handler=self.spec.name,

@@ -218,6 +218,10 @@ class WorkerPool:
             reported_at = time.monotonic()
 
         manual = self.spec.ack == "manual"
+        # The common case (auto ack, no output) calls the handler inline; the failure policy
+        # in _execute takes over only once it raises.
+        plain = not manual and self.spec.output is None
+        call = self._call
         slow = False
         while chunk:
             msg = chunk.popleft()
@@ -232,7 +236,14 @@ class WorkerPool:
                 flush()
             started = time.monotonic()
             try:
-                outcome = self._execute(msg, state, before_backoff=flush)
+                if plain:
+                    try:
+                        call(msg)
+                        outcome = FINISHED
+                    except BaseException as exc:  # noqa: BLE001 - the failure policy decides
+                        outcome = self._execute(msg, state, before_backoff=flush, failed=exc)
+                else:
+                    outcome = self._execute(msg, state, before_backoff=flush)
             except BaseException:
                 # A bug of the runtime's own: the message stays unfinished, never skipped.
                 log.exception("failed to run the handler", **_where(self.spec, msg))
@@ -255,7 +266,12 @@ class WorkerPool:
             return True
 
     def _execute(
-        self, msg: Message[Any], state: PartitionState, *, before_backoff: Callable[[], None]
+        self,
+        msg: Message[Any],
+        state: PartitionState,
+        *,
+        before_backoff: Callable[[], None],
+        failed: BaseException | None = None,
     ) -> int:
         """Run the handler under the failure policy; return the message's outcome.
 
@@ -263,6 +279,7 @@ class WorkerPool:
         fatal ones (undecodable payloads, validation errors, DeadLetter), skip the retries.
         Once retries are spent: the DLQ when there is one, else on_exhausted ("stall": retry
         at the maximum backoff for as long as it takes; "skip": log and move on).
+        `failed`: the error of a first attempt already made by the caller.
         """
         spec = self.spec
         manual = spec.ack == "manual"
@@ -277,6 +294,9 @@ class WorkerPool:
         retry = 0
         while True:
             try:
+                if failed is not None:
+                    error, failed = failed, None
+                    raise error
                 result = self._call(msg)
                 if spec.output is not None:
                     self._emit(msg, result)

@@ -43,6 +43,7 @@ class AvroCodec:
     """Avro values through a Schema Registry; decodes to dicts (or a handler's model)."""
 
     name = "avro"
+    uses_headers = False
 
     def __init__(
         self,

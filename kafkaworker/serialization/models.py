@@ -22,6 +22,7 @@ class ModelCodec:
         self.model = model
         self.name = f"{inner.name}:{model.__name__}"
         self._json = isinstance(inner, JsonCodec)
+        self.uses_headers = getattr(inner, "uses_headers", True)
 
     def decode(self, data: bytes, headers: Headers) -> BaseModel:
         if self._json:

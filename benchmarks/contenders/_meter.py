@@ -1,0 +1,65 @@
+"""Shared by every contender (stdlib only: it runs in each peer's own virtualenv).
+
+Counts handled messages; records wall time and process CPU time at the first and the last one,
+and the latency of each message (produce time in the payload -> handler start) when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import threading
+import time
+from typing import Any
+
+
+class Meter:
+    def __init__(self, target: int, *, latency: bool = False) -> None:
+        self.target = target
+        self.count = 0
+        self.first = self.last = 0.0
+        self.cpu_first = self.cpu_last = 0.0
+        self.latencies: list[float] = []
+        self._latency = latency
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+
+    def hit(self, n: int = 1, produced_at: float | None = None) -> None:
+        now = time.time()
+        with self._lock:
+            if self.count == 0:
+                self.first, self.cpu_first = now, time.process_time()
+            self.count += n
+            if self._latency and produced_at is not None:
+                self.latencies.append(now - produced_at)
+            if self.count >= self.target and not self.done.is_set():
+                self.last, self.cpu_last = now, time.process_time()
+                self.done.set()
+
+    def write(self, path: str, contender: str, **extra: Any) -> None:
+        seconds = max(self.last - self.first, 1e-9)
+        result = {
+            "contender": contender,
+            "processed": self.count,
+            "seconds": seconds,
+            "msgs_per_s": self.target / seconds,
+            "cpu_s_per_million": (self.cpu_last - self.cpu_first) / self.target * 1e6,
+            "rss_max_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **extra,
+        }
+        if self.latencies:
+            ordered = sorted(self.latencies)
+            result["latency_ms"] = {
+                "p50": ordered[len(ordered) // 2] * 1000,
+                "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+                "max": ordered[-1] * 1000,
+            }
+        with open(path, "w") as out:
+            json.dump(result, out)
+
+
+def args() -> dict[str, str]:
+    """--key value pairs from the command line."""
+    argv = sys.argv[1:]
+    return {argv[i].lstrip("-").replace("-", "_"): argv[i + 1] for i in range(0, len(argv), 2)}

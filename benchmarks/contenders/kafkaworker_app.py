@@ -1,0 +1,64 @@
+"""kafkaworker, as a user would write it: a decorated handler, the runtime does the rest."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from _meter import Meter, args
+
+from kafkaworker import App, Message, Settings
+from kafkaworker.runtime.runner import Runner, resolve_specs
+
+
+def main() -> None:
+    a = args()
+    sleep = float(a.get("sleep_ms", "0")) / 1000
+    meter = Meter(int(a["messages"]), latency=a.get("latency") == "1")
+    app = App("bench")
+
+    @app.handler(
+        a["topic"],
+        group=a["group"],
+        concurrency=int(a.get("concurrency", "8")),
+        ordering=a.get("ordering", "partition"),
+    )  # type: ignore[arg-type]
+    def handle(msg: Message[Any]) -> None:
+        value = msg.value
+        if sleep:
+            time.sleep(sleep)
+        meter.hit(1, value.get("ts"))
+
+    settings = Settings.model_validate(
+        {
+            "kafka": {"bootstrap_servers": a["bootstrap"]},
+            "log_level": "WARNING",
+            **(
+                {
+                    "max_pending": int(a["max_pending"]),
+                    "max_pending_per_partition": int(a["max_pending"]) // 4,
+                }
+                if "max_pending" in a
+                else {}
+            ),
+        }
+    )
+    runner = Runner(app, settings, resolve_specs(app, settings))
+
+    def stop_when_done() -> None:
+        meter.done.wait()
+        runner.stop()
+
+    threading.Thread(target=stop_when_done, daemon=True).start()
+    runner.run()
+    meter.write(
+        a["out"],
+        "kafkaworker",
+        concurrency=int(a.get("concurrency", "8")),
+        ordering=a.get("ordering", "partition"),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The Python ceiling: a raw confluent-kafka loop. Batch consume, decode, store offsets."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from _meter import Meter, args
+from confluent_kafka import Consumer, TopicPartition
+
+
+def main() -> None:
+    a = args()
+    sleep = float(a.get("sleep_ms", "0")) / 1000
+    meter = Meter(int(a["messages"]), latency=a.get("latency") == "1")
+    consumer = Consumer(
+        {
+            "bootstrap.servers": a["bootstrap"],
+            "group.id": a["group"],
+            "auto.offset.reset": "earliest",
+            "enable.auto.offset.store": False,
+        }
+    )
+    consumer.subscribe([a["topic"]])
+    while not meter.done.is_set():
+        batch = consumer.consume(1000, 0.05)
+        positions: dict[int, int] = {}
+        for msg in batch:
+            if msg.error() is not None:
+                continue
+            value = orjson.loads(msg.value())
+            if sleep:
+                time.sleep(sleep)
+            meter.hit(1, value.get("ts"))
+            positions[msg.partition()] = msg.offset() + 1
+        if positions:
+            consumer.store_offsets(
+                offsets=[TopicPartition(a["topic"], p, o) for p, o in positions.items()]
+            )
+    meter.write(a["out"], "raw confluent-kafka")
+    consumer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""A tiny run of the benchmark suite, so that `make bench` cannot rot. It asserts that every
+contender processed every message and that figures were written, never a time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.run import main
+
+pytestmark = pytest.mark.kafka
+
+
+def test_the_benchmark_suite_runs_end_to_end(kafka_bootstrap: str, tmp_path: Path) -> None:
+    code = main(
+        [
+            "--smoke",
+            "--scenarios",
+            "s1,s2,s4",
+            "--messages",
+            "5000",
+            "--bootstrap",
+            kafka_bootstrap,
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    s1 = {r["contender"]: r for r in report["s1"]}
+    assert set(s1) == {"raw confluent-kafka", "kafkaworker"}
+    assert all(r["processed"] >= 5000 and r["msgs_per_s"] > 0 for r in s1.values())
+    assert len(report["s2"]) == 1 + 9  # raw, and kafkaworker's 3 orderings x 3 concurrencies
+    assert all("error" not in r for r in report["s2"])
+    assert {r["contender"] for r in report["s4"]} == {"raw confluent-kafka", "kafkaworker"}
+    assert all(r["latency_ms"]["p50"] >= 0 for r in report["s4"])
+    assert "## S1 throughput" in (tmp_path / "smoke.md").read_text()
