@@ -12,8 +12,12 @@ benchmarks/results/. `--smoke` is the tiny version `make test` runs so the suite
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -102,7 +106,14 @@ def produce_at_rate(
 
 
 def run_contender(
-    contender: Contender, bootstrap: str, topic: str, messages: int, timeout: float, **options: str
+    contender: Contender,
+    bootstrap: str,
+    topic: str,
+    messages: int,
+    timeout: float,
+    *,
+    group: str | None = None,
+    **options: str,
 ) -> dict[str, Any]:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     command = [
@@ -113,7 +124,7 @@ def run_contender(
         "--topic",
         topic,
         "--group",
-        f"bench-{uuid.uuid4().hex[:8]}",
+        group or f"bench-{uuid.uuid4().hex[:8]}",
         "--messages",
         str(messages),
         "--out",
@@ -122,12 +133,21 @@ def run_contender(
     for key, value in {**contender.options, **options}.items():
         command += [f"--{key}", value]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workdir = tempfile.mkdtemp(prefix="bench-")  # peers (Faust) write state where they run
     try:
         completed = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=timeout, check=False
+            command,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=workdir,
         )
     except subprocess.TimeoutExpired:
         return {"contender": contender.name, "error": f"timed out after {timeout:.0f}s"}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     if completed.returncode != 0 or not out.read_text():
         tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
         return {
@@ -194,6 +214,142 @@ def _s2_ceiling(ordering: str, concurrency: int, sleep_ms: float) -> float:
     return min(concurrency, lanes) / (sleep_ms / 1000)
 
 
+def scenario_s3(
+    bootstrap: str, messages: int, log: Callable[[str], None], processes: tuple[int, ...] = (1, 2)
+) -> list[dict[str, Any]]:
+    """CPU-bound: one process against --processes N, through the real supervisor."""
+    results = []
+    for count in processes:
+        topic = new_topic(bootstrap, "s3")
+        produce_backlog(bootstrap, topic, messages)
+        progress = Path(tempfile.mkdtemp(prefix="bench-s3-"))
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "BENCH_TOPIC": topic,
+            "BENCH_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
+            "BENCH_DIR": str(progress),
+            "BENCH_BURN_US": "200",
+            "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKAWORKER_LOG_LEVEL": "WARNING",
+        }
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kafkaworker",
+                "run",
+                "benchmarks.contenders.cpu_app:app",
+                "--processes",
+                str(count),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def state(progress: Path = progress) -> list[dict[str, float]]:
+            found = []
+            for path in progress.glob("*.json"):
+                with contextlib.suppress(ValueError):  # being replaced right now
+                    found.append(json.loads(path.read_text()))
+            return found
+
+        deadline = time.monotonic() + 600
+        while sum(p["count"] for p in state()) < messages * 0.98:
+            if time.monotonic() > deadline or worker.poll() is not None:
+                break
+            time.sleep(0.2)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+        seen = state()
+        done = sum(p["count"] for p in seen)
+        seconds = max(p["last"] for p in seen) - min(p["first"] for p in seen) if seen else 0
+        result = {
+            "contender": f"kafkaworker --processes {count}",
+            "processes": count,
+            "processed": done,
+            "msgs_per_s": done / seconds if seconds else 0.0,
+        }
+        shutil.rmtree(progress, ignore_errors=True)
+        log(f"S3: {result['contender']}: {result['msgs_per_s']:,.0f} msg/s")
+        results.append(result)
+    if len(results) == 2 and results[0]["msgs_per_s"]:
+        results[1]["speedup"] = results[1]["msgs_per_s"] / results[0]["msgs_per_s"]
+    return results
+
+
+def scenario_s6(
+    bootstrap: str,
+    log: Callable[[str], None],
+    *,
+    rate: int = 2000,
+    before: float = 6.0,
+    after: float = 8.0,
+) -> list[dict[str, Any]]:
+    """How long an existing member stops processing while another one joins."""
+    results = []
+    for protocol in ("classic", "consumer"):
+        topic = new_topic(bootstrap, "s6")
+        out = Path(tempfile.mkdtemp(prefix="bench-s6-"))
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "BENCH_TOPIC": topic,
+            "BENCH_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
+            "BENCH_DIR": str(out),
+            "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKAWORKER_KAFKA__GROUP_PROTOCOL": protocol,
+            "KAFKAWORKER_LOG_LEVEL": "WARNING",
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "kafkaworker",
+            "run",
+            "benchmarks.contenders.rebalance_app:app",
+        ]
+        stop = threading.Event()
+        feeder = threading.Thread(
+            target=produce_at_rate,
+            daemon=True,
+            args=(bootstrap, topic, rate, int(rate * (before + after + 10)), stop),
+        )
+        feeder.start()
+        first = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(before)  # the first member is alone and steady
+        joined_at = time.time()
+        second = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(after)
+        for member in (second, first):
+            member.send_signal(signal.SIGTERM)
+            member.wait(60)
+        stop.set()
+        feeder.join()
+        times = json.loads((out / f"{first.pid}.json").read_text())
+        window = [t for t in times if joined_at - 1 <= t <= joined_at + after]
+        gaps = [b - a for a, b in itertools.pairwise(window)]
+        normal = [b - a for a, b in itertools.pairwise(t for t in times if t < joined_at - 1)]
+        result = {
+            "contender": f"kafkaworker ({protocol})",
+            "protocol": protocol,
+            "pause_s": max(gaps, default=float("nan")),
+            "normal_gap_s": max(normal, default=float("nan")),
+        }
+        shutil.rmtree(out, ignore_errors=True)
+        log(
+            f"S6: {result['contender']}: longest stop of the existing member "
+            f"{result['pause_s']:.3f}s (before the join: {result['normal_gap_s']:.3f}s)"
+        )
+        results.append(result)
+    return results
+
+
 def scenario_s4(
     bootstrap: str,
     contenders: list[Contender],
@@ -207,14 +363,23 @@ def scenario_s4(
             topic = new_topic(bootstrap, f"s4-{rate}")
             count = int(rate * seconds)
             stop = threading.Event()
-            # The contender first joins the group (latest offsets would lose the head; the
-            # dataset is produced while it runs, so earliest is right).
+            group = f"bench-{uuid.uuid4().hex[:8]}"
+            # Latency is measured in steady state: produce only once the contender's group is
+            # Stable with its partitions assigned (start-up is not what S4 measures).
             producer = threading.Thread(
-                target=_delayed_producer, args=(bootstrap, topic, rate, count, stop), daemon=True
+                target=_producer_when_stable,
+                args=(bootstrap, topic, group, rate, count, stop),
+                daemon=True,
             )
             producer.start()
             result = run_contender(
-                contender, bootstrap, topic, count, timeout=seconds + 120, latency="1"
+                contender,
+                bootstrap,
+                topic,
+                count,
+                timeout=seconds + 120,
+                group=group,
+                latency="1",
             )
             stop.set()
             producer.join()
@@ -224,10 +389,25 @@ def scenario_s4(
     return results
 
 
-def _delayed_producer(
-    bootstrap: str, topic: str, rate: int, count: int, stop: threading.Event
+def _producer_when_stable(  # noqa: PLR0917 - a Thread target, called positionally
+    bootstrap: str, topic: str, group: str, rate: int, count: int, stop: threading.Event
 ) -> None:
-    time.sleep(3)  # let the contender start and join: latency is measured in steady state
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + 60
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            description = admin.describe_consumer_groups([group])[group].result(timeout=5)
+            assigned = sum(
+                len(m.assignment.topic_partitions)
+                for m in description.members
+                if m.assignment is not None
+            )
+            if str(description.state).endswith("STABLE") and assigned >= PARTITIONS:
+                break
+        except Exception:  # noqa: BLE001 - the group does not exist yet
+            pass
+        time.sleep(0.2)
+    time.sleep(1)  # settle: the first fetch requests are under way
     produce_at_rate(bootstrap, topic, rate, count, stop)
 
 
@@ -288,6 +468,32 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{'' if eff is None else f'{eff:.2f}'} |"
             )
         lines.append("")
+    s3 = report.get("s3")
+    if s3:
+        lines += [
+            "## S3 CPU-bound (0.2 ms pure-Python handler)",
+            "",
+            "| run | msg/s | speedup |",
+            "|---|---:|---:|",
+        ]
+        for r in s3:
+            speedup = r.get("speedup")
+            lines.append(
+                f"| {r['contender']} | {r['msgs_per_s']:,.0f} | "
+                f"{'' if speedup is None else f'{speedup:.2f}x'} |"
+            )
+        lines.append("")
+    s6 = report.get("s6")
+    if s6:
+        lines += [
+            "## S6 rebalance (longest stop of an existing member while one joins)",
+            "",
+            "| protocol | stop s | longest gap before the join s |",
+            "|---|---:|---:|",
+        ]
+        for r in s6:
+            lines.append(f"| {r['protocol']} | {r['pause_s']:.3f} | {r['normal_gap_s']:.3f} |")
+        lines.append("")
     s4 = report.get("s4")
     if s4:
         lines += [
@@ -335,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="tiny datasets, no peers")
-    parser.add_argument("--scenarios", default="s1,s2,s4")
+    parser.add_argument("--scenarios", default="s1,s2,s3,s4,s6")
     parser.add_argument("--peers", default="all", help="none, all, or a comma list")
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKAWORKER_BENCH_BOOTSTRAP"))
@@ -371,6 +577,10 @@ def main(argv: list[str] | None = None) -> int:
         if "s2" in scenarios:
             s2_messages = 2_000 if args.smoke else 40_000
             report["s2"] = scenario_s2(args.bootstrap, contenders, s2_messages, log)
+        if "s3" in scenarios:
+            report["s3"] = scenario_s3(args.bootstrap, 2_000 if args.smoke else 40_000, log)
+        if "s6" in scenarios:
+            report["s6"] = scenario_s6(args.bootstrap, log)
         if "s4" in scenarios:
             rates, seconds = ([1000], 2.0) if args.smoke else ([1000, 10000], 10.0)
             report["s4"] = scenario_s4(args.bootstrap, contenders, rates, seconds, log)

@@ -11,6 +11,7 @@ def handle_order(msg: Message) -> None: ...
 from kafkaworker.app import App
 from kafkaworker.errors import (
     AppImportError,
+    BatchFailures,
     ConfigError,
     DeadLetter,
     DeserializationError,
@@ -18,6 +19,7 @@ from kafkaworker.errors import (
     Skip,
     StartupError,
 )
+from kafkaworker.handlers import BatchPolicy
 from kafkaworker.message import Message
 from kafkaworker.producer import ProduceError, Producer
 from kafkaworker.runtime.retry import Backoff
@@ -29,6 +31,8 @@ __all__ = [
     "App",
     "AppImportError",
     "Backoff",
+    "BatchFailures",
+    "BatchPolicy",
     "ConfigError",
     "DeadLetter",
     "DeserializationError",

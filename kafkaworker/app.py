@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kafkaworker.errors import ConfigError
-from kafkaworker.handlers import AckMode, HandlerSpec, OnExhausted, Ordering
+from kafkaworker.handlers import AckMode, BatchPolicy, HandlerSpec, OnExhausted, Ordering
 from kafkaworker.producer import Producer
 from kafkaworker.runtime.retry import Backoff
 from kafkaworker.serialization import Codec
@@ -62,6 +62,7 @@ class App:
         on_exhausted: OnExhausted = "stall",
         retry_topics: Sequence[float] = (),
         output: str | None = None,
+        batch: BatchPolicy | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
         topic_tuple = (topics,) if isinstance(topics, str) else tuple(topics)
@@ -89,6 +90,7 @@ class App:
                 on_exhausted=on_exhausted,
                 retry_topics=tuple(retry_topics),
                 output=output,
+                batch=batch,
             )
             return func
 

@@ -72,16 +72,51 @@ def cli() -> None:
 @click.option(
     "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="worker processes, each its own group member (for CPU-bound handlers)",
+)
 def run(
-    app_ref: str, settings_path: str | None, only: tuple[str, ...], log_level: str | None
+    app_ref: str,
+    settings_path: str | None,
+    only: tuple[str, ...],
+    log_level: str | None,
+    processes: int,
 ) -> None:
     """Run the handlers of MODULE:APP until SIGTERM or SIGINT."""
     overrides = {"log_level": log_level.upper()} if log_level else {}
     try:
-        code = load_app(app_ref).run(settings_path=settings_path, only=only, overrides=overrides)
+        app = load_app(app_ref)  # fail here, once, rather than in every child
+        if processes > 1:
+            sys.exit(_supervise(app_ref, settings_path, only, log_level, processes))
+        code = app.run(settings_path=settings_path, only=only, overrides=overrides)
     except KafkaWorkerError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
+
+
+def _supervise(
+    app_ref: str,
+    settings_path: str | None,
+    only: tuple[str, ...],
+    log_level: str | None,
+    processes: int,
+) -> int:
+    from kafkaworker.observability import logging as kw_logging  # noqa: PLC0415
+    from kafkaworker.runtime.supervisor import Supervisor  # noqa: PLC0415
+
+    command = [sys.executable, "-m", "kafkaworker", "run", app_ref]
+    if settings_path:
+        command += ["--settings", settings_path]
+    for name in only:
+        command += ["--only", name]
+    if log_level:
+        command += ["--log-level", log_level]
+    kw_logging.configure(log_level.upper() if log_level else "INFO")
+    return Supervisor(command, processes).run()
 
 
 @cli.command()

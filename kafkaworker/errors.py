@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class KafkaWorkerError(Exception):
     """Base class: the message says what is wrong and what to do, in one line."""
@@ -29,3 +32,13 @@ class DeadLetter(KafkaWorkerError):  # noqa: N818 - a verb, raised by handlers: 
 
 class Skip(KafkaWorkerError):  # noqa: N818 - raised by handlers: `raise Skip("duplicate")`
     """Raised by a handler to finish a message without handling it (counted and logged)."""
+
+
+class BatchFailures(KafkaWorkerError):  # noqa: N818 - raised by batch handlers
+    """Raised by a batch handler when only some messages failed: `failures` maps each failed
+    Message to its error. The others are finished; only the failed ones are retried (and, past
+    their retries, dead-lettered)."""
+
+    def __init__(self, failures: Mapping[Any, BaseException]) -> None:
+        super().__init__(f"{len(failures)} message(s) of the batch failed")
+        self.failures = dict(failures)

@@ -29,6 +29,25 @@ _MAX_CONCURRENCY = 4096
 
 
 @dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """Batch handlers get `list[Message]`: up to `max_size` messages, waiting at most
+    `max_wait` seconds to fill a batch (for bulk sinks: one insert for many rows)."""
+
+    max_size: int = 500
+    max_wait: float = 0.5
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.max_size, int)
+            or isinstance(self.max_size, bool)
+            or (self.max_size < 1)
+        ):
+            raise ConfigError(f"BatchPolicy max_size={self.max_size!r}: an integer >= 1")
+        if not isinstance(self.max_wait, int | float) or self.max_wait < 0:
+            raise ConfigError(f"BatchPolicy max_wait={self.max_wait!r}: seconds >= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class HandlerSpec:
     """Everything the runtime needs to run one handler; `replace()` re-validates."""
 
@@ -52,6 +71,8 @@ class HandlerSpec:
     retry_topics: tuple[float, ...] = ()
     # Where the handler's return value(s) are produced (with the input's key); None: nowhere.
     output: str | None = None
+    # Batch handlers take list[Message]; None: one Message at a time.
+    batch: BatchPolicy | None = None
     # Derived from the handler's signature: the pydantic model its messages are validated
     # as, and whether it takes the model itself rather than a Message.
     model: type[BaseModel] | None = field(init=False, default=None, repr=False)
@@ -123,8 +144,13 @@ class HandlerSpec:
                     "outputs need ack='auto' (the runtime acks "
                     "the input once every output is acknowledged)",
                 )
+        if self.batch is not None:
+            if not isinstance(self.batch, BatchPolicy):
+                raise bad("batch", self.batch, "a kafkaworker.BatchPolicy(...) or None")
+            if self.ack == "manual" or self.output is not None:
+                raise bad("batch", self.batch, "batch handlers need ack='auto' and no output")
         _check_signature(self.name, self.func)
-        model, takes_value = _payload_model(self.func)
+        model, takes_value = _payload_model(self.func, batch=self.batch is not None)
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "takes_value", takes_value)
 
@@ -171,7 +197,9 @@ class HandlerSpec:
         }
 
 
-def _payload_model(func: Callable[..., Any]) -> tuple[type[BaseModel] | None, bool]:
+def _payload_model(
+    func: Callable[..., Any], *, batch: bool = False
+) -> tuple[type[BaseModel] | None, bool]:
     """(model, takes_value) from the first parameter's annotation.
 
     `def h(order: Order)` gets the validated Order; `def h(msg: Message[Order])` gets a
@@ -186,6 +214,13 @@ def _payload_model(func: Callable[..., Any]) -> tuple[type[BaseModel] | None, bo
     except Exception:  # noqa: BLE001 - unresolvable forward references: no typing then
         return None, False
     annotation = hints.get(parameter.name)
+    if batch:  # list[Message[Model]]: each message's value is validated as Model
+        (annotation,) = get_args(annotation) or (None,)
+        if get_origin(annotation) is Message:
+            (argument,) = get_args(annotation) or (None,)
+            if isinstance(argument, type) and issubclass(argument, BaseModel):
+                return argument, False
+        return None, False
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, True
     if get_origin(annotation) is Message:

@@ -42,6 +42,10 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 5,
+        # librdkafka retries a record for up to delivery.timeout.ms (default 300 s). Bound it
+        # by send_sync's default wait, so that a send reported failed is not delivered later
+        # (after the caller retried it).
+        "delivery.timeout.ms": 30_000,
         # Same partition for the same key as the Java client (murmur2), unlike librdkafka's
         # default (consistent_random, CRC32).
         "partitioner": "murmur2_random",
@@ -85,6 +89,8 @@ class Producer:
         `value` is encoded by `codec`; without one, bytes (and None, a tombstone) go as they
         are and anything else is JSON. When librdkafka's queue is full, waits up to `timeout`.
         """
+        if self._closed.is_set():
+            raise ProduceError(f"the producer is closed; cannot send to {topic!r}")
         payload = _encode(topic, value, codec)
         future: Future[confluent_kafka.Message] = Future()
 

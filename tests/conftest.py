@@ -47,9 +47,12 @@ def kafka_bootstrap() -> Iterator[str]:
         cluster.cleanup()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kafka_cluster3() -> Iterator[Cluster]:
-    """Three KRaft nodes, replication factor 3, min.insync.replicas=2; nodes can be stopped."""
+    """Three KRaft nodes, replication factor 3, min.insync.replicas=2; nodes can be stopped.
+
+    Module-scoped: three idle JVMs would otherwise load the 2-core machine for the rest of
+    the run."""
     cluster = _started("cluster3", Cluster(3, heap="512m"))
     try:
         yield cluster

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from kafkaworker import App, Settings
 from kafkaworker.runtime.runner import Runner, resolve_specs
@@ -84,8 +84,24 @@ def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30) -> l
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offset per partition (-1001 where none)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    deadline = time.monotonic() + 15
     try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 10)
+        while True:
+            try:
+                tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 10)
+                break
+            except KafkaException as exc:
+                # The group coordinator may be loading or moving (fresh broker): retriable.
+                if (
+                    not exc.args[0].retriable()
+                    and exc.args[0].code()
+                    not in (
+                        KafkaError.NOT_COORDINATOR,
+                        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                    )
+                ) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
     return {tp.partition: tp.offset for tp in tps}

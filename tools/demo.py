@@ -44,6 +44,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
     cluster: Cluster | None = None
     children: list[subprocess.Popen[bytes]] = []
     try:

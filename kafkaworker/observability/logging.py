@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Literal
 
 import structlog
+
+
+def _add_pid(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    # With --processes N, lines from N processes interleave: say which one wrote each.
+    event.setdefault("pid", os.getpid())
+    return event
 
 
 def configure(level: str = "INFO", fmt: Literal["console", "json"] = "console") -> None:
@@ -21,6 +30,7 @@ def configure(level: str = "INFO", fmt: Literal["console", "json"] = "console") 
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _add_pid,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             # The console renderer formats exceptions itself; JSON wants them as a string.

@@ -7,7 +7,7 @@ not be decoded) and appends these headers, each a UTF-8 string:
     kw.original.timestamp   milliseconds since the epoch, -1 when the record had none
     kw.group, kw.handler, kw.attempts
     kw.error.type           module-qualified class name, e.g. builtins.ValueError
-    kw.error.message
+    kw.error.message        at most MESSAGE_LIMIT bytes
     kw.error.traceback      the formatted traceback, at most TRACEBACK_LIMIT bytes (its tail)
     kw.failed_at            ISO 8601, UTC
 
@@ -27,6 +27,7 @@ from kafkaworker.producer import Producer
 from kafkaworker.runtime.retrytopics import DUE_HEADER, Stage
 
 TRACEBACK_LIMIT = 8 * 1024
+MESSAGE_LIMIT = 4 * 1024
 HEADER_PREFIX = "kw."
 ATTEMPTS_HEADER = HEADER_PREFIX + "attempts"
 
@@ -82,9 +83,12 @@ def origin_headers(msg: Message[Any]) -> list[tuple[str, bytes]]:
 
 
 def _error_headers(error: BaseException) -> list[tuple[str, bytes]]:
+    message = str(error).encode()
+    if len(message) > MESSAGE_LIMIT:  # a huge message must not make the record unwritable
+        message = message[: MESSAGE_LIMIT - 3] + b"..."
     return [
         (HEADER_PREFIX + "error.type", error_type(error).encode()),
-        (HEADER_PREFIX + "error.message", str(error).encode()),
+        (HEADER_PREFIX + "error.message", message),
     ]
 
 

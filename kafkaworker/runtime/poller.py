@@ -198,6 +198,7 @@ class Poller:
         if state.delayed or due_ms > time.time() * 1000:
             state.delayed.append(msg)  # behind earlier held ones: they are due first
             self._holding.add(state)
+            self._changed = True  # the partition must be paused now
             return True
         return False
 
@@ -217,6 +218,7 @@ class Poller:
             if not delayed:
                 self._holding.discard(state)
         if ready:
+            self._changed = True  # and resumed once nothing is held
             self._pool.submit(ready)
 
     def _on_error(self, error: KafkaError) -> KafkaError | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from kafkaworker.errors import Skip
+from kafkaworker.errors import BatchFailures, Skip
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
@@ -177,7 +177,8 @@ class WorkerPool:
             # The shared lane: one message at a time. A larger slice would run its messages
             # one after another in one thread, so a slow one would hold up the rest while
             # other threads sit idle (head-of-line blocking, fatal for IO-bound handlers).
-            chunk = deque((lane.queue.popleft(),))
+            take = self.spec.batch.max_size if self.spec.batch else 1
+            chunk = deque(lane.queue.popleft() for _ in range(min(take, len(lane.queue))))
             if not lane.queue:
                 self._ready.popleft()
                 lane.scheduled = False
@@ -201,7 +202,10 @@ class WorkerPool:
         while (taken := self._take()) is not None:
             lane, chunk = taken
             try:
-                self._run_chunk(chunk)
+                if self.spec.batch is not None:
+                    self._run_batches(lane, chunk)
+                else:
+                    self._run_chunk(chunk)
             finally:
                 if lane.exclusive:
                     self._release(lane)
@@ -256,6 +260,143 @@ class WorkerPool:
                 continue
             report.append((state, msg.offset, outcome))
         flush()
+
+    def _run_batches(self, lane: Lane, chunk: deque[Message[Any]]) -> None:
+        """Batch handlers: fill a batch from the lane (this worker owns an exclusive lane, so
+        new messages of it queue up for it) for at most max_wait, then run it."""
+        policy = self.spec.batch
+        assert policy is not None
+        deadline = time.monotonic() + policy.max_wait
+        while lane.exclusive and len(chunk) < policy.max_size:
+            with self._cond:
+                if lane.queue:
+                    chunk.extend(lane.queue)
+                    lane.queue = deque()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closing or chunk[0]._state.revoked:
+                    break
+                self._cond.wait(min(remaining, 0.01))
+        while chunk:
+            batch = [chunk.popleft() for _ in range(min(policy.max_size, len(chunk)))]
+            report: list[Completion] = [
+                (m._state, m.offset, NOT_FINISHED) for m in batch if m._state.revoked
+            ]
+            live = [m for m in batch if not m._state.revoked]
+            if live:
+                try:
+                    outcomes = self._execute_batch(live)
+                except BaseException:
+                    log.exception("failed to run the batch handler", handler=self.spec.name)
+                    outcomes = [NOT_FINISHED] * len(live)
+                report += [(m._state, m.offset, o) for m, o in zip(live, outcomes, strict=True)]
+            self._completions.put(report)
+
+    def _execute_batch(self, batch: list[Message[Any]]) -> list[int]:
+        """Run a batch handler; an outcome per message of `batch`, in order.
+
+        The whole batch is retried with backoff. With BatchFailures only the named messages
+        are. A fatal error (one undecodable record, say) on a batch of several runs them one
+        at a time, so only the bad one goes to the DLQ. Spent failures then go the
+        single-message way (retry topics, the DLQ, skip), or stall as one batch.
+        """
+        spec = self.spec
+        outcome: dict[int, int] = {}
+        remaining = batch
+        retry = 0
+        while remaining:
+            # Only messages of a revoked partition are given up (with ordering="none" a batch
+            # mixes partitions): the next owner gets them.
+            for msg in remaining:
+                if msg._state.revoked:
+                    outcome[id(msg)] = NOT_FINISHED
+            remaining = [m for m in remaining if id(m) not in outcome]
+            if not remaining:
+                break
+            errors = self._call_batch(remaining)
+            for msg in remaining:
+                if msg not in errors:
+                    outcome[id(msg)] = FINISHED
+            remaining = [m for m in remaining if m in errors]
+            if not remaining:
+                break
+            self._metrics.handler_failures.labels(spec.name).inc(len(remaining))
+            fatal = {
+                id(m): is_fatal(e) or not isinstance(e, spec.retry_on) for m, e in errors.items()
+            }
+            if len(remaining) > 1 and all(fatal[id(m)] for m in remaining):
+                for msg in remaining:  # find the bad ones: one message at a time
+                    outcome[id(msg)] = self._execute_batch([msg])[0]
+                break
+            retry += 1
+            first = errors[remaining[0]]
+            if any(fatal[id(m)] for m in remaining) or retry > spec.retries:
+                if self._has_destination(remaining) or spec.on_exhausted == "skip":
+                    for msg in remaining:
+                        settled = self._exhausted(
+                            msg,
+                            msg._state,
+                            errors[msg],
+                            fatal=fatal[id(msg)],
+                            before_backoff=lambda: None,
+                        )
+                        if settled is not None:
+                            outcome[id(msg)] = settled
+                    remaining = [m for m in remaining if id(m) not in outcome]
+                    for msg in remaining:
+                        msg.attempt += 1
+                    continue
+                delay = spec.backoff.max  # nowhere to send them: the batch stalls, as one
+            else:
+                delay = spec.backoff.delay(retry)
+            log.warning(
+                "batch handler failed; retrying",
+                failed=len(remaining),
+                stalled=delay == spec.backoff.max and retry > spec.retries,
+                error=f"{error_type(first)}: {first}",
+                retry_in=round(delay, 3),
+                handler=spec.name,
+            )
+            if remaining[0]._state.revoked_event.wait(delay):
+                continue  # the revoked check at the top settles them
+            for msg in remaining:
+                msg.attempt += 1
+        return [outcome.get(id(m), NOT_FINISHED) for m in batch]
+
+    def _call_batch(self, batch: list[Message[Any]]) -> dict[Message[Any], BaseException]:
+        """Call the batch handler; the messages that failed, with their errors."""
+        try:
+            self.spec.func(list(batch))  # a copy: the handler may change its list
+        except Skip as exc:
+            log.info("batch skipped", reason=str(exc), handler=self.spec.name, size=len(batch))
+            self._metrics.skipped.labels(self.spec.name).inc(len(batch))
+            return {}
+        except BatchFailures as exc:
+            members = set(batch)
+            unknown = [key for key in exc.failures if key not in members]
+            if unknown or not exc.failures:
+                # Keys that are not this batch's messages cannot say which ones failed:
+                # count every message as failed rather than finish a failed one.
+                log.error(
+                    "BatchFailures must map messages of the batch to errors; "
+                    "treating the whole batch as failed",
+                    handler=self.spec.name,
+                    unknown_keys=len(unknown),
+                )
+                return dict.fromkeys(batch, exc)
+            return dict(exc.failures)
+        except BaseException as exc:  # noqa: BLE001 - the failure policy decides
+            return dict.fromkeys(batch, exc)
+        return {}
+
+    def _has_destination(self, messages: list[Message[Any]]) -> bool:
+        """Whether failed messages have somewhere to go: a next retry topic, or the DLQ."""
+        if self._failures is None:
+            return False
+        if self.spec.dlq is not None:
+            return True
+        routes = self._routes
+        return routes is not None and all(routes.next_stage(m.topic) for m in messages)
 
     def _claim(self, msg: Message[Any]) -> bool:
         """Take the right to report a manual-ack message; False if it was reported already."""

@@ -57,13 +57,17 @@ def test_broker_dies_with_a_parent_killed_by_sigkill() -> None:
 
 
 @pytest.mark.kafka
-def test_dev_broker_stops_on_ctrl_c() -> None:
+def test_dev_broker_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = broker.free_port()
+    stderr = tmp_path / "broker-stderr.txt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tools.kafka.broker", "run", "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
+        stderr=stderr.open("w"),
         text=True,
+        # As under a shell's background job: SIGINT inherited as ignored must not stop Ctrl+C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
     )
     assert proc.stdout is not None
     banner = proc.stdout.readline()
@@ -71,7 +75,16 @@ def test_dev_broker_stops_on_ctrl_c() -> None:
     jvm = int(banner.split("(pid ", 1)[1].split(",", 1)[0])
     assert _alive(jvm)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 0
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # dumps its Python stack to stderr
+        time.sleep(1)
+        proc.kill()
+        raise AssertionError(
+            f"the dev broker ignored Ctrl+C; its stack:\n{stderr.read_text()}"
+        ) from None
+    assert code == 0
     assert _wait_dead(jvm, 15)
     assert not broker._port_answers(port)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import faulthandler
 import os
 import re
 import shutil
@@ -435,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--auto-create-topics", action="store_true")
     args = parser.parse_args(argv)
+    # `kill -USR1 <pid>` prints where this process is: for a run that does not stop.
+    faulthandler.register(signal.SIGUSR1)
+    # Ctrl+C must stop the broker even when this process inherited SIGINT as ignored (Python
+    # keeps an inherited SIG_IGN, e.g. under a non-interactive shell's background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.command == "fetch":
             print(ensure_jars())

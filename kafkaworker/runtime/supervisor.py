@@ -1,0 +1,163 @@
+"""Supervisor: `kafkaworker run MODULE:APP --processes N`, for CPU-bound handlers.
+
+Python runs one thread of Python at a time per process; N worker processes, each its own
+consumer group member, use N cores. The supervisor owns the children and their stop path:
+- each child runs in its own session, so a terminal's Ctrl+C reaches the supervisor only and
+  is forwarded once (a child must not see SIGINT and then SIGTERM: the second signal would
+  cut its graceful shutdown short);
+- the first SIGTERM/SIGINT is forwarded as SIGTERM and the supervisor waits for the children
+  to drain, commit and leave; a second one is forwarded too, so they exit at once;
+- a child that exits on its own is restarted with exponential backoff; more than
+  `max_crashes` crashes within `crash_window` seconds stop everything and exit 1.
+Every log line carries the child's pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+import structlog
+
+log = structlog.get_logger("kafkaworker.supervisor")
+
+
+@dataclass
+class Child:
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+
+
+@dataclass
+class Supervisor:
+    command: Sequence[str]  # how to start one worker process
+    processes: int
+    max_crashes: int = 5
+    crash_window: float = 60.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    children: list[Child] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._signals = 0
+        self._crashes: deque[float] = deque()
+
+    def run(self) -> int:
+        """Start the children, keep them running until a signal; the exit code."""
+        self._install_signal_handlers()
+        self.children = [Child(i) for i in range(self.processes)]
+        failed = True
+        try:
+            for child in self.children:
+                self._start(child)
+            log.info("supervisor started", processes=self.processes, pid=os.getpid())
+            failed = False
+            while not self._stop.wait(0.2):
+                failed = self._watch()
+                if failed:
+                    break
+        finally:
+            # Also when the supervisor itself fails: children run in sessions of their own
+            # and would outlive it.
+            code = self._shutdown(failed=failed)
+        return code
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _start(self, child: Child) -> None:
+        if self._stop.is_set():
+            return  # stopping: no new children
+        env = {**os.environ, "KAFKAWORKER_PROCESS_INDEX": str(child.index)}
+        child.process = subprocess.Popen(list(self.command), env=env, start_new_session=True)
+        if self._stop.is_set():  # a signal came while it started: it drains like the others
+            child.process.send_signal(signal.SIGTERM)
+        log.info(
+            "worker process started",
+            index=child.index,
+            pid=child.process.pid,
+            restarts=child.restarts,
+        )
+
+    def _watch(self) -> bool:
+        """Restart crashed children (with backoff); True when they keep crashing."""
+        now = time.monotonic()
+        for child in self.children:
+            process = child.process
+            if process is not None and process.poll() is None:
+                continue
+            if process is not None:  # it just exited, on its own
+                code = process.returncode
+                child.process = None
+                if self._stop.is_set():
+                    continue
+                self._crashes.append(now)
+                while self._crashes and now - self._crashes[0] > self.crash_window:
+                    self._crashes.popleft()
+                delay = min(self.backoff_max, self.backoff_initial * 2**child.restarts)
+                child.next_start = now + delay
+                child.restarts += 1
+                log.error(
+                    "worker process exited; restarting",
+                    index=child.index,
+                    pid=process.pid,
+                    exit_code=code,
+                    restart_in=delay,
+                )
+                if len(self._crashes) > self.max_crashes:
+                    log.error(
+                        "worker processes keep crashing; giving up",
+                        crashes=len(self._crashes),
+                        window=self.crash_window,
+                    )
+                    return True
+            if child.process is None and now >= child.next_start:
+                self._start(child)
+        return False
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self._signals += 1
+            # Forward every signal as SIGTERM: the first starts a graceful drain in each
+            # child, a second makes them exit at once.
+            for child in self.children:
+                if child.process is not None and child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _shutdown(self, *, failed: bool) -> int:
+        if failed:
+            for child in self.children:
+                if child.process is not None and child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)
+        codes = []
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                codes.append(child.process.wait())
+            except KeyboardInterrupt:  # pragma: no cover - signals are handled above
+                child.process.kill()
+                codes.append(child.process.wait())
+        # A child killed by signal N has returncode -N: report it as a shell would (128 + N).
+        codes = [128 - code if code < 0 else code for code in codes]
+        log.info("supervisor stopped", exit_codes=codes)
+        if failed:
+            return 1
+        return max(codes, default=0)
