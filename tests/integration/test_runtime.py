@@ -296,7 +296,10 @@ def test_kip848_consumer_protocol_processes_everything(
             30,
             "offsets committed",
         )
-    assert len(done.seen) == 300
+    # Every record at least once (a start-up reassignment may legitimately repeat a few).
+    assert {(p, o) for p, o, _ in done.seen} == {
+        (p, o) for p, n in end_offsets(kafka_bootstrap, topic, 3).items() for o in range(n)
+    }
 
 
 def test_a_missing_topic_is_a_clear_startup_error(kafka_bootstrap: str) -> None:
