@@ -288,9 +288,12 @@ def test_circuit_breaker_opens_instead_of_dead_lettering_everything_then_resets(
             30,
             "the rest handled after the reset",
         )
-        # Held while open, not dead-lettered: the DLQ count did not move.
-        assert metrics.value("kafkaworker_dead_lettered_total", handler="handle") == dead_lettered
-    assert len(handled) == 40 - dead_lettered
+        # Held while open, not dead-lettered: the DLQ count moved by at most the one message
+        # whose DLQ write was already under way when the breaker opened (one partition, so
+        # one lane, so one message in flight).
+        final = metrics.value("kafkaworker_dead_lettered_total", handler="handle")
+        assert dead_lettered <= final <= dead_lettered + 1
+    assert len(handled) == 40 - final
 
 
 def test_missing_dlq_topic_fails_start_up_when_creation_is_off(
