@@ -16,7 +16,7 @@ import time
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tools.kafka.broker import Cluster, _port_answers
+from tools.kafka.broker import Cluster, port_answers
 
 BOOTSTRAP = "127.0.0.1:9092"
 TOPIC = "orders"
@@ -48,7 +48,7 @@ def main() -> int:
     cluster: Cluster | None = None
     children: list[subprocess.Popen[bytes]] = []
     try:
-        if not _port_answers(9092):
+        if not port_answers(9092):
             print("no Kafka on 127.0.0.1:9092: starting one (stopped again on Ctrl+C)", flush=True)
             cluster = Cluster(1, port=9092)
             cluster.start()

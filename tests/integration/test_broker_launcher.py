@@ -86,7 +86,7 @@ def test_dev_broker_stops_on_ctrl_c(tmp_path: Path) -> None:
         ) from None
     assert code == 0
     assert _wait_dead(jvm, 15)
-    assert not broker._port_answers(port)
+    assert not broker.port_answers(port)
 
 
 def test_missing_maven_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

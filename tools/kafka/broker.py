@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,14 +406,7 @@ class _SilentLogger:
         return self.log
 
 
-@contextlib.contextmanager
-def running(size: int = 1, **kwargs: object) -> Iterator[Cluster]:
-    cluster = Cluster(size, **kwargs)  # type: ignore[arg-type]
-    with cluster:
-        yield cluster
-
-
-def _port_answers(port: int) -> bool:
+def port_answers(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -445,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             print(ensure_jars())
             return 0
-        if _port_answers(args.port):
+        if port_answers(args.port):
             if args.if_free:
                 print(f"something already answers on 127.0.0.1:{args.port}; using it")
                 return 0
