@@ -14,6 +14,11 @@ COPY apps ./apps
 COPY settings.yaml ./
 
 USER nobody
+# Metrics and probes: GET /metrics, /healthz (liveness), /readyz (readiness).
+ENV KAFKAWORKER_METRICS__PORT=9400
+EXPOSE 9400
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s \
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9400/healthz', timeout=2)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["kafkaworker"]
 CMD ["run", "apps.orders.app:app"]

@@ -79,44 +79,70 @@ def cli() -> None:
     show_default=True,
     help="worker processes, each its own group member (for CPU-bound handlers)",
 )
-def run(
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=1, max=65535),
+    help="serve /metrics, /healthz and /readyz on this port (default: metrics.port, off)",
+)
+# A child of the supervisor: the supervisor serves the metrics of all its children.
+@click.option("--child", is_flag=True, hidden=True)
+def run(  # noqa: PLR0917 - click passes every option by position
     app_ref: str,
     settings_path: str | None,
     only: tuple[str, ...],
     log_level: str | None,
     processes: int,
+    metrics_port: int | None,
+    child: bool,
 ) -> None:
     """Run the handlers of MODULE:APP until SIGTERM or SIGINT."""
-    overrides = {"log_level": log_level.upper()} if log_level else {}
+    overrides: dict[str, Any] = {"log_level": log_level.upper()} if log_level else {}
+    if metrics_port is not None:
+        overrides["metrics"] = {"port": metrics_port}
+    if child:
+        overrides["metrics"] = {"port": None}
     try:
         app = load_app(app_ref)  # fail here, once, rather than in every child
         if processes > 1:
-            sys.exit(_supervise(app_ref, settings_path, only, log_level, processes))
+            sys.exit(_supervise(app, app_ref, settings_path, only, log_level, processes, overrides))
         code = app.run(settings_path=settings_path, only=only, overrides=overrides)
     except KafkaWorkerError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
 
 
-def _supervise(
+def _supervise(  # noqa: PLR0917
+    app: App,
     app_ref: str,
     settings_path: str | None,
     only: tuple[str, ...],
     log_level: str | None,
     processes: int,
+    overrides: dict[str, Any],
 ) -> int:
     from kafkaworker.observability import logging as kw_logging  # noqa: PLC0415
+    from kafkaworker.runtime.runner import stale_after  # noqa: PLC0415
     from kafkaworker.runtime.supervisor import Supervisor  # noqa: PLC0415
 
-    command = [sys.executable, "-m", "kafkaworker", "run", app_ref]
+    if app.settings is not None and settings_path is None:
+        settings = load_settings(None, **{**app.settings.model_dump(), **overrides})
+    else:
+        settings = load_settings(settings_path, **overrides)
+    command = [sys.executable, "-m", "kafkaworker", "run", app_ref, "--child"]
     if settings_path:
         command += ["--settings", settings_path]
     for name in only:
         command += ["--only", name]
     if log_level:
         command += ["--log-level", log_level]
-    kw_logging.configure(log_level.upper() if log_level else "INFO")
-    return Supervisor(command, processes).run()
+    kw_logging.configure(settings.log_level, settings.log_format)
+    return Supervisor(
+        command,
+        processes,
+        metrics_host=settings.metrics.host,
+        metrics_port=settings.metrics.port,
+        stale_after=stale_after(settings),
+    ).run()
 
 
 @cli.command()

@@ -78,6 +78,15 @@ class SchemaRegistrySettings(_Strict):
     config: dict[str, ClientValue] = Field(default_factory=dict)
 
 
+class MetricsSettings(_Strict):
+    """The HTTP endpoint: /metrics (Prometheus), /healthz (liveness), /readyz (readiness)."""
+
+    # Off unless set: two workers on one host would otherwise fight over a default port.
+    port: int | None = Field(default=None, ge=1, le=65535)
+    # All interfaces, so that a scraper or a container probe reaches it.
+    host: str = "0.0.0.0"
+
+
 class HandlerSettings(_Strict):
     """Per-handler overrides of the decorator's arguments (None: keep the decorator's)."""
 
@@ -108,6 +117,7 @@ class Settings(BaseSettings):
     dead_letter: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
     schema_registry: SchemaRegistrySettings | None = None
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     # How long graceful shutdown waits for in-flight messages before it commits and exits.
     shutdown_timeout: PositiveFloat = 30.0

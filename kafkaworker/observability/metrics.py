@@ -1,61 +1,154 @@
 """Prometheus metrics. One registry per Runner, so that tests (and embedders) stay isolated.
 
-Failure paths count with labelled counters (rare events, any thread). The hot path does not
-touch a metric: throughput figures come from the poll thread's own counters.
+The hot path does not touch a metric per message: the poll thread counts per batch and
+refreshes its gauges once a second (`Poller._observe`), the pool adds handler time per
+report. A per-message histogram would cost about a microsecond a message, a sixth of the
+whole per-message budget of a decode-only handler, so handler time is exported as a sum
+(`rate(seconds) / rate(handled)` is the mean); latency percentiles are the benchmarks' job.
+
+Under `kafkaworker run --processes N` the supervisor sets PROMETHEUS_MULTIPROC_DIR for its
+children: prometheus-client then keeps every value in a per-process file and the supervisor
+serves their aggregate (see `multiprocess_registry`). The gauges' `multiprocess_mode` says
+how processes combine: summed over live processes, or kept per pid (`liveall`) where the
+health check needs each process's own value.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        if registry is None and not os.environ.get(MULTIPROC_ENV):
+            # RSS, CPU and open files of this process (a supervisor has its own view).
+            ProcessCollector(registry=self.registry)
         labels = ["handler"]
+        reg = self.registry
+        self.consumed = Counter(
+            "kafkaworker_messages_consumed",
+            "Records fetched and handed to the handler's workers",
+            labels,
+            registry=reg,
+        )
+        self.finished = Counter(
+            "kafkaworker_messages_finished",
+            "Messages finished (handled, dead-lettered or skipped): their offsets may commit",
+            labels,
+            registry=reg,
+        )
+        self.handler_seconds = Counter(
+            "kafkaworker_handler_seconds",
+            "Time spent in handler calls, retries' backoff included",
+            labels,
+            registry=reg,
+        )
+        self.in_flight = Gauge(
+            "kafkaworker_in_flight_messages",
+            "Messages handed to the workers and not yet finished",
+            labels,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.assigned_partitions = Gauge(
+            "kafkaworker_assigned_partitions",
+            "Partitions assigned to the handler's consumers",
+            labels,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.paused_partitions = Gauge(
+            "kafkaworker_paused_partitions",
+            "Assigned partitions paused for backpressure, a delayed retry or an open breaker",
+            labels,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.consumer_lag = Gauge(
+            "kafkaworker_consumer_lag",
+            "Records of the partition not finished yet: log end offset - committable position",
+            [*labels, "topic", "partition"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.rebalances = Counter(
+            "kafkaworker_rebalances",
+            "Rebalance callbacks by event (assigned, revoked, lost)",
+            [*labels, "event"],
+            registry=reg,
+        )
+        self.ready = Gauge(
+            "kafkaworker_ready",
+            "1 once the handler's consumer joined its group, 0 while starting or stopping",
+            labels,
+            registry=reg,
+            multiprocess_mode="liveall",
+        )
+        self.heartbeat = Gauge(
+            "kafkaworker_poll_heartbeat_timestamp_seconds",
+            "Unix time of the poll thread's latest turn (refreshed every second)",
+            labels,
+            registry=reg,
+            multiprocess_mode="liveall",
+        )
         self.handler_failures = Counter(
             "kafkaworker_handler_failures",
             "Handler calls that raised",
             labels,
-            registry=self.registry,
+            registry=reg,
         )
         self.dead_lettered = Counter(
             "kafkaworker_dead_lettered",
             "Messages written to a dead-letter topic",
             labels,
-            registry=self.registry,
+            registry=reg,
         )
         self.retried_later = Counter(
             "kafkaworker_retried_later",
             "Messages sent to a delayed retry topic",
             labels,
-            registry=self.registry,
+            registry=reg,
         )
         self.dead_letter_write_failures = Counter(
             "kafkaworker_dead_letter_write_failures",
             "DLQ and retry-topic writes the broker did not acknowledge (the partition waits)",
             labels,
-            registry=self.registry,
+            registry=reg,
         )
         self.skipped = Counter(
             "kafkaworker_skipped",
             "Messages finished without handling (Skip, on_exhausted=skip)",
             labels,
-            registry=self.registry,
+            registry=reg,
         )
         self.stalled = Gauge(
             "kafkaworker_stalled_messages",
             "Messages past their retries, retried at the maximum backoff",
             labels,
-            registry=self.registry,
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self.circuit_open = Gauge(
             "kafkaworker_circuit_open",
             "1 while the handler's circuit breaker is open",
             labels,
-            registry=self.registry,
+            registry=reg,
+            multiprocess_mode="livemax",
         )
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when absent): for tests and health checks."""
         return self.registry.get_sample_value(name, labels) or 0.0
+
+
+def multiprocess_registry(path: str) -> CollectorRegistry:
+    """A registry that reads every worker process's metric files under `path`."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return registry

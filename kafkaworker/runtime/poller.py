@@ -41,6 +41,8 @@ log = structlog.get_logger("kafkaworker.poller")
 # picked up promptly (commits, resuming paused partitions), so it waits less.
 _IDLE_POLL = 0.2
 _BUSY_POLL = 0.02
+# How often the gauges (lag, in flight, heartbeat...) are refreshed.
+_OBSERVE_EVERY = 1.0
 
 
 @dataclass
@@ -96,11 +98,18 @@ class Poller:
         self._changed = False
         self.stats = PollerStats()
         self.unfinished_at_exit: dict[tuple[str, int], int] = {}
+        name = spec.name
+        self._consumed = self._metrics.consumed.labels(name)
+        self._finished = self._metrics.finished.labels(name)
+        self._next_observe = 0.0
+        self._metrics.ready.labels(name).set(0)
+        self._metrics.heartbeat.labels(name).set(time.time())
 
     # -- lifecycle (called from the TopicWorker) ---------------------------------------------
 
     def request_stop(self) -> None:
         self._stopping.set()
+        self._metrics.ready.labels(self.spec.name).set(0)  # draining: not ready any more
 
     def run(self) -> None:
         """The poll thread's body: subscribe, poll until asked to stop, then shut down."""
@@ -142,6 +151,36 @@ class Poller:
         if self._changed or self._breaker is not None:
             self._changed = False
             self._apply_backpressure()
+        now = time.monotonic()
+        if now >= self._next_observe:
+            self._next_observe = now + _OBSERVE_EVERY
+            self._observe()
+
+    def _observe(self) -> None:
+        """Refresh the gauges: a second's staleness costs nothing, a per-message update would."""
+        metrics, name = self._metrics, self.spec.name
+        metrics.heartbeat.labels(name).set(time.time())
+        metrics.in_flight.labels(name).set(self._in_flight)
+        metrics.assigned_partitions.labels(name).set(len(self._partitions))
+        metrics.paused_partitions.labels(name).set(
+            sum(1 for s in self._partitions.values() if s.paused)
+        )
+        for state in self._partitions.values():
+            tp = TopicPartition(state.topic, state.partition)
+            try:
+                # Cached: the log end offset of the latest fetch response, no request.
+                _, end = self._consumer.get_watermark_offsets(tp, cached=True)
+                position = state.offsets.lowest_unfinished()
+                if position is None:
+                    position = state.offsets.committable
+                if position is None:  # nothing fetched in this assignment yet
+                    position = self._consumer.position([tp])[0].offset
+            except KafkaException:
+                continue
+            if end >= 0 and position >= 0:
+                metrics.consumer_lag.labels(name, state.topic, str(state.partition)).set(
+                    end - position
+                )
 
     def _dispatch(self, batch: list[Any]) -> None:
         ready: list[Message[Any]] = []
@@ -181,6 +220,8 @@ class Poller:
             state.in_flight += 1
             ready.append(msg)
         self.stats.fetched += len(ready)
+        if ready:
+            self._consumed.inc(len(ready))
         self._in_flight += len(ready)
         self._changed = self._changed or bool(ready)
         # Hand over what was counted in flight before raising, or shutdown would wait for it.
@@ -261,6 +302,8 @@ class Poller:
                 if breaker is not None:
                     breaker.record(outcome == DEAD_LETTERED)
         self.stats.finished += finished
+        if finished:
+            self._finished.inc(finished)
         self._in_flight -= returned
         self._changed = self._changed or returned > 0
         to_store = []
@@ -358,15 +401,20 @@ class Poller:
         for tp in partitions:
             self._partitions[(tp.topic, tp.partition)] = PartitionState(tp.topic, tp.partition)
         self.stats.assigned += 1
+        self._metrics.rebalances.labels(self.spec.name, "assigned").inc()
+        if not self._stopping.is_set():
+            self._metrics.ready.labels(self.spec.name).set(1)  # a member of the group now
         log.info("partitions assigned", handler=self.spec.name, partitions=_names(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.revoked += 1
+        self._metrics.rebalances.labels(self.spec.name, "revoked").inc()
         self._release(partitions, commit=True)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another member may own these already: committing now could move its offsets back.
         self.stats.lost += 1
+        self._metrics.rebalances.labels(self.spec.name, "lost").inc()
         self._release(partitions, commit=False)
 
     def _release(self, partitions: list[TopicPartition], *, commit: bool) -> None:
@@ -390,9 +438,14 @@ class Poller:
         if paused:
             # librdkafka keeps a partition's pause flag across unassign and reassign.
             self._consumer.resume(paused)
+        lag = self._metrics.consumer_lag
         for state in states:
             del self._partitions[(state.topic, state.partition)]
             state.forgotten = True
+            labels = (self.spec.name, state.topic, str(state.partition))
+            # Zero first: under --processes a removed child's last value would stay summed.
+            lag.labels(*labels).set(0)
+            lag.remove(*labels)
             self._in_flight -= state.in_flight  # their reports will be ignored from now on
         log.info(
             "partitions revoked" if commit else "partitions lost",

@@ -85,6 +85,7 @@ class WorkerPool:
         self._routes = routes
         self._breaker = breaker
         self._metrics = metrics or Metrics()
+        self._handler_seconds = self._metrics.handler_seconds.labels(spec.name)
         self._completions = completions
         self._lane_key = lane_key_function(spec.ordering)
         self._exclusive = spec.ordering != "none"
@@ -213,12 +214,16 @@ class WorkerPool:
     def _run_chunk(self, chunk: deque[Message[Any]]) -> None:
         report: list[Completion] = []
         reported_at = time.monotonic()
+        busy = 0.0  # handler time not yet counted in the metric: it is added per report
 
         def flush() -> None:
-            nonlocal report, reported_at
+            nonlocal report, reported_at, busy
             if report:
                 self._completions.put(report)
                 report = []
+            if busy:
+                self._handler_seconds.inc(busy)
+                busy = 0.0
             reported_at = time.monotonic()
 
         manual = self.spec.ack == "manual"
@@ -252,7 +257,9 @@ class WorkerPool:
                 # A bug of the runtime's own: the message stays unfinished, never skipped.
                 log.exception("failed to run the handler", **_where(self.spec, msg))
                 outcome = NOT_FINISHED
-            slow = time.monotonic() - started >= _SLOW_HANDLER
+            elapsed = time.monotonic() - started
+            busy += elapsed
+            slow = elapsed >= _SLOW_HANDLER
             if outcome == AWAITING_ACK:
                 continue
             # A manual-ack message is reported exactly once: by msg.ack(), or here.
@@ -284,11 +291,13 @@ class WorkerPool:
             ]
             live = [m for m in batch if not m._state.revoked]
             if live:
+                started = time.monotonic()
                 try:
                     outcomes = self._execute_batch(live)
                 except BaseException:
                     log.exception("failed to run the batch handler", handler=self.spec.name)
                     outcomes = [NOT_FINISHED] * len(live)
+                self._handler_seconds.inc(time.monotonic() - started)
                 report += [(m._state, m.offset, o) for m, o in zip(live, outcomes, strict=True)]
             self._completions.put(report)
 

@@ -6,6 +6,7 @@ Exit codes: 0 after a graceful shutdown; 1 when a worker failed or start-up was 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -23,7 +24,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafkaworker.errors import ConfigError, StartupError
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability import logging as kw_logging
+from kafkaworker.observability.health import Health, evaluate
 from kafkaworker.observability.metrics import Metrics
+from kafkaworker.observability.server import MetricsServer
 from kafkaworker.producer import Producer
 from kafkaworker.runtime.retry import Backoff
 from kafkaworker.runtime.retrytopics import RetryRoutes
@@ -82,6 +85,7 @@ class Runner:
         self.specs = specs
         self.workers: list[TopicWorker] = []
         self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
         self.producer: Producer | None = None
         self._stop = threading.Event()
         self._signals = 0
@@ -110,6 +114,21 @@ class Runner:
     def run(self) -> int:
         """Start every handler, block until a signal (or `stop()`), shut down; the exit code."""
         kw_logging.configure(self.settings.log_level, self.settings.log_format)
+        # Up before start-up, so that probes see "not ready" rather than "refused" meanwhile.
+        port = self.settings.metrics.port
+        with contextlib.ExitStack() as stack:
+            if port is not None:
+                self.metrics_server = stack.enter_context(
+                    MetricsServer(
+                        self.settings.metrics.host, port, self.metrics.registry, self.health
+                    )
+                )
+            return self._run()
+
+    def health(self) -> Health:
+        return evaluate(self.metrics.registry, stale_after=stale_after(self.settings))
+
+    def _run(self) -> int:
         self.preflight()
         for hook in self.app.startup_hooks:
             hook()
@@ -309,6 +328,12 @@ class Runner:
                 "create it yourself, or fix dead_letter.partitions/replication_factor"
             ) from None
         log.info("created topic", topic=topic, partitions=partitions, handler=handler)
+
+
+def stale_after(settings: Settings) -> float:
+    """How long a poll thread may go without a turn before it counts as hung: a revoke waits
+    up to revoke_timeout for in-flight messages, inside the rebalance callback."""
+    return max(settings.revoke_timeout, settings.shutdown_timeout) + 30.0
 
 
 # Consumer-only librdkafka properties an AdminClient would warn about; connection and

@@ -9,14 +9,18 @@ consumer group member, use N cores. The supervisor owns the children and their s
   to drain, commit and leave; a second one is forwarded too, so they exit at once;
 - a child that exits on its own is restarted with exponential backoff; more than
   `max_crashes` crashes within `crash_window` seconds stop everything and exit 1.
-Every log line carries the child's pid.
+Every log line carries the child's pid. With metrics.port set, the supervisor serves
+/metrics, /healthz and /readyz for all children: they write their values to files in a
+directory of the supervisor's (prometheus-client's multiprocess mode), aggregated on scrape.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections import deque
@@ -25,6 +29,11 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 import structlog
+from prometheus_client import multiprocess
+
+from kafkaworker.observability.health import Health, evaluate
+from kafkaworker.observability.metrics import MULTIPROC_ENV, multiprocess_registry
+from kafkaworker.observability.server import MetricsServer
 
 log = structlog.get_logger("kafkaworker.supervisor")
 
@@ -45,15 +54,50 @@ class Supervisor:
     crash_window: float = 60.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    stale_after: float = 90.0
     children: list[Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._signals = 0
         self._crashes: deque[float] = deque()
+        self._metrics_dir: str | None = None
+        self.metrics_server: MetricsServer | None = None
 
     def run(self) -> int:
         """Start the children, keep them running until a signal; the exit code."""
+        with contextlib.ExitStack() as stack:
+            if self.metrics_port is not None:
+                self._metrics_dir = stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="kafkaworker-metrics-")
+                )
+                self.metrics_server = stack.enter_context(
+                    MetricsServer(
+                        self.metrics_host,
+                        self.metrics_port,
+                        multiprocess_registry(self._metrics_dir),
+                        self.health,
+                    )
+                )
+            return self._run()
+
+    def health(self) -> Health:
+        """Live and ready only when every child is running and reports so."""
+        assert self.metrics_server is not None
+        health = evaluate(
+            self.metrics_server.registry,
+            stale_after=self.stale_after,
+            processes=self.processes,
+        )
+        running = sum(1 for c in self.children if c.process and c.process.poll() is None)
+        health.detail["processes_running"] = running
+        if running < self.processes:
+            health.ready = False
+        return health
+
+    def _run(self) -> int:
         self._install_signal_handlers()
         self.children = [Child(i) for i in range(self.processes)]
         failed = True
@@ -79,6 +123,8 @@ class Supervisor:
         if self._stop.is_set():
             return  # stopping: no new children
         env = {**os.environ, "KAFKAWORKER_PROCESS_INDEX": str(child.index)}
+        if self._metrics_dir is not None:
+            env[MULTIPROC_ENV] = self._metrics_dir
         child.process = subprocess.Popen(list(self.command), env=env, start_new_session=True)
         if self._stop.is_set():  # a signal came while it started: it drains like the others
             child.process.send_signal(signal.SIGTERM)
@@ -99,6 +145,7 @@ class Supervisor:
             if process is not None:  # it just exited, on its own
                 code = process.returncode
                 child.process = None
+                self._forget_metrics(process.pid)
                 if self._stop.is_set():
                     continue
                 self._crashes.append(now)
@@ -124,6 +171,11 @@ class Supervisor:
             if child.process is None and now >= child.next_start:
                 self._start(child)
         return False
+
+    def _forget_metrics(self, pid: int) -> None:
+        """Drop an exited child's live gauges (its counters keep counting in the totals)."""
+        if self._metrics_dir is not None:
+            multiprocess.mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TopicFactory
+from tests.metrics_support import get, samples, total
 from tests.support import ROOT, committed, end_offsets, produce, read_records, wait_until
+from tools.kafka.broker import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 def supervisor(
-    bootstrap: str, topic: str, record: Path, log: Path, **env: str
+    bootstrap: str, topic: str, record: Path, log: Path, *options: str, **env: str
 ) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -30,6 +32,7 @@ def supervisor(
                 "tests.apps.recorder:app",
                 "--processes",
                 "2",
+                *options,
             ],
             cwd=ROOT,
             start_new_session=True,
@@ -117,3 +120,60 @@ def test_children_that_keep_crashing_make_the_supervisor_give_up(
             os.killpg(sup.pid, signal.SIGKILL)
     assert time.monotonic() - started < 120
     assert "worker processes keep crashing; giving up" in log.read_text()
+
+
+def test_the_supervisor_serves_the_metrics_and_health_of_all_its_children(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    topic = new_topic(4)
+    count = 2000
+    produce(kafka_bootstrap, topic, [b"%d" % i for i in range(count)])
+    record, log = tmp_path / "records.txt", tmp_path / "supervisor.log"
+    port = free_port()
+    sup = supervisor(
+        kafka_bootstrap,
+        topic,
+        record,
+        log,
+        "--metrics-port",
+        str(port),
+        RECORDER_SLEEP="0.002",
+        KAFKAWORKER_METRICS__HOST="127.0.0.1",
+    )
+    try:
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "both children joined")
+        ready_pids = {labels["pid"] for labels, _ in samples(port)["kafkaworker_ready"]}
+        assert len(ready_pids) == 2
+        wait_until(
+            lambda: total(port, "kafkaworker_messages_finished_total") == count,
+            90,
+            f"{count} finished, summed over both children",
+        )
+        wait_until(
+            lambda: (
+                total(port, "kafkaworker_consumer_lag") == 0
+                and total(port, "kafkaworker_assigned_partitions") == 4
+            ),
+            30,
+            "no lag and four partitions over both children",
+        )
+        handled_by = {r.pid for r in read_records(record)}
+        assert {str(pid) for pid in handled_by} <= ready_pids
+
+        victim = int(sorted(ready_pids)[0])
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: get(port, "/readyz")[0] == 503, 30, "/readyz 503 with a child down")
+        assert get(port, "/healthz")[0] == 200  # the supervisor restarts it: no probe kill
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "ready again after the restart")
+        pids = {labels["pid"] for labels, _ in samples(port)["kafkaworker_ready"]}
+        assert str(victim) not in pids
+        assert len(pids) == 2
+        # The killed child's counts stay in the totals.
+        assert total(port, "kafkaworker_messages_finished_total") >= count
+
+        os.killpg(sup.pid, signal.SIGTERM)
+        assert sup.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if sup.poll() is None:
+            os.killpg(sup.pid, signal.SIGKILL)
+    assert get(port, "/metrics")[0] == 0

@@ -1,0 +1,85 @@
+"""The HTTP endpoint: GET /metrics, /healthz and /readyz.
+
+prometheus-client's own server answers every path with the metrics; probes need their own
+status codes, so this is a small http.server of ours. It runs on one daemon thread owned by
+whoever enters it as a context manager (the Runner, or the supervisor under --processes),
+which closes it on the way out.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from kafkaworker.errors import StartupError
+from kafkaworker.observability.health import Health
+
+
+class MetricsServer:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        health: Callable[[], Health],
+    ) -> None:
+        self.registry = registry
+        self.health = health
+        server_owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server_owner._answer(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # probes every few seconds would drown the worker's own logs
+
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve metrics on {host}:{port} ({exc.strerror}): choose another "
+                "metrics.port (env KAFKAWORKER_METRICS__PORT, or --metrics-port)"
+            ) from None
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="kw-metrics", daemon=True
+        )
+
+    def __enter__(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+
+    def _answer(self, request: BaseHTTPRequestHandler) -> None:
+        path = request.path.split("?", 1)[0]
+        try:
+            if path == "/metrics":
+                self._send(request, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+            elif path in {"/healthz", "/readyz"}:
+                health = self.health()
+                ok = health.live if path == "/healthz" else health.ready
+                body = orjson.dumps({"live": health.live, "ready": health.ready, **health.detail})
+                self._send(request, 200 if ok else 503, body, "application/json")
+            else:
+                self._send(request, 404, b"try /metrics, /healthz or /readyz\n", "text/plain")
+        except BrokenPipeError:  # the prober gave up first
+            pass
+
+    @staticmethod
+    def _send(request: BaseHTTPRequestHandler, status: int, body: bytes, kind: str) -> None:
+        request.send_response(status)
+        request.send_header("Content-Type", kind)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
