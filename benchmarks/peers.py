@@ -28,6 +28,18 @@ PEERS: dict[str, tuple[list[str], str]] = {
     "arroyo": (["sentry-arroyo", "orjson"], "arroyo_app.py"),
 }
 
+# Each peer's documented concurrency option, checked against the installed sources
+# (faststream 0.7.8, faust-streaming 0.15.3, sentry-arroyo 2.48.0, quixstreams 3.28.1). S2 runs
+# a peer that has one at 8, 32 and 128 and reports its best; the contender scripts take it as
+# --concurrency N. Quix Streams has none: an Application handles one message at a time and
+# scales by running more processes (its documented way), so S2 runs it once, as it comes.
+CONCURRENCY: dict[str, str | None] = {
+    "faststream": "subscriber(max_workers=N)",
+    "faust": "agent(concurrency=N)",
+    "quixstreams": None,
+    "arroyo": "RunTaskInThreads(concurrency=N)",
+}
+
 
 def python_of(name: str, requirements: list[str], log: Callable[[str], None]) -> str | None:
     env = VENVS / name
@@ -66,7 +78,7 @@ def contenders(selection: str, log: Callable[[str], None]) -> list[Contender]:
             continue
         python = python_of(name, requirements, log)
         if python is not None:
-            chosen.append(Contender(name, script, python, {}))
+            chosen.append(Contender(name, script, python, {}, CONCURRENCY.get(name)))
     return chosen
 
 

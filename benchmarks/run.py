@@ -1,7 +1,8 @@
 """`make bench`: kafkaworker side by side with the raw client (and peers), same broker, one run.
 
-    python -m benchmarks.run [--smoke] [--scenarios s1,s2,s4,s5] [--peers none|all|a,b]
-                             [--messages N] [--bootstrap HOST:PORT]
+    python -m benchmarks.run [--smoke] [--scenarios s1,s2,s3,s4,s6] [--peers none|all|a,b]
+                             [--messages N] [--s2-messages N] [--s3-messages N]
+                             [--repeats R] [--rates A,B] [--bootstrap HOST:PORT] [--out DIR]
 
 Produces each dataset once, runs every contender in its own process with its own consumer
 group, prints absolute figures and ratios (timings here are noisy: ratios from one run are
@@ -18,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +51,7 @@ class Contender:
     script: str
     python: str
     options: dict[str, str]
+    concurrency_option: str | None = None  # a peer's documented option, run at 8/32/128 in S2
 
 
 def new_topic(bootstrap: str, prefix: str, partitions: int = PARTITIONS) -> str:
@@ -58,8 +61,8 @@ def new_topic(bootstrap: str, prefix: str, partitions: int = PARTITIONS) -> str:
     return name
 
 
-def payload(i: int, ts: float = 0.0) -> bytes:
-    # About 100 bytes of JSON.
+def payload(i: int, ts: float | None = 0.0) -> bytes:
+    # About 100 bytes of JSON. ts None: an S4 warm-up record (the meter leaves it out).
     return orjson.dumps({"id": i, "ts": ts, "customer": f"c-{i % 1000}", "pad": "x" * 40})
 
 
@@ -87,22 +90,75 @@ def produce_backlog(bootstrap: str, topic: str, count: int, *, keys: int = 0) ->
     return time.monotonic() - started
 
 
-def produce_at_rate(
-    bootstrap: str, topic: str, rate: int, count: int, stop: threading.Event
-) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+# The paced producers (S4, S6) batch for at most 1 ms. With linger.ms=0 librdkafka sends about
+# one ProduceRequest per record: at 10k msg/s the broker (one JVM sharing 2 cores with the
+# contender and the suite) fell behind, records waited 0.5-2 s in the producer's queue, and as
+# the payload's time is taken at produce() that wait was counted as the contender's latency.
+PACED_PRODUCER = {"linger.ms": 1}
+
+
+def produce_at_rate(  # noqa: PLR0917 - also a Thread target, called positionally
+    bootstrap: str,
+    topic: str,
+    rate: int,
+    count: int,
+    stop: threading.Event,
+    producer: Producer | None = None,
+) -> dict[str, Any]:
+    """`count` records at `rate` per second, each with its produce time in the payload (and as
+    the record's timestamp). Returns the rate achieved and how long the broker took to ack a
+    record (`ack_ms`): a health figure of the feed, which must stay far below the latencies."""
+    producer = producer or Producer({"bootstrap.servers": bootstrap, **PACED_PRODUCER})
+    acks: list[float] = []
+
+    def acked(err: Any, msg: Any) -> None:
+        if err is None:
+            acks.append(time.time() - msg.timestamp()[1] / 1000)
+
     interval = 1.0 / rate
-    next_at = time.monotonic()
+    started = next_at = time.monotonic()
+    sent = 0
     for i in range(count):
         if stop.is_set():
             break
-        producer.produce(topic, payload(i, time.time()), partition=i % PARTITIONS)
+        while True:
+            ts = time.time()
+            try:
+                producer.produce(
+                    topic,
+                    payload(i, ts),
+                    partition=i % PARTITIONS,
+                    timestamp=int(ts * 1000),
+                    on_delivery=acked,
+                )
+                break
+            except BufferError:
+                producer.poll(0.01)
+        sent += 1
         producer.poll(0)
         next_at += interval
         delay = next_at - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+    elapsed = time.monotonic() - started
     producer.flush(30)
+    return {
+        "produced": sent,
+        "produced_per_s": sent / elapsed if elapsed else 0.0,
+        "ack_ms": percentiles(acks),
+    }
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50, p99 and max in milliseconds (the meter's definition)."""
+    if not seconds:
+        return {}
+    ordered = sorted(seconds)
+    return {
+        "p50": ordered[len(ordered) // 2] * 1000,
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "max": ordered[-1] * 1000,
+    }
 
 
 def run_contender(
@@ -113,7 +169,8 @@ def run_contender(
     timeout: float,
     *,
     group: str | None = None,
-    **options: str,
+    extra_env: dict[str, str] | None = None,
+    options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     command = [
@@ -130,9 +187,9 @@ def run_contender(
         "--out",
         str(out),
     ]
-    for key, value in {**contender.options, **options}.items():
+    for key, value in {**contender.options, **(options or {})}.items():
         command += [f"--{key}", value]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
     workdir = tempfile.mkdtemp(prefix="bench-")  # peers (Faust) write state where they run
     try:
         completed = subprocess.run(
@@ -174,36 +231,65 @@ def scenario_s1(
     return results
 
 
+S2_CONCURRENCY = (8, 32, 128)
+
+
 def scenario_s2(
     bootstrap: str, contenders: list[Contender], messages: int, log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
+    """IO-bound. kafkaworker runs each ordering at each concurrency; a peer with a documented
+    concurrency option runs at each concurrency too, and its best run is marked "best" (the
+    peer's figure); a contender without one runs once, one message at a time."""
     topic = new_topic(bootstrap, "s2")
     produce_backlog(bootstrap, topic, messages, keys=1000)
     sleep_ms = 2.0
     results = []
     for contender in contenders:
-        runs = (
-            [(o, c) for o in ("partition", "key", "none") for c in (8, 32, 128)]
-            if contender.script == "kafkaworker_app.py"
-            else [("", 0)]
-        )
+        if contender.script == "kafkaworker_app.py":
+            runs = [(o, c) for o in ("partition", "key", "none") for c in S2_CONCURRENCY]
+        elif contender.concurrency_option:
+            # These options hand messages to N workers with no ordering: the "none" ceiling.
+            runs = [("none", c) for c in S2_CONCURRENCY]
+        else:
+            runs = [("", 0)]
+        own: list[dict[str, Any]] = []
         for ordering, concurrency in runs:
             options = {"sleep_ms": str(sleep_ms)}
-            if ordering:
-                options |= {"ordering": ordering, "concurrency": str(concurrency)}
-            result = run_contender(contender, bootstrap, topic, messages, timeout=900, **options)
+            if concurrency:
+                options["concurrency"] = str(concurrency)
+            if contender.script == "kafkaworker_app.py":
+                options["ordering"] = ordering
+            result = run_contender(
+                contender, bootstrap, topic, messages, timeout=900, options=options
+            )
             if "error" not in result:
                 ceiling = _s2_ceiling(ordering, concurrency, sleep_ms)
                 result["efficiency"] = result["msgs_per_s"] / ceiling if ceiling else None
-            result["label"] = (
-                f"{contender.name} {ordering}/{concurrency}" if ordering else contender.name
-            )
+            result["setting"] = _s2_setting(contender, ordering, concurrency)
+            result["label"] = f"{contender.name} {result['setting']}".strip()
             log(
                 f"S2: {result['label']}: {_short(result)} "
                 f"efficiency={result.get('efficiency') or 0:.2f}"
             )
-            results.append(result)
+            own.append(result)
+        if contender.concurrency_option:
+            ok = [r for r in own if "error" not in r]
+            if ok:
+                best = max(ok, key=lambda r: float(r["msgs_per_s"]))
+                best["best"] = True
+                log(f"S2: {contender.name} at its best: {best['setting']}")
+        results += own
     return results
+
+
+def _s2_setting(contender: Contender, ordering: str, concurrency: int) -> str:
+    if contender.script == "kafkaworker_app.py":
+        return f"{ordering}/{concurrency}"
+    if contender.concurrency_option:
+        return contender.concurrency_option.replace("=N)", f"={concurrency})")
+    if contender.script == "raw.py":
+        return ""
+    return "(no concurrency option: one at a time)"
 
 
 def _s2_ceiling(ordering: str, concurrency: int, sleep_ms: float) -> float:
@@ -215,69 +301,251 @@ def _s2_ceiling(ordering: str, concurrency: int, sleep_ms: float) -> float:
 
 
 def scenario_s3(
-    bootstrap: str, messages: int, log: Callable[[str], None], processes: tuple[int, ...] = (1, 2)
+    bootstrap: str,
+    messages: int,
+    log: Callable[[str], None],
+    *,
+    broker: list[int],
+    processes: tuple[int, ...] = (1, 2),
 ) -> list[dict[str, Any]]:
-    """CPU-bound: one process against --processes N, through the real supervisor."""
-    results = []
-    for count in processes:
-        topic = new_topic(bootstrap, "s3")
-        produce_backlog(bootstrap, topic, messages)
-        progress = Path(tempfile.mkdtemp(prefix="bench-s3-"))
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "BENCH_TOPIC": topic,
-            "BENCH_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
-            "BENCH_DIR": str(progress),
-            "BENCH_BURN_US": "200",
-            "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKAWORKER_LOG_LEVEL": "WARNING",
-        }
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kafkaworker",
-                "run",
-                "benchmarks.contenders.cpu_app:app",
-                "--processes",
-                str(count),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    """CPU-bound: one process against --processes N, through the real supervisor.
+
+    Two figures per run. Wall: every message over the time from the first handled to the last,
+    start-up, each member's join and the rebalances included. Steady: every 0.25 s the suite
+    reads each process's count and the group's assignment; the window opens once the group is
+    Stable with N members that each own partitions and every process is handling, and closes
+    before the first process runs out of partitions (or at 95% of the dataset). "speedup" is
+    the steady figures' ratio, "speedup_wall" the wall figures'. During the window the suite
+    also reads the CPU time (utime + stime, /proc) of the broker JVM, of the workers and of the
+    whole machine: on 2 cores the broker competes with two busy workers.
+    """
+    results = [_s3_once(bootstrap, messages, count, broker, log) for count in processes]
+    if len(results) == 2:
+        one, two = results
+        if one["steady_msgs_per_s"] and two["steady_msgs_per_s"]:
+            two["speedup"] = two["steady_msgs_per_s"] / one["steady_msgs_per_s"]
+        if one["wall_msgs_per_s"]:
+            two["speedup_wall"] = two["wall_msgs_per_s"] / one["wall_msgs_per_s"]
+        log(
+            f"S3: speedup of --processes 2: steady {two.get('speedup') or float('nan'):.2f}x, "
+            f"wall {two.get('speedup_wall') or float('nan'):.2f}x"
         )
+    return results
 
-        def state(progress: Path = progress) -> list[dict[str, float]]:
-            found = []
-            for path in progress.glob("*.json"):
-                with contextlib.suppress(ValueError):  # being replaced right now
-                    found.append(json.loads(path.read_text()))
-            return found
 
-        deadline = time.monotonic() + 600
-        while sum(p["count"] for p in state()) < messages * 0.98:
-            if time.monotonic() > deadline or worker.poll() is not None:
+@dataclass
+class _Sample:
+    at: float  # time.monotonic()
+    counts: dict[str, int]  # per worker process (pid): messages handled
+    members: list[int] | None  # partitions per member while the group is Stable
+    cpu: dict[str, float]  # CPU seconds: "broker", "machine" (all cores), and per worker pid
+
+
+def _s3_once(
+    bootstrap: str, messages: int, count: int, broker: list[int], log: Callable[[str], None]
+) -> dict[str, Any]:
+    topic = new_topic(bootstrap, "s3")
+    produce_backlog(bootstrap, topic, messages)
+    progress = Path(tempfile.mkdtemp(prefix="bench-s3-"))
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "BENCH_TOPIC": topic,
+        "BENCH_GROUP": group,
+        "BENCH_DIR": str(progress),
+        "BENCH_BURN_US": "200",
+        "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKAWORKER_LOG_LEVEL": "WARNING",
+    }
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kafkaworker",
+            "run",
+            "benchmarks.contenders.cpu_app:app",
+            "--processes",
+            str(count),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    samples: list[_Sample] = []
+    deadline = time.monotonic() + 900
+    try:
+        while time.monotonic() < deadline and worker.poll() is None:
+            samples.append(_s3_sample(progress, admin, group, broker))
+            if sum(samples[-1].counts.values()) >= messages * 0.98:
                 break
-            time.sleep(0.2)
+            time.sleep(0.25)
+    finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
-        seen = state()
-        done = sum(p["count"] for p in seen)
-        seconds = max(p["last"] for p in seen) - min(p["first"] for p in seen) if seen else 0
-        result = {
-            "contender": f"kafkaworker --processes {count}",
-            "processes": count,
-            "processed": done,
-            "msgs_per_s": done / seconds if seconds else 0.0,
+    seen = _s3_progress(progress)
+    shutil.rmtree(progress, ignore_errors=True)
+    done = sum(int(p["count"]) for p in seen.values())
+    wall = (
+        max(p["last"] for p in seen.values()) - min(p["first"] for p in seen.values())
+        if seen
+        else 0.0
+    )
+    result: dict[str, Any] = {
+        "contender": f"kafkaworker --processes {count}",
+        "processes": count,
+        "messages": messages,
+        "processed": done,
+        "per_process": {pid: int(p["count"]) for pid, p in seen.items()},
+        "wall_s": wall,
+        "wall_msgs_per_s": done / wall if wall else 0.0,
+        "steady_msgs_per_s": None,
+    }
+    if len(samples) > 1 and broker:
+        first, last = samples[0], samples[-1]
+        result["broker_cpu_s"] = last.cpu["broker"] - first.cpu["broker"]
+        result["broker_cores_whole_run"] = result["broker_cpu_s"] / (last.at - first.at)
+    window = _s3_window(samples, count, messages, {k: int(p["count"]) for k, p in seen.items()})
+    if window is not None:
+        a, b = samples[window[0]], samples[window[1]]
+        seconds = b.at - a.at
+        workers = [pid for pid in a.counts if pid in a.cpu and pid in b.cpu]
+        result |= {
+            "steady_msgs_per_s": (sum(b.counts.values()) - sum(a.counts.values())) / seconds,
+            "steady_window_s": seconds,
+            "steady_from_s": a.at - samples[0].at,
+            "assignment": a.members,
+            "cpu_cores": {
+                "broker": (b.cpu["broker"] - a.cpu["broker"]) / seconds if broker else None,
+                "workers": sum(b.cpu[p] - a.cpu[p] for p in workers) / seconds,
+                "machine_busy": (b.cpu["machine"] - a.cpu["machine"]) / seconds,
+                "machine": os.cpu_count(),
+            },
         }
-        shutil.rmtree(progress, ignore_errors=True)
-        log(f"S3: {result['contender']}: {result['msgs_per_s']:,.0f} msg/s")
-        results.append(result)
-    if len(results) == 2 and results[0]["msgs_per_s"]:
-        results[1]["speedup"] = results[1]["msgs_per_s"] / results[0]["msgs_per_s"]
-    return results
+    result["msgs_per_s"] = result["steady_msgs_per_s"] or result["wall_msgs_per_s"]
+    log(f"S3: {result['contender']}: {_s3_text(result)}")
+    return result
+
+
+def _s3_progress(progress: Path) -> dict[str, dict[str, float]]:
+    found = {}
+    for path in progress.glob("*.json"):
+        with contextlib.suppress(ValueError, OSError):  # being replaced right now
+            found[path.stem] = json.loads(path.read_text())
+    return found
+
+
+def _s3_sample(progress: Path, admin: AdminClient, group: str, broker: list[int]) -> _Sample:
+    members = None
+    with contextlib.suppress(Exception):  # the group does not exist yet
+        description = admin.describe_consumer_groups([group])[group].result(timeout=2)
+        if str(description.state).endswith("STABLE"):
+            members = [
+                len(m.assignment.topic_partitions) if m.assignment else 0
+                for m in description.members
+            ]
+    counts = {pid: int(p["count"]) for pid, p in _s3_progress(progress).items()}
+    cpu = {"broker": sum(cpu_seconds(pid) or 0.0 for pid in broker), "machine": machine_busy()}
+    for pid in counts:
+        seconds = cpu_seconds(int(pid))
+        if seconds is not None:
+            cpu[pid] = seconds
+    return _Sample(time.monotonic(), counts, members, cpu)
+
+
+def _s3_window(
+    samples: list[_Sample], processes: int, messages: int, final: dict[str, int]
+) -> tuple[int, int] | None:
+    """Indexes of the first and last sample of the steady state, or None if there was none
+    (a member never got partitions, or the dataset ran out first)."""
+    start = None
+    for i in range(1, len(samples)):
+        now, before = samples[i], samples[i - 1]
+        if (
+            now.members is not None
+            and len(now.members) == processes
+            and all(now.members)
+            and len(now.counts) == processes
+            and all(n > before.counts.get(pid, 0) for pid, n in now.counts.items())
+        ):
+            start = i
+            break
+    if start is None:
+        return None
+    end = start
+    for i in range(start + 1, len(samples)):
+        counts = samples[i].counts
+        # A process within 200 (its progress file's step) of its final count is out of work.
+        if sum(counts.values()) >= messages * 0.95 or any(
+            n >= final.get(pid, 0) - 200 for pid, n in counts.items()
+        ):
+            break
+        end = i
+    if samples[end].at - samples[start].at < 2.0:
+        return None
+    return start, end
+
+
+def _s3_text(r: dict[str, Any]) -> str:
+    text = f"wall {r['wall_msgs_per_s']:,.0f} msg/s ({r['processed']} in {r['wall_s']:.1f}s)"
+    if r["steady_msgs_per_s"]:
+        cores = r["cpu_cores"]
+        broker = "n/a" if cores["broker"] is None else f"{cores['broker']:.2f}"
+        text += (
+            f", steady {r['steady_msgs_per_s']:,.0f} msg/s over {r['steady_window_s']:.1f}s "
+            f"from {r['steady_from_s']:.1f}s (partitions per member {r['assignment']}); "
+            f"CPU cores meanwhile: broker {broker}, workers {cores['workers']:.2f}, "
+            f"machine busy {cores['machine_busy']:.2f} of {cores['machine']}"
+        )
+    else:
+        text += ", no steady state (every member handling at once for 2 s or more)"
+    return text
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process, from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pids(bootstrap: str, cluster: Cluster | None) -> list[int]:
+    """The broker JVMs' pids: the suite's own cluster, else local `kafka.Kafka` processes whose
+    server.properties listen on a port of `bootstrap` (empty for a broker elsewhere)."""
+    if cluster is not None:
+        return [n.process.pid for n in cluster.nodes if n.process is not None]
+    ports = {f":{entry.rsplit(':', 1)[-1]}" for entry in bootstrap.split(",")}
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = [
+                a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")
+            ]
+            if "kafka.Kafka" not in argv:
+                continue
+            config = Path(argv[argv.index("kafka.Kafka") + 1]).read_text()
+        except (OSError, IndexError):
+            continue
+        listeners = [line for line in config.splitlines() if line.startswith("listeners=")]
+        if any(port in line for line in listeners for port in ports):
+            found.append(int(proc.name))
+    return found
 
 
 def scenario_s6(
@@ -356,59 +624,150 @@ def scenario_s4(
     rates: list[int],
     seconds: float,
     log: Callable[[str], None],
+    *,
+    repeats: int = 3,
 ) -> list[dict[str, Any]]:
+    """Latency (produce time in the payload -> handler start) at fixed rates, in steady state.
+
+    Each run has its own topic and group. Once the contender runs, the suite produces warm-up
+    records (one per partition, no produce time) until two rounds in a row were each handled
+    within a second of being produced: the contender fetches every partition and handles what
+    arrives. Only then does the paced stream start; warm-ups are in no figure. Each contender
+    runs `repeats` times per rate (the repeats interleaved across contenders); its figures are
+    the medians of the repeats' p50, p99 and max, and each repeat's are kept under "repeats".
+    """
     results = []
     for rate in rates:
+        runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in contenders}
+        for repeat in range(repeats):
+            for contender in contenders:
+                result = _s4_once(bootstrap, contender, rate, seconds)
+                log(
+                    f"S4 @{rate}/s: {contender.name} (repeat {repeat + 1}/{repeats}): "
+                    f"{_latency(result)}{_feed_text(result)}"
+                )
+                runs[contender.name].append(result)
         for contender in contenders:
-            topic = new_topic(bootstrap, f"s4-{rate}")
-            count = int(rate * seconds)
-            stop = threading.Event()
-            group = f"bench-{uuid.uuid4().hex[:8]}"
-            # Latency is measured in steady state: produce only once the contender's group is
-            # Stable with its partitions assigned (start-up is not what S4 measures).
-            producer = threading.Thread(
-                target=_producer_when_stable,
-                args=(bootstrap, topic, group, rate, count, stop),
-                daemon=True,
-            )
-            producer.start()
-            result = run_contender(
-                contender,
-                bootstrap,
-                topic,
-                count,
-                timeout=seconds + 120,
-                group=group,
-                latency="1",
-            )
-            stop.set()
-            producer.join()
-            result["rate"] = rate
-            log(f"S4 @{rate}/s: {contender.name}: {_latency(result)}")
-            results.append(result)
+            summary = _s4_summary(contender.name, rate, runs[contender.name])
+            log(f"S4 @{rate}/s: {contender.name}: median of {repeats}: {_latency(summary)}")
+            results.append(summary)
     return results
 
 
-def _producer_when_stable(  # noqa: PLR0917 - a Thread target, called positionally
-    bootstrap: str, topic: str, group: str, rate: int, count: int, stop: threading.Event
+def _s4_once(bootstrap: str, contender: Contender, rate: int, seconds: float) -> dict[str, Any]:
+    topic = new_topic(bootstrap, f"s4-{rate}")
+    count = int(rate * seconds)
+    progress = Path(tempfile.mkstemp(prefix="bench-s4-", suffix=".progress")[1])
+    stop = threading.Event()
+    feed: dict[str, Any] = {}
+    producer = threading.Thread(
+        target=_feed_when_warm,
+        args=(bootstrap, topic, rate, count, progress, stop, feed),
+        daemon=True,
+    )
+    producer.start()
+    try:
+        result = run_contender(
+            contender,
+            bootstrap,
+            topic,
+            count,
+            timeout=seconds + 150,
+            extra_env={"BENCH_PROGRESS": str(progress)},
+            options={"latency": "1"},
+        )
+    finally:
+        stop.set()
+        producer.join()
+        for path in (progress, progress.with_name(progress.name + ".tmp")):
+            path.unlink(missing_ok=True)
+    result["rate"] = rate
+    result["feed"] = feed
+    if "error" in feed:
+        result["error"] = f"{feed['error']}; {result.get('error', '')}".rstrip("; ")
+    return result
+
+
+def _feed_when_warm(  # noqa: PLR0917 - a Thread target, called positionally
+    bootstrap: str,
+    topic: str,
+    rate: int,
+    count: int,
+    progress: Path,
+    stop: threading.Event,
+    feed: dict[str, Any],
 ) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    deadline = time.monotonic() + 60
+    """Warm the contender up, then produce the measured stream with the same (warm) producer."""
+    producer = Producer({"bootstrap.servers": bootstrap, **PACED_PRODUCER})
+    started = time.monotonic()
+    warmups = _warm_up(producer, topic, progress, stop)
+    feed["warmups"] = warmups
+    feed["warm_up_s"] = time.monotonic() - started
+    if warmups is None:
+        if not stop.is_set():
+            feed["error"] = "no warm-up record handled in time"
+        return
+    feed |= produce_at_rate(bootstrap, topic, rate, count, stop, producer)
+
+
+def _warm_up(
+    producer: Producer, topic: str, progress: Path, stop: threading.Event, timeout: float = 120
+) -> int | None:
+    """Produce rounds of warm-up records (one per partition) until two rounds in a row were
+    each handled within a second; the number produced, or None (timeout, or stopped)."""
+    produced = live = 0
+    deadline = time.monotonic() + timeout
     while not stop.is_set() and time.monotonic() < deadline:
-        try:
-            description = admin.describe_consumer_groups([group])[group].result(timeout=5)
-            assigned = sum(
-                len(m.assignment.topic_partitions)
-                for m in description.members
-                if m.assignment is not None
-            )
-            if str(description.state).endswith("STABLE") and assigned >= PARTITIONS:
-                break
-        except Exception:  # noqa: BLE001 - the group does not exist yet
-            pass
-        time.sleep(0.2)
-    time.sleep(1)  # settle: the first fetch requests are under way
-    produce_at_rate(bootstrap, topic, rate, count, stop)
+        for partition in range(PARTITIONS):
+            producer.produce(topic, payload(-1, None), partition=partition)
+        producer.flush(10)
+        produced += PARTITIONS
+        round_deadline = time.monotonic() + 1.0
+        while _handled(progress) < produced and time.monotonic() < round_deadline:
+            time.sleep(0.01)
+        live = live + 1 if _handled(progress) >= produced else 0
+        if live == 2:
+            return produced
+    return None
+
+
+def _handled(progress: Path) -> int:
+    """The warm-up records the contender has handled (its meter writes the number)."""
+    try:
+        return int(progress.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _s4_summary(name: str, rate: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    kept = ("latency_ms", "processed", "warmups", "feed", "error")
+    summary: dict[str, Any] = {
+        "contender": name,
+        "rate": rate,
+        "repeats": [{k: r[k] for k in kept if k in r} for r in runs],
+    }
+    ok = [r for r in runs if "error" not in r and "latency_ms" in r]
+    if not ok:
+        summary["error"] = next((r["error"] for r in runs if "error" in r), "no latencies")
+        return summary
+    summary["latency_ms"] = {
+        k: statistics.median(r["latency_ms"][k] for r in ok) for k in ("p50", "p99", "max")
+    }
+    summary["repeats_ok"] = len(ok)
+    acks = [r["feed"]["ack_ms"]["p99"] for r in ok if r["feed"].get("ack_ms")]
+    summary["feed_ack_p99_ms"] = statistics.median(acks) if acks else None
+    return summary
+
+
+def _feed_text(result: dict[str, Any]) -> str:
+    feed = result.get("feed", {})
+    if not feed.get("ack_ms"):
+        return ""
+    return (
+        f" [feed: {feed['produced_per_s']:,.0f}/s, broker ack p50 {feed['ack_ms']['p50']:.1f} "
+        f"p99 {feed['ack_ms']['p99']:.1f} ms, {feed['warmups']} warm-ups in "
+        f"{feed['warm_up_s']:.1f}s]"
+    )
 
 
 def _short(result: dict[str, Any]) -> str:
@@ -458,29 +817,47 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "## S2 IO-bound (2 ms handler, 8 partitions, 1000 keys)",
             "",
+            "Peers run at 8, 32 and 128 with their documented concurrency option (which gives up",
+            "ordering, as kafkaworker's `none`); **best** marks each peer's figure. Quix Streams",
+            "has no such option. Efficiency: msg/s over what the ordering and concurrency allow.",
+            "",
             "| run | msg/s | efficiency |",
             "|---|---:|---:|",
         ]
         for r in s2:
             eff = r.get("efficiency")
+            best = " **best**" if r.get("best") else ""
+            figure = f"error: {r['error']}" if "error" in r else f"{r['msgs_per_s']:,.0f}"
             lines.append(
-                f"| {r['label']} | {r.get('msgs_per_s', 0):,.0f} | "
-                f"{'' if eff is None else f'{eff:.2f}'} |"
+                f"| {r['label']}{best} | {figure} | {'' if eff is None else f'{eff:.2f}'} |"
             )
         lines.append("")
     s3 = report.get("s3")
     if s3:
         lines += [
-            "## S3 CPU-bound (0.2 ms pure-Python handler)",
+            f"## S3 CPU-bound (0.2 ms pure-Python handler, {s3[0]['messages']:,} messages)",
             "",
-            "| run | msg/s | speedup |",
-            "|---|---:|---:|",
+            "Steady: while every member owns partitions and handles (the join and rebalance,",
+            "and the tail, left out); wall: first to last message. CPU in cores (1.00 = one",
+            "core busy) during the steady window.",
+            "",
+            "| run | steady msg/s | speedup | wall msg/s | speedup | window s | partitions "
+            "| broker CPU | workers CPU | machine busy |",
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
         ]
         for r in s3:
-            speedup = r.get("speedup")
+            cores = r.get("cpu_cores") or {}
+
+            def num(value: float | None, fmt: str = ",.0f", suffix: str = "") -> str:
+                return "" if value is None else f"{value:{fmt}}{suffix}"
+
             lines.append(
-                f"| {r['contender']} | {r['msgs_per_s']:,.0f} | "
-                f"{'' if speedup is None else f'{speedup:.2f}x'} |"
+                f"| {r['contender']} | {num(r['steady_msgs_per_s'])} "
+                f"| {num(r.get('speedup'), '.2f', 'x')} | {num(r['wall_msgs_per_s'])} "
+                f"| {num(r.get('speedup_wall'), '.2f', 'x')} "
+                f"| {num(r.get('steady_window_s'), '.1f')} | {r.get('assignment') or ''} "
+                f"| {num(cores.get('broker'), '.2f')} | {num(cores.get('workers'), '.2f')} "
+                f"| {num(cores.get('machine_busy'), '.2f')} |"
             )
         lines.append("")
     s6 = report.get("s6")
@@ -499,17 +876,23 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "## S4 latency (produce -> handler start)",
             "",
-            "| contender | rate | p50 ms | p99 ms | max ms |",
-            "|---|---:|---:|---:|---:|",
+            "After a warm-up (the contender handles records on every partition), medians over",
+            "the repeats of each repeat's p50, p99 and max. Feed ack p99: how long the broker",
+            "took to acknowledge the paced producer's records (the feed's own health).",
+            "",
+            "| contender | rate | p50 ms | p99 ms | max ms | repeats | feed ack p99 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in s4:
             if "error" in r:
-                lines.append(f"| {r['contender']} | {r['rate']} | error | | |")
+                lines.append(f"| {r['contender']} | {r['rate']} | error | | | | |")
                 continue
             lat = r["latency_ms"]
+            ack = r.get("feed_ack_p99_ms")
             lines.append(
                 f"| {r['contender']} | {r['rate']} | {lat['p50']:.1f} | "
-                f"{lat['p99']:.1f} | {lat['max']:.1f} |"
+                f"{lat['p99']:.1f} | {lat['max']:.1f} | {r['repeats_ok']}/{len(r['repeats'])} "
+                f"| {'' if ack is None else f'{ack:.1f}'} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -544,12 +927,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="s1,s2,s3,s4,s6")
     parser.add_argument("--peers", default="all", help="none, all, or a comma list")
     parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--s2-messages", type=int, default=40_000, help="S2's (smoke: 2000)")
+    parser.add_argument(
+        "--s3-messages", type=int, default=160_000, help="S3's dataset (smoke: 2000)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="S4 runs per contender and rate")
+    parser.add_argument("--rates", default="1000,10000", help="S4's rates in msg/s (smoke: 1000)")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKAWORKER_BENCH_BOOTSTRAP"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     scenarios = set(args.scenarios.split(","))
     if args.smoke:
         args.messages, args.peers = min(args.messages, 20_000), "none"
+        args.s2_messages, args.s3_messages = (
+            min(args.s2_messages, 2_000),
+            min(args.s3_messages, 2_000),
+        )
+        args.repeats = 1
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -575,15 +969,20 @@ def main(argv: list[str] | None = None) -> int:
         if "s1" in scenarios:
             report["s1"] = scenario_s1(args.bootstrap, contenders, args.messages, log)
         if "s2" in scenarios:
-            s2_messages = 2_000 if args.smoke else 40_000
-            report["s2"] = scenario_s2(args.bootstrap, contenders, s2_messages, log)
+            report["s2"] = scenario_s2(args.bootstrap, contenders, args.s2_messages, log)
         if "s3" in scenarios:
-            report["s3"] = scenario_s3(args.bootstrap, 2_000 if args.smoke else 40_000, log)
+            broker = broker_pids(args.bootstrap, cluster)
+            if not broker:
+                log("S3: the broker's process was not found here; its CPU is not reported")
+            report["s3"] = scenario_s3(args.bootstrap, args.s3_messages, log, broker=broker)
         if "s6" in scenarios:
             report["s6"] = scenario_s6(args.bootstrap, log)
         if "s4" in scenarios:
-            rates, seconds = ([1000], 2.0) if args.smoke else ([1000, 10000], 10.0)
-            report["s4"] = scenario_s4(args.bootstrap, contenders, rates, seconds, log)
+            rates = [int(r) for r in args.rates.split(",")]
+            rates, seconds = (rates[:1], 2.0) if args.smoke else (rates, 10.0)
+            report["s4"] = scenario_s4(
+                args.bootstrap, contenders, rates, seconds, log, repeats=args.repeats
+            )
     finally:
         if cluster is not None:
             cluster.cleanup()

@@ -1,4 +1,8 @@
-"""Sentry's Arroyo with RunTaskInThreads (its strategy for IO-bound work), then CommitOffsets."""
+"""Sentry's Arroyo with RunTaskInThreads (its strategy for IO-bound work), then CommitOffsets.
+
+`--concurrency N` is RunTaskInThreads' `concurrency` (it has no default; 8 unless given, as
+kafkaworker's default handler concurrency).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Faust (faust-streaming): an agent over a JSON topic, run as a worker."""
+"""Faust (faust-streaming): an agent over a JSON topic, run as a worker.
+
+`--concurrency N` is the agent's documented `concurrency=N`: N instances of the agent share the
+topic's stream (the default is 1).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
 import faust  # noqa: E402
 
 sleep = float(a.get("sleep_ms", "0")) / 1000
+concurrency = int(a.get("concurrency", "1"))
 meter = Meter(int(a["messages"]), latency=a.get("latency") == "1")
 app = faust.App(
     a["group"],
@@ -27,14 +32,14 @@ app = faust.App(
 topic = app.topic(a["topic"], value_type=None, value_serializer="json")
 
 
-@app.agent(topic)
+@app.agent(topic, concurrency=concurrency)
 async def handle(stream: Any) -> None:
     async for value in stream:
         if sleep:
             await asyncio.sleep(sleep)
         meter.hit(1, value.get("ts") if isinstance(value, dict) else None)
         if meter.done.is_set():
-            meter.write(a["out"], "faust")
+            meter.write(a["out"], "faust", concurrency=concurrency)
             os._exit(0)  # Faust's own shutdown takes seconds; the figures are written
 
 

@@ -37,7 +37,9 @@ def main() -> None:
             **(
                 {
                     "max_pending": int(a["max_pending"]),
-                    "max_pending_per_partition": int(a["max_pending"]) // 4,
+                    "max_pending_per_partition": int(
+                        a.get("max_pending_per_partition", int(a["max_pending"]) // 4)
+                    ),
                 }
                 if "max_pending" in a
                 else {}

@@ -1,4 +1,9 @@
-"""The Python ceiling: a raw confluent-kafka loop. Batch consume, decode, store offsets."""
+"""The Python ceiling: a raw confluent-kafka loop. Batch consume, decode, store offsets.
+
+A batch is `poll(t)` (returns as soon as one record is there) then `consume(n - 1, 0)` (what is
+already fetched, without waiting): `consume(n, t)` alone waits up to `t` for a full batch, which
+made this loop's latency at 1k msg/s its own timeout (p50 27 ms) rather than the client's.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ def main() -> None:
     )
     consumer.subscribe([a["topic"]])
     while not meter.done.is_set():
-        batch = consumer.consume(1000, 0.05)
+        first = consumer.poll(0.05)
+        batch = [first, *consumer.consume(999, 0)] if first is not None else []
         positions: dict[int, int] = {}
         for msg in batch:
             if msg.error() is not None:
