@@ -127,8 +127,11 @@ class Settings(BaseSettings):
     startup_timeout: PositiveFloat = 15.0
     # Backpressure: messages fetched and not yet committable, per handler and per partition.
     # Above a limit the partitions are paused (and still polled, so membership is kept).
-    max_pending: PositiveInt = 10_000
-    max_pending_per_partition: PositiveInt = 2_000
+    # librdkafka drops a paused partition's prefetched records (librdkafka#5343), so every
+    # pause costs a refetch: the limits are sized so that a fast handler never trips them
+    # (a per-partition 2_000 halved the decode-only throughput; see docs/architecture.md).
+    max_pending: PositiveInt = 20_000
+    max_pending_per_partition: PositiveInt = 5_000
     # Largest batch taken from the consumer at once.
     poll_batch: PositiveInt = 500
     # How long a handler's outputs may take to be acknowledged before the handler fails.
