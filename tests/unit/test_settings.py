@@ -9,6 +9,7 @@ import pytest
 
 from kafkaworker import App, ConfigError, Message, load_settings
 from kafkaworker.runtime.runner import resolve_specs
+from kafkaworker.runtime.worker import consumer_config
 
 
 @pytest.fixture(autouse=True)
@@ -147,3 +148,16 @@ def test_overrides_for_an_unknown_handler_are_refused() -> None:
 def test_only_names_an_unknown_handler() -> None:
     with pytest.raises(ConfigError, match="--only nope: app 'svc' has no such handler"):
         resolve_specs(app_with_handler(), load_settings(), only=["nope"])
+
+
+def test_consumer_config_heartbeats_every_second_on_classic_and_raw_keys_win() -> None:
+    spec = resolve_specs(app_with_handler(), load_settings())[0]
+    classic = consumer_config("svc", spec, load_settings())
+    assert classic["heartbeat.interval.ms"] == 1000
+    assert classic["partition.assignment.strategy"] == "cooperative-sticky"
+    # KIP-848: the broker sets the heartbeat interval; librdkafka refuses the client key.
+    kip848 = consumer_config("svc", spec, load_settings(kafka={"group_protocol": "consumer"}))
+    assert "heartbeat.interval.ms" not in kip848
+    assert kip848["group.protocol"] == "consumer"
+    mine = load_settings(kafka={"consumer": {"heartbeat.interval.ms": 3000}})
+    assert consumer_config("svc", spec, mine)["heartbeat.interval.ms"] == 3000
