@@ -16,7 +16,7 @@ from kafkaworker import dlq as dlq_tools
 from kafkaworker.app import App
 from kafkaworker.errors import AppImportError, KafkaWorkerError
 from kafkaworker.producer import Producer
-from kafkaworker.settings import load_settings
+from kafkaworker.settings import load_settings, settings_for_run
 
 
 def load_app(reference: str) -> App:
@@ -124,10 +124,7 @@ def _supervise(  # noqa: PLR0917
     from kafkaworker.runtime.runner import stale_after  # noqa: PLC0415
     from kafkaworker.runtime.supervisor import Supervisor  # noqa: PLC0415
 
-    if app.settings is not None and settings_path is None:
-        settings = load_settings(None, **{**app.settings.model_dump(), **overrides})
-    else:
-        settings = load_settings(settings_path, **overrides)
+    settings = settings_for_run(app.settings, settings_path, overrides)
     command = [sys.executable, "-m", "kafkaworker", "run", app_ref, "--child"]
     if settings_path:
         command += ["--settings", settings_path]

@@ -7,6 +7,7 @@ per-handler overrides, and errors that fit on one line.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,6 +131,8 @@ class Settings(BaseSettings):
     # librdkafka drops a paused partition's prefetched records (librdkafka#5343), so every
     # pause costs a refetch: the limits are sized so that a fast handler never trips them
     # (a per-partition 2_000 halved the decode-only throughput; see docs/architecture.md).
+    # They count records, not bytes: 20_000 records of 1 KB are 20 MB; lower them for large
+    # records.
     max_pending: PositiveInt = 20_000
     max_pending_per_partition: PositiveInt = 5_000
     # Largest batch taken from the consumer at once.
@@ -185,6 +188,36 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         raise ConfigError(f"cannot read settings file {str(yaml_path)!r}: {detail}") from None
     check_client_properties(settings)
     return settings
+
+
+def settings_for_run(
+    app_settings: Settings | None,
+    path: str | os.PathLike[str] | None,
+    overrides: Mapping[str, Any],
+) -> Settings:
+    """The settings of one run: the app's own (App(settings=...)) unless a file is named,
+    with the CLI's overrides merged key by key; else file + environment + overrides."""
+    if app_settings is None or path is not None:
+        return load_settings(path, **overrides)
+    if not overrides:
+        return app_settings
+    try:
+        settings = Settings.model_validate(_merged(app_settings.model_dump(), overrides))
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, None)) from None
+    check_client_properties(settings)
+    return settings
+
+
+def _merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            merged[key] = _merged(below, value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def check_client_properties(settings: Settings) -> None:

@@ -26,7 +26,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        if registry is None and not os.environ.get(MULTIPROC_ENV):
+        # Values live in per-process files (a supervised child): series cannot be removed.
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        if registry is None and not self.multiprocess:
             # RSS, CPU and open files of this process (a supervisor has its own view).
             ProcessCollector(registry=self.registry)
         labels = ["handler"]

@@ -8,16 +8,20 @@ which closes it on the way out.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kafkaworker.errors import StartupError
 from kafkaworker.observability.health import Health
+
+log = structlog.get_logger("kafkaworker.metrics")
 
 
 class MetricsServer:
@@ -33,6 +37,8 @@ class MetricsServer:
         server_owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # an idle connection must not hold a thread forever
+
             def do_GET(self) -> None:
                 server_owner._answer(self)
 
@@ -73,8 +79,12 @@ class MetricsServer:
                 self._send(request, 200 if ok else 503, body, "application/json")
             else:
                 self._send(request, 404, b"try /metrics, /healthz or /readyz\n", "text/plain")
-        except BrokenPipeError:  # the prober gave up first
+        except (BrokenPipeError, ConnectionResetError):  # the prober gave up first
             pass
+        except Exception:
+            log.exception("metrics endpoint failed", path=path)
+            with contextlib.suppress(OSError):
+                self._send(request, 500, b"internal error: see the worker's log\n", "text/plain")
 
     @staticmethod
     def _send(request: BaseHTTPRequestHandler, status: int, body: bytes, kind: str) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -102,14 +103,17 @@ class Poller:
         self._consumed = self._metrics.consumed.labels(name)
         self._finished = self._metrics.finished.labels(name)
         self._next_observe = 0.0
-        self._metrics.ready.labels(name).set(0)
-        self._metrics.heartbeat.labels(name).set(time.time())
+        self._ready = self._metrics.ready.labels(name)
+        self._heartbeat = self._metrics.heartbeat.labels(name)
+        self._ready.set(0)
+        self._heartbeat.set(time.time())
+        # consumer_lag series this poller created: only these are zeroed or removed on revoke.
+        self._lag_series: set[tuple[str, str, str]] = set()
 
     # -- lifecycle (called from the TopicWorker) ---------------------------------------------
 
     def request_stop(self) -> None:
         self._stopping.set()
-        self._metrics.ready.labels(self.spec.name).set(0)  # draining: not ready any more
 
     def run(self) -> None:
         """The poll thread's body: subscribe, poll until asked to stop, then shut down."""
@@ -159,7 +163,7 @@ class Poller:
     def _observe(self) -> None:
         """Refresh the gauges: a second's staleness costs nothing, a per-message update would."""
         metrics, name = self._metrics, self.spec.name
-        metrics.heartbeat.labels(name).set(time.time())
+        self._heartbeat.set(time.time())
         metrics.in_flight.labels(name).set(self._in_flight)
         metrics.assigned_partitions.labels(name).set(len(self._partitions))
         metrics.paused_partitions.labels(name).set(
@@ -178,9 +182,9 @@ class Poller:
             except KafkaException:
                 continue
             if end >= 0 and position >= 0:
-                metrics.consumer_lag.labels(name, state.topic, str(state.partition)).set(
-                    end - position
-                )
+                series = (name, state.topic, str(state.partition))
+                metrics.consumer_lag.labels(*series).set(end - position)
+                self._lag_series.add(series)
 
     def _dispatch(self, batch: list[Any]) -> None:
         ready: list[Message[Any]] = []
@@ -339,6 +343,7 @@ class Poller:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            self._heartbeat.set(time.time())  # waiting on handlers is not a hang
             self._collect(self._drain(timeout=min(remaining, 0.1)))
 
     # -- backpressure ------------------------------------------------------------------------
@@ -358,12 +363,23 @@ class Poller:
             self._globally_paused = True
         elif total <= settings.max_pending // 2:
             self._globally_paused = False
+        # Over the handler's limit, only partitions holding at least their fair share pause:
+        # the budget is filled in fetch order, and pausing every partition would starve those
+        # fetched last while the first ones drain. The total stays under 2 x max_pending (the
+        # others may each still grow to their share).
+        fair = settings.max_pending // max(1, len(self._partitions))
+        over_budget = self._globally_paused
         breaker_open = self._update_breaker()
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         for state in self._partitions.values():
             # A retry partition whose head is not due is paused until it is.
-            want = self._globally_paused or state.over_limit or breaker_open or bool(state.delayed)
+            want = (
+                (over_budget and len(state.offsets) >= fair)
+                or state.over_limit
+                or breaker_open
+                or bool(state.delayed)
+            )
             if want != state.paused and not state.revoked:
                 state.paused = want
                 (pause if want else resume).append(TopicPartition(state.topic, state.partition))
@@ -403,8 +419,18 @@ class Poller:
         self.stats.assigned += 1
         self._metrics.rebalances.labels(self.spec.name, "assigned").inc()
         if not self._stopping.is_set():
-            self._metrics.ready.labels(self.spec.name).set(1)  # a member of the group now
+            self._ready.set(1)  # a member of the group now (librdkafka calls this when empty too)
         log.info("partitions assigned", handler=self.spec.name, partitions=_names(partitions))
+
+    def on_statistics(self, statistics: str) -> None:
+        """KIP-848 (group.protocol=consumer) calls no assign callback for a member given no
+        partitions, so readiness there is librdkafka's group state: "up" once the coordinator
+        is found and the member heartbeats. Runs inside poll(), on the poll thread."""
+        if self._stopping.is_set():
+            return
+        group = orjson.loads(statistics).get("cgrp") or {}
+        if group.get("state") == "up":
+            self._ready.set(1)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.revoked += 1
@@ -438,20 +464,27 @@ class Poller:
         if paused:
             # librdkafka keeps a partition's pause flag across unassign and reassign.
             self._consumer.resume(paused)
-        lag = self._metrics.consumer_lag
         for state in states:
             del self._partitions[(state.topic, state.partition)]
             state.forgotten = True
-            labels = (self.spec.name, state.topic, str(state.partition))
-            # Zero first: under --processes a removed child's last value would stay summed.
-            lag.labels(*labels).set(0)
-            lag.remove(*labels)
+            self._forget_lag(state)
             self._in_flight -= state.in_flight  # their reports will be ignored from now on
         log.info(
             "partitions revoked" if commit else "partitions lost",
             handler=self.spec.name,
             partitions=_names(partitions),
         )
+
+    def _forget_lag(self, state: PartitionState) -> None:
+        series = (self.spec.name, state.topic, str(state.partition))
+        if series not in self._lag_series:
+            return
+        self._lag_series.discard(series)
+        if self._metrics.multiprocess:
+            # Per-process files cannot drop a series: a 0 adds nothing to the live sum.
+            self._metrics.consumer_lag.labels(*series).set(0)
+        else:
+            self._metrics.consumer_lag.remove(*series)
 
     def _stop_work(self, states: list[PartitionState]) -> None:
         for state in states:
@@ -465,6 +498,7 @@ class Poller:
 
     def _shutdown(self) -> None:
         """Stop fetching, finish in-flight work within shutdown_timeout, commit, close."""
+        self._ready.set(0)  # draining: not ready any more
         states = list(self._partitions.values())
         self._shutdown_deadline = deadline = time.monotonic() + self.settings.shutdown_timeout
         try:
@@ -477,6 +511,7 @@ class Poller:
                 # Keep serving the group (heartbeats are librdkafka's, but rebalance callbacks
                 # and max.poll.interval.ms are ours) while in-flight handlers finish. A record
                 # from a partition assigned meanwhile is not dispatched, so never stored.
+                self._heartbeat.set(time.time())
                 record = self._consumer.poll(0)
                 if record is not None and (error := record.error()) is not None:
                     self._on_error(error)

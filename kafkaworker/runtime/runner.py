@@ -32,7 +32,7 @@ from kafkaworker.runtime.retry import Backoff
 from kafkaworker.runtime.retrytopics import RetryRoutes
 from kafkaworker.runtime.worker import TopicWorker, consumer_config, new_consumer
 from kafkaworker.serialization import Codec
-from kafkaworker.settings import Settings, load_settings
+from kafkaworker.settings import Settings, settings_for_run
 
 if TYPE_CHECKING:
     from kafkaworker.app import App
@@ -100,13 +100,7 @@ class Runner:
         only: Sequence[str] = (),
         overrides: Mapping[str, Any] | None = None,
     ) -> Runner:
-        overrides = dict(overrides or {})
-        if app.settings is not None and settings_path is None:
-            settings = app.settings
-            if overrides:
-                settings = load_settings(None, **{**app.settings.model_dump(), **overrides})
-        else:
-            settings = load_settings(settings_path, **overrides)
+        settings = settings_for_run(app.settings, settings_path, overrides or {})
         return cls(app, settings, resolve_specs(app, settings, only))
 
     # -- running -----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 import structlog
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, multiprocess
 
 from kafkaworker.observability.health import Health, evaluate
 from kafkaworker.observability.metrics import MULTIPROC_ENV, multiprocess_registry
@@ -64,6 +64,7 @@ class Supervisor:
         self._signals = 0
         self._crashes: deque[float] = deque()
         self._metrics_dir: str | None = None
+        self._metrics_registry: CollectorRegistry | None = None
         self.metrics_server: MetricsServer | None = None
 
     def run(self) -> int:
@@ -73,25 +74,26 @@ class Supervisor:
                 self._metrics_dir = stack.enter_context(
                     tempfile.TemporaryDirectory(prefix="kafkaworker-metrics-")
                 )
+                self._metrics_registry = multiprocess_registry(self._metrics_dir)
                 self.metrics_server = stack.enter_context(
                     MetricsServer(
-                        self.metrics_host,
-                        self.metrics_port,
-                        multiprocess_registry(self._metrics_dir),
-                        self.health,
+                        self.metrics_host, self.metrics_port, self._metrics_registry, self.health
                     )
                 )
             return self._run()
 
     def health(self) -> Health:
-        """Live and ready only when every child is running and reports so."""
-        assert self.metrics_server is not None
+        """Live and ready only when every child is running and reports so. Called on the
+        endpoint's thread: it reads each child's process once, and only returncode (polling
+        here would race the main thread's wait for the exit status)."""
+        assert self._metrics_registry is not None
         health = evaluate(
-            self.metrics_server.registry,
+            self._metrics_registry,
             stale_after=self.stale_after,
             processes=self.processes,
         )
-        running = sum(1 for c in self.children if c.process and c.process.poll() is None)
+        processes = [c.process for c in list(self.children)]
+        running = sum(1 for p in processes if p is not None and p.returncode is None)
         health.detail["processes_running"] = running
         if running < self.processes:
             health.ready = False

@@ -41,16 +41,21 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
         "enable.partition.eof": False,
         "logger": logging.getLogger("kafkaworker.librdkafka"),
     }
-    if settings.kafka.group_protocol == "consumer":
+    raw = settings.kafka.consumer
+    kip848 = settings.kafka.group_protocol == "consumer" or raw.get("group.protocol") == "consumer"
+    if kip848:
         config["group.protocol"] = "consumer"  # KIP-848: assignment is the broker's job
+        # The readiness probe reads the group state from librdkafka's statistics (see
+        # TopicWorker): KIP-848 calls no assign callback for a member given no partitions.
+        config["statistics.interval.ms"] = 1000
     else:
         config["partition.assignment.strategy"] = "cooperative-sticky"
         # Members learn of a rebalance from a heartbeat, and cooperative rebalancing takes two
         # rounds: at librdkafka's 3 s a new member waited 2.5-5.5 s for partitions, at 1 s
         # 1.5 s (measured here). Scaling out should take effect that fast; the cost is one
-        # small request a second per member.
+        # small request a second per member. (KIP-848: the broker sets the interval.)
         config["heartbeat.interval.ms"] = 1000
-    config.update(settings.kafka.consumer)
+    config.update(raw)
     return config
 
 
@@ -126,6 +131,8 @@ class TopicWorker:
             produce_timeout=settings.produce_timeout,
             runtime_codecs=runtime_codecs,
         )
+        if self.config.get("group.protocol") == "consumer":
+            self.config["stats_cb"] = self._on_statistics  # called inside poll(): poll thread
         self.poller = Poller(
             spec,
             settings,
@@ -156,6 +163,9 @@ class TopicWorker:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def _on_statistics(self, statistics: str) -> None:
+        self.poller.on_statistics(statistics)
 
     def _run_poller(self) -> None:
         try:

@@ -110,8 +110,9 @@ def test_a_metrics_port_in_use_is_a_one_line_startup_error(kafka_bootstrap: str)
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
 def test_a_member_without_partitions_is_ready(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, protocol: str
 ) -> None:
     """More members than partitions is normal (spares for failover): the spare is ready."""
     topic = new_topic(1)
@@ -123,7 +124,11 @@ def test_a_member_without_partitions_is_ready(
 
     ports = [free_port(), free_port()]
     settings = [
-        make_settings(kafka_bootstrap, metrics={"port": port, "host": "127.0.0.1"})
+        make_settings(
+            kafka_bootstrap,
+            kafka={"bootstrap_servers": kafka_bootstrap, "group_protocol": protocol},
+            metrics={"port": port, "host": "127.0.0.1"},
+        )
         for port in ports
     ]
     with running(app, settings[0]), running(app, settings[1]):

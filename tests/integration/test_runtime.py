@@ -236,6 +236,38 @@ def test_backpressure_bounds_outstanding_work_and_pauses(
     assert max(outstanding) <= 20 + 10
 
 
+def test_over_the_handler_budget_no_partition_is_starved(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    """The handler's budget fills in fetch order: the partitions fetched first must not keep
+    the others waiting until they drain."""
+    topic = new_topic(4)
+    produce(
+        kafka_bootstrap,
+        topic,
+        [b"x"] * 400,
+        partitions=[i // 100 for i in range(400)],  # 100 per partition, in partition order
+    )
+    handled: list[int] = []
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec="raw", concurrency=4)
+    def handle(msg: Message[bytes]) -> None:
+        time.sleep(0.02)
+        handled.append(msg.partition)
+
+    settings = make_settings(
+        kafka_bootstrap, max_pending=40, max_pending_per_partition=1000, poll_batch=10
+    )
+    with running(app, settings):
+        wait_until(lambda: len(handled) >= 400, 60, "every message handled")
+    starts = {p: handled.index(p) for p in range(4)}
+    last_to_start = max(starts.values())
+    before = handled[:last_to_start]
+    # Every partition was running before any other had done a tenth of its work.
+    assert max(before.count(p) for p in range(4)) <= 10, starts
+
+
 def test_a_handler_slower_than_max_poll_interval_keeps_its_membership(
     kafka_bootstrap: str, new_topic: TopicFactory
 ) -> None:

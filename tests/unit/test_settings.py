@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from kafkaworker import App, ConfigError, Message, load_settings
+from kafkaworker import App, ConfigError, Message, Settings, load_settings
 from kafkaworker.runtime.runner import resolve_specs
 from kafkaworker.runtime.worker import consumer_config
+from kafkaworker.settings import settings_for_run
 
 
 @pytest.fixture(autouse=True)
@@ -161,3 +162,22 @@ def test_consumer_config_heartbeats_every_second_on_classic_and_raw_keys_win() -
     assert kip848["group.protocol"] == "consumer"
     mine = load_settings(kafka={"consumer": {"heartbeat.interval.ms": 3000}})
     assert consumer_config("svc", spec, mine)["heartbeat.interval.ms"] == 3000
+    raw848 = load_settings(kafka={"consumer": {"group.protocol": "consumer"}})
+    assert "heartbeat.interval.ms" not in consumer_config("svc", spec, raw848)
+    assert "partition.assignment.strategy" not in consumer_config("svc", spec, raw848)
+
+
+def test_cli_overrides_merge_into_the_apps_own_settings_key_by_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    own = Settings.model_validate(
+        {"metrics": {"host": "127.0.0.1"}, "log_format": "console", "poll_batch": 7}
+    )
+    monkeypatch.setenv("KAFKAWORKER_POLL_BATCH", "99")  # the app's settings are not re-read
+    merged = settings_for_run(own, None, {"metrics": {"port": 9400}, "log_level": "DEBUG"})
+    assert merged.metrics.host == "127.0.0.1"
+    assert merged.metrics.port == 9400
+    assert (merged.log_level, merged.poll_batch) == ("DEBUG", 7)
+    assert settings_for_run(own, None, {}) is own
+    with pytest.raises(ConfigError, match=r"metrics\.port"):
+        settings_for_run(own, None, {"metrics": {"port": 0}})
