@@ -24,6 +24,13 @@ def main() -> None:
             "group.id": a["group"],
             "auto.offset.reset": "earliest",
             "enable.auto.offset.store": False,
+            # --fetch-queue-backoff-ms 10: the fetch tuning kafkaworker ships (the ceiling
+            # must not be capped by a default the framework does not keep).
+            **(
+                {"fetch.queue.backoff.ms": int(a["fetch_queue_backoff_ms"])}
+                if "fetch_queue_backoff_ms" in a
+                else {}
+            ),
         }
     )
     consumer.subscribe([a["topic"]])

@@ -39,6 +39,10 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
         "auto.commit.interval.ms": max(1, round(settings.commit_interval * 1000)),
         "auto.offset.reset": settings.auto_offset_reset,
         "enable.partition.eof": False,
+        # When the local queue is full librdkafka waits this long before fetching the
+        # partition again; its 1000 ms capped a backlog drain at about 150k records/s here
+        # (the raw loop did 1.1M with 10 ms). The queue stays bounded by queued.max.messages.*.
+        "fetch.queue.backoff.ms": 10,
         "logger": logging.getLogger("kafkaworker.librdkafka"),
     }
     raw = settings.kafka.consumer

@@ -30,7 +30,11 @@ def test_the_benchmark_suite_runs_end_to_end(kafka_bootstrap: str, tmp_path: Pat
     assert code == 0
     report = json.loads((tmp_path / "smoke.json").read_text())
     s1 = {r["contender"]: r for r in report["s1"]}
-    assert set(s1) == {"raw confluent-kafka", "kafkaworker"}
+    assert set(s1) == {
+        "raw confluent-kafka",
+        "raw confluent-kafka, librdkafka defaults",
+        "kafkaworker",
+    }
     assert all(r["processed"] >= 5000 and r["msgs_per_s"] > 0 for r in s1.values())
     assert len(report["s2"]) == 1 + 9  # raw, and kafkaworker's 3 orderings x 3 concurrencies
     assert all("error" not in r for r in report["s2"])

@@ -155,6 +155,7 @@ def test_consumer_config_heartbeats_every_second_on_classic_and_raw_keys_win() -
     spec = resolve_specs(app_with_handler(), load_settings())[0]
     classic = consumer_config("svc", spec, load_settings())
     assert classic["heartbeat.interval.ms"] == 1000
+    assert classic["fetch.queue.backoff.ms"] == 10
     assert classic["partition.assignment.strategy"] == "cooperative-sticky"
     # KIP-848: the broker sets the heartbeat interval; librdkafka refuses the client key.
     kip848 = consumer_config("svc", spec, load_settings(kafka={"group_protocol": "consumer"}))
