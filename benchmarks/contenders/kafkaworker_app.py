@@ -8,7 +8,7 @@ from typing import Any
 
 from _meter import Meter, args
 
-from kafkaworker import App, Message, Settings
+from kafkaworker import App, BatchPolicy, Message, Settings
 from kafkaworker.runtime.runner import Runner, resolve_specs
 
 
@@ -18,17 +18,29 @@ def main() -> None:
     meter = Meter(int(a["messages"]), latency=a.get("latency") == "1")
     app = App("bench")
 
-    @app.handler(
-        a["topic"],
-        group=a["group"],
-        concurrency=int(a.get("concurrency", "8")),
-        ordering=a.get("ordering", "partition"),
-    )  # type: ignore[arg-type]
-    def handle(msg: Message[Any]) -> None:
-        value = msg.value
-        if sleep:
-            time.sleep(sleep)
-        meter.hit(1, value.get("ts"))
+    options: dict[str, Any] = {
+        "group": a["group"],
+        "concurrency": int(a.get("concurrency", "8")),
+        "ordering": a.get("ordering", "partition"),
+    }
+    if "batch" in a:
+        # A batch handler (list[Message]): what a bulk sink would use.
+        options["batch"] = BatchPolicy(max_size=int(a["batch"]), max_wait=0.05)
+
+        @app.handler(a["topic"], **options)
+        def handle_batch(msgs: list[Message[Any]]) -> None:
+            for msg in msgs:
+                msg.value  # noqa: B018 - decoding is the work
+            meter.hit(len(msgs))
+
+    else:
+
+        @app.handler(a["topic"], **options)
+        def handle(msg: Message[Any]) -> None:
+            value = msg.value
+            if sleep:
+                time.sleep(sleep)
+            meter.hit(1, value.get("ts"))
 
     settings = Settings.model_validate(
         {
