@@ -150,24 +150,30 @@ class Message(Generic[T]):
     @property
     def value(self) -> T:
         """The value decoded by the handler's codec (decoded once, on first access)."""
-        if self._value is _UNSET:
-            data = self.raw_value
-            if data is None:
-                self._value = None
-            else:
-                codec = self._codec
-                # Built-in codecs never read headers: skip building the list for them.
-                headers = self.headers if getattr(codec, "uses_headers", True) else ()
-                try:
-                    self._value = codec.decode(data, headers)
-                except ValidationError:
-                    raise  # names the failing fields; fatal as it is
-                except Exception as exc:
-                    raise DeserializationError(
-                        f"cannot decode the value of {self.topic}[{self.partition}]@{self.offset}"
-                        f" with the {codec.name} codec: {exc}"
-                    ) from exc
-        return self._value  # type: ignore[no-any-return]
+        value = self._value
+        if value is _UNSET:
+            value = self._value = self._decode()
+        return value  # type: ignore[no-any-return]
+
+    def _decode(self) -> Any:
+        # The hot path of every handler that reads its value: no property calls in here.
+        data = self._raw_value
+        if data is _UNSET:
+            data = self._raw_value = self._raw.value()
+        if data is None:
+            return None
+        codec = self._codec
+        # Built-in codecs never read headers: skip building the list for them.
+        headers = self.headers if getattr(codec, "uses_headers", True) else ()
+        try:
+            return codec.decode(data, headers)
+        except ValidationError:
+            raise  # names the failing fields; fatal as it is
+        except Exception as exc:
+            raise DeserializationError(
+                f"cannot decode the value of {self.topic}[{self.partition}]@{self.offset}"
+                f" with the {codec.name} codec: {exc}"
+            ) from exc
 
     def ack(self) -> None:
         """Mark the message finished (handlers with ack="manual"). Safe from any thread, once.

@@ -71,6 +71,12 @@ def main() -> None:
         "kafkaworker",
         concurrency=int(a.get("concurrency", "8")),
         ordering=a.get("ordering", "partition"),
+        # How often backpressure stopped taking records, and paused partitions (each pause
+        # drops the partition's prefetched records in librdkafka).
+        backpressure={
+            "withheld": sum(w.poller.stats.withheld for w in runner.workers),
+            "pauses": sum(w.poller.stats.pauses for w in runner.workers),
+        },
     )
 
 

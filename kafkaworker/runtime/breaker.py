@@ -10,6 +10,7 @@ their handler again.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,12 +36,19 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self.open = False
 
-    def record(self, dead_lettered: bool) -> None:
+    def record(self, dead_lettered: bool, count: int = 1) -> None:
+        """`count` finished messages with the same outcome (workers report runs)."""
         outcomes = self._outcomes
-        if len(outcomes) == outcomes.maxlen and outcomes[0]:
-            self._dead_lettered -= 1
-        outcomes.append(dead_lettered)
-        self._dead_lettered += dead_lettered
+        window = outcomes.maxlen or 0
+        # The oldest outcomes leave the window as these come in.
+        leaving = len(outcomes) + count - window
+        if leaving >= len(outcomes):
+            self._dead_lettered = 0
+        elif leaving > 0:
+            self._dead_lettered -= sum(itertools.islice(outcomes, leaving))
+        kept = min(count, window)
+        outcomes.extend(itertools.repeat(dead_lettered, kept))
+        self._dead_lettered += dead_lettered * kept
 
     @property
     def share(self) -> float:

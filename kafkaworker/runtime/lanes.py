@@ -9,31 +9,44 @@ shared lane that every worker drains at once.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Hashable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from kafkaworker.handlers import Ordering
 from kafkaworker.message import Message
 
+if TYPE_CHECKING:
+    from kafkaworker.runtime.partitions import PartitionState
+
 LaneKey = Hashable
 
 
-# A partition's lane is keyed by its PartitionState: no tuple per message, and a partition
-# assigned again gets new lanes, never a lane still holding the previous assignment's work.
-def _by_partition(msg: Message[Any]) -> LaneKey:
-    return msg._state  # type: ignore[no-any-return]
+Run = tuple["PartitionState", list[Message[Any]]]
 
 
-def _by_key(msg: Message[Any]) -> LaneKey:
-    return (msg._state, msg.key)
+def by_lane(
+    ordering: Ordering, runs: Iterable[Run]
+) -> Iterable[tuple[LaneKey, list[Message[Any]]]]:
+    """Group runs of messages (each of one partition, in fetch order) by the lane they go to.
 
-
-def _shared(msg: Message[Any]) -> LaneKey:
-    return None
-
-
-def lane_key_function(ordering: Ordering) -> Callable[[Message[Any]], LaneKey]:
-    return {"partition": _by_partition, "key": _by_key, "none": _shared}[ordering]
+    A partition's lane is keyed by its PartitionState: nothing to compute per message, and a
+    partition assigned again gets new lanes, never one still holding the previous
+    assignment's work.
+    """
+    if ordering == "partition":
+        return runs
+    if ordering == "none":
+        return [(None, [msg for _, messages in runs for msg in messages])]
+    lanes: dict[LaneKey, list[Message[Any]]] = {}
+    for state, messages in runs:
+        for msg in messages:
+            key = (state, msg.key)
+            lane = lanes.get(key)
+            if lane is None:
+                lanes[key] = [msg]
+            else:
+                lane.append(msg)
+    return lanes.items()
 
 
 class Lane:

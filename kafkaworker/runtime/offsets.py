@@ -9,42 +9,69 @@ remembers the offsets it was given rather than assuming offset + 1.
 
 from __future__ import annotations
 
-from collections import deque
-
 
 class PartitionOffsets:
-    """In-flight offsets of one partition, in the order they were fetched (ascending)."""
+    """In-flight offsets of one partition, in the order they were fetched (ascending).
 
-    __slots__ = ("_done", "_outstanding", "committable")
+    Kept as a list with a moving head rather than a deque: a run of offsets finished in fetch
+    order (what one worker reports for a partition lane) is then recognised and passed over
+    with one slice comparison, in C, instead of one step per offset.
+    """
+
+    __slots__ = ("_done", "_head", "_offsets", "committable")
+
+    # Finished offsets at the head are dropped from the list in blocks of at least this many.
+    _COMPACT_AFTER = 4096
 
     def __init__(self) -> None:
-        self._outstanding: deque[int] = deque()
-        self._done: set[int] = set()
+        self._offsets: list[int] = []
+        self._head = 0  # offsets before it are finished and committable
+        self._done: set[int] = set()  # finished, but behind an unfinished one
         # The position to commit: every offset below it is finished. None until one finishes.
         self.committable: int | None = None
 
     def __len__(self) -> int:
         """Offsets dispatched and not yet committable: the partition's outstanding work."""
-        return len(self._outstanding)
+        return len(self._offsets) - self._head
 
     def add(self, offset: int) -> None:
         """Record a fetched offset (above any offset added before)."""
-        self._outstanding.append(offset)
+        self._offsets.append(offset)
+
+    def add_run(self, offsets: list[int]) -> None:
+        """Record fetched offsets, ascending and above any offset added before."""
+        self._offsets.extend(offsets)
 
     def finish(self, offset: int) -> None:
         self._done.add(offset)
 
+    def finish_run(self, offsets: list[int]) -> None:
+        """Mark offsets finished; cheapest when they are the next ones in fetch order."""
+        head = self._head
+        end = head + len(offsets)
+        if not self._done and self._offsets[head:end] == offsets:
+            self._head = end
+        else:
+            self._done.update(offsets)
+
     def advance(self) -> int | None:
         """Drop the finished prefix; return the new committable position if it moved."""
-        outstanding, done = self._outstanding, self._done
-        moved = None
-        while outstanding and outstanding[0] in done:
-            offset = outstanding.popleft()
-            done.discard(offset)
-            moved = offset + 1
-        if moved is not None:
-            self.committable = moved
+        offsets, head, done = self._offsets, self._head, self._done
+        size = len(offsets)
+        if done:
+            while head < size and offsets[head] in done:
+                done.discard(offsets[head])
+                head += 1
+        if head == 0 or (self.committable is not None and offsets[head - 1] < self.committable):
+            return None
+        moved = offsets[head - 1] + 1
+        self.committable = moved
+        if head >= self._COMPACT_AFTER or head == size:
+            del offsets[:head]
+            head = 0
+        self._head = head
         return moved
 
     def lowest_unfinished(self) -> int | None:
-        return self._outstanding[0] if self._outstanding else None
+        head = self._head
+        return self._offsets[head] if head < len(self._offsets) else None

@@ -28,6 +28,7 @@ class PartitionState:
         "offsets",
         "over_limit",
         "partition",
+        "pause_at_once_until",
         "paused",
         "revoked",
         "revoked_event",
@@ -47,6 +48,9 @@ class PartitionState:
         self.delayed: deque[Message[Any]] = deque()
         self.paused = False
         self.over_limit = False
+        # Until then (time.monotonic()) it is paused at once over a limit: withholding records
+        # did not bring it back under in time (see Poller._withhold).
+        self.pause_at_once_until = 0.0
         self.revoked = False
         self.revoked_event = threading.Event()
         # Set when the poll thread forgets the partition: late completions are then ignored

@@ -24,6 +24,7 @@ from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.breaker import CircuitBreaker
 from kafkaworker.runtime.deadletter import ATTEMPTS_HEADER
+from kafkaworker.runtime.lanes import Run
 from kafkaworker.runtime.partitions import PartitionState
 from kafkaworker.runtime.pool import (
     DEAD_LETTERED,
@@ -44,6 +45,18 @@ _IDLE_POLL = 0.2
 _BUSY_POLL = 0.02
 # How often the gauges (lag, in flight, heartbeat...) are refreshed.
 _OBSERVE_EVERY = 1.0
+# Over a backpressure limit the poll thread first withholds (takes no records; they wait in
+# librdkafka's queue, which stops fetching when full) for at most this long, and pauses
+# partitions only if that did not bring them back under: a pause drops the partition's
+# prefetched records (librdkafka#5343), which a fast handler then waits for again. A fast
+# handler drains to the low mark in 5-25 ms here; a slow one is paused after this stall.
+_WITHHOLD = 0.1
+# A partition that needed pausing is paused at once for this long: withholding stops every
+# partition, and a slow one must not stall the others each time it refills.
+_PAUSE_AT_ONCE_FOR = 30.0
+# Handlers slower than this per message are paused at once: a refetch costs them little, and
+# pausing the partitions over their share is what lets the others' records through.
+_WITHHOLD_BELOW = 0.001
 
 
 @dataclass
@@ -56,6 +69,7 @@ class PollerStats:
     revoked: int = 0
     lost: int = 0
     pauses: int = 0
+    withheld: int = 0  # times the poll thread stopped taking records for a limit
     commits: int = 0
 
 
@@ -93,6 +107,8 @@ class Poller:
         self._closed_out = False
         self._shutdown_deadline = float("inf")
         self._globally_paused = False
+        # Since when the poll thread withholds (takes no records) for a limit; None: it takes.
+        self._withholding_since: float | None = None
         # Messages handed to the pool and not yet reported, over all partitions; and whether
         # anything changed this turn (backpressure is only re-judged then).
         self._in_flight = 0
@@ -134,25 +150,30 @@ class Poller:
     # -- one turn ---------------------------------------------------------------------------
 
     def _turn(self) -> None:
-        busy = (
-            self._in_flight > 0
-            or self._globally_paused
-            or bool(self._holding)
-            or (self._breaker is not None and self._breaker.open)
-        )
-        first = self._consumer.poll(_BUSY_POLL if busy else _IDLE_POLL)
-        if first is not None:
-            # poll() returns as soon as one record is there; consume(n, 0) then takes what is
-            # already fetched without waiting (consume(n, t) would wait t for a full batch).
-            # `first` is dispatched before consume() runs: consume() may run rebalance
-            # callbacks, and a record from before a revoke must not reach the next assignment.
-            self._dispatch([first])
-            if self.settings.poll_batch > 1:
-                self._dispatch(self._consumer.consume(self.settings.poll_batch - 1, 0))
-        if self._holding:
-            self._release_due()
-        self._collect(self._drain())
-        if self._changed or self._breaker is not None:
+        if self._withholding_since is not None:
+            # Over a limit: take no records for now; finish what is out.
+            self._collect(self._drain(timeout=_BUSY_POLL))
+        else:
+            busy = (
+                self._in_flight > 0
+                or self._globally_paused
+                or bool(self._holding)
+                or (self._breaker is not None and self._breaker.open)
+            )
+            first = self._consumer.poll(_BUSY_POLL if busy else _IDLE_POLL)
+            if first is not None:
+                # poll() returns as soon as one record is there; consume(n, 0) then takes what
+                # is already fetched without waiting (consume(n, t) would wait t for a full
+                # batch). `first` is dispatched before consume() runs: consume() may run
+                # rebalance callbacks, and a record from before a revoke must not reach the
+                # next assignment.
+                self._dispatch([first])
+                if self.settings.poll_batch > 1:
+                    self._dispatch(self._consumer.consume(self.settings.poll_batch - 1, 0))
+            if self._holding:
+                self._release_due()
+            self._collect(self._drain())
+        if self._changed or self._breaker is not None or self._withholding_since is not None:
             self._changed = False
             self._apply_backpressure()
         now = time.monotonic()
@@ -187,13 +208,18 @@ class Poller:
                 self._lag_series.add(series)
 
     def _dispatch(self, batch: list[Any]) -> None:
-        ready: list[Message[Any]] = []
+        # Records come in runs of one partition: the per-partition work (state lookup, offset
+        # tracking, counting) is done once per run, only the Message once per record.
+        runs: list[Run] = []
         partitions = self._partitions
+        new_message = Message._from_kafka
         codec = self._codec
         fatal: KafkaError | None = None
-        # Records come in runs of one partition: look its state up once per run.
         current: tuple[str, int] | None = None
         state: PartitionState | None = None
+        messages: list[Message[Any]] = []
+        offsets: list[int] = []
+        last = -1
         for raw in batch:
             error = raw.error()
             if error is not None:
@@ -201,37 +227,58 @@ class Poller:
                 continue
             topic, partition, offset = raw.topic(), raw.partition(), raw.offset()
             if current is None or partition != current[1] or topic != current[0]:
+                if messages:
+                    self._add_run(runs, state, messages, offsets)  # type: ignore[arg-type]
+                    messages, offsets = [], []
                 current = (topic, partition)
                 state = partitions.get(current)
-            if state is None or state.revoked:
+                if state is not None and state.revoked:
+                    state = None
+                last = state.last_dispatched if state is not None else -1
+            if state is None:
                 continue  # fetched just before a revoke: the new owner gets it
-            if offset <= state.last_dispatched:
+            if offset <= last:
                 # The tracker needs ascending offsets; the first copy is already in flight.
                 log.warning(
                     "record fetched twice; the first copy is handled",
                     handler=self.spec.name,
-                    topic=state.topic,
-                    partition=state.partition,
+                    topic=topic,
+                    partition=partition,
                     offset=offset,
-                    last_dispatched=state.last_dispatched,
+                    last_dispatched=last,
                 )
                 continue
-            state.last_dispatched = offset
-            state.offsets.add(offset)
-            msg = Message._from_kafka(raw, codec, state, topic, partition, offset)
-            if state.topic in self._retry_topics and self._hold(msg, state):
-                continue
-            state.in_flight += 1
-            ready.append(msg)
-        self.stats.fetched += len(ready)
-        if ready:
-            self._consumed.inc(len(ready))
-        self._in_flight += len(ready)
-        self._changed = self._changed or bool(ready)
+            last = offset
+            messages.append(new_message(raw, codec, state, topic, partition, offset))
+            offsets.append(offset)
+        if messages:
+            self._add_run(runs, state, messages, offsets)  # type: ignore[arg-type]
+        count = sum(len(run[1]) for run in runs)
+        if count:
+            self.stats.fetched += count
+            self._consumed.inc(count)
+            self._in_flight += count
+            self._changed = True
         # Hand over what was counted in flight before raising, or shutdown would wait for it.
-        self._pool.submit(ready)
+        self._pool.submit(runs)
         if fatal is not None:
             raise KafkaException(fatal)
+
+    def _add_run(
+        self,
+        runs: list[Run],
+        state: PartitionState,
+        messages: list[Message[Any]],
+        offsets: list[int],
+    ) -> None:
+        state.last_dispatched = offsets[-1]
+        state.offsets.add_run(offsets)
+        if state.topic in self._retry_topics:
+            messages = [msg for msg in messages if not self._hold(msg, state)]
+            if not messages:
+                return
+        state.in_flight += len(messages)
+        runs.append((state, messages))
 
     def _hold(self, msg: Message[Any], state: PartitionState) -> bool:
         """A record from a retry topic: count its attempts; hold it if it is not due yet."""
@@ -250,21 +297,24 @@ class Poller:
     def _release_due(self) -> None:
         """Dispatch held retry records whose due time has come, in order."""
         now_ms = time.time() * 1000
-        ready: list[Message[Any]] = []
+        runs: list[Run] = []
         for state in list(self._holding):
             delayed = state.delayed
+            ready: list[Message[Any]] = []
             while delayed:
                 due = delayed[0].header(DUE_HEADER)
                 if due is not None and due.isdigit() and int(due) > now_ms:
                     break
                 ready.append(delayed.popleft())
-                state.in_flight += 1
-                self._in_flight += 1
+            if ready:
+                state.in_flight += len(ready)
+                self._in_flight += len(ready)
+                runs.append((state, ready))
             if not delayed:
                 self._holding.discard(state)
-        if ready:
+        if runs:
             self._changed = True  # and resumed once nothing is held
-            self._pool.submit(ready)
+            self._pool.submit(runs)
 
     def _on_error(self, error: KafkaError) -> KafkaError | None:
         """Log a consumer error; return it when it is fatal (the consumer is unusable)."""
@@ -294,17 +344,18 @@ class Poller:
         touched: set[PartitionState] = set()
         finished = returned = 0
         breaker = self._breaker
-        for state, offset, outcome in completions:
+        for state, offsets, outcome in completions:
             if state.forgotten:
                 continue  # from an earlier assignment of the partition: not ours to count
-            state.in_flight -= 1
-            returned += 1
+            count = len(offsets)
+            state.in_flight -= count
+            returned += count
             if outcome != NOT_FINISHED:
-                state.offsets.finish(offset)
+                state.offsets.finish_run(offsets)
                 touched.add(state)
-                finished += 1
+                finished += count
                 if breaker is not None:
-                    breaker.record(outcome == DEAD_LETTERED)
+                    breaker.record(outcome == DEAD_LETTERED, count)
         self.stats.finished += finished
         if finished:
             self._finished.inc(finished)
@@ -369,14 +420,19 @@ class Poller:
         # others may each still grow to their share).
         fair = settings.max_pending // max(1, len(self._partitions))
         over_budget = self._globally_paused
+        limited = [
+            state
+            for state in self._partitions.values()
+            if (over_budget and len(state.offsets) >= fair) or state.over_limit
+        ]
+        withhold = self._withhold([s for s in limited if not s.paused])
         breaker_open = self._update_breaker()
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         for state in self._partitions.values():
             # A retry partition whose head is not due is paused until it is.
             want = (
-                (over_budget and len(state.offsets) >= fair)
-                or state.over_limit
+                (state in limited and (state.paused or not withhold))
                 or breaker_open
                 or bool(state.delayed)
             )
@@ -390,6 +446,27 @@ class Poller:
         if resume:
             self._consumer.resume(resume)
             log.debug("resumed", handler=self.spec.name, partitions=_names(resume))
+
+    def _withhold(self, limited: list[PartitionState]) -> bool:
+        """Whether to withhold records (rather than pause) for these partitions over a limit."""
+        now = time.monotonic()
+        if (
+            not limited
+            or self._pool.recent_handler_seconds >= _WITHHOLD_BELOW
+            or any(state.pause_at_once_until > now for state in limited)
+        ):
+            self._withholding_since = None
+            return False
+        if self._withholding_since is None:
+            self._withholding_since = now
+            self.stats.withheld += 1
+            return True
+        if now - self._withholding_since < _WITHHOLD:
+            return True
+        for state in limited:
+            state.pause_at_once_until = now + _PAUSE_AT_ONCE_FOR
+        self._withholding_since = None
+        return False
 
     def _update_breaker(self) -> bool:
         breaker = self._breaker
@@ -492,7 +569,7 @@ class Poller:
             state.delayed.clear()  # never started: redelivered to the next owner
             self._holding.discard(state)
         dropped = self._pool.drop(states)
-        self._collect((m._state, m.offset, NOT_FINISHED) for m in dropped)
+        self._collect((m._state, [m.offset], NOT_FINISHED) for m in dropped)
 
     # -- shutdown ------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from kafkaworker.observability.metrics import Metrics
 from kafkaworker.producer import Producer
 from kafkaworker.runtime.breaker import CircuitBreaker
 from kafkaworker.runtime.deadletter import FailurePublisher, error_type
-from kafkaworker.runtime.lanes import Lane, LaneKey, lane_key_function
+from kafkaworker.runtime.lanes import Lane, LaneKey, Run, by_lane
 from kafkaworker.runtime.partitions import PartitionState
 from kafkaworker.runtime.retry import is_fatal
 from kafkaworker.runtime.retrytopics import RetryRoutes
@@ -40,8 +40,8 @@ log = structlog.get_logger("kafkaworker.pool")
 # on revoke; its offset is never committed past. (AWAITING_ACK is never reported: msg.ack()
 # reports the message itself.)
 NOT_FINISHED, FINISHED, DEAD_LETTERED, AWAITING_ACK = 0, 1, 2, 3
-# (partition state, offset, outcome)
-Completion = tuple[PartitionState, int, int]
+# (partition state, offsets, outcome): offsets of one partition with one outcome, ascending.
+Completion = tuple[PartitionState, list[int], int]
 CompletionQueue = queue.SimpleQueue[list[Completion]]
 
 # A worker reports what it finished at least this often while it drains a long chunk, so that
@@ -87,13 +87,15 @@ class WorkerPool:
         self._metrics = metrics or Metrics()
         self._handler_seconds = self._metrics.handler_seconds.labels(spec.name)
         self._completions = completions
-        self._lane_key = lane_key_function(spec.ordering)
         self._exclusive = spec.ordering != "none"
         self._cond = threading.Condition(threading.Lock())
         self._lanes: dict[LaneKey, Lane] = {}
         self._ready: deque[Lane] = deque()
         self._closing = False
         self._ack_lock = threading.Lock()  # manual acks: each message is reported once
+        # Mean handler time per message over a worker's latest report (whichever wrote last):
+        # the poll thread's backpressure treats slow handlers differently from fast ones.
+        self.recent_handler_seconds = 0.0
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(spec.concurrency)
@@ -105,22 +107,14 @@ class WorkerPool:
 
     # -- poll thread side -------------------------------------------------------------------
 
-    def submit(self, messages: Iterable[Message[Any]]) -> None:
-        """Queue messages on their lanes (called by the poll thread, once per batch)."""
-        by_lane: dict[LaneKey, list[Message[Any]]] = {}
-        key_of = self._lane_key
-        for msg in messages:
-            key = key_of(msg)
-            bucket = by_lane.get(key)
-            if bucket is None:
-                by_lane[key] = [msg]
-            else:
-                bucket.append(msg)
-        if not by_lane:
+    def submit(self, runs: list[Run]) -> None:
+        """Queue runs of messages (each of one partition, in fetch order) on their lanes;
+        called by the poll thread, once per batch."""
+        if not runs:
             return
         with self._cond:
             woken = 0
-            for key, batch in by_lane.items():
+            for key, batch in by_lane(self.spec.ordering, runs):
                 lane = self._lanes.get(key)
                 if lane is None:
                     lane = self._lanes[key] = Lane(key, exclusive=self._exclusive)
@@ -213,12 +207,20 @@ class WorkerPool:
 
     def _run_chunk(self, chunk: deque[Message[Any]]) -> None:
         report: list[Completion] = []
-        reported_at = time.monotonic()
+        # Offsets finished one after another in one partition: reported as one completion,
+        # which the poll thread's tracker passes over in one step when they are in order.
+        run: list[int] = []
+        run_state: PartitionState | None = None
+        now = reported_at = time.monotonic()
         busy = 0.0  # handler time not yet counted in the metric: it is added per report
 
         def flush() -> None:
-            nonlocal report, reported_at, busy
+            nonlocal report, run, reported_at, busy
+            if run:
+                report.append((run_state, run, FINISHED))  # type: ignore[arg-type]
+                run = []
             if report:
+                self.recent_handler_seconds = busy / sum(len(c[1]) for c in report)
                 self._completions.put(report)
                 report = []
             if busy:
@@ -235,15 +237,21 @@ class WorkerPool:
         while chunk:
             msg = chunk.popleft()
             state = msg._state
+            if state is not run_state:
+                if run:
+                    report.append((run_state, run, FINISHED))  # type: ignore[arg-type]
+                    run = []
+                run_state = state
             if state.revoked:
-                report.append((state, msg.offset, NOT_FINISHED))
+                report.append((state, [msg.offset], NOT_FINISHED))
                 continue
             # What is finished must not wait behind a handler that may take long: report it
             # first when handlers are slow (then one report per message costs nothing), or
             # once it is older than the reporting interval.
-            if report and (slow or time.monotonic() - reported_at >= _REPORT_EVERY):
+            if (run or report) and (slow or now - reported_at >= _REPORT_EVERY):
                 flush()
-            started = time.monotonic()
+                now = reported_at
+            started = now  # one clock reading per message: it ends one call, starts the next
             try:
                 if plain:
                     try:
@@ -257,7 +265,8 @@ class WorkerPool:
                 # A bug of the runtime's own: the message stays unfinished, never skipped.
                 log.exception("failed to run the handler", **_where(self.spec, msg))
                 outcome = NOT_FINISHED
-            elapsed = time.monotonic() - started
+            now = time.monotonic()
+            elapsed = now - started
             busy += elapsed
             slow = elapsed >= _SLOW_HANDLER
             if outcome == AWAITING_ACK:
@@ -265,7 +274,13 @@ class WorkerPool:
             # A manual-ack message is reported exactly once: by msg.ack(), or here.
             if manual and not self._claim(msg):
                 continue
-            report.append((state, msg.offset, outcome))
+            if outcome == FINISHED:
+                run.append(msg.offset)
+                continue
+            if run:
+                report.append((state, run, FINISHED))
+                run = []
+            report.append((state, [msg.offset], outcome))
         flush()
 
     def _run_batches(self, lane: Lane, chunk: deque[Message[Any]]) -> None:
@@ -287,7 +302,7 @@ class WorkerPool:
         while chunk:
             batch = [chunk.popleft() for _ in range(min(policy.max_size, len(chunk)))]
             report: list[Completion] = [
-                (m._state, m.offset, NOT_FINISHED) for m in batch if m._state.revoked
+                (m._state, [m.offset], NOT_FINISHED) for m in batch if m._state.revoked
             ]
             live = [m for m in batch if not m._state.revoked]
             if live:
@@ -298,7 +313,7 @@ class WorkerPool:
                     log.exception("failed to run the batch handler", handler=self.spec.name)
                     outcomes = [NOT_FINISHED] * len(live)
                 self._handler_seconds.inc(time.monotonic() - started)
-                report += [(m._state, m.offset, o) for m, o in zip(live, outcomes, strict=True)]
+                report += [(m._state, [m.offset], o) for m, o in zip(live, outcomes, strict=True)]
             self._completions.put(report)
 
     def _execute_batch(self, batch: list[Message[Any]]) -> list[int]:
@@ -438,7 +453,7 @@ class WorkerPool:
 
             def ack() -> None:
                 if claim(msg):
-                    completions.put([(state, msg.offset, FINISHED)])
+                    completions.put([(state, [msg.offset], FINISHED)])
 
             msg._ack = ack
         retry = 0

@@ -209,7 +209,7 @@ def test_manual_ack_commits_only_what_was_acknowledged(
         assert [s.in_flight for s in poller._partitions.values()] == [0]
 
 
-def test_backpressure_bounds_outstanding_work_and_pauses(
+def test_backpressure_bounds_outstanding_work(
     kafka_bootstrap: str, new_topic: TopicFactory
 ) -> None:
     topic = new_topic(1)
@@ -231,9 +231,68 @@ def test_backpressure_bounds_outstanding_work_and_pauses(
         runner_box.append(runner)
         wait_until(lambda: len(outstanding) >= 300, 60, "every message handled")
         stats = runner.workers[0].poller.stats
-        assert stats.pauses > 0
-    # At most the limit plus one batch fetched before the pause took effect.
+        assert stats.withheld + stats.pauses > 0
+    # At most the limit plus one batch fetched before backpressure took effect.
     assert max(outstanding) <= 20 + 10
+
+
+def test_a_fast_handler_over_its_limit_is_withheld_from_not_paused(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    """librdkafka drops a paused partition's prefetched records: a handler that drains
+    quickly must get them from the local queue, not refetch them after every pause."""
+    topic = new_topic(1)
+    produce(kafka_bootstrap, topic, [b"x"] * 3000)
+    handled = Tracker()
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec="raw", concurrency=2)
+    def handle(msg: Message[bytes]) -> None:
+        handled.enter()
+        handled.leave(msg)
+
+    settings = make_settings(
+        kafka_bootstrap, max_pending_per_partition=100, max_pending=1000, poll_batch=50
+    )
+    with running(app, settings) as runner:
+        wait_until(lambda: handled.count() == 3000, 60, "every message handled")
+        stats = runner.workers[0].poller.stats
+        assert stats.withheld > 0
+        assert stats.pauses == 0
+
+
+def test_a_stuck_partition_is_paused_and_the_others_keep_flowing(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    """Withholding records stops every partition, so it must not last: the partition over its
+    limit is paused, and the rest flows while its handler is stuck."""
+    topic = new_topic(2)
+    produce(kafka_bootstrap, topic, [b"x"] * 100, partitions=[0] * 100)
+    release = threading.Event()
+    handled: list[int] = []
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec="raw", concurrency=2)
+    def handle(msg: Message[bytes]) -> None:
+        if msg.partition == 0:
+            release.wait(60)
+        handled.append(msg.partition)
+
+    settings = make_settings(
+        kafka_bootstrap, max_pending_per_partition=20, max_pending=1000, poll_batch=10
+    )
+    with running(app, settings) as runner:
+        try:
+            poller = runner.workers[0].poller
+            wait_until(lambda: poller.stats.pauses > 0, 30, "the stuck partition paused")
+            assert [s.paused for s in poller._partitions.values() if s.partition == 0] == [True]
+            # Records of partition 1 now queue behind none of partition 0's.
+            produce(kafka_bootstrap, topic, [b"y"] * 200, partitions=[1] * 200)
+            wait_until(lambda: handled.count(1) == 200, 60, "partition 1 handled while 0 is stuck")
+            assert handled.count(0) == 0
+        finally:
+            release.set()
+        wait_until(lambda: len(handled) == 300, 60, "every message handled")
 
 
 def test_over_the_handler_budget_no_partition_is_starved(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from kafkaworker.runtime.breaker import CircuitBreaker
 
 
@@ -59,3 +62,18 @@ def test_closes_after_the_cooldown_with_an_empty_window() -> None:
     assert b.share == 0.0
     b.record(True)
     assert b.update() is None  # fresh evidence needed before it opens again
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(min_value=1, max_value=30)), max_size=40))
+def test_recording_a_run_counts_as_its_messages_one_by_one(runs: list[tuple[bool, int]]) -> None:
+    """Workers report runs of finished messages; the window must not care."""
+    by_run, one_by_one = _breaker(), _breaker()
+    for dead, count in runs:
+        by_run.record(dead, count)
+        for _ in range(count):
+            one_by_one.record(dead)
+        assert by_run.share == one_by_one.share
+
+
+def _breaker() -> CircuitBreaker:
+    return CircuitBreaker(threshold=0.5, window=20, min_messages=5, cooldown=1.0)

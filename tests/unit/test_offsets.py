@@ -97,3 +97,46 @@ def test_committed_reaches_the_end_when_everything_finishes(
     assert offsets.committable == fetched[-1] + 1
     assert positions == sorted(positions)  # the position only ever moves forward
     assert len(offsets) == 0
+
+
+class _CompactingOften(PartitionOffsets):
+    __slots__ = ()
+    _COMPACT_AFTER = 3  # exercise dropping the finished head on every few advances
+
+
+@given(fetched_and_finish_order(), st.data())
+def test_runs_finished_in_or_out_of_order_match_one_at_a_time(
+    case: tuple[list[int], list[int]], data: st.DataObject
+) -> None:
+    """Workers report runs: in fetch order (a partition lane) or not (keys, retries)."""
+    fetched, shuffled = case
+    # Half the cases finish in fetch order, the way a partition lane does.
+    finish_order = fetched if data.draw(st.booleans()) else shuffled
+    runs = _split(finish_order, data)
+    offsets, reference = _CompactingOften(), PartitionOffsets()
+    for run in _split(fetched, data):
+        offsets.add_run(run)
+    for offset in fetched:
+        reference.add(offset)
+    for run in runs:
+        offsets.finish_run(run)
+        for offset in run:
+            reference.finish(offset)
+        if data.draw(st.booleans()):  # the poll thread advances after some reports only
+            assert offsets.advance() == reference.advance()
+            assert offsets.committable == reference.committable
+            assert len(offsets) == len(reference)
+            assert offsets.lowest_unfinished() == reference.lowest_unfinished()
+    offsets.advance()
+    assert offsets.committable == fetched[-1] + 1
+    assert len(offsets) == 0
+    assert offsets.lowest_unfinished() is None
+
+
+def _split(items: list[int], data: st.DataObject) -> list[list[int]]:
+    runs, start = [], 0
+    while start < len(items):
+        size = data.draw(st.integers(min_value=1, max_value=len(items) - start))
+        runs.append(items[start : start + size])
+        start += size
+    return runs
