@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from pydantic import ValidationError
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _UNSET: Any = object()
+_JSON = CODECS["json"]
+_json_loads = orjson.loads
 
 
 class Message(Generic[T]):
@@ -111,6 +114,36 @@ class Message(Generic[T]):
         msg._state = state
         return msg
 
+    @classmethod
+    def _from_run(  # noqa: PLR0917 - the hot path: positional is the cheap call
+        cls,
+        records: list[confluent_kafka.Message],
+        offsets: list[int],
+        codec: Codec,
+        state: Any,
+        topic: str,
+        partition: int,
+    ) -> list[Message[Any]]:
+        """Messages for a run of records of one partition (the poll thread read their offsets
+        already): _from_kafka's work without a call per record."""
+        new = cls.__new__
+        messages: list[Message[Any]] = []
+        append = messages.append
+        for raw, offset in zip(records, offsets, strict=True):
+            msg: Message[Any] = new(cls)
+            msg.topic = topic
+            msg.partition = partition
+            msg.offset = offset
+            msg.attempt = 1
+            msg._raw = raw
+            msg._codec = codec
+            msg._key = msg._raw_value = msg._headers = msg._timestamp = msg._value = _UNSET
+            msg._ack = None
+            msg._acked = False
+            msg._state = state
+            append(msg)
+        return messages
+
     @property
     def key(self) -> bytes | None:
         if self._key is _UNSET:
@@ -151,29 +184,33 @@ class Message(Generic[T]):
     def value(self) -> T:
         """The value decoded by the handler's codec (decoded once, on first access)."""
         value = self._value
-        if value is _UNSET:
-            value = self._value = self._decode()
-        return value  # type: ignore[no-any-return]
-
-    def _decode(self) -> Any:
-        # The hot path of every handler that reads its value: no property calls in here.
+        if value is not _UNSET:
+            return value  # type: ignore[no-any-return]
+        # The hot path of every handler that reads its value: no further Python calls for the
+        # default codec, whose decode is orjson's.
         data = self._raw_value
         if data is _UNSET:
             data = self._raw_value = self._raw.value()
-        if data is None:
-            return None
         codec = self._codec
-        # Built-in codecs never read headers: skip building the list for them.
-        headers = self.headers if getattr(codec, "uses_headers", True) else ()
         try:
-            return codec.decode(data, headers)
+            if data is None:
+                value = None
+            elif codec is _JSON:
+                value = _json_loads(data)
+            else:
+                # Built-in codecs never read headers: skip building the list for them.
+                headers = self.headers if getattr(codec, "uses_headers", True) else ()
+                value = codec.decode(data, headers)
         except ValidationError:
             raise  # names the failing fields; fatal as it is
         except Exception as exc:
+            reason = "the value is empty" if not data else str(exc)
             raise DeserializationError(
                 f"cannot decode the value of {self.topic}[{self.partition}]@{self.offset}"
-                f" with the {codec.name} codec: {exc}"
+                f" with the {codec.name} codec: {reason}"
             ) from exc
+        self._value = value
+        return value  # type: ignore[no-any-return]
 
     def ack(self) -> None:
         """Mark the message finished (handlers with ack="manual"). Safe from any thread, once.

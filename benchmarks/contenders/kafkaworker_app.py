@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -16,6 +17,8 @@ def main() -> None:
     a = args()
     sleep = float(a.get("sleep_ms", "0")) / 1000
     meter = Meter(int(a["messages"]), latency=a.get("latency") == "1")
+    if "switch_interval" in a:
+        sys.setswitchinterval(float(a["switch_interval"]))
     app = App("bench")
 
     options: dict[str, Any] = {
@@ -46,6 +49,7 @@ def main() -> None:
         {
             "kafka": {"bootstrap_servers": a["bootstrap"]},
             "log_level": "WARNING",
+            **({"poll_batch": int(a["poll_batch"])} if "poll_batch" in a else {}),
             **(
                 {
                     "max_pending": int(a["max_pending"]),

@@ -168,8 +168,11 @@ class Poller:
                 # rebalance callbacks, and a record from before a revoke must not reach the
                 # next assignment.
                 self._dispatch([first])
-                if self.settings.poll_batch > 1:
-                    self._dispatch(self._consumer.consume(self.settings.poll_batch - 1, 0))
+                # No more than the handler's budget has room for: a large batch must not
+                # overshoot a small max_pending.
+                take = min(self.settings.poll_batch, self.settings.max_pending - self._in_flight)
+                if take > 1:
+                    self._dispatch(self._consumer.consume(take - 1, 0))
             if self._holding:
                 self._release_due()
             self._collect(self._drain())
@@ -212,12 +215,10 @@ class Poller:
         # tracking, counting) is done once per run, only the Message once per record.
         runs: list[Run] = []
         partitions = self._partitions
-        new_message = Message._from_kafka
-        codec = self._codec
         fatal: KafkaError | None = None
         current: tuple[str, int] | None = None
         state: PartitionState | None = None
-        messages: list[Message[Any]] = []
+        records: list[Any] = []
         offsets: list[int] = []
         last = -1
         for raw in batch:
@@ -227,9 +228,9 @@ class Poller:
                 continue
             topic, partition, offset = raw.topic(), raw.partition(), raw.offset()
             if current is None or partition != current[1] or topic != current[0]:
-                if messages:
-                    self._add_run(runs, state, messages, offsets)  # type: ignore[arg-type]
-                    messages, offsets = [], []
+                if records:
+                    self._add_run(runs, state, records, offsets)  # type: ignore[arg-type]
+                    records, offsets = [], []
                 current = (topic, partition)
                 state = partitions.get(current)
                 if state is not None and state.revoked:
@@ -249,10 +250,10 @@ class Poller:
                 )
                 continue
             last = offset
-            messages.append(new_message(raw, codec, state, topic, partition, offset))
+            records.append(raw)
             offsets.append(offset)
-        if messages:
-            self._add_run(runs, state, messages, offsets)  # type: ignore[arg-type]
+        if records:
+            self._add_run(runs, state, records, offsets)  # type: ignore[arg-type]
         count = sum(len(run[1]) for run in runs)
         if count:
             self.stats.fetched += count
@@ -265,14 +266,13 @@ class Poller:
             raise KafkaException(fatal)
 
     def _add_run(
-        self,
-        runs: list[Run],
-        state: PartitionState,
-        messages: list[Message[Any]],
-        offsets: list[int],
+        self, runs: list[Run], state: PartitionState, records: list[Any], offsets: list[int]
     ) -> None:
         state.last_dispatched = offsets[-1]
         state.offsets.add_run(offsets)
+        messages = Message._from_run(
+            records, offsets, self._codec, state, state.topic, state.partition
+        )
         if state.topic in self._retry_topics:
             messages = [msg for msg in messages if not self._hold(msg, state)]
             if not messages:

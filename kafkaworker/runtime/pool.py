@@ -233,8 +233,10 @@ class WorkerPool:
         # in _execute takes over only once it raises.
         plain = not manual and self.spec.output is None
         call = self._call
+        clock = time.monotonic
         slow = False
         while chunk:
+            # Popped, not iterated: a handled message is freed at once, not with the chunk.
             msg = chunk.popleft()
             state = msg._state
             if state is not run_state:
@@ -265,7 +267,7 @@ class WorkerPool:
                 # A bug of the runtime's own: the message stays unfinished, never skipped.
                 log.exception("failed to run the handler", **_where(self.spec, msg))
                 outcome = NOT_FINISHED
-            now = time.monotonic()
+            now = clock()
             elapsed = now - started
             busy += elapsed
             slow = elapsed >= _SLOW_HANDLER

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from confluent_kafka import Message as KafkaRecord
 
 from kafkaworker import DeserializationError, Message
 from kafkaworker.serialization import CODECS
@@ -80,3 +81,31 @@ def test_undecodable_json_is_a_deserialization_error_naming_the_record(payload: 
     msg = Message._from_kafka(Raw(), CODECS["json"])  # type: ignore[arg-type]
     with pytest.raises(DeserializationError, match=r"orders\[3\]@41 with the json codec"):
         _ = msg.value
+
+
+def test_an_empty_value_says_so() -> None:
+    [msg] = Message._from_run(
+        [KafkaRecord(topic="orders", partition=3, offset=41, value=b"")],
+        [41],
+        CODECS["json"],
+        None,
+        "orders",
+        3,
+    )
+    with pytest.raises(DeserializationError, match=r"orders\[3\]@41 .*: the value is empty"):
+        _ = msg.value
+
+
+def test_messages_of_a_run_carry_their_record_and_coordinates() -> None:
+    records = [
+        KafkaRecord(topic="t", partition=2, offset=o, key=b"k%d" % o, value=b'{"n": %d}' % o)
+        for o in (5, 9)
+    ]
+    state = object()
+    messages = Message._from_run(records, [5, 9], CODECS["json"], state, "t", 2)
+    assert [(m.topic, m.partition, m.offset, m.attempt) for m in messages] == [
+        ("t", 2, 5, 1),
+        ("t", 2, 9, 1),
+    ]
+    assert [(m.key, m.value) for m in messages] == [(b"k5", {"n": 5}), (b"k9", {"n": 9})]
+    assert all(m._state is state for m in messages)
