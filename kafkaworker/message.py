@@ -204,7 +204,8 @@ class Message(Generic[T]):
         except ValidationError:
             raise  # names the failing fields; fatal as it is
         except Exception as exc:
-            reason = "the value is empty" if not data else str(exc)
+            # orjson's own words for it ("Input is a zero-length, empty document") are less clear.
+            reason = "the value is empty" if not data and codec is _JSON else str(exc)
             raise DeserializationError(
                 f"cannot decode the value of {self.topic}[{self.partition}]@{self.offset}"
                 f" with the {codec.name} codec: {reason}"

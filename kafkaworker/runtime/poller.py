@@ -420,11 +420,11 @@ class Poller:
         # others may each still grow to their share).
         fair = settings.max_pending // max(1, len(self._partitions))
         over_budget = self._globally_paused
-        limited = [
+        limited = {
             state
             for state in self._partitions.values()
             if (over_budget and len(state.offsets) >= fair) or state.over_limit
-        ]
+        }
         withhold = self._withhold([s for s in limited if not s.paused])
         breaker_open = self._update_breaker()
         pause: list[TopicPartition] = []

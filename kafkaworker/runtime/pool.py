@@ -213,19 +213,21 @@ class WorkerPool:
         run_state: PartitionState | None = None
         now = reported_at = time.monotonic()
         busy = 0.0  # handler time not yet counted in the metric: it is added per report
+        calls = 0  # handler calls in `busy`
 
         def flush() -> None:
-            nonlocal report, run, reported_at, busy
+            nonlocal report, run, reported_at, busy, calls
             if run:
                 report.append((run_state, run, FINISHED))  # type: ignore[arg-type]
                 run = []
             if report:
-                self.recent_handler_seconds = busy / sum(len(c[1]) for c in report)
                 self._completions.put(report)
                 report = []
-            if busy:
+            if calls:
+                self.recent_handler_seconds = busy / calls
                 self._handler_seconds.inc(busy)
                 busy = 0.0
+                calls = 0
             reported_at = time.monotonic()
 
         manual = self.spec.ack == "manual"
@@ -270,6 +272,7 @@ class WorkerPool:
             now = clock()
             elapsed = now - started
             busy += elapsed
+            calls += 1
             slow = elapsed >= _SLOW_HANDLER
             if outcome == AWAITING_ACK:
                 continue
@@ -314,7 +317,9 @@ class WorkerPool:
                 except BaseException:
                     log.exception("failed to run the batch handler", handler=self.spec.name)
                     outcomes = [NOT_FINISHED] * len(live)
-                self._handler_seconds.inc(time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                self._handler_seconds.inc(elapsed)
+                self.recent_handler_seconds = elapsed / len(live)
                 report += [(m._state, [m.offset], o) for m, o in zip(live, outcomes, strict=True)]
             self._completions.put(report)
 

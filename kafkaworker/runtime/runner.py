@@ -368,7 +368,9 @@ def tuned_gc(enabled: bool) -> Iterator[None]:
     Frozen objects (modules, settings, handler specs, librdkafka's wrappers) are never garbage;
     without freezing, each full collection walks all of them again. Cycles are still collected.
     """
-    if not enabled:
+    if not enabled or gc.get_freeze_count():
+        # Frozen already: by another Runner in this process (whose exit restores Python's
+        # settings) or by the application itself. Its objects are not ours to unfreeze.
         yield
         return
     previous = gc.get_threshold()

@@ -22,3 +22,13 @@ def test_off_leaves_the_collector_alone() -> None:
     with tuned_gc(False):
         assert gc.get_freeze_count() == 0
         assert gc.get_threshold() == before
+
+
+def test_a_second_runner_in_the_process_leaves_the_first_ones_settings_alone() -> None:
+    before = gc.get_threshold()
+    with tuned_gc(True):
+        tuned, frozen = gc.get_threshold(), gc.get_freeze_count()
+        with tuned_gc(True):
+            assert (gc.get_threshold(), gc.get_freeze_count()) == (tuned, frozen)
+        assert (gc.get_threshold(), gc.get_freeze_count()) == (tuned, frozen)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (before, 0)
