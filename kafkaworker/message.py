@@ -90,28 +90,18 @@ class Message(Generic[T]):
         self._state: Any = None  # the runtime's PartitionState
 
     @classmethod
-    def _from_kafka(  # noqa: PLR0917 - the hot path: positional is the cheap call
-        cls,
-        raw: confluent_kafka.Message,
-        codec: Codec,
-        state: Any = None,
-        topic: str | None = None,
-        partition: int | None = None,
-        offset: int | None = None,
+    def _from_kafka(
+        cls, raw: confluent_kafka.Message, codec: Codec, state: Any = None
     ) -> Message[Any]:
-        """The runtime's constructor: no copying, nothing decoded yet. The poll thread passes
-        the coordinates it already read, saving three calls into the C record per message."""
-        msg: Message[Any] = cls.__new__(cls)
-        msg.topic = topic if topic is not None else raw.topic()  # type: ignore[assignment]
-        msg.partition = partition if partition is not None else raw.partition()  # type: ignore[assignment]
-        msg.offset = offset if offset is not None else raw.offset()  # type: ignore[assignment]
-        msg.attempt = 1
-        msg._raw = raw
-        msg._codec = codec
-        msg._key = msg._raw_value = msg._headers = msg._timestamp = msg._value = _UNSET
-        msg._ack = None
-        msg._acked = False
-        msg._state = state
+        """One record as the runtime builds it: no copying, nothing decoded yet."""
+        [msg] = cls._from_run(
+            [raw],
+            [raw.offset()],  # type: ignore[list-item]
+            codec,
+            state,
+            raw.topic(),  # type: ignore[arg-type]
+            raw.partition(),  # type: ignore[arg-type]
+        )
         return msg
 
     @classmethod
@@ -125,7 +115,7 @@ class Message(Generic[T]):
         partition: int,
     ) -> list[Message[Any]]:
         """Messages for a run of records of one partition (the poll thread read their offsets
-        already): _from_kafka's work without a call per record."""
+        already), without a call per record: no copying, nothing decoded yet."""
         new = cls.__new__
         messages: list[Message[Any]] = []
         append = messages.append
