@@ -215,11 +215,15 @@ class WorkerPool:
         busy = 0.0  # handler time not yet counted in the metric: it is added per report
         calls = 0  # handler calls in `busy`
 
-        def flush() -> None:
-            nonlocal report, run, reported_at, busy, calls
+        def close_run() -> None:
+            nonlocal run
             if run:
                 report.append((run_state, run, FINISHED))  # type: ignore[arg-type]
                 run = []
+
+        def flush() -> None:
+            nonlocal report, reported_at, busy, calls
+            close_run()
             if report:
                 self._completions.put(report)
                 report = []
@@ -242,9 +246,7 @@ class WorkerPool:
             msg = chunk.popleft()
             state = msg._state
             if state is not run_state:
-                if run:
-                    report.append((run_state, run, FINISHED))  # type: ignore[arg-type]
-                    run = []
+                close_run()
                 run_state = state
             if state.revoked:
                 report.append((state, [msg.offset], NOT_FINISHED))
@@ -282,9 +284,7 @@ class WorkerPool:
             if outcome == FINISHED:
                 run.append(msg.offset)
                 continue
-            if run:
-                report.append((state, run, FINISHED))
-                run = []
+            close_run()
             report.append((state, [msg.offset], outcome))
         flush()
 
