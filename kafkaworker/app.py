@@ -65,6 +65,13 @@ class App:
         batch: BatchPolicy | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
+        if callable(topics) and not isinstance(topics, str):
+            # `@app.handler` without parentheses: Python passed the function as the topics.
+            func_name = getattr(topics, "__name__", repr(topics))
+            raise ConfigError(
+                f"handler {func_name!r}: @app.handler needs its topic(s), as in "
+                f'@app.handler("orders"); it was used without parentheses'
+            )
         topic_tuple = (topics,) if isinstance(topics, str) else tuple(topics)
 
         def register(func: F) -> F:

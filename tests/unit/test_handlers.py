@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -98,3 +99,49 @@ def test_backoff_is_validated() -> None:
 def test_app_name_must_be_a_non_empty_string() -> None:
     with pytest.raises(ConfigError, match="App name ''"):
         App("")
+
+
+async def async_handler(msg: Message[Any]) -> None:
+    pass
+
+
+class AsyncCallable:
+    async def __call__(self, msg: Message[Any]) -> None:
+        pass
+
+
+async def async_generator(msg: Message[Any]) -> Any:
+    yield msg
+
+
+@pytest.mark.parametrize(
+    ("func", "name"),
+    [
+        (async_handler, "async_handler"),
+        (functools.partial(async_handler), "partial"),
+        (AsyncCallable(), "callable"),
+        (async_generator, "async_generator"),
+    ],
+)
+def test_async_handlers_are_refused_at_declaration(func: Any, name: str) -> None:
+    # Until the runtime awaits them, an async handler would lose every message: its coroutine
+    # is never awaited and its offsets are committed.
+    app = App("svc")
+    with pytest.raises(ConfigError) as raised:
+        app.handler("orders", name=name)(func)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"handler {name!r} is an async def" in message
+    assert "next release" in message
+    assert app.handlers == {}
+
+
+def test_decorator_without_parentheses_is_a_one_line_error_showing_the_right_form() -> None:
+    app = App("svc")
+    with pytest.raises(ConfigError) as raised:
+        app.handler(handler)  # type: ignore[arg-type]  # `@app.handler` with no arguments
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "'handler'" in message
+    assert '@app.handler("orders")' in message
+    assert app.handlers == {}
