@@ -9,6 +9,7 @@ def handle_order(msg: Message) -> None: ...
 """
 
 from kafkaworker.app import App
+from kafkaworker.backoff import Backoff
 from kafkaworker.errors import (
     AppImportError,
     BatchFailures,
@@ -22,7 +23,6 @@ from kafkaworker.errors import (
 from kafkaworker.handlers import BatchPolicy
 from kafkaworker.message import Message
 from kafkaworker.producer import ProduceError, Producer
-from kafkaworker.runtime.retry import Backoff
 from kafkaworker.settings import Settings, load_settings
 
 __version__ = "0.1.0"

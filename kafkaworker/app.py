@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
+
+from kafkaworker.backoff import Backoff
 from kafkaworker.errors import ConfigError
 from kafkaworker.handlers import AckMode, BatchPolicy, HandlerSpec, OnExhausted, Ordering
 from kafkaworker.producer import Producer
-from kafkaworker.runtime.retry import Backoff
 from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings, load_settings
 
@@ -17,6 +21,15 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[[], None]
+
+log = structlog.get_logger("kafkaworker.app")
+
+
+@dataclass
+class Lifespan:
+    """What became of a run's lifespan (see App.lifespan)."""
+
+    shutdown_failed: bool = False
 
 
 class App:
@@ -34,7 +47,7 @@ class App:
         self.settings = settings
         self._handlers: dict[str, HandlerSpec] = {}
         self._producer: Producer | None = None
-        self._run_settings: Settings | None = None  # set by the Runner while the app runs
+        self._run_settings: Settings | None = None  # a run's settings, during its lifespan
         # A Schema Registry client for codec="avro" handlers; None: built from the settings'
         # schema_registry. (Set it to share one client, e.g. a mock:// one in tests.)
         self.schema_registry: Any = None
@@ -116,13 +129,41 @@ class App:
             self._producer = Producer(settings, client_id=f"{self.name}.producer")
         return self._producer
 
+    @contextlib.contextmanager
+    def lifespan(self, settings: Settings) -> Iterator[Lifespan]:
+        """The app's part of a run: app.producer is built from the run's `settings`, the
+        startup hooks run on entry, and on exit (once every consumer has stopped) the
+        shutdown hooks run and then the producer is flushed and closed. A startup hook that
+        raises fails the run; one at shutdown is logged and marks `shutdown_failed`."""
+        lifespan = Lifespan()
+        self._run_settings = settings
+        try:
+            for hook in self.startup_hooks:
+                hook()
+            yield lifespan
+        finally:
+            for hook in self.shutdown_hooks:
+                try:
+                    hook()
+                except Exception:
+                    log.exception(
+                        "shutdown hook failed", hook=getattr(hook, "__name__", repr(hook))
+                    )
+                    lifespan.shutdown_failed = True
+            producer, self._producer, self._run_settings = self._producer, None, None
+            if producer is not None:
+                undelivered = producer.close(timeout=10)
+                if undelivered:
+                    log.warning("producer closed with undelivered records", count=undelivered)
+
     def on_startup(self, func: Hook) -> Hook:
         """Run `func` once before any consumer starts (e.g. open a connection pool)."""
         self.startup_hooks.append(func)
         return func
 
     def on_shutdown(self, func: Hook) -> Hook:
-        """Run `func` once after every consumer has stopped and committed."""
+        """Run `func` once after every consumer has stopped and committed (app.producer is
+        still open then)."""
         self.shutdown_hooks.append(func)
         return func
 

@@ -121,8 +121,8 @@ def _supervise(  # noqa: PLR0917
     overrides: dict[str, Any],
 ) -> int:
     from kafkaworker.observability import logging as kw_logging  # noqa: PLC0415
+    from kafkaworker.runtime.processes.supervisor import Supervisor  # noqa: PLC0415
     from kafkaworker.runtime.runner import stale_after  # noqa: PLC0415
-    from kafkaworker.runtime.supervisor import Supervisor  # noqa: PLC0415
 
     settings = settings_for_run(app.settings, settings_path, overrides)
     command = [sys.executable, "-m", "kafkaworker", "run", app_ref, "--child"]

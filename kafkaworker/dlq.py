@@ -21,8 +21,8 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from kafkaworker.errors import KafkaWorkerError, StartupError
+from kafkaworker.headers import PREFIX, REPLAYED_FROM
 from kafkaworker.producer import Producer
-from kafkaworker.runtime.deadletter import HEADER_PREFIX
 from kafkaworker.settings import Settings
 
 
@@ -99,8 +99,8 @@ def parse(record: Any) -> DeadLetterRecord:
     headers: list[tuple[str, bytes | None]] = []
     failure: dict[str, str] = {}
     for name, value in record.headers() or []:
-        if name.startswith(HEADER_PREFIX):
-            failure[name[len(HEADER_PREFIX) :]] = (value or b"").decode("utf-8", "replace")
+        if name.startswith(PREFIX):
+            failure[name[len(PREFIX) :]] = (value or b"").decode("utf-8", "replace")
         else:
             headers.append((name, value))
     return DeadLetterRecord(
@@ -289,7 +289,7 @@ def replay(
                             headers=[
                                 *record.headers,
                                 (
-                                    HEADER_PREFIX + "replayed_from",
+                                    REPLAYED_FROM,
                                     f"{topic}[{record.partition}]@{record.offset}".encode(),
                                 ),
                             ],

@@ -11,11 +11,10 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel
 
+from kafkaworker.backoff import Backoff
 from kafkaworker.errors import ConfigError
 from kafkaworker.message import Message
-from kafkaworker.runtime.retry import Backoff
 from kafkaworker.serialization import RUNTIME_CODECS, Codec, get_codec
-from kafkaworker.serialization.models import ModelCodec
 
 Ordering = Literal["partition", "key", "none"]
 AckMode = Literal["auto", "manual"]
@@ -161,17 +160,15 @@ class HandlerSpec:
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "takes_value", takes_value)
 
-    def message_codec(self, runtime_codecs: Mapping[str, Codec] | None = None) -> Codec:
-        """The codec the handler's messages are decoded with (validating into its model).
+    def value_codec(self, runtime_codecs: Mapping[str, Codec] | None = None) -> Codec:
+        """The codec of the handler's values (without model validation).
 
         A codec named in RUNTIME_CODECS ("avro") comes from `runtime_codecs`, built by the
         runner (it needs the Schema Registry client).
         """
         if isinstance(self.codec, str) and self.codec in (runtime_codecs or {}):
-            codec = (runtime_codecs or {})[self.codec]
-        else:
-            codec = get_codec(self.codec)
-        return ModelCodec(codec, self.model) if self.model is not None else codec
+            return (runtime_codecs or {})[self.codec]
+        return get_codec(self.codec)
 
     def call(self) -> Callable[[Message[Any]], Any]:
         """How the runtime calls the handler: with the Message, or with its validated value."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -20,6 +21,9 @@ T = TypeVar("T")
 _UNSET: Any = object()
 _JSON = CODECS["json"]
 _json_loads = orjson.loads
+# Manual acks: a message is reported once, whoever claims it first (the handler's thread,
+# another thread calling ack(), or the runtime giving it up). Rare enough for one lock.
+_CLAIM = threading.Lock()
 
 
 class Message(Generic[T]):
@@ -88,21 +92,6 @@ class Message(Generic[T]):
         self._ack: Callable[[], None] | None = None
         self._acked = False
         self._state: Any = None  # the runtime's PartitionState
-
-    @classmethod
-    def _from_kafka(
-        cls, raw: confluent_kafka.Message, codec: Codec, state: Any = None
-    ) -> Message[Any]:
-        """One record as the runtime builds it: no copying, nothing decoded yet."""
-        [msg] = cls._from_run(
-            [raw],
-            [raw.offset()],  # type: ignore[list-item]
-            codec,
-            state,
-            raw.topic(),  # type: ignore[arg-type]
-            raw.partition(),  # type: ignore[arg-type]
-        )
-        return msg
 
     @classmethod
     def _from_run(  # noqa: PLR0917 - the hot path: positional is the cheap call
@@ -210,10 +199,26 @@ class Message(Generic[T]):
         With ack="auto" the runtime acknowledges when the handler returns; calling ack() then
         does nothing.
         """
-        if self._ack is not None:
-            self._ack()  # the runtime's: reports the message once, whoever calls first
-        else:
+        report = self._ack
+        if self._claim() and report is not None:
+            report()
+
+    @property
+    def acked(self) -> bool:
+        """Whether ack() was called (or the runtime reported the message otherwise)."""
+        return self._acked
+
+    def _on_ack(self, report: Callable[[], None]) -> None:
+        """The runtime's: how ack() reports this message finished."""
+        self._ack = report
+
+    def _claim(self) -> bool:
+        """Take the right to report the message; False when it was taken already."""
+        with _CLAIM:
+            if self._acked:
+                return False
             self._acked = True
+            return True
 
     def __repr__(self) -> str:
         return f"<Message {self.topic}[{self.partition}]@{self.offset} attempt={self.attempt}>"

@@ -27,7 +27,7 @@ ClientValue = str | int | float | bool
 # librdkafka properties the runtime owns: changing them would break at-least-once.
 RESERVED_CONSUMER_PROPERTIES = {
     "enable.auto.offset.store": "offsets are stored only once a message is finished",
-    "enable.auto.commit": "the runtime commits stored offsets periodically and on revoke",
+    "enable.auto.commit": "the runtime commits finished offsets periodically and on revoke",
     "group.id": "set the group with @app.handler(group=...) or handlers.<name>.group",
     "on_commit": "the runtime installs its own commit callback",
 }

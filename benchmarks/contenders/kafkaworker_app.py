@@ -78,8 +78,8 @@ def main() -> None:
         # How often backpressure stopped taking records, and paused partitions (each pause
         # drops the partition's prefetched records in librdkafka).
         backpressure={
-            "withheld": sum(w.poller.stats.withheld for w in runner.workers),
-            "pauses": sum(w.poller.stats.pauses for w in runner.workers),
+            "withheld": sum(w.poller.stats.withheld for w in runner.handlers),
+            "pauses": sum(w.poller.stats.pauses for w in runner.handlers),
         },
     )
 

@@ -1,4 +1,4 @@
-"""Runner: one per process. One TopicWorker per handler, signals, exit codes.
+"""Runner: one per process. One HandlerRuntime per handler, signals, exit codes.
 
 Exit codes: 0 after a graceful shutdown; 1 when a worker failed or start-up was refused;
 128 + signal number when a second signal cut the shutdown short.
@@ -22,16 +22,16 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from kafkaworker.backoff import Backoff
 from kafkaworker.errors import ConfigError, StartupError
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability import logging as kw_logging
 from kafkaworker.observability.health import Health, evaluate
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.observability.server import MetricsServer
-from kafkaworker.producer import Producer
-from kafkaworker.runtime.retry import Backoff
-from kafkaworker.runtime.retrytopics import RetryRoutes
-from kafkaworker.runtime.worker import TopicWorker, consumer_config, new_consumer
+from kafkaworker.runtime.failures.retrytopics import RetryRoutes
+from kafkaworker.runtime.handler_runtime import HandlerRuntime
+from kafkaworker.runtime.source.consumer_group import consumer_config, new_consumer
 from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings, settings_for_run
 
@@ -63,7 +63,7 @@ def resolve_specs(app: App, settings: Settings, only: Sequence[str] = ()) -> lis
         spec = declared
         override = settings.handlers.get(name)
         if override is not None:
-            # circuit_breaker is a runtime setting, read by the TopicWorker, not a spec field.
+            # circuit_breaker is a runtime setting, read by the HandlerRuntime: no spec field.
             changes = override.model_dump(exclude_none=True, exclude={"backoff", "circuit_breaker"})
             if override.backoff is not None:
                 changes["backoff"] = Backoff(
@@ -84,10 +84,9 @@ class Runner:
         self.app = app
         self.settings = settings
         self.specs = specs
-        self.workers: list[TopicWorker] = []
+        self.handlers: list[HandlerRuntime] = []
         self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None
-        self.producer: Producer | None = None
         self._stop = threading.Event()
         self._signals = 0
         self.started = threading.Event()
@@ -125,43 +124,56 @@ class Runner:
 
     def _run(self) -> int:
         self.preflight()
-        for hook in self.app.startup_hooks:
-            hook()
-        # The app's producer (app.producer) is built from this run's settings: eagerly when a
-        # handler writes outputs, retries or DLQ records, else on a handler's first use.
-        self.app._run_settings = self.settings
-        if any(spec.dlq or spec.retry_topics or spec.output for spec in self.specs):
-            self.producer = self.app.producer
-        runtime_codecs = self._runtime_codecs()
-        self.workers = [
-            TopicWorker(
-                self.app.name,
-                spec,
-                self.settings,
-                producer=self.producer,
-                metrics=self.metrics,
-                runtime_codecs=runtime_codecs,
+        with self.app.lifespan(self.settings) as lifespan:
+            # The app's producer (app.producer) is built from this run's settings: eagerly when
+            # a handler writes outputs, retries or DLQ records, else on a handler's first use.
+            writes = any(spec.dlq or spec.retry_topics or spec.output for spec in self.specs)
+            producer = self.app.producer if writes else None
+            runtime_codecs = self._runtime_codecs()
+            self.handlers = [
+                HandlerRuntime(
+                    self.app.name,
+                    spec,
+                    self.settings,
+                    producer=producer,
+                    metrics=self.metrics,
+                    runtime_codecs=runtime_codecs,
+                )
+                for spec in self.specs
+            ]
+            self._install_signal_handlers()
+            for handler in self.handlers:
+                handler.start()
+            log.info(
+                "worker started",
+                app=self.app.name,
+                handlers=[s.name for s in self.specs],
+                bootstrap=self.settings.kafka.bootstrap_servers,
+                pid=os.getpid(),
             )
-            for spec in self.specs
-        ]
-        self._install_signal_handlers()
-        for worker in self.workers:
-            worker.start()
+            self.started.set()
+            with tuned_gc(self.settings.tune_gc):
+                failed = False
+                while not self._stop.wait(0.2):
+                    if any(not h.alive for h in self.handlers):
+                        failed = True
+                        break
+                stopping = time.monotonic()
+                self._stop_handlers()
+        failed = failed or lifespan.shutdown_failed
+        errors = [h for h in self.handlers if h.error is not None or h.alive]
+        unfinished = {
+            h.spec.name: h.poller.unfinished_at_exit
+            for h in self.handlers
+            if h.poller.unfinished_at_exit
+        }
         log.info(
-            "worker started",
+            "worker stopped",
             app=self.app.name,
-            handlers=[s.name for s in self.specs],
-            bootstrap=self.settings.kafka.bootstrap_servers,
-            pid=os.getpid(),
+            seconds=round(time.monotonic() - stopping, 2),
+            unfinished=unfinished or None,
         )
-        self.started.set()
-        with tuned_gc(self.settings.tune_gc):
-            failed = False
-            while not self._stop.wait(0.2):
-                if any(not w.alive for w in self.workers):
-                    failed = True
-                    break
-            return self._shutdown(failed=failed)
+        return 1 if failed or errors else 0
 
     def _runtime_codecs(self) -> dict[str, Codec]:
         """Codecs named in handlers that need the running app: "avro" (a registry client)."""
@@ -187,39 +199,14 @@ class Runner:
         """Ask for a graceful shutdown (what the first SIGTERM/SIGINT does)."""
         self._stop.set()
 
-    def _shutdown(self, *, failed: bool) -> int:
-        started = time.monotonic()
-        for worker in self.workers:
-            worker.request_stop()
+    def _stop_handlers(self) -> None:
+        for handler in self.handlers:
+            handler.request_stop()
         # Each poll thread bounds its own drain by shutdown_timeout; the margin covers the
         # final commit and leaving the group.
-        deadline = started + self.settings.shutdown_timeout + 15
-        for worker in self.workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-        producer, self.app._producer, self.app._run_settings = self.app._producer, None, None
-        if producer is not None:
-            undelivered = producer.close(timeout=10)
-            if undelivered:
-                log.warning("producer closed with undelivered records", count=undelivered)
-        for hook in self.app.shutdown_hooks:
-            try:
-                hook()
-            except Exception:
-                log.exception("shutdown hook failed", hook=getattr(hook, "__name__", repr(hook)))
-                failed = True
-        errors = [w for w in self.workers if w.error is not None or w.alive]
-        unfinished = {
-            w.spec.name: w.poller.unfinished_at_exit
-            for w in self.workers
-            if w.poller.unfinished_at_exit
-        }
-        log.info(
-            "worker stopped",
-            app=self.app.name,
-            seconds=round(time.monotonic() - started, 2),
-            unfinished=unfinished or None,
-        )
-        return 1 if failed or errors else 0
+        deadline = time.monotonic() + self.settings.shutdown_timeout + 15
+        for handler in self.handlers:
+            handler.join(max(0.0, deadline - time.monotonic()))
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

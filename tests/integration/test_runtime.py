@@ -161,7 +161,7 @@ def test_a_failing_message_stops_its_partitions_commits_but_not_the_others(
             "partition 1 committed to its end, partition 0 up to the failure",
         )
         wait_until(lambda: len(attempts) >= 5, 30, "the failing message retried past retries")
-        assert runner.workers[0].poller.stats.finished == 25
+        assert runner.handlers[0].poller.stats.finished == 25
     # Past its retries the message kept being retried (stalled), never skipped.
     assert sorted(attempts)[:5] == [1, 2, 3, 4, 5]
     assert committed(kafka_bootstrap, app.name, topic, 2) == {0: 5, 1: 20}
@@ -204,9 +204,9 @@ def test_manual_ack_commits_only_what_was_acknowledged(
             30,
             "the commit to move to the end once offset 3 is acknowledged",
         )
-        poller = runner.workers[0].poller
+        poller = runner.handlers[0].poller
         wait_until(lambda: poller.stats.finished == 10, 10, "ten finished")
-        assert [s.in_flight for s in poller._partitions.values()] == [0]
+        assert [s.in_flight for s in poller.partitions] == [0]
 
 
 def test_backpressure_bounds_outstanding_work(
@@ -221,8 +221,8 @@ def test_backpressure_bounds_outstanding_work(
     @app.handler(topic, codec="raw", concurrency=2)
     def handle(msg: Message[bytes]) -> None:
         time.sleep(0.002)
-        poller = runner_box[0].workers[0].poller
-        outstanding.append(sum(len(s.offsets) for s in list(poller._partitions.values())))
+        poller = runner_box[0].handlers[0].poller
+        outstanding.append(sum(len(s.offsets) for s in poller.partitions))
 
     settings = make_settings(
         kafka_bootstrap, max_pending_per_partition=20, max_pending=1000, poll_batch=10
@@ -230,7 +230,7 @@ def test_backpressure_bounds_outstanding_work(
     with running(app, settings) as runner:
         runner_box.append(runner)
         wait_until(lambda: len(outstanding) >= 300, 60, "every message handled")
-        stats = runner.workers[0].poller.stats
+        stats = runner.handlers[0].poller.stats
         assert stats.withheld + stats.pauses > 0
     # At most the limit plus one batch fetched before backpressure took effect.
     assert max(outstanding) <= 20 + 10
@@ -256,7 +256,7 @@ def test_a_fast_handler_over_its_limit_is_withheld_from_not_paused(
     )
     with running(app, settings) as runner:
         wait_until(lambda: handled.count() == 3000, 60, "every message handled")
-        stats = runner.workers[0].poller.stats
+        stats = runner.handlers[0].poller.stats
         assert stats.withheld > 0
         assert stats.pauses == 0
 
@@ -283,9 +283,9 @@ def test_a_stuck_partition_is_paused_and_the_others_keep_flowing(
     )
     with running(app, settings) as runner:
         try:
-            poller = runner.workers[0].poller
+            poller = runner.handlers[0].poller
             wait_until(lambda: poller.stats.pauses > 0, 30, "the stuck partition paused")
-            assert [s.paused for s in poller._partitions.values() if s.partition == 0] == [True]
+            assert [s.paused for s in poller.partitions if s.partition == 0] == [True]
             # Records of partition 1 now queue behind none of partition 0's.
             produce(kafka_bootstrap, topic, [b"y"] * 200, partitions=[1] * 200)
             wait_until(lambda: handled.count(1) == 200, 60, "partition 1 handled while 0 is stuck")
@@ -356,7 +356,7 @@ def test_a_handler_slower_than_max_poll_interval_keeps_its_membership(
             30,
             "offsets committed",
         )
-        stats = runner.workers[0].poller.stats
+        stats = runner.handlers[0].poller.stats
         assert (stats.assigned, stats.revoked, stats.lost) == (1, 0, 0)
     assert [offset for _, offset, _ in done.seen] == [0, 1, 2, 3, 4]
 

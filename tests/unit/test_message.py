@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,19 +33,25 @@ def test_a_message_built_by_hand_for_unit_tests() -> None:
     assert msg.header("missing", b"default") == b"default"
 
 
-def test_ack_hands_over_to_the_runtime_callback() -> None:
+def test_ack_hands_over_to_the_runtime_callback_once() -> None:
     calls = []
     msg: Message[Any] = Message("t", None)
-    msg._ack = lambda: calls.append(1)  # the runtime's callback decides what a repeat means
-    msg.ack()
+    msg._on_ack(lambda: calls.append(1))
+    threads = [threading.Thread(target=msg.ack) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     assert calls == [1]
+    assert msg.acked
+    assert not msg._claim()  # the runtime cannot report it a second time either
 
 
 def test_ack_on_a_message_built_by_hand_is_harmless() -> None:
     msg: Message[Any] = Message("t", None)
     msg.ack()
     msg.ack()
-    assert msg._acked
+    assert msg.acked
 
 
 @pytest.mark.parametrize(
@@ -62,23 +69,14 @@ def test_codecs_round_trip(codec: str, payload: bytes, expected: object) -> None
 
 @pytest.mark.parametrize("payload", [b"{not json", b"", b"\xff\xfe"])
 def test_undecodable_json_is_a_deserialization_error_naming_the_record(payload: bytes) -> None:
-    class Raw:
-        def topic(self) -> str:
-            return "orders"
-
-        def partition(self) -> int:
-            return 3
-
-        def offset(self) -> int:
-            return 41
-
-        def value(self) -> bytes:
-            return payload
-
-        def headers(self) -> None:
-            return None
-
-    msg = Message._from_kafka(Raw(), CODECS["json"])  # type: ignore[arg-type]
+    [msg] = Message._from_run(
+        [KafkaRecord(topic="orders", partition=3, offset=41, value=payload)],
+        [41],
+        CODECS["json"],
+        None,
+        "orders",
+        3,
+    )
     with pytest.raises(DeserializationError, match=r"orders\[3\]@41 with the json codec"):
         _ = msg.value
 

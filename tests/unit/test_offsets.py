@@ -1,19 +1,19 @@
-"""OffsetTracker: the committed position never passes an unfinished offset."""
+"""PartitionOffsets: the committed position never passes an unfinished offset."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kafkaworker.runtime.offsets import PartitionOffsets
+from kafkaworker.runtime.poll.offsets import PartitionOffsets
 
 
 def test_nothing_is_committable_before_the_first_offset_finishes() -> None:
     offsets = PartitionOffsets()
     for offset in (10, 11, 12):
-        offsets.add(offset)
-    offsets.finish(11)
-    offsets.finish(12)
+        offsets.add_run([offset])
+    offsets.finish_run([11])
+    offsets.finish_run([12])
     assert offsets.advance() is None
     assert offsets.committable is None
     assert len(offsets) == 3
@@ -22,15 +22,15 @@ def test_nothing_is_committable_before_the_first_offset_finishes() -> None:
 def test_position_moves_past_a_finished_prefix_only() -> None:
     offsets = PartitionOffsets()
     for offset in range(5):
-        offsets.add(offset)
-    offsets.finish(0)
-    offsets.finish(1)
-    offsets.finish(3)
+        offsets.add_run([offset])
+    offsets.finish_run([0])
+    offsets.finish_run([1])
+    offsets.finish_run([3])
     assert offsets.advance() == 2
     assert offsets.lowest_unfinished() == 2
-    offsets.finish(2)
+    offsets.finish_run([2])
     assert offsets.advance() == 4
-    offsets.finish(4)
+    offsets.finish_run([4])
     assert offsets.advance() == 5
     assert len(offsets) == 0
 
@@ -38,9 +38,9 @@ def test_position_moves_past_a_finished_prefix_only() -> None:
 def test_gaps_from_compaction_commit_one_past_the_last_offset_seen() -> None:
     offsets = PartitionOffsets()
     for offset in (3, 7, 20):
-        offsets.add(offset)
+        offsets.add_run([offset])
     for offset in (20, 7, 3):
-        offsets.finish(offset)
+        offsets.finish_run([offset])
     assert offsets.advance() == 21
 
 
@@ -66,10 +66,10 @@ def test_committed_never_passes_an_unfinished_offset(
     finished_count = data.draw(st.integers(min_value=0, max_value=len(finish_order)))
     offsets = PartitionOffsets()
     for offset in fetched:
-        offsets.add(offset)
+        offsets.add_run([offset])
     finished: set[int] = set()
     for offset in finish_order[:finished_count]:
-        offsets.finish(offset)
+        offsets.finish_run([offset])
         finished.add(offset)
         offsets.advance()
         if offsets.committable is not None:
@@ -88,10 +88,10 @@ def test_committed_reaches_the_end_when_everything_finishes(
     fetched, finish_order = case
     offsets = PartitionOffsets()
     for offset in fetched:
-        offsets.add(offset)
+        offsets.add_run([offset])
     positions = []
     for offset in finish_order:
-        offsets.finish(offset)
+        offsets.finish_run([offset])
         if (moved := offsets.advance()) is not None:
             positions.append(moved)
     assert offsets.committable == fetched[-1] + 1
@@ -117,11 +117,11 @@ def test_runs_finished_in_or_out_of_order_match_one_at_a_time(
     for run in _split(fetched, data):
         offsets.add_run(run)
     for offset in fetched:
-        reference.add(offset)
+        reference.add_run([offset])
     for run in runs:
         offsets.finish_run(run)
         for offset in run:
-            reference.finish(offset)
+            reference.finish_run([offset])
         if data.draw(st.booleans()):  # the poll thread advances after some reports only
             assert offsets.advance() == reference.advance()
             assert offsets.committable == reference.committable

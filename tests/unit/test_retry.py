@@ -7,7 +7,7 @@ import random
 import pytest
 
 from kafkaworker import Backoff, DeadLetter, DeserializationError, Skip
-from kafkaworker.runtime.retry import is_fatal
+from kafkaworker.runtime.failures.policy import is_fatal
 
 
 def test_ceiling_grows_exponentially_up_to_max() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kafkaworker.runtime.retrytopics import RetryRoutes, stage_name
+from kafkaworker.runtime.failures.retrytopics import RetryRoutes, stage_name
 
 
 def test_stage_names() -> None:

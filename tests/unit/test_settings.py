@@ -9,7 +9,7 @@ import pytest
 
 from kafkaworker import App, ConfigError, Message, Settings, load_settings
 from kafkaworker.runtime.runner import resolve_specs
-from kafkaworker.runtime.worker import consumer_config
+from kafkaworker.runtime.source.consumer_group import consumer_config
 from kafkaworker.settings import settings_for_run
 
 

@@ -1,4 +1,4 @@
-"""Delayed retry topics: names, stages and due times. Pure: no Kafka, no threads.
+"""Delayed retry topics: names and stages. Pure: no Kafka, no threads.
 
 `retry_topics=[5, 60]` on a handler of "orders" adds the stages "orders.retry.5s" and
 "orders.retry.60s". A message that fails on "orders" (after its in-place retries) is
@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-DUE_HEADER = "kw.retry.due"
-
 
 def stage_name(topic: str, delay: float) -> str:
     return f"{topic}.retry.{delay:g}s"
@@ -23,7 +21,6 @@ def stage_name(topic: str, delay: float) -> str:
 @dataclass(frozen=True)
 class Stage:
     source: str  # the handler's own topic this stage retries
-    index: int  # 0 for the first stage
     topic: str
     delay: float
 
@@ -37,8 +34,8 @@ class RetryRoutes:
         self.stages: list[Stage] = []
         for source in topics:
             previous = source
-            for index, delay in enumerate(self.delays):
-                stage = Stage(source, index, stage_name(source, delay), delay)
+            for delay in self.delays:
+                stage = Stage(source, stage_name(source, delay), delay)
                 self.stages.append(stage)
                 self._next[previous] = stage
                 previous = stage.topic
@@ -47,6 +44,3 @@ class RetryRoutes:
     def next_stage(self, topic: str) -> Stage | None:
         """Where a message failing on `topic` goes next; None after the last stage."""
         return self._next.get(topic)
-
-    def is_retry_topic(self, topic: str) -> bool:
-        return topic in self.retry_topics

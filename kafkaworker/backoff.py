@@ -1,4 +1,4 @@
-"""Backoff with jitter, and which errors are worth retrying. Pure: no Kafka, no threads."""
+"""Backoff: how long to wait before a handler runs a failed message again. Pure."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from kafkaworker.errors import ConfigError, DeadLetter, DeserializationError, Skip
+from kafkaworker.errors import ConfigError
 
 Jitter = Literal["full", "equal", "none"]
 _JITTERS = ("full", "equal", "none")
@@ -49,16 +49,3 @@ class Backoff:
         if self.jitter == "equal":
             return ceiling / 2 + ceiling / 2 * draw
         return ceiling
-
-
-FATAL_ERRORS: tuple[type[BaseException], ...] = (DeserializationError, DeadLetter, Skip)
-
-
-def is_fatal(error: BaseException) -> bool:
-    """Errors that no retry can fix: bad payloads, and the handler's explicit verdicts."""
-    if isinstance(error, FATAL_ERRORS):
-        return True
-    # pydantic is a dependency, but imported lazily: most handlers never raise its errors.
-    from pydantic import ValidationError  # noqa: PLC0415
-
-    return isinstance(error, ValidationError)

@@ -1,4 +1,4 @@
-"""OffsetTracker: which offset of a partition may be committed. Pure: no Kafka, no threads.
+"""PartitionOffsets: which offset of a partition may be committed. Pure: no Kafka, no threads.
 
 Kafka commits a position, not a set: committing N says "every offset below N is done". With
 parallel handlers, offsets finish out of order, so the committable position is the lowest
@@ -34,16 +34,9 @@ class PartitionOffsets:
         """Offsets dispatched and not yet committable: the partition's outstanding work."""
         return len(self._offsets) - self._head
 
-    def add(self, offset: int) -> None:
-        """Record a fetched offset (above any offset added before)."""
-        self._offsets.append(offset)
-
     def add_run(self, offsets: list[int]) -> None:
         """Record fetched offsets, ascending and above any offset added before."""
         self._offsets.extend(offsets)
-
-    def finish(self, offset: int) -> None:
-        self._done.add(offset)
 
     def finish_run(self, offsets: list[int]) -> None:
         """Mark offsets finished; cheapest when they are the next ones in fetch order."""

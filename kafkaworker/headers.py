@@ -1,0 +1,63 @@
+"""The kw.* headers: what the runtime writes on retry-topic and dead-letter records.
+
+Each value is a UTF-8 string. A dead-letter record carries the original key, value and
+headers byte for byte, plus:
+
+    kw.original.topic, kw.original.partition, kw.original.offset
+    kw.original.timestamp   milliseconds since the epoch, -1 when the record had none
+    kw.group, kw.handler, kw.attempts
+    kw.error.type           module-qualified class name, e.g. builtins.ValueError
+    kw.error.message        at most 4 KiB
+    kw.error.traceback      the formatted traceback, at most 8 KiB (its tail)
+    kw.failed_at            ISO 8601, UTC
+
+A delayed retry record carries the origin, kw.attempts, the error's type and message, and
+kw.retry.due (milliseconds since the epoch). `kafkaworker dlq replay` adds kw.replayed_from.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kafkaworker.message import Message
+
+PREFIX = "kw."
+ORIGINAL_TOPIC = "kw.original.topic"
+ORIGINAL_PARTITION = "kw.original.partition"
+ORIGINAL_OFFSET = "kw.original.offset"
+ORIGINAL_TIMESTAMP = "kw.original.timestamp"
+GROUP = "kw.group"
+HANDLER = "kw.handler"
+ATTEMPTS = "kw.attempts"
+ERROR_TYPE = "kw.error.type"
+ERROR_MESSAGE = "kw.error.message"
+ERROR_TRACEBACK = "kw.error.traceback"
+FAILED_AT = "kw.failed_at"
+RETRY_DUE = "kw.retry.due"
+REPLAYED_FROM = "kw.replayed_from"
+
+# Where a record first came from; a retry carries them forward to the DLQ.
+ORIGIN = (ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, ORIGINAL_TIMESTAMP)
+# Written by the runtime, and removed before it writes a record again (to a retry topic, or
+# from a retry topic to the DLQ), so the user's own headers stay byte for byte.
+OWN = frozenset(
+    {
+        *ORIGIN,
+        GROUP,
+        HANDLER,
+        ATTEMPTS,
+        ERROR_TYPE,
+        ERROR_MESSAGE,
+        ERROR_TRACEBACK,
+        FAILED_AT,
+        RETRY_DUE,
+    }
+)
+
+
+def int_header(msg: Message[Any], name: str) -> int | None:
+    """A header holding a non-negative integer (kw.attempts, kw.retry.due); None when it is
+    missing or not a number (a record someone else wrote)."""
+    value = msg.header(name)
+    return int(value) if value is not None and value.isdigit() else None

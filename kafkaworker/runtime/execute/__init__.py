@@ -1,0 +1,42 @@
+"""The execute side: how handler calls run. The poll thread talks to this protocol.
+
+- pool.py: worker threads over lanes (lanes.py), for plain `def` handlers;
+- attempts.py: one message under the failure policy; batches.py: batch handlers.
+
+Every message submitted is reported back exactly once on the completion queue (finished,
+dead-lettered, or not finished), which is what lets the poll thread wait precisely for
+in-flight work on revoke and shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from kafkaworker.message import Message
+    from kafkaworker.runtime.handoff import Run
+    from kafkaworker.runtime.poll.partitions import PartitionState
+
+
+class Executor(Protocol):
+    @property
+    def recent_handler_seconds(self) -> float:
+        """Mean handler time per message lately: backpressure treats slow handlers
+        differently from fast ones."""
+        ...
+
+    def start(self) -> None: ...
+
+    def submit(self, runs: list[Run]) -> None:
+        """Queue runs (each of one partition, in fetch order); called once per batch."""
+        ...
+
+    def revoke(self, partitions: Sequence[PartitionState]) -> list[Message[Any]]:
+        """Stop work on these partitions: mark them revoked (nothing more starts, waits end),
+        and return their queued, unstarted messages, which are not reported otherwise."""
+        ...
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Let idle workers exit; a handler still running is left alone."""
+        ...

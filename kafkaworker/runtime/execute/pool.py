@@ -1,0 +1,234 @@
+"""The worker pool: `concurrency` threads that take a ready lane and run the handler on its
+messages. The executor for plain `def` handlers.
+
+One lock (inside a Condition) guards the lanes. It is taken once per batch by the poll thread
+and once per chunk by a worker. Workers report runs (offsets of one partition with one
+outcome) and flush them at least every REPORT_EVERY, before every message once handlers are
+slow, and before any wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from kafkaworker.handlers import HandlerSpec
+from kafkaworker.message import Message
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.execute.attempts import Attempts
+from kafkaworker.runtime.execute.batches import BatchRunner
+from kafkaworker.runtime.execute.lanes import Lane, Lanes
+from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run
+from kafkaworker.runtime.poll.partitions import PartitionState
+
+log = structlog.get_logger("kafkaworker.pool")
+
+NOT_FINISHED, FINISHED = Outcome.NOT_FINISHED, Outcome.FINISHED
+AWAITING_ACK = Outcome.AWAITING_ACK
+# A worker reports what it finished at least this often while it drains a long chunk, so that
+# commits and backpressure follow slow handlers closely; after a handler call this slow it
+# reports before every message.
+REPORT_EVERY = 0.05
+SLOW_HANDLER = 0.001
+
+
+class WorkerPool:
+    """`concurrency` worker threads draining one handler's lanes."""
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        attempts: Attempts,
+        completions: CompletionQueue,
+        *,
+        name: str,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.spec = spec
+        self._attempts = attempts
+        self._completions = completions
+        metrics = metrics or Metrics()
+        self._handler_seconds = metrics.handler_seconds.labels(spec.name)
+        self._batches = (
+            BatchRunner(spec, attempts, completions, metrics=metrics) if spec.batch else None
+        )
+        self._cond = threading.Condition(threading.Lock())
+        self._lanes = Lanes(spec.ordering, take_size=spec.batch.max_size if spec.batch else 1)
+        self._closing = False
+        # Mean handler time per message over a worker's latest report (whichever wrote last).
+        self._recent_handler_seconds = 0.0
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(spec.concurrency)
+        ]
+
+    @property
+    def recent_handler_seconds(self) -> float:
+        batches = self._batches
+        return batches.recent_handler_seconds if batches else self._recent_handler_seconds
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    # -- the poll thread's side ---------------------------------------------------------------
+
+    def submit(self, runs: list[Run]) -> None:
+        with self._cond:
+            woken = self._lanes.submit(runs)
+            if woken:
+                self._cond.notify(woken)
+
+    def revoke(self, partitions: Sequence[PartitionState]) -> list[Message[Any]]:
+        self._attempts.revocations.revoke(partitions)
+        with self._cond:
+            return self._lanes.drop(partitions)
+
+    def close(self, timeout: float = 1.0) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # -- worker threads -----------------------------------------------------------------------
+
+    def _take(self) -> tuple[Lane, deque[Message[Any]]] | None:
+        with self._cond:
+            while not self._lanes:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            return self._lanes.take()
+
+    def _release(self, lane: Lane) -> None:
+        with self._cond:
+            if self._lanes.release(lane):
+                # This worker takes the next ready lane itself; wake one more in case there
+                # are several (new messages came while the lane was active).
+                self._cond.notify()
+
+    def _work(self) -> None:
+        while (taken := self._take()) is not None:
+            lane, chunk = taken
+            try:
+                if self._batches is not None:
+                    self._batches.run(self._fill(lane, chunk))
+                else:
+                    self._run_chunk(chunk)
+            finally:
+                if lane.exclusive:
+                    self._release(lane)
+
+    def _fill(self, lane: Lane, chunk: deque[Message[Any]]) -> list[Message[Any]]:
+        """A batch handler's worker owns an exclusive lane, so new messages of it queue up
+        for it: take them for at most max_wait, up to max_size."""
+        policy = self.spec.batch
+        assert policy is not None
+        deadline = time.monotonic() + policy.max_wait
+        while lane.exclusive and len(chunk) < policy.max_size:
+            with self._cond:
+                if lane.queue:
+                    chunk.extend(self._lanes.top_up(lane))
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closing or chunk[0]._state.revoked:
+                    break
+                self._cond.wait(min(remaining, 0.01))
+        return list(chunk)
+
+    def _run_chunk(self, chunk: deque[Message[Any]]) -> None:
+        report: list[Completion] = []
+        # Offsets finished one after another in one partition: reported as one completion,
+        # which the poll thread's tracker passes over in one step when they are in order.
+        run: list[int] = []
+        run_state: PartitionState | None = None
+        now = reported_at = time.monotonic()
+        busy = 0.0  # handler time not yet counted in the metric: it is added per report
+        calls = 0  # handler calls in `busy`
+
+        def close_run() -> None:
+            nonlocal run
+            if run:
+                report.append(Completion(run_state, run, FINISHED))  # type: ignore[arg-type]
+                run = []
+
+        def flush() -> None:
+            nonlocal report, reported_at, busy, calls
+            close_run()
+            if report:
+                self._completions.put(report)
+                report = []
+            if calls:
+                self._recent_handler_seconds = busy / calls
+                self._handler_seconds.inc(busy)
+                busy = 0.0
+                calls = 0
+            reported_at = time.monotonic()
+
+        manual = self.spec.ack == "manual"
+        # The common case (auto ack, no output) calls the handler inline; Attempts takes over
+        # only once it raises.
+        plain = not manual and self.spec.output is None
+        call = self.spec.call()
+        attempt = self._attempts.run
+        clock = time.monotonic
+        slow = False
+        while chunk:
+            # Popped, not iterated: a handled message is freed at once, not with the chunk.
+            msg = chunk.popleft()
+            state = msg._state
+            if state is not run_state:
+                close_run()
+                run_state = state
+            if state.revoked:
+                report.append(Completion(state, [msg.offset], NOT_FINISHED))
+                continue
+            # What is finished must not wait behind a handler that may take long: report it
+            # first when handlers are slow (then one report per message costs nothing), or
+            # once it is older than the reporting interval.
+            if (run or report) and (slow or now - reported_at >= REPORT_EVERY):
+                flush()
+                now = reported_at
+            started = now  # one clock reading per message: it ends one call, starts the next
+            try:
+                if plain:
+                    try:
+                        call(msg)
+                        outcome = FINISHED
+                    except BaseException as exc:  # noqa: BLE001 - the failure policy decides
+                        outcome = attempt(msg, before_wait=flush, failed=exc)
+                else:
+                    outcome = attempt(msg, before_wait=flush)
+            except BaseException:
+                # A bug of the runtime's own: the message stays unfinished, never skipped.
+                log.exception(
+                    "failed to run the handler",
+                    handler=self.spec.name,
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                )
+                outcome = NOT_FINISHED
+            now = clock()
+            elapsed = now - started
+            busy += elapsed
+            calls += 1
+            slow = elapsed >= SLOW_HANDLER
+            if outcome is AWAITING_ACK:
+                continue
+            # A manual-ack message is reported exactly once: by msg.ack(), or here.
+            if manual and not msg._claim():
+                continue
+            if outcome is FINISHED:
+                run.append(msg.offset)
+                continue
+            close_run()
+            report.append(Completion(state, [msg.offset], outcome))
+        flush()

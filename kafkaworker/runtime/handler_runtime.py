@@ -1,0 +1,152 @@
+"""HandlerRuntime: one handler's source, executor and poll thread, wired together."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Mapping
+
+import structlog
+
+from kafkaworker.handlers import HandlerSpec
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.producer import Producer
+from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
+from kafkaworker.runtime.execute.attempts import Attempts
+from kafkaworker.runtime.execute.outputs import Outputs
+from kafkaworker.runtime.execute.pool import WorkerPool
+from kafkaworker.runtime.execute.revocations import Revocations
+from kafkaworker.runtime.failures.breaker import CircuitBreaker
+from kafkaworker.runtime.failures.deadletter import FailurePublisher
+from kafkaworker.runtime.failures.policy import FailurePolicy
+from kafkaworker.runtime.failures.retrytopics import RetryRoutes
+from kafkaworker.runtime.handoff import Completion
+from kafkaworker.runtime.poll.commit import StoredOffsetCommit
+from kafkaworker.runtime.poll.delayed import DelayedRetries
+from kafkaworker.runtime.poll.poller import Poller
+from kafkaworker.runtime.source import Source
+from kafkaworker.runtime.source.consumer_group import ConsumerGroupSource, consumer_config
+from kafkaworker.serialization import Codec
+from kafkaworker.serialization.models import ModelCodec
+from kafkaworker.settings import Settings
+
+log = structlog.get_logger("kafkaworker.runtime")
+
+
+def new_breaker(settings: Settings, handler: str) -> CircuitBreaker | None:
+    """The handler's breaker (handlers.<name>.circuit_breaker, else the global one)."""
+    override = settings.handlers.get(handler)
+    config = (override.circuit_breaker if override else None) or settings.circuit_breaker
+    if not config.enabled:
+        return None
+    return CircuitBreaker(
+        threshold=config.threshold,
+        window=config.window,
+        min_messages=config.min_messages,
+        cooldown=config.cooldown,
+    )
+
+
+class HandlerRuntime:
+    """Owns one handler's source (through the Poller), its executor and its poll thread, and
+    stops them. `source`: a consumer group of the handler's group by default."""
+
+    def __init__(
+        self,
+        app_name: str,
+        spec: HandlerSpec,
+        settings: Settings,
+        *,
+        producer: Producer | None = None,
+        metrics: Metrics | None = None,
+        runtime_codecs: Mapping[str, Codec] | None = None,
+        source: Source | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        group = spec.group or app_name
+        routes = RetryRoutes(spec.topics, spec.retry_topics) if spec.retry_topics else None
+        publisher = None
+        writes = spec.dlq is not None or routes is not None or spec.output is not None
+        if writes and producer is None:
+            raise ValueError(f"handler {spec.name!r} writes records but has no producer")
+        if spec.dlq is not None or routes is not None:
+            assert producer is not None
+            publisher = FailurePublisher(
+                producer,
+                spec.dlq,
+                group=group,
+                handler=spec.name,
+                timeout=settings.dead_letter.timeout,
+            )
+        breaker = new_breaker(settings, spec.name) if spec.dlq is not None else None
+        # Codecs are resolved once per handler: the value codec encodes outputs, and decodes
+        # messages (validating into the handler's model, when it has one).
+        codec = spec.value_codec(runtime_codecs)
+        outputs = None
+        if spec.output is not None:
+            assert producer is not None
+            outputs = Outputs(producer, spec.output, codec, timeout=settings.produce_timeout)
+        completions: queue.SimpleQueue[list[Completion]] = queue.SimpleQueue()
+        policy = FailurePolicy(
+            spec, routes=routes, can_publish=publisher is not None, breaker=breaker
+        )
+        attempts = Attempts(
+            spec,
+            policy,
+            Revocations(),
+            completions,
+            metrics=self.metrics,
+            publisher=publisher,
+            outputs=outputs,
+        )
+        self.executor = WorkerPool(
+            spec, attempts, completions, name=f"kw-{spec.name}", metrics=self.metrics
+        )
+        if source is None:
+            config = consumer_config(app_name, spec, settings)
+            source = ConsumerGroupSource(config, handler=spec.name)
+        self.source = source
+        self.committer = StoredOffsetCommit(source, handler=spec.name)
+        self.poller = Poller(
+            spec,
+            settings,
+            source,
+            self.executor,
+            completions,
+            committer=self.committer,
+            codec=ModelCodec(codec, spec.model) if spec.model is not None else codec,
+            topics=[*spec.topics, *(s.topic for s in routes.stages)] if routes else spec.topics,
+            delayed=DelayedRetries(routes.retry_topics if routes else (), clock=clock),
+            breaker=breaker,
+            metrics=self.metrics,
+            clock=clock,
+        )
+        self._thread = threading.Thread(
+            target=self._run_poller, name=f"kw-{spec.name}-poll", daemon=True
+        )
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self.executor.start()
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        self.poller.request_stop()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run_poller(self) -> None:
+        try:
+            self.poller.run()
+        except BaseException as exc:  # recorded for the Runner, which decides the exit code
+            self.error = exc
+            log.exception("poll thread failed", handler=self.spec.name)

@@ -1,0 +1,38 @@
+"""What passes between the poll side and the execute side: runs of messages one way,
+completions (offsets with their outcome) the other."""
+
+from __future__ import annotations
+
+import queue
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from kafkaworker.message import Message
+    from kafkaworker.runtime.poll.partitions import PartitionState
+
+# Messages of one partition, in fetch order: how the poll thread hands work over.
+Run = tuple["PartitionState", list["Message[Any]"]]
+
+
+class Outcome(IntEnum):
+    # Dropped before it started, or given up on revoke or shutdown: never committed past.
+    NOT_FINISHED = 0
+    # Handled, skipped, or handed on to a delayed retry topic (acknowledged by the broker).
+    FINISHED = 1
+    # Written to the dead-letter topic and acknowledged: finished, and counted by the breaker.
+    DEAD_LETTERED = 2
+    # ack="manual": msg.ack() reports the message itself. Never put on the completion queue.
+    AWAITING_ACK = 3
+
+
+class Completion(NamedTuple):
+    """Offsets of one partition, ascending, that ended with one outcome."""
+
+    state: PartitionState
+    offsets: list[int]
+    outcome: Outcome
+
+
+# The execute side puts lists of completions; the poll thread alone takes them.
+CompletionQueue = queue.SimpleQueue[list[Completion]]

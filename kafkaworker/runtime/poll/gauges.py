@@ -1,0 +1,72 @@
+"""The poll thread's gauges: refreshed once a second, since a second's staleness costs nothing
+and a per-message update would (see observability/metrics.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
+from kafkaworker.runtime.poll.partitions import PartitionState
+from kafkaworker.runtime.source import Source
+
+REFRESH_EVERY = 1.0
+
+
+class PollGauges:
+    def __init__(
+        self, metrics: Metrics, handler: str, source: Source, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self._metrics = metrics
+        self._handler = handler
+        self._source = source
+        self._clock = clock
+        self._ready = metrics.ready.labels(handler)
+        self._heartbeat = metrics.heartbeat.labels(handler)
+        self._next_refresh = 0.0
+        # consumer_lag series set here: only these are zeroed or removed when a partition goes.
+        self._lag_series: set[tuple[str, str, str]] = set()
+        self._ready.set(0)
+        self.beat()
+
+    def ready(self, ready: bool) -> None:
+        self._ready.set(1 if ready else 0)
+
+    def beat(self) -> None:
+        """The poll thread is turning (or waiting on handlers, which is not a hang)."""
+        self._heartbeat.set(self._clock.time())
+
+    def refresh(self, partitions: Collection[PartitionState], in_flight: int) -> None:
+        """Once a second: heartbeat, in flight, assigned and paused partitions, lag."""
+        now = self._clock.monotonic()
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + REFRESH_EVERY
+        metrics, handler = self._metrics, self._handler
+        self.beat()
+        metrics.in_flight.labels(handler).set(in_flight)
+        metrics.assigned_partitions.labels(handler).set(len(partitions))
+        metrics.paused_partitions.labels(handler).set(sum(1 for s in partitions if s.paused))
+        for state in partitions:
+            end = self._source.log_end(state.topic_partition)
+            position = state.offsets.lowest_unfinished()
+            if position is None:
+                position = state.offsets.committable
+            if position is None:  # nothing fetched in this assignment yet
+                position = self._source.position(state.topic_partition)
+            if end is not None and position is not None:
+                series = (handler, state.topic, str(state.partition))
+                metrics.consumer_lag.labels(*series).set(end - position)
+                self._lag_series.add(series)
+
+    def forget(self, state: PartitionState) -> None:
+        """The partition is gone: its lag is no longer this process's to report."""
+        series = (self._handler, state.topic, str(state.partition))
+        if series not in self._lag_series:
+            return
+        self._lag_series.discard(series)
+        if self._metrics.multiprocess:
+            # Per-process files cannot drop a series: a 0 adds nothing to the live sum.
+            self._metrics.consumer_lag.labels(*series).set(0)
+        else:
+            self._metrics.consumer_lag.remove(*series)

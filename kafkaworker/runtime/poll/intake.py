@@ -1,0 +1,121 @@
+"""Intake: fetched records become runs of Messages, one partition each, tracked by offset.
+
+Records come in runs of one partition: the per-partition work (state lookup, offset tracking,
+counting) is done once per run, only the Message once per record. Records of a partition this
+member does not own (any more) are dropped: the owner fetches them from the committed
+position. Records of a delayed retry topic that are not due yet are held (poll/delayed.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import structlog
+from confluent_kafka import KafkaError
+
+from kafkaworker.message import Message
+from kafkaworker.runtime.handoff import Run
+from kafkaworker.runtime.poll.delayed import DelayedRetries
+from kafkaworker.runtime.poll.partitions import PartitionState
+from kafkaworker.runtime.source import Partition, Record
+from kafkaworker.serialization import Codec
+
+log = structlog.get_logger("kafkaworker.poller")
+
+
+class Taken(NamedTuple):
+    runs: list[Run]  # to hand to the executor
+    tracked: int  # records whose offsets are now tracked (handed over or held)
+    held: bool  # some were held until due: their partitions must be paused now
+    fatal: KafkaError | None  # the consumer is unusable
+
+
+class Intake:
+    def __init__(
+        self,
+        partitions: Mapping[Partition, PartitionState],
+        codec: Codec,
+        delayed: DelayedRetries,
+        *,
+        handler: str,
+    ) -> None:
+        self._partitions = partitions  # the poller's: the partitions owned now
+        self._codec = codec
+        self._delayed = delayed
+        self._handler = handler
+
+    def take(self, batch: list[Record]) -> Taken:
+        partitions = self._partitions
+        runs: list[Run] = []
+        fatal: KafkaError | None = None
+        current: tuple[str | None, int | None] = (None, None)
+        state: PartitionState | None = None
+        records: list[Record] = []
+        offsets: list[int] = []
+        last = -1
+        tracked = 0
+        held = False
+        for raw in batch:
+            error = raw.error()
+            if error is not None:
+                fatal = fatal or self.on_error(error)
+                continue
+            topic, partition, offset = raw.topic(), raw.partition(), raw.offset()
+            if partition != current[1] or topic != current[0]:
+                if records:
+                    tracked += len(records)
+                    held |= self._add_run(runs, state, records, offsets)  # type: ignore[arg-type]
+                    records, offsets = [], []
+                current = (topic, partition)
+                state = partitions.get(current)  # type: ignore[call-overload]
+                if state is not None and state.revoked:
+                    state = None
+                last = state.last_dispatched if state is not None else -1
+            if state is None:
+                continue  # fetched just before a revoke: the new owner gets it
+            if offset <= last:  # type: ignore[operator]
+                # The tracker needs ascending offsets; the first copy is already in flight.
+                log.warning(
+                    "record fetched twice; the first copy is handled",
+                    handler=self._handler,
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                    last_dispatched=last,
+                )
+                continue
+            last = offset  # type: ignore[assignment]
+            records.append(raw)
+            offsets.append(offset)  # type: ignore[arg-type]
+        if records:
+            tracked += len(records)
+            held |= self._add_run(runs, state, records, offsets)  # type: ignore[arg-type]
+        return Taken(runs, tracked, held, fatal)
+
+    def _add_run(
+        self, runs: list[Run], state: PartitionState, records: list[Record], offsets: list[int]
+    ) -> bool:
+        """Track a run and queue its messages; whether some were held until due."""
+        state.last_dispatched = offsets[-1]
+        state.offsets.add_run(offsets)
+        messages = Message._from_run(
+            records, offsets, self._codec, state, state.topic, state.partition
+        )
+        held = False
+        if state.topic in self._delayed.topics:
+            ready = self._delayed.admit(state, messages)
+            held = len(ready) < len(messages)
+            messages = ready
+        if messages:
+            runs.append((state, messages))
+        return held
+
+    def on_error(self, error: KafkaError) -> KafkaError | None:
+        """Log a consumer error; return it when it is fatal (the consumer is unusable)."""
+        if error.code() == KafkaError._PARTITION_EOF:
+            return None
+        if error.fatal():
+            return error
+        log.warning("consumer error", handler=self._handler, error=str(error))
+        return None

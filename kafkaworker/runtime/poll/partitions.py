@@ -1,0 +1,47 @@
+"""PartitionState: what the poll thread knows about one partition during one assignment."""
+
+from __future__ import annotations
+
+from kafkaworker.runtime.poll.offsets import PartitionOffsets
+from kafkaworker.runtime.source import Partition
+
+
+class PartitionState:
+    """Per-assignment state. A partition assigned again gets a new object, so completions of
+    the previous assignment, still arriving from slow handlers, are recognised and ignored.
+
+    Written on the poll thread only. The executor reads `revoked` (a plain attribute read is
+    atomic); its `revoke()`, called on the poll thread, is what sets it.
+    """
+
+    __slots__ = (
+        "forgotten",
+        "in_flight",
+        "last_dispatched",
+        "offsets",
+        "partition",
+        "paused",
+        "revoked",
+        "topic",
+        "topic_partition",
+    )
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.topic_partition = Partition(topic, partition)
+        self.offsets = PartitionOffsets()
+        # Dispatched to the executor and not yet reported back (done or dropped).
+        self.in_flight = 0
+        # Highest offset dispatched in this assignment: a record fetched again is not re-run.
+        self.last_dispatched = -1
+        self.paused = False
+        # Set when its work must stop (revoke, lost, shutdown): unstarted messages are
+        # dropped, waits are cut short, nothing more is started.
+        self.revoked = False
+        # Set when the poll thread forgets the partition: late completions are then ignored
+        # (a later assignment of the partition has a new PartitionState).
+        self.forgotten = False
+
+    def __repr__(self) -> str:
+        return f"<PartitionState {self.topic_partition} in_flight={self.in_flight}>"

@@ -1,0 +1,72 @@
+"""Pausing: which partitions are paused, and why.
+
+A partition is paused while backpressure limits it (poll/backpressure.py), while the circuit
+breaker is open (all of the handler's partitions), or while it holds retry records that are
+not due yet (poll/delayed.py). The poll thread applies the changes to the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import structlog
+
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.failures.breaker import CircuitBreaker
+from kafkaworker.runtime.poll.backpressure import Backpressure
+from kafkaworker.runtime.poll.delayed import DelayedRetries
+from kafkaworker.runtime.poll.partitions import PartitionState
+
+log = structlog.get_logger("kafkaworker.poller")
+
+
+class Pausing:
+    def __init__(
+        self,
+        backpressure: Backpressure,
+        delayed: DelayedRetries,
+        breaker: CircuitBreaker | None,
+        *,
+        metrics: Metrics,
+        handler: str,
+    ) -> None:
+        self.backpressure = backpressure
+        self._delayed = delayed
+        self._breaker = breaker
+        self._circuit_open = metrics.circuit_open.labels(handler)
+        self._handler = handler
+
+    def update(
+        self, partitions: Collection[PartitionState], handler_seconds: float
+    ) -> tuple[list[PartitionState], list[PartitionState]]:
+        """The partitions to pause and to resume now; their `paused` is set accordingly."""
+        keep_paused = self.backpressure.limited(partitions, handler_seconds)
+        breaker_open = self._update_breaker()
+        pause: list[PartitionState] = []
+        resume: list[PartitionState] = []
+        for state in partitions:
+            want = state in keep_paused or breaker_open or self._delayed.holds(state)
+            if want != state.paused and not state.revoked:
+                state.paused = want
+                (pause if want else resume).append(state)
+        return pause, resume
+
+    def _update_breaker(self) -> bool:
+        breaker = self._breaker
+        if breaker is None:
+            return False
+        share = breaker.share
+        transition = breaker.update()
+        if transition == "opened":
+            self._circuit_open.set(1)
+            log.error(
+                "circuit breaker opened: most messages are going to the dead-letter topic; "
+                "pausing the handler instead",
+                handler=self._handler,
+                dead_lettered_share=round(share, 2),
+                cooldown=breaker.cooldown,
+            )
+        elif transition == "closed":
+            self._circuit_open.set(0)
+            log.warning("circuit breaker closed: resuming", handler=self._handler)
+        return breaker.open

@@ -1,0 +1,371 @@
+"""The poll thread: the ONLY thread that touches the source. It never runs user code.
+
+Each turn it fetches a batch, hands it to the executor, takes back what finished, hands the
+positions that became committable to the committer, and pauses or resumes partitions for
+backpressure. It keeps polling while partitions are paused, so a slow handler never costs the
+group membership (`max.poll.interval.ms`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from confluent_kafka import KafkaException
+
+from kafkaworker.handlers import HandlerSpec
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
+from kafkaworker.runtime.execute import Executor
+from kafkaworker.runtime.failures.breaker import CircuitBreaker
+from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run
+from kafkaworker.runtime.poll.backpressure import Backpressure
+from kafkaworker.runtime.poll.commit import StoredOffsetCommit
+from kafkaworker.runtime.poll.delayed import DelayedRetries
+from kafkaworker.runtime.poll.gauges import PollGauges
+from kafkaworker.runtime.poll.intake import Intake
+from kafkaworker.runtime.poll.partitions import PartitionState
+from kafkaworker.runtime.poll.pausing import Pausing
+from kafkaworker.runtime.source import Partition, Record, Source
+from kafkaworker.serialization import Codec
+from kafkaworker.settings import Settings
+
+log = structlog.get_logger("kafkaworker.poller")
+
+NOT_FINISHED, DEAD_LETTERED = Outcome.NOT_FINISHED, Outcome.DEAD_LETTERED
+
+# How long one fetch waits when there is no work out. With work out, completions must be
+# picked up promptly (commits, resuming paused partitions), so it waits less.
+_IDLE_POLL = 0.2
+_BUSY_POLL = 0.02
+
+
+@dataclass
+class PollerStats:
+    """Counters written by the poll thread; read by tests and benchmarks."""
+
+    fetched: int = 0
+    finished: int = 0
+    assigned: int = 0
+    revoked: int = 0
+    lost: int = 0
+    pauses: int = 0
+    withheld: int = 0  # times the poll thread stopped taking records for a limit
+
+
+class Poller:
+    """Drives one source for one handler; owns the source and its stop path. It is also the
+    source's AssignmentListener: rebalance callbacks run on this thread, inside fetch()."""
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        settings: Settings,
+        source: Source,
+        executor: Executor,
+        completions: CompletionQueue,
+        *,
+        committer: StoredOffsetCommit,
+        codec: Codec,
+        topics: Sequence[str],
+        delayed: DelayedRetries,
+        breaker: CircuitBreaker | None = None,
+        metrics: Metrics | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self._source = source
+        self._executor = executor
+        self._completions = completions
+        self._committer = committer
+        self._topics = list(topics)
+        self._delayed = delayed
+        self._breaker = breaker
+        self._metrics = metrics or Metrics()
+        self._backpressure = Backpressure(
+            settings.max_pending, settings.max_pending_per_partition, clock=clock
+        )
+        self._pausing = Pausing(
+            self._backpressure, delayed, breaker, metrics=self._metrics, handler=spec.name
+        )
+        self._gauges = PollGauges(self._metrics, spec.name, source, clock=clock)
+        self._partitions: dict[Partition, PartitionState] = {}
+        self._intake = Intake(self._partitions, codec, delayed, handler=spec.name)
+        self._stopping = threading.Event()
+        # Set once shutdown committed: the revoke that closing the source triggers then only
+        # forgets (waiting and committing again would delay leaving the group).
+        self._closed_out = False
+        self._shutdown_deadline = float("inf")
+        # Messages handed to the executor and not yet reported, over all partitions; and
+        # whether anything changed this turn (backpressure is only re-judged then).
+        self._in_flight = 0
+        self._changed = False
+        self.stats = PollerStats()
+        self.unfinished_at_exit: dict[str, int] = {}
+        self._consumed = self._metrics.consumed.labels(spec.name)
+        self._finished = self._metrics.finished.labels(spec.name)
+
+    @property
+    def partitions(self) -> list[PartitionState]:
+        """The partitions assigned now."""
+        return list(self._partitions.values())
+
+    # -- lifecycle (called from the HandlerRuntime) ------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        """The poll thread's body: subscribe, turn until asked to stop, then shut down."""
+        self._source.subscribe(self._topics, self)
+        try:
+            while not self._stopping.is_set():
+                self.turn()
+        finally:
+            self._shutdown()
+
+    # -- one turn ---------------------------------------------------------------------------
+
+    def turn(self) -> None:
+        backpressure = self._backpressure
+        breaker = self._breaker
+        if backpressure.withholding:
+            # Over a limit: take no records for now; finish what is out.
+            self._collect(self._drain(timeout=_BUSY_POLL))
+        else:
+            busy = (
+                self._in_flight > 0
+                or backpressure.over_budget
+                or bool(self._delayed)
+                or (breaker is not None and breaker.open)
+            )
+            # No more than the handler's budget has room for: a large batch must not
+            # overshoot a small max_pending.
+            take = max(
+                1, min(self.settings.poll_batch, self.settings.max_pending - self._in_flight)
+            )
+            records = self._source.fetch(_BUSY_POLL if busy else _IDLE_POLL, take)
+            if records:
+                self._dispatch(records)
+            if self._delayed:
+                self._submit(self._delayed.due())
+            self._collect(self._drain())
+        if self._changed or breaker is not None or backpressure.withholding:
+            self._changed = False
+            self._apply_pauses()
+        self._committer.tick()
+        self._gauges.refresh(self._partitions.values(), self._in_flight)
+
+    def _dispatch(self, batch: list[Record]) -> None:
+        taken = self._intake.take(batch)
+        if taken.tracked:
+            self.stats.fetched += taken.tracked
+            self._consumed.inc(taken.tracked)
+        if taken.held:
+            self._changed = True  # their partitions must be paused now
+        # Hand over what was counted in flight before raising, or shutdown would wait for it.
+        self._submit(taken.runs)
+        if taken.fatal is not None:
+            raise KafkaException(taken.fatal)
+
+    def _submit(self, runs: list[Run]) -> None:
+        """Hand runs to the executor, counted in flight until they are reported back."""
+        if not runs:
+            return
+        count = 0
+        for state, messages in runs:
+            state.in_flight += len(messages)
+            count += len(messages)
+        self._in_flight += count
+        self._changed = True
+        self._executor.submit(runs)
+
+    # -- completions -------------------------------------------------------------------------
+
+    def _drain(self, timeout: float | None = None) -> list[Completion]:
+        """Everything reported so far; with a timeout, wait that long for the first report."""
+        done: list[Completion] = []
+        try:
+            if timeout is not None:
+                done.extend(self._completions.get(timeout=timeout))
+            while True:
+                done.extend(self._completions.get_nowait())
+        except queue.Empty:
+            pass
+        return done
+
+    def _collect(self, completions: Iterable[Completion]) -> None:
+        """Mark finished offsets; stage the positions that became committable."""
+        touched: set[PartitionState] = set()
+        finished = returned = 0
+        breaker = self._breaker
+        for state, offsets, outcome in completions:
+            if state.forgotten:
+                continue  # from an earlier assignment of the partition: not ours to count
+            count = len(offsets)
+            state.in_flight -= count
+            returned += count
+            if outcome != NOT_FINISHED:
+                state.offsets.finish_run(offsets)
+                touched.add(state)
+                finished += count
+                if breaker is not None:
+                    breaker.record(outcome == DEAD_LETTERED, count)
+        if finished:
+            self.stats.finished += finished
+            self._finished.inc(finished)
+        if returned:
+            self._in_flight -= returned
+            self._changed = True
+        for state in touched:
+            position = state.offsets.advance()
+            if position is not None:
+                self._committer.stage(state.topic_partition, position)
+
+    def _commit_now(self, states: Iterable[PartitionState]) -> None:
+        self._committer.commit_now(
+            {
+                s.topic_partition: s.offsets.committable
+                for s in states
+                if s.offsets.committable is not None
+            }
+        )
+
+    def _wait_in_flight(self, states: list[PartitionState], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(s.in_flight > 0 for s in states):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._gauges.beat()  # waiting on handlers is not a hang
+            self._collect(self._drain(timeout=min(remaining, 0.1)))
+
+    # -- pausing -----------------------------------------------------------------------------
+
+    def _apply_pauses(self) -> None:
+        pause, resume = self._pausing.update(
+            self._partitions.values(), self._executor.recent_handler_seconds
+        )
+        self.stats.withheld = self._pausing.backpressure.withheld
+        if pause:
+            self._source.pause([s.topic_partition for s in pause])
+            self.stats.pauses += 1
+            log.debug("paused", handler=self.spec.name, partitions=_names(pause))
+        if resume:
+            self._source.resume([s.topic_partition for s in resume])
+            log.debug("resumed", handler=self.spec.name, partitions=_names(resume))
+
+    # -- rebalances: the AssignmentListener, called on this thread inside fetch() ----------
+
+    def on_assign(self, partitions: list[Partition]) -> None:
+        for partition in partitions:
+            self._partitions[partition] = PartitionState(*partition)
+        self.stats.assigned += 1
+        self._metrics.rebalances.labels(self.spec.name, "assigned").inc()
+        self.on_joined()  # librdkafka's classic protocol calls this with no partitions too
+        log.info("partitions assigned", handler=self.spec.name, partitions=_names(partitions))
+
+    def on_joined(self) -> None:
+        if not self._stopping.is_set():
+            self._gauges.ready(True)
+
+    def on_revoke(self, partitions: list[Partition]) -> None:
+        self.stats.revoked += 1
+        self._metrics.rebalances.labels(self.spec.name, "revoked").inc()
+        self._let_go(partitions, commit=True)
+
+    def on_lost(self, partitions: list[Partition]) -> None:
+        # Another member may own these already: committing now could move its offsets back.
+        self.stats.lost += 1
+        self._metrics.rebalances.labels(self.spec.name, "lost").inc()
+        self._let_go(partitions, commit=False)
+
+    def _let_go(self, partitions: list[Partition], *, commit: bool) -> None:
+        """Stop dispatching, drop unstarted, wait (bounded) for in-flight, commit, forget."""
+        states = [s for p in partitions if (s := self._partitions.get(p))]
+        self._stop_work(states)
+        if commit and not self._closed_out:
+            # During shutdown a revoke may not outlast what is left of shutdown_timeout.
+            remaining = self._shutdown_deadline - time.monotonic()
+            self._wait_in_flight(states, min(self.settings.revoke_timeout, max(0.0, remaining)))
+            self._commit_now(states)
+        self._committer.discard(s.topic_partition for s in states)
+        still = {str(s.topic_partition): s.in_flight for s in states if s.in_flight}
+        if still and not self._closed_out:
+            log.warning(
+                "revoked partitions still had messages in flight; the new owner will process "
+                "them again",
+                handler=self.spec.name,
+                in_flight=still,
+            )
+        paused = [s.topic_partition for s in states if s.paused]
+        if paused:
+            # librdkafka keeps a partition's pause flag across unassign and reassign.
+            self._source.resume(paused)
+        for state in states:
+            del self._partitions[state.topic_partition]
+            state.forgotten = True
+            self._gauges.forget(state)
+            self._in_flight -= state.in_flight  # their reports will be ignored from now on
+        self._backpressure.forget(states)
+        log.info(
+            "partitions revoked" if commit else "partitions lost",
+            handler=self.spec.name,
+            partitions=_names(partitions),
+        )
+
+    def _stop_work(self, states: list[PartitionState]) -> None:
+        for state in states:
+            self._delayed.drop(state)  # never started: redelivered to the next owner
+        dropped = self._executor.revoke(states)
+        self._collect(Completion(m._state, [m.offset], NOT_FINISHED) for m in dropped)
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Stop fetching, finish in-flight work within shutdown_timeout, commit, close."""
+        self._gauges.ready(False)  # draining: not ready any more
+        states = list(self._partitions.values())
+        self._shutdown_deadline = deadline = time.monotonic() + self.settings.shutdown_timeout
+        try:
+            if states:
+                self._source.pause([s.topic_partition for s in states])
+            self._stop_work(states)
+            while any(s.in_flight for s in self._partitions.values()):
+                if time.monotonic() >= deadline:
+                    break
+                # Keep serving the group (heartbeats are librdkafka's, but rebalance callbacks
+                # and max.poll.interval.ms are ours) while in-flight handlers finish. A record
+                # from a partition assigned meanwhile is not dispatched, so never committed.
+                self._gauges.beat()
+                for record in self._source.fetch(0, 1):
+                    if (error := record.error()) is not None:
+                        self._intake.on_error(error)
+                self._collect(self._drain(timeout=0.05))
+            self._collect(self._drain())
+            self._commit_now(self._partitions.values())
+            self._closed_out = True
+            unfinished = [s for s in self._partitions.values() if s.in_flight]
+            self.unfinished_at_exit = {str(s.topic_partition): s.in_flight for s in unfinished}
+            if unfinished:
+                log.warning(
+                    "shutdown_timeout reached with messages in flight; they are not committed "
+                    "and will be delivered again",
+                    handler=self.spec.name,
+                    in_flight=self.unfinished_at_exit,
+                    lowest_unfinished={
+                        str(s.topic_partition): s.offsets.lowest_unfinished() for s in unfinished
+                    },
+                )
+        finally:
+            self._source.close()
+            self._executor.close()
+
+
+def _names(partitions: Iterable[PartitionState | Partition]) -> list[str]:
+    return [str(p.topic_partition if isinstance(p, PartitionState) else p) for p in partitions]

@@ -1,0 +1,213 @@
+"""A consumer group as a Source: confluent-kafka's Consumer, and the configuration it runs with."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from kafkaworker.errors import StartupError
+from kafkaworker.handlers import HandlerSpec
+from kafkaworker.runtime.source import AssignmentListener, Partition, Record
+from kafkaworker.settings import Settings
+
+log = structlog.get_logger("kafkaworker.source")
+
+
+def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dict[str, Any]:
+    """librdkafka configuration for a handler's consumer; raw `kafka.consumer` keys win."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "group.id": spec.group or app_name,
+        "client.id": f"{app_name}.{spec.name}",
+        # At-least-once: the poll thread stores positions below which every message is
+        # finished, never what librdkafka merely handed out, and librdkafka commits what is
+        # stored every commit_interval (poll/commit.py).
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": max(1, round(settings.commit_interval * 1000)),
+        "auto.offset.reset": settings.auto_offset_reset,
+        "enable.partition.eof": False,
+        # When the local queue is full librdkafka waits this long before fetching the
+        # partition again; its 1000 ms capped a backlog drain at about 150k records/s here
+        # (the raw loop did 1.1M with 10 ms). The queue stays bounded by queued.max.messages.*.
+        "fetch.queue.backoff.ms": 10,
+        "logger": logging.getLogger("kafkaworker.librdkafka"),
+    }
+    raw = settings.kafka.consumer
+    kip848 = settings.kafka.group_protocol == "consumer" or raw.get("group.protocol") == "consumer"
+    if kip848:
+        config["group.protocol"] = "consumer"  # KIP-848: assignment is the broker's job
+        # Readiness comes from the group state in librdkafka's statistics (see
+        # ConsumerGroupSource): KIP-848 calls no assign callback for a member given no
+        # partitions.
+        config["statistics.interval.ms"] = 1000
+    else:
+        config["partition.assignment.strategy"] = "cooperative-sticky"
+        # Members learn of a rebalance from a heartbeat, and cooperative rebalancing takes two
+        # rounds: at librdkafka's 3 s a new member waited 2.5-5.5 s for partitions, at 1 s
+        # 1.5 s (measured here). Scaling out should take effect that fast; the cost is one
+        # small request a second per member. (KIP-848: the broker sets the interval.)
+        config["heartbeat.interval.ms"] = 1000
+    config.update(raw)
+    return config
+
+
+def new_consumer(config: dict[str, Any]) -> Consumer:
+    try:
+        return Consumer(config)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise StartupError(f"the consumer configuration was rejected: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KafkaException) and isinstance(exc.args[0], KafkaError):
+        return str(exc.args[0].str())
+    return " ".join(str(exc).split())
+
+
+# Commit errors that a rebalance in progress causes (the member's generation or epoch moved).
+_REBALANCING = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.STALE_MEMBER_EPOCH,
+    }
+)
+
+
+def _topic_partitions(partitions: Sequence[Partition]) -> list[TopicPartition]:
+    return [TopicPartition(topic, partition) for topic, partition in partitions]
+
+
+def _offsets(positions: Mapping[Partition, int]) -> list[TopicPartition]:
+    return [TopicPartition(p.topic, p.partition, offset) for p, offset in positions.items()]
+
+
+def _partitions(topic_partitions: list[TopicPartition]) -> list[Partition]:
+    return [Partition(tp.topic, tp.partition) for tp in topic_partitions]
+
+
+class ConsumerGroupSource:
+    """One handler's consumer; its rebalance callbacks reach the listener inside fetch()."""
+
+    def __init__(self, config: dict[str, Any], *, handler: str) -> None:
+        self._handler = handler
+        self._listener: AssignmentListener | None = None
+        # Partitions revoked or lost since fetch() took its first record (see fetch()).
+        self._revoked: set[Partition] = set()
+        config = dict(config)
+        config["on_commit"] = self._on_commit  # librdkafka's periodic commits report here
+        if config.get("group.protocol") == "consumer":
+            config["stats_cb"] = self._on_statistics  # called inside poll(): the poll thread
+        self._consumer = new_consumer(config)
+
+    def subscribe(self, topics: Sequence[str], listener: AssignmentListener) -> None:
+        self._listener = listener
+        self._consumer.subscribe(
+            list(topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def fetch(self, timeout: float, max_records: int) -> list[Record]:
+        # poll() returns as soon as one record is there; consume(n, 0) then takes what is
+        # already fetched without waiting (consume(n, t) would wait t for a full batch: up to
+        # t of added latency at low rates).
+        first = self._consumer.poll(timeout)
+        if first is None:
+            return []
+        if max_records <= 1:
+            return [first]
+        self._revoked.clear()
+        rest = self._consumer.consume(max_records - 1, 0)
+        # consume() may run rebalance callbacks. `first` was fetched before them: if its
+        # partition was revoked (and maybe assigned again) meanwhile, it belongs to the old
+        # assignment; handed to the new one, it would make the re-fetched lower offsets look
+        # like repeats. Records in `rest` from before a revoke are left to the poll thread,
+        # which drops records of partitions it does not own.
+        if self._revoked and (first.topic(), first.partition()) in self._revoked:
+            return rest
+        rest.insert(0, first)
+        return rest
+
+    def pause(self, partitions: Sequence[Partition]) -> None:
+        self._consumer.pause(_topic_partitions(partitions))
+
+    def resume(self, partitions: Sequence[Partition]) -> None:
+        self._consumer.resume(_topic_partitions(partitions))
+
+    def store(self, positions: Mapping[Partition, int]) -> None:
+        self._consumer.store_offsets(offsets=_offsets(positions))
+
+    def commit(self, positions: Mapping[Partition, int]) -> None:
+        # It raises for the request; a partition's own failure is in its result.
+        for tp in self._consumer.commit(offsets=_offsets(positions), asynchronous=False):
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+
+    def log_end(self, partition: Partition) -> int | None:
+        try:
+            # Cached: the log end offset of the latest fetch response, no request.
+            _, end = self._consumer.get_watermark_offsets(
+                TopicPartition(partition.topic, partition.partition), cached=True
+            )
+        except KafkaException:
+            return None
+        return end if end >= 0 else None
+
+    def position(self, partition: Partition) -> int | None:
+        try:
+            [tp] = self._consumer.position([TopicPartition(partition.topic, partition.partition)])
+        except KafkaException:
+            return None
+        return tp.offset if tp.offset >= 0 else None
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    # -- librdkafka's callbacks, on the poll thread inside poll()/consume()/close() --------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self._listener is not None
+        self._listener.on_assign(_partitions(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self._listener is not None
+        revoked = _partitions(partitions)
+        self._revoked.update(revoked)
+        self._listener.on_revoke(revoked)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self._listener is not None
+        lost = _partitions(partitions)
+        self._revoked.update(lost)
+        self._listener.on_lost(lost)
+
+    def _on_statistics(self, statistics: str) -> None:
+        """KIP-848 calls no assign callback for a member given no partitions: it has joined
+        once librdkafka's group state is "up" (the coordinator found, heartbeats going)."""
+        group = orjson.loads(statistics).get("cgrp") or {}
+        if group.get("state") == "up" and self._listener is not None:
+            self._listener.on_joined()
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = [tp for tp in partitions if tp.error is not None]
+        error = error or (failed[0].error if failed else None)
+        if error is None or error.code() == KafkaError._NO_OFFSET:
+            return  # committed, or nothing to commit
+        # Not a delivery problem: what is stored is committed again at the next interval, and
+        # uncommitted work is delivered again, never skipped. During a rebalance it is routine.
+        routine = error.code() in _REBALANCING
+        (log.debug if routine else log.warning)(
+            "periodic commit failed; retried at the next interval",
+            handler=self._handler,
+            error=error.str(),
+            partitions=[f"{tp.topic}[{tp.partition}]" for tp in failed] or None,
+        )

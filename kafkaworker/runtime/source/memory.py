@@ -1,0 +1,241 @@
+"""MemorySource: an in-memory partitioned log standing in for a consumer group, for tests.
+
+Records are appended by hand; assignments change when a test says so; pauses and commits are
+recorded where the test can see them (a stored position counts as committed at once). As
+with librdkafka, assignment changes reach the listener on the poll thread, from inside
+fetch(), and a revoked partition is still assigned while the listener's on_revoke runs (it
+may commit).
+
+It is a fake, not a broker: one member, no prefetch, no network. What it shows about the
+runtime is the runtime's own logic (ordering, offsets, backpressure, revokes), which is
+exactly what it is for; Kafka's behaviour is tested against a real broker.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
+
+from kafkaworker.runtime.source import AssignmentListener, Partition, Record
+
+Headers = Sequence[tuple[str, bytes | None]]
+
+
+class MemorySource:
+    """Topics of partitions of records. `auto_assign`: a group of one, given every partition
+    of the subscribed topics on the first fetch."""
+
+    def __init__(
+        self, topics: Mapping[str, int] | None = None, *, auto_assign: bool = True
+    ) -> None:
+        self._cond = threading.Condition()
+        self._logs: dict[Partition, list[Record]] = {}
+        self._auto_assign = auto_assign
+        self._listener: AssignmentListener | None = None
+        self._subscribed: tuple[str, ...] = ()
+        # Assignment changes not yet delivered to the listener, in order.
+        self._events: list[tuple[str, list[Partition]]] = []
+        self._positions: dict[Partition, int] = {}  # assigned partitions: the next offset
+        self._next_partition = 0  # fetch() starts at a different partition each time
+        self.paused: set[Partition] = set()
+        self.committed: dict[Partition, int] = {}
+        self.commits: list[dict[Partition, int]] = []  # every commit, in order
+        self.closed = False
+        for topic, partitions in (topics or {}).items():
+            self.create_topic(topic, partitions)
+
+    # -- the test's side -------------------------------------------------------------------
+
+    def create_topic(self, topic: str, partitions: int = 1) -> None:
+        with self._cond:
+            for index in range(partitions):
+                self._logs.setdefault(Partition(topic, index), [])
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Headers | None = None,
+        timestamp_ms: int = 1_700_000_000_000,
+    ) -> int:
+        """Append a record; its offset. Without `partition`, a key picks one (crc32, not the
+        Java client's murmur2: pass `partition` where the exact one matters) and no key
+        picks partition 0."""
+        with self._cond:
+            count = sum(1 for p in self._logs if p.topic == topic)
+            if not count:
+                raise KeyError(f"no topic {topic!r}: create_topic() it first")
+            if partition is None:
+                partition = zlib.crc32(key) % count if key is not None else 0
+            log = self._logs[Partition(topic, partition)]
+            offset = len(log)
+            log.append(
+                Message(
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                    key=key,
+                    value=value,
+                    headers=list(headers) if headers is not None else None,
+                    timestamp=(TIMESTAMP_CREATE_TIME, timestamp_ms),
+                )
+            )
+            self._cond.notify_all()
+            return offset
+
+    def assign(self, partitions: Sequence[Partition]) -> None:
+        self._event("assign", partitions)
+
+    def revoke(self, partitions: Sequence[Partition]) -> None:
+        self._event("revoke", partitions)
+
+    def lose(self, partitions: Sequence[Partition]) -> None:
+        self._event("lost", partitions)
+
+    @property
+    def assigned(self) -> set[Partition]:
+        with self._cond:
+            return set(self._positions)
+
+    def log_size(self, partition: Partition) -> int:
+        with self._cond:
+            return len(self._logs[partition])
+
+    def wait_for(self, predicate: Callable[[MemorySource], bool], timeout: float) -> bool:
+        """Wait until `predicate(self)` holds (checked on every commit, pause and assignment
+        change); False after `timeout` seconds."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self), timeout)
+
+    def _event(self, kind: str, partitions: Sequence[Partition]) -> None:
+        with self._cond:
+            self._events.append((kind, [Partition(*p) for p in partitions]))
+            self._cond.notify_all()
+
+    # -- Source ----------------------------------------------------------------------------
+
+    def subscribe(self, topics: Sequence[str], listener: AssignmentListener) -> None:
+        with self._cond:
+            missing = [t for t in topics if not any(p.topic == t for p in self._logs)]
+            if missing:
+                raise KeyError(f"no topic {missing[0]!r}: create_topic() it first")
+            self._listener = listener
+            self._subscribed = tuple(topics)
+            if self._auto_assign:
+                self._events.append(
+                    ("assign", sorted(p for p in self._logs if p.topic in self._subscribed))
+                )
+
+    def fetch(self, timeout: float, max_records: int) -> list[Record]:
+        with self._cond:
+            if not self._events and not self._available():
+                self._cond.wait(timeout)
+        self._deliver_events()
+        with self._cond:
+            return self._take(max_records)
+
+    def pause(self, partitions: Sequence[Partition]) -> None:
+        with self._cond:
+            self.paused.update(partitions)
+            self._cond.notify_all()
+
+    def resume(self, partitions: Sequence[Partition]) -> None:
+        with self._cond:
+            self.paused.difference_update(partitions)
+            self._cond.notify_all()
+
+    def store(self, positions: Mapping[Partition, int]) -> None:
+        """Stored positions count as committed at once: no commit interval here."""
+        self.commit(positions)
+
+    def commit(self, positions: Mapping[Partition, int]) -> None:
+        with self._cond:
+            for partition in positions:
+                if partition not in self._positions:
+                    raise AssertionError(f"commit of {partition}, which is not assigned")
+            self.committed.update(positions)
+            self.commits.append(dict(positions))
+            self._cond.notify_all()
+
+    def log_end(self, partition: Partition) -> int | None:
+        with self._cond:
+            log = self._logs.get(partition)
+            return len(log) if log is not None else None
+
+    def position(self, partition: Partition) -> int | None:
+        with self._cond:
+            return self._positions.get(partition)
+
+    def close(self) -> None:
+        self._deliver_events()
+        with self._cond:
+            assigned = sorted(self._positions)
+        if assigned and self._listener is not None:
+            self._listener.on_revoke(assigned)
+        with self._cond:
+            self._positions.clear()
+            self.closed = True
+            self._cond.notify_all()
+
+    # -- inside fetch() --------------------------------------------------------------------
+
+    def _available(self) -> bool:
+        return any(
+            position < len(self._logs[partition])
+            for partition, position in self._positions.items()
+            if partition not in self.paused
+        )
+
+    def _deliver_events(self) -> None:
+        """Assignment changes, delivered like librdkafka's callbacks: on this thread, one at a
+        time, without the lock (the listener calls back into the source)."""
+        listener = self._listener
+        while listener is not None:
+            with self._cond:
+                if not self._events:
+                    return
+                kind, partitions = self._events.pop(0)
+                if kind == "assign":
+                    partitions = [p for p in partitions if p not in self._positions]
+                    for partition in partitions:
+                        self._positions[partition] = self.committed.get(partition, 0)
+                else:
+                    partitions = [p for p in partitions if p in self._positions]
+            if kind == "assign":
+                listener.on_assign(partitions)
+                listener.on_joined()
+            elif partitions:
+                (listener.on_revoke if kind == "revoke" else listener.on_lost)(partitions)
+            with self._cond:
+                if kind != "assign":
+                    for partition in partitions:
+                        del self._positions[partition]
+                        self.paused.discard(partition)
+                self._cond.notify_all()
+
+    def _take(self, max_records: int) -> list[Record]:
+        """Runs of one partition, in offset order, from a different partition each time."""
+        partitions = [p for p in sorted(self._positions) if p not in self.paused]
+        if not partitions:
+            return []
+        start = self._next_partition % len(partitions)
+        self._next_partition += 1
+        taken: list[Record] = []
+        for partition in partitions[start:] + partitions[:start]:
+            room = max_records - len(taken)
+            if room <= 0:
+                break
+            position = self._positions[partition]
+            run = self._logs[partition][position : position + room]
+            self._positions[partition] = position + len(run)
+            taken.extend(run)
+        return taken
+
+
+__all__ = ["MemorySource"]

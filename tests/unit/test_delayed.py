@@ -1,0 +1,87 @@
+"""Delayed retry records: held until due, released in order, by a hand-moved clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Message as Record
+
+from kafkaworker import Message, headers
+from kafkaworker.runtime.clock import ManualClock
+from kafkaworker.runtime.poll.delayed import DelayedRetries
+from kafkaworker.runtime.poll.partitions import PartitionState
+from kafkaworker.serialization import CODECS
+
+TOPIC = "orders.retry.5s"
+
+
+def run(state: PartitionState, *dues: int | None, attempts: int = 1) -> list[Message[Any]]:
+    """Messages of the retry topic due at these times (ms; None: no due header)."""
+    start = state.last_dispatched + 1
+    offsets = list(range(start, start + len(dues)))
+    state.last_dispatched = offsets[-1]
+    records = [
+        Record(
+            topic=TOPIC,
+            partition=state.partition,
+            offset=offset,
+            value=b"{}",
+            headers=[(headers.ATTEMPTS, str(attempts).encode())]
+            + ([(headers.RETRY_DUE, str(due).encode())] if due is not None else []),
+        )
+        for offset, due in zip(offsets, dues, strict=True)
+    ]
+    return Message._from_run(records, offsets, CODECS["json"], state, TOPIC, state.partition)
+
+
+def offsets(messages: list[Message[Any]]) -> list[int]:
+    return [m.offset for m in messages]
+
+
+def test_due_records_pass_and_later_ones_are_held_behind_the_first_held() -> None:
+    clock = ManualClock(wall=1000.0)  # 1,000,000 ms
+    delayed = DelayedRetries([TOPIC], clock=clock)
+    state = PartitionState(TOPIC, 0)
+    # Due, not due, due (but behind a held one), no header (due: written by someone else).
+    messages = run(state, 999_000, 1_005_000, 1_000_000, None)
+    assert offsets(delayed.admit(state, messages)) == [0]
+    assert delayed.holds(state) and delayed
+    assert delayed.due() == []
+    clock.advance(4.999)
+    assert delayed.due() == []
+    clock.advance(0.001)
+    [(released_state, released)] = delayed.due()
+    assert released_state is state
+    assert offsets(released) == [1, 2, 3]
+    assert not delayed.holds(state) and not delayed
+
+
+def test_a_run_fetched_while_records_are_held_waits_behind_them() -> None:
+    clock = ManualClock(wall=1000.0)
+    delayed = DelayedRetries([TOPIC], clock=clock)
+    state = PartitionState(TOPIC, 0)
+    assert delayed.admit(state, run(state, 1_010_000)) == []
+    assert delayed.admit(state, run(state, 0)) == []  # long due, but behind offset 0
+    clock.advance(10)
+    [(_, released)] = delayed.due()
+    assert offsets(released) == [0, 1]
+
+
+def test_attempts_continue_from_the_header() -> None:
+    delayed = DelayedRetries([TOPIC], clock=ManualClock(wall=1000.0))
+    state = PartitionState(TOPIC, 0)
+    [msg] = delayed.admit(state, run(state, 0, attempts=3))
+    assert msg.attempt == 4
+
+
+def test_partitions_are_held_and_released_independently_and_dropped_on_revoke() -> None:
+    clock = ManualClock(wall=1000.0)
+    delayed = DelayedRetries([TOPIC], clock=clock)
+    first, second = PartitionState(TOPIC, 0), PartitionState(TOPIC, 1)
+    delayed.admit(first, run(first, 1_001_000))
+    delayed.admit(second, run(second, 1_002_000))
+    clock.advance(1)
+    assert [(s.partition, offsets(m)) for s, m in delayed.due()] == [(0, [0])]
+    assert delayed.holds(second)
+    delayed.drop(second)  # revoked: the next owner fetches it again
+    assert not delayed
