@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+from confluent_kafka import Message as _Record
 from pydantic import ValidationError
 
 from kafkaworker.errors import DeserializationError
@@ -40,29 +41,25 @@ class Message(Generic[T]):
         "_acked",
         "_codec",
         "_headers",
-        "_key",
         "_raw",
-        "_raw_value",
         "_state",
         "_timestamp",
         "_value",
         "attempt",
         "offset",
-        "partition",
-        "topic",
     )
 
-    topic: str
-    partition: int
     offset: int
     attempt: int
-    # Lazily filled from `_raw` (the confluent-kafka record) while they hold _UNSET.
-    _raw: Any
-    _key: Any
-    _raw_value: Any
-    _headers: Any
-    _timestamp: Any
-    _value: Any
+    # Topic, partition, key and raw value are read from `_raw`, a confluent-kafka record: the
+    # fetched one, or one made from the arguments when a Message is built by hand. The runtime
+    # sets as few slots as it can (each is a store per record on the hot path, and fewer slots
+    # make freeing cheaper): headers and timestamp are cached on first access, the manual-ack
+    # fields are set only for manual acks.
+    _raw: confluent_kafka.Message
+    _headers: list[tuple[str, bytes | None]]
+    _timestamp: datetime | None
+    _value: Any  # _UNSET until decoded
 
     def __init__(
         self,
@@ -78,30 +75,23 @@ class Message(Generic[T]):
         attempt: int = 1,
         codec: Codec | None = None,
     ) -> None:
-        self.topic = topic
-        self.partition = partition
+        self._raw = _Record(
+            topic=topic, partition=partition, offset=offset, key=key, value=raw_value
+        )
         self.offset = offset
         self.attempt = attempt
-        self._raw = None
         self._codec = codec or CODECS["json"]
-        self._key = key
-        self._raw_value = raw_value
         self._headers = list(headers or ())
         self._timestamp = timestamp
-        self._value = value
+        # Given a raw value and no value, the value is decoded from it, as at run time.
+        self._value = _UNSET if value is None and raw_value is not None else value
         self._ack: Callable[[], None] | None = None
         self._acked = False
         self._state: Any = None  # the runtime's PartitionState
 
     @classmethod
-    def _from_run(  # noqa: PLR0917 - the hot path: positional is the cheap call
-        cls,
-        records: list[confluent_kafka.Message],
-        offsets: list[int],
-        codec: Codec,
-        state: Any,
-        topic: str,
-        partition: int,
+    def _from_run(
+        cls, records: list[confluent_kafka.Message], offsets: list[int], codec: Codec, state: Any
     ) -> list[Message[Any]]:
         """Messages for a run of records of one partition (the poll thread read their offsets
         already), without a call per record: no copying, nothing decoded yet."""
@@ -110,36 +100,39 @@ class Message(Generic[T]):
         append = messages.append
         for raw, offset in zip(records, offsets, strict=True):
             msg: Message[Any] = new(cls)
-            msg.topic = topic
-            msg.partition = partition
+            msg._raw = raw
             msg.offset = offset
             msg.attempt = 1
-            msg._raw = raw
             msg._codec = codec
-            msg._key = msg._raw_value = msg._headers = msg._timestamp = msg._value = _UNSET
-            msg._ack = None
-            msg._acked = False
+            msg._value = _UNSET
             msg._state = state
             append(msg)
         return messages
 
     @property
+    def topic(self) -> str:
+        return self._raw.topic()  # type: ignore[return-value]
+
+    @property
+    def partition(self) -> int:
+        return self._raw.partition()  # type: ignore[return-value]
+
+    @property
     def key(self) -> bytes | None:
-        if self._key is _UNSET:
-            self._key = self._raw.key()
-        return self._key  # type: ignore[no-any-return]
+        return self._raw.key()
 
     @property
     def raw_value(self) -> bytes | None:
-        if self._raw_value is _UNSET:
-            self._raw_value = self._raw.value()
-        return self._raw_value  # type: ignore[no-any-return]
+        return self._raw.value()
 
     @property
     def headers(self) -> list[tuple[str, bytes | None]]:
-        if self._headers is _UNSET:
-            self._headers = self._raw.headers() or []
-        return self._headers  # type: ignore[no-any-return]
+        try:
+            return self._headers
+        except AttributeError:  # built by the runtime, first access
+            # A fetched record's headers are a list of (str, bytes | None).
+            self._headers = headers = self._raw.headers() or []  # type: ignore[assignment]
+            return headers  # type: ignore[return-value]
 
     def header(self, name: str, default: bytes | None = None) -> bytes | None:
         """The value of the last header called `name` (Kafka allows repeats), or `default`."""
@@ -150,14 +143,16 @@ class Message(Generic[T]):
 
     @property
     def timestamp(self) -> datetime | None:
-        if self._timestamp is _UNSET:
+        try:
+            return self._timestamp
+        except AttributeError:  # built by the runtime, first access
             kind, millis = self._raw.timestamp()
-            self._timestamp = (
+            self._timestamp = stamp = (
                 None
                 if kind == TIMESTAMP_NOT_AVAILABLE
                 else datetime.fromtimestamp(millis / 1000, tz=UTC)
             )
-        return self._timestamp  # type: ignore[no-any-return]
+            return stamp
 
     @property
     def value(self) -> T:
@@ -167,9 +162,7 @@ class Message(Generic[T]):
             return value  # type: ignore[no-any-return]
         # The hot path of every handler that reads its value: no further Python calls for the
         # default codec, whose decode is orjson's.
-        data = self._raw_value
-        if data is _UNSET:
-            data = self._raw_value = self._raw.value()
+        data = self._raw.value()
         codec = self._codec
         try:
             if data is None:
@@ -199,14 +192,14 @@ class Message(Generic[T]):
         With ack="auto" the runtime acknowledges when the handler returns; calling ack() then
         does nothing.
         """
-        report = self._ack
+        report = getattr(self, "_ack", None)
         if self._claim() and report is not None:
             report()
 
     @property
     def acked(self) -> bool:
         """Whether ack() was called (or the runtime reported the message otherwise)."""
-        return self._acked
+        return getattr(self, "_acked", False)
 
     def _on_ack(self, report: Callable[[], None]) -> None:
         """The runtime's: how ack() reports this message finished."""
@@ -215,7 +208,7 @@ class Message(Generic[T]):
     def _claim(self) -> bool:
         """Take the right to report the message; False when it was taken already."""
         with _CLAIM:
-            if self._acked:
+            if getattr(self, "_acked", False):
                 return False
             self._acked = True
             return True

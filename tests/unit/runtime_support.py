@@ -44,7 +44,7 @@ def messages(
         )
         for i, offset in enumerate(offsets)
     ]
-    return Message._from_run(records, offsets, CODECS["raw"], state, state.topic, state.partition)
+    return Message._from_run(records, offsets, CODECS["raw"], state)
 
 
 def reports(completions: CompletionQueue, timeout: float = 5.0) -> list[Completion]:

@@ -31,7 +31,7 @@ def run(state: PartitionState, *dues: int | None, attempts: int = 1) -> list[Mes
         )
         for offset, due in zip(offsets, dues, strict=True)
     ]
-    return Message._from_run(records, offsets, CODECS["json"], state, TOPIC, state.partition)
+    return Message._from_run(records, offsets, CODECS["json"], state)
 
 
 def offsets(messages: list[Message[Any]]) -> list[int]:

@@ -74,8 +74,6 @@ def test_undecodable_json_is_a_deserialization_error_naming_the_record(payload: 
         [41],
         CODECS["json"],
         None,
-        "orders",
-        3,
     )
     with pytest.raises(DeserializationError, match=r"orders\[3\]@41 with the json codec"):
         _ = msg.value
@@ -87,8 +85,6 @@ def test_an_empty_value_says_so() -> None:
         [41],
         CODECS["json"],
         None,
-        "orders",
-        3,
     )
     with pytest.raises(DeserializationError, match=r"orders\[3\]@41 .*: the value is empty"):
         _ = msg.value
@@ -100,10 +96,43 @@ def test_messages_of_a_run_carry_their_record_and_coordinates() -> None:
         for o in (5, 9)
     ]
     state = object()
-    messages = Message._from_run(records, [5, 9], CODECS["json"], state, "t", 2)
+    messages = Message._from_run(records, [5, 9], CODECS["json"], state)
     assert [(m.topic, m.partition, m.offset, m.attempt) for m in messages] == [
         ("t", 2, 5, 1),
         ("t", 2, 9, 1),
     ]
     assert [(m.key, m.value) for m in messages] == [(b"k5", {"n": 5}), (b"k9", {"n": 9})]
     assert all(m._state is state for m in messages)
+
+
+def test_a_message_built_with_a_raw_value_decodes_it_like_a_fetched_one() -> None:
+    msg: Message[Any] = Message("orders", raw_value=b'{"id": 7}', key=b"k", partition=2)
+    assert (msg.value, msg.raw_value, msg.key) == ({"id": 7}, b'{"id": 7}', b"k")
+    assert (msg.topic, msg.partition, msg.offset) == ("orders", 2, 0)
+    given: Message[Any] = Message("orders", {"id": 8}, raw_value=b'{"id": 7}')
+    assert given.value == {"id": 8}  # a value given wins: nothing is decoded
+    assert Message("orders").value is None
+
+
+def test_a_fetched_message_reads_its_fields_from_the_record_and_caches_headers() -> None:
+    record = KafkaRecord(
+        topic="orders",
+        partition=1,
+        offset=9,
+        key=b"k",
+        value=b"{}",
+        headers=[("trace", b"a")],
+        timestamp=(1, 1_700_000_000_123),
+    )
+    [msg] = Message._from_run([record], [9], CODECS["json"], None)
+    assert (msg.topic, msg.partition, msg.offset, msg.key, msg.raw_value) == (
+        "orders",
+        1,
+        9,
+        b"k",
+        b"{}",
+    )
+    assert msg.headers is msg.headers  # built once
+    assert msg.header("trace") == b"a"
+    assert msg.timestamp == datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)
+    assert not msg.acked

@@ -95,7 +95,9 @@ class Poller:
         )
         self._gauges = PollGauges(self._metrics, spec.name, source, clock=clock)
         self._partitions: dict[Partition, PartitionState] = {}
-        self._intake = Intake(self._partitions, codec, delayed, handler=spec.name)
+        self._intake = Intake(
+            self._partitions, codec, delayed, topics=self._topics, handler=spec.name
+        )
         self._stopping = threading.Event()
         # Set once shutdown committed: the revoke that closing the source triggers then only
         # forgets (waiting and committing again would delay leaving the group).
