@@ -8,6 +8,7 @@ any thread.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +33,10 @@ class ProduceError(KafkaWorkerError):
     def __init__(self, message: str, kafka_error: KafkaError | None = None) -> None:
         super().__init__(message)
         self.kafka_error = kafka_error
+
+
+class _QueueFullError(ProduceError):
+    """librdkafka's local queue stayed full for the send's timeout."""
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
@@ -121,7 +126,7 @@ class Producer:
             except BufferError:
                 # The local queue is full: the serving thread is draining it.
                 if time.monotonic() > deadline:
-                    raise ProduceError(
+                    raise _QueueFullError(
                         f"librdkafka's queue stayed full for {timeout:g}s sending to {topic!r}"
                     ) from None
                 time.sleep(0.005)
@@ -151,6 +156,46 @@ class Producer:
         )
         try:
             return future.result(timeout)
+        except TimeoutError:
+            raise ProduceError(
+                f"no acknowledgement for a record to {topic!r} within {timeout:g}s"
+            ) from None
+
+    async def send_async(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: bytes | str | None = None,
+        headers: HeaderList | None = None,
+        partition: int | None = None,
+        codec: str | Codec | None = None,
+        timeout: float = 30.0,
+    ) -> confluent_kafka.Message:
+        """Send and await the broker's acknowledgement without blocking the event loop; raise
+        ProduceError on failure. For async handlers: `await app.producer.send_async(...)`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                future = self.send(
+                    topic,
+                    value,
+                    key=key,
+                    headers=headers,
+                    partition=partition,
+                    codec=codec,
+                    timeout=0,
+                )
+                break
+            except _QueueFullError:
+                # send() waited 0 s for room in librdkafka's queue: wait on the loop instead.
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.005)
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(future), max(0.0, deadline - time.monotonic())
+            )
         except TimeoutError:
             raise ProduceError(
                 f"no acknowledgement for a record to {topic!r} within {timeout:g}s"

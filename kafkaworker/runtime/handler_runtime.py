@@ -13,11 +13,12 @@ from kafkaworker.observability.metrics import Metrics
 from kafkaworker.producer import Producer
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.execute.attempts import Attempts
+from kafkaworker.runtime.execute.batches import BatchRunner
 from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.execute.pool import WorkerPool
 from kafkaworker.runtime.execute.revocations import Revocations
 from kafkaworker.runtime.failures.breaker import CircuitBreaker
-from kafkaworker.runtime.failures.deadletter import FailurePublisher
+from kafkaworker.runtime.failures.deadletter import FailureRecords
 from kafkaworker.runtime.failures.policy import FailurePolicy
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handoff import Completion
@@ -68,42 +69,49 @@ class HandlerRuntime:
         self.metrics = metrics or Metrics()
         group = spec.group or app_name
         routes = RetryRoutes(spec.topics, spec.retry_topics) if spec.retry_topics else None
-        publisher = None
         writes = spec.dlq is not None or routes is not None or spec.output is not None
         if writes and producer is None:
             raise ValueError(f"handler {spec.name!r} writes records but has no producer")
+        records = None
         if spec.dlq is not None or routes is not None:
-            assert producer is not None
-            publisher = FailurePublisher(
-                producer,
-                spec.dlq,
-                group=group,
-                handler=spec.name,
-                timeout=settings.dead_letter.timeout,
-            )
+            records = FailureRecords(spec.dlq, group=group, handler=spec.name)
         breaker = new_breaker(settings, spec.name) if spec.dlq is not None else None
         # Codecs are resolved once per handler: the value codec encodes outputs, and decodes
         # messages (validating into the handler's model, when it has one).
         codec = spec.value_codec(runtime_codecs)
         outputs = None
-        if spec.output is not None:
-            assert producer is not None
-            outputs = Outputs(producer, spec.output, codec, timeout=settings.produce_timeout)
+        if producer is not None:
+            outputs = Outputs(
+                producer,
+                topic=spec.output,
+                codec=codec,
+                produce_timeout=settings.produce_timeout,
+                write_timeout=settings.dead_letter.timeout,
+            )
         completions: queue.SimpleQueue[list[Completion]] = queue.SimpleQueue()
         policy = FailurePolicy(
-            spec, routes=routes, can_publish=publisher is not None, breaker=breaker
+            spec, routes=routes, can_publish=records is not None, breaker=breaker
         )
         attempts = Attempts(
             spec,
             policy,
-            Revocations(),
             completions,
             metrics=self.metrics,
-            publisher=publisher,
-            outputs=outputs,
+            records=records,
+            emits=spec.output is not None,
+        )
+        batches = (
+            BatchRunner(spec, attempts, completions, metrics=self.metrics) if spec.batch else None
         )
         self.executor = WorkerPool(
-            spec, attempts, completions, name=f"kw-{spec.name}", metrics=self.metrics
+            spec,
+            attempts,
+            completions,
+            name=f"kw-{spec.name}",
+            revocations=Revocations(),
+            metrics=self.metrics,
+            outputs=outputs,
+            batches=batches,
         )
         if source is None:
             config = consumer_config(app_name, spec, settings)

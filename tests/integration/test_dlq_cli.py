@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from kafkaworker import Message
 from kafkaworker.cli import cli
 from kafkaworker.producer import Producer
-from kafkaworker.runtime.failures.deadletter import FailurePublisher
+from kafkaworker.runtime.failures.deadletter import FailureRecords
 from tests.conftest import TopicFactory
 from tests.support import end_offsets, make_settings, read_topic
 
@@ -24,7 +24,7 @@ def dlq_records(kafka_bootstrap: str, new_topic: TopicFactory) -> dict[str, str]
     """A DLQ with 5 records: 3 ValueErrors (2 from orders, 1 from payments), 2 KeyErrors."""
     orders, payments, dlq = new_topic(1), new_topic(1), new_topic(2, prefix="dlq")
     producer = Producer(make_settings(kafka_bootstrap))
-    publisher = FailurePublisher(producer, dlq, group="svc", handler="h")
+    records = FailureRecords(dlq, group="svc", handler="h")
     failures: list[tuple[str, bytes, BaseException]] = [
         (orders, b'{"id": 1}', ValueError("no items")),
         (orders, b"\xff\xfe", KeyError("sku")),
@@ -41,7 +41,8 @@ def dlq_records(kafka_bootstrap: str, new_topic: TopicFactory) -> dict[str, str]
             raw_value=value,
             headers=[("trace", b"t%d" % offset)],
         )
-        publisher.publish(msg, error)
+        record = records.dead_letter(msg, error)
+        producer.send_sync(record.topic, record.value, key=record.key, headers=record.headers)
     producer.close()
     return {"orders": orders, "payments": payments, "dlq": dlq, "other": new_topic(1)}
 

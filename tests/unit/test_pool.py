@@ -27,14 +27,21 @@ class TransientError(Exception):
     pass
 
 
-def attempts_for(spec: HandlerSpec, completions: CompletionQueue) -> Attempts:
-    return Attempts(spec, FailurePolicy(spec), Revocations(), completions, metrics=Metrics())
-
-
 @contextmanager
 def pool_for(spec: HandlerSpec) -> Iterator[tuple[WorkerPool, CompletionQueue]]:
     completions: CompletionQueue = queue.SimpleQueue()
-    pool = WorkerPool(spec, attempts_for(spec, completions), completions, name="test")
+    metrics = Metrics()
+    attempts = Attempts(spec, FailurePolicy(spec), completions, metrics=metrics)
+    batches = BatchRunner(spec, attempts, completions, metrics=metrics) if spec.batch else None
+    pool = WorkerPool(
+        spec,
+        attempts,
+        completions,
+        name="test",
+        revocations=Revocations(),
+        metrics=metrics,
+        batches=batches,
+    )
     pool.start()
     try:
         yield pool, completions
@@ -139,23 +146,18 @@ def test_a_mixed_batch_stops_waiting_when_any_of_its_partitions_is_revoked() -> 
     spec = spec_for(
         store,
         ordering="none",
+        concurrency=1,
         batch=BatchPolicy(max_size=10, max_wait=0),
         retries=5,
         backoff=Backoff(initial=60, multiplier=1, max=60, jitter="none"),
     )
     first, second = PartitionState("t", 0), PartitionState("t", 1)
-    batch = [*messages(first, 2), *messages(second, 2)]
-    completions: CompletionQueue = queue.SimpleQueue()
-    attempts = attempts_for(spec, completions)
-    runner = BatchRunner(spec, attempts, completions, metrics=Metrics())
-    result: list[list[Outcome]] = []
-    thread = threading.Thread(target=lambda: result.append(runner.execute(batch)))
-    thread.start()
-    assert calls.get(timeout=5) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    attempts.revocations.revoke([second])  # not the first message's partition
-    # Within seconds, not the 60 s backoff: the second call runs without partition 1.
-    assert calls.get(timeout=5) == [(0, 0), (0, 1)]
-    attempts.revocations.revoke([first])
-    thread.join(5)
-    assert not thread.is_alive()
-    assert result == [[Outcome.NOT_FINISHED] * 4]
+    with pool_for(spec) as (pool, completions):
+        pool.submit([(first, messages(first, 2)), (second, messages(second, 2))])
+        assert calls.get(timeout=5) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        pool.revoke([second])  # not the first message's partition
+        # Within seconds, not the 60 s backoff: the second call runs without partition 1.
+        assert calls.get(timeout=5) == [(0, 0), (0, 1)]
+        pool.revoke([first])
+        found = collect(completions, 4)
+    assert outcomes(found) == {k: [Outcome.NOT_FINISHED] for k in [(0, 0), (0, 1), (1, 0), (1, 1)]}

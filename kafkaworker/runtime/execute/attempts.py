@@ -1,15 +1,17 @@
-"""Attempts: one message through the failure policy, in the calling worker thread.
+"""Attempts: one message through the failure policy, as steps an executor carries out.
 
 The handler runs; when it raises, the policy decides (failures/policy.py) and this module
-carries the decision out: wait and run again, hold while the breaker is open, write to a
-retry topic or the DLQ until the broker acknowledges it, or skip. Every wait ends the moment
-the message's partition is revoked, and the message is then given up (not finished).
+turns the decision into steps: wait and run again, hold while the breaker is open, write to a
+retry topic or the DLQ until the broker acknowledges it, or skip. It does no I/O and never
+waits itself: it yields steps (steps.py) and an executor carries them out, in a worker thread
+(pool.py) or on an event loop (aio.py). So the failure path is written once for both.
+Every wait ends the moment the message's partition is revoked, and the message is then given
+up (not finished).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Generator
 from typing import Any
 
 import structlog
@@ -18,9 +20,8 @@ from kafkaworker.errors import Skip
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
-from kafkaworker.runtime.execute.outputs import Outputs
-from kafkaworker.runtime.execute.revocations import Revocations
-from kafkaworker.runtime.failures.deadletter import FailurePublisher, error_type
+from kafkaworker.runtime.execute.steps import Call, Called, Emit, Sleep, Step, Write
+from kafkaworker.runtime.failures.deadletter import FailureRecords, error_type
 from kafkaworker.runtime.failures.policy import Action, Decision, FailurePolicy
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome
 from kafkaworker.runtime.poll.partitions import PartitionState
@@ -32,28 +33,28 @@ DEAD_LETTERED, AWAITING_ACK = Outcome.DEAD_LETTERED, Outcome.AWAITING_ACK
 # While the breaker is open a held message checks this often whether it closed.
 _HOLD_CHECK = 0.2
 
+Steps = Generator[Step, Any, Outcome]
+
 
 class Attempts:
-    """Runs a handler's messages under its failure policy; shared by its worker threads."""
+    """A handler's messages under its failure policy; shared by its executor's workers."""
 
     def __init__(
         self,
         spec: HandlerSpec,
         policy: FailurePolicy,
-        revocations: Revocations,
         completions: CompletionQueue,
         *,
         metrics: Metrics,
-        publisher: FailurePublisher | None = None,
-        outputs: Outputs | None = None,
+        records: FailureRecords | None = None,
+        emits: bool = False,
     ) -> None:
         self.spec = spec
         self.policy = policy
-        self.revocations = revocations
         self._completions = completions
-        self._call = spec.call()
-        self._publisher = publisher
-        self._outputs = outputs
+        self.call = spec.call()
+        self._records = records
+        self._emits = emits  # the handler's return value is produced (outputs)
         self._manual = spec.ack == "manual"
         name = spec.name
         self._handler_failures = metrics.handler_failures.labels(name)
@@ -63,16 +64,9 @@ class Attempts:
         self._retried_later = metrics.retried_later.labels(name)
         self._write_failures = metrics.dead_letter_write_failures.labels(name)
 
-    def run(
-        self,
-        msg: Message[Any],
-        *,
-        before_wait: Callable[[], None],
-        failed: BaseException | None = None,
-    ) -> Outcome:
+    def steps(self, msg: Message[Any], failed: BaseException | None = None) -> Steps:
         """Run the handler until the message is finished, dead-lettered, awaiting its ack, or
-        given up. `failed`: the error of a first call the caller made already.
-        `before_wait`: called before any wait (the caller reports what it finished first)."""
+        given up. `failed`: the error of a first call the executor made already."""
         state: PartitionState = msg._state
         manual = self._manual
         if manual:
@@ -80,60 +74,54 @@ class Attempts:
             msg._on_ack(lambda: completions.put([Completion(state, [msg.offset], FINISHED)]))
         failures = 0
         while True:
-            try:
-                if failed is not None:
-                    error, failed = failed, None
-                    raise error
-                result = self._call(msg)
-                if self._outputs is not None:
-                    self._outputs.emit(msg, result)
-                return AWAITING_ACK if manual else FINISHED
-            # Any handler error, even a BaseException such as SystemExit, goes through the
-            # policy. (Signals reach the main thread only, never a handler.)
-            except BaseException as exc:  # noqa: BLE001 - the failure policy decides
-                if manual and msg.acked:
-                    return AWAITING_ACK  # acknowledged before it raised: finished for Kafka
-                skipped = isinstance(exc, Skip)
-                if not skipped:
-                    if state.revoked:
-                        return NOT_FINISHED
-                    failures += 1
-                    self._handler_failures.inc()
-                decision = self.policy.decide(msg.topic, exc, failures)
-                if decision.final:
-                    return self.settle(msg, exc, decision, before_wait=before_wait)
-                self._log_wait(msg, exc, decision, first=failures == 1)
-                before_wait()  # what this thread finished must not wait out the backoff
-                if not self.wait(decision, (state,)):
+            error = failed
+            failed = None
+            if error is None:
+                called: Called = yield Call(self.call, msg)
+                error = called.error
+                if error is None and self._emits:
+                    error = yield Emit(msg, called.result)
+                if error is None:
+                    return AWAITING_ACK if manual else FINISHED
+            if manual and msg.acked:
+                return AWAITING_ACK  # acknowledged before it raised: finished for Kafka
+            if not isinstance(error, Skip):
+                if state.revoked:
                     return NOT_FINISHED
-                msg.attempt += 1
+                failures += 1
+                self._handler_failures.inc()
+            decision = self.policy.decide(msg.topic, error, failures)
+            if decision.final:
+                return (yield from self.settle(msg, error, decision))
+            self._log_wait(msg, error, decision, first=failures == 1)
+            if (yield from self.wait(decision, (state,))):
+                return NOT_FINISHED
+            msg.attempt += 1
 
-    def wait(self, decision: Decision, partitions: Collection[PartitionState]) -> bool:
-        """Wait as a RETRY, STALL or HOLD decision says; False when a partition was revoked
+    def wait(
+        self, decision: Decision, partitions: Collection[PartitionState]
+    ) -> Generator[Step, Any, bool]:
+        """Wait as a RETRY, STALL or HOLD decision says; True when a partition was revoked
         meanwhile (the message is then given up)."""
-        wait_unless_revoked = self.revocations.wait_unless_revoked
         if decision.action is Action.HOLD:
             breaker = self.policy.breaker
             while breaker is not None and breaker.open:
-                if wait_unless_revoked(partitions, _HOLD_CHECK):
-                    return False
-            return True
+                if (yield Sleep(_HOLD_CHECK, partitions)):
+                    return True
+            return False
         if decision.action is Action.STALL:
             self._stalled.inc()
             try:
-                return not wait_unless_revoked(partitions, decision.delay)
+                revoked: bool = yield Sleep(decision.delay, partitions)
             finally:
                 self._stalled.dec()
-        return not wait_unless_revoked(partitions, decision.delay)
+            return revoked
+        revoked = yield Sleep(decision.delay, partitions)
+        return revoked
 
     def settle(
-        self,
-        msg: Message[Any],
-        error: BaseException,
-        decision: Decision,
-        *,
-        before_wait: Callable[[], None],
-    ) -> Outcome:
+        self, msg: Message[Any], error: BaseException, decision: Decision
+    ) -> Generator[Step, Any, Outcome]:
         """Carry out a final decision: skip, or write to a retry topic or the DLQ until the
         broker acknowledges it (only then is the message finished; meanwhile its partition
         waits, nothing is committed past it). The message's outcome."""
@@ -154,40 +142,34 @@ class Attempts:
                 msg.ack()
                 return AWAITING_ACK
             return FINISHED
-        before_wait()
-        publisher = self._publisher
-        assert publisher is not None and decision.topic is not None
+        records = self._records
+        assert records is not None
         if decision.action is Action.RETRY_TOPIC:
             assert decision.stage is not None
-            write = functools.partial(publisher.publish_retry, msg, error, decision.stage)
+            record = records.retry(msg, error, decision.stage)
         else:
-            write = functools.partial(publisher.publish, msg, error)
+            record = records.dead_letter(msg, error)
         failures = 0
-        while True:
-            try:
-                write()
-                break
-            except Exception as exc:  # noqa: BLE001 - every failure is retried the same way
-                failures += 1
-                self._write_failures.inc()
-                delay = self.policy.write_retry_delay(failures)
-                log.error(
-                    "cannot write the failed message; the partition waits until it can",
-                    destination=decision.topic,
-                    reason=str(exc),
-                    retry_in=round(delay, 3),
-                    **where,
-                )
-                before_wait()
-                if self.revocations.wait_unless_revoked((msg._state,), delay):
-                    return NOT_FINISHED
+        while (failure := (yield Write(record))) is not None:
+            failures += 1
+            self._write_failures.inc()
+            delay = self.policy.write_retry_delay(failures)
+            log.error(
+                "cannot write the failed message; the partition waits until it can",
+                destination=record.topic,
+                reason=str(failure),
+                retry_in=round(delay, 3),
+                **where,
+            )
+            if (yield Sleep(delay, (msg._state,))):
+                return NOT_FINISHED
         dead = decision.action is Action.DEAD_LETTER
         (self._dead_lettered if dead else self._retried_later).inc()
         (log.warning if dead else log.info)(
             "message sent to the dead-letter topic"
             if dead
             else "message sent to a delayed retry topic",
-            destination=decision.topic,
+            destination=record.topic,
             error=_described(error),
             **where,
         )

@@ -10,6 +10,7 @@ run again one at a time, so that only the bad ones are settled.
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from typing import Any
 
 import structlog
@@ -19,6 +20,7 @@ from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.execute.attempts import Attempts
+from kafkaworker.runtime.execute.steps import Call, Called, Step
 from kafkaworker.runtime.failures.deadletter import error_type
 from kafkaworker.runtime.failures.policy import Action, Decision
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome
@@ -48,7 +50,7 @@ class BatchRunner:
         # Mean handler time per message of the latest batch (see Executor).
         self.recent_handler_seconds = 0.0
 
-    def run(self, chunk: list[Message[Any]]) -> None:
+    def run(self, chunk: list[Message[Any]]) -> Generator[Step, Any, None]:
         """Run `chunk` in batches of at most max_size; report every message's outcome."""
         for start in range(0, len(chunk), self.max_size):
             batch = chunk[start : start + self.max_size]
@@ -59,7 +61,7 @@ class BatchRunner:
             if live:
                 started = time.monotonic()
                 try:
-                    outcomes = self.execute(live)
+                    outcomes = yield from self.execute(live)
                 except BaseException:
                     log.exception("failed to run the batch handler", handler=self.spec.name)
                     outcomes = [NOT_FINISHED] * len(live)
@@ -71,7 +73,7 @@ class BatchRunner:
                 ]
             self._completions.put(report)
 
-    def execute(self, batch: list[Message[Any]]) -> list[Outcome]:
+    def execute(self, batch: list[Message[Any]]) -> Generator[Step, Any, list[Outcome]]:
         """Run the batch handler until every message is settled; an outcome per message."""
         attempts = self._attempts
         outcome: dict[int, Outcome] = {}
@@ -86,7 +88,8 @@ class BatchRunner:
             remaining = [m for m in remaining if id(m) not in outcome]
             if not remaining:
                 break
-            errors = self._call(remaining)
+            called: Called = yield Call(self.spec.func, list(remaining))  # a copy: the
+            errors = self._errors(remaining, called.error)  # handler may change its list
             for msg in remaining:
                 if msg not in errors:
                     outcome[id(msg)] = FINISHED
@@ -99,14 +102,12 @@ class BatchRunner:
             decisions = {id(m): decide(m.topic, errors[m], failures) for m in remaining}
             if len(remaining) > 1 and all(d.fatal for d in decisions.values()):
                 for msg in remaining:  # find the bad ones: one message at a time
-                    outcome[id(msg)] = self.execute([msg])[0]
+                    [outcome[id(msg)]] = yield from self.execute([msg])
                 break
             for msg in remaining:
                 decision = decisions[id(msg)]
                 if decision.final:
-                    outcome[id(msg)] = attempts.settle(
-                        msg, errors[msg], decision, before_wait=_nothing
-                    )
+                    outcome[id(msg)] = yield from attempts.settle(msg, errors[msg], decision)
             remaining = [m for m in remaining if id(m) not in outcome]
             if not remaining:
                 break
@@ -121,24 +122,26 @@ class BatchRunner:
                 retry_in=round(decision.delay, 3),
                 handler=self.spec.name,
             )
-            if not attempts.wait(decision, {m._state for m in remaining}):
+            if (yield from attempts.wait(decision, {m._state for m in remaining})):
                 continue  # the revoked check at the top settles them
             for msg in remaining:
                 msg.attempt += 1
         return [outcome.get(id(m), NOT_FINISHED) for m in batch]
 
-    def _call(self, batch: list[Message[Any]]) -> dict[Message[Any], BaseException]:
-        """Call the batch handler; the messages that failed, with their errors."""
-        try:
-            self.spec.func(list(batch))  # a copy: the handler may change its list
-        except Skip as exc:
-            log.info("batch skipped", reason=str(exc), handler=self.spec.name, size=len(batch))
+    def _errors(
+        self, batch: list[Message[Any]], error: BaseException | None
+    ) -> dict[Message[Any], BaseException]:
+        """The messages that failed in a call of the batch handler, with their errors."""
+        if error is None:
+            return {}
+        if isinstance(error, Skip):
+            log.info("batch skipped", reason=str(error), handler=self.spec.name, size=len(batch))
             self._skipped.inc(len(batch))
             return {}
-        except BatchFailures as exc:
+        if isinstance(error, BatchFailures):
             members = set(batch)
-            unknown = [key for key in exc.failures if key not in members]
-            if unknown or not exc.failures:
+            unknown = [key for key in error.failures if key not in members]
+            if unknown or not error.failures:
                 # Keys that are not this batch's messages cannot say which ones failed:
                 # count every message as failed rather than finish a failed one.
                 log.error(
@@ -147,11 +150,9 @@ class BatchRunner:
                     handler=self.spec.name,
                     unknown_keys=len(unknown),
                 )
-                return dict.fromkeys(batch, exc)
-            return dict(exc.failures)
-        except BaseException as exc:  # noqa: BLE001 - the failure policy decides
-            return dict.fromkeys(batch, exc)
-        return {}
+                return dict.fromkeys(batch, error)
+            return dict(error.failures)
+        return dict.fromkeys(batch, error)
 
 
 def _wait_for(decisions: list[Decision]) -> Decision:
@@ -162,7 +163,3 @@ def _wait_for(decisions: list[Decision]) -> Decision:
             if decision.action is action:
                 return decision
     return decisions[0]
-
-
-def _nothing() -> None:
-    """A batch reports when it is done: nothing to flush before a wait."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
 
 import structlog
 
@@ -23,10 +23,14 @@ from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.execute.batches import BatchRunner
 from kafkaworker.runtime.execute.lanes import Lane, Lanes
+from kafkaworker.runtime.execute.outputs import Outputs
+from kafkaworker.runtime.execute.revocations import Revocations
+from kafkaworker.runtime.execute.steps import Call, Called, Emit, Sleep, Step, Write
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run
 from kafkaworker.runtime.poll.partitions import PartitionState
 
 log = structlog.get_logger("kafkaworker.pool")
+T = TypeVar("T")
 
 NOT_FINISHED, FINISHED = Outcome.NOT_FINISHED, Outcome.FINISHED
 AWAITING_ACK = Outcome.AWAITING_ACK
@@ -48,16 +52,19 @@ class WorkerPool:
         completions: CompletionQueue,
         *,
         name: str,
+        revocations: Revocations,
         metrics: Metrics | None = None,
+        outputs: Outputs | None = None,
+        batches: BatchRunner | None = None,
     ) -> None:
         self.spec = spec
         self._attempts = attempts
         self._completions = completions
+        self._revocations = revocations
+        self._outputs = outputs
+        self._batches = batches
         metrics = metrics or Metrics()
         self._handler_seconds = metrics.handler_seconds.labels(spec.name)
-        self._batches = (
-            BatchRunner(spec, attempts, completions, metrics=metrics) if spec.batch else None
-        )
         self._cond = threading.Condition(threading.Lock())
         self._lanes = Lanes(spec.ordering, take_size=spec.batch.max_size if spec.batch else 1)
         self._closing = False
@@ -86,7 +93,7 @@ class WorkerPool:
                 self._cond.notify(woken)
 
     def revoke(self, partitions: Sequence[PartitionState]) -> list[Message[Any]]:
-        self._attempts.revocations.revoke(partitions)
+        self._revocations.revoke(partitions)
         with self._cond:
             return self._lanes.drop(partitions)
 
@@ -120,7 +127,7 @@ class WorkerPool:
             lane, chunk = taken
             try:
                 if self._batches is not None:
-                    self._batches.run(self._fill(lane, chunk))
+                    self._drive(self._batches.run(self._fill(lane, chunk)))
                 else:
                     self._run_chunk(chunk)
             finally:
@@ -239,7 +246,7 @@ class WorkerPool:
     ) -> Outcome:
         """The message under the failure policy (Attempts), as its outcome."""
         try:
-            return self._attempts.run(msg, before_wait=flush, failed=failed)
+            return self._drive(self._attempts.steps(msg, failed), flush)
         except BaseException:
             # A bug of the runtime's own: the message stays unfinished, never skipped.
             log.exception(
@@ -250,3 +257,30 @@ class WorkerPool:
                 offset=msg.offset,
             )
             return NOT_FINISHED
+
+    def _drive(self, steps: Generator[Step, Any, T], flush: Callable[[], None] | None = None) -> T:
+        """Carry out the failure path's steps in this worker thread, blocking. `flush`
+        reports what this worker finished before it waits (it must not wait out a backoff)."""
+        reply: Any = None
+        while True:
+            try:
+                step = steps.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            if isinstance(step, Call):
+                try:
+                    reply = Called(step.func(step.arg))
+                except BaseException as exc:  # noqa: BLE001 - the failure policy decides
+                    reply = Called(error=exc)
+                continue
+            if isinstance(step, Emit):
+                assert self._outputs is not None
+                reply = self._outputs.emit(step.msg, step.result)
+                continue
+            if flush is not None:
+                flush()
+            if isinstance(step, Sleep):
+                reply = self._revocations.wait_unless_revoked(step.partitions, step.seconds)
+            else:
+                assert isinstance(step, Write) and self._outputs is not None
+                reply = self._outputs.write(step.record)

@@ -1,8 +1,8 @@
-"""FailurePublisher: writes failed messages to retry topics and the DLQ with the kw.* headers
-(kafkaworker.headers), byte for byte otherwise.
+"""Failure records: what is written to retry topics and the DLQ for a failed message, with
+the kw.* headers (kafkaworker.headers), byte for byte otherwise.
 
-A write is synchronous (acks=all): the source offset counts as finished only once the broker
-has acknowledged the record.
+The executor writes them synchronously (acks=all): the source offset counts as finished only
+once the broker has acknowledged the record.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 import time
 import traceback
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from kafkaworker import headers
 from kafkaworker.message import Message
-from kafkaworker.producer import Producer
 from kafkaworker.runtime.failures.retrytopics import Stage
 
 TRACEBACK_LIMIT = 8 * 1024
@@ -73,38 +72,34 @@ def failure_headers(
     ]
 
 
-class FailurePublisher:
-    """Writes a handler's failed messages to its next retry topic or its DLQ, waiting for the
-    broker's acknowledgement (acks=all) before the source offset may count as finished."""
+class FailedRecord(NamedTuple):
+    """A record to write for a failed message: the original key and value, new headers."""
 
-    def __init__(
-        self,
-        producer: Producer,
-        dlq: str | None,
-        *,
-        group: str,
-        handler: str,
-        timeout: float = 30.0,
-    ) -> None:
-        self.producer = producer
-        self.topic = dlq
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+
+
+class FailureRecords:
+    """Builds a handler's retry-topic and DLQ records; the executor writes them and waits for
+    the broker's acknowledgement (acks=all) before the source offset may count as finished."""
+
+    def __init__(self, dlq: str | None, *, group: str, handler: str) -> None:
+        self.dlq = dlq
         self.group = group
         self.handler = handler
-        self.timeout = timeout
 
-    def publish(self, msg: Message[Any], error: BaseException) -> None:
-        """Write the DLQ record; raises ProduceError when the broker does not acknowledge it."""
-        assert self.topic is not None
+    def dead_letter(self, msg: Message[Any], error: BaseException) -> FailedRecord:
+        assert self.dlq is not None
         written = [
             *user_headers(msg),
             *failure_headers(msg, group=self.group, handler=self.handler, error=error),
         ]
-        self.producer.send_sync(
-            self.topic, msg.raw_value, key=msg.key, headers=written, timeout=self.timeout
-        )
+        return FailedRecord(self.dlq, msg.key, msg.raw_value, written)
 
-    def publish_retry(self, msg: Message[Any], error: BaseException, stage: Stage) -> None:
-        """Write the message to a delayed retry topic, due `stage.delay` seconds from now."""
+    def retry(self, msg: Message[Any], error: BaseException, stage: Stage) -> FailedRecord:
+        """The record for a delayed retry topic, due `stage.delay` seconds from now."""
         due = int((time.time() + stage.delay) * 1000)
         written = [
             *user_headers(msg),
@@ -113,6 +108,4 @@ class FailurePublisher:
             *_error_headers(error),
             (headers.RETRY_DUE, str(due).encode()),
         ]
-        self.producer.send_sync(
-            stage.topic, msg.raw_value, key=msg.key, headers=written, timeout=self.timeout
-        )
+        return FailedRecord(stage.topic, msg.key, msg.raw_value, written)

@@ -20,6 +20,7 @@ seam is meant to be filled.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 import structlog
 from confluent_kafka import KafkaException
@@ -27,6 +28,26 @@ from confluent_kafka import KafkaException
 from kafkaworker.runtime.source import Partition, Source
 
 log = structlog.get_logger("kafkaworker.commit")
+
+
+class Committer(Protocol):
+    """The poll loop's view of commits."""
+
+    def stage(self, partition: Partition, position: int) -> None:
+        """`position` is finished up to (every offset below it is finished)."""
+        ...
+
+    def tick(self) -> None:
+        """Called every turn of the poll thread."""
+        ...
+
+    def commit_now(self, positions: Mapping[Partition, int]) -> None:
+        """Make these durable before returning (revoke, shutdown)."""
+        ...
+
+    def discard(self, partitions: Iterable[Partition]) -> None:
+        """Forget what is staged for these (the partitions are gone)."""
+        ...
 
 
 class StoredOffsetCommit:

@@ -24,7 +24,7 @@ from kafkaworker.runtime.execute import Executor
 from kafkaworker.runtime.failures.breaker import CircuitBreaker
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run
 from kafkaworker.runtime.poll.backpressure import Backpressure
-from kafkaworker.runtime.poll.commit import StoredOffsetCommit
+from kafkaworker.runtime.poll.commit import Committer
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.gauges import PollGauges
 from kafkaworker.runtime.poll.intake import Intake
@@ -69,7 +69,7 @@ class Poller:
         executor: Executor,
         completions: CompletionQueue,
         *,
-        committer: StoredOffsetCommit,
+        committer: Committer,
         codec: Codec,
         topics: Sequence[str],
         delayed: DelayedRetries,
