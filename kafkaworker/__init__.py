@@ -17,6 +17,7 @@ from kafkaworker.errors import (
     DeadLetter,
     DeserializationError,
     KafkaWorkerError,
+    Nacked,
     Skip,
     StartupError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "DeserializationError",
     "KafkaWorkerError",
     "Message",
+    "Nacked",
     "ProduceError",
     "Producer",
     "Settings",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,7 +22,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 F = TypeVar("F", bound=Callable[..., Any])
-Hook = Callable[[], None]
+# A lifecycle hook: a plain function, or an async def one (run on the process's event loop).
+Hook = Callable[[], Awaitable[None] | None]
+RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]
 
 log = structlog.get_logger("kafkaworker.app")
 
@@ -64,7 +68,7 @@ class App:
         *,
         group: str | None = None,
         name: str | None = None,
-        concurrency: int = 8,
+        concurrency: int | None = None,
         ordering: Ordering = "partition",
         retries: int = 0,
         backoff: Backoff | None = None,
@@ -99,7 +103,7 @@ class App:
                 func=func,
                 topics=topic_tuple,
                 group=group,
-                concurrency=concurrency,
+                concurrency=concurrency,  # type: ignore[arg-type]  # None: the default
                 ordering=ordering,
                 retries=retries,
                 backoff=backoff or Backoff(),
@@ -130,21 +134,32 @@ class App:
         return self._producer
 
     @contextlib.contextmanager
-    def lifespan(self, settings: Settings) -> Iterator[Lifespan]:
+    def lifespan(
+        self, settings: Settings, *, run_async: RunAsync | None = None
+    ) -> Iterator[Lifespan]:
         """The app's part of a run: app.producer is built from the run's `settings`, the
         startup hooks run on entry, and on exit (once every consumer has stopped) the
         shutdown hooks run and then the producer is flushed and closed. A startup hook that
-        raises fails the run; one at shutdown is logged and marks `shutdown_failed`."""
+        raises fails the run; one at shutdown is logged and marks `shutdown_failed`.
+        `run_async` runs an async hook to completion on the event loop the async handlers
+        use (what a hook creates, a connection pool, belongs to that loop); without one, an
+        async hook gets a loop of its own."""
         lifespan = Lifespan()
         self._run_settings = settings
+
+        def call(hook: Hook) -> None:
+            result = hook()
+            if inspect.isawaitable(result):
+                (run_async or asyncio.run)(_awaiting(result))
+
         try:
             for hook in self.startup_hooks:
-                hook()
+                call(hook)
             yield lifespan
         finally:
             for hook in self.shutdown_hooks:
                 try:
-                    hook()
+                    call(hook)
                 except Exception:
                     log.exception(
                         "shutdown hook failed", hook=getattr(hook, "__name__", repr(hook))
@@ -157,7 +172,8 @@ class App:
                     log.warning("producer closed with undelivered records", count=undelivered)
 
     def on_startup(self, func: Hook) -> Hook:
-        """Run `func` once before any consumer starts (e.g. open a connection pool)."""
+        """Run `func` once before any consumer starts (e.g. open a connection pool); an
+        async def hook runs on the event loop the async handlers use."""
         self.startup_hooks.append(func)
         return func
 
@@ -183,3 +199,7 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} handlers={list(self._handlers)}>"
+
+
+async def _awaiting(result: Awaitable[Any]) -> Any:
+    return await result

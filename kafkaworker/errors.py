@@ -34,6 +34,10 @@ class Skip(KafkaWorkerError):  # noqa: N818 - raised by handlers: `raise Skip("d
     """Raised by a handler to finish a message without handling it (counted and logged)."""
 
 
+class Nacked(KafkaWorkerError):  # noqa: N818 - what happened, as kw.error.type names it
+    """The error of `msg.nack()` without one of its own: the handler failed the message."""
+
+
 class BatchFailures(KafkaWorkerError):  # noqa: N818 - raised by batch handlers
     """Raised by a batch handler when only some messages failed: `failures` maps each failed
     Message to its error. The others are finished; only the failed ones are retried (and, past

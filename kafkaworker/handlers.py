@@ -24,7 +24,11 @@ ACK_MODES: tuple[str, ...] = get_args(AckMode)
 ON_EXHAUSTED: tuple[str, ...] = get_args(OnExhausted)
 # Kafka's own rule (kafka.common.internals.Topic): legal characters and at most 249 of them.
 _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
-_MAX_CONCURRENCY = 4096
+# Threads for a def handler; coroutines in flight for an async def one.
+_MAX_THREADS = 4096
+_MAX_COROUTINES = 100_000
+_DEFAULT_THREADS = 8
+_DEFAULT_COROUTINES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +58,9 @@ class HandlerSpec:
     func: Callable[..., Any] = field(repr=False)
     topics: tuple[str, ...]
     group: str | None = None
-    concurrency: int = 8
+    # Worker threads (def), or coroutines in flight (async def). Declared None, it is made 8
+    # threads or 100 coroutines in __post_init__, so it is an int wherever it is read.
+    concurrency: int = None  # type: ignore[assignment]
     ordering: Ordering = "partition"
     retries: int = 0
     backoff: Backoff = field(default_factory=Backoff)
@@ -76,6 +82,9 @@ class HandlerSpec:
     # as, and whether it takes the model itself rather than a Message.
     model: type[BaseModel] | None = field(init=False, default=None, repr=False)
     takes_value: bool = field(init=False, default=False, repr=False)
+    # An async def handler (or a callable object whose __call__ is one): it runs on the event
+    # loop, and concurrency counts coroutines.
+    is_async: bool = field(init=False, default=False, repr=False)
 
     def __post_init__(self) -> None:
         def bad(option: str, value: object, allowed: str) -> ConfigError:
@@ -83,13 +92,17 @@ class HandlerSpec:
 
         if not callable(self.func):
             raise bad("func", self.func, "a handler must be callable")
-        if _is_async(self.func):
-            # Accepted, its coroutine would never be awaited and its offsets committed: every
-            # message lost. Refused until the runtime awaits async handlers.
-            raise ConfigError(
-                f"handler {self.name!r} is an async def: async handlers come in the next "
-                "release; declare it with a plain def for now"
+        is_async = is_async_callable(self.func)
+        object.__setattr__(self, "is_async", is_async)
+        if _is_async_generator(self.func):
+            raise bad(
+                "func",
+                self.func,
+                "an async generator cannot be a handler: return the outputs as a list",
             )
+        if self.concurrency is None:
+            default = _DEFAULT_COROUTINES if is_async else _DEFAULT_THREADS
+            object.__setattr__(self, "concurrency", default)
         if not self.topics:
             raise bad("topics", list(self.topics), "give at least one topic")
         for topic in self.topics:
@@ -99,12 +112,14 @@ class HandlerSpec:
             raise bad("topics", list(self.topics), "a topic is listed twice")
         if self.group is not None and (not isinstance(self.group, str) or not self.group):
             raise bad("group", self.group, "a non-empty string, or None for the app's name")
+        most = _MAX_COROUTINES if is_async else _MAX_THREADS
         if (
             not isinstance(self.concurrency, int)
             or isinstance(self.concurrency, bool)
-            or not 1 <= self.concurrency <= _MAX_CONCURRENCY
+            or not 1 <= self.concurrency <= most
         ):
-            raise bad("concurrency", self.concurrency, f"an integer from 1 to {_MAX_CONCURRENCY}")
+            kind = "coroutines in flight" if is_async else "worker threads"
+            raise bad("concurrency", self.concurrency, f"an integer from 1 to {most} ({kind})")
         if self.ordering not in ORDERINGS:
             raise bad("ordering", self.ordering, f"allowed are {', '.join(ORDERINGS)}")
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
@@ -234,11 +249,18 @@ def _payload_model(
     return None, False
 
 
-def _is_async(func: Callable[..., Any]) -> bool:
+def is_async_callable(func: Callable[..., Any]) -> bool:
     """An async def function, or an object whose __call__ is one (functools.partial of one
     too: inspect unwraps it)."""
     return any(
-        inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
+        inspect.iscoroutinefunction(target)
+        for target in (func, getattr(func, "__call__", None))  # noqa: B004 - the method itself
+    )
+
+
+def _is_async_generator(func: Callable[..., Any]) -> bool:
+    return any(
+        inspect.isasyncgenfunction(target)
         for target in (func, getattr(func, "__call__", None))  # noqa: B004 - the method itself
     )
 

@@ -12,7 +12,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from confluent_kafka import Message as _Record
 from pydantic import ValidationError
 
-from kafkaworker.errors import DeserializationError
+from kafkaworker.errors import ConfigError, DeserializationError, Nacked
 from kafkaworker.serialization import CODECS, Codec, Headers
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ class Message(Generic[T]):
         "_acked",
         "_codec",
         "_headers",
+        "_nack",
+        "_nacked",
         "_raw",
         "_state",
         "_timestamp",
@@ -59,6 +61,7 @@ class Message(Generic[T]):
     _raw: confluent_kafka.Message
     _headers: list[tuple[str, bytes | None]]
     _timestamp: datetime | None
+    _nacked: tuple[BaseException, int] | None
     _value: Any  # _UNSET until decoded
 
     def __init__(
@@ -201,9 +204,48 @@ class Message(Generic[T]):
         """Whether ack() was called (or the runtime reported the message otherwise)."""
         return getattr(self, "_acked", False)
 
+    def nack(self, error: BaseException | None = None) -> None:
+        """Fail the message explicitly (handlers with ack="manual"), from any thread: it takes
+        the failure path as if the handler had raised `error` (retries with backoff, then
+        retry topics, the DLQ, or a stall). Called after the handler returned, the message
+        is retried outside its lane's order; its partition's commit still waits for it.
+        """
+        error = error if error is not None else Nacked("the message was nacked")
+        report = getattr(self, "_nack", None)
+        if report is not None:
+            if not self.acked:
+                report(error)
+            return
+        if self._state is not None:
+            raise ConfigError(
+                "msg.nack() needs ack='manual' on the handler; with ack='auto', raise an "
+                "exception to fail the message"
+            )
+        self._nacked = (error, 0)  # built by hand (a unit test): `nacked` says so
+
+    @property
+    def nacked(self) -> BaseException | None:
+        """The error of a nack not taken up by the runtime yet (or of a hand-built message)."""
+        held = getattr(self, "_nacked", None)
+        return held[0] if held is not None else None
+
     def _on_ack(self, report: Callable[[], None]) -> None:
         """The runtime's: how ack() reports this message finished."""
         self._ack = report
+
+    def _on_nack(self, report: Callable[[BaseException], None]) -> None:
+        """The runtime's: how nack() fails this message."""
+        self._nack = report
+
+    def _hold_nack(self, error: BaseException, failures: int) -> None:
+        """The runtime's: a nack after the handler returned, with the failures so far, for
+        the failure path to take up when the message runs again."""
+        self._nacked = (error, failures)
+
+    def _take_nack(self) -> tuple[BaseException, int] | None:
+        held: tuple[BaseException, int] | None = getattr(self, "_nacked", None)
+        self._nacked = None
+        return held
 
     def _claim(self) -> bool:
         """Take the right to report the message; False when it was taken already."""

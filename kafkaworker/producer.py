@@ -76,7 +76,11 @@ class Producer:
 
     def _serve(self) -> None:
         while not self._closed.is_set():
-            self._producer.poll(0.1)
+            try:
+                self._producer.poll(0.1)
+            except Exception:
+                # A delivery callback that raised must not end the deliveries of the rest.
+                log.exception("a delivery callback failed")
 
     def send(
         self,
@@ -102,6 +106,9 @@ class Producer:
         def on_delivery(error: KafkaError | None, record: confluent_kafka.Message) -> None:
             if error is not None:
                 log.error("delivery failed", topic=topic, key=key, error=error.str())
+            if not future.set_running_or_notify_cancel():
+                return  # the waiter gave up on it (cancelled)
+            if error is not None:
                 future.set_exception(
                     ProduceError(
                         f"record for {topic!r} (key {key!r}) was not delivered: {error.str()}",
@@ -193,8 +200,9 @@ class Producer:
                     raise
                 await asyncio.sleep(0.005)
         try:
+            # Shielded: a timeout must not cancel the Future the delivery callback completes.
             return await asyncio.wait_for(
-                asyncio.wrap_future(future), max(0.0, deadline - time.monotonic())
+                asyncio.shield(asyncio.wrap_future(future)), max(0.0, deadline - time.monotonic())
             )
         except TimeoutError:
             raise ProduceError(

@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     tune_gc: bool = True
     # How long a handler's outputs may take to be acknowledged before the handler fails.
     produce_timeout: PositiveFloat = 30.0
+    # The event loop of async def handlers: asyncio's own, or uvloop's (pip install uvloop).
+    # asyncio is the default: with the poll thread beside it, uvloop handled fewer messages
+    # here (see docs/architecture.md), though it runs bare sleeps faster.
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     # How often finished offsets are committed (librdkafka auto.commit.interval.ms).
     commit_interval: PositiveFloat = 1.0
     # Where a group with no committed offset starts. "earliest": a new worker processes what

@@ -68,6 +68,12 @@ def admin(kafka_bootstrap: str) -> AdminClient:
 TopicFactory = Callable[..., str]
 
 
+@pytest.fixture(params=["sync", "async"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Run a test with a `def` handler and with an `async def` one (tests.support.as_kind)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def new_topic(admin: AdminClient) -> Iterator[TopicFactory]:
     """Create uniquely named topics for one test and delete them afterwards."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -9,10 +11,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -20,6 +23,30 @@ from kafkaworker import App, Settings
 from kafkaworker.runtime.runner import Runner, resolve_specs
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where the bodies of async test handlers run (see as_kind): enough threads that no test's
+# handlers wait for one another's.
+_BODIES = ThreadPoolExecutor(max_workers=64, thread_name_prefix="async-body")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def as_kind(kind: str, func: F) -> F:
+    """`func` as a handler of `kind`: itself ("sync"), or an `async def` with its name and
+    signature that awaits it in a thread ("async"). One test body then checks both kinds of
+    handler, blocking calls and all, without blocking the event loop."""
+    if kind == "sync":
+        return func
+    assert kind == "async", kind
+
+    @functools.wraps(func)
+    async def handler(arg: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(_BODIES, func, arg)
+
+    return handler  # type: ignore[return-value]
+
+
+def of_kind(kind: str) -> Callable[[F], F]:
+    """as_kind as a decorator, under @app.handler(...): `@of_kind(kind)`."""
+    return functools.partial(as_kind, kind)  # type: ignore[return-value]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:

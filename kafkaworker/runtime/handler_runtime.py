@@ -12,8 +12,11 @@ from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.producer import Producer
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
+from kafkaworker.runtime.execute import Executor
+from kafkaworker.runtime.execute.aio import AsyncPool
 from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.execute.batches import BatchRunner
+from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.execute.pool import WorkerPool
 from kafkaworker.runtime.execute.revocations import Revocations
@@ -50,7 +53,8 @@ def new_breaker(settings: Settings, handler: str) -> CircuitBreaker | None:
 
 class HandlerRuntime:
     """Owns one handler's source (through the Poller), its executor and its poll thread, and
-    stops them. `source`: a consumer group of the handler's group by default."""
+    stops them. `source`: a consumer group of the handler's group by default. `loop`: the
+    process's event loop, which async handlers run on."""
 
     def __init__(
         self,
@@ -62,6 +66,7 @@ class HandlerRuntime:
         metrics: Metrics | None = None,
         runtime_codecs: Mapping[str, Codec] | None = None,
         source: Source | None = None,
+        loop: EventLoopThread | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.spec = spec
@@ -103,16 +108,31 @@ class HandlerRuntime:
         batches = (
             BatchRunner(spec, attempts, completions, metrics=self.metrics) if spec.batch else None
         )
-        self.executor = WorkerPool(
-            spec,
-            attempts,
-            completions,
-            name=f"kw-{spec.name}",
-            revocations=Revocations(),
-            metrics=self.metrics,
-            outputs=outputs,
-            batches=batches,
-        )
+        self.executor: Executor
+        if spec.is_async:
+            if loop is None:
+                raise ValueError(f"handler {spec.name!r} is async but no event loop was given")
+            self.executor = AsyncPool(
+                spec,
+                attempts,
+                completions,
+                loop=loop,
+                metrics=self.metrics,
+                outputs=outputs,
+                batches=batches,
+            )
+        else:
+            self.executor = WorkerPool(
+                spec,
+                attempts,
+                completions,
+                name=f"kw-{spec.name}",
+                revocations=Revocations(),
+                metrics=self.metrics,
+                outputs=outputs,
+                batches=batches,
+            )
+        attempts.resubmit = self.executor.submit  # a message nacked after its handler returned
         if source is None:
             config = consumer_config(app_name, spec, settings)
             source = ConsumerGroupSource(config, handler=spec.name)

@@ -24,11 +24,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafkaworker.backoff import Backoff
 from kafkaworker.errors import ConfigError, StartupError
-from kafkaworker.handlers import HandlerSpec
+from kafkaworker.handlers import HandlerSpec, is_async_callable
 from kafkaworker.observability import logging as kw_logging
 from kafkaworker.observability.health import Health, evaluate
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.observability.server import MetricsServer
+from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
 from kafkaworker.runtime.source.consumer_group import consumer_config, new_consumer
@@ -124,7 +125,18 @@ class Runner:
 
     def _run(self) -> int:
         self.preflight()
-        with self.app.lifespan(self.settings) as lifespan:
+        with contextlib.ExitStack() as stack:
+            loop = None
+            hooks = [*self.app.startup_hooks, *self.app.shutdown_hooks]
+            if any(spec.is_async for spec in self.specs) or any(map(is_async_callable, hooks)):
+                # The process's event loop: async handlers and async hooks share it.
+                loop = EventLoopThread(kind=self.settings.event_loop).start()
+                stack.callback(loop.close)
+            return self._run_with(loop)
+
+    def _run_with(self, loop: EventLoopThread | None) -> int:
+        run_async = loop.run if loop is not None else None
+        with self.app.lifespan(self.settings, run_async=run_async) as lifespan:
             # The app's producer (app.producer) is built from this run's settings: eagerly when
             # a handler writes outputs, retries or DLQ records, else on a handler's first use.
             writes = any(spec.dlq or spec.retry_topics or spec.output for spec in self.specs)
@@ -138,6 +150,7 @@ class Runner:
                     producer=producer,
                     metrics=self.metrics,
                     runtime_codecs=runtime_codecs,
+                    loop=loop,
                 )
                 for spec in self.specs
             ]

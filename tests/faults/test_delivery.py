@@ -51,12 +51,16 @@ def stop(worker: WorkerProcess, timeout: float = 45) -> int:
 
 
 def test_kill_9_at_several_points_then_restart_loses_nothing(
-    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, kind: str
 ) -> None:
     topic = new_topic(4)
     expected = produced(kafka_bootstrap, topic, 4, 4000)
     record = tmp_path / "records.txt"
-    env = {"RECORDER_GROUP": f"g-{topic}", "RECORDER_SLEEP": "0.001"}
+    env = {
+        "RECORDER_GROUP": f"g-{topic}",
+        "RECORDER_SLEEP": "0.001",
+        "RECORDER_ASYNC": "1" if kind == "async" else "0",
+    }
 
     for kill_after in (300, 1300, 2600):
         worker = WorkerProcess(kafka_bootstrap, topic, record, **env).start()
@@ -86,7 +90,7 @@ def test_kill_9_at_several_points_then_restart_loses_nothing(
 
 
 def test_sigterm_drains_in_flight_exits_0_and_a_restart_repeats_nothing(
-    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, kind: str
 ) -> None:
     topic = new_topic(4)
     expected = produced(kafka_bootstrap, topic, 4, 40)
@@ -96,6 +100,7 @@ def test_sigterm_drains_in_flight_exits_0_and_a_restart_repeats_nothing(
         "RECORDER_SLEEP": "1.5",
         "RECORDER_STARTS": str(starts),
         "KAFKAWORKER_SHUTDOWN_TIMEOUT": "10",
+        "RECORDER_ASYNC": "1" if kind == "async" else "0",
     }
 
     first = WorkerProcess(kafka_bootstrap, topic, record, **env).start()

@@ -34,7 +34,7 @@ def start(bootstrap: str, env: dict[str, str], log: Path) -> subprocess.Popen[by
 
 
 def test_kill_9_between_handling_and_the_outputs_ack_loses_nothing(
-    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, kind: str
 ) -> None:
     source, output = new_topic(1), new_topic(1, prefix="out")
     total = 20
@@ -45,6 +45,7 @@ def test_kill_9_between_handling_and_the_outputs_ack_loses_nothing(
         "OUTPUTS_OUTPUT": output,
         "OUTPUTS_STARTS": str(starts),
         "KAFKAWORKER_KAFKA__CONSUMER": '{"session.timeout.ms": 6000}',
+        "OUTPUTS_ASYNC": "1" if kind == "async" else "0",
     }
     # First run: outputs linger 5s in the producer, so handled inputs wait for their acks...
     first = start(

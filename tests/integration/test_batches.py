@@ -9,13 +9,21 @@ import pytest
 
 from kafkaworker import App, Backoff, BatchFailures, BatchPolicy, Message
 from tests.conftest import TopicFactory
-from tests.support import committed, make_settings, produce, read_topic, running, wait_until
+from tests.support import (
+    committed,
+    make_settings,
+    of_kind,
+    produce,
+    read_topic,
+    running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kafka
 
 
 def test_batches_are_bounded_ordered_and_complete(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(2)
     total = 1000
@@ -30,6 +38,7 @@ def test_batches_are_bounded_ordered_and_complete(
     app = App(f"g-{topic}")
 
     @app.handler(topic, batch=BatchPolicy(max_size=64, max_wait=0.05), codec="raw")
+    @of_kind(kind)
     def handle(messages: list[Message[bytes]]) -> None:
         with lock:
             batches.append([(m.partition, m.offset) for m in messages])
@@ -50,7 +59,7 @@ def test_batches_are_bounded_ordered_and_complete(
 
 
 def test_batch_failures_dead_letter_only_the_failed_messages(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     dlq = f"{topic}.dlq"
@@ -61,6 +70,7 @@ def test_batch_failures_dead_letter_only_the_failed_messages(
     @app.handler(
         topic, batch=BatchPolicy(max_size=100, max_wait=0.2), codec="raw", retries=1, dlq=dlq
     )
+    @of_kind(kind)
     def handle(messages: list[Message[Any]]) -> None:
         calls.append([m.offset for m in messages])
         bad = [m for m in messages if m.offset == 7]
@@ -83,7 +93,7 @@ def test_batch_failures_dead_letter_only_the_failed_messages(
 
 
 def test_one_undecodable_record_does_not_take_its_batch_to_the_dlq(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     dlq = f"{topic}.dlq"
@@ -92,6 +102,7 @@ def test_one_undecodable_record_does_not_take_its_batch_to_the_dlq(
     app = App(f"g-{topic}")
 
     @app.handler(topic, batch=BatchPolicy(max_size=10, max_wait=0.2), dlq=dlq)
+    @of_kind(kind)
     def handle(messages: list[Message[Any]]) -> None:
         values = [m.value["n"] for m in messages]  # decoding the broken one raises
         stored.extend(values)
@@ -108,7 +119,7 @@ def test_one_undecodable_record_does_not_take_its_batch_to_the_dlq(
 
 
 def test_batch_failures_keyed_by_something_else_fail_the_whole_batch(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     produce(kafka_bootstrap, topic, [b"a", b"b"])
@@ -122,6 +133,7 @@ def test_batch_failures_keyed_by_something_else_fail_the_whole_batch(
         retries=1,
         backoff=Backoff(initial=0.01, max=0.05),
     )
+    @of_kind(kind)
     def handle(messages: list[Message[Any]]) -> None:
         calls.append(len(messages))
         if len(calls) == 1:

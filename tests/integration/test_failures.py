@@ -13,7 +13,15 @@ from confluent_kafka.admin import AdminClient
 from kafkaworker import App, Backoff, DeadLetter, Message, Skip, StartupError
 from kafkaworker.runtime.runner import Runner, resolve_specs
 from tests.conftest import TopicFactory
-from tests.support import committed, make_settings, produce, read_topic, running, wait_until
+from tests.support import (
+    committed,
+    make_settings,
+    of_kind,
+    produce,
+    read_topic,
+    running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -23,7 +31,7 @@ def kw_headers(record: Any) -> dict[str, str]:
 
 
 def test_retries_then_dlq_with_exact_attempts_and_growing_jittered_backoff(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     dlq = f"{topic}.dlq"
@@ -33,6 +41,7 @@ def test_retries_then_dlq_with_exact_attempts_and_growing_jittered_backoff(
     backoff = Backoff(initial=0.1, multiplier=2.0, max=0.4, jitter="equal")
 
     @app.handler(topic, retries=3, backoff=backoff, dlq=dlq)
+    @of_kind(kind)
     def handle(msg: Message[Any]) -> None:
         attempts.append((msg.attempt, time.monotonic()))
         raise ConnectionError("downstream unavailable")
@@ -54,7 +63,7 @@ def test_retries_then_dlq_with_exact_attempts_and_growing_jittered_backoff(
 
 
 def test_dlq_record_is_the_original_byte_for_byte_plus_failure_headers(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(2)
     dlq = f"{topic}.dlq"
@@ -75,6 +84,7 @@ def test_dlq_record_is_the_original_byte_for_byte_plus_failure_headers(
     app = App(f"g-{topic}")
 
     @app.handler(topic, dlq=dlq)
+    @of_kind(kind)
     def handle_order(msg: Message[Any]) -> None:
         raise ValueError(f"order {msg.value['id']} has no items")
 
@@ -117,8 +127,13 @@ def test_dlq_record_is_the_original_byte_for_byte_plus_failure_headers(
         ("text", b"caf\xe9", "kafkaworker.errors.DeserializationError"),
     ],
 )
-def test_undecodable_payloads_go_to_the_dlq_after_one_attempt(
-    kafka_bootstrap: str, new_topic: TopicFactory, codec: str, payload: bytes, error_type: str
+def test_undecodable_payloads_go_to_the_dlq_after_one_attempt(  # noqa: PLR0917 - fixtures
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    codec: str,
+    payload: bytes,
+    error_type: str,
+    kind: str,
 ) -> None:
     topic = new_topic(1)
     dlq = f"{topic}.dlq"
@@ -127,6 +142,7 @@ def test_undecodable_payloads_go_to_the_dlq_after_one_attempt(
     app = App(f"g-{topic}")
 
     @app.handler(topic, codec=codec, retries=5, dlq=dlq)
+    @of_kind(kind)
     def handle(msg: Message[Any]) -> None:
         calls.append(msg.attempt)
         _ = msg.value
@@ -140,7 +156,7 @@ def test_undecodable_payloads_go_to_the_dlq_after_one_attempt(
 
 
 def test_dead_letter_skips_retries_and_skip_finishes_without_a_record(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     dlq = f"{topic}.dlq"
@@ -149,6 +165,7 @@ def test_dead_letter_skips_retries_and_skip_finishes_without_a_record(
     app = App(f"g-{topic}")
 
     @app.handler(topic, retries=5, dlq=dlq)
+    @of_kind(kind)
     def handle(msg: Message[Any]) -> None:
         calls.append(msg.value)
         if msg.value == "poison":
@@ -172,7 +189,7 @@ def test_dead_letter_skips_retries_and_skip_finishes_without_a_record(
 
 
 def test_on_exhausted_skip_moves_on_after_the_retries(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     produce(kafka_bootstrap, topic, [b"1", b"2"])
@@ -180,6 +197,7 @@ def test_on_exhausted_skip_moves_on_after_the_retries(
     app = App(f"g-{topic}")
 
     @app.handler(topic, retries=1, backoff=Backoff(initial=0.01, max=0.02), on_exhausted="skip")
+    @of_kind(kind)
     def handle(msg: Message[Any]) -> None:
         attempts.append((msg.offset, msg.attempt))
         if msg.offset == 0:
@@ -193,7 +211,7 @@ def test_on_exhausted_skip_moves_on_after_the_retries(
 
 
 def test_an_unwritable_dlq_stalls_the_partition_and_recovers_when_writable(
-    kafka_bootstrap: str, new_topic: TopicFactory, admin: AdminClient
+    kafka_bootstrap: str, new_topic: TopicFactory, admin: AdminClient, kind: str
 ) -> None:
     topic = new_topic(1)
     dlq = new_topic(1, prefix="dlq")
@@ -203,6 +221,7 @@ def test_an_unwritable_dlq_stalls_the_partition_and_recovers_when_writable(
     poison.set()
 
     @app.handler(topic, dlq=dlq, backoff=Backoff(initial=0.05, max=0.2))
+    @of_kind(kind)
     def handle(msg: Message[Any]) -> None:
         if msg.offset == 1:
             raise DeadLetter("bad record")
@@ -248,7 +267,7 @@ def test_an_unwritable_dlq_stalls_the_partition_and_recovers_when_writable(
 
 
 def test_circuit_breaker_opens_instead_of_dead_lettering_everything_then_resets(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     dlq = f"{topic}.dlq"
@@ -259,6 +278,7 @@ def test_circuit_breaker_opens_instead_of_dead_lettering_everything_then_resets(
     app = App(f"g-{topic}")
 
     @app.handler(topic, dlq=dlq, codec="raw")
+    @of_kind(kind)
     def handle(msg: Message[Any]) -> None:
         if broken.is_set():
             raise DeadLetter("bad deploy")

@@ -19,6 +19,7 @@ from tests.support import (
     committed,
     end_offsets,
     make_settings,
+    of_kind,
     produce,
     read_topic,
     running,
@@ -36,7 +37,7 @@ class Order(BaseModel):
 
 
 def test_a_handler_typed_with_a_model_gets_it_validated_and_invalid_ones_go_to_the_dlq(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     dlq = f"{topic}.dlq"
@@ -53,6 +54,7 @@ def test_a_handler_typed_with_a_model_gets_it_validated_and_invalid_ones_go_to_t
     app = App(f"g-{topic}")
 
     @app.handler(topic, dlq=dlq, retries=3)
+    @of_kind(kind)
     def handle(order: Order) -> None:
         received.append(order)
 
@@ -72,7 +74,7 @@ def test_a_handler_typed_with_a_model_gets_it_validated_and_invalid_ones_go_to_t
 
 
 def test_message_of_a_model_validates_the_value(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     produce(kafka_bootstrap, topic, [b'{"id": 5, "quantity": 1, "sku": "Z"}'])
@@ -80,6 +82,7 @@ def test_message_of_a_model_validates_the_value(
     app = App(f"g-{topic}")
 
     @app.handler(topic)
+    @of_kind(kind)
     def handle(msg: Message[Order]) -> None:
         received.append((msg.offset, msg.value))
 
@@ -145,7 +148,7 @@ def test_send_sync_raises_on_a_topic_that_does_not_exist(kafka_bootstrap: str) -
 
 
 def test_handler_outputs_are_produced_with_the_input_key(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic, out = new_topic(1), new_topic(1, prefix="out")
     dlq = f"{topic}.dlq"
@@ -158,6 +161,7 @@ def test_handler_outputs_are_produced_with_the_input_key(
     app = App(f"g-{topic}")
 
     @app.handler(topic, output=out, dlq=dlq)
+    @of_kind(kind)
     def handle(msg: Message[str]) -> Any:
         if msg.value == "one":
             return {"n": 1}

@@ -11,13 +11,21 @@ from confluent_kafka import Producer
 
 from kafkaworker import App, DeadLetter, Message
 from tests.conftest import TopicFactory
-from tests.support import committed, make_settings, produce, read_topic, running, wait_until
+from tests.support import (
+    committed,
+    make_settings,
+    of_kind,
+    produce,
+    read_topic,
+    running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kafka
 
 
 def test_retry_topics_respect_due_times_while_the_source_partition_flows(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     produce(kafka_bootstrap, topic, [b"%d" % i for i in range(10)])
@@ -26,6 +34,7 @@ def test_retry_topics_respect_due_times_while_the_source_partition_flows(
     app = App(f"g-{topic}")
 
     @app.handler(topic, retry_topics=[1, 2], codec="raw")
+    @of_kind(kind)
     def handle(msg: Message[bytes]) -> None:
         with lock:
             seen.append((msg.topic, int(msg.value), msg.attempt, time.monotonic()))
@@ -56,7 +65,7 @@ def test_retry_topics_respect_due_times_while_the_source_partition_flows(
 
 
 def test_after_the_last_stage_the_dlq_record_names_the_first_origin(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     dlq = f"{topic}.dlq"
@@ -67,6 +76,7 @@ def test_after_the_last_stage_the_dlq_record_names_the_first_origin(
     app = App(f"g-{topic}")
 
     @app.handler(topic, retry_topics=[0.5], dlq=dlq, codec="raw")
+    @of_kind(kind)
     def handle(msg: Message[Any]) -> None:
         if msg.value == b"fatal":
             raise DeadLetter("not retryable")

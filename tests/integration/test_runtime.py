@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import defaultdict
@@ -12,7 +13,15 @@ import pytest
 from kafkaworker import App, Backoff, Message, StartupError
 from kafkaworker.runtime.runner import Runner, resolve_specs
 from tests.conftest import TopicFactory
-from tests.support import committed, end_offsets, make_settings, produce, running, wait_until
+from tests.support import (
+    committed,
+    end_offsets,
+    make_settings,
+    of_kind,
+    produce,
+    running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -44,7 +53,7 @@ class Tracker:
 
 
 def test_partition_ordering_runs_one_message_per_partition_in_offset_order(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(4)
     total = 2000
@@ -58,6 +67,7 @@ def test_partition_ordering_runs_one_message_per_partition_in_offset_order(
     app = App(f"g-{topic}")
 
     @app.handler(topic, concurrency=8, codec="raw")
+    @of_kind(kind)
     def handle(msg: Message[bytes]) -> None:
         tracker.enter(msg.partition)
         tracker.leave(msg, msg.partition)
@@ -83,7 +93,7 @@ def test_partition_ordering_runs_one_message_per_partition_in_offset_order(
 
 
 def test_key_ordering_keeps_per_key_order_with_parallelism_inside_a_partition(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(2)
     total = 600
@@ -93,6 +103,7 @@ def test_key_ordering_keeps_per_key_order_with_parallelism_inside_a_partition(
     app = App(f"g-{topic}")
 
     @app.handler(topic, concurrency=16, ordering="key", codec="raw")
+    @of_kind(kind)
     def handle(msg: Message[bytes]) -> None:
         tracker.enter(("key", msg.partition, msg.key), ("partition", msg.partition))
         time.sleep(0.002)
@@ -111,7 +122,9 @@ def test_key_ordering_keeps_per_key_order_with_parallelism_inside_a_partition(
     assert max(tracker.max_active[("partition", p)] for p in range(2)) > 1
 
 
-def test_no_ordering_uses_every_thread(kafka_bootstrap: str, new_topic: TopicFactory) -> None:
+def test_no_ordering_uses_every_thread(
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
+) -> None:
     topic = new_topic(1)
     produce(kafka_bootstrap, topic, [b"x"] * 64)
     tracker = Tracker()
@@ -119,6 +132,7 @@ def test_no_ordering_uses_every_thread(kafka_bootstrap: str, new_topic: TopicFac
     app = App(f"g-{topic}")
 
     @app.handler(topic, concurrency=8, ordering="none", codec="raw")
+    @of_kind(kind)
     def handle(msg: Message[bytes]) -> None:
         tracker.enter("all")
         if msg.offset < 8:
@@ -132,7 +146,7 @@ def test_no_ordering_uses_every_thread(kafka_bootstrap: str, new_topic: TopicFac
 
 
 def test_a_failing_message_stops_its_partitions_commits_but_not_the_others(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(2)
     produce(
@@ -146,6 +160,7 @@ def test_a_failing_message_stops_its_partitions_commits_but_not_the_others(
     app = App(f"g-{topic}")
 
     @app.handler(topic, codec="raw", retries=2, backoff=Backoff(initial=0.01, max=0.05))
+    @of_kind(kind)
     def handle(msg: Message[bytes]) -> None:
         if msg.partition == 0 and msg.offset == 5:
             attempts[msg.attempt] += 1
@@ -168,7 +183,7 @@ def test_a_failing_message_stops_its_partitions_commits_but_not_the_others(
 
 
 def test_manual_ack_commits_only_what_was_acknowledged(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(1)
     produce(kafka_bootstrap, topic, [b"%d" % i for i in range(10)])
@@ -176,6 +191,7 @@ def test_manual_ack_commits_only_what_was_acknowledged(
     app = App(f"g-{topic}")
 
     @app.handler(topic, codec="raw", ack="manual")
+    @of_kind(kind)
     def handle(msg: Message[bytes]) -> None:
         received.append(msg)  # acknowledged later, from another thread
 
@@ -262,7 +278,7 @@ def test_a_fast_handler_over_its_limit_is_withheld_from_not_paused(
 
 
 def test_a_stuck_partition_is_paused_and_the_others_keep_flowing(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     """Withholding records stops every partition, so it must not last: the partition over its
     limit is paused, and the rest flows while its handler is stuck."""
@@ -273,6 +289,7 @@ def test_a_stuck_partition_is_paused_and_the_others_keep_flowing(
     app = App(f"g-{topic}")
 
     @app.handler(topic, codec="raw", concurrency=2)
+    @of_kind(kind)
     def handle(msg: Message[bytes]) -> None:
         if msg.partition == 0:
             release.wait(60)
@@ -362,7 +379,7 @@ def test_a_handler_slower_than_max_poll_interval_keeps_its_membership(
 
 
 def test_kip848_consumer_protocol_processes_everything(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kafka_bootstrap: str, new_topic: TopicFactory, kind: str
 ) -> None:
     topic = new_topic(3)
     produce(kafka_bootstrap, topic, [b"%d" % i for i in range(300)])
@@ -370,6 +387,7 @@ def test_kip848_consumer_protocol_processes_everything(
     app = App(f"g-{topic}")
 
     @app.handler(topic, codec="raw")
+    @of_kind(kind)
     def handle(msg: Message[bytes]) -> None:
         done.enter()
         done.leave(msg)
@@ -409,3 +427,29 @@ def test_a_missing_topic_is_a_clear_startup_error(kafka_bootstrap: str) -> None:
         f"topic 'no-such-topic-here' (handler 'handle') does not exist on {kafka_bootstrap}: "
         "create it, or fix the handler's topics"
     )
+
+
+def test_async_hooks_and_handlers_share_the_process_event_loop(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    """What an async startup hook creates (a connection pool) belongs to its loop; async
+    handlers must run on that loop to use it."""
+    topic = new_topic(1)
+    produce(kafka_bootstrap, topic, [b"%d" % i for i in range(20)])
+    app = App(f"g-{topic}")
+    pool: dict[str, Any] = {}
+    used: list[bool] = []
+
+    @app.on_startup
+    async def open_pool() -> None:
+        pool["loop"] = asyncio.get_running_loop()
+        pool["lock"] = asyncio.Lock()  # bound to the loop it is first used on
+
+    @app.handler(topic, codec="raw", ordering="none", concurrency=10)
+    async def handle(msg: Message[bytes]) -> None:
+        async with pool["lock"]:
+            used.append(asyncio.get_running_loop() is pool["loop"])
+
+    with running(app, make_settings(kafka_bootstrap)):
+        wait_until(lambda: len(used) == 20, 30, "twenty handled")
+    assert all(used)

@@ -12,6 +12,7 @@ from confluent_kafka import Message as Record
 
 from kafkaworker import App, Message, Settings
 from kafkaworker.handlers import HandlerSpec
+from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome
 from kafkaworker.runtime.poll.partitions import PartitionState
@@ -79,13 +80,16 @@ def running(
     spec: HandlerSpec, source: MemorySource, **setting_values: Any
 ) -> Iterator[HandlerRuntime]:
     """A HandlerRuntime over `source`, started; stopped (and its thread joined) on exit."""
-    runtime = HandlerRuntime("svc", spec, settings(**setting_values), source=source)
+    loop = EventLoopThread().start() if spec.is_async else None
+    runtime = HandlerRuntime("svc", spec, settings(**setting_values), source=source, loop=loop)
     runtime.start()
     try:
         yield runtime
     finally:
         runtime.request_stop()
         assert runtime.join(30), "the poll thread did not stop"
+        if loop is not None:
+            loop.close()
     assert runtime.error is None, runtime.error
 
 

@@ -120,19 +120,26 @@ async def async_generator(msg: Message[Any]) -> Any:
         (async_handler, "async_handler"),
         (functools.partial(async_handler), "partial"),
         (AsyncCallable(), "callable"),
-        (async_generator, "async_generator"),
     ],
 )
-def test_async_handlers_are_refused_at_declaration(func: Any, name: str) -> None:
-    # Until the runtime awaits them, an async handler would lose every message: its coroutine
-    # is never awaited and its offsets are committed.
+def test_async_handlers_are_recognised_and_default_to_100_coroutines(func: Any, name: str) -> None:
+    app = App("svc")
+    app.handler("orders", name=name)(func)
+    spec = app.handlers[name]
+    assert spec.is_async
+    assert spec.concurrency == 100  # coroutines in flight
+    app.handler("orders", name="plain")(handler)
+    assert (app.handlers["plain"].is_async, app.handlers["plain"].concurrency) == (False, 8)
+
+
+def test_an_async_generator_is_refused_in_one_line() -> None:
     app = App("svc")
     with pytest.raises(ConfigError) as raised:
-        app.handler("orders", name=name)(func)
+        app.handler("orders")(async_generator)
     message = str(raised.value)
     assert "\n" not in message
-    assert f"handler {name!r} is an async def" in message
-    assert "next release" in message
+    assert "handler 'async_generator'" in message
+    assert "return the outputs as a list" in message
     assert app.handlers == {}
 
 

@@ -1,6 +1,8 @@
-"""The poll side and the pool together over the in-memory source: ordering under many threads,
-commits that never pass unfinished work, revokes, lost partitions and shutdown. No broker:
-Kafka's own behaviour is tested against a real one in tests/integration and tests/faults."""
+"""The poll side and the executors together over the in-memory source, with a def handler on
+worker threads and an async def one on the event loop: ordering under many threads and
+coroutines, commits that never pass unfinished work, revokes, lost partitions and shutdown.
+No broker: Kafka's own behaviour is tested against a real one in tests/integration and
+tests/faults."""
 
 from __future__ import annotations
 
@@ -14,14 +16,14 @@ from kafkaworker import Message
 from kafkaworker.handlers import Ordering
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
-from tests.support import wait_until
+from tests.support import as_kind, wait_until
 from tests.unit.runtime_support import committed_to_the_end, running, spec_for
 
 P0, P1, P2, P3 = (Partition("t", p) for p in range(4))
 
 
 @pytest.mark.parametrize("ordering", ["partition", "key"])
-def test_lanes_keep_their_order_under_many_threads(ordering: Ordering) -> None:
+def test_lanes_keep_their_order_under_many_threads(ordering: Ordering, kind: str) -> None:
     source = MemorySource({"t": 4})
     for i in range(2000):
         source.append("t", b"%d" % i, key=b"k%d" % (i % 20), partition=i % 4)
@@ -40,7 +42,7 @@ def test_lanes_keep_their_order_under_many_threads(ordering: Ordering) -> None:
             seen[lane].append(msg.offset)
             running_now[lane] -= 1
 
-    with running(spec_for(handle, concurrency=16, ordering=ordering), source):
+    with running(spec_for(as_kind(kind, handle), concurrency=16, ordering=ordering), source):
         assert source.wait_for(lambda s: committed_to_the_end(s, [P0, P1, P2, P3]), 30)
     assert overlaps == []
     assert sum(len(offsets) for offsets in seen.values()) == 2000
@@ -48,7 +50,7 @@ def test_lanes_keep_their_order_under_many_threads(ordering: Ordering) -> None:
         assert offsets == sorted(offsets)
 
 
-def test_the_commit_stops_at_the_first_unfinished_offset() -> None:
+def test_the_commit_stops_at_the_first_unfinished_offset(kind: str) -> None:
     source = MemorySource({"t": 1})
     for i in range(100):
         source.append("t", b"%d" % i)
@@ -58,14 +60,14 @@ def test_the_commit_stops_at_the_first_unfinished_offset() -> None:
         if msg.offset == 40:
             assert release.wait(10)
 
-    with running(spec_for(handle, ordering="none", concurrency=8), source):
+    with running(spec_for(as_kind(kind, handle), ordering="none", concurrency=8), source):
         assert source.wait_for(lambda s: s.committed.get(P0) == 40, 10)
         assert all(position <= 40 for commit in source.commits for position in commit.values())
         release.set()
         assert source.wait_for(lambda s: s.committed.get(P0) == 100, 10)
 
 
-def test_a_revoke_gives_up_unstarted_work_and_the_next_owner_gets_it() -> None:
+def test_a_revoke_gives_up_unstarted_work_and_the_next_owner_gets_it(kind: str) -> None:
     source = MemorySource({"t": 2})
     for i in range(10):
         source.append("t", b"%d" % i, partition=0)
@@ -79,7 +81,7 @@ def test_a_revoke_gives_up_unstarted_work_and_the_next_owner_gets_it() -> None:
         handled.append((msg.partition, msg.offset))
 
     # A short revoke_timeout: the revoke gives up on the stuck message and commits up to it.
-    with running(spec_for(handle), source, revoke_timeout=0.2):
+    with running(spec_for(as_kind(kind, handle)), source, revoke_timeout=0.2):
         assert source.wait_for(lambda s: s.committed.get(P0) == 10, 10)
         for i in range(10, 100):
             source.append("t", b"%d" % i, partition=0)
@@ -99,7 +101,7 @@ def test_a_revoke_gives_up_unstarted_work_and_the_next_owner_gets_it() -> None:
     assert sorted(o for p, o in handled if p == 1) == list(range(90))
 
 
-def test_lost_partitions_commit_nothing() -> None:
+def test_lost_partitions_commit_nothing(kind: str) -> None:
     source = MemorySource({"t": 1})
     for i in range(5):
         source.append("t", b"%d" % i)
@@ -110,7 +112,7 @@ def test_lost_partitions_commit_nothing() -> None:
             entered.set()
             assert release.wait(10)
 
-    with running(spec_for(handle), source):
+    with running(spec_for(as_kind(kind, handle)), source):
         assert source.wait_for(lambda s: s.committed.get(P0) == 5, 10)
         source.append("t", b"5")
         assert entered.wait(10)
@@ -122,7 +124,7 @@ def test_lost_partitions_commit_nothing() -> None:
     assert len(source.commits) == commits
 
 
-def test_shutdown_finishes_in_flight_work_commits_and_leaves_the_rest() -> None:
+def test_shutdown_finishes_in_flight_work_commits_and_leaves_the_rest(kind: str) -> None:
     source = MemorySource({"t": 1})
     for i in range(50):
         source.append("t", b"%d" % i)
@@ -135,7 +137,7 @@ def test_shutdown_finishes_in_flight_work_commits_and_leaves_the_rest() -> None:
             assert release.wait(10)
         handled.append(msg.offset)
 
-    with running(spec_for(handle), source) as runtime:
+    with running(spec_for(as_kind(kind, handle)), source) as runtime:
         assert entered.wait(10)
         [state] = runtime.poller.partitions
         runtime.request_stop()
@@ -147,7 +149,7 @@ def test_shutdown_finishes_in_flight_work_commits_and_leaves_the_rest() -> None:
     assert runtime.poller.unfinished_at_exit == {}
 
 
-def test_skipped_failures_move_the_commit_past_them() -> None:
+def test_skipped_failures_move_the_commit_past_them(kind: str) -> None:
     source = MemorySource({"t": 1})
     for i in range(10):
         source.append("t", b"%d" % i)
@@ -156,6 +158,6 @@ def test_skipped_failures_move_the_commit_past_them() -> None:
         if msg.offset % 3 == 0:
             raise ValueError("bad row")
 
-    with running(spec_for(handle, on_exhausted="skip"), source) as runtime:
+    with running(spec_for(as_kind(kind, handle), on_exhausted="skip"), source) as runtime:
         assert source.wait_for(lambda s: s.committed.get(P0) == 10, 10)
         assert runtime.poller.stats.finished == 10

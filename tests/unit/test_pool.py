@@ -1,5 +1,6 @@
-"""The worker pool and the failure path, with real threads and no broker: every message
-submitted is reported exactly once, whatever revokes happen meanwhile."""
+"""The executors and the failure path, with no broker: the worker pool (def handlers) and the
+event loop (async def handlers), each with the same tests. Every message submitted is
+reported exactly once, whatever revokes happen meanwhile."""
 
 from __future__ import annotations
 
@@ -10,16 +11,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kafkaworker import Backoff, BatchPolicy, Message
+import pytest
+
+from kafkaworker import Backoff, BatchPolicy, ConfigError, Message
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.execute import Executor
+from kafkaworker.runtime.execute.aio import AsyncPool
 from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.execute.batches import BatchRunner
+from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.execute.pool import WorkerPool
 from kafkaworker.runtime.execute.revocations import Revocations
 from kafkaworker.runtime.failures.policy import FailurePolicy
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome
 from kafkaworker.runtime.poll.partitions import PartitionState
+from tests.support import as_kind
 from tests.unit.runtime_support import messages, outcomes, reports, spec_for
 
 
@@ -28,25 +35,34 @@ class TransientError(Exception):
 
 
 @contextmanager
-def pool_for(spec: HandlerSpec) -> Iterator[tuple[WorkerPool, CompletionQueue]]:
+def pool_for(spec: HandlerSpec) -> Iterator[tuple[Executor, CompletionQueue]]:
+    """The executor the runtime gives `spec`: worker threads, or coroutines on a loop."""
     completions: CompletionQueue = queue.SimpleQueue()
     metrics = Metrics()
     attempts = Attempts(spec, FailurePolicy(spec), completions, metrics=metrics)
     batches = BatchRunner(spec, attempts, completions, metrics=metrics) if spec.batch else None
-    pool = WorkerPool(
-        spec,
-        attempts,
-        completions,
-        name="test",
-        revocations=Revocations(),
-        metrics=metrics,
-        batches=batches,
-    )
+    loop = EventLoopThread().start() if spec.is_async else None
+    pool: Executor
+    if loop is not None:
+        pool = AsyncPool(spec, attempts, completions, loop=loop, metrics=metrics, batches=batches)
+    else:
+        pool = WorkerPool(
+            spec,
+            attempts,
+            completions,
+            name="test",
+            revocations=Revocations(),
+            metrics=metrics,
+            batches=batches,
+        )
+    attempts.resubmit = pool.submit
     pool.start()
     try:
         yield pool, completions
     finally:
         pool.close(timeout=5)
+        if loop is not None:
+            loop.close()
 
 
 def collect(completions: CompletionQueue, expected: int) -> list[Completion]:
@@ -58,7 +74,7 @@ def collect(completions: CompletionQueue, expected: int) -> list[Completion]:
     return found
 
 
-def test_every_message_is_reported_exactly_once_under_revoke() -> None:
+def test_every_message_is_reported_exactly_once_under_revoke(kind: str) -> None:
     gate = threading.Event()
     entered = threading.Event()
     handled: list[tuple[int, int]] = []
@@ -69,7 +85,7 @@ def test_every_message_is_reported_exactly_once_under_revoke() -> None:
             assert gate.wait(10)
         handled.append((msg.partition, msg.offset))
 
-    spec = spec_for(handle, concurrency=8, ordering="key")
+    spec = spec_for(as_kind(kind, handle), concurrency=8, ordering="key")
     states = [PartitionState("t", p) for p in range(4)]
     with pool_for(spec) as (pool, completions):
         submitted = 0
@@ -99,14 +115,16 @@ def test_every_message_is_reported_exactly_once_under_revoke() -> None:
     assert set(handled) == {k for k, [o] in reported.items() if o is Outcome.FINISHED}
 
 
-def test_a_revoke_cuts_a_retry_backoff_short_and_gives_the_message_up() -> None:
+def test_a_revoke_cuts_a_retry_backoff_short_and_gives_the_message_up(kind: str) -> None:
     failing = threading.Event()
 
     def handle(msg: Message[Any]) -> None:
         failing.set()
         raise TransientError("down")
 
-    spec = spec_for(handle, retries=5, backoff=Backoff(initial=60, max=60, jitter="none"))
+    spec = spec_for(
+        as_kind(kind, handle), retries=5, backoff=Backoff(initial=60, max=60, jitter="none")
+    )
     state = PartitionState("t", 0)
     with pool_for(spec) as (pool, completions):
         pool.submit([(state, messages(state, 1))])
@@ -116,9 +134,9 @@ def test_a_revoke_cuts_a_retry_backoff_short_and_gives_the_message_up() -> None:
     assert completion.outcome is Outcome.NOT_FINISHED
 
 
-def test_a_manual_ack_message_is_reported_once_whoever_acks() -> None:
+def test_a_manual_ack_message_is_reported_once_whoever_acks(kind: str) -> None:
     received: queue.SimpleQueue[Message[Any]] = queue.SimpleQueue()
-    spec = spec_for(received.put, ack="manual", concurrency=4)
+    spec = spec_for(as_kind(kind, received.put), ack="manual", concurrency=4)
     state = PartitionState("t", 0)
     with pool_for(spec) as (pool, completions):
         pool.submit([(state, messages(state, 50))])
@@ -134,7 +152,7 @@ def test_a_manual_ack_message_is_reported_once_whoever_acks() -> None:
     }
 
 
-def test_a_mixed_batch_stops_waiting_when_any_of_its_partitions_is_revoked() -> None:
+def test_a_mixed_batch_stops_waiting_when_any_of_its_partitions_is_revoked(kind: str) -> None:
     """With ordering="none" a batch mixes partitions: its backoff must end when any of them
     is revoked, not only the first message's (it used to wait out the whole backoff)."""
     calls: queue.SimpleQueue[list[tuple[int, int]]] = queue.SimpleQueue()
@@ -144,7 +162,7 @@ def test_a_mixed_batch_stops_waiting_when_any_of_its_partitions_is_revoked() -> 
         raise TransientError("the database is down")
 
     spec = spec_for(
-        store,
+        as_kind(kind, store),
         ordering="none",
         concurrency=1,
         batch=BatchPolicy(max_size=10, max_wait=0),
@@ -161,3 +179,47 @@ def test_a_mixed_batch_stops_waiting_when_any_of_its_partitions_is_revoked() -> 
         pool.revoke([first])
         found = collect(completions, 4)
     assert outcomes(found) == {k: [Outcome.NOT_FINISHED] for k in [(0, 0), (0, 1), (1, 0), (1, 1)]}
+
+
+def test_nack_takes_the_failure_path_during_the_call_and_after_it(kind: str) -> None:
+    """A nack during the handler call fails that call; one after it returned runs the
+    failure path then. Either way: retried with backoff, and past the retries handled as
+    spent (here: skipped), reported once."""
+    calls: list[tuple[int, int]] = []
+    later: queue.SimpleQueue[Message[Any]] = queue.SimpleQueue()
+
+    def handle(msg: Message[Any]) -> None:
+        calls.append((msg.offset, msg.attempt))
+        if msg.offset == 0:
+            msg.nack(ValueError("rejected in the call"))
+        elif msg.offset == 1:
+            later.put(msg)  # nacked after the call returned
+        else:
+            msg.ack()
+
+    spec = spec_for(
+        as_kind(kind, handle),
+        ack="manual",
+        retries=2,
+        backoff=Backoff(initial=0, max=0),
+        on_exhausted="skip",
+    )
+    state = PartitionState("t", 0)
+    with pool_for(spec) as (pool, completions):
+        pool.submit([(state, messages(state, 3))])
+        for _ in range(3):  # the first call and two retries, each nacked after returning
+            later.get(timeout=5).nack()
+        found = collect(completions, 3)
+    assert outcomes(found) == {(0, o): [Outcome.FINISHED] for o in range(3)}
+    assert sorted(calls) == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (2, 1)]
+
+
+def test_nack_without_manual_ack_is_a_one_line_error() -> None:
+    [msg] = messages(PartitionState("t", 0), 1)
+    with pytest.raises(ConfigError) as raised:
+        msg.nack()
+    assert "\n" not in str(raised.value)
+    assert "ack='manual'" in str(raised.value)
+    built: Message[Any] = Message("t", {"id": 1})  # built by hand in a user's unit test
+    built.nack(ValueError("no"))
+    assert isinstance(built.nacked, ValueError)

@@ -1,7 +1,9 @@
 """The execute side: how handler calls run. The poll thread talks to this protocol.
 
 - pool.py: worker threads over lanes (lanes.py), for plain `def` handlers;
-- attempts.py: one message under the failure policy; batches.py: batch handlers.
+- aio.py: coroutines on the process's event loop (event_loop.py), for `async def` handlers;
+- attempts.py: one message under the failure policy, batches.py: batch handlers, both as
+  steps (steps.py) that either executor carries out.
 
 Every message submitted is reported back exactly once on the completion queue (finished,
 dead-lettered, or not finished), which is what lets the poll thread wait precisely for
@@ -37,6 +39,11 @@ class Executor(Protocol):
         and return their queued, unstarted messages, which are not reported otherwise."""
         ...
 
+    def cancel(self, partitions: Sequence[PartitionState]) -> None:
+        """Give up the calls still running for these revoked partitions, where that is
+        possible (a coroutine can be cancelled, a thread cannot)."""
+        ...
+
     def close(self, timeout: float = 1.0) -> None:
-        """Let idle workers exit; a handler still running is left alone."""
+        """Stop the workers; a handler still running in a thread is left alone."""
         ...

@@ -11,7 +11,8 @@ up (not finished).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Generator
+import threading
+from collections.abc import Callable, Collection, Generator
 from typing import Any
 
 import structlog
@@ -23,7 +24,7 @@ from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.execute.steps import Call, Called, Emit, Sleep, Step, Write
 from kafkaworker.runtime.failures.deadletter import FailureRecords, error_type
 from kafkaworker.runtime.failures.policy import Action, Decision, FailurePolicy
-from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome
+from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run
 from kafkaworker.runtime.poll.partitions import PartitionState
 
 log = structlog.get_logger("kafkaworker.pool")
@@ -55,6 +56,9 @@ class Attempts:
         self.call = spec.call()
         self._records = records
         self._emits = emits  # the handler's return value is produced (outputs)
+        # How a message nacked after its handler returned goes back to the executor (set by
+        # the runtime once the executor exists).
+        self.resubmit: Callable[[list[Run]], None] | None = None
         self._manual = spec.ack == "manual"
         name = spec.name
         self._handler_failures = metrics.handler_failures.labels(name)
@@ -69,16 +73,25 @@ class Attempts:
         given up. `failed`: the error of a first call the executor made already."""
         state: PartitionState = msg._state
         manual = self._manual
-        if manual:
-            completions = self._completions
-            msg._on_ack(lambda: completions.put([Completion(state, [msg.offset], FINISHED)]))
         failures = 0
+        nacks: list[BaseException] = []  # nacks during the handler call
+        if manual:
+            resumed = msg._take_nack()  # a nack after an earlier call had returned
+            if resumed is not None:
+                failed, failures = resumed
+            calls = self._manual_callbacks(msg, state, nacks, lambda: failures)
         while True:
             error = failed
             failed = None
             if error is None:
+                if manual:
+                    calls.calling = True
                 called: Called = yield Call(self.call, msg)
-                error = called.error
+                if manual:
+                    with calls.lock:
+                        calls.calling = False
+                        nacked = nacks.pop() if nacks else None
+                error = called.error or (nacked if manual else None)
                 if error is None and self._emits:
                     error = yield Emit(msg, called.result)
                 if error is None:
@@ -97,6 +110,33 @@ class Attempts:
             if (yield from self.wait(decision, (state,))):
                 return NOT_FINISHED
             msg.attempt += 1
+
+    def _manual_callbacks(
+        self,
+        msg: Message[Any],
+        state: PartitionState,
+        nacks: list[BaseException],
+        failures: Callable[[], int],
+    ) -> _ManualCalls:
+        """Bind msg.ack() and msg.nack() for a manual-ack message. An ack reports it finished
+        (once, whoever claims it first). A nack during the handler call fails that call; a
+        nack after it returned holds the error on the message and hands the message back to
+        the executor, whose next run of it takes the failure path."""
+        completions = self._completions
+        calls = _ManualCalls()
+
+        def nack(error: BaseException) -> None:
+            with calls.lock:
+                if calls.calling:
+                    nacks.append(error)
+                    return
+            msg._hold_nack(error, failures())
+            assert self.resubmit is not None
+            self.resubmit([(state, [msg])])
+
+        msg._on_ack(lambda: completions.put([Completion(state, [msg.offset], FINISHED)]))
+        msg._on_nack(nack)
+        return calls
 
     def wait(
         self, decision: Decision, partitions: Collection[PartitionState]
@@ -201,6 +241,16 @@ class Attempts:
                 exc_info=error if msg.attempt == self.spec.retries + 1 else None,
                 **where,
             )
+
+
+class _ManualCalls:
+    """A manual-ack message's handler call in progress, as its ack/nack callbacks see it."""
+
+    __slots__ = ("calling", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calling = False
 
 
 def _described(error: BaseException) -> str:

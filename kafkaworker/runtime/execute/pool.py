@@ -15,34 +15,30 @@ from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
-import structlog
-
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.execute.attempts import Attempts
+from kafkaworker.runtime.execute.base import (
+    CLOCK_EVERY,
+    FINISHED,
+    NOT_FINISHED,
+    REPORT_EVERY,
+    SLOW_HANDLER,
+    LaneExecutor,
+)
 from kafkaworker.runtime.execute.batches import BatchRunner
-from kafkaworker.runtime.execute.lanes import Lane, Lanes
+from kafkaworker.runtime.execute.lanes import Lane
 from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.execute.revocations import Revocations
 from kafkaworker.runtime.execute.steps import Call, Called, Emit, Sleep, Step, Write
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run
 from kafkaworker.runtime.poll.partitions import PartitionState
 
-log = structlog.get_logger("kafkaworker.pool")
 T = TypeVar("T")
 
-NOT_FINISHED, FINISHED = Outcome.NOT_FINISHED, Outcome.FINISHED
-AWAITING_ACK = Outcome.AWAITING_ACK
-# A worker reports what it finished at least this often while it drains a long chunk, so that
-# commits and backpressure follow slow handlers closely; after a handler call this slow it
-# reports before every message.
-REPORT_EVERY = 0.05
-SLOW_HANDLER = 0.001
-CLOCK_EVERY = 16
 
-
-class WorkerPool:
+class WorkerPool(LaneExecutor):
     """`concurrency` worker threads draining one handler's lanes."""
 
     def __init__(
@@ -57,28 +53,16 @@ class WorkerPool:
         outputs: Outputs | None = None,
         batches: BatchRunner | None = None,
     ) -> None:
-        self.spec = spec
-        self._attempts = attempts
-        self._completions = completions
+        super().__init__(
+            spec, attempts, completions, metrics=metrics, outputs=outputs, batches=batches
+        )
         self._revocations = revocations
-        self._outputs = outputs
-        self._batches = batches
-        metrics = metrics or Metrics()
-        self._handler_seconds = metrics.handler_seconds.labels(spec.name)
         self._cond = threading.Condition(threading.Lock())
-        self._lanes = Lanes(spec.ordering, take_size=spec.batch.max_size if spec.batch else 1)
         self._closing = False
-        # Mean handler time per message over a worker's latest report (whichever wrote last).
-        self._recent_handler_seconds = 0.0
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(spec.concurrency)
         ]
-
-    @property
-    def recent_handler_seconds(self) -> float:
-        batches = self._batches
-        return batches.recent_handler_seconds if batches else self._recent_handler_seconds
 
     def start(self) -> None:
         for thread in self._threads:
@@ -96,6 +80,10 @@ class WorkerPool:
         self._revocations.revoke(partitions)
         with self._cond:
             return self._lanes.drop(partitions)
+
+    def cancel(self, partitions: Sequence[PartitionState]) -> None:
+        """A thread cannot be cancelled: a call that outlives its revoke finishes unreported
+        (its partition is forgotten by then, so nothing is committed for it)."""
 
     def close(self, timeout: float = 1.0) -> None:
         with self._cond:
@@ -187,21 +175,11 @@ class WorkerPool:
             reported_at = time.monotonic()
 
         def settle(msg: Message[Any], outcome: Outcome) -> None:
-            # A manual-ack message is reported exactly once: by msg.ack(), or here.
-            if outcome is AWAITING_ACK or (manual and not msg._claim()):
-                return
-            if outcome is FINISHED:
-                run.append(msg.offset)
-                return
-            if run:
-                report.append(Completion(state, run.copy(), FINISHED))
-                run.clear()
-            report.append(Completion(state, [msg.offset], outcome))
+            self._settle(msg, outcome, run, report.append)
 
-        manual = self.spec.ack == "manual"
         # The common case (auto ack, no output) calls the handler inline; Attempts takes over
         # only once it raises.
-        plain = not manual and self.spec.output is None
+        plain = not self._manual and self.spec.output is None
         call = self.spec.call()
         clock = time.monotonic
         finished = run.append
@@ -247,16 +225,8 @@ class WorkerPool:
         """The message under the failure policy (Attempts), as its outcome."""
         try:
             return self._drive(self._attempts.steps(msg, failed), flush)
-        except BaseException:
-            # A bug of the runtime's own: the message stays unfinished, never skipped.
-            log.exception(
-                "failed to run the handler",
-                handler=self.spec.name,
-                topic=msg.topic,
-                partition=msg.partition,
-                offset=msg.offset,
-            )
-            return NOT_FINISHED
+        except BaseException:  # noqa: BLE001 - logged with its traceback, never skipped
+            return self._runtime_bug(msg)
 
     def _drive(self, steps: Generator[Step, Any, T], flush: Callable[[], None] | None = None) -> T:
         """Carry out the failure path's steps in this worker thread, blocking. `flush`

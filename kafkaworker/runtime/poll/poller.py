@@ -296,6 +296,8 @@ class Poller:
             remaining = self._shutdown_deadline - time.monotonic()
             self._wait_in_flight(states, min(self.settings.revoke_timeout, max(0.0, remaining)))
             self._commit_now(states)
+        if any(s.in_flight for s in states):
+            self._executor.cancel(states)
         self._committer.discard(s.topic_partition for s in states)
         still = {str(s.topic_partition): s.in_flight for s in states if s.in_flight}
         if still and not self._closed_out:
@@ -352,6 +354,7 @@ class Poller:
             self._collect(self._drain())
             self._commit_now(self._partitions.values())
             self._closed_out = True
+            self._executor.cancel(list(self._partitions.values()))
             unfinished = [s for s in self._partitions.values() if s.in_flight]
             self.unfinished_at_exit = {str(s.topic_partition): s.in_flight for s in unfinished}
             if unfinished:
