@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 jars: install
-	@$(PY) -m tools.kafka.broker fetch >/dev/null
+	@$(PY) -m kafkaworker.testing.broker fetch >/dev/null
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -40,7 +40,7 @@ test-fast: install jars
 
 # A dev broker in the foreground on 127.0.0.1:9092; Ctrl+C stops it.
 kafka: jars
-	$(PY) -m tools.kafka.broker run --port 9092
+	$(PY) -m kafkaworker.testing.broker run --port 9092
 
 # The example worker and a small load generator, with a local broker when none answers on 9092.
 run: jars

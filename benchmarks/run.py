@@ -36,7 +36,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks import peers as peer_envs
-from tools.kafka.broker import Cluster
+from kafkaworker.testing.broker import Cluster
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -232,6 +232,10 @@ def scenario_s1(
 
 
 S2_CONCURRENCY = (8, 32, 128)
+# Async def handlers: coroutines in flight, key ordering (1,000 keys).
+S2_ASYNC_CONCURRENCY = (128, 512, 2048)
+# Peers with a concurrency option (FastStream's and Faust's are async) run up to 512 too.
+S2_PEER_CONCURRENCY = (8, 32, 128, 512)
 
 
 def scenario_s2(
@@ -245,11 +249,13 @@ def scenario_s2(
     sleep_ms = 2.0
     results = []
     for contender in contenders:
-        if contender.script == "kafkaworker_app.py":
+        if contender.options.get("async") == "1":
+            runs = [("key", c) for c in S2_ASYNC_CONCURRENCY]
+        elif contender.script == "kafkaworker_app.py":
             runs = [(o, c) for o in ("partition", "key", "none") for c in S2_CONCURRENCY]
         elif contender.concurrency_option:
             # These options hand messages to N workers with no ordering: the "none" ceiling.
-            runs = [("none", c) for c in S2_CONCURRENCY]
+            runs = [("none", c) for c in S2_PEER_CONCURRENCY]
         else:
             runs = [("", 0)]
         own: list[dict[str, Any]] = []
@@ -971,6 +977,8 @@ def main(argv: list[str] | None = None) -> int:
         # also runs it with librdkafka's defaults, which cap a backlog drain near 150k/s here.
         Contender("raw confluent-kafka", "raw.py", python, {"fetch-queue-backoff-ms": "10"}),
         Contender("kafkaworker", "kafkaworker_app.py", python, {}),
+        # The same with an async def handler on the event loop.
+        Contender("kafkaworker async", "kafkaworker_app.py", python, {"async": "1"}),
     ]
     contenders += peer_envs.contenders(args.peers, log)
     report: dict[str, Any] = {

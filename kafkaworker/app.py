@@ -135,7 +135,11 @@ class App:
 
     @contextlib.contextmanager
     def lifespan(
-        self, settings: Settings, *, run_async: RunAsync | None = None
+        self,
+        settings: Settings,
+        *,
+        run_async: RunAsync | None = None,
+        producer: Producer | None = None,
     ) -> Iterator[Lifespan]:
         """The app's part of a run: app.producer is built from the run's `settings`, the
         startup hooks run on entry, and on exit (once every consumer has stopped) the
@@ -143,9 +147,12 @@ class App:
         raises fails the run; one at shutdown is logged and marks `shutdown_failed`.
         `run_async` runs an async hook to completion on the event loop the async handlers
         use (what a hook creates, a connection pool, belongs to that loop); without one, an
-        async hook gets a loop of its own."""
+        async hook gets a loop of its own. `producer`: app.producer for the run (the test
+        client's, which keeps what is produced in memory)."""
         lifespan = Lifespan()
         self._run_settings = settings
+        if producer is not None:
+            self._producer = producer
 
         def call(hook: Hook) -> None:
             result = hook()

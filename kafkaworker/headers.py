@@ -17,10 +17,7 @@ kw.retry.due (milliseconds since the epoch). `kafkaworker dlq replay` adds kw.re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from kafkaworker.message import Message
+from typing import Protocol
 
 PREFIX = "kw."
 ORIGINAL_TOPIC = "kw.original.topic"
@@ -56,7 +53,13 @@ OWN = frozenset(
 )
 
 
-def int_header(msg: Message[Any], name: str) -> int | None:
+class Headered(Protocol):
+    """A Message, or anything else that looks headers up the same way."""
+
+    def header(self, name: str, default: bytes | None = None) -> bytes | None: ...
+
+
+def int_header(msg: Headered, name: str) -> int | None:
     """A header holding a non-negative integer (kw.attempts, kw.retry.due); None when it is
     missing or not a number (a record someone else wrote)."""
     value = msg.header(name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tools.kafka.broker import Cluster
+from kafkaworker.testing.broker import Cluster
 
 LOG_DIR = Path(__file__).resolve().parent.parent / "build" / "test-logs"
 _clusters: list[tuple[str, Cluster]] = []
@@ -45,6 +45,12 @@ def kafka_bootstrap() -> Iterator[str]:
         yield cluster.bootstrap
     finally:
         cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(kafka_bootstrap: str) -> str:
+    """The pytest plugin's fixture (kafkaworker.testing), on the suite's own broker."""
+    return kafka_bootstrap
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +19,8 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from kafkaworker import App, Settings
-from kafkaworker.runtime.runner import Runner, resolve_specs
+from kafkaworker.runtime.runner import Runner
+from kafkaworker.testing.worker import running as run_in_background
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where the bodies of async test handlers run (see as_kind): enough threads that no test's
@@ -158,34 +158,10 @@ def make_settings(bootstrap: str, **overrides: Any) -> Settings:
     return Settings.model_validate(values)
 
 
-@contextmanager
-def running(app: App, settings: Settings) -> Iterator[Runner]:
-    """Run `app` in a background thread; stop it gracefully on exit and check it exited 0."""
-    runner = Runner(app, settings, resolve_specs(app, settings))
-    result: list[int] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(runner.run())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
-            failure.append(exc)
-            runner.started.set()
-
-    thread = threading.Thread(target=target, name="test-runner", daemon=True)
-    thread.start()
-    runner.started.wait(30)
-    if failure:
-        raise failure[0]
-    try:
-        yield runner
-    finally:
-        runner.stop()
-        thread.join(60)
-        assert not thread.is_alive(), "the runner did not stop within 60s"
-        if failure:
-            raise failure[0]
-        assert result == [0], f"the runner exited with {result}"
+def running(app: App, settings: Settings) -> AbstractContextManager[Runner]:
+    """Run `app` in a background thread; stop it gracefully on exit and check it exited 0
+    (the package's own helper, which the pytest plugin's kafka_worker fixture uses too)."""
+    return run_in_background(app, settings)
 
 
 @dataclass

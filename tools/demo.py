@@ -16,7 +16,7 @@ import time
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tools.kafka.broker import Cluster, port_answers
+from kafkaworker.testing.broker import Cluster, port_answers
 
 BOOTSTRAP = "127.0.0.1:9092"
 TOPIC = "orders"
@@ -53,6 +53,7 @@ def main() -> int:
             cluster = Cluster(1, port=9092)
             cluster.start()
         ensure_topic(BOOTSTRAP, TOPIC)
+        ensure_topic(BOOTSTRAP, "orders.accepted")  # the example's output
         children.append(subprocess.Popen(WORKER, process_group=0))
         children.append(subprocess.Popen(LOADGEN, process_group=0))
         print(

@@ -1,25 +1,54 @@
-"""The example service: `kafkaworker run apps.orders.app:app` (what `make run` starts)."""
+"""The example service: `kafkaworker run apps.orders.app:app` (what `make run` starts).
+
+Orders arrive keyed by customer; each is validated into an Order, checked, and accepted: the
+acceptance is produced to orders.accepted. A rejected order goes to the DLQ at once; a
+failure of the pricing service is retried with backoff, then dead-lettered. Its tests, the
+way a user would write them: tests/examples/test_orders_app.py.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import structlog
+from pydantic import BaseModel, Field
 
-from kafkaworker import App, Message
+from kafkaworker import App, Backoff, DeadLetter
 
 app = App("orders-service")
 log = structlog.get_logger("orders")
 
 
-@app.handler("orders", concurrency=8, ordering="key")
-def handle_order(msg: Message[dict[str, Any]]) -> None:
-    order = msg.value
-    log.info(
-        "order accepted",
-        order=order["id"],
-        customer=order["customer"],
-        amount=order["amount"],
-        partition=msg.partition,
-        offset=msg.offset,
-    )
+class Order(BaseModel):
+    id: int
+    customer: str
+    amount: float = Field(gt=0)
+
+
+class PricingUnavailable(Exception):  # noqa: N818 - how the pricing client names it
+    """The pricing service did not answer (retried)."""
+
+
+BLOCKED_CUSTOMERS = frozenset({"customer-13"})
+
+
+def price(order: Order) -> float:
+    """The pricing service (here: a rule; in a real service, a call that can fail)."""
+    return round(order.amount * 1.2, 2)
+
+
+@app.handler(
+    "orders",
+    ordering="key",
+    retries=3,
+    backoff=Backoff(initial=0.5, max=10),
+    retry_on=PricingUnavailable,
+    dlq="orders.dlq",
+    output="orders.accepted",
+)
+def accept_order(order: Order) -> dict[str, Any]:
+    if order.customer in BLOCKED_CUSTOMERS:
+        raise DeadLetter(f"customer {order.customer} is blocked")
+    total = price(order)
+    log.info("order accepted", order=order.id, customer=order.customer, total=total)
+    return {"id": order.id, "customer": order.customer, "total": total}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -35,6 +36,15 @@ def main() -> None:
             for msg in msgs:
                 msg.value  # noqa: B018 - decoding is the work
             meter.hit(len(msgs))
+
+    elif a.get("async") == "1":
+        # An async def handler on the event loop; --concurrency is coroutines in flight.
+        @app.handler(a["topic"], **options)
+        async def handle_async(msg: Message[Any]) -> None:
+            value = msg.value
+            if sleep:
+                await asyncio.sleep(sleep)
+            meter.hit(1, value.get("ts"))
 
     else:
 

@@ -3,6 +3,7 @@ so that tests move time by hand instead of sleeping."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Protocol
 
@@ -26,9 +27,11 @@ SYSTEM_CLOCK = SystemClock()
 
 
 class ManualClock:
-    """A clock that moves only when told to (`advance`)."""
+    """A clock that moves only when told to (`advance`), from any thread. Given to the
+    executors too, it is virtual time: a retry's backoff advances it instead of waiting."""
 
     def __init__(self, monotonic: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
+        self._lock = threading.Lock()
         self._monotonic = monotonic
         self._wall = wall
 
@@ -39,5 +42,6 @@ class ManualClock:
         return self._wall
 
     def advance(self, seconds: float) -> None:
-        self._monotonic += seconds
-        self._wall += seconds
+        with self._lock:
+            self._monotonic += seconds
+            self._wall += seconds

@@ -11,7 +11,7 @@ import structlog
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.producer import Producer
-from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
+from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock, ManualClock
 from kafkaworker.runtime.execute import Executor
 from kafkaworker.runtime.execute.aio import AsyncPool
 from kafkaworker.runtime.execute.attempts import Attempts
@@ -37,7 +37,9 @@ from kafkaworker.settings import Settings
 log = structlog.get_logger("kafkaworker.runtime")
 
 
-def new_breaker(settings: Settings, handler: str) -> CircuitBreaker | None:
+def new_breaker(
+    settings: Settings, handler: str, clock: Clock = SYSTEM_CLOCK
+) -> CircuitBreaker | None:
     """The handler's breaker (handlers.<name>.circuit_breaker, else the global one)."""
     override = settings.handlers.get(handler)
     config = (override.circuit_breaker if override else None) or settings.circuit_breaker
@@ -48,13 +50,15 @@ def new_breaker(settings: Settings, handler: str) -> CircuitBreaker | None:
         window=config.window,
         min_messages=config.min_messages,
         cooldown=config.cooldown,
+        clock=clock.monotonic,
     )
 
 
 class HandlerRuntime:
     """Owns one handler's source (through the Poller), its executor and its poll thread, and
     stops them. `source`: a consumer group of the handler's group by default. `loop`: the
-    process's event loop, which async handlers run on."""
+    process's event loop, which async handlers run on. `virtual_time` (the test client): the
+    clock the runtime reads, which backoffs advance instead of waiting."""
 
     def __init__(
         self,
@@ -67,11 +71,12 @@ class HandlerRuntime:
         runtime_codecs: Mapping[str, Codec] | None = None,
         source: Source | None = None,
         loop: EventLoopThread | None = None,
-        clock: Clock = SYSTEM_CLOCK,
+        virtual_time: ManualClock | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
         self.metrics = metrics or Metrics()
+        clock: Clock = virtual_time if virtual_time is not None else SYSTEM_CLOCK
         group = spec.group or app_name
         routes = RetryRoutes(spec.topics, spec.retry_topics) if spec.retry_topics else None
         writes = spec.dlq is not None or routes is not None or spec.output is not None
@@ -79,11 +84,11 @@ class HandlerRuntime:
             raise ValueError(f"handler {spec.name!r} writes records but has no producer")
         records = None
         if spec.dlq is not None or routes is not None:
-            records = FailureRecords(spec.dlq, group=group, handler=spec.name)
-        breaker = new_breaker(settings, spec.name) if spec.dlq is not None else None
+            records = FailureRecords(spec.dlq, group=group, handler=spec.name, clock=clock)
+        breaker = new_breaker(settings, spec.name, clock) if spec.dlq is not None else None
         # Codecs are resolved once per handler: the value codec encodes outputs, and decodes
         # messages (validating into the handler's model, when it has one).
-        codec = spec.value_codec(runtime_codecs)
+        self.codec = codec = spec.value_codec(runtime_codecs)
         outputs = None
         if producer is not None:
             outputs = Outputs(
@@ -97,7 +102,7 @@ class HandlerRuntime:
         policy = FailurePolicy(
             spec, routes=routes, can_publish=records is not None, breaker=breaker
         )
-        attempts = Attempts(
+        self.attempts = attempts = Attempts(
             spec,
             policy,
             completions,
@@ -120,6 +125,7 @@ class HandlerRuntime:
                 metrics=self.metrics,
                 outputs=outputs,
                 batches=batches,
+                virtual=virtual_time,
             )
         else:
             self.executor = WorkerPool(
@@ -131,6 +137,7 @@ class HandlerRuntime:
                 metrics=self.metrics,
                 outputs=outputs,
                 batches=batches,
+                virtual=virtual_time,
             )
         attempts.resubmit = self.executor.submit  # a message nacked after its handler returned
         if source is None:

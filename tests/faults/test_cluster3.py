@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tools.kafka.broker import Cluster
+from kafkaworker.testing.broker import Cluster
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

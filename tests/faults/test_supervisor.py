@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from kafkaworker.testing.broker import free_port
 from tests.conftest import TopicFactory
 from tests.metrics_support import get, samples, total
 from tests.support import ROOT, committed, end_offsets, produce, read_records, wait_until
-from tools.kafka.broker import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

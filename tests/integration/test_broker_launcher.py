@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.kafka import broker
+from kafkaworker.testing import broker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def _wait_dead(pid: int, timeout: float) -> bool:
 @pytest.mark.kafka
 def test_broker_dies_with_a_parent_killed_by_sigkill() -> None:
     script = (
-        "from tools.kafka.broker import Cluster\n"
+        "from kafkaworker.testing.broker import Cluster\n"
         "import sys, time\n"
         "c = Cluster(1)\n"
         "c.start()\n"
@@ -61,7 +61,7 @@ def test_dev_broker_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = broker.free_port()
     stderr = tmp_path / "broker-stderr.txt"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.kafka.broker", "run", "--port", str(port)],
+        [sys.executable, "-m", "kafkaworker.testing.broker", "run", "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=stderr.open("w"),

@@ -24,7 +24,7 @@ P0 = Partition("t", 0)
 def source_with(count: int, partitions: int = 1) -> MemorySource:
     source = MemorySource({"t": partitions})
     for i in range(count):
-        source.append("t", b"%d" % i, key=b"k%d" % (i % 7), partition=i % partitions)
+        source.broker.append("t", b"%d" % i, key=b"k%d" % (i % 7), partition=i % partitions)
     return source
 
 

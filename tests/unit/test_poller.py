@@ -26,7 +26,7 @@ P0, P1, P2, P3 = (Partition("t", p) for p in range(4))
 def test_lanes_keep_their_order_under_many_threads(ordering: Ordering, kind: str) -> None:
     source = MemorySource({"t": 4})
     for i in range(2000):
-        source.append("t", b"%d" % i, key=b"k%d" % (i % 20), partition=i % 4)
+        source.broker.append("t", b"%d" % i, key=b"k%d" % (i % 20), partition=i % 4)
     lock = threading.Lock()
     running_now: dict[object, int] = defaultdict(int)
     overlaps: list[object] = []
@@ -53,7 +53,7 @@ def test_lanes_keep_their_order_under_many_threads(ordering: Ordering, kind: str
 def test_the_commit_stops_at_the_first_unfinished_offset(kind: str) -> None:
     source = MemorySource({"t": 1})
     for i in range(100):
-        source.append("t", b"%d" % i)
+        source.broker.append("t", b"%d" % i)
     release = threading.Event()
 
     def handle(msg: Message[Any]) -> None:
@@ -70,7 +70,7 @@ def test_the_commit_stops_at_the_first_unfinished_offset(kind: str) -> None:
 def test_a_revoke_gives_up_unstarted_work_and_the_next_owner_gets_it(kind: str) -> None:
     source = MemorySource({"t": 2})
     for i in range(10):
-        source.append("t", b"%d" % i, partition=0)
+        source.broker.append("t", b"%d" % i, partition=0)
     entered, release = threading.Event(), threading.Event()
     handled: list[tuple[int, int]] = []
 
@@ -84,8 +84,8 @@ def test_a_revoke_gives_up_unstarted_work_and_the_next_owner_gets_it(kind: str) 
     with running(spec_for(as_kind(kind, handle)), source, revoke_timeout=0.2):
         assert source.wait_for(lambda s: s.committed.get(P0) == 10, 10)
         for i in range(10, 100):
-            source.append("t", b"%d" % i, partition=0)
-            source.append("t", b"%d" % i, partition=1)
+            source.broker.append("t", b"%d" % i, partition=0)
+            source.broker.append("t", b"%d" % i, partition=1)
         assert entered.wait(10)
         source.revoke([P0])
         assert source.wait_for(lambda s: P0 not in s.assigned, 10)
@@ -104,7 +104,7 @@ def test_a_revoke_gives_up_unstarted_work_and_the_next_owner_gets_it(kind: str) 
 def test_lost_partitions_commit_nothing(kind: str) -> None:
     source = MemorySource({"t": 1})
     for i in range(5):
-        source.append("t", b"%d" % i)
+        source.broker.append("t", b"%d" % i)
     entered, release = threading.Event(), threading.Event()
 
     def handle(msg: Message[Any]) -> None:
@@ -114,7 +114,7 @@ def test_lost_partitions_commit_nothing(kind: str) -> None:
 
     with running(spec_for(as_kind(kind, handle)), source):
         assert source.wait_for(lambda s: s.committed.get(P0) == 5, 10)
-        source.append("t", b"5")
+        source.broker.append("t", b"5")
         assert entered.wait(10)
         commits = len(source.commits)
         source.lose([P0])
@@ -127,7 +127,7 @@ def test_lost_partitions_commit_nothing(kind: str) -> None:
 def test_shutdown_finishes_in_flight_work_commits_and_leaves_the_rest(kind: str) -> None:
     source = MemorySource({"t": 1})
     for i in range(50):
-        source.append("t", b"%d" % i)
+        source.broker.append("t", b"%d" % i)
     entered, release = threading.Event(), threading.Event()
     handled: list[int] = []
 
@@ -152,7 +152,7 @@ def test_shutdown_finishes_in_flight_work_commits_and_leaves_the_rest(kind: str)
 def test_skipped_failures_move_the_commit_past_them(kind: str) -> None:
     source = MemorySource({"t": 1})
     for i in range(10):
-        source.append("t", b"%d" % i)
+        source.broker.append("t", b"%d" % i)
 
     def handle(msg: Message[Any]) -> None:
         if msg.offset % 3 == 0:

@@ -27,6 +27,7 @@ import structlog
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.clock import ManualClock
 from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.execute.base import (
     CLOCK_EVERY,
@@ -68,9 +69,16 @@ class AsyncPool(LaneExecutor):
         metrics: Metrics | None = None,
         outputs: Outputs | None = None,
         batches: BatchRunner | None = None,
+        virtual: ManualClock | None = None,
     ) -> None:
         super().__init__(
-            spec, attempts, completions, metrics=metrics, outputs=outputs, batches=batches
+            spec,
+            attempts,
+            completions,
+            metrics=metrics,
+            outputs=outputs,
+            batches=batches,
+            virtual=virtual,
         )
         self._loop_thread = loop
         self._loop = loop.loop
@@ -276,7 +284,9 @@ class AsyncPool(LaneExecutor):
                 except BaseException as exc:  # noqa: BLE001 - the failure policy decides
                     reply = Called(error=exc)
             elif isinstance(step, Sleep):
-                reply = await self._wait_unless_revoked(step.partitions, step.seconds)
+                reply = self._skipped_wait(step)
+                if reply is None:
+                    reply = await self._wait_unless_revoked(step.partitions, step.seconds)
             elif isinstance(step, Emit):
                 assert self._outputs is not None
                 reply = await self._outputs.emit_async(step.msg, step.result)

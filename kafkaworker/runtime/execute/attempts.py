@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Collection, Generator
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -59,6 +59,8 @@ class Attempts:
         # How a message nacked after its handler returned goes back to the executor (set by
         # the runtime once the executor exists).
         self.resubmit: Callable[[list[Run]], None] | None = None
+        # Told of every failure and what was decided (the test client, the dashboard).
+        self.observers: list[AttemptObserver] = []
         self._manual = spec.ack == "manual"
         name = spec.name
         self._handler_failures = metrics.handler_failures.labels(name)
@@ -104,12 +106,17 @@ class Attempts:
                 failures += 1
                 self._handler_failures.inc()
             decision = self.policy.decide(msg.topic, error, failures)
+            self.observe(msg, error, decision)
             if decision.final:
                 return (yield from self.settle(msg, error, decision))
             self._log_wait(msg, error, decision, first=failures == 1)
             if (yield from self.wait(decision, (state,))):
                 return NOT_FINISHED
             msg.attempt += 1
+
+    def observe(self, msg: Message[Any], error: BaseException, decision: Decision) -> None:
+        for observer in self.observers:
+            observer.failed(msg, error, decision)
 
     def _manual_callbacks(
         self,
@@ -152,7 +159,7 @@ class Attempts:
         if decision.action is Action.STALL:
             self._stalled.inc()
             try:
-                revoked: bool = yield Sleep(decision.delay, partitions)
+                revoked: bool = yield Sleep(decision.delay, partitions, stall=True)
             finally:
                 self._stalled.dec()
             return revoked
@@ -241,6 +248,16 @@ class Attempts:
                 exc_info=error if msg.attempt == self.spec.retries + 1 else None,
                 **where,
             )
+
+
+class AttemptObserver(Protocol):
+    def failed(self, msg: Message[Any], error: BaseException, decision: Decision) -> None:
+        """A handler call (or a batch's, for this message) failed; `decision` is next."""
+        ...
+
+    def awaiting_ack(self, msg: Message[Any]) -> None:
+        """A manual-ack message's handler returned without acking it."""
+        ...
 
 
 class _ManualCalls:

@@ -12,10 +12,12 @@ import structlog
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.clock import ManualClock
 from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.execute.batches import BatchRunner
 from kafkaworker.runtime.execute.lanes import Lanes
 from kafkaworker.runtime.execute.outputs import Outputs
+from kafkaworker.runtime.execute.steps import Sleep
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome
 
 log = structlog.get_logger("kafkaworker.pool")
@@ -41,8 +43,11 @@ class LaneExecutor:
         metrics: Metrics | None = None,
         outputs: Outputs | None = None,
         batches: BatchRunner | None = None,
+        virtual: ManualClock | None = None,
     ) -> None:
         self.spec = spec
+        # Virtual time (the test client): a backoff advances this clock instead of waiting.
+        self._virtual = virtual
         self._attempts = attempts
         self._completions = completions
         self._outputs = outputs
@@ -65,7 +70,12 @@ class LaneExecutor:
         """Account for a message's outcome: finished ones join `run` (reported together),
         the others are put at once, after what finished before them."""
         # A manual-ack message is reported exactly once: by msg.ack(), or here.
-        if outcome is AWAITING_ACK or (self._manual and not msg._claim()):
+        if outcome is AWAITING_ACK:
+            if not msg.acked:
+                for observer in self._attempts.observers:
+                    observer.awaiting_ack(msg)
+            return
+        if self._manual and not msg._claim():
             return
         if outcome is FINISHED:
             run.append(msg.offset)
@@ -74,6 +84,14 @@ class LaneExecutor:
             put(Completion(msg._state, run.copy(), FINISHED))
             run.clear()
         put(Completion(msg._state, [msg.offset], outcome))
+
+    def _skipped_wait(self, sleep: Sleep) -> bool | None:
+        """Under virtual time, a wait (but a stall's) only moves the clock: whether one of
+        its partitions is revoked. None: wait for real."""
+        if self._virtual is None or sleep.stall:
+            return None
+        self._virtual.advance(sleep.seconds)
+        return any(s.revoked for s in sleep.partitions)
 
     def _runtime_bug(self, msg: Message[Any]) -> Outcome:
         """A bug of the runtime's own while running a message: it stays unfinished, never

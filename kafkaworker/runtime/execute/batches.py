@@ -100,6 +100,8 @@ class BatchRunner:
             failures += 1
             decide = attempts.policy.decide
             decisions = {id(m): decide(m.topic, errors[m], failures) for m in remaining}
+            for msg in remaining:
+                attempts.observe(msg, errors[msg], decisions[id(msg)])
             if len(remaining) > 1 and all(d.fatal for d in decisions.values()):
                 for msg in remaining:  # find the bad ones: one message at a time
                     [outcome[id(msg)]] = yield from self.execute([msg])

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.clock import ManualClock
 from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.execute.base import (
     CLOCK_EVERY,
@@ -52,9 +53,16 @@ class WorkerPool(LaneExecutor):
         metrics: Metrics | None = None,
         outputs: Outputs | None = None,
         batches: BatchRunner | None = None,
+        virtual: ManualClock | None = None,
     ) -> None:
         super().__init__(
-            spec, attempts, completions, metrics=metrics, outputs=outputs, batches=batches
+            spec,
+            attempts,
+            completions,
+            metrics=metrics,
+            outputs=outputs,
+            batches=batches,
+            virtual=virtual,
         )
         self._revocations = revocations
         self._cond = threading.Condition(threading.Lock())
@@ -250,7 +258,9 @@ class WorkerPool(LaneExecutor):
             if flush is not None:
                 flush()
             if isinstance(step, Sleep):
-                reply = self._revocations.wait_unless_revoked(step.partitions, step.seconds)
+                reply = self._skipped_wait(step)
+                if reply is None:
+                    reply = self._revocations.wait_unless_revoked(step.partitions, step.seconds)
             else:
                 assert isinstance(step, Write) and self._outputs is not None
                 reply = self._outputs.write(step.record)

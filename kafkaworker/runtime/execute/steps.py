@@ -41,10 +41,13 @@ class Write(NamedTuple):
 
 
 class Sleep(NamedTuple):
-    """Wait `seconds` unless one of `partitions` is revoked. Reply: True when one was."""
+    """Wait `seconds` unless one of `partitions` is revoked. Reply: True when one was.
+    `stall`: the message has nowhere to go and waits to be retried (a test clock does not
+    skip over a stall: it would run the handler again and again)."""
 
     seconds: float
     partitions: Collection[PartitionState]
+    stall: bool = False
 
 
 Step = Call | Emit | Write | Sleep

@@ -7,13 +7,13 @@ once the broker has acknowledged the record.
 
 from __future__ import annotations
 
-import time
 import traceback
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from kafkaworker import headers
 from kafkaworker.message import Message
+from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.failures.retrytopics import Stage
 
 TRACEBACK_LIMIT = 8 * 1024
@@ -85,10 +85,13 @@ class FailureRecords:
     """Builds a handler's retry-topic and DLQ records; the executor writes them and waits for
     the broker's acknowledgement (acks=all) before the source offset may count as finished."""
 
-    def __init__(self, dlq: str | None, *, group: str, handler: str) -> None:
+    def __init__(
+        self, dlq: str | None, *, group: str, handler: str, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.dlq = dlq
         self.group = group
         self.handler = handler
+        self._clock = clock  # due times of retry records
 
     def dead_letter(self, msg: Message[Any], error: BaseException) -> FailedRecord:
         assert self.dlq is not None
@@ -100,7 +103,7 @@ class FailureRecords:
 
     def retry(self, msg: Message[Any], error: BaseException, stage: Stage) -> FailedRecord:
         """The record for a delayed retry topic, due `stage.delay` seconds from now."""
-        due = int((time.time() + stage.delay) * 1000)
+        due = int((self._clock.time() + stage.delay) * 1000)
         written = [
             *user_headers(msg),
             *origin_headers(msg),

@@ -24,15 +24,76 @@ from kafkaworker.runtime.source import AssignmentListener, Partition, Record
 Headers = Sequence[tuple[str, bytes | None]]
 
 
+class MemoryBroker:
+    """Topics of partitions of records, shared by the memory sources of several groups. One
+    condition guards it all: a test's cluster is small and its contention does not matter."""
+
+    def __init__(self, topics: Mapping[str, int] | None = None) -> None:
+        self.cond = threading.Condition()
+        self.logs: dict[Partition, list[Record]] = {}
+        for topic, partitions in (topics or {}).items():
+            self.create_topic(topic, partitions)
+
+    def create_topic(self, topic: str, partitions: int = 1) -> None:
+        with self.cond:
+            for index in range(partitions):
+                self.logs.setdefault(Partition(topic, index), [])
+
+    def partitions(self, topic: str) -> int:
+        with self.cond:
+            return sum(1 for p in self.logs if p.topic == topic)
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Headers | None = None,
+        timestamp_ms: int = 1_700_000_000_000,
+    ) -> Record:
+        """Append a record; the record, with its partition and offset. Without `partition`,
+        a key picks one (crc32, not the Java client's murmur2: pass `partition` where the
+        exact one matters) and no key picks partition 0."""
+        with self.cond:
+            count = sum(1 for p in self.logs if p.topic == topic)
+            if not count:
+                raise KeyError(f"no topic {topic!r}: create_topic() it first")
+            if partition is None:
+                partition = zlib.crc32(key) % count if key is not None else 0
+            log = self.logs[Partition(topic, partition)]
+            record = Message(
+                topic=topic,
+                partition=partition,
+                offset=len(log),
+                key=key,
+                value=value,
+                headers=list(headers) if headers is not None else None,
+                timestamp=(TIMESTAMP_CREATE_TIME, timestamp_ms),
+            )
+            log.append(record)
+            self.cond.notify_all()
+            return record
+
+
 class MemorySource:
-    """Topics of partitions of records. `auto_assign`: a group of one, given every partition
-    of the subscribed topics on the first fetch."""
+    """One group's view of a MemoryBroker (its own one when not given, with `topics`).
+    `auto_assign`: a group of one, given every partition of the subscribed topics on the
+    first fetch."""
 
     def __init__(
-        self, topics: Mapping[str, int] | None = None, *, auto_assign: bool = True
+        self,
+        topics: Mapping[str, int] | None = None,
+        *,
+        broker: MemoryBroker | None = None,
+        auto_assign: bool = True,
     ) -> None:
-        self._cond = threading.Condition()
-        self._logs: dict[Partition, list[Record]] = {}
+        self.broker = broker if broker is not None else MemoryBroker()
+        for topic, partitions in (topics or {}).items():
+            self.broker.create_topic(topic, partitions)
+        self._cond = self.broker.cond
+        self._logs = self.broker.logs
         self._auto_assign = auto_assign
         self._listener: AssignmentListener | None = None
         self._subscribed: tuple[str, ...] = ()
@@ -44,50 +105,8 @@ class MemorySource:
         self.committed: dict[Partition, int] = {}
         self.commits: list[dict[Partition, int]] = []  # every commit, in order
         self.closed = False
-        for topic, partitions in (topics or {}).items():
-            self.create_topic(topic, partitions)
 
-    # -- the test's side -------------------------------------------------------------------
-
-    def create_topic(self, topic: str, partitions: int = 1) -> None:
-        with self._cond:
-            for index in range(partitions):
-                self._logs.setdefault(Partition(topic, index), [])
-
-    def append(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        partition: int | None = None,
-        headers: Headers | None = None,
-        timestamp_ms: int = 1_700_000_000_000,
-    ) -> int:
-        """Append a record; its offset. Without `partition`, a key picks one (crc32, not the
-        Java client's murmur2: pass `partition` where the exact one matters) and no key
-        picks partition 0."""
-        with self._cond:
-            count = sum(1 for p in self._logs if p.topic == topic)
-            if not count:
-                raise KeyError(f"no topic {topic!r}: create_topic() it first")
-            if partition is None:
-                partition = zlib.crc32(key) % count if key is not None else 0
-            log = self._logs[Partition(topic, partition)]
-            offset = len(log)
-            log.append(
-                Message(
-                    topic=topic,
-                    partition=partition,
-                    offset=offset,
-                    key=key,
-                    value=value,
-                    headers=list(headers) if headers is not None else None,
-                    timestamp=(TIMESTAMP_CREATE_TIME, timestamp_ms),
-                )
-            )
-            self._cond.notify_all()
-            return offset
+    # -- the test's side (records go in through `broker`) ---------------------------------
 
     def assign(self, partitions: Sequence[Partition]) -> None:
         self._event("assign", partitions)
@@ -238,4 +257,4 @@ class MemorySource:
         return taken
 
 
-__all__ = ["MemorySource"]
+__all__ = ["MemoryBroker", "MemorySource"]

@@ -10,8 +10,8 @@ process is killed with SIGKILL: a failed or interrupted run never leaves an orph
 setpriv sets PR_SET_PDEATHSIG between fork and exec in C; a Python preexec_fn would do the same
 but can deadlock in a process that already runs threads, as a test process does.
 
-    python -m tools.kafka.broker fetch            # download the jars (idempotent)
-    python -m tools.kafka.broker run --port 9092  # a dev broker in the foreground, Ctrl+C stops it
+    python -m kafkaworker.testing.broker fetch            # fetch the jars (idempotent)
+    python -m kafkaworker.testing.broker run --port 9092  # a dev broker; Ctrl+C stops it
 """
 
 from __future__ import annotations
@@ -414,7 +414,7 @@ def port_answers(port: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.kafka.broker",
+        prog="python -m kafkaworker.testing.broker",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,0 +1,335 @@
+"""TestClient: an app's handlers in-process, on the real execution path, with no Kafka.
+
+    with TestClient(app) as client:
+        delivery = client.send("orders", {"id": 1}, key="customer-9")
+        assert delivery.outcome == "dead_lettered" and delivery.attempts == 6
+        [record] = client.records("orders.dlq")
+
+Every handler runs as it does in production: its codec and model, the same lanes and
+executors (threads for def handlers, the event loop for async def ones), the same failure
+decisions, outputs, batches, manual acks and retry topics. What differs: records come from
+an in-memory log instead of a broker, what the app produces is kept in memory
+(`records()`), and time is virtual: a 30 s backoff advances the clock instead of waiting, so
+a test of `retries=5` runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+from kafkaworker import headers as kw_headers
+from kafkaworker.app import App
+from kafkaworker.errors import ConfigError
+from kafkaworker.handlers import HandlerSpec
+from kafkaworker.headers import int_header
+from kafkaworker.message import Message
+from kafkaworker.runtime.clock import ManualClock
+from kafkaworker.runtime.execute.event_loop import EventLoopThread
+from kafkaworker.runtime.failures.policy import Action, Decision
+from kafkaworker.runtime.failures.retrytopics import RetryRoutes
+from kafkaworker.runtime.handler_runtime import HandlerRuntime
+from kafkaworker.runtime.runner import resolve_specs
+from kafkaworker.runtime.source import Partition
+from kafkaworker.runtime.source.memory import MemoryBroker, MemorySource
+from kafkaworker.settings import Settings, settings_for_run
+from kafkaworker.testing.producer import MemoryProducer, ProducedRecord
+
+Outcome = Literal["finished", "dead_lettered", "retry_topic", "skipped", "stalled", "awaiting_ack"]
+_FINAL = {
+    Action.DEAD_LETTER: "dead_lettered",
+    Action.RETRY_TOPIC: "retry_topic",
+    Action.SKIP: "skipped",
+}
+
+
+@dataclass
+class Delivery:
+    """What happened to one message in one handler."""
+
+    handler: str
+    topic: str
+    partition: int
+    offset: int
+    # finished: handled (maybe after retries); dead_lettered, retry_topic, skipped: as the
+    # failure policy decided; stalled: nowhere to go, retried until the client closes;
+    # awaiting_ack: a manual-ack handler returned without acking (or nacking) it.
+    outcome: Outcome
+    # Handler calls, retries included.
+    attempts: int
+    # The errors of the failed calls, in order.
+    errors: list[BaseException] = field(default_factory=list)
+    # What the app produced while handling it: outputs, DLQ and retry-topic records.
+    records: list[ProducedRecord] = field(default_factory=list)
+
+
+class TestClient:
+    """Runs `app`'s handlers in this process. `settings` overrides the app's own settings
+    (key by key); `partitions` is how many partitions each topic has; `timeout` bounds, in
+    real seconds, how long one send may take to settle."""
+
+    __test__ = False  # a pytest collection hint: not a test class
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        settings: Mapping[str, Any] | None = None,
+        partitions: int = 1,
+        timeout: float = 10.0,
+    ) -> None:
+        self.app = app
+        base = app.settings if app.settings is not None else Settings.model_validate({})
+        # A send returns once its message is settled, so at close nothing is in flight but
+        # what never settles (stalled, left unacked): no reason to wait long for it.
+        base = settings_for_run(base, None, {"shutdown_timeout": 1.0, "revoke_timeout": 1.0})
+        self.settings = settings_for_run(base, None, settings or {})
+        self.specs = resolve_specs(app, self.settings)
+        self.clock = ManualClock(wall=time.time())
+        self.producer = MemoryProducer()
+        self.broker = MemoryBroker()
+        self._partitions = partitions
+        self._timeout = timeout
+        self._sources: dict[str, MemorySource] = {}
+        self._runtimes: dict[str, HandlerRuntime] = {}
+        self._observed: dict[str, _Observer] = {}
+        self._stack = contextlib.ExitStack()
+        self._send_lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def __enter__(self) -> TestClient:
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stack.close()
+
+    def _start(self) -> None:
+        loop = None
+        if any(spec.is_async for spec in self.specs) or self._async_hooks():
+            loop = EventLoopThread(kind=self.settings.event_loop).start()
+            self._stack.callback(loop.close)
+        self._stack.enter_context(
+            self.app.lifespan(
+                self.settings,
+                run_async=loop.run if loop is not None else None,
+                producer=self.producer,
+            )
+        )
+        for spec in self.specs:
+            for topic in self._subscribed(spec):
+                if not self.broker.partitions(topic):
+                    self.broker.create_topic(topic, self._partitions)
+            source = MemorySource(broker=self.broker)
+            runtime = HandlerRuntime(
+                self.app.name,
+                spec,
+                self.settings,
+                producer=self.producer,
+                source=source,
+                loop=loop,
+                virtual_time=self.clock,
+            )
+            observer = _Observer(self.broker.cond)
+            runtime.attempts.observers.append(observer)
+            self._sources[spec.name] = source
+            self._runtimes[spec.name] = runtime
+            self._observed[spec.name] = observer
+            runtime.start()
+            self._stack.callback(self._stop, runtime)
+
+    def _stop(self, runtime: HandlerRuntime) -> None:
+        runtime.request_stop()
+        runtime.join(self.settings.shutdown_timeout + 5)
+
+    def _async_hooks(self) -> bool:
+        from kafkaworker.handlers import is_async_callable  # noqa: PLC0415
+
+        return any(map(is_async_callable, [*self.app.startup_hooks, *self.app.shutdown_hooks]))
+
+    @staticmethod
+    def _subscribed(spec: HandlerSpec) -> list[str]:
+        routes = RetryRoutes(spec.topics, spec.retry_topics)
+        return [*spec.topics, *(stage.topic for stage in routes.stages)]
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(
+        self,
+        topic: str,
+        value: Any = None,
+        *,
+        key: bytes | str | None = None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+        raw_value: bytes | None = None,
+        handler: str | None = None,
+    ) -> Delivery:
+        """Deliver one message to the handler consuming `topic` and return what happened.
+        `value` is encoded with that handler's codec; `raw_value` goes as it is (say, bytes
+        that do not decode). With several handlers on the topic, name one (`handler`)."""
+        spec = self._consumer_of(topic, handler)
+        if raw_value is None and value is not None:
+            runtime = self._runtimes[spec.name]
+            raw_value = runtime.codec.encode(value)
+        return self._deliver(spec, topic, raw_value, key, headers)
+
+    def send_record(
+        self, record: ProducedRecord, *, topic: str | None = None, handler: str | None = None
+    ) -> Delivery:
+        """Feed a produced record back (to its own topic, or `topic`): a retry-topic record
+        runs once its due time has come, which the virtual clock jumps to."""
+        topic = topic or record.topic
+        spec = self._consumer_of(topic, handler)
+        due = int_header(record, kw_headers.RETRY_DUE)
+        if due is not None:
+            ahead = due / 1000 - self.clock.time()
+            if ahead > 0:
+                self.clock.advance(ahead)
+        return self._deliver(spec, topic, record.value, record.key, record.headers)
+
+    def records(self, topic: str | None = None) -> list[ProducedRecord]:
+        """What the app produced (outputs, DLQ and retry-topic records), in order."""
+        return [r for r in self.producer if topic is None or r.topic == topic]
+
+    def _consumer_of(self, topic: str, handler: str | None) -> HandlerSpec:
+        consumers = [s for s in self.specs if topic in self._subscribed(s)]
+        if handler is not None:
+            consumers = [s for s in consumers if s.name == handler]
+        if not consumers:
+            known = ", ".join(f"{s.name} ({', '.join(s.topics)})" for s in self.specs)
+            raise ConfigError(
+                f"no handler of app {self.app.name!r} consumes {topic!r}"
+                f"{f' as {handler!r}' if handler else ''}: its handlers are {known}"
+            )
+        if len(consumers) > 1:
+            names = ", ".join(s.name for s in consumers)
+            raise ConfigError(
+                f"topic {topic!r} is consumed by handlers {names}: pass handler=... to send "
+                "to one of them"
+            )
+        return consumers[0]
+
+    def _deliver(
+        self,
+        spec: HandlerSpec,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None,
+        headers: Sequence[tuple[str, bytes | None]] | None,
+    ) -> Delivery:
+        with self._send_lock:
+            produced_before = len(self.producer.records)
+            raw_key = key.encode() if isinstance(key, str) else key
+            record = self.broker.append(topic, value, key=raw_key, headers=headers)
+            where = Partition(topic, record.partition())  # type: ignore[arg-type]
+            offset: int = record.offset()  # type: ignore[assignment]
+            source = self._sources[spec.name]
+            observer = self._observed[spec.name]
+            observer.watch(where, offset)
+            deadline = time.monotonic() + self._timeout
+            settled = False
+            while not settled:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"message {topic}[{where.partition}]@{offset} was not settled by "
+                        f"handler {spec.name!r} within {self._timeout:g}s (a handler waiting "
+                        "on something, or a breaker holding it?)"
+                    )
+                settled = source.wait_for(
+                    lambda s: (s.committed.get(where, 0) > offset) or observer.stopped,
+                    min(remaining, 0.05),
+                )
+                runtime = self._runtimes[spec.name]
+                if runtime.error is not None:
+                    raise runtime.error
+            errors, decisions, stopped = observer.take()
+        outcome: Outcome
+        if stopped == "awaiting_ack" and source.committed.get(where, 0) > offset:
+            stopped = None  # acked after all (by another thread, as the handler returned)
+        if stopped is not None:
+            outcome = stopped
+        elif decisions and decisions[-1].action in _FINAL:
+            outcome = _FINAL[decisions[-1].action]  # type: ignore[assignment]
+        else:
+            outcome = "finished"
+        # Every failed call was observed; a finished message had one more, the one that worked.
+        calls = len(errors) + (1 if outcome in ("finished", "awaiting_ack") else 0)
+        return Delivery(
+            handler=spec.name,
+            topic=topic,
+            partition=where.partition,
+            offset=offset,
+            outcome=outcome,
+            attempts=calls,
+            errors=errors,
+            records=self.producer.records[produced_before:],
+        )
+
+
+class _Observer:
+    """The failures and decisions of the message a send is waiting for. It wakes the send's
+    wait (on the broker's condition) when the message stops where no commit will follow:
+    a stall, or a manual-ack handler that returned without acking."""
+
+    def __init__(self, wake: threading.Condition) -> None:
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._watched: tuple[Partition, int] | None = None
+        self._errors: list[BaseException] = []
+        self._decisions: list[Decision] = []
+        self._stopped: Outcome | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped is not None
+
+    def watch(self, partition: Partition, offset: int) -> None:
+        with self._lock:
+            self._watched = (partition, offset)
+            self._errors, self._decisions, self._stopped = [], [], None
+
+    def take(self) -> tuple[list[BaseException], list[Decision], Outcome | None]:
+        with self._lock:
+            self._watched = None
+            return self._errors, self._decisions, self._stopped
+
+    def _is_watched(self, msg: Message[Any]) -> bool:
+        return self._watched == (Partition(msg.topic, msg.partition), msg.offset)
+
+    def failed(self, msg: Message[Any], error: BaseException, decision: Decision) -> None:
+        with self._lock:
+            if not self._is_watched(msg) or self._stopped is not None:
+                return
+            self._errors.append(error)
+            self._decisions.append(decision)
+            if decision.action is not Action.STALL:
+                return
+            self._stopped = "stalled"
+        self._notify()
+
+    def awaiting_ack(self, msg: Message[Any]) -> None:
+        with self._lock:
+            if not self._is_watched(msg) or self._stopped is not None:
+                return
+            self._stopped = "awaiting_ack"
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._wake.notify_all()

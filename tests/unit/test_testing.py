@@ -1,0 +1,190 @@
+"""kafkaworker.testing.TestClient: an app's handlers on the real execution path, no broker,
+virtual time. Each behaviour for a def handler and an async def one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from kafkaworker import App, Backoff, BatchPolicy, ConfigError, DeadLetter, Message, Skip
+from kafkaworker.testing import TestClient
+from tests.support import of_kind
+
+
+class Order(BaseModel):
+    id: int
+
+
+class Down(Exception):  # noqa: N818 - a service's own error name
+    pass
+
+
+def test_a_finished_message_with_its_outputs(kind: str) -> None:
+    app = App("svc")
+
+    @app.handler("orders", output="accepted")
+    @of_kind(kind)
+    def accept(order: Order) -> list[dict[str, Any]]:
+        return [{"id": order.id}, {"id": order.id, "copy": True}]
+
+    with TestClient(app) as client:
+        delivery = client.send("orders", {"id": 7}, key="k")
+    assert (delivery.outcome, delivery.attempts, delivery.errors) == ("finished", 1, [])
+    assert [(r.topic, r.key, r.json()) for r in delivery.records] == [
+        ("accepted", b"k", {"id": 7}),
+        ("accepted", b"k", {"id": 7, "copy": True}),
+    ]
+
+
+def test_hour_long_backoffs_take_no_time_then_the_dlq(kind: str) -> None:
+    app = App("svc")
+
+    @app.handler(
+        "orders", retries=4, backoff=Backoff(initial=3600, max=3600, jitter="none"), dlq="dlq"
+    )
+    @of_kind(kind)
+    def handle(msg: Message[Any]) -> None:
+        raise Down("still down")
+
+    started = time.monotonic()
+    with TestClient(app) as client:
+        before = client.clock.time()
+        delivery = client.send("orders", {"id": 1})
+        assert client.clock.time() - before == pytest.approx(4 * 3600)  # virtual
+    assert time.monotonic() - started < 10  # not four hours
+    assert (delivery.outcome, delivery.attempts) == ("dead_lettered", 5)
+    assert [type(e) for e in delivery.errors] == [Down] * 5
+    [dead] = client.records("dlq")
+    assert (dead.header("kw.attempts"), dead.header("kw.error.type")) == (
+        b"5",
+        b"tests.unit.test_testing.Down",
+    )
+
+
+def test_retry_topics_fed_back_run_at_their_due_time_then_the_dlq(kind: str) -> None:
+    app = App("svc")
+    attempts: list[int] = []
+
+    @app.handler("pay", retry_topics=[5, 60], dlq="pay.dlq")
+    @of_kind(kind)
+    def pay(msg: Message[Any]) -> None:
+        attempts.append(msg.attempt)
+        raise Down("gateway")
+
+    with TestClient(app) as client:
+        first = client.send("pay", {"id": 1})
+        assert (first.outcome, [r.topic for r in first.records]) == (
+            "retry_topic",
+            ["pay.retry.5s"],
+        )
+        second = client.send_record(first.records[0])
+        assert [r.topic for r in second.records] == ["pay.retry.60s"]
+        third = client.send_record(second.records[0])
+    assert third.outcome == "dead_lettered"
+    assert attempts == [1, 2, 3]
+    assert third.records[0].header("kw.original.topic") == b"pay"
+
+
+def test_skips_stalls_and_undecodable_payloads(kind: str) -> None:
+    app = App("svc")
+
+    @app.handler("skips")
+    @of_kind(kind)
+    def skips(msg: Message[Any]) -> None:
+        raise Skip("duplicate")
+
+    @app.handler("stalls", retries=1, backoff=Backoff(initial=0, max=0.01))
+    @of_kind(kind)
+    def stalls(msg: Message[Any]) -> None:
+        raise Down("no DLQ to go to")
+
+    @app.handler("typed", dlq="typed.dlq")
+    @of_kind(kind)
+    def typed(order: Order) -> None:
+        pass
+
+    with TestClient(app) as client:
+        assert client.send("skips", {}).outcome == "skipped"
+        stalled = client.send("stalls", {})
+        assert (stalled.outcome, stalled.attempts) == ("stalled", 2)
+        bad = client.send("typed", raw_value=b"{not json")
+    assert (bad.outcome, bad.attempts) == ("dead_lettered", 1)
+
+
+def test_manual_acks_nacks_and_a_message_left_unacked(kind: str) -> None:
+    app = App("svc")
+
+    @app.handler("jobs", ack="manual", retries=1, backoff=Backoff(initial=0, max=0), dlq="dlq")
+    @of_kind(kind)
+    def job(msg: Message[Any]) -> None:
+        action = msg.value["do"]
+        if action == "ack":
+            msg.ack()
+        elif action == "nack":
+            msg.nack(Down("rejected"))
+
+    with TestClient(app) as client:
+        assert client.send("jobs", {"do": "ack"}).outcome == "finished"
+        nacked = client.send("jobs", {"do": "nack"})
+        assert (nacked.outcome, nacked.attempts) == ("dead_lettered", 2)
+        assert client.send("jobs", {"do": "nothing"}).outcome == "awaiting_ack"
+
+
+def test_batches_settings_overrides_and_hooks(kind: str) -> None:
+    app = App("svc")
+    batches: list[int] = []
+    hooks: list[str] = []
+
+    @app.on_startup
+    async def opened() -> None:
+        hooks.append("startup")
+
+    @app.on_shutdown
+    def closed() -> None:
+        hooks.append("shutdown")
+
+    @app.handler("rows", batch=BatchPolicy(max_size=10, max_wait=0))
+    @of_kind(kind)
+    def store(messages: list[Message[Any]]) -> None:
+        batches.append(len(messages))
+        if messages[0].value.get("bad"):
+            raise DeadLetter("constraint")
+
+    overrides = {"handlers": {"store": {"dlq": "rows.dlq"}}}
+    with TestClient(app, settings=overrides) as client:
+        assert hooks == ["startup"]
+        assert client.send("rows", {"id": 1}).outcome == "finished"
+        assert client.send("rows", {"bad": True}).outcome == "dead_lettered"
+    assert batches == [1, 1]
+    assert hooks == ["startup", "shutdown"]
+
+
+def test_unknown_topics_and_ambiguous_sends_are_one_line_errors() -> None:
+    app = App("svc")
+    app.handler("orders", name="a")(lambda msg: None)
+    app.handler("orders", name="b", group="other")(lambda msg: None)
+    with TestClient(app) as client:
+        with pytest.raises(ConfigError, match=r"no handler of app 'svc' consumes 'nope'.*a \("):
+            client.send("nope", {})
+        with pytest.raises(ConfigError, match="consumed by handlers a, b: pass handler="):
+            client.send("orders", {})
+        assert client.send("orders", {}, handler="b").handler == "b"
+
+
+def test_async_handlers_really_run_on_a_loop() -> None:
+    app = App("svc")
+    loops: list[Any] = []
+
+    @app.handler("t")
+    async def handle(msg: Message[Any]) -> None:
+        await asyncio.sleep(0)
+        loops.append(asyncio.get_running_loop())
+
+    with TestClient(app) as client:
+        client.send("t", {})
+        client.send("t", {})
+    assert len(loops) == 2 and loops[0] is loops[1]
