@@ -34,10 +34,16 @@ def test_the_benchmark_suite_runs_end_to_end(kafka_bootstrap: str, tmp_path: Pat
         "raw confluent-kafka",
         "raw confluent-kafka, librdkafka defaults",
         "kafkaworker",
+        "kafkaworker async",
     }
     assert all(r["processed"] >= 5000 and r["msgs_per_s"] > 0 for r in s1.values())
-    assert len(report["s2"]) == 1 + 9  # raw, and kafkaworker's 3 orderings x 3 concurrencies
+    # raw, kafkaworker's 3 orderings x 3 concurrencies, and its async handler at 3 concurrencies
+    assert len(report["s2"]) == 1 + 9 + 3
     assert all("error" not in r for r in report["s2"])
-    assert {r["contender"] for r in report["s4"]} == {"raw confluent-kafka", "kafkaworker"}
+    assert {r["contender"] for r in report["s4"]} == {
+        "raw confluent-kafka",
+        "kafkaworker",
+        "kafkaworker async",
+    }
     assert all(r["latency_ms"]["p50"] >= 0 for r in report["s4"])
     assert "## S1 throughput" in (tmp_path / "smoke.md").read_text()
