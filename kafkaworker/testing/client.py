@@ -10,7 +10,9 @@ executors (threads for def handlers, the event loop for async def ones), the sam
 decisions, outputs, batches, manual acks and retry topics. What differs: records come from
 an in-memory log instead of a broker, what the app produces is kept in memory
 (`records()`), and time is virtual: a 30 s backoff advances the clock instead of waiting, so
-a test of `retries=5` runs in milliseconds.
+a test of `retries=5` runs in milliseconds. So does a circuit breaker's cooldown: a send made
+while the breaker is open (its handler's partitions paused) advances the clock to the end of
+the cooldown, and the message then runs as it would once the breaker closed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.failures.policy import Action, Decision
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
+from kafkaworker.runtime.handoff import Completion
+from kafkaworker.runtime.handoff import Outcome as Reported
 from kafkaworker.runtime.runner import resolve_specs
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemoryBroker, MemorySource
@@ -181,7 +185,12 @@ class TestClient:
     ) -> Delivery:
         """Deliver one message to the handler consuming `topic` and return what happened.
         `value` is encoded with that handler's codec; `raw_value` goes as it is (say, bytes
-        that do not decode). With several handlers on the topic, name one (`handler`)."""
+        that do not decode). With several handlers on the topic, name one (`handler`).
+
+        It returns once the message itself is settled (finished, dead-lettered, stalled,
+        left unacked...), whatever happened to the messages sent before it: one left unacked
+        or stalled holds its partition's commit back, not the later sends. While the handler's
+        circuit breaker is open, virtual time jumps to the end of its cooldown (see above)."""
         spec = self._consumer_of(topic, handler)
         if raw_value is None and value is not None:
             runtime = self._runtimes[spec.name]
@@ -239,6 +248,8 @@ class TestClient:
             where = Partition(topic, record.partition())  # type: ignore[arg-type]
             offset: int = record.offset()  # type: ignore[assignment]
             source = self._sources[spec.name]
+            runtime = self._runtimes[spec.name]
+            breaker = runtime.attempts.policy.breaker
             observer = self._observed[spec.name]
             observer.watch(where, offset)
             deadline = time.monotonic() + self._timeout
@@ -249,18 +260,21 @@ class TestClient:
                     raise TimeoutError(
                         f"message {topic}[{where.partition}]@{offset} was not settled by "
                         f"handler {spec.name!r} within {self._timeout:g}s (a handler waiting "
-                        "on something, or a breaker holding it?)"
+                        "on something?)"
                     )
-                settled = source.wait_for(
-                    lambda s: (s.committed.get(where, 0) > offset) or observer.stopped,
-                    min(remaining, 0.05),
-                )
-                runtime = self._runtimes[spec.name]
+                if breaker is not None and breaker.open:
+                    # The partitions stay paused until the cooldown is over, and nothing
+                    # else moves virtual time while no message is held. A millisecond past
+                    # it: float rounding must not leave the clock a hair short.
+                    ahead = breaker.closes_in()
+                    if ahead > 0:
+                        self.clock.advance(ahead + 0.001)
+                settled = source.wait_for(lambda _: observer.settled, min(remaining, 0.05))
                 if runtime.error is not None:
                     raise runtime.error
-            errors, decisions, stopped = observer.take()
+            errors, decisions, stopped, completed = observer.take()
         outcome: Outcome
-        if stopped == "awaiting_ack" and source.committed.get(where, 0) > offset:
+        if stopped == "awaiting_ack" and completed:
             stopped = None  # acked after all (by another thread, as the handler returned)
         if stopped is not None:
             outcome = stopped
@@ -283,9 +297,10 @@ class TestClient:
 
 
 class _Observer:
-    """The failures and decisions of the message a send is waiting for. It wakes the send's
-    wait (on the broker's condition) when the message stops where no commit will follow:
-    a stall, or a manual-ack handler that returned without acking."""
+    """The failures and decisions of the message a send is waiting for, and whether it is
+    settled: reported finished or dead-lettered by the executor (or its ack), or stopped
+    where no report follows (a stall, a manual-ack handler that returned without acking).
+    It wakes the send's wait (on the broker's condition) when it is."""
 
     def __init__(self, wake: threading.Condition) -> None:
         self._wake = wake
@@ -294,20 +309,22 @@ class _Observer:
         self._errors: list[BaseException] = []
         self._decisions: list[Decision] = []
         self._stopped: Outcome | None = None
+        self._completed = False
 
     @property
-    def stopped(self) -> bool:
-        return self._stopped is not None
+    def settled(self) -> bool:
+        return self._completed or self._stopped is not None
 
     def watch(self, partition: Partition, offset: int) -> None:
         with self._lock:
             self._watched = (partition, offset)
             self._errors, self._decisions, self._stopped = [], [], None
+            self._completed = False
 
-    def take(self) -> tuple[list[BaseException], list[Decision], Outcome | None]:
+    def take(self) -> tuple[list[BaseException], list[Decision], Outcome | None, bool]:
         with self._lock:
             self._watched = None
-            return self._errors, self._decisions, self._stopped
+            return self._errors, self._decisions, self._stopped, self._completed
 
     def _is_watched(self, msg: Message[Any]) -> bool:
         return self._watched == (Partition(msg.topic, msg.partition), msg.offset)
@@ -328,6 +345,23 @@ class _Observer:
             if not self._is_watched(msg) or self._stopped is not None:
                 return
             self._stopped = "awaiting_ack"
+        self._notify()
+
+    def reported(self, completions: list[Completion]) -> None:
+        with self._lock:
+            if self._watched is None or self._completed:
+                return
+            partition, offset = self._watched
+            # Not finished is no settlement: the message was given up (a bug of the
+            # runtime's, logged), never redelivered here; the send times out.
+            if not any(
+                outcome != Reported.NOT_FINISHED
+                and state.topic_partition == partition
+                and offset in offsets
+                for state, offsets, outcome in completions
+            ):
+                return
+            self._completed = True
         self._notify()
 
     def _notify(self) -> None:

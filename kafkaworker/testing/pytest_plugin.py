@@ -43,8 +43,9 @@ def kafka_broker() -> Iterator[str]:
     """bootstrap.servers of a real single-node Kafka broker for the session (Java, Maven)."""
     from kafkaworker.testing.broker import BrokerError, Cluster  # noqa: PLC0415
 
-    cluster = Cluster(1)
     try:
+        # Built in here too: finding java and mvn, and fetching the jars, is the constructor's.
+        cluster = Cluster(1)
         cluster.start()
     except BrokerError as exc:
         if os.environ.get("CI"):

@@ -13,9 +13,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from kafkaworker import App, Backoff, BatchPolicy, ConfigError, Message, Settings
+from kafkaworker.producer import _QueueFullError
 from kafkaworker.runtime.execute.event_loop import BLOCKED_AFTER, EventLoopThread
+from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
+from kafkaworker.serialization import CODECS
+from kafkaworker.testing.producer import MemoryProducer
 from tests.unit.runtime_support import committed_to_the_end, running, spec_for
 
 P0 = Partition("t", 0)
@@ -157,3 +161,34 @@ def test_async_hooks_run_on_the_loop_the_handlers_use() -> None:
     # Without the runtime's loop (a script), an async hook gets a loop of its own.
     with app.lifespan(Settings()):
         assert loops["startup"] is not loop.loop
+
+
+class FullQueue(MemoryProducer):
+    """librdkafka's queue is full until `room` is set: send() waits for room up to its
+    timeout, blocking the calling thread, as the real Producer's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.room = threading.Event()
+
+    def send(self, topic: str, value: Any, *, timeout: float = 30.0, **options: Any) -> Any:
+        if not self.room.wait(timeout):
+            raise _QueueFullError(f"librdkafka's queue stayed full for {timeout:g}s")
+        return super().send(topic, value, timeout=timeout, **options)
+
+
+def test_outputs_wait_for_room_in_the_producer_queue_without_blocking_the_loop() -> None:
+    producer = FullQueue()
+    outputs = Outputs(
+        producer, topic="out", codec=CODECS["raw"], produce_timeout=2, write_timeout=2
+    )
+    msg: Message[Any] = Message("in", key=b"k")
+
+    async def main() -> BaseException | None:
+        emitting = asyncio.create_task(outputs.emit_async(msg, [b"a", b"b"]))
+        await asyncio.sleep(0)  # the emit starts, and finds the queue full
+        producer.room.set()  # running at all, this shows the loop was not blocked meanwhile
+        return await emitting
+
+    assert asyncio.run(main()) is None
+    assert [(r.key, r.value) for r in producer.records] == [(b"k", b"a"), (b"k", b"b")]

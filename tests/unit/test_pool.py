@@ -4,30 +4,39 @@ reported exactly once, whatever revokes happen meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from kafkaworker import Backoff, BatchPolicy, ConfigError, Message
+from kafkaworker import Backoff, BatchPolicy, ConfigError, DeadLetter, Message
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.execute import Executor
 from kafkaworker.runtime.execute.aio import AsyncPool
-from kafkaworker.runtime.execute.attempts import Attempts
+from kafkaworker.runtime.execute.attempts import AttemptObserver, Attempts
+from kafkaworker.runtime.execute.base import SLOW_HANDLER
 from kafkaworker.runtime.execute.batches import BatchRunner
 from kafkaworker.runtime.execute.event_loop import EventLoopThread
+from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.execute.pool import WorkerPool
 from kafkaworker.runtime.execute.revocations import Revocations
-from kafkaworker.runtime.failures.policy import FailurePolicy
+from kafkaworker.runtime.failures.deadletter import FailureRecords
+from kafkaworker.runtime.failures.policy import Decision, FailurePolicy
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome
 from kafkaworker.runtime.poll.partitions import PartitionState
+from kafkaworker.testing.producer import MemoryProducer
 from tests.support import as_kind
 from tests.unit.runtime_support import messages, outcomes, reports, spec_for
+
+FINISHED, NOT_FINISHED = Outcome.FINISHED, Outcome.NOT_FINISHED
 
 
 class TransientError(Exception):
@@ -35,16 +44,44 @@ class TransientError(Exception):
 
 
 @contextmanager
-def pool_for(spec: HandlerSpec) -> Iterator[tuple[Executor, CompletionQueue]]:
-    """The executor the runtime gives `spec`: worker threads, or coroutines on a loop."""
+def pool_for(
+    spec: HandlerSpec, *, observers: Sequence[AttemptObserver] = ()
+) -> Iterator[tuple[Executor, CompletionQueue]]:
+    """The executor the runtime gives `spec`: worker threads, or coroutines on a loop. Its
+    outputs and DLQ records go to a MemoryProducer."""
     completions: CompletionQueue = queue.SimpleQueue()
     metrics = Metrics()
-    attempts = Attempts(spec, FailurePolicy(spec), completions, metrics=metrics)
+    records = FailureRecords(spec.dlq, group="svc", handler=spec.name) if spec.dlq else None
+    policy = FailurePolicy(spec, can_publish=records is not None)
+    attempts = Attempts(
+        spec,
+        policy,
+        completions,
+        metrics=metrics,
+        records=records,
+        emits=spec.output is not None,
+    )
+    attempts.observers.extend(observers)
+    outputs = Outputs(
+        MemoryProducer(),
+        topic=spec.output,
+        codec=spec.value_codec(),
+        produce_timeout=5,
+        write_timeout=5,
+    )
     batches = BatchRunner(spec, attempts, completions, metrics=metrics) if spec.batch else None
     loop = EventLoopThread().start() if spec.is_async else None
     pool: Executor
     if loop is not None:
-        pool = AsyncPool(spec, attempts, completions, loop=loop, metrics=metrics, batches=batches)
+        pool = AsyncPool(
+            spec,
+            attempts,
+            completions,
+            loop=loop,
+            metrics=metrics,
+            outputs=outputs,
+            batches=batches,
+        )
     else:
         pool = WorkerPool(
             spec,
@@ -53,6 +90,7 @@ def pool_for(spec: HandlerSpec) -> Iterator[tuple[Executor, CompletionQueue]]:
             name="test",
             revocations=Revocations(),
             metrics=metrics,
+            outputs=outputs,
             batches=batches,
         )
     attempts.resubmit = pool.submit
@@ -63,6 +101,29 @@ def pool_for(spec: HandlerSpec) -> Iterator[tuple[Executor, CompletionQueue]]:
         pool.close(timeout=5)
         if loop is not None:
             loop.close()
+
+
+def after_queued_callbacks(pool: Executor) -> None:
+    """Wait until the async pool's loop has run what was scheduled on it so far (a cancel)."""
+    assert isinstance(pool, AsyncPool)
+    pool._loop_thread.run(asyncio.sleep(0), 5)
+
+
+class Observed:
+    """An AttemptObserver that sets events."""
+
+    def __init__(self) -> None:
+        self.failed_once = threading.Event()
+        self.left_unacked = threading.Event()
+
+    def failed(self, msg: Message[Any], error: BaseException, decision: Decision) -> None:
+        self.failed_once.set()
+
+    def awaiting_ack(self, msg: Message[Any]) -> None:
+        self.left_unacked.set()
+
+    def reported(self, completions: list[Completion]) -> None:
+        pass
 
 
 def collect(completions: CompletionQueue, expected: int) -> list[Completion]:
@@ -223,3 +284,171 @@ def test_nack_without_manual_ack_is_a_one_line_error() -> None:
     built: Message[Any] = Message("t", {"id": 1})  # built by hand in a user's unit test
     built.nack(ValueError("no"))
     assert isinstance(built.nacked, ValueError)
+
+
+def test_a_cancelled_error_raised_by_an_async_handler_is_its_error_not_a_cancel() -> None:
+    """A handler that awaited a future something else cancelled raises CancelledError while
+    its task is not being cancelled: the failure path retries it, and the rest of its chunk
+    runs (it used to be given up silently, and its partition never committed past it)."""
+    calls: list[tuple[int, int]] = []
+
+    async def handle(msg: Message[Any]) -> None:
+        calls.append((msg.offset, msg.attempt))
+        if msg.offset == 1 and msg.attempt < 3:  # the first call, and the first retry
+            cancelled = asyncio.get_running_loop().create_future()
+            cancelled.cancel()
+            await cancelled
+
+    spec = spec_for(handle, retries=2, backoff=Backoff(initial=0, max=0))
+    state = PartitionState("t", 0)
+    with pool_for(spec) as (pool, completions):
+        pool.submit([(state, messages(state, 3))])
+        found = collect(completions, 3)
+    assert outcomes(found) == {(0, offset): [FINISHED] for offset in range(3)}
+    assert calls == [(0, 1), (1, 1), (1, 2), (1, 3), (2, 1)]
+
+
+def test_a_cancel_leaves_a_batch_alone_that_holds_a_partition_still_assigned() -> None:
+    """A cooperative rebalance revokes some partitions only; a batch of ordering="none" that
+    mixes a revoked one with one still assigned must finish, or the assigned partition's
+    messages come back not finished and nothing ever delivers them again."""
+    calls: queue.SimpleQueue[list[tuple[int, int]]] = queue.SimpleQueue()
+    gate = threading.Event()
+    cancelled = threading.Event()
+
+    async def store(batch: list[Message[Any]]) -> None:
+        calls.put([(m.partition, m.offset) for m in batch])
+        try:
+            await asyncio.to_thread(gate.wait, 10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    spec = spec_for(
+        store, ordering="none", concurrency=1, batch=BatchPolicy(max_size=10, max_wait=0)
+    )
+    first, second = PartitionState("t", 0), PartitionState("t", 1)
+    try:
+        with pool_for(spec) as (pool, completions):
+            pool.submit([(first, messages(first, 2)), (second, messages(second, 2))])
+            assert calls.get(timeout=5) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+            pool.revoke([second])
+            pool.cancel([second])  # its revoke_timeout ran out
+            after_queued_callbacks(pool)
+            assert not cancelled.is_set()
+            gate.set()
+            found = collect(completions, 4)
+    finally:
+        gate.set()
+    assert outcomes(found) == {k: [FINISHED] for k in [(0, 0), (0, 1), (1, 0), (1, 1)]}
+
+
+def test_a_cancelled_batch_is_reported_not_finished_and_logged_as_a_cancel() -> None:
+    entered = threading.Event()
+
+    async def store(batch: list[Message[Any]]) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    spec = spec_for(store, batch=BatchPolicy(max_size=10, max_wait=0))
+    state = PartitionState("t", 0)
+    with capture_logs() as logs, pool_for(spec) as (pool, completions):
+        pool.submit([(state, messages(state, 3))])
+        assert entered.wait(5)
+        pool.revoke([state])
+        pool.cancel([state])
+        found = collect(completions, 3)
+    assert outcomes(found) == {(0, offset): [NOT_FINISHED] for offset in range(3)}
+    events = [entry["event"] for entry in logs]
+    assert not [e for e in events if "failed to run the batch handler" in e]  # not an error
+    [cancel] = [entry for entry in logs if "cancelled an async handler's work" in entry["event"]]
+    assert (cancel["not_finished"], cancel["partitions"]) == (3, ["t[0]"])
+
+
+def test_an_async_handler_with_outputs_reports_while_its_next_call_awaits() -> None:
+    gate = threading.Event()
+
+    async def handle(msg: Message[Any]) -> bytes:
+        if msg.offset == 1:
+            await asyncio.to_thread(gate.wait, 10)
+        return b"out"
+
+    state = PartitionState("t", 0)
+    try:
+        with pool_for(spec_for(handle, output="out")) as (pool, completions):
+            pool.submit([(state, messages(state, 2))])
+            first = reports(completions, timeout=5)  # offset 1 is still awaiting
+            gate.set()
+            rest = collect(completions, 1)
+    finally:
+        gate.set()
+    assert outcomes(first) == {(0, 0): [FINISHED]}
+    assert outcomes(rest) == {(0, 1): [FINISHED]}
+
+
+def test_a_dead_lettered_message_is_reported_before_a_long_call(kind: str) -> None:
+    gate = threading.Event()
+
+    def handle(msg: Message[Any]) -> None:
+        if msg.offset == 0:
+            time.sleep(SLOW_HANDLER * 5)  # slow: what is settled is reported before each call
+            raise DeadLetter("bad")
+        assert gate.wait(10)
+
+    state = PartitionState("t", 0)
+    try:
+        with pool_for(spec_for(as_kind(kind, handle), dlq="t.dlq")) as (pool, completions):
+            pool.submit([(state, messages(state, 2))])
+            first = reports(completions, timeout=5)  # offset 1 is still running
+            gate.set()
+            rest = collect(completions, 1)
+    finally:
+        gate.set()
+    assert outcomes(first) == {(0, 0): [Outcome.DEAD_LETTERED]}
+    assert outcomes(rest) == {(0, 1): [FINISHED]}
+
+
+def test_a_manual_message_given_up_on_revoke_is_not_reported_again_by_its_ack(kind: str) -> None:
+    received: queue.SimpleQueue[Message[Any]] = queue.SimpleQueue()
+    gate = threading.Event()
+
+    def handle(msg: Message[Any]) -> None:
+        received.put(msg)
+        if msg.offset == 1:
+            assert gate.wait(10)
+
+    spec = spec_for(as_kind(kind, handle), ack="manual", concurrency=1)
+    state = PartitionState("t", 0)
+    try:
+        with pool_for(spec) as (pool, completions):
+            pool.submit([(state, messages(state, 2))])
+            first = received.get(timeout=5)
+            assert received.get(timeout=5).offset == 1  # the lane is busy with offset 1
+            first.nack()  # handed back: queued behind offset 1
+            assert pool.revoke([state]) == [first]  # the poll thread reports it not finished
+            first.ack()  # too late: it was reported
+            assert completions.empty()
+    finally:
+        gate.set()
+
+
+def test_a_nack_during_a_retry_backoff_does_not_hand_the_message_back_twice(kind: str) -> None:
+    received: queue.SimpleQueue[Message[Any]] = queue.SimpleQueue()
+    observed = Observed()
+    spec = spec_for(
+        as_kind(kind, received.put),
+        ack="manual",
+        retries=3,
+        backoff=Backoff(initial=60, max=60, jitter="none"),
+    )
+    state = PartitionState("t", 0)
+    with pool_for(spec, observers=[observed]) as (pool, completions):
+        pool.submit([(state, messages(state, 1))])
+        msg = received.get(timeout=5)
+        assert observed.left_unacked.wait(5)  # returned without acking it
+        msg.nack()  # handed back: it runs the failure path, and waits out a 60 s backoff
+        assert observed.failed_once.wait(5)
+        msg.nack()  # ignored: it is being retried already
+        assert pool.revoke([state]) == []  # nothing queued to run it a second time
+        found = collect(completions, 1)
+    assert outcomes(found) == {(0, 0): [NOT_FINISHED]}

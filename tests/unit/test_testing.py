@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from kafkaworker import App, Backoff, BatchPolicy, ConfigError, DeadLetter, Message, Skip
-from kafkaworker.testing import TestClient
+from kafkaworker.testing import TestClient, broker, pytest_plugin
+from kafkaworker.testing.broker import BrokerError
 from tests.support import of_kind
 
 
@@ -188,3 +190,82 @@ def test_async_handlers_really_run_on_a_loop() -> None:
         client.send("t", {})
         client.send("t", {})
     assert len(loops) == 2 and loops[0] is loops[1]
+
+
+def test_two_nacks_in_one_call_fail_that_call_only(kind: str) -> None:
+    app = App("svc")
+
+    @app.handler("jobs", ack="manual", retries=2, backoff=Backoff(initial=0, max=0))
+    @of_kind(kind)
+    def job(msg: Message[Any]) -> None:
+        if msg.attempt == 1:
+            msg.nack(Down("first"))
+            msg.nack(Down("second"))
+
+    with TestClient(app) as client:
+        delivery = client.send("jobs", {})
+    # The retry returned without acking: it did not fail on the first call's second nack.
+    assert (delivery.outcome, delivery.attempts) == ("awaiting_ack", 2)
+    assert [str(e) for e in delivery.errors] == ["first"]
+
+
+def test_a_message_left_unacked_or_stalled_does_not_hold_later_sends_back(kind: str) -> None:
+    """Either holds its partition's commit back; a later message is settled all the same."""
+    app = App("svc")
+
+    @app.handler("jobs", ack="manual")
+    @of_kind(kind)
+    def job(msg: Message[Any]) -> None:
+        if msg.value["ack"]:
+            msg.ack()
+
+    @app.handler("keyed", ordering="key", retries=0, backoff=Backoff(initial=0, max=0.01))
+    @of_kind(kind)
+    def keyed(msg: Message[Any]) -> None:
+        if msg.value["fail"]:
+            raise Down("and no DLQ to go to")
+
+    with TestClient(app, timeout=3) as client:
+        assert client.send("jobs", {"ack": False}).outcome == "awaiting_ack"
+        assert client.send("jobs", {"ack": True}).outcome == "finished"
+        assert client.send("keyed", {"fail": True}, key="a").outcome == "stalled"
+        assert client.send("keyed", {"fail": False}, key="b").outcome == "finished"
+
+
+def test_a_send_while_the_breaker_is_open_runs_after_its_cooldown_in_virtual_time(
+    kind: str,
+) -> None:
+    app = App("svc")
+
+    @app.handler("orders", dlq="orders.dlq")
+    @of_kind(kind)
+    def handle(msg: Message[Any]) -> None:
+        if msg.value.get("bad"):
+            raise DeadLetter("bad deploy")
+
+    breaker = {"threshold": 0.5, "window": 2, "min_messages": 2, "cooldown": 600}
+    with TestClient(app, settings={"circuit_breaker": breaker}, timeout=3) as client:
+        for _ in range(2):
+            assert client.send("orders", {"bad": True}).outcome == "dead_lettered"
+        # The breaker opened: the handler's partition is paused for the cooldown.
+        assert client._sources["handle"].wait_for(lambda s: bool(s.paused), 5)
+        before = client.clock.monotonic()
+        delivery = client.send("orders", {"id": 1})
+        assert delivery.outcome == "finished"
+        assert client.clock.monotonic() - before >= 600
+
+
+def test_the_kafka_broker_fixture_skips_without_java_or_maven(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_java() -> Path:
+        raise BrokerError("'java' is not on PATH, needed to run the Kafka broker")
+
+    monkeypatch.setattr(broker, "ensure_jars", no_java)
+    fixture = pytest_plugin.kafka_broker.__wrapped__
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="'java' is not on PATH"):
+        next(fixture())
+    monkeypatch.setenv("CI", "1")  # there it must fail, not skip
+    with pytest.raises(BrokerError, match="'java' is not on PATH"):
+        next(fixture())

@@ -32,13 +32,12 @@ from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.execute.base import (
     CLOCK_EVERY,
     FINISHED,
-    NOT_FINISHED,
     REPORT_EVERY,
     SLOW_HANDLER,
     LaneExecutor,
 )
 from kafkaworker.runtime.execute.batches import BatchRunner
-from kafkaworker.runtime.execute.event_loop import EventLoopThread
+from kafkaworker.runtime.execute.event_loop import EventLoopThread, cancelling
 from kafkaworker.runtime.execute.lanes import Lane
 from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.execute.steps import Call, Called, Emit, Sleep, Step, Write
@@ -114,16 +113,21 @@ class AsyncPool(LaneExecutor):
             state.revoked = True
         self._loop_thread.call_soon(self._wake_waiters)
         with self._lock:
-            return self._lanes.drop(partitions)
+            dropped = self._lanes.drop(partitions)
+        return self._claimed(dropped)
 
     def cancel(self, partitions: Sequence[PartitionState]) -> None:
         """Cancel the coroutines still running for these (revoked) partitions: what they
-        had not finished is reported not finished, so never committed past."""
+        had not finished is reported not finished, so never committed past. A coroutine whose
+        batch also holds messages of a partition still assigned (ordering="none" mixes them;
+        a cooperative rebalance revokes some partitions only) runs on: those messages would be
+        given up, and since their partition stays assigned, nothing would deliver them again
+        and its commit would never move past them."""
         wanted = set(map(id, partitions))
 
         def cancel() -> None:
             for task, states in list(self._running.items()):
-                if any(id(s) in wanted for s in states):
+                if any(id(s) in wanted for s in states) and all(s.revoked for s in states):
                     task.cancel()
 
         self._loop_thread.call_soon(cancel)
@@ -158,17 +162,32 @@ class AsyncPool(LaneExecutor):
             self._running[task] = states
 
     async def _run_lane(self, lane: Lane, chunk: deque[Message[Any]]) -> None:
+        """Run a lane's chunk; what is left in `chunk` afterwards was not reported, and is
+        reported not finished here."""
         try:
             if self._batches is not None:
-                await self._drive(self._batches.run(await self._fill(lane, chunk)))
+                await self._run_batches(lane, chunk)
             else:
                 await self._run_chunk(chunk)
         except asyncio.CancelledError:
-            pass  # revoked or closing: what was not finished is reported so
+            # Not re-raised: the task ends here either way (its lane is released below).
+            if chunk:
+                log.warning(
+                    "cancelled an async handler's work that outlived its partitions' revoke "
+                    "(or the executor's close); its unfinished messages are not committed and "
+                    "will be delivered again",
+                    handler=self.spec.name,
+                    not_finished=len(chunk),
+                    partitions=sorted({str(m._state.topic_partition) for m in chunk}),
+                )
         except Exception:
             # A bug of the runtime's own: what the chunk had not reported stays unfinished.
             log.exception("an async lane failed", handler=self.spec.name)
         finally:
+            if chunk:
+                for completion in self._not_finished(chunk):
+                    self._put(completion)
+                chunk.clear()
             task = asyncio.current_task()
             if task is not None:
                 self._running.pop(task, None)
@@ -176,6 +195,19 @@ class AsyncPool(LaneExecutor):
                 with self._lock:
                     self._lanes.release(lane)
             self._start_lanes()
+
+    async def _run_batches(self, lane: Lane, chunk: deque[Message[Any]]) -> None:
+        assert self._batches is not None
+        pending = await self._fill(lane, chunk)
+        chunk.clear()
+        steps = self._batches.run(pending)  # takes what it reports off `pending`
+        try:
+            await self._drive(steps)
+        finally:
+            # Cancelled: the generator is closed now, not whenever it is collected, and what
+            # it had not reported goes back to the chunk, for _run_lane to report.
+            steps.close()
+            chunk.extend(pending)
 
     async def _fill(self, lane: Lane, chunk: deque[Message[Any]]) -> list[Message[Any]]:
         """Top a batch up with what comes for its lane, for at most max_wait."""
@@ -220,18 +252,20 @@ class AsyncPool(LaneExecutor):
                     if plain:
                         try:
                             await call(msg)
-                        except asyncio.CancelledError:
-                            raise
-                        except BaseException as exc:  # noqa: BLE001 - the policy decides
+                        except BaseException as exc:  # the policy decides
+                            if isinstance(exc, asyncio.CancelledError) and cancelling():
+                                raise
                             self._settle(msg, await self._attempt(msg, exc), run, self._put)
                         else:
                             finished(msg.offset)
-                            unreported[key] = entry
-                            if not self._flush_scheduled:
-                                self._schedule_flush()
                     else:
                         self._settle(msg, await self._attempt(msg, None), run, self._put)
                     msg = None
+                    if run:
+                        # Reported within REPORT_AFTER even while the next call awaits.
+                        unreported[key] = entry
+                        if not self._flush_scheduled:
+                            self._schedule_flush()
                 measured = before - len(chunk)
                 now = clock()
                 elapsed = now - started
@@ -245,24 +279,20 @@ class AsyncPool(LaneExecutor):
                     yielded = now
                     await asyncio.sleep(0)
         finally:
-            # Cancelled, revoked, or done: what is left was not finished.
+            # Cancelled, revoked, or done: what is left in the chunk (with the message that
+            # was running, if any) was not finished; _run_lane reports it so.
             unreported.pop(key, None)
             if run:
                 self._put(Completion(state, run.copy(), FINISHED))
-            left = [m.offset for m in chunk]
-            # A manual-ack message is reported once: not here if its ack came first.
-            if msg is not None and (not manual or msg._claim()):
-                left.insert(0, msg.offset)
-            chunk.clear()
-            if left:
-                self._put(Completion(state, left, NOT_FINISHED))
+            if msg is not None:
+                chunk.appendleft(msg)
 
     async def _attempt(self, msg: Message[Any], failed: BaseException | None) -> Outcome:
         try:
             return await self._drive(self._attempts.steps(msg, failed))
-        except asyncio.CancelledError:
-            raise
-        except BaseException:  # noqa: BLE001 - logged with its traceback, never skipped
+        except BaseException as exc:  # logged with its traceback, never skipped
+            if isinstance(exc, asyncio.CancelledError) and cancelling():
+                raise
             return self._runtime_bug(msg)
 
     async def _drive(self, steps: Generator[Step, Any, T]) -> T:
@@ -279,9 +309,9 @@ class AsyncPool(LaneExecutor):
                     if inspect.isawaitable(result):
                         result = await result
                     reply = Called(result)
-                except asyncio.CancelledError:
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - the failure policy decides
+                except BaseException as exc:  # the failure policy decides
+                    if isinstance(exc, asyncio.CancelledError) and cancelling():
+                        raise
                     reply = Called(error=exc)
             elif isinstance(step, Sleep):
                 reply = self._skipped_wait(step)
@@ -347,3 +377,5 @@ class AsyncPool(LaneExecutor):
         if report:
             self._report = []
             self._completions.put(report)
+            if self._attempts.observers:
+                self._attempts.reported(report)

@@ -89,13 +89,21 @@ class Attempts:
                 if manual:
                     calls.calling = True
                 called: Called = yield Call(self.call, msg)
+                error = called.error
+                if manual and error is None:
+                    with calls.lock:  # nacked during the call: no outputs for it
+                        error = nacks[0] if nacks else None
+                if error is None and self._emits:
+                    error = yield Emit(msg, called.result)
                 if manual:
                     with calls.lock:
                         calls.calling = False
-                        nacked = nacks.pop() if nacks else None
-                error = called.error or (nacked if manual else None)
-                if error is None and self._emits:
-                    error = yield Emit(msg, called.result)
+                        if error is None and nacks:
+                            error = nacks[0]  # nacked while its outputs were written
+                        # One failure per call, however often it was nacked: a nack left
+                        # over would fail the next call, which may well succeed.
+                        nacks.clear()
+                        calls.returned = error is None
                 if error is None:
                     return AWAITING_ACK if manual else FINISHED
             if manual and msg.acked:
@@ -118,6 +126,12 @@ class Attempts:
         for observer in self.observers:
             observer.failed(msg, error, decision)
 
+    def reported(self, completions: list[Completion]) -> None:
+        """Tell the observers what was just put on the completion queue. The executors call
+        it only when there are observers: nothing per message otherwise."""
+        for observer in self.observers:
+            observer.reported(completions)
+
     def _manual_callbacks(
         self,
         msg: Message[Any],
@@ -128,7 +142,9 @@ class Attempts:
         """Bind msg.ack() and msg.nack() for a manual-ack message. An ack reports it finished
         (once, whoever claims it first). A nack during the handler call fails that call; a
         nack after it returned holds the error on the message and hands the message back to
-        the executor, whose next run of it takes the failure path."""
+        the executor, whose next run of it takes the failure path. Any other nack is ignored:
+        the message is on the failure path already (a backoff, a DLQ write) or was handed
+        back by an earlier nack, and handing it back again would run it twice."""
         completions = self._completions
         calls = _ManualCalls()
 
@@ -137,11 +153,24 @@ class Attempts:
                 if calls.calling:
                     nacks.append(error)
                     return
+                if not calls.returned:
+                    log.debug(
+                        "nack ignored: the message is being retried already",
+                        **_where(self.spec, msg),
+                    )
+                    return
+                calls.returned = False
             msg._hold_nack(error, failures())
             assert self.resubmit is not None
             self.resubmit([(state, [msg])])
 
-        msg._on_ack(lambda: completions.put([Completion(state, [msg.offset], FINISHED)]))
+        def ack() -> None:
+            report = [Completion(state, [msg.offset], FINISHED)]
+            completions.put(report)
+            if self.observers:
+                self.reported(report)
+
+        msg._on_ack(ack)
         msg._on_nack(nack)
         return calls
 
@@ -259,15 +288,21 @@ class AttemptObserver(Protocol):
         """A manual-ack message's handler returned without acking it."""
         ...
 
+    def reported(self, completions: list[Completion]) -> None:
+        """Completions just put on the completion queue (from the thread that put them)."""
+        ...
+
 
 class _ManualCalls:
     """A manual-ack message's handler call in progress, as its ack/nack callbacks see it."""
 
-    __slots__ = ("calling", "lock")
+    __slots__ = ("calling", "lock", "returned")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.calling = False
+        # The handler returned without acking or nacking: a nack now hands the message back.
+        self.returned = False
 
 
 def _described(error: BaseException) -> str:

@@ -4,7 +4,7 @@ async pool (aio.py) awaiting on the event loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -19,6 +19,7 @@ from kafkaworker.runtime.execute.lanes import Lanes
 from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.execute.steps import Sleep
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome
+from kafkaworker.runtime.poll.partitions import PartitionState
 
 log = structlog.get_logger("kafkaworker.pool")
 
@@ -84,6 +85,24 @@ class LaneExecutor:
             put(Completion(msg._state, run.copy(), FINISHED))
             run.clear()
         put(Completion(msg._state, [msg.offset], outcome))
+
+    def _claimed(self, messages: list[Message[Any]]) -> list[Message[Any]]:
+        """The messages this executor may still report as not finished: all of them, but for
+        manual acks only those it claims. A manual-ack message may be in the user's hands
+        (nacked after its handler returned, and queued again), and an ack() after it was given
+        up would report it a second time: at shutdown the poll thread's count of messages in
+        flight would then go below zero and it would wait out shutdown_timeout."""
+        if not self._manual:
+            return messages
+        return [m for m in messages if m._claim()]
+
+    def _not_finished(self, messages: Iterable[Message[Any]]) -> list[Completion]:
+        """Completions giving `messages` up, one per partition (a batch of ordering="none"
+        mixes partitions)."""
+        by_state: dict[PartitionState, list[int]] = {}
+        for msg in self._claimed(list(messages)):
+            by_state.setdefault(msg._state, []).append(msg.offset)
+        return [Completion(s, sorted(o), NOT_FINISHED) for s, o in by_state.items()]
 
     def _skipped_wait(self, sleep: Sleep) -> bool | None:
         """Under virtual time, a wait (but a stall's) only moves the clock: whether one of

@@ -51,9 +51,13 @@ class BatchRunner:
         self.recent_handler_seconds = 0.0
 
     def run(self, chunk: list[Message[Any]]) -> Generator[Step, Any, None]:
-        """Run `chunk` in batches of at most max_size; report every message's outcome."""
-        for start in range(0, len(chunk), self.max_size):
-            batch = chunk[start : start + self.max_size]
+        """Run `chunk` in batches of at most max_size; report every message's outcome.
+
+        Reported messages are taken off the front of `chunk`: when the executor closes the
+        generator early (a cancelled coroutine), what is left in it was not reported, and the
+        executor reports it."""
+        while chunk:
+            batch = chunk[: self.max_size]
             report = [
                 Completion(m._state, [m.offset], NOT_FINISHED) for m in batch if m._state.revoked
             ]
@@ -62,7 +66,7 @@ class BatchRunner:
                 started = time.monotonic()
                 try:
                     outcomes = yield from self.execute(live)
-                except BaseException:
+                except Exception:  # not GeneratorExit: closed early, nothing is reported here
                     log.exception("failed to run the batch handler", handler=self.spec.name)
                     outcomes = [NOT_FINISHED] * len(live)
                 elapsed = time.monotonic() - started
@@ -72,6 +76,9 @@ class BatchRunner:
                     Completion(m._state, [m.offset], o) for m, o in zip(live, outcomes, strict=True)
                 ]
             self._completions.put(report)
+            if self._attempts.observers:
+                self._attempts.reported(report)
+            del chunk[: len(batch)]
 
     def execute(self, batch: list[Message[Any]]) -> Generator[Step, Any, list[Outcome]]:
         """Run the batch handler until every message is settled; an outcome per message."""

@@ -140,6 +140,15 @@ class EventLoopThread:
         )
 
 
+def cancelling() -> bool:
+    """Whether the running task is being cancelled (a revoke outlived revoke_timeout, or the
+    executor is closing). A CancelledError raised while it is not was raised by the handler
+    (it awaited a future that something else cancelled): an error like any other, for the
+    failure policy, not a reason to give the message up."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _cancel_all() -> None:
     current = asyncio.current_task()
     tasks = [t for t in asyncio.all_tasks() if t is not current]

@@ -23,7 +23,6 @@ from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.execute.base import (
     CLOCK_EVERY,
     FINISHED,
-    NOT_FINISHED,
     REPORT_EVERY,
     SLOW_HANDLER,
     LaneExecutor,
@@ -87,11 +86,13 @@ class WorkerPool(LaneExecutor):
     def revoke(self, partitions: Sequence[PartitionState]) -> list[Message[Any]]:
         self._revocations.revoke(partitions)
         with self._cond:
-            return self._lanes.drop(partitions)
+            dropped = self._lanes.drop(partitions)
+        return self._claimed(dropped)
 
     def cancel(self, partitions: Sequence[PartitionState]) -> None:
-        """A thread cannot be cancelled: a call that outlives its revoke finishes unreported
-        (its partition is forgotten by then, so nothing is committed for it)."""
+        """A thread cannot be cancelled: a call that outlives its revoke finishes and is
+        reported as usual, and the poll thread ignores the report (the partition is forgotten
+        by then, so nothing is committed for it)."""
 
     def close(self, timeout: float = 1.0) -> None:
         with self._cond:
@@ -162,10 +163,14 @@ class WorkerPool(LaneExecutor):
         # after every CLOCK_EVERY calls once they are fast: a reading per message was a tenth
         # of the per-message cost of a decode-only handler.
         every = 1
-        # What is finished must not wait behind a handler that may take long: it is reported
-        # before the next call when handlers are slow (then one report per message costs
-        # nothing), or once it is older than the reporting interval.
+        # Finished work, and outcomes settled meanwhile (dead-lettered), is reported between
+        # stretches: before every call while handlers are slow (one report per message costs
+        # nothing then), else once it is older than the reporting interval. Within a stretch
+        # of fast calls it is not: a call that blocks there holds back what finished earlier in
+        # the stretch until it returns (docs/architecture.md, Departures).
         due = False
+        put = self._completions.put
+        observers = self._attempts.observers  # the test client's: told of every report
 
         def flush() -> None:
             nonlocal report, reported_at, busy, calls
@@ -173,7 +178,9 @@ class WorkerPool(LaneExecutor):
                 report.append(Completion(state, run.copy(), FINISHED))
                 run.clear()
             if report:
-                self._completions.put(report)
+                put(report)
+                if observers:
+                    self._attempts.reported(report)
                 report = []
             if calls:
                 self._recent_handler_seconds = busy / calls
@@ -194,10 +201,10 @@ class WorkerPool(LaneExecutor):
         while chunk:
             if state.revoked:
                 # Never started: given up, so never committed past.
-                report.append(Completion(state, [m.offset for m in chunk], NOT_FINISHED))
+                report += self._not_finished(chunk)
                 chunk.clear()
                 break
-            if due and run:
+            if due and (run or report):
                 flush()
             # A stretch of calls between two clock readings: the clock is only read, and
             # finished work only reported, between stretches.

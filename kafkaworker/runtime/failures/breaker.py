@@ -54,6 +54,13 @@ class CircuitBreaker:
     def share(self) -> float:
         return self._dead_lettered / len(self._outcomes) if self._outcomes else 0.0
 
+    def closes_in(self) -> float:
+        """Seconds until an open breaker closes (at the next update() from then on); 0 when
+        it is closed."""
+        if not self.open:
+            return 0.0
+        return max(0.0, self._opened_at + self.cooldown - self._clock())
+
     def update(self) -> Literal["opened", "closed"] | None:
         """Open or close as the evidence and the clock say; return the transition, if any."""
         if self.open:
