@@ -79,6 +79,16 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+        self.consumer_lag_seconds = Gauge(
+            "kafkaworker_consumer_lag_seconds",
+            "Age of the partition's oldest record not finished yet (the first record of its "
+            "run, so at most a poll batch older); when all fetched records are finished but "
+            "the log has more, the age of the last fetched (the next is younger); 0 when "
+            "caught up",
+            [*labels, "topic", "partition"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
         self.rebalances = Counter(
             "kafkaworker_rebalances",
             "Rebalance callbacks by event (assigned, revoked, lost)",

@@ -3,6 +3,7 @@ and a per-message update would (see observability/metrics.py)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection
 
 from kafkaworker.observability.metrics import Metrics
@@ -47,9 +48,11 @@ class PollGauges:
         metrics.in_flight.labels(handler).set(in_flight)
         metrics.assigned_partitions.labels(handler).set(len(partitions))
         metrics.paused_partitions.labels(handler).set(sum(1 for s in partitions if s.paused))
+        wall = self._clock.time()
         for state in partitions:
             end = self._source.log_end(state.topic_partition)
-            position = state.offsets.lowest_unfinished()
+            unfinished = state.offsets.lowest_unfinished()
+            position = unfinished
             if position is None:
                 position = state.offsets.committable
             if position is None:  # nothing fetched in this assignment yet
@@ -57,6 +60,9 @@ class PollGauges:
             if end is not None and position is not None:
                 series = (handler, state.topic, str(state.partition))
                 metrics.consumer_lag.labels(*series).set(end - position)
+                age = _age(state, unfinished, end - position, wall)
+                if age is not None:
+                    metrics.consumer_lag_seconds.labels(*series).set(age)
                 self._lag_series.add(series)
 
     def forget(self, state: PartitionState) -> None:
@@ -68,5 +74,25 @@ class PollGauges:
         if self._metrics.multiprocess:
             # Per-process files cannot drop a series: a 0 adds nothing to the live sum.
             self._metrics.consumer_lag.labels(*series).set(0)
+            self._metrics.consumer_lag_seconds.labels(*series).set(0)
         else:
             self._metrics.consumer_lag.remove(*series)
+            with contextlib.suppress(KeyError):  # never set: no timestamp was read
+                self._metrics.consumer_lag_seconds.remove(*series)
+
+
+def _age(state: PartitionState, unfinished: int | None, lag: int, now: float) -> float | None:
+    """Seconds since the oldest unfinished record of `state` was written (see the gauge's
+    help); None when no timestamp is known. Drops the runs that are finished."""
+    stamps = state.stamps
+    if unfinished is not None:
+        while len(stamps) > 1 and stamps[1][0] <= unfinished:
+            stamps.popleft()
+    else:
+        while len(stamps) > 1:  # all finished: only the last fetched run is still of use
+            stamps.popleft()
+    if lag <= 0:
+        return 0.0
+    if not stamps:
+        return None
+    return max(0.0, now - stamps[0][1] / 1000)

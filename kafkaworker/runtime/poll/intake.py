@@ -147,6 +147,9 @@ class Intake:
         """Track a run and queue its messages; whether some were held until due."""
         state.last_dispatched = offsets[-1]
         state.offsets.add_run(offsets)
+        kind, millis = records[0].timestamp()
+        if kind:  # else TIMESTAMP_NOT_AVAILABLE
+            state.stamps.append((offsets[0], millis))
         messages = Message._from_run(records, offsets, self._codec, state)
         held = False
         if state.topic in self._delayed.topics:

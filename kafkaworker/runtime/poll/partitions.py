@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from kafkaworker.runtime.poll.offsets import PartitionOffsets
 from kafkaworker.runtime.source import Partition
 
@@ -22,6 +24,7 @@ class PartitionState:
         "partition",
         "paused",
         "revoked",
+        "stamps",
         "topic",
         "topic_partition",
     )
@@ -42,6 +45,10 @@ class PartitionState:
         # Set when the poll thread forgets the partition: late completions are then ignored
         # (a later assignment of the partition has a new PartitionState).
         self.forgotten = False
+        # (first offset, timestamp in ms) of each run fetched and not yet finished, oldest
+        # first: the time lag (age of the oldest unfinished record) is read off it without a
+        # per-record cost. Pruned by the gauges (poll/gauges.py).
+        self.stamps: deque[tuple[int, int]] = deque()
 
     def __repr__(self) -> str:
         return f"<PartitionState {self.topic_partition} in_flight={self.in_flight}>"
