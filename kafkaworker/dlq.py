@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from kafkaworker.errors import KafkaWorkerError, StartupError
+from kafkaworker import clients
+from kafkaworker.errors import KafkaWorkerError
 from kafkaworker.headers import PREFIX, REPLAYED_FROM
 from kafkaworker.producer import Producer
 from kafkaworker.settings import Settings
@@ -120,28 +123,21 @@ class Reader:
     def __post_init__(self) -> None:
         self.consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka.bootstrap_servers,
+                **clients.connection_config(self.settings),
                 "group.id": self.group or "kafkaworker.dlq-inspect",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
-                **{
-                    k: v
-                    for k, v in self.settings.kafka.consumer.items()
-                    if k.startswith(("security.", "sasl.", "ssl."))
-                },
             }
         )
 
     def partitions(self) -> list[int]:
-        try:
-            metadata = self.consumer.list_topics(self.topic, timeout=self.settings.startup_timeout)
-        except KafkaException as exc:
-            raise StartupError(
-                f"cannot reach Kafka at {self.settings.kafka.bootstrap_servers}: {exc}"
-            ) from None
+        metadata = clients.metadata(self.consumer, self.settings)
         found = metadata.topics.get(self.topic)
         if found is None or found.error is not None:
-            raise DlqError(f"topic {self.topic!r} does not exist: check the name")
+            raise DlqError(
+                f"topic {self.topic!r} does not exist on {self.settings.kafka.bootstrap_servers}:"
+                " check the name (kafkaworker topics list)"
+            )
         return sorted(found.partitions)
 
     def span(self, from_group: bool) -> dict[int, tuple[int, int]]:
@@ -149,20 +145,21 @@ class Reader:
         partitions = self.partitions()
         committed = {p: OFFSET_BEGINNING for p in partitions}
         if from_group:
-            for tp in self.consumer.committed(
-                [TopicPartition(self.topic, p) for p in partitions], timeout=10
-            ):
+            wanted = [TopicPartition(self.topic, p) for p in partitions]
+            for tp in clients.call(lambda: self.consumer.committed(wanted, timeout=10), 11):
                 if tp.offset >= 0:
                     committed[tp.partition] = tp.offset
         span = {}
         for p in partitions:
-            low, high = self.consumer.get_watermark_offsets(
-                TopicPartition(self.topic, p), timeout=10
-            )
+            low, high = clients.call(partial(self._watermarks, p), 11)
             start = low if committed[p] == OFFSET_BEGINNING else max(low, committed[p])
             if start < high:
                 span[p] = (start, high)
         return span
+
+    def _watermarks(self, partition: int) -> tuple[int, int]:
+        where = TopicPartition(self.topic, partition)
+        return self.consumer.get_watermark_offsets(where, timeout=10)
 
     def read(self, span: dict[int, tuple[int, int]]) -> Iterator[DeadLetterRecord]:
         """Records in span order; stops when every partition reached its end."""
@@ -201,7 +198,12 @@ class Reader:
             )
 
     def close(self) -> None:
-        self.consumer.close()
+        """Leave; or, on Ctrl+C or SIGTERM, leave it to the process's exit: close() waits for
+        the cluster (up to a timeout) when it does not answer, and this consumer joined no
+        group and committed nothing that a close would flush."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, KeyboardInterrupt | SystemExit):
+            self.consumer.close()
 
 
 @dataclass(frozen=True)
@@ -254,13 +256,16 @@ def replay(
     selection = selection or ReplayFilter()
     group = group or replay_group(topic, to, selection)
     reader = Reader(settings, topic, group)
-    producer = None if dry_run else Producer(settings, client_id="kafkaworker.replay")
+    producer: Producer | None = None
     result = ReplayResult()
     positions: dict[int, int] = {}
     interval = 1.0 / rate if rate else 0.0
     next_at = time.monotonic()
     try:
         span = reader.span(from_group=True)
+        # Once the cluster answered: an unreachable one is told in one line, not in the
+        # producer's connection errors.
+        producer = None if dry_run else Producer(settings, client_id="kafkaworker.replay")
         if on_total is not None:
             on_total(sum(end - start for start, end in span.values()))
         pending = []
@@ -315,7 +320,7 @@ def replay(
 def _settle(pending: list[Any]) -> None:
     """Wait for every replayed record's acknowledgement (raises the first failure)."""
     for future in pending:
-        future.result(60)
+        clients.result(future, 60)
     pending.clear()
 
 

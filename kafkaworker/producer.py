@@ -19,6 +19,7 @@ import confluent_kafka
 import structlog
 from confluent_kafka import KafkaError, KafkaException
 
+from kafkaworker import clients
 from kafkaworker.errors import KafkaWorkerError, StartupError
 from kafkaworker.serialization import Codec, get_codec
 from kafkaworker.settings import Settings
@@ -41,7 +42,7 @@ class _QueueFullError(ProduceError):
 
 def producer_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        **clients.base_config(settings),
         # Durable and ordered by default: a DLQ record or an output must not be lost or
         # duplicated by a producer retry.
         "acks": "all",

@@ -6,13 +6,24 @@ per-handler overrides, and errors that fit on one line.
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -88,9 +99,19 @@ class MetricsSettings(_Strict):
     host: str = "0.0.0.0"
 
 
-class HandlerSettings(_Strict):
-    """Per-handler overrides of the decorator's arguments (None: keep the decorator's)."""
+class BatchSettings(_Strict):
+    """A batch handler's batch size and wait (a handler declared without batch= has none)."""
 
+    max_size: PositiveInt | None = None
+    max_wait: float | None = Field(default=None, ge=0)
+
+
+class HandlerSettings(_Strict):
+    """Per-handler overrides of the decorator's arguments (None: keep the decorator's):
+    one codebase runs against prod.orders and staging.orders."""
+
+    # A list, or one name (a comma-separated list from an environment variable).
+    topics: tuple[str, ...] | None = None
     group: str | None = None
     concurrency: PositiveInt | None = None
     ordering: Literal["partition", "key", "none"] | None = None
@@ -102,7 +123,15 @@ class HandlerSettings(_Strict):
     on_exhausted: Literal["stall", "skip"] | None = None
     retry_topics: tuple[PositiveFloat, ...] | None = None
     output: str | None = None
+    batch: BatchSettings | None = None
     circuit_breaker: CircuitBreakerSettings | None = None
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
 
 class Settings(BaseSettings):
@@ -186,6 +215,7 @@ def resolve_settings_path(path: str | os.PathLike[str] | None) -> Path | None:
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Load settings from the YAML file, the environment and `overrides` (CLI flags)."""
     yaml_path = resolve_settings_path(path)
+    check_environment()
 
     class _FromFile(Settings):
         model_config = SettingsConfigDict(yaml_file=yaml_path)
@@ -210,6 +240,7 @@ def settings_for_run(
     with the CLI's overrides merged key by key; else file + environment + overrides."""
     if app_settings is None or path is not None:
         return load_settings(path, **overrides)
+    check_environment()
     if not overrides:
         return app_settings
     try:
@@ -245,23 +276,109 @@ def _one_line(exc: ValidationError, yaml_path: Path | None) -> str:
     source = f" (settings file {str(yaml_path)!r} or KAFKAWORKER_* env)" if yaml_path else ""
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     if error["type"] == "extra_forbidden":
-        return f"unknown setting {key!r}{source}: {_allowed_keys(error['loc'])}{more}"
+        allowed = _allowed_keys(error["loc"])
+        close = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        listed = "allowed keys are " + ", ".join(allowed) if allowed else "not a known key"
+        return f"unknown setting {key!r}{source}: {hint}{listed}{more}"
     value = error.get("input")
     return f"setting {key}={value!r} is invalid{source}: {error['msg']}{more}"
 
 
-def _allowed_keys(loc: tuple[int | str, ...]) -> str:
-    model: type[BaseModel] | None = Settings
-    for part in loc[:-1]:
-        if model is None:
-            break
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field is not None else None
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else (HandlerSettings if part == "handlers" else None)
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed where the last part of `loc` was found."""
+    model: type[BaseModel] = Settings
+    parts = [str(part) for part in loc[:-1]]
+    at = 0
+    while at < len(parts):
+        field = model.model_fields.get(parts[at])
+        if field is None:
+            return []
+        nested = _model_of(field.annotation)
+        if nested is None:  # a dict of models (handlers): the next part is its key
+            values = _dict_values(field.annotation)
+            nested = _model_of(values) if values is not None else None
+            if nested is None:
+                return []
+            at += 1
+        model = nested
+        at += 1
+    return list(model.model_fields)
+
+
+# KAFKAWORKER_* variables read by kafkaworker that are not settings.
+_NOT_SETTINGS = {"SETTINGS", "PROCESS_INDEX", "TEST_BOOTSTRAP", "BENCH_BOOTSTRAP"}
+_ENV_PREFIX = "KAFKAWORKER_"
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a KAFKAWORKER_* variable that sets nothing: pydantic-settings ignores it, so a
+    typo (KAFKAWORKER_SHUTDOWN_TIMOUT) would silently leave the default in force."""
+    environ = os.environ if environ is None else environ
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(_ENV_PREFIX) or upper[len(_ENV_PREFIX) :] in _NOT_SETTINGS:
+            continue
+        parts = upper[len(_ENV_PREFIX) :].lower().split("__")
+        if _is_setting(Settings, parts):
+            continue
+        known = [_ENV_PREFIX + "__".join(path).upper() for path in _setting_paths(Settings, parts)]
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see the settings in the README"
+        raise ConfigError(
+            f"environment variable {name} matches no setting: {hint} (fix the name or unset it)"
         )
-    if model is None:
-        return "not a known key"
-    return "allowed keys are " + ", ".join(model.model_fields)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings model inside `annotation` (X, X | None), if any."""
+    candidates = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _dict_values(annotation: Any) -> Any:
+    """For dict[str, V]: V; else None."""
+    if typing.get_origin(annotation) is dict:
+        return typing.get_args(annotation)[1]
+    return None
+
+
+def _is_setting(model: type[BaseModel], parts: list[str]) -> bool:
+    field = model.model_fields.get(parts[0])
+    if field is None:
+        return False
+    rest = parts[1:]
+    if not rest:
+        return True
+    nested = _model_of(field.annotation)
+    if nested is not None:
+        return _is_setting(nested, rest)
+    values = _dict_values(field.annotation)
+    if values is None:
+        return False
+    values_model = _model_of(values)
+    if values_model is None:
+        return True  # a raw client property: any name
+    return len(rest) == 1 or _is_setting(values_model, rest[1:])
+
+
+def _setting_paths(model: type[BaseModel], hint: list[str]) -> Iterator[list[str]]:
+    """Every setting's path under `model`; a dict of models (handlers) is expanded under the
+    name `hint` gives it, so KAFKAWORKER_HANDLERS__MINE__RETRYS suggests ..._RETRIES."""
+    for name, field in model.model_fields.items():
+        yield [name]
+        nested = _model_of(field.annotation)
+        values = _dict_values(field.annotation)
+        if nested is not None:
+            for path in _setting_paths(nested, hint[1:]):
+                yield [name, *path]
+        elif values is not None and _model_of(values) is not None and len(hint) > 1:
+            for path in _setting_paths(_model_of(values), hint[2:]):  # type: ignore[arg-type]
+                yield [name, hint[1], *path]

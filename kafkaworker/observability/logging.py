@@ -1,4 +1,8 @@
-"""structlog setup: key-value lines for people (console) or JSON for log pipelines."""
+"""structlog setup: key-value lines for people (console) or JSON for log pipelines.
+
+librdkafka's own lines (handed to a stdlib logger by every client, see clients.py) go through
+the same processors and renderer: one timestamp format, one level vocabulary, one stream.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,35 @@ from typing import Literal
 
 import structlog
 
+LIBRDKAFKA_LOGGER = "kafkaworker.librdkafka"
+
 
 def _add_pid(
     logger: object, method: str, event: structlog.typing.EventDict
 ) -> structlog.typing.EventDict:
     # With --processes N, lines from N processes interleave: say which one wrote each.
     event.setdefault("pid", os.getpid())
+    return event
+
+
+def _librdkafka_fields(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """confluent-kafka logs `"%s [%s] %s" % (facility, client, text)`: kept apart as fields,
+    so that a line reads `<text> facility=FAIL client=rdkafka#consumer-1`."""
+    record = event.get("_record")
+    args = event.pop("positional_args", None)  # ProcessorFormatter(pass_foreign_args=True)
+    if isinstance(record, logging.LogRecord) and record.name.startswith(LIBRDKAFKA_LOGGER):
+        if isinstance(args, tuple) and len(args) == 3:
+            facility, client, text = args
+            # "[thrd:main]: " says which librdkafka thread wrote it: noise to a reader.
+            text = str(text)
+            if text.startswith("[thrd:"):
+                text = text.partition("]: ")[2] or text
+            event["event"] = text
+            event["facility"] = facility
+            event["client"] = client
+        event["logger"] = "librdkafka"
     return event
 
 
@@ -26,12 +53,15 @@ def configure(level: str = "INFO", fmt: Literal["console", "json"] = "console") 
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _add_pid,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            _add_pid,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.StackInfoRenderer(),
             # The console renderer formats exceptions itself; JSON wants them as a string.
             *([structlog.processors.format_exc_info] if fmt == "json" else []),
@@ -41,10 +71,15 @@ def configure(level: str = "INFO", fmt: Literal["console", "json"] = "console") 
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # librdkafka logs through the stdlib logger handed to each client.
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    rdkafka = logging.getLogger("kafkaworker.librdkafka")
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[*shared, _librdkafka_fields],
+            pass_foreign_args=True,
+        )
+    )
+    rdkafka = logging.getLogger(LIBRDKAFKA_LOGGER)
     rdkafka.handlers[:] = [handler]
     # librdkafka's INFO is chatty (every broker disconnect); show it only when debugging.
     rdkafka.setLevel(logging.DEBUG if numeric <= logging.DEBUG else max(numeric, logging.WARNING))

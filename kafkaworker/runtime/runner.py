@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import logging
 import os
 import signal
 import threading
@@ -19,9 +18,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
 
+from kafkaworker.admin import KafkaAdmin
 from kafkaworker.backoff import Backoff
 from kafkaworker.errors import ConfigError, StartupError
 from kafkaworker.handlers import HandlerSpec, is_async_callable
@@ -32,7 +30,6 @@ from kafkaworker.observability.server import MetricsServer
 from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
-from kafkaworker.runtime.source.consumer_group import consumer_config, new_consumer
 from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings, settings_for_run
 
@@ -65,7 +62,19 @@ def resolve_specs(app: App, settings: Settings, only: Sequence[str] = ()) -> lis
         override = settings.handlers.get(name)
         if override is not None:
             # circuit_breaker is a runtime setting, read by the HandlerRuntime: no spec field.
-            changes = override.model_dump(exclude_none=True, exclude={"backoff", "circuit_breaker"})
+            changes = override.model_dump(
+                exclude_none=True, exclude={"backoff", "circuit_breaker", "batch"}
+            )
+            if override.batch is not None:
+                if spec.batch is None:
+                    raise ConfigError(
+                        f"settings handlers.{name}.batch: handler {name!r} is not a batch "
+                        "handler (it takes one message); remove the batch settings, or declare "
+                        "it with @app.handler(..., batch=BatchPolicy(...))"
+                    )
+                changes["batch"] = dataclasses.replace(
+                    spec.batch, **override.batch.model_dump(exclude_none=True)
+                )
             if override.backoff is not None:
                 changes["backoff"] = Backoff(
                     **{
@@ -245,114 +254,67 @@ class Runner:
     # -- start-up checks ---------------------------------------------------------------------
 
     def preflight(self) -> None:
-        """Fail fast, in one line, on an unreachable cluster or a topic that does not exist."""
-        spec = self.specs[0]
-        config = consumer_config(self.app.name, spec, self.settings)
-        quiet = logging.getLogger("kafkaworker.librdkafka.preflight")
-        quiet.setLevel(logging.CRITICAL)
-        quiet.propagate = False
-        config["logger"] = quiet
-        consumer = new_consumer(config)
-        timeout = self.settings.startup_timeout
+        """Fail fast, in one line, on an unreachable cluster or a topic that does not exist;
+        create missing DLQ and retry topics. Every wait is sliced (clients.py): Ctrl+C while
+        the brokers do not answer yet exits at once, not after startup_timeout."""
         bootstrap = self.settings.kafka.bootstrap_servers
-        try:
-            metadata = consumer.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            error = exc.args[0]
-            reason = error.str() if isinstance(error, KafkaError) else str(exc)
-            raise StartupError(
-                f"cannot reach Kafka at {bootstrap} within {timeout:g}s ({reason}): check "
-                "kafka.bootstrap_servers (env KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS) and that "
-                "the brokers are up"
-            ) from None
-        finally:
-            consumer.close()
+        with KafkaAdmin(self.settings) as admin:
+            metadata = admin.metadata()
 
-        def exists(topic: str) -> bool:
-            found = metadata.topics.get(topic)
-            return found is not None and found.error is None
+            def exists(topic: str) -> bool:
+                found = metadata.topics.get(topic)
+                return found is not None and found.error is None
 
-        for spec in self.specs:
-            for topic in spec.topics:
-                if not exists(topic):
+            for spec in self.specs:
+                for topic in spec.topics:
+                    if not exists(topic):
+                        raise StartupError(
+                            f"topic {topic!r} (handler {spec.name!r}) does not exist on "
+                            f"{bootstrap}: create it (kafkaworker topics create {topic} "
+                            "--partitions N), or fix the handler's topics"
+                        )
+            for spec in self.specs:
+                sizes = {topic: len(metadata.topics[topic].partitions) for topic in spec.topics}
+                wanted = [  # (topic, kind, partitions when created)
+                    (stage.topic, "retry topic", sizes[stage.source])
+                    for stage in RetryRoutes(spec.topics, spec.retry_topics).stages
+                ]
+                if spec.dlq is not None:
+                    dlq_size = self.settings.dead_letter.partitions or max(sizes.values())
+                    wanted.append((spec.dlq, "dead-letter topic", dlq_size))
+                if spec.output is not None and not exists(spec.output):
                     raise StartupError(
-                        f"topic {topic!r} (handler {spec.name!r}) does not exist on {bootstrap}:"
-                        " create it, or fix the handler's topics"
+                        f"output topic {spec.output!r} (handler {spec.name!r}) does not exist "
+                        f"on {bootstrap}: create it, or fix the handler's output"
                     )
-        for spec in self.specs:
-            sizes = {topic: len(metadata.topics[topic].partitions) for topic in spec.topics}
-            wanted = [  # (topic, kind, partitions when created)
-                (stage.topic, "retry topic", sizes[stage.source])
-                for stage in RetryRoutes(spec.topics, spec.retry_topics).stages
-            ]
-            if spec.dlq is not None:
-                dlq_size = self.settings.dead_letter.partitions or max(sizes.values())
-                wanted.append((spec.dlq, "dead-letter topic", dlq_size))
-            if spec.output is not None and not exists(spec.output):
-                raise StartupError(
-                    f"output topic {spec.output!r} (handler {spec.name!r}) does not exist on "
-                    f"{bootstrap}: create it, or fix the handler's output"
-                )
-            for topic, kind, partitions in wanted:
-                if exists(topic):
-                    continue
-                if not self.settings.dead_letter.create_topics:
-                    raise StartupError(
-                        f"{kind} {topic!r} (handler {spec.name!r}) does not exist on "
-                        f"{bootstrap}: create it, or set dead_letter.create_topics: true"
-                    )
-                self._create_topic(topic, partitions, spec.name)
+                for topic, kind, partitions in wanted:
+                    if exists(topic):
+                        continue
+                    if not self.settings.dead_letter.create_topics:
+                        raise StartupError(
+                            f"{kind} {topic!r} (handler {spec.name!r}) does not exist on "
+                            f"{bootstrap}: create it, or set dead_letter.create_topics: true"
+                        )
+                    self._create_topic(admin, topic, partitions, spec.name)
 
-    def _create_topic(self, topic: str, partitions: int, handler: str) -> None:
-        replication = self.settings.dead_letter.replication_factor or -1  # -1: broker default
-        admin = AdminClient(
-            {
-                "bootstrap.servers": self.settings.kafka.bootstrap_servers,
-                **_admin_properties(self.settings.kafka.consumer),
-            }
-        )
-        future = admin.create_topics([NewTopic(topic, partitions, replication)])[topic]
+    def _create_topic(self, admin: KafkaAdmin, topic: str, partitions: int, handler: str) -> None:
         try:
-            future.result(timeout=self.settings.startup_timeout)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                return  # another worker of the group created it first
-            reason = error.str() if isinstance(error, KafkaError) else str(exc)
+            created = admin.create_topic(
+                topic, partitions, self.settings.dead_letter.replication_factor, exist_ok=True
+            )
+        except StartupError as exc:
             raise StartupError(
-                f"cannot create topic {topic!r} (handler {handler!r}): {reason}; "
-                "create it yourself, or fix dead_letter.partitions/replication_factor"
+                f"{exc} (handler {handler!r}); create it yourself, or fix "
+                "dead_letter.partitions/replication_factor"
             ) from None
-        log.info("created topic", topic=topic, partitions=partitions, handler=handler)
+        if created:  # else another worker of the group created it first
+            log.info("created topic", topic=topic, partitions=partitions, handler=handler)
 
 
 def stale_after(settings: Settings) -> float:
     """How long a poll thread may go without a turn before it counts as hung: a revoke waits
     up to revoke_timeout for in-flight messages, inside the rebalance callback."""
     return max(settings.revoke_timeout, settings.shutdown_timeout) + 30.0
-
-
-# Consumer-only librdkafka properties an AdminClient would warn about; connection and
-# security settings (SASL, TLS) must reach it.
-_CONSUMER_ONLY_PREFIXES = (
-    "fetch.",
-    "group.",
-    "auto.",
-    "enable.auto",
-    "max.poll",
-    "session.",
-    "heartbeat.",
-    "partition.assignment",
-    "isolation.",
-    "queued.",
-    "enable.partition.eof",
-    "check.crcs",
-    "consume.",
-)
-
-
-def _admin_properties(consumer: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in consumer.items() if not k.startswith(_CONSUMER_ONLY_PREFIXES)}
 
 
 # The young generation is collected after this many net allocations of container objects

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from kafkaworker import App, ConfigError, Message, Settings, load_settings
+from kafkaworker import App, BatchPolicy, ConfigError, Message, Settings, load_settings
 from kafkaworker.runtime.runner import resolve_specs
 from kafkaworker.runtime.source.consumer_group import consumer_config
-from kafkaworker.settings import settings_for_run
+from kafkaworker.settings import check_environment, settings_for_run
 
 
 @pytest.fixture(autouse=True)
@@ -92,8 +92,18 @@ def test_backoff_override_merges_with_the_decorator() -> None:
         (
             "kafka:\n  bootstrap_server: x\n",
             "unknown setting 'kafka.bootstrap_server' (settings file 'settings.yaml' or "
-            "KAFKAWORKER_* env): allowed keys are bootstrap_servers, group_protocol, consumer, "
-            "producer",
+            "KAFKAWORKER_* env): did you mean 'bootstrap_servers'? allowed keys are "
+            "bootstrap_servers, group_protocol, consumer, producer",
+        ),
+        (
+            "handlers:\n  h:\n    retrys: 3\n",
+            "unknown setting 'handlers.h.retrys' (settings file 'settings.yaml' or "
+            "KAFKAWORKER_* env): did you mean 'retries'? allowed keys are topics, group,",
+        ),
+        (
+            "shutdown_timout: 3\n",
+            "unknown setting 'shutdown_timout' (settings file 'settings.yaml' or "
+            "KAFKAWORKER_* env): did you mean 'shutdown_timeout'?",
         ),
         (
             "shutdown_timeout: soon\n",
@@ -182,3 +192,79 @@ def test_cli_overrides_merge_into_the_apps_own_settings_key_by_key(
     assert settings_for_run(own, None, {}) is own
     with pytest.raises(ConfigError, match=r"metrics\.port"):
         settings_for_run(own, None, {"metrics": {"port": 0}})
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("KAFKAWORKER_SHUTDOWN_TIMOUT", "KAFKAWORKER_SHUTDOWN_TIMEOUT"),
+        ("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVER", "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS"),
+        ("KAFKAWORKER_HANDLERS__HANDLE__RETRYS", "KAFKAWORKER_HANDLERS__HANDLE__RETRIES"),
+        ("KAFKAWORKER_DEADLETTER__PARTITIONS", "KAFKAWORKER_DEAD_LETTER__PARTITIONS"),
+    ],
+)
+def test_an_env_variable_that_sets_nothing_fails_naming_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, suggestion: str
+) -> None:
+    apps_own = Settings()
+    monkeypatch.setenv(name, "3")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value) == (
+        f"environment variable {name} matches no setting: did you mean {suggestion}? "
+        "(fix the name or unset it)"
+    )
+    # The app's own settings (App(settings=...)) are refused the same way at run time.
+    with pytest.raises(ConfigError, match=name):
+        settings_for_run(apps_own, None, {})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "KAFKAWORKER_SETTINGS",  # read by kafkaworker, not a setting
+        "KAFKAWORKER_PROCESS_INDEX",
+        "KAFKAWORKER_KAFKA__CONSUMER__FETCH_MIN_BYTES",  # raw client properties: any name
+        "KAFKAWORKER_HANDLERS__HANDLE__BACKOFF__MAX",
+        "kafkaworker_log_level",  # pydantic-settings matches names case-insensitively
+    ],
+)
+def test_env_variables_that_set_something_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    check_environment({name: "1"})
+
+
+def test_topics_and_batch_come_from_settings_so_one_codebase_runs_anywhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = App("svc")
+
+    @app.handler("orders", dlq="orders.dlq")
+    def handle(msg: Message[Any]) -> None:
+        pass
+
+    @app.handler("clicks", batch=BatchPolicy(max_size=10, max_wait=1.0))
+    def store(batch: list[Message[Any]]) -> None:
+        pass
+
+    Path("settings.yaml").write_text(
+        "handlers:\n"
+        "  handle:\n    topics: [staging.orders, staging.orders.eu]\n    dlq: staging.dlq\n"
+        "  store:\n    batch:\n      max_size: 200\n"
+    )
+    specs = {spec.name: spec for spec in resolve_specs(app, load_settings())}
+    assert specs["handle"].topics == ("staging.orders", "staging.orders.eu")
+    assert specs["handle"].dlq == "staging.dlq"
+    assert specs["store"].batch == BatchPolicy(max_size=200, max_wait=1.0)
+
+    monkeypatch.setenv("KAFKAWORKER_HANDLERS__HANDLE__TOPICS", "prod.orders")
+    assert resolve_specs(app, load_settings())[0].topics == ("prod.orders",)
+    monkeypatch.delenv("KAFKAWORKER_HANDLERS__HANDLE__TOPICS")
+
+    Path("settings.yaml").write_text("handlers:\n  handle:\n    batch:\n      max_size: 5\n")
+    with pytest.raises(ConfigError, match="handler 'handle' is not a batch handler"):
+        resolve_specs(app, load_settings())
+    Path("settings.yaml").write_text("handlers:\n  handle:\n    topics: [handle.dlq, 'a b']\n")
+    with pytest.raises(ConfigError, match="topic name"):
+        resolve_specs(app, load_settings())

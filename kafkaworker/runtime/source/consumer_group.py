@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ import orjson
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from kafkaworker import clients
 from kafkaworker.errors import StartupError
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.runtime.source import AssignmentListener, Partition, Record
@@ -21,7 +21,7 @@ log = structlog.get_logger("kafkaworker.source")
 def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dict[str, Any]:
     """librdkafka configuration for a handler's consumer; raw `kafka.consumer` keys win."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        **clients.base_config(settings),
         "group.id": spec.group or app_name,
         "client.id": f"{app_name}.{spec.name}",
         # At-least-once: the poll thread stores positions below which every message is
@@ -36,7 +36,6 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
         # partition again; its 1000 ms capped a backlog drain at about 150k records/s here
         # (the raw loop did 1.1M with 10 ms). The queue stays bounded by queued.max.messages.*.
         "fetch.queue.backoff.ms": 10,
-        "logger": logging.getLogger("kafkaworker.librdkafka"),
     }
     raw = settings.kafka.consumer
     kip848 = settings.kafka.group_protocol == "consumer" or raw.get("group.protocol") == "consumer"

@@ -1,0 +1,152 @@
+"""What every Kafka client the process creates shares: where the brokers are, where librdkafka
+logs, and how a client's failure to reach them is told (one line, the same everywhere).
+
+Handlers' consumers (runtime/source/consumer_group.py), the producer (producer.py), admin
+clients (admin.py, the runner's preflight) and the tools' consumers (dlq.py) all start from
+base_config(); raw `kafka.consumer` / `kafka.producer` properties are applied on top by each.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from confluent_kafka import KafkaError, KafkaException
+
+from kafkaworker.errors import StartupError
+from kafkaworker.observability.logging import LIBRDKAFKA_LOGGER
+from kafkaworker.settings import Settings
+
+T = TypeVar("T")
+
+METADATA_REFRESH_MS = 10_000
+
+# Short-lived clients whose failure to connect is reported in one line by the caller: their
+# own log lines ("Connect to ... failed", again and again) would only bury it.
+_QUIET = logging.getLogger(LIBRDKAFKA_LOGGER + ".quiet")
+_QUIET.setLevel(logging.CRITICAL)
+_QUIET.propagate = False
+
+# Consumer-only librdkafka properties an AdminClient would warn about; connection settings
+# (and security ones) must reach it.
+_CONSUMER_ONLY_PREFIXES = (
+    "fetch.",
+    "group.",
+    "auto.",
+    "enable.auto",
+    "max.poll",
+    "session.",
+    "heartbeat.",
+    "partition.assignment",
+    "isolation.",
+    "queued.",
+    "enable.partition.eof",
+    "check.crcs",
+    "consume.",
+)
+
+
+def base_config(settings: Settings, *, quiet: bool = False) -> dict[str, Any]:
+    """Connection settings every client gets. `quiet`: librdkafka's logs are dropped."""
+    return {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "logger": _QUIET if quiet else logging.getLogger(LIBRDKAFKA_LOGGER),
+        # Partitions added to a topic are seen (consumed, produced to) within this, not
+        # librdkafka's 5 minutes: one small metadata request per client every 10 s.
+        "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
+    }
+
+
+def connection_config(settings: Settings, *, quiet: bool = True) -> dict[str, Any]:
+    """A tool's client (an AdminClient, a consumer that joins no group): the connection
+    settings of the consumer's raw properties (security ones among them), none of its
+    consuming ones. Quiet by default: its caller reports a failure in one line."""
+    return {
+        **base_config(settings, quiet=quiet),
+        **{
+            key: value
+            for key, value in settings.kafka.consumer.items()
+            if not key.startswith(_CONSUMER_ONLY_PREFIXES)
+        },
+    }
+
+
+def unreachable(settings: Settings, timeout: float, error: BaseException) -> StartupError:
+    """The one line for a cluster that does not answer (or refuses us)."""
+    return StartupError(
+        f"cannot reach Kafka at {settings.kafka.bootstrap_servers} within {timeout:g}s "
+        f"({reason(error)}): check kafka.bootstrap_servers (env "
+        "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS) and that the brokers are up"
+    )
+
+
+def reason(error: BaseException) -> str:
+    """librdkafka's own words for an error, on one line."""
+    if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
+        return str(error.args[0].str())
+    if isinstance(error, KafkaError):
+        return str(error.str())
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def error_code(error: BaseException) -> int | None:
+    if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
+        return int(error.args[0].code())
+    return None
+
+
+# Blocking waits are cut into slices this long: a signal handler runs on the main thread only
+# between bytecodes, so one long C call would hold Ctrl+C back until it returned.
+SLICE = 0.25
+
+
+def result(future: Future[T], timeout: float) -> T:
+    """future.result(timeout), in slices that let Ctrl+C through at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return future.result(min(SLICE, max(0.0, deadline - time.monotonic())))
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise
+
+
+def in_thread(call: Callable[[], T]) -> Future[T]:
+    """Run a blocking client call on a thread of its own, so the caller waits in slices."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="kafkaworker-client-call", daemon=True).start()
+    return future
+
+
+def call(function: Callable[[], T], timeout: float) -> T:
+    """function() (a blocking client call bounded by its own timeout, below `timeout`) on a
+    thread of its own, waited for in slices."""
+    return result(in_thread(function), timeout)
+
+
+def metadata(client: Any, settings: Settings, timeout: float | None = None) -> Any:
+    """The cluster's metadata from any client (Consumer, Producer, AdminClient); the one
+    line of `unreachable` when the cluster does not answer within `timeout` (default:
+    startup_timeout)."""
+    timeout = settings.startup_timeout if timeout is None else timeout
+    try:
+        return call(lambda: client.list_topics(timeout=timeout), timeout + 1)
+    except (KafkaException, TimeoutError) as exc:
+        raise unreachable(settings, timeout, exc) from None
+
+
+def results(futures: Mapping[Any, Future[T]], timeout: float) -> dict[Any, T]:
+    """The results of several futures, within one `timeout` for all of them."""
+    deadline = time.monotonic() + timeout
+    return {key: result(f, max(0.0, deadline - time.monotonic())) for key, f in futures.items()}
