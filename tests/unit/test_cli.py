@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -41,7 +46,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_routes_lists_every_handler(project: Path) -> None:
+def test_routes_lists_every_handler(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
     result = CliRunner().invoke(cli, ["routes", "billing_app:app"])
     assert result.exit_code == 0, result.output
     lines = [line.split() for line in result.output.splitlines()]
@@ -53,6 +59,7 @@ def test_routes_lists_every_handler(project: Path) -> None:
         "ORDERING",
         "RETRIES",
         "DLQ",
+        "OUTPUT",
         "CODEC",
     ]
     assert lines[1] == [
@@ -63,9 +70,41 @@ def test_routes_lists_every_handler(project: Path) -> None:
         "key",
         "3",
         "billing.dlq",
+        "-",
         "json",
     ]
-    assert lines[2] == ["audit", "audit", "auditors", "8", "partition", "0", "-", "raw"]
+    assert lines[2] == ["audit", "audit", "auditors", "8", "partition", "0", "-", "-", "raw"]
+
+
+def test_routes_fit_80_columns_and_lose_nothing(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    result = CliRunner().invoke(cli, ["routes", "billing_app:app"])
+    assert result.exit_code == 0, result.output
+    assert max(map(len, result.output.splitlines())) <= 80
+    for shown in ("invoices", "refunds", "billing.dlq", "auditors", "partition"):
+        assert shown in result.output
+
+
+def test_routes_show_what_will_run_with_the_settings_file_and_environment(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project / "staging.yaml").write_text(
+        "handlers:\n  settle:\n    topics: [staging.invoices]\n    dlq: staging.billing.dlq\n"
+    )
+    monkeypatch.setenv("KAFKAWORKER_HANDLERS__AUDIT__TOPICS", "staging.audit,staging.audit2")
+    monkeypatch.setenv("KAFKAWORKER_HANDLERS__AUDIT__CONCURRENCY", "2")
+    result = CliRunner().invoke(
+        cli, ["routes", "billing_app:app", "--settings", "staging.yaml", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in orjson.loads(result.output)}
+    assert rows["settle"]["topics"] == "staging.invoices"
+    assert rows["settle"]["dlq"] == "staging.billing.dlq"
+    assert rows["settle"]["retries"] == "3"  # the decorator's, not overridden
+    assert rows["audit"]["topics"] == "staging.audit,staging.audit2"
+    assert rows["audit"]["concurrency"] == "2"
 
 
 @pytest.mark.parametrize(
@@ -114,3 +153,105 @@ def test_unreachable_broker_fails_fast_with_one_line(project: Path) -> None:
     assert errors[0].startswith("Error: cannot reach Kafka at 127.0.0.1:9 within 2s")
     assert "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS" in errors[0]
     assert elapsed < 30
+
+
+# Every command that talks to the cluster, as a user would type it.
+CLUSTER_COMMANDS = [
+    ["run", "billing_app:app"],
+    ["check", "billing_app:app"],
+    ["lag", "billing_app:app"],
+    ["lag", "--group", "billing"],
+    ["topics", "list"],
+    ["topics", "describe", "invoices"],
+    ["topics", "create", "invoices", "--partitions", "3"],
+    ["topics", "create", "--from", "billing_app:app"],
+    ["offsets", "show", "billing"],
+    ["offsets", "reset", "billing", "--topic", "invoices", "--to-earliest"],
+    ["produce", "invoices"],
+    ["dlq", "inspect", "billing.dlq"],
+    ["dlq", "replay", "billing.dlq"],
+]
+
+
+def _spawn(
+    project: Path, command: list[str], bootstrap: str, startup_timeout: float = 2
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kafkaworker", *command],
+        cwd=project,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKAWORKER_STARTUP_TIMEOUT": str(startup_timeout),
+            "PYTHONPATH": str(Path.cwd()),
+        },
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_every_command_with_an_unreachable_broker_says_so_in_one_line(project: Path) -> None:
+    # Started together: each waits out its 2 s startup_timeout.
+    running = [(command, _spawn(project, command, "127.0.0.1:9")) for command in CLUSTER_COMMANDS]
+    for command, process in running:
+        output, _ = process.communicate(timeout=60)
+        lines = output.strip().splitlines()
+        # check prints its FAIL line, then the count; every other command one Error: line.
+        assert process.returncode == 1, (command, output)
+        assert len(lines) <= 2, (command, output)
+        assert "cannot reach Kafka at 127.0.0.1:9 within 2s" in output, (command, output)
+        assert "librdkafka" not in output and "rdkafka#" not in output, (command, output)
+
+
+class SilentBroker:
+    """A port that accepts connections and never answers (a broker not up yet); `reached`
+    is set once a client connected, so a test knows the command is waiting on it."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.bootstrap = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self.reached = threading.Event()
+        self._accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self._accepted.append(self._listener.accept()[0])
+                self.reached.set()
+
+    def close(self) -> None:
+        for connection in self._accepted:
+            connection.close()
+        self._listener.close()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_the_cluster_does_not_answer_exits_at_once(
+    project: Path, signum: int, code: int
+) -> None:
+    brokers = [SilentBroker() for _ in CLUSTER_COMMANDS]
+    running = [
+        (command, _spawn(project, command, broker.bootstrap, startup_timeout=60))
+        for command, broker in zip(CLUSTER_COMMANDS, brokers, strict=True)
+    ]
+    try:
+        for (command, process), broker in zip(running, brokers, strict=True):
+            assert broker.reached.wait(30), (command, process.poll())
+        signalled = time.monotonic()
+        for _, process in running:
+            process.send_signal(signum)
+        for command, process in running:
+            process.communicate(timeout=30)
+            took = time.monotonic() - signalled
+            assert process.returncode == code, command
+            assert took < 2, (command, took)
+    finally:
+        for _, process in running:
+            process.kill()
+        for broker in brokers:
+            broker.close()

@@ -1,0 +1,41 @@
+"""`kafkaworker check MODULE:APP`: a preflight that consumes nothing (an init container, a CI
+step): one line per check, exit 1 on any failure."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kafkaworker.admin import KafkaAdmin, to_json
+from kafkaworker.cli.common import (
+    JSON_OPTION,
+    SETTINGS_OPTION,
+    echo_json,
+    load_app,
+    one_line,
+    settings_from,
+)
+
+
+@click.command()
+@click.argument("app_ref", metavar="MODULE:APP")
+@SETTINGS_OPTION
+@JSON_OPTION
+def check(app_ref: str, settings_path: str | None, as_json: bool) -> None:
+    """Check that MODULE:APP can run: brokers reachable, source topics exist, DLQ, retry and
+    output topics exist or can be created, its groups can be described."""
+    with one_line():
+        app = load_app(app_ref)
+        settings = settings_from(settings_path, app)
+        with KafkaAdmin(settings) as admin:
+            checks = admin.check(app)
+    failed = [c for c in checks if not c.ok]
+    if as_json:
+        echo_json({"ok": not failed, "checks": to_json(checks)})
+    else:
+        for c in checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+        click.echo(f"{len(checks) - len(failed)} of {len(checks)} checks passed", err=True)
+    if failed:
+        sys.exit(1)

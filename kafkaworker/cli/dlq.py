@@ -1,0 +1,144 @@
+"""`kafkaworker dlq inspect | replay`: read dead-letter topics and send their records back."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import orjson
+
+from kafkaworker import dlq as dlq_tools
+from kafkaworker.cli.common import SETTINGS_OPTION, one_line, settings_from
+
+
+@click.group()
+def dlq() -> None:
+    """Read and replay dead-letter topics."""
+
+
+@dlq.command("inspect")
+@click.argument("topic")
+@click.option("--limit", type=click.IntRange(min=1), help="show at most N records")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per record")
+@SETTINGS_OPTION
+def inspect(topic: str, limit: int | None, as_json: bool, settings_path: str | None) -> None:
+    """Show the records of a DLQ topic: where they came from and why they failed."""
+    with one_line():
+        settings = settings_from(settings_path)
+        shown = without_headers = 0
+        for record in dlq_tools.inspect(settings, topic, limit):
+            shown += 1
+            if not record.failure:
+                without_headers += 1
+            if as_json:
+                click.echo(orjson.dumps(record.as_json(topic)).decode())
+                continue
+            f = record.failure
+            if not f:
+                click.echo(
+                    f"{topic}[{record.partition}]@{record.offset}  (no kw.* failure headers)"
+                )
+                click.echo(f"  key={_preview(record.key)} value={_preview(record.value)}")
+                continue
+            click.echo(
+                f"{topic}[{record.partition}]@{record.offset}  from {record.origin}  "
+                f"handler {f.get('handler', '?')} (group {f.get('group', '?')})  "
+                f"attempts {f.get('attempts', '?')}  failed {f.get('failed_at', '?')}"
+            )
+            click.echo(f"  {f.get('error.type', '?')}: {f.get('error.message', '')}")
+            click.echo(f"  key={_preview(record.key)} value={_preview(record.value)}")
+        if not as_json:
+            click.echo(f"{shown} record(s) in {topic}", err=True)
+        if without_headers:
+            click.echo(
+                f"{without_headers} of {shown} record(s) have no kw.* failure headers: "
+                f"{topic} may not be a kafkaworker dead-letter topic",
+                err=True,
+            )
+
+
+@dlq.command("replay")
+@click.argument("topic")
+@click.option("--to", help="publish to this topic instead of each record's original topic")
+@click.option("--error-type", help="only records whose kw.error.type is NAME (or ends in .NAME)")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    help="only records that failed at or after this time (ISO 8601; UTC if no zone)",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="replay at most N records")
+@click.option(
+    "--rate", type=click.FloatRange(min=0, min_open=True), help="at most N records per second"
+)
+@click.option("--dry-run", is_flag=True, help="list what would be replayed; publish nothing")
+@click.option("--group", help="consumer group keeping the progress (default: derived)")
+@SETTINGS_OPTION
+def replay(  # noqa: PLR0917 - click passes every option by position
+    topic: str,
+    to: str | None,
+    error_type: str | None,
+    since: datetime | None,
+    limit: int | None,
+    rate: float | None,
+    dry_run: bool,
+    group: str | None,
+    settings_path: str | None,
+) -> None:
+    """Re-publish DLQ records to their original topic, byte for byte, once."""
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    selection = dlq_tools.ReplayFilter(error_type=error_type, since=since)
+    with one_line():
+        settings = settings_from(settings_path)
+        bar: Any = None
+
+        def on_total(total: int) -> None:
+            nonlocal bar
+            bar = click.progressbar(length=total, label=f"replaying {topic}", file=sys.stderr)
+            bar.__enter__()
+
+        def on_record(record: dlq_tools.DeadLetterRecord, chosen: bool) -> None:
+            if bar is not None:
+                bar.update(1)
+            if dry_run and chosen:
+                click.echo(
+                    f"would replay {topic}[{record.partition}]@{record.offset} -> "
+                    f"{to or record.failure.get('original.topic')}  "
+                    f"({record.failure.get('error.type', '?')})"
+                )
+
+        try:
+            result = dlq_tools.replay(
+                settings,
+                topic,
+                to=to,
+                selection=selection,
+                limit=limit,
+                rate=rate,
+                dry_run=dry_run,
+                group=group,
+                on_record=on_record,
+                on_total=on_total,
+            )
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    verb = "would replay" if dry_run else "replayed"
+    click.echo(
+        f"{verb} {result.replayed} of {result.scanned} record(s) from {topic} "
+        f"({result.filtered_out} filtered out)"
+    )
+    if result.without_origin:
+        raise click.ClickException(
+            f"{result.without_origin} record(s) have no kw.original.topic header: "
+            "replay them with --to TOPIC"
+        )
+
+
+def _preview(data: bytes | None, size: int = 120) -> str:
+    if data is None:
+        return "null"
+    text = data.decode("utf-8", "backslashreplace")
+    return repr(text if len(text) <= size else text[:size] + "...")

@@ -1,0 +1,71 @@
+"""`kafkaworker lag MODULE:APP | --group G`: offset and time lag per handler and partition."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from kafkaworker.admin import GroupOffsets, KafkaAdmin, to_json
+from kafkaworker.cli.common import (
+    JSON_OPTION,
+    SETTINGS_OPTION,
+    echo_json,
+    load_app,
+    one_line,
+    settings_from,
+)
+from kafkaworker.cli.offsets import group_table
+from kafkaworker.errors import ConfigError
+
+
+def _one_group(admin: KafkaAdmin, group: str | None) -> dict[str, GroupOffsets]:
+    assert group is not None
+    return {group: admin.group(group)}
+
+
+# Cursor home, clear to the end of the screen: a refresh redraws in place.
+_REDRAW = "\x1b[H\x1b[J"
+
+
+@click.command()
+@click.argument("app_ref", metavar="MODULE:APP", required=False)
+@click.option("--group", help="a consumer group instead of an app's handlers")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.5),
+    metavar="SECONDS",
+    help="refresh every SECONDS until Ctrl+C",
+)
+@SETTINGS_OPTION
+@JSON_OPTION
+def lag(
+    app_ref: str | None,
+    group: str | None,
+    watch: float | None,
+    settings_path: str | None,
+    as_json: bool,
+) -> None:
+    """Offset lag and time lag per handler (or of --group) and partition."""
+    with one_line():
+        if (app_ref is None) == (group is None):
+            raise ConfigError("give MODULE:APP or --group GROUP (one of them)")
+        app = load_app(app_ref) if app_ref is not None else None
+        settings = settings_from(settings_path, app)
+        with KafkaAdmin(settings) as admin:
+            while True:
+                found = admin.lag(app) if app is not None else _one_group(admin, group)
+                if as_json:
+                    echo_json(to_json(found))
+                else:
+                    text = "\n\n".join(
+                        (f"handler {name}: " if app is not None else "") + group_table(offsets)
+                        for name, offsets in found.items()
+                    )
+                    if watch is not None and sys.stdout.isatty():
+                        text = _REDRAW + time.strftime("%H:%M:%S ") + f"every {watch:g}s\n" + text
+                    click.echo(text)
+                if watch is None:
+                    return
+                time.sleep(watch)

@@ -1,0 +1,156 @@
+"""`kafkaworker offsets show | reset`: a group's committed offsets, lag, and moving them (by
+offset or by time: replay, or skipping ahead)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from kafkaworker.admin import GroupOffsets, KafkaAdmin, to_json
+from kafkaworker.cli.common import (
+    JSON_OPTION,
+    SETTINGS_OPTION,
+    duration,
+    echo_json,
+    one_line,
+    settings_from,
+    table,
+)
+from kafkaworker.errors import ConfigError
+
+
+class IsoDateTime(click.ParamType[datetime]):
+    """ISO 8601 (2026-11-28T09:30:00+01:00, 2026-11-28T08:30Z, 2026-11-28); UTC if no zone."""
+
+    name = "ISO8601"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time (e.g. 2026-11-28T09:30:00Z)", param, ctx)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@click.group()
+def offsets() -> None:
+    """Show a group's offsets and lag; move them."""
+
+
+@offsets.command("show")
+@click.argument("group")
+@click.option("--topic", help="only this topic (and its partitions never committed)")
+@SETTINGS_OPTION
+@JSON_OPTION
+def show(group: str, topic: str | None, settings_path: str | None, as_json: bool) -> None:
+    """GROUP's state and members, and per partition the committed offset, log end, lag and
+    time lag (how old the first record not consumed yet is)."""
+    with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
+        found = admin.group(group, topic)
+    if as_json:
+        echo_json(to_json(found))
+        return
+    click.echo(group_table(found))
+
+
+def group_table(found: GroupOffsets) -> str:
+    lines = [f"group {found.group}: {found.state}, {len(found.members)} member(s), lag {found.lag}"]
+    for member in found.members:
+        assigned = ",".join(member.assignment) or "nothing"
+        lines.append(f"  {member.client_id} ({member.host}): {assigned}")
+    if not found.partitions:
+        lines.append("no committed offsets (give --topic to see a topic's lag)")
+        return "\n".join(lines)
+    rows = [
+        {
+            "topic": p.topic,
+            "partition": p.partition,
+            "committed": p.committed,
+            "log_end": p.log_end,
+            "lag": p.lag,
+            "time_lag": duration(p.time_lag),
+        }
+        for p in found.partitions
+    ]
+    columns = ["topic", "partition", "committed", "log_end", "lag", "time_lag"]
+    lines.append(table(rows, columns, right=columns[1:]))
+    return "\n".join(lines)
+
+
+@offsets.command("reset")
+@click.argument("group")
+@click.option("--topic", required=True, help="the topic whose offsets move")
+@click.option("--to-earliest", is_flag=True, help="to the start of the log")
+@click.option("--to-latest", is_flag=True, help="to the end of the log (skip everything)")
+@click.option("--to-offset", type=click.IntRange(min=0), help="to this offset")
+@click.option("--to-datetime", type=IsoDateTime(), help="to the first record at or after this time")
+@click.option("--shift-by", type=int, help="by N (negative: back)")
+@click.option(
+    "--partition",
+    "partitions",
+    type=click.IntRange(min=0),
+    multiple=True,
+    help="only this partition (repeatable; default: all)",
+)
+@click.option("--execute", is_flag=True, help="apply it (without: a dry run)")
+@SETTINGS_OPTION
+@JSON_OPTION
+def reset(  # noqa: PLR0917 - click passes every option by position
+    group: str,
+    topic: str,
+    to_earliest: bool,
+    to_latest: bool,
+    to_offset: int | None,
+    to_datetime: datetime | None,
+    shift_by: int | None,
+    partitions: tuple[int, ...],
+    execute: bool,
+    settings_path: str | None,
+    as_json: bool,
+) -> None:
+    """Move GROUP's committed offsets on --topic. A dry run unless --execute; refused while
+    the group has active members (stop its workers first)."""
+    with one_line():
+        selectors = [to_earliest, to_latest, to_offset is not None]
+        selectors += [to_datetime is not None, shift_by is not None]
+        if sum(selectors) != 1:
+            raise ConfigError(
+                "give one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by"
+            )
+        with KafkaAdmin(settings_from(settings_path)) as admin:
+            changes = admin.reset_offsets(
+                group,
+                topic,
+                to_earliest=to_earliest,
+                to_latest=to_latest,
+                to_offset=to_offset,
+                to_datetime=to_datetime,
+                shift_by=shift_by,
+                partitions=partitions or None,
+                execute=execute,
+            )
+    if as_json:
+        echo_json({"executed": execute, "changes": to_json(changes)})
+        return
+    rows = [
+        {
+            "topic": c.topic,
+            "partition": c.partition,
+            "current": c.current,
+            "target": c.target,
+            "change": c.target - c.current if c.current is not None else None,
+        }
+        for c in changes
+    ]
+    columns = ["topic", "partition", "current", "target", "change"]
+    click.echo(table(rows, columns, right=columns[1:]))
+    if execute:
+        click.echo(f"moved group {group} on {topic}")
+    else:
+        click.echo("dry run: nothing changed; add --execute to apply")
