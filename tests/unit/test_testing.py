@@ -269,3 +269,33 @@ def test_the_kafka_broker_fixture_skips_without_java_or_maven(
     monkeypatch.setenv("CI", "1")  # there it must fail, not skip
     with pytest.raises(BrokerError, match="'java' is not on PATH"):
         next(fixture())
+
+
+def test_the_dlq_traceback_is_the_last_attempts_without_the_frameworks_frames(kind: str) -> None:
+    app = App("svc")
+
+    def charge(msg: Message[Any]) -> None:
+        try:
+            raise KeyError(f"card of attempt {msg.attempt}")
+        except KeyError as exc:
+            raise Down(f"payment failed on attempt {msg.attempt}") from exc
+
+    @app.handler("pay", retries=2, backoff=Backoff(initial=0, max=0), dlq="pay.dlq")
+    @of_kind(kind)
+    def handle(msg: Message[Any]) -> None:
+        charge(msg)
+
+    with TestClient(app) as client:
+        assert client.send("pay", {"id": 1}).outcome == "dead_lettered"
+    [dead] = client.records("pay.dlq")
+    text = (dead.header("kw.error.traceback") or b"").decode()
+    assert "payment failed on attempt 3" in text and "card of attempt 3" in text
+    assert "attempt 1" not in text and "attempt 2" not in text
+    frames = [line for line in text.splitlines() if line.lstrip().startswith('File "')]
+    assert frames, text
+    assert not [f for f in frames if "/kafkaworker/" in f or "/asyncio/" in f], text
+    # The cause raised and caught in charge(); the error itself from the handler on.
+    # (of_kind's async form runs the body in a thread: its two frames come between.)
+    names = [f.split(", in ")[-1] for f in frames]
+    assert (names[0], names[-2:]) == ("charge", ["handle", "charge"]), text
+    assert len(names) == (3 if kind == "sync" else 5), text

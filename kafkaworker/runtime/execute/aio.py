@@ -250,14 +250,18 @@ class AsyncPool(LaneExecutor):
                         break
                     msg = chunk.popleft()
                     if plain:
+                        failed: BaseException | None = None
                         try:
                             await call(msg)
                         except BaseException as exc:  # the policy decides
                             if isinstance(exc, asyncio.CancelledError) and cancelling():
                                 raise
-                            self._settle(msg, await self._attempt(msg, exc), run, self._put)
-                        else:
+                            failed = exc
+                        if failed is None:
                             finished(msg.offset)
+                        else:
+                            # Outside the except block (see pool.py).
+                            self._settle(msg, await self._attempt(msg, failed), run, self._put)
                     else:
                         self._settle(msg, await self._attempt(msg, None), run, self._put)
                     msg = None

@@ -218,9 +218,13 @@ class WorkerPool(LaneExecutor):
                     try:
                         call(msg)
                     except BaseException as exc:  # noqa: BLE001 - the failure policy decides
-                        settle(msg, self._attempt(msg, flush, exc))
+                        failed = exc
                     else:
                         finished(msg.offset)
+                        continue
+                    # Not inside the except block: the retries would run while it is handled,
+                    # and each attempt's error would chain the previous ones as its context.
+                    settle(msg, self._attempt(msg, flush, failed))
                 else:
                     settle(msg, self._attempt(msg, flush, None))
             measured = before - len(chunk)

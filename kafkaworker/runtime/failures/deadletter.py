@@ -7,6 +7,8 @@ once the broker has acknowledged the record.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import traceback
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -18,6 +20,13 @@ from kafkaworker.runtime.failures.retrytopics import Stage
 
 TRACEBACK_LIMIT = 8 * 1024
 MESSAGE_LIMIT = 4 * 1024
+
+# The call machinery above a handler: the executors (threads, the event loop) and asyncio.
+_FRAMEWORK = tuple(
+    os.path.dirname(module.__file__) + os.sep
+    for module in (headers, asyncio)
+    if module.__file__ is not None
+)
 
 
 def error_type(error: BaseException) -> str:
@@ -54,10 +63,36 @@ def _error_headers(error: BaseException) -> list[tuple[str, bytes]]:
     ]
 
 
+def format_traceback(error: BaseException) -> str:
+    """The failed attempt's traceback as the user would want it in a DLQ header: the frames of
+    kafkaworker's own call machinery above the handler are left out (a dozen lines of executor
+    and failure-policy frames, the same in every record), for the error and each exception
+    chained to it. A traceback with no frame outside kafkaworker (a payload that does not
+    decode, say) is kept whole: its frames are where the error is."""
+    described = traceback.TracebackException.from_exception(error)
+    seen: set[int] = set()
+    pending = [described]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        frames = list(current.stack)
+        first_own = next((i for i, f in enumerate(frames) if not _framework(f.filename)), None)
+        if first_own:
+            current.stack = traceback.StackSummary.from_list(frames[first_own:])
+        pending += [c for c in (current.__cause__, current.__context__) if c is not None]
+    return "".join(described.format())
+
+
+def _framework(filename: str) -> bool:
+    return filename.startswith(_FRAMEWORK)
+
+
 def failure_headers(
     msg: Message[Any], *, group: str, handler: str, error: BaseException
 ) -> list[tuple[str, bytes]]:
-    formatted = "".join(traceback.format_exception(error)).encode()
+    formatted = format_traceback(error).encode()
     if len(formatted) > TRACEBACK_LIMIT:
         # The tail holds the innermost frames and the message: the part worth keeping.
         formatted = b"...\n" + formatted[-(TRACEBACK_LIMIT - 4) :]
