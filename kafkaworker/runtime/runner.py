@@ -193,7 +193,9 @@ class Runner:
             "worker stopped",
             app=self.app.name,
             seconds=round(time.monotonic() - stopping, 2),
-            unfinished=unfinished or None,
+            # Messages in flight when shutdown_timeout ran out (not committed: delivered again).
+            unfinished=sum(sum(counts.values()) for counts in unfinished.values()),
+            **({"unfinished_by_partition": unfinished} if unfinished else {}),
         )
         return 1 if failed or errors else 0
 

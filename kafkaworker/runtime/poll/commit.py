@@ -85,6 +85,11 @@ class StoredOffsetCommit:
             self._source.store(positions)
             self._source.commit(positions)
             self.commits += 1
+            log.debug(
+                "committed",
+                handler=self._handler,
+                positions={str(p): offset for p, offset in positions.items()},
+            )
         except KafkaException as exc:
             # Not a delivery problem: uncommitted work is delivered again, never skipped.
             log.warning("commit failed", handler=self._handler, error=str(exc))

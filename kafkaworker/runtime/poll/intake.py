@@ -155,6 +155,14 @@ class Intake:
         if state.topic in self._delayed.topics:
             ready = self._delayed.admit(state, messages)
             held = len(ready) < len(messages)
+            if held:
+                log.debug(
+                    "retry-topic records held until due",
+                    handler=self._handler,
+                    partition=str(state.topic_partition),
+                    held=len(messages) - len(ready),
+                    first_held=messages[len(ready)].offset,
+                )
             messages = ready
         if messages:
             runs.append((state, messages))

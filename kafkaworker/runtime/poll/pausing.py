@@ -35,20 +35,35 @@ class Pausing:
         self._breaker = breaker
         self._circuit_open = metrics.circuit_open.labels(handler)
         self._handler = handler
+        # Why each partition paused by the last update() was paused: for the DEBUG log.
+        self.reasons: dict[PartitionState, str] = {}
 
     def update(
         self, partitions: Collection[PartitionState], handler_seconds: float
     ) -> tuple[list[PartitionState], list[PartitionState]]:
-        """The partitions to pause and to resume now; their `paused` is set accordingly."""
+        """The partitions to pause and to resume now; their `paused` is set accordingly, and
+        `reasons` says why each one paused now was."""
         keep_paused = self.backpressure.limited(partitions, handler_seconds)
         breaker_open = self._update_breaker()
         pause: list[PartitionState] = []
         resume: list[PartitionState] = []
+        reasons = self.reasons
+        reasons.clear()
         for state in partitions:
             want = state in keep_paused or breaker_open or self._delayed.holds(state)
             if want != state.paused and not state.revoked:
                 state.paused = want
-                (pause if want else resume).append(state)
+                if want:
+                    pause.append(state)
+                    reasons[state] = (
+                        "circuit breaker open"
+                        if breaker_open
+                        else "delayed retry not due"
+                        if self._delayed.holds(state)
+                        else "backpressure"
+                    )
+                else:
+                    resume.append(state)
         return pause, resume
 
     def _update_breaker(self) -> bool:

@@ -253,14 +253,40 @@ class Poller:
         pause, resume = self._pausing.update(
             self._partitions.values(), self._executor.recent_handler_seconds
         )
-        self.stats.withheld = self._pausing.backpressure.withheld
+        backpressure = self._pausing.backpressure
+        if backpressure.withheld != self.stats.withheld:
+            self.stats.withheld = backpressure.withheld
+            log.debug(
+                "backpressure: withholding records instead of pausing (the handler is fast "
+                "enough to catch up)",
+                handler=self.spec.name,
+                pending=self._in_flight,
+                max_pending=backpressure.max_pending,
+            )
         if pause:
             self._source.pause([s.topic_partition for s in pause])
             self.stats.pauses += 1
-            log.debug("paused", handler=self.spec.name, partitions=_names(pause))
+            by_reason: dict[str, list[PartitionState]] = {}
+            for state in pause:
+                by_reason.setdefault(self._pausing.reasons[state], []).append(state)
+            for reason, states in by_reason.items():
+                log.debug(
+                    "paused",
+                    handler=self.spec.name,
+                    reason=reason,
+                    partitions=_names(states),
+                    pending={str(s.topic_partition): len(s.offsets) for s in states},
+                    max_pending=backpressure.max_pending,
+                    max_pending_per_partition=backpressure.max_pending_per_partition,
+                )
         if resume:
             self._source.resume([s.topic_partition for s in resume])
-            log.debug("resumed", handler=self.spec.name, partitions=_names(resume))
+            log.debug(
+                "resumed",
+                handler=self.spec.name,
+                partitions=_names(resume),
+                pending={str(s.topic_partition): len(s.offsets) for s in resume},
+            )
 
     # -- rebalances: the AssignmentListener, called on this thread inside fetch() ----------
 

@@ -101,6 +101,7 @@ class ConsumerGroupSource:
         # Partitions revoked or lost since fetch() took its first record (see fetch()).
         self._revoked: set[Partition] = set()
         config = dict(config)
+        self._group_protocol = config.get("group.protocol", "classic")
         config["on_commit"] = self._on_commit  # librdkafka's periodic commits report here
         if config.get("group.protocol") == "consumer":
             config["stats_cb"] = self._on_statistics  # called inside poll(): the poll thread
@@ -175,6 +176,15 @@ class ConsumerGroupSource:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._listener is not None
+        log.debug(
+            "assignment",
+            handler=self._handler,
+            member_id=consumer.memberid(),
+            group_protocol=self._group_protocol,
+            added=[f"{tp.topic}[{tp.partition}]" for tp in partitions],
+            # Before this callback: an incremental (cooperative) assignment adds to it.
+            held_before=[f"{tp.topic}[{tp.partition}]" for tp in consumer.assignment()],
+        )
         self._listener.on_assign(_partitions(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -199,8 +209,15 @@ class ConsumerGroupSource:
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = [tp for tp in partitions if tp.error is not None]
         error = error or (failed[0].error if failed else None)
-        if error is None or error.code() == KafkaError._NO_OFFSET:
-            return  # committed, or nothing to commit
+        if error is None:
+            log.debug(
+                "committed (periodic)",
+                handler=self._handler,
+                positions={f"{tp.topic}[{tp.partition}]": tp.offset for tp in partitions},
+            )
+            return
+        if error.code() == KafkaError._NO_OFFSET:
+            return  # nothing to commit
         # Not a delivery problem: what is stored is committed again at the next interval, and
         # uncommitted work is delivered again, never skipped. During a rebalance it is routine.
         routine = error.code() in _REBALANCING
