@@ -95,7 +95,10 @@ def test_inspect_shows_origin_and_error_of_each_record(
 def test_inspect_names_a_missing_topic(kafka_bootstrap: str, tmp_path: Path) -> None:
     result = run(kafka_bootstrap, tmp_path, "dlq", "inspect", "no-such-dlq")
     assert result.exit_code == 1
-    assert result.output == "Error: topic 'no-such-dlq' does not exist: check the name\n"
+    assert result.output == (
+        f"Error: topic 'no-such-dlq' does not exist on {kafka_bootstrap}: "
+        "check the name (kafkaworker topics list)\n"
+    )
 
 
 def test_replay_moves_exactly_the_selected_records_once(
