@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from kafkaworker.errors import StartupError
 from kafkaworker.observability.logging import LIBRDKAFKA_LOGGER
-from kafkaworker.settings import Settings
+from kafkaworker.settings import SecuritySettings, Settings
 
 T = TypeVar("T")
 
@@ -51,14 +51,54 @@ _CONSUMER_ONLY_PREFIXES = (
 
 
 def base_config(settings: Settings, *, quiet: bool = False) -> dict[str, Any]:
-    """Connection settings every client gets. `quiet`: librdkafka's logs are dropped."""
+    """Connection settings every client gets, security included. `quiet`: librdkafka's logs
+    are dropped."""
     return {
         "bootstrap.servers": settings.kafka.bootstrap_servers,
         "logger": _QUIET if quiet else logging.getLogger(LIBRDKAFKA_LOGGER),
         # Partitions added to a topic are seen (consumed, produced to) within this, not
         # librdkafka's 5 minutes: one small metadata request per client every 10 s.
         "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
+        **security_config(settings.kafka.security),
     }
+
+
+def security_config(security: SecuritySettings) -> dict[str, Any]:
+    """kafka.security as librdkafka properties (secret files are read now: a rotated mounted
+    secret is picked up by the next client created)."""
+    config: dict[str, Any] = {"security.protocol": security.protocol}
+    sasl = security.sasl
+    if sasl is not None:
+        config["sasl.mechanism"] = sasl.mechanism
+        if sasl.oauthbearer is not None:
+            oauth = sasl.oauthbearer
+            config["sasl.oauthbearer.method"] = oauth.method
+            config["sasl.oauthbearer.client.id"] = oauth.client_id
+            config["sasl.oauthbearer.client.secret"] = oauth.secret()
+            config["sasl.oauthbearer.token.endpoint.url"] = oauth.token_endpoint_url
+            if oauth.scope is not None:
+                config["sasl.oauthbearer.scope"] = oauth.scope
+            if oauth.extensions is not None:
+                config["sasl.oauthbearer.extensions"] = oauth.extensions
+        else:
+            config["sasl.username"] = sasl.username
+            config["sasl.password"] = sasl.secret()
+    if security.protocol.endswith("SSL"):
+        ssl = security.ssl
+        for key, path in (
+            ("ssl.ca.location", ssl.ca_location),
+            ("ssl.certificate.location", ssl.certificate_location),
+            ("ssl.key.location", ssl.key_location),
+        ):
+            if path is not None:
+                config[key] = str(path)
+        key_password = ssl.key_secret()
+        if key_password is not None:
+            config["ssl.key.password"] = key_password
+        config["ssl.endpoint.identification.algorithm"] = (
+            "https" if ssl.endpoint_identification else "none"
+        )
+    return config
 
 
 def connection_config(settings: Settings, *, quiet: bool = True) -> dict[str, Any]:

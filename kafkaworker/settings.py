@@ -21,8 +21,10 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -48,13 +50,170 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _readable(path: Path | None, what: str) -> None:
+    """A file named by a setting must be readable now, not at the first connection, where
+    librdkafka's error would come late and name no setting."""
+    if path is None:
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{what} {str(path)!r} cannot be read ({exc.strerror})") from None
+
+
+def _secret_from(value: SecretStr | None, path: Path | None) -> str | None:
+    if path is not None:
+        # A mounted secret (Kubernetes) ends with a newline more often than not.
+        return path.read_text().rstrip("\r\n")
+    return value.get_secret_value() if value is not None else None
+
+
+class OAuthBearerSettings(_Strict):
+    """SASL/OAUTHBEARER with librdkafka's built-in OIDC client-credentials flow
+    (sasl.oauthbearer.method=oidc): it fetches and refreshes the token itself."""
+
+    method: Literal["oidc"] = "oidc"
+    client_id: str
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    token_endpoint_url: str
+    scope: str | None = None
+    # librdkafka's "key=value,key=value" form (e.g. logicalCluster=lkc-123,identityPoolId=...).
+    extensions: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> OAuthBearerSettings:
+        if (self.client_secret is None) == (self.client_secret_file is None):
+            raise ValueError("set one of client_secret and client_secret_file")
+        _readable(self.client_secret_file, "client_secret_file")
+        return self
+
+    def secret(self) -> str | None:
+        return _secret_from(self.client_secret, self.client_secret_file)
+
+
+class SaslSettings(_Strict):
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None  # a mounted secret, read when a client is created
+    oauthbearer: OAuthBearerSettings | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SaslSettings:
+        if self.mechanism == "OAUTHBEARER":
+            if self.oauthbearer is None:
+                raise ValueError(
+                    "mechanism OAUTHBEARER needs sasl.oauthbearer (client_id, client_secret, "
+                    "token_endpoint_url)"
+                )
+            if self.username or self.password or self.password_file:
+                raise ValueError("OAUTHBEARER takes no username or password: remove them")
+            return self
+        if self.oauthbearer is not None:
+            raise ValueError(f"sasl.oauthbearer is for mechanism OAUTHBEARER, not {self.mechanism}")
+        if not self.username:
+            raise ValueError(f"mechanism {self.mechanism} needs sasl.username")
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError(f"mechanism {self.mechanism} needs one of password and password_file")
+        _readable(self.password_file, "password_file")
+        return self
+
+    def secret(self) -> str | None:
+        return _secret_from(self.password, self.password_file)
+
+
+class SslSettings(_Strict):
+    ca_location: Path | None = None  # None: the system's CA certificates
+    certificate_location: Path | None = None  # the client certificate, for mTLS
+    key_location: Path | None = None
+    key_password: SecretStr | None = None
+    key_password_file: Path | None = None
+    # Check that the broker's certificate names the host connected to (librdkafka's https).
+    endpoint_identification: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> SslSettings:
+        if (self.certificate_location is None) != (self.key_location is None):
+            raise ValueError("mTLS needs both certificate_location and key_location")
+        if self.key_password is not None and self.key_password_file is not None:
+            raise ValueError("set one of key_password and key_password_file")
+        _readable(self.ca_location, "ca_location")
+        _readable(self.certificate_location, "certificate_location")
+        _readable(self.key_location, "key_location")
+        _readable(self.key_password_file, "key_password_file")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return (
+            any(
+                value is not None
+                for value in (
+                    self.ca_location,
+                    self.certificate_location,
+                    self.key_location,
+                    self.key_password,
+                    self.key_password_file,
+                )
+            )
+            or not self.endpoint_identification
+        )
+
+    def key_secret(self) -> str | None:
+        return _secret_from(self.key_password, self.key_password_file)
+
+
+class SecuritySettings(_Strict):
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl: SaslSettings | None = None
+    ssl: SslSettings = Field(default_factory=SslSettings)
+
+    @model_validator(mode="after")
+    def _check(self) -> SecuritySettings:
+        # Declared but never used would be a silent downgrade: refuse it.
+        uses_sasl = self.protocol.startswith("SASL_")
+        if uses_sasl and self.sasl is None:
+            raise ValueError(f"protocol {self.protocol} needs sasl (mechanism, credentials)")
+        if self.sasl is not None and not uses_sasl:
+            raise ValueError(
+                f"sasl is set but protocol is {self.protocol}: use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if self.ssl.configured and not self.protocol.endswith("SSL"):
+            raise ValueError(f"ssl is set but protocol is {self.protocol}: use SSL or SASL_SSL")
+        return self
+
+
 class KafkaSettings(_Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     # "classic" uses cooperative-sticky assignment; "consumer" is KIP-848's broker-side protocol.
     group_protocol: Literal["classic", "consumer"] = "classic"
-    # Raw librdkafka properties, passed through: e.g. {"fetch.min.bytes": 1}.
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    # Raw librdkafka properties, passed through: e.g. {"fetch.min.bytes": 1}. They win over
+    # what kafkaworker sets (security included), for anything its settings do not cover.
     consumer: dict[str, ClientValue] = Field(default_factory=dict)
     producer: dict[str, ClientValue] = Field(default_factory=dict)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Raw properties may hold secrets too (sasl.password, ssl.key.password...).
+        for name, value in super().__repr_args__():
+            masked = name in ("consumer", "producer") and isinstance(value, dict)
+            yield name, masked_properties(value) if masked else value
+
+
+def masked_properties(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """Client properties as they may be shown: secret values masked."""
+    return {k: "**********" if is_secret_key(k) else v for k, v in properties.items()}
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a librdkafka property (or a setting's key) holds a secret."""
+    lowered = key.lower()
+    return any(
+        word in lowered
+        for word in ("password", "secret", "ssl.key.pem", "jaas", "user.info", "token")
+    )
 
 
 class BackoffSettings(_Strict):
@@ -88,6 +247,11 @@ class SchemaRegistrySettings(_Strict):
 
     url: str
     config: dict[str, ClientValue] = Field(default_factory=dict)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            masked = name == "config" and isinstance(value, dict)
+            yield name, masked_properties(value) if masked else value
 
 
 class MetricsSettings(_Strict):
@@ -282,7 +446,11 @@ def _one_line(exc: ValidationError, yaml_path: Path | None) -> str:
         listed = "allowed keys are " + ", ".join(allowed) if allowed else "not a known key"
         return f"unknown setting {key!r}{source}: {hint}{listed}{more}"
     value = error.get("input")
-    return f"setting {key}={value!r} is invalid{source}: {error['msg']}{more}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if isinstance(value, Mapping | list) or is_secret_key(key):
+        # A model's own check (its input: the whole section, secrets included), or a secret.
+        return f"setting {key} is invalid{source}: {message}{more}"
+    return f"setting {key}={value!r} is invalid{source}: {message}{more}"
 
 
 def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:

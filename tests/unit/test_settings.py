@@ -93,7 +93,7 @@ def test_backoff_override_merges_with_the_decorator() -> None:
             "kafka:\n  bootstrap_server: x\n",
             "unknown setting 'kafka.bootstrap_server' (settings file 'settings.yaml' or "
             "KAFKAWORKER_* env): did you mean 'bootstrap_servers'? allowed keys are "
-            "bootstrap_servers, group_protocol, consumer, producer",
+            "bootstrap_servers, group_protocol, security, consumer, producer",
         ),
         (
             "handlers:\n  h:\n    retrys: 3\n",

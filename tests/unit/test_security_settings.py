@@ -1,0 +1,198 @@
+"""kafka.security: typed TLS/SASL settings, applied once to every client, secrets masked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kafkaworker import App, ConfigError, Message, load_settings
+from kafkaworker.clients import base_config, connection_config
+from kafkaworker.producer import producer_config
+from kafkaworker.runtime.runner import resolve_specs
+from kafkaworker.runtime.source.consumer_group import consumer_config
+
+SECRET = "s3cret-Pa55"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KAFKAWORKER_SETTINGS", raising=False)
+    return tmp_path
+
+
+def write_settings(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.yaml"
+    path.write_text(text)
+    return path
+
+
+def every_client_config(settings: Any) -> list[dict[str, Any]]:
+    app = App("svc")
+
+    @app.handler("orders")
+    def handle(msg: Message[Any]) -> None:
+        pass
+
+    [spec] = resolve_specs(app, settings)
+    return [
+        consumer_config("svc", spec, settings),
+        producer_config(settings),
+        connection_config(settings),
+        base_config(settings),
+    ]
+
+
+def test_scram_from_the_environment_reaches_every_client(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    for name, value in {
+        "PROTOCOL": "SASL_SSL",
+        "SASL__MECHANISM": "SCRAM-SHA-512",
+        "SASL__USERNAME": "app",
+        "SASL__PASSWORD": SECRET,
+        "SSL__CA_LOCATION": str(ca),
+    }.items():
+        monkeypatch.setenv(f"KAFKAWORKER_KAFKA__SECURITY__{name}", value)
+    settings = load_settings()
+    for config in every_client_config(settings):
+        assert {
+            key: config[key]
+            for key in (
+                "security.protocol",
+                "sasl.mechanism",
+                "sasl.username",
+                "sasl.password",
+                "ssl.ca.location",
+                "ssl.endpoint.identification.algorithm",
+            )
+        } == {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "app",
+            "sasl.password": SECRET,
+            "ssl.ca.location": str(ca),
+            "ssl.endpoint.identification.algorithm": "https",
+        }
+    assert SECRET not in repr(settings) and SECRET not in str(settings)
+    assert SECRET not in repr(settings.kafka.security.sasl)
+
+
+def test_mtls_with_a_key_password_file_read_without_its_newline(tmp_path: Path) -> None:
+    for name in ("client.pem", "client.key"):
+        (tmp_path / name).write_text("pem")
+    (tmp_path / "key-password").write_text(SECRET + "\n")
+    settings = load_settings(
+        write_settings(
+            tmp_path,
+            "kafka:\n  security:\n    protocol: SSL\n    ssl:\n"
+            "      certificate_location: client.pem\n      key_location: client.key\n"
+            "      key_password_file: key-password\n      endpoint_identification: false\n",
+        )
+    )
+    config = base_config(settings)
+    assert config["security.protocol"] == "SSL"
+    assert (config["ssl.certificate.location"], config["ssl.key.location"]) == (
+        "client.pem",
+        "client.key",
+    )
+    assert config["ssl.key.password"] == SECRET
+    assert config["ssl.endpoint.identification.algorithm"] == "none"
+    assert "sasl.mechanism" not in config
+
+
+def test_oauthbearer_oidc_client_credentials(tmp_path: Path) -> None:
+    settings = load_settings(
+        write_settings(
+            tmp_path,
+            "kafka:\n  security:\n    protocol: SASL_SSL\n    sasl:\n"
+            "      mechanism: OAUTHBEARER\n      oauthbearer:\n        client_id: worker\n"
+            f"        client_secret: {SECRET}\n"
+            "        token_endpoint_url: https://idp.example/oauth2/token\n"
+            "        scope: kafka\n        extensions: logicalCluster=lkc-1\n",
+        )
+    )
+    config = base_config(settings)
+    assert {k: v for k, v in config.items() if k.startswith("sasl.")} == {
+        "sasl.mechanism": "OAUTHBEARER",
+        "sasl.oauthbearer.method": "oidc",
+        "sasl.oauthbearer.client.id": "worker",
+        "sasl.oauthbearer.client.secret": SECRET,
+        "sasl.oauthbearer.token.endpoint.url": "https://idp.example/oauth2/token",
+        "sasl.oauthbearer.scope": "kafka",
+        "sasl.oauthbearer.extensions": "logicalCluster=lkc-1",
+    }
+    assert SECRET not in repr(settings)
+
+
+def test_raw_client_properties_still_win_and_are_masked_in_the_repr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__MECHANISM", "PLAIN")
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__USERNAME", "app")
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__PASSWORD", "typed")
+    monkeypatch.setenv(
+        "KAFKAWORKER_KAFKA__CONSUMER",
+        f'{{"sasl.password": "{SECRET}", "sasl.kerberos.service.name": "kafka"}}',
+    )
+    settings = load_settings()
+    [consumer, _producer, tool, _base] = every_client_config(settings)
+    assert consumer["sasl.password"] == tool["sasl.password"] == SECRET
+    assert consumer["sasl.kerberos.service.name"] == "kafka"
+    assert SECRET not in repr(settings) and "typed" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("yaml_security", "expected"),
+    [
+        ("protocol: SASL_SSL\n", "protocol SASL_SSL needs sasl"),
+        (
+            "protocol: PLAINTEXT\n    sasl:\n      mechanism: PLAIN\n      username: a\n"
+            f"      password: {SECRET}\n",
+            "sasl is set but protocol is PLAINTEXT",
+        ),
+        (
+            "protocol: SASL_PLAINTEXT\n    sasl:\n      mechanism: SCRAM-SHA-256\n",
+            "needs sasl.username",
+        ),
+        (
+            "protocol: SASL_SSL\n    sasl:\n      mechanism: PLAIN\n      username: a\n",
+            "needs one of password and password_file",
+        ),
+        (
+            "protocol: SASL_SSL\n    sasl:\n      mechanism: PLAIN\n      username: a\n"
+            f"      password: {SECRET}\n      password_file: /nowhere/pw\n",
+            "needs one of password and password_file",
+        ),
+        (
+            "protocol: SASL_SSL\n    sasl:\n      mechanism: PLAIN\n      username: a\n"
+            "      password_file: /nowhere/pw\n",
+            "password_file '/nowhere/pw' cannot be read",
+        ),
+        (
+            "protocol: SSL\n    ssl:\n      ca_location: /nowhere/ca.pem\n",
+            "ca_location '/nowhere/ca.pem'",
+        ),
+        ("protocol: SSL\n    ssl:\n      certificate_location: /etc/hostname\n", "needs both"),
+        ("protocol: PLAINTEXT\n    ssl:\n      endpoint_identification: false\n", "ssl is set"),
+        (
+            "protocol: SASL_SSL\n    sasl:\n      mechanism: OAUTHBEARER\n",
+            "OAUTHBEARER needs sasl.oauthbearer",
+        ),
+        ("protocol: TLS\n", "kafka.security.protocol='TLS' is invalid"),
+    ],
+)
+def test_what_cannot_be_honoured_is_refused_in_one_line_without_the_secret(
+    tmp_path: Path, yaml_security: str, expected: str
+) -> None:
+    path = write_settings(tmp_path, "kafka:\n  security:\n    " + yaml_security)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert expected in message and "\n" not in message, message
+    assert SECRET not in message
