@@ -45,6 +45,9 @@ def _librdkafka_fields(
     return event
 
 
+_PROCESSORS: list[structlog.typing.Processor] = []
+
+
 def configure(level: str = "INFO", fmt: Literal["console", "json"] = "console") -> None:
     """Route kafkaworker's and librdkafka's logs to stderr at `level`."""
     numeric = logging.getLevelName(level.upper())
@@ -59,14 +62,18 @@ def configure(level: str = "INFO", fmt: Literal["console", "json"] = "console") 
         _add_pid,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # Refilled in place: a logger cached on first use keeps the list it was built with, and
+    # must follow a later configure() (a second Runner in one process; structlog's
+    # capture_logs, which swaps the processors of the list it finds configured).
+    _PROCESSORS[:] = [
+        *shared,
+        structlog.processors.StackInfoRenderer(),
+        # The console renderer formats exceptions itself; JSON wants them as a string.
+        *([structlog.processors.format_exc_info] if fmt == "json" else []),
+        renderer,
+    ]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.StackInfoRenderer(),
-            # The console renderer formats exceptions itself; JSON wants them as a string.
-            *([structlog.processors.format_exc_info] if fmt == "json" else []),
-            renderer,
-        ],
+        processors=_PROCESSORS,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,

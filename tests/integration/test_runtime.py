@@ -425,7 +425,8 @@ def test_a_missing_topic_is_a_clear_startup_error(kafka_bootstrap: str) -> None:
         runner.run()
     assert str(error.value) == (
         f"topic 'no-such-topic-here' (handler 'handle') does not exist on {kafka_bootstrap}: "
-        "create it, or fix the handler's topics"
+        "create it (kafkaworker topics create no-such-topic-here --partitions N), "
+        "or fix the handler's topics"
     )
 
 
