@@ -14,12 +14,17 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "kafkaworker needs Python >= 3.11; set PYTHON=/path/to/python3.11"; exit 1; }
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@test -x $(PY) || { echo "creating the virtualenv $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing kafkaworker (editable) and its dev tools into $(VENV)"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# Says so only when the jars are not in the cache yet (kafkaworker/testing/broker.py cache_dir).
 jars: install
+	@$(PY) -c 'import sys; from kafkaworker.testing.broker import cache_dir; \
+	  sys.exit((cache_dir() / ".complete").exists())' && \
+	  echo "fetching the Kafka jars into ~/.cache/kafkaworker (once, ~45 s)" || true
 	@$(PY) -m kafkaworker.testing.broker fetch >/dev/null
 
 lint: install
@@ -44,7 +49,7 @@ kafka: jars
 
 # The example worker and a small load generator, with a local broker when none answers on 9092.
 run: jars
-	$(PY) -m tools.demo
+	@$(PY) -m tools.demo
 
 # Benchmarks against the raw client and peer frameworks (each peer in its own virtualenv,
 # installed by the suite). Results: benchmarks/results/latest.{json,md,png}.
