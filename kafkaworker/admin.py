@@ -146,7 +146,10 @@ class KafkaAdmin:
         self.timeout = timeout if timeout is not None else settings.startup_timeout
         self._deadline = 0.0
         try:
-            self._admin = AdminClient(clients.connection_config(settings))
+            self.watch = clients.ConnectionWatch(settings)
+            self._admin = self.watch.attach(
+                AdminClient(clients.connection_config(settings, watch=self.watch))
+            )
         except (KafkaException, ValueError, TypeError) as exc:
             raise StartupError(
                 f"the admin client configuration was rejected: {clients.reason(exc)}"
@@ -345,9 +348,17 @@ class KafkaAdmin:
             for m in description.members
         ]
         committed = self._committed(group, topic)
-        if topic is not None:
-            for partition in self._partition_ids(topic):
-                committed.setdefault((topic, partition), None)
+        # Every partition of each topic: one the group never committed is all lag (counted
+        # from the log start), not a row to leave out.
+        metadata = self.metadata()
+        for name in {topic} if topic is not None else {t for t, _ in committed}:
+            found = metadata.topics.get(name)
+            if found is None or found.error is not None:
+                if name == topic:
+                    raise self._missing(name)
+                continue  # deleted since the group committed to it
+            for partition in found.partitions:
+                committed.setdefault((name, partition), None)
         by_topic: dict[str, list[int]] = {}
         for t, p in committed:
             by_topic.setdefault(t, []).append(p)
@@ -503,7 +514,7 @@ class KafkaAdmin:
 
     def _wait(self, request: Callable[[], Future[T]]) -> T:
         """The result of the admin request `request()` makes; see _call."""
-        return self._call(lambda: clients.result(request(), self._left()))
+        return self._call(lambda: clients.result(request(), self._left(), self.watch))
 
     def _call(self, call: Callable[[], T]) -> T:
         """call(), asked again on a retriable error until `timeout` has passed since the
@@ -514,12 +525,14 @@ class KafkaAdmin:
             try:
                 return call()
             except TimeoutError:
+                self.watch.check()
                 raise clients.unreachable(
                     self.settings, self.timeout, TimeoutError("no answer")
                 ) from None
             except KafkaException as exc:
                 code = clients.error_code(exc)
                 if code in _UNREACHABLE:
+                    self.watch.check()
                     raise clients.unreachable(self.settings, self.timeout, exc) from None
                 if not _retriable(exc) or self._left() <= 0:
                     raise
@@ -530,7 +543,7 @@ class KafkaAdmin:
 
     def metadata(self) -> Any:
         """The cluster's metadata (confluent_kafka ClusterMetadata): brokers, topics."""
-        return clients.metadata(self._admin, self.settings, self.timeout)
+        return clients.metadata(self._admin, self.settings, self.timeout, self.watch)
 
     def _partition_ids(self, topic: str) -> list[int]:
         found = self.metadata().topics.get(topic)

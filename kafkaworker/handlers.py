@@ -200,19 +200,26 @@ class HandlerSpec:
                 raise ConfigError(f"handler {self.name!r}: unknown option {option!r}")
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def describe(self) -> Mapping[str, str]:
-        """A row for `kafkaworker routes`."""
+    def describe(self) -> dict[str, Any]:
+        """What `kafkaworker routes` shows (and prints as JSON): None where unset."""
         codec = self.codec if isinstance(self.codec, str) else type(self.codec).__name__
         return {
             "name": self.name,
-            "topics": ",".join(self.topics),
-            "group": self.group or "",
-            "concurrency": str(self.concurrency),
+            "topics": list(self.topics),
+            "group": self.group,
+            "concurrency": self.concurrency,
             "ordering": self.ordering,
-            "retries": str(self.retries),
-            "dlq": self.dlq or "-",
+            "retries": self.retries,
+            "dlq": self.dlq,
+            "retry_topics": list(self.retry_topics),
+            "output": self.output,
             "codec": codec,
-            "output": self.output or "-",
+            "batch": (
+                {"max_size": self.batch.max_size, "max_wait": self.batch.max_wait}
+                if self.batch is not None
+                else None
+            ),
+            "ack": self.ack,
         }
 
 

@@ -115,6 +115,20 @@ def routes(app_ref: str, only: tuple[str, ...], settings_path: str | None, as_js
     if as_json:
         echo_json(rows)
         return
+    shown = [_shown(row) for row in rows]
     columns = ["name", "topics", "group", "concurrency", "ordering", "retries", "dlq"]
-    columns += ["output", "codec"]
-    click.echo(table(rows, columns, right=["concurrency", "retries"]))
+    # Only where some handler has one: a column of dashes would only cost width.
+    columns += [c for c in ("retry_topics", "output", "batch") if any(r[c] for r in shown)]
+    columns += ["codec"]
+    click.echo(table(shown, columns, right=["concurrency", "retries"]))
+
+
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    """A routes row as table cells."""
+    batch = row["batch"]
+    return {
+        **row,
+        "topics": ",".join(row["topics"]),
+        "retry_topics": ",".join(f"{d:g}s" for d in row["retry_topics"]) or None,
+        "batch": f"{batch['max_size']}/{batch['max_wait']:g}s" if batch else None,
+    }

@@ -171,12 +171,16 @@ def test_offsets_show_gives_committed_lag_and_time_lag(
     assert 3590 < rows[0]["time_lag"] < 3700
     assert 1790 < rows[1]["time_lag"] < 1900
 
-    # Without --topic: what the group committed.
-    assert [p["partition"] for p in as_json("offsets", "show", group)["partitions"]] == [0]
+    # Without --topic: every partition of the topics the group committed to (one it never
+    # committed is all lag, not left out).
+    unnamed = as_json("offsets", "show", group)["partitions"]
+    assert [(p["partition"], p["lag"]) for p in unnamed] == [(0, 4), (1, 4)]
     table = ok("offsets", "show", group, "--topic", topic)
     assert "1h0" in table and "30m0" in table  # durations a person reads at a glance
     lagged = as_json("lag", "--group", group)[group]
-    assert [(p["partition"], p["lag"]) for p in lagged["partitions"]] == [(0, 4)]
+    assert [(p["partition"], p["lag"]) for p in lagged["partitions"]] == [(0, 4), (1, 4)]
+    [by_app] = as_json("lag", write_app(env, "lagging", topic, group=group)).values()
+    assert [(p["partition"], p["lag"]) for p in by_app["partitions"]] == [(0, 4), (1, 4)]
 
 
 def test_offsets_reset_by_each_selector_dry_run_first(

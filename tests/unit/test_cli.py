@@ -26,7 +26,7 @@ APP = textwrap.dedent(
     not_an_app = 42
 
     @app.handler(["invoices", "refunds"], concurrency=4, ordering="key", retries=3,
-                 dlq="billing.dlq", backoff=Backoff(initial=1))
+                 dlq="billing.dlq", backoff=Backoff(initial=1), retry_topics=[5, 60])
     def settle(msg):
         pass
 
@@ -59,7 +59,7 @@ def test_routes_lists_every_handler(project: Path, monkeypatch: pytest.MonkeyPat
         "ORDERING",
         "RETRIES",
         "DLQ",
-        "OUTPUT",
+        "RETRY_TOPICS",
         "CODEC",
     ]
     assert lines[1] == [
@@ -70,7 +70,7 @@ def test_routes_lists_every_handler(project: Path, monkeypatch: pytest.MonkeyPat
         "key",
         "3",
         "billing.dlq",
-        "-",
+        "5s,60s",
         "json",
     ]
     assert lines[2] == ["audit", "audit", "auditors", "8", "partition", "0", "-", "-", "raw"]
@@ -83,7 +83,7 @@ def test_routes_fit_80_columns_and_lose_nothing(
     result = CliRunner().invoke(cli, ["routes", "billing_app:app"])
     assert result.exit_code == 0, result.output
     assert max(map(len, result.output.splitlines())) <= 80
-    for shown in ("invoices", "refunds", "billing.dlq", "auditors", "partition"):
+    for shown in ("invoices", "refunds", "billing.dlq", "auditors", "partition", "60s"):
         assert shown in result.output
 
 
@@ -100,11 +100,16 @@ def test_routes_show_what_will_run_with_the_settings_file_and_environment(
     )
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in orjson.loads(result.output)}
-    assert rows["settle"]["topics"] == "staging.invoices"
+    assert rows["settle"]["topics"] == ["staging.invoices"]
     assert rows["settle"]["dlq"] == "staging.billing.dlq"
-    assert rows["settle"]["retries"] == "3"  # the decorator's, not overridden
-    assert rows["audit"]["topics"] == "staging.audit,staging.audit2"
-    assert rows["audit"]["concurrency"] == "2"
+    assert rows["settle"]["retries"] == 3  # the decorator's, not overridden
+    assert rows["settle"]["retry_topics"] == [5, 60]
+    assert rows["audit"]["topics"] == ["staging.audit", "staging.audit2"]
+    assert (rows["audit"]["concurrency"], rows["audit"]["dlq"], rows["audit"]["batch"]) == (
+        2,
+        None,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
