@@ -505,7 +505,9 @@ class KafkaAdmin:
         for group in sorted({spec.group or app.name for spec in resolve_specs(app, settings)}):
             try:
                 state = self.group(group, time_lag=False).state
-                checks.append(Check(f"group {group}", True, f"can be described: {state}"))
+                # A group never used yet is described as Dead: new, not broken.
+                shown = "new (no offsets or members yet)" if state == "Dead" else state
+                checks.append(Check(f"group {group}", True, f"can be described: {shown}"))
             except KafkaWorkerError as exc:
                 checks.append(Check(f"group {group}", False, str(exc)))
         return checks

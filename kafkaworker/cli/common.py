@@ -60,6 +60,7 @@ def _terminate_on_sigterm() -> Iterator[None]:
         return
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        click.echo("terminated", err=True)
         raise SystemExit(TERMINATED)
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)

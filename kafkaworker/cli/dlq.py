@@ -50,7 +50,10 @@ def inspect(topic: str, limit: int | None, as_json: bool, settings_path: str | N
             click.echo(f"  {f.get('error.type', '?')}: {f.get('error.message', '')}")
             click.echo(f"  key={_preview(record.key)} value={_preview(record.value)}")
         if not as_json:
-            click.echo(f"{shown} record(s) in {topic}", err=True)
+            if limit is not None and shown == limit:
+                click.echo(f"the first {shown} record(s) of {topic} (--limit {limit})", err=True)
+            else:
+                click.echo(f"{shown} record(s) in {topic}", err=True)
         if without_headers:
             click.echo(
                 f"{without_headers} of {shown} record(s) have no kw.* failure headers: "

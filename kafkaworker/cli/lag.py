@@ -30,7 +30,7 @@ _REDRAW = "\x1b[H\x1b[J"
 
 
 @click.command()
-@click.argument("app_ref", metavar="MODULE:APP", required=False)
+@click.argument("app_ref", metavar="[MODULE:APP]", required=False)
 @click.option("--group", help="a consumer group instead of an app's handlers")
 @click.option(
     "--watch",

@@ -3,6 +3,8 @@ offset or by time: replay, or skipping ahead)."""
 
 from __future__ import annotations
 
+import shutil
+import textwrap
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,8 +64,17 @@ def show(group: str, topic: str | None, settings_path: str | None, as_json: bool
 def group_table(found: GroupOffsets) -> str:
     lines = [f"group {found.group}: {found.state}, {len(found.members)} member(s), lag {found.lag}"]
     for member in found.members:
-        assigned = ",".join(member.assignment) or "nothing"
-        lines.append(f"  {member.client_id} ({member.host}): {assigned}")
+        assigned = ", ".join(member.assignment) or "nothing"
+        lines.append(
+            textwrap.fill(
+                f"{member.client_id} ({member.host}): {assigned}",
+                shutil.get_terminal_size((80, 24)).columns,
+                initial_indent="  ",
+                subsequent_indent="    ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
     if not found.partitions:
         lines.append("no committed offsets (give --topic to see a topic's lag)")
         return "\n".join(lines)
