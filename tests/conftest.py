@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from kafkaworker.testing.broker import Cluster
+from kafkaworker.testing.broker import BrokerError, Cluster, Secured
 
 LOG_DIR = Path(__file__).resolve().parent.parent / "build" / "test-logs"
 _clusters: list[tuple[str, Cluster]] = []
@@ -62,6 +62,30 @@ def kafka_cluster3() -> Iterator[Cluster]:
     cluster = _started("cluster3", Cluster(3, heap="512m"))
     try:
         yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def secured_kafka() -> Iterator[Secured]:
+    """A second single-node broker, started at the first test that asks for it and kept for the
+    session, with secured listeners beside its PLAINTEXT one: SASL_SSL (SCRAM-SHA-512/256 and
+    PLAIN users admin, app and nobody) and mTLS (client certificates from a CA made at test
+    time, principal = CN), under the StandardAuthorizer. User app may use the topics, groups
+    and transactional ids starting with "app-", nobody nothing; admin is a super user.
+    See kafkaworker.testing.broker.Secured. Always started here, also when
+    KAFKAWORKER_TEST_BOOTSTRAP names an external cluster for the rest of the suite. Without
+    java, mvn or cryptography the tests that use it are skipped, or fail when CI is set."""
+    try:
+        cluster = Cluster(1, secured=True, heap="512m")
+    except BrokerError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no secured Kafka broker for this test: {exc}")
+    _started("secured", cluster)
+    try:
+        assert cluster.secured is not None
+        yield cluster.secured
     finally:
         cluster.cleanup()
 

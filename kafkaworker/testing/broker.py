@@ -12,6 +12,12 @@ but can deadlock in a process that already runs threads, as a test process does.
 
     python -m kafkaworker.testing.broker fetch            # fetch the jars (idempotent)
     python -m kafkaworker.testing.broker run --port 9092  # a dev broker; Ctrl+C stops it
+    python -m kafkaworker.testing.broker run --secured    # ... with SASL_SSL and mTLS too
+
+`Cluster(1, secured=True)` adds, on the same node as the PLAINTEXT listener the rest of the
+suite uses, a SASL_SSL listener (SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN users) and an SSL
+listener that requires a client certificate (mTLS), with the StandardAuthorizer and ACLs;
+`Cluster.secured` (a `Secured`) has their addresses, users, certificates and an ACL helper.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import faulthandler
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -30,12 +37,25 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
+
+if TYPE_CHECKING:
+    # Imported when a secured cluster is asked for: `cryptography` is a dev dependency.
+    from kafkaworker.testing.certs import CertificateAuthority, ClientCert
 
 POM = Path(__file__).with_name("pom.xml")
 
@@ -146,10 +166,23 @@ class Node:
     heap: str
     process: subprocess.Popen[bytes] | None = None
     properties: dict[str, str] = field(default_factory=dict)
+    # A secured node (Cluster(secured=True)): the SASL_SSL and the mTLS listeners' ports.
+    sasl_ssl_port: int | None = None
+    mtls_port: int | None = None
+    # Extra arguments of the storage format step (the SCRAM users: --add-scram).
+    format_args: list[str] = field(default_factory=list)
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def mtls_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.mtls_port}"
 
     @property
     def log_file(self) -> Path:
@@ -173,14 +206,25 @@ class Node:
 
     def write_config(self, voters: str, cluster_id: str, *, share_groups: bool) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        listeners = (
+            f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+        )
+        advertised = f"PLAINTEXT://127.0.0.1:{self.port}"
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        # The listener names are the protocols' (SASL_SSL, SSL): `listener.name.sasl_ssl.*`.
+        for name, port in (("SASL_SSL", self.sasl_ssl_port), ("SSL", self.mtls_port)):
+            if port is not None:
+                listeners += f",{name}://127.0.0.1:{port}"
+                advertised += f",{name}://127.0.0.1:{port}"
+                protocols += f",{name}:{name}"
         props = {
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": listeners,
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": protocols,
             "controller.quorum.voters": voters,
             "log.dirs": str(self.data_dir / "data"),
             **self.properties,
@@ -210,6 +254,7 @@ class Node:
         )
         if share_groups:
             fmt += ["--feature", "share.version=1"]
+        fmt += self.format_args
         result = subprocess.run(
             _die_with_parent(fmt),
             capture_output=True,
@@ -267,8 +312,278 @@ class Node:
         return "\n".join(texts)
 
 
+# Every PLAINTEXT connection (the listener the rest of the suite uses, the inter-broker and the
+# controller listeners) is User:ANONYMOUS, a super user: the authorizer leaves them as they are
+# without ACLs, while allow.everyone.if.no.acl.found stays false so that a SASL or mTLS user
+# with no ACL on a resource is denied. (A client certificate with CN=ANONYMOUS would be a super
+# user too; only the test CA issues certificates here.)
+_SUPER_USERS = ("ANONYMOUS", "admin")
+_STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+@dataclass(frozen=True)
+class Secured:
+    """The secured listeners of a `Cluster(secured=True)`, its users and its certificates.
+
+    - `sasl_ssl_bootstrap`: SASL_SSL; users admin (a super user), app and nobody, each with its
+      password under SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN. No client certificate asked for.
+    - `mtls_bootstrap`: SSL with a required client certificate signed by the test CA; the
+      principal is the certificate's CN (`app_cert` is User:app, `nobody_cert` User:nobody).
+    - `plain_bootstrap`: the PLAINTEXT listener, unrestricted (User:ANONYMOUS is a super user).
+    - `ca_location`: the CA (PEM) that signed the broker's certificate (SAN 127.0.0.1 and
+      localhost) and the client certificates: librdkafka's ssl.ca.location.
+
+    User app may do everything on the topics, groups and transactional ids whose names start
+    with `app_prefix` ("app-"); nobody may do nothing. `allow` adds ACLs, `revoke` removes them.
+    """
+
+    plain_bootstrap: str
+    sasl_ssl_bootstrap: str
+    mtls_bootstrap: str
+    ca_location: Path
+    certs_dir: Path
+    app_cert: ClientCert
+    nobody_cert: ClientCert
+    app_password: str = field(repr=False)
+    nobody_password: str = field(repr=False)
+    admin_password: str = field(repr=False)
+    authority: CertificateAuthority = field(repr=False)
+    app_user: str = "app"
+    nobody_user: str = "nobody"
+    admin_user: str = "admin"
+    app_prefix: str = "app-"
+
+    @property
+    def users(self) -> dict[str, str]:
+        """Every SASL user and its password (the same for SCRAM and PLAIN)."""
+        return {
+            self.admin_user: self.admin_password,
+            self.app_user: self.app_password,
+            self.nobody_user: self.nobody_password,
+        }
+
+    def sasl_config(
+        self,
+        user: str = "app",
+        *,
+        mechanism: str = "SCRAM-SHA-512",
+        password: str | None = None,
+    ) -> dict[str, str]:
+        """librdkafka keys for `user` on the SASL_SSL listener (`password` overrides theirs)."""
+        return {
+            "bootstrap.servers": self.sasl_ssl_bootstrap,
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": mechanism,
+            "sasl.username": user,
+            "sasl.password": self.users[user] if password is None else password,
+            "ssl.ca.location": str(self.ca_location),
+        }
+
+    def mtls_config(self, cert: ClientCert | None = None) -> dict[str, str]:
+        """librdkafka keys for the mTLS listener presenting `cert` (default: `app_cert`)."""
+        return {
+            "bootstrap.servers": self.mtls_bootstrap,
+            "security.protocol": "SSL",
+            "ssl.ca.location": str(self.ca_location),
+            **(cert or self.app_cert).librdkafka(),
+        }
+
+    def admin_client(self) -> AdminClient:
+        """An AdminClient for the super user admin over SASL_SSL (SCRAM-SHA-512)."""
+        quiet: dict[str, Any] = {"log_level": 0, "logger": _SilentLogger()}
+        return AdminClient({**self.sasl_config(self.admin_user), **quiet})
+
+    def client_cert(self, cn: str, **options: Any) -> ClientCert:
+        """Another client certificate from the trusted CA (principal User:`cn`); options:
+        name, key_password, not_before, not_after (CertificateAuthority.client_cert)."""
+        return self.authority.client_cert(cn, **options)
+
+    def expired_cert(self, cn: str = "app") -> ClientCert:
+        """A certificate for `cn` from the trusted CA that expired yesterday."""
+        return self.authority.expired_client_cert(cn, name=f"{cn}-expired-{_suffix()}")
+
+    def untrusted_cert(self, cn: str = "app") -> ClientCert:
+        """A valid certificate for `cn` from a CA the broker does not trust."""
+        from kafkaworker.testing.certs import untrusted_client_cert  # noqa: PLC0415
+
+        return untrusted_client_cert(self.certs_dir, cn, name=f"{cn}-untrusted-{_suffix()}")
+
+    def untrusted_ca_location(self) -> Path:
+        """A CA certificate (PEM) that did not sign the broker's: as ssl.ca.location, a client
+        refuses the broker."""
+        from kafkaworker.testing.certs import CertificateAuthority  # noqa: PLC0415
+
+        return CertificateAuthority(self.certs_dir, name=f"untrusted CA {_suffix()}").path
+
+    def allow(
+        self,
+        user: str,
+        *,
+        topics: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        transactional_ids: Iterable[str] = (),
+        cluster: bool = False,
+        operations: Iterable[AclOperation | str] = (AclOperation.ALL,),
+        prefixed: bool = False,
+        deny: bool = False,
+        timeout: float = 15.0,
+    ) -> list[AclBinding]:
+        """Grant (or with deny=True, deny) `operations` to User:`user` on the named topics,
+        groups and transactional ids (names are prefixes when `prefixed`), and on the cluster
+        when `cluster`; returns once the broker's authorizer has them, so the next request
+        sees them. For example `allow("app", topics=[t], operations=["READ", "DESCRIBE"])`."""
+        ops = tuple(operations)
+        pattern = ResourcePatternType.PREFIXED if prefixed else ResourcePatternType.LITERAL
+        permission = AclPermissionType.DENY if deny else AclPermissionType.ALLOW
+        resources = [
+            *((ResourceType.TOPIC, name) for name in topics),
+            *((ResourceType.GROUP, name) for name in groups),
+            *((ResourceType.TRANSACTIONAL_ID, name) for name in transactional_ids),
+        ]
+        bindings = [
+            AclBinding(restype, name, pattern, f"User:{user}", "*", op, permission)
+            for restype, name in resources
+            for op in ops
+        ]
+        bindings += [
+            AclBinding(
+                ResourceType.BROKER,
+                "kafka-cluster",
+                ResourcePatternType.LITERAL,
+                f"User:{user}",
+                "*",
+                op,
+                permission,
+            )
+            for op in (ops if cluster else ())
+        ]
+        if not bindings:
+            raise ValueError("allow() needs topics, groups, transactional_ids or cluster=True")
+        admin = self.admin_client()
+        for future in admin.create_acls(bindings, request_timeout=timeout).values():
+            future.result()
+        self._await_acls(admin, user, set(bindings), present=True, timeout=timeout)
+        return bindings
+
+    def revoke(self, user: str, *, timeout: float = 15.0) -> None:
+        """Delete every ACL of User:`user`; returns once the broker's authorizer forgot them."""
+        admin = self.admin_client()
+        for future in admin.delete_acls(
+            [_principal_filter(user)], request_timeout=timeout
+        ).values():
+            future.result()
+        self._await_acls(admin, user, set(), present=False, timeout=timeout)
+
+    @staticmethod
+    def _await_acls(
+        admin: AdminClient,
+        user: str,
+        bindings: set[AclBinding],
+        *,
+        present: bool,
+        timeout: float,
+    ) -> None:
+        # DescribeAcls is answered from the broker's own authorizer, which applies the
+        # controller's metadata a moment after CreateAcls/DeleteAcls return.
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = set(
+                admin.describe_acls(_principal_filter(user), request_timeout=timeout).result()
+            )
+            if (bindings <= seen) if present else not seen:
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"the ACLs of User:{user} did not reach the broker within {timeout:.0f}s"
+                )
+            time.sleep(0.05)
+
+
+def _principal_filter(user: str) -> AclBindingFilter:
+    # None matches any name and any host (the stubs say str; the library and Kafka accept it).
+    return AclBindingFilter(
+        ResourceType.ANY,
+        None,  # type: ignore[arg-type]
+        ResourcePatternType.ANY,
+        f"User:{user}",
+        None,  # type: ignore[arg-type]
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+
+
+def _suffix() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+def _secure(certs_dir: Path, nodes: list[Node]) -> tuple[Secured, dict[str, str], list[str]]:
+    """Certificates, users and the broker properties and format arguments of a secured
+    cluster whose nodes already have their ports."""
+    try:
+        from kafkaworker.testing.certs import CertificateAuthority  # noqa: PLC0415
+    except ImportError as exc:
+        raise BrokerError(
+            f"a secured broker makes its certificates with 'cryptography' ({exc}); "
+            "install the dev extras: pip install -e '.[dev]'"
+        ) from exc
+
+    authority = CertificateAuthority(certs_dir)
+    keystore = authority.server_keystore()
+    # Hex: safe inside the JAAS string and the --add-scram argument without quoting.
+    passwords = {user: f"{user}-{secrets.token_hex(12)}" for user in ("admin", "app", "nobody")}
+    plain_users = " ".join(f'user_{user}="{pw}"' for user, pw in passwords.items())
+    properties = {
+        "authorizer.class.name": _STANDARD_AUTHORIZER,
+        "super.users": ";".join(f"User:{user}" for user in _SUPER_USERS),
+        "allow.everyone.if.no.acl.found": "false",
+        # One PEM keystore (key + chain) and one PEM truststore for both TLS listeners.
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(authority.path),
+        # mTLS: a client certificate is required and its CN is the principal (User:app).
+        "listener.name.ssl.ssl.client.auth": "required",
+        "listener.name.ssl.ssl.principal.mapping.rules": "RULE:^CN=([^,]+)$/$1/,DEFAULT",
+        "listener.name.sasl_ssl.ssl.client.auth": "none",
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+        # SCRAM users live in the metadata log (--add-scram at format time); PLAIN's here.
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        "listener.name.sasl_ssl.plain.sasl.jaas.config": (
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+        ),
+    }
+    format_args = [
+        f"--add-scram={mechanism}=[name={user},password={pw}]"
+        for mechanism in ("SCRAM-SHA-512", "SCRAM-SHA-256")
+        for user, pw in passwords.items()
+    ]
+    secured = Secured(
+        plain_bootstrap=",".join(node.bootstrap for node in nodes),
+        sasl_ssl_bootstrap=",".join(node.sasl_ssl_bootstrap for node in nodes),
+        mtls_bootstrap=",".join(node.mtls_bootstrap for node in nodes),
+        ca_location=authority.path,
+        certs_dir=certs_dir,
+        app_cert=authority.client_cert("app"),
+        nobody_cert=authority.client_cert("nobody"),
+        app_password=passwords["app"],
+        nobody_password=passwords["nobody"],
+        admin_password=passwords["admin"],
+        authority=authority,
+    )
+    return secured, properties, format_args
+
+
 class Cluster:
-    """One or three KRaft nodes on 127.0.0.1, free ports, a temporary data directory."""
+    """One or three KRaft nodes on 127.0.0.1, free ports, a temporary data directory.
+
+    secured=True: each node also has a SASL_SSL and an mTLS listener, with the
+    StandardAuthorizer; `secured` then describes them (see `Secured`)."""
 
     def __init__(
         self,
@@ -279,6 +594,7 @@ class Cluster:
         properties: Mapping[str, str] | None = None,
         port: int | None = None,
         data_dir: Path | None = None,
+        secured: bool = False,
     ) -> None:
         if size not in (1, 3):
             raise ValueError("a cluster has 1 or 3 nodes")
@@ -309,10 +625,24 @@ class Cluster:
                 jars=self.jars,
                 heap=heap,
                 properties=props,
+                sasl_ssl_port=free_port() if secured else None,
+                mtls_port=free_port() if secured else None,
             )
             for i in range(size)
         ]
         self.share_groups = share_groups
+        self.secured: Secured | None = None
+        if secured:
+            try:
+                self.secured, security, format_args = _secure(self.data_dir / "tls", self.nodes)
+            except BaseException:
+                if self._own_dir:
+                    shutil.rmtree(self.data_dir, ignore_errors=True)
+                raise
+            # The caller's properties still win; the nodes share this one dict.
+            props.update({**security, **(properties or {})})
+            for node in self.nodes:
+                node.format_args = format_args
 
     @property
     def bootstrap(self) -> str:
@@ -327,9 +657,31 @@ class Cluster:
             for node in self.nodes:
                 node.start()
             self.wait_ready(timeout=timeout)
+            if self.secured is not None:
+                self._grant_app(timeout)
         except BaseException:
             self.stop()
             raise
+
+    def _grant_app(self, timeout: float) -> None:
+        """User app's ACLs on its prefix, set by admin over SASL_SSL: this also proves that
+        the SASL_SSL listener, its TLS and its SCRAM users work before a test relies on them."""
+        assert self.secured is not None
+        prefix = self.secured.app_prefix
+        try:
+            self.secured.allow(
+                self.secured.app_user,
+                topics=[prefix],
+                groups=[prefix],
+                transactional_ids=[prefix],
+                prefixed=True,
+                timeout=timeout,
+            )
+        except KafkaException as exc:
+            raise BrokerError(
+                f"the secured broker is up but admin could not set ACLs over SASL_SSL "
+                f"({self.secured.sasl_ssl_bootstrap}): {exc}; log:\n{self.nodes[0].log_tail()}"
+            ) from exc
 
     def wait_ready(self, *, timeout: float = 90.0, nodes: list[Node] | None = None) -> None:
         """Block until every given node answers a Metadata request listing all live brokers."""
@@ -412,6 +764,19 @@ def port_answers(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _describe(secured: Secured) -> str:
+    """What a developer needs to connect to the dev broker's secured listeners."""
+    users = ", ".join(f"{user}/{password}" for user, password in secured.users.items())
+    return (
+        f"SASL_SSL ({', '.join(SASL_MECHANISMS)}): {secured.sasl_ssl_bootstrap}, "
+        f"users {users}\n"
+        f"mTLS: {secured.mtls_bootstrap}, client certificates {secured.app_cert.certificate} "
+        f"(key {secured.app_cert.key}) and {secured.nobody_cert.certificate}\n"
+        f"CA: {secured.ca_location}; User:{secured.app_user} may use the topics and groups "
+        f"starting with {secured.app_prefix!r}, User:{secured.nobody_user} nothing"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kafkaworker.testing.broker",
@@ -428,6 +793,11 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 0 at once when something already answers on the port",
     )
     run.add_argument("--auto-create-topics", action="store_true")
+    run.add_argument(
+        "--secured",
+        action="store_true",
+        help="add SASL_SSL and mTLS listeners with ACLs; prints their users and certificates",
+    )
     args = parser.parse_args(argv)
     # `kill -USR1 <pid>` prints where this process is: for a run that does not stop.
     faulthandler.register(signal.SIGUSR1)
@@ -445,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"port {args.port} is taken; stop what uses it or pass --port", file=sys.stderr)
             return 2
         properties = {"auto.create.topics.enable": "true"} if args.auto_create_topics else {}
-        cluster = Cluster(1, port=args.port, properties=properties)
+        cluster = Cluster(1, port=args.port, properties=properties, secured=args.secured)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
             cluster.start()
@@ -456,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"data {cluster.data_dir}); Ctrl+C stops it",
                 flush=True,
             )
+            if cluster.secured is not None:
+                print(_describe(cluster.secured), flush=True)
             node.process.wait()
             print(f"the broker exited; log:\n{node.log_tail()}", file=sys.stderr)
             return 1
