@@ -8,6 +8,7 @@ base_config(); raw `kafka.consumer` / `kafka.producer` properties are applied on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -101,12 +102,86 @@ def security_config(security: SecuritySettings) -> dict[str, Any]:
     return config
 
 
-def connection_config(settings: Settings, *, quiet: bool = True) -> dict[str, Any]:
+class ConnectionWatch:
+    """A client's error_cb: keeps the first error that no retry will fix (the credentials,
+    a certificate, the security protocol) as the one line to fail with, instead of waiting
+    out a timeout that would end in "cannot reach Kafka". librdkafka serves error_cb from
+    poll(): a waiter calls check() between its slices."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: Any = None
+        self.failure: StartupError | None = None
+
+    def attach(self, client: Any) -> Any:
+        self._client = client
+        return client
+
+    def __call__(self, error: KafkaError) -> None:
+        if self.failure is None:
+            self.failure = refusal(self._settings, error)
+
+    def check(self) -> None:
+        """Raise the failure seen so far, if any."""
+        if self.failure is None and self._client is not None:
+            with contextlib.suppress(RuntimeError, KafkaException):  # closed meanwhile
+                self._client.poll(0)
+        if self.failure is not None:
+            raise self.failure
+
+
+def refusal(settings: Settings, error: KafkaError) -> StartupError | None:
+    """The one line for an error that says the cluster refuses this client; None for one that
+    a retry may fix (a broker down, a leader moving)."""
+    security = settings.kafka.security
+    servers = settings.kafka.bootstrap_servers
+    text = " ".join(str(error.str()).split())
+    code = error.code()
+    if code == KafkaError._AUTHENTICATION or "SASL authentication" in text:
+        if security.sasl is not None:
+            who = security.sasl.username or (
+                security.sasl.oauthbearer.client_id if security.sasl.oauthbearer else None
+            )
+            return StartupError(
+                f"authentication failed at {servers} ({security.protocol}, "
+                f"{security.sasl.mechanism}, user {who!r}): {_briefly(text)}: check "
+                "kafka.security.sasl (username, password or password_file)"
+            )
+        return StartupError(
+            f"the cluster at {servers} refused this client ({security.protocol}): "
+            f"{_briefly(text)}: check kafka.security"
+        )
+    if code == KafkaError._SSL or "SSL handshake failed" in text:
+        return StartupError(
+            f"TLS handshake with {servers} failed ({security.protocol}): {_briefly(text)}: "
+            "check kafka.security.ssl (ca_location; certificate_location and key_location "
+            "for mTLS)"
+        )
+    if "incorrect security.protocol" in text:
+        return StartupError(
+            f"the cluster at {servers} does not speak {security.protocol}: {_briefly(text)}: "
+            "check kafka.security.protocol"
+        )
+    return None
+
+
+def _briefly(text: str) -> str:
+    """librdkafka's error text without the broker name prefix and the state suffix."""
+    _, sep, rest = text.partition("/bootstrap: ")
+    text = rest if sep else text
+    return text.split(" (after ")[0]
+
+
+def connection_config(
+    settings: Settings, *, quiet: bool = True, watch: ConnectionWatch | None = None
+) -> dict[str, Any]:
     """A tool's client (an AdminClient, a consumer that joins no group): the connection
     settings of the consumer's raw properties (security ones among them), none of its
-    consuming ones. Quiet by default: its caller reports a failure in one line."""
+    consuming ones. Quiet by default: its caller reports a failure in one line (the
+    `watch`'s, when the cluster refuses the client)."""
     return {
         **base_config(settings, quiet=quiet),
+        **({"error_cb": watch} if watch is not None else {}),
         **{
             key: value
             for key, value in settings.kafka.consumer.items()
@@ -144,13 +219,16 @@ def error_code(error: BaseException) -> int | None:
 SLICE = 0.25
 
 
-def result(future: Future[T], timeout: float) -> T:
-    """future.result(timeout), in slices that let Ctrl+C through at once."""
+def result(future: Future[T], timeout: float, watch: ConnectionWatch | None = None) -> T:
+    """future.result(timeout), in slices that let Ctrl+C through at once (and the `watch`'s
+    failure, as soon as it is seen)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return future.result(min(SLICE, max(0.0, deadline - time.monotonic())))
         except TimeoutError:
+            if watch is not None:
+                watch.check()
             if time.monotonic() >= deadline:
                 raise
 
@@ -169,20 +247,27 @@ def in_thread(call: Callable[[], T]) -> Future[T]:
     return future
 
 
-def call(function: Callable[[], T], timeout: float) -> T:
+def call(function: Callable[[], T], timeout: float, watch: ConnectionWatch | None = None) -> T:
     """function() (a blocking client call bounded by its own timeout, below `timeout`) on a
     thread of its own, waited for in slices."""
-    return result(in_thread(function), timeout)
+    return result(in_thread(function), timeout, watch)
 
 
-def metadata(client: Any, settings: Settings, timeout: float | None = None) -> Any:
+def metadata(
+    client: Any,
+    settings: Settings,
+    timeout: float | None = None,
+    watch: ConnectionWatch | None = None,
+) -> Any:
     """The cluster's metadata from any client (Consumer, Producer, AdminClient); the one
     line of `unreachable` when the cluster does not answer within `timeout` (default:
-    startup_timeout)."""
+    startup_timeout), or the `watch`'s when it refuses the client."""
     timeout = settings.startup_timeout if timeout is None else timeout
     try:
-        return call(lambda: client.list_topics(timeout=timeout), timeout + 1)
+        return call(lambda: client.list_topics(timeout=timeout), timeout + 1, watch)
     except (KafkaException, TimeoutError) as exc:
+        if watch is not None:
+            watch.check()
         raise unreachable(settings, timeout, exc) from None
 
 

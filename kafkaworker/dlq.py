@@ -23,6 +23,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from kafkaworker import clients
+from kafkaworker.admin import KafkaAdmin
 from kafkaworker.errors import KafkaWorkerError
 from kafkaworker.headers import PREFIX, REPLAYED_FROM
 from kafkaworker.producer import Producer
@@ -131,7 +132,10 @@ class Reader:
         )
 
     def partitions(self) -> list[int]:
-        metadata = clients.metadata(self.consumer, self.settings)
+        # Through an admin client: its error_cb turns a refused connection (credentials, a
+        # certificate) into its one line at once; a consumer would only time out.
+        with KafkaAdmin(self.settings) as admin:
+            metadata = admin.metadata()
         found = metadata.topics.get(self.topic)
         if found is None or found.error is not None:
             raise DlqError(
