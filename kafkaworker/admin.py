@@ -332,6 +332,56 @@ class KafkaAdmin:
         ]
         return (max(sizes) if sizes else None), replicas
 
+    # -- access (ACLs) ------------------------------------------------------------------------
+
+    def topic_operations(self, topic: str) -> frozenset[str] | None:
+        """What this client may do with `topic` as the cluster's ACLs say (READ, WRITE,
+        DESCRIBE...); None when the topic does not exist; empty when it may not even describe
+        it (Kafka then does not say whether it exists)."""
+        try:
+            found = self._wait(
+                lambda: self._admin.describe_topics(
+                    TopicCollection([topic]), include_authorized_operations=True
+                )[topic]
+            )
+        except KafkaException as exc:
+            code = clients.error_code(exc)
+            if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return None
+            if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                return frozenset()
+            raise
+        return _operations(found.authorized_operations)
+
+    def group_operations(self, group: str) -> frozenset[str]:
+        """What this client may do with consumer group `group`; empty when it may not
+        describe it."""
+        try:
+            found = self._wait(
+                lambda: self._admin.describe_consumer_groups(
+                    [group], include_authorized_operations=True
+                )[group]
+            )
+        except KafkaException as exc:
+            if clients.error_code(exc) == KafkaError.GROUP_AUTHORIZATION_FAILED:
+                return frozenset()
+            raise
+        return _operations(found.authorized_operations)
+
+    def require(self, kind: str, name: str, operation: str, role: str) -> None:
+        """Raise the one line for a missing ACL: `operation` (READ, WRITE) on topic or group
+        `name`, which the app uses as `role` (e.g. "source of handler 'h'")."""
+        operations = self.group_operations(name) if kind == "group" else self.topic_operations(name)
+        if operations is None or operation in operations:
+            return
+        who = principal(self.settings)
+        missing = operation.title() if operations else f"Describe and {operation.title()}"
+        raise StartupError(
+            f"{who} is not authorized to {missing} {kind} {name!r} ({role}) on "
+            f"{self.settings.kafka.bootstrap_servers}: grant it {missing} on the {kind} "
+            "(an ACL), or fix the name"
+        )
+
     # -- groups and offsets -----------------------------------------------------------------
 
     def group(self, group: str, topic: str | None = None, *, time_lag: bool = True) -> GroupOffsets:
@@ -478,9 +528,20 @@ class KafkaAdmin:
 
         for wanted in self.app_topics(app, settings):
             name = f"{wanted.kind} topic {wanted.topic} ({wanted.handler})"
-            if _exists(metadata, wanted.topic):
-                partitions = len(metadata.topics[wanted.topic].partitions)
-                checks.append(Check(name, True, f"exists, {partitions} partition(s)"))
+            # What the app does with it, as the ACLs must allow.
+            needs = {"source": ["READ"], "retry": ["READ", "WRITE"]}.get(wanted.kind, ["WRITE"])
+            visible = _exists(metadata, wanted.topic)
+            if visible or self.topic_operations(wanted.topic) is not None:
+                try:
+                    for operation in needs:
+                        self.require("topic", wanted.topic, operation, wanted.kind)
+                except StartupError as exc:
+                    checks.append(Check(name, False, str(exc)))
+                    continue
+                found = metadata.topics.get(wanted.topic)
+                counted = f"{len(found.partitions)} partition(s), " if found is not None else ""
+                may = " and ".join(op.title() for op in needs)
+                checks.append(Check(name, True, f"exists, {counted}may {may}"))
             elif wanted.kind in ("source", "output"):
                 checks.append(
                     Check(
@@ -504,10 +565,11 @@ class KafkaAdmin:
 
         for group in sorted({spec.group or app.name for spec in resolve_specs(app, settings)}):
             try:
+                self.require("group", group, "READ", "consumer group")
                 state = self.group(group, time_lag=False).state
                 # A group never used yet is described as Dead: new, not broken.
                 shown = "new (no offsets or members yet)" if state == "Dead" else state
-                checks.append(Check(f"group {group}", True, f"can be described: {shown}"))
+                checks.append(Check(f"group {group}", True, f"may Read; {shown}"))
             except KafkaWorkerError as exc:
                 checks.append(Check(f"group {group}", False, str(exc)))
         return checks
@@ -636,6 +698,25 @@ def _first_timestamps(
     finally:
         consumer.close()
     return found
+
+
+def _operations(operations: Any) -> frozenset[str]:
+    """AclOperations as names; ALL when the broker did not say (an older one)."""
+    if operations is None:
+        return frozenset({"ALL", "READ", "WRITE", "DESCRIBE", "CREATE"})
+    return frozenset(op.name for op in operations)
+
+
+def principal(settings: Settings) -> str:
+    """Who the cluster sees, as far as the settings tell."""
+    security = settings.kafka.security
+    if security.sasl is not None:
+        if security.sasl.oauthbearer is not None:
+            return f"OAuth client {security.sasl.oauthbearer.client_id!r}"
+        return f"user {security.sasl.username!r}"
+    if security.ssl.certificate_location is not None:
+        return f"the principal of certificate {str(security.ssl.certificate_location)!r}"
+    return "this client"
 
 
 def _exists(metadata: Any, topic: str) -> bool:

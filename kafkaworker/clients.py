@@ -151,6 +151,15 @@ def refusal(settings: Settings, error: KafkaError) -> StartupError | None:
             f"the cluster at {servers} refused this client ({security.protocol}): "
             f"{_briefly(text)}: check kafka.security"
         )
+    if "alert" in text and ("certificate" in text or "handshake" in text):
+        # The broker's TLS alert: it did not accept our certificate (or none was given).
+        cert = security.ssl.certificate_location
+        return StartupError(
+            f"the cluster at {servers} refused this client's TLS certificate "
+            f"({security.protocol}, {'certificate ' + repr(str(cert)) if cert else 'none given'}"
+            f"): {_briefly(text)}: check kafka.security.ssl.certificate_location and "
+            "key_location (a certificate the cluster trusts, not expired)"
+        )
     if code == KafkaError._SSL or "SSL handshake failed" in text:
         return StartupError(
             f"TLS handshake with {servers} failed ({security.protocol}): {_briefly(text)}: "
@@ -195,7 +204,12 @@ def unreachable(settings: Settings, timeout: float, error: BaseException) -> Sta
     return StartupError(
         f"cannot reach Kafka at {settings.kafka.bootstrap_servers} within {timeout:g}s "
         f"({reason(error)}): check kafka.bootstrap_servers (env "
-        "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS) and that the brokers are up"
+        "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS), that the brokers are up"
+        + (
+            " and, for a secured listener, kafka.security.protocol"
+            if settings.kafka.security.protocol == "PLAINTEXT"
+            else ""
+        )
     )
 
 

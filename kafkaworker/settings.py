@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import ssl
+import time
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -60,6 +62,22 @@ def _readable(path: Path | None, what: str) -> None:
             pass
     except OSError as exc:
         raise ValueError(f"{what} {str(path)!r} cannot be read ({exc.strerror})") from None
+
+
+def _not_expired(path: Path | None) -> None:
+    """A client certificate past its notAfter can never connect (the broker's TLS alert would
+    only say "bad certificate"): say so at load. The stdlib has no public PEM certificate
+    parser; ssl's test decoder is used, and a certificate it cannot read is left to the TLS
+    handshake to judge."""
+    if path is None:
+        return
+    try:
+        not_after = ssl.cert_time_to_seconds(ssl._ssl._test_decode_cert(str(path))["notAfter"])  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - not a PEM certificate we can read: librdkafka decides
+        return
+    if not_after < time.time():
+        expired = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(not_after))
+        raise ValueError(f"certificate_location {str(path)!r} expired on {expired}: renew it")
 
 
 def _secret_from(value: SecretStr | None, path: Path | None) -> str | None:
@@ -141,6 +159,7 @@ class SslSettings(_Strict):
             raise ValueError("set one of key_password and key_password_file")
         _readable(self.ca_location, "ca_location")
         _readable(self.certificate_location, "certificate_location")
+        _not_expired(self.certificate_location)
         _readable(self.key_location, "key_location")
         _readable(self.key_password_file, "key_password_file")
         return self

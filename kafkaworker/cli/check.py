@@ -23,8 +23,9 @@ from kafkaworker.cli.common import (
 @SETTINGS_OPTION
 @JSON_OPTION
 def check(app_ref: str, settings_path: str | None, as_json: bool) -> None:
-    """Check that MODULE:APP can run: brokers reachable, source topics exist, DLQ, retry and
-    output topics exist or can be created, its groups can be described."""
+    """Check that MODULE:APP can run: brokers reachable (and the credentials accepted),
+    source topics exist, DLQ, retry and output topics exist or can be created, and the ACLs
+    let it read and write them and use its groups."""
     with one_line():
         app = load_app(app_ref)
         settings = settings_from(settings_path, app)

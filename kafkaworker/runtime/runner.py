@@ -268,13 +268,18 @@ class Runner:
                 return found is not None and found.error is None
 
             for spec in self.specs:
+                role = f"source of handler {spec.name!r}"
                 for topic in spec.topics:
-                    if not exists(topic):
+                    # A topic this client may not describe is left out of the metadata too.
+                    if not exists(topic) and admin.topic_operations(topic) is None:
                         raise StartupError(
                             f"topic {topic!r} (handler {spec.name!r}) does not exist on "
                             f"{bootstrap}: create it (kafkaworker topics create {topic} "
                             "--partitions N), or fix the handler's topics"
                         )
+                    admin.require("topic", topic, "READ", role)
+                group = spec.group or self.app.name
+                admin.require("group", group, "READ", f"group of handler {spec.name!r}")
             for spec in self.specs:
                 sizes = {topic: len(metadata.topics[topic].partitions) for topic in spec.topics}
                 wanted = [  # (topic, kind, partitions when created)
@@ -284,20 +289,30 @@ class Runner:
                 if spec.dlq is not None:
                     dlq_size = self.settings.dead_letter.partitions or max(sizes.values())
                     wanted.append((spec.dlq, "dead-letter topic", dlq_size))
-                if spec.output is not None and not exists(spec.output):
+                if (
+                    spec.output is not None
+                    and not exists(spec.output)
+                    and admin.topic_operations(spec.output) is None
+                ):
                     raise StartupError(
                         f"output topic {spec.output!r} (handler {spec.name!r}) does not exist "
                         f"on {bootstrap}: create it, or fix the handler's output"
                     )
+                if spec.output is not None:
+                    admin.require("topic", spec.output, "WRITE", f"output of handler {spec.name!r}")
                 for topic, kind, partitions in wanted:
-                    if exists(topic):
-                        continue
-                    if not self.settings.dead_letter.create_topics:
-                        raise StartupError(
-                            f"{kind} {topic!r} (handler {spec.name!r}) does not exist on "
-                            f"{bootstrap}: create it, or set dead_letter.create_topics: true"
-                        )
-                    self._create_topic(admin, topic, partitions, spec.name)
+                    if not exists(topic) and admin.topic_operations(topic) is None:
+                        if not self.settings.dead_letter.create_topics:
+                            raise StartupError(
+                                f"{kind} {topic!r} (handler {spec.name!r}) does not exist on "
+                                f"{bootstrap}: create it, or set dead_letter.create_topics: true"
+                            )
+                        self._create_topic(admin, topic, partitions, spec.name)
+                    # Found missing at the first failure instead, it would stall a partition.
+                    role = f"{kind} of handler {spec.name!r}"
+                    admin.require("topic", topic, "WRITE", role)
+                    if kind == "retry topic":  # the handler consumes it too
+                        admin.require("topic", topic, "READ", role)
 
     def _create_topic(self, admin: KafkaAdmin, topic: str, partitions: int, handler: str) -> None:
         try:

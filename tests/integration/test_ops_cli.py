@@ -278,7 +278,7 @@ def test_check_passes_and_fails_for_each_cause(
         passed
     )
     assert kw("topics", "describe", f"{source}.dlq").exit_code == 1  # check created nothing
-    assert "can be described: new (no offsets or members yet)" in passed  # not "Dead"
+    assert "may Read; new (no offsets or members yet)" in passed  # not "Dead"
 
     def failing(app_ref: str, settings: str | None = None) -> list[str]:
         if settings is not None:
