@@ -712,7 +712,8 @@ def principal(settings: Settings) -> str:
     security = settings.kafka.security
     if security.sasl is not None:
         if security.sasl.oauthbearer is not None:
-            return f"OAuth client {security.sasl.oauthbearer.client_id!r}"
+            client = security.sasl.oauthbearer.client_id
+            return f"OAuth client {client!r}" if client else "the OAuth token's principal"
         return f"user {security.sasl.username!r}"
     if security.ssl.certificate_location is not None:
         return f"the principal of certificate {str(security.ssl.certificate_location)!r}"

@@ -9,6 +9,7 @@ base_config(); raw `kafka.consumer` / `kafka.producer` properties are applied on
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 
-from kafkaworker.errors import StartupError
+from kafkaworker.errors import ConfigError, StartupError
 from kafkaworker.observability.logging import LIBRDKAFKA_LOGGER
 from kafkaworker.settings import SecuritySettings, Settings
 
@@ -71,7 +72,10 @@ def security_config(security: SecuritySettings) -> dict[str, Any]:
     sasl = security.sasl
     if sasl is not None:
         config["sasl.mechanism"] = sasl.mechanism
-        if sasl.oauthbearer is not None:
+        if sasl.oauthbearer is not None and sasl.oauthbearer.method == "callback":
+            assert sasl.oauthbearer.token_provider is not None
+            config["oauth_cb"] = token_provider(sasl.oauthbearer.token_provider)
+        elif sasl.oauthbearer is not None:
             oauth = sasl.oauthbearer
             config["sasl.oauthbearer.method"] = oauth.method
             config["sasl.oauthbearer.client.id"] = oauth.client_id
@@ -179,6 +183,21 @@ def _briefly(text: str) -> str:
     _, sep, rest = text.partition("/bootstrap: ")
     text = rest if sep else text
     return text.split(" (after ")[0]
+
+
+def token_provider(reference: str) -> Callable[[str], Any]:
+    """The "module:function" named by sasl.oauthbearer.token_provider."""
+    module_name, _, name = reference.partition(":")
+    try:
+        provider = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"setting kafka.security.sasl.oauthbearer.token_provider={reference!r} cannot be "
+            f"imported ({type(exc).__name__}: {exc}): fix the module:function"
+        ) from None
+    if not callable(provider):
+        raise ConfigError(f"token_provider {reference!r} is not a function")
+    return provider  # type: ignore[no-any-return]
 
 
 def connection_config(

@@ -88,20 +88,35 @@ def _secret_from(value: SecretStr | None, path: Path | None) -> str | None:
 
 
 class OAuthBearerSettings(_Strict):
-    """SASL/OAUTHBEARER with librdkafka's built-in OIDC client-credentials flow
-    (sasl.oauthbearer.method=oidc): it fetches and refreshes the token itself."""
+    """SASL/OAUTHBEARER tokens, one of two ways:
 
-    method: Literal["oidc"] = "oidc"
-    client_id: str
+    - method "oidc": librdkafka's built-in OIDC client-credentials flow; it fetches and
+      refreshes the token itself (Confluent Cloud, Keycloak, Entra ID...).
+    - method "callback": `token_provider`, "module:function", is called with librdkafka's
+      sasl.oauthbearer.config string and returns (token, expiry in epoch seconds): for
+      providers with their own signing, such as MSK IAM (aws-msk-iam-sasl-signer-python).
+    """
+
+    method: Literal["oidc", "callback"] = "oidc"
+    client_id: str | None = None
     client_secret: SecretStr | None = None
     client_secret_file: Path | None = None
-    token_endpoint_url: str
+    token_endpoint_url: str | None = None
     scope: str | None = None
     # librdkafka's "key=value,key=value" form (e.g. logicalCluster=lkc-123,identityPoolId=...).
     extensions: str | None = None
+    token_provider: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> OAuthBearerSettings:
+        if self.method == "callback":
+            if not self.token_provider or ":" not in self.token_provider:
+                raise ValueError('method callback needs token_provider: "module:function"')
+            return self
+        if self.token_provider is not None:
+            raise ValueError("token_provider is for method callback, not oidc")
+        if not self.client_id or not self.token_endpoint_url:
+            raise ValueError("method oidc needs client_id and token_endpoint_url")
         if (self.client_secret is None) == (self.client_secret_file is None):
             raise ValueError("set one of client_secret and client_secret_file")
         _readable(self.client_secret_file, "client_secret_file")

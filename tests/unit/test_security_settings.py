@@ -196,3 +196,35 @@ def test_what_cannot_be_honoured_is_refused_in_one_line_without_the_secret(
     message = str(caught.value)
     assert expected in message and "\n" not in message, message
     assert SECRET not in message
+
+
+def msk_token(config: str) -> tuple[str, float]:
+    """A token provider as a user writes one (MSK IAM would sign a token here)."""
+    return f"token-for-{config}", 1e10
+
+
+def test_oauthbearer_with_a_token_provider_function(tmp_path: Path) -> None:
+    settings = load_settings(
+        write_settings(
+            tmp_path,
+            "kafka:\n  security:\n    protocol: SASL_SSL\n    sasl:\n"
+            "      mechanism: OAUTHBEARER\n      oauthbearer:\n        method: callback\n"
+            f"        token_provider: {__name__}:msk_token\n",
+        )
+    )
+    config = base_config(settings)
+    assert config["oauth_cb"] is msk_token
+    assert "sasl.oauthbearer.method" not in config
+
+
+def test_a_token_provider_that_does_not_import_is_one_line(tmp_path: Path) -> None:
+    settings = load_settings(
+        write_settings(
+            tmp_path,
+            "kafka:\n  security:\n    protocol: SASL_SSL\n    sasl:\n"
+            "      mechanism: OAUTHBEARER\n      oauthbearer:\n        method: callback\n"
+            "        token_provider: no_such_module:token\n",
+        )
+    )
+    with pytest.raises(ConfigError, match=r"token_provider='no_such_module:token' cannot be"):
+        base_config(settings)
