@@ -189,6 +189,25 @@ def test_a_worker_and_every_command_over_each_secured_listener(
     output = log.read_text(errors="replace")
     assert code == 0, output[-3000:]
 
+    # With the worker gone: replay the DLQ (its progress in a group the user may use) and
+    # move the group back to the start.
+    replayed_to = f"{names['source']}.replayed"
+    create_topics(secured_kafka, replayed_to)
+    replayed = kafkaworker(
+        tmp_path, env, "dlq", "replay", names["dlq"], "--to", replayed_to,
+        "--group", f"{names['group']}-replay",
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    again = read_topic(secured_kafka.plain_bootstrap, replayed_to, 2, timeout=30)
+    assert sorted(r.value() for r in again) == [b"bad-1", b"bad-2"]
+    reset = kafkaworker(
+        tmp_path, env, "offsets", "reset", names["group"], "--topic", names["source"],
+        "--to-earliest", "--execute",
+    )  # fmt: skip
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    rewound = kafkaworker(tmp_path, env, "offsets", "show", names["group"], "--json")
+    assert [p["committed"] for p in orjson.loads(rewound.stdout)["partitions"]] == [0, 0]
+
     help_texts = [kafkaworker(tmp_path, env, cmd, "--help").stdout for cmd in ("run", "check")]
     secrets = [secured_kafka.app_password, secured_kafka.app_cert.key.read_text().splitlines()[1]]
     for secret in secrets:
@@ -200,6 +219,8 @@ def test_a_worker_and_every_command_over_each_secured_listener(
             produced.stdout + produced.stderr,
             inspected.stdout + inspected.stderr,
             shown.stdout + shown.stderr,
+            replayed.stdout + replayed.stderr,
+            reset.stdout + reset.stderr,
             *endpoints,
             *help_texts,
         )
