@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
     from kafkaworker.app import App
 
 T = TypeVar("T")
+log = structlog.get_logger("kafkaworker.admin")
+
 _UNREACHABLE = (KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN)
 _EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 _LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
@@ -146,6 +150,8 @@ class KafkaAdmin:
         self.timeout = timeout if timeout is not None else settings.startup_timeout
         self._deadline = 0.0
         try:
+            self._topic_access: dict[str, frozenset[str] | None] = {}
+            self._group_access: dict[str, frozenset[str]] = {}
             self.watch = clients.ConnectionWatch(settings)
             self._admin = self.watch.attach(
                 AdminClient(clients.connection_config(settings, watch=self.watch))
@@ -167,7 +173,9 @@ class KafkaAdmin:
         self.close()
 
     def close(self) -> None:
-        """Nothing to release but the client itself (librdkafka frees it when collected)."""
+        """Let the client go now: the watch (its error_cb) held it in a reference cycle, alive
+        with its threads and connections until a garbage collection."""
+        self.watch.detach()
 
     # -- topics -------------------------------------------------------------------------------
 
@@ -237,6 +245,8 @@ class KafkaAdmin:
         )
         try:
             self._wait(lambda: self._admin.create_topics([new], validate_only=validate_only)[name])
+            if not validate_only:
+                self._topic_access.pop(name, None)  # asked again: it exists now
         except KafkaException as exc:
             if clients.error_code(exc) == KafkaError.TOPIC_ALREADY_EXISTS:
                 if exist_ok:
@@ -337,36 +347,74 @@ class KafkaAdmin:
     def topic_operations(self, topic: str) -> frozenset[str] | None:
         """What this client may do with `topic` as the cluster's ACLs say (READ, WRITE,
         DESCRIBE...); None when the topic does not exist; empty when it may not even describe
-        it (Kafka then does not say whether it exists)."""
+        it (Kafka then does not say whether it exists). Asked once per topic (see
+        describe_access) until the topic is created through this admin."""
+        if topic not in self._topic_access:
+            self.describe_access([topic])
+        return self._topic_access[topic]
+
+    def describe_access(self, topics: Iterable[str]) -> None:
+        """Ask for the operations allowed on `topics` in one request (a preflight asks about
+        every topic of every handler: one round trip, not one per topic and handler)."""
+        wanted = sorted(set(topics) - set(self._topic_access))
+        if not wanted:
+            return
         try:
-            found = self._wait(
+            futures = self._call(
                 lambda: self._admin.describe_topics(
-                    TopicCollection([topic]), include_authorized_operations=True
-                )[topic]
+                    TopicCollection(wanted), include_authorized_operations=True
+                )
             )
         except KafkaException as exc:
-            code = clients.error_code(exc)
-            if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                return None
-            if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-                return frozenset()
-            raise
-        return _operations(found.authorized_operations)
+            for topic in wanted:
+                self._topic_access[topic] = self._denied_or_unknown(exc, "topic", topic)
+            return
+        for topic in wanted:
+            try:
+                found = self._call(partial(self._result, futures[topic]))
+            except KafkaException as exc:
+                self._topic_access[topic] = self._denied_or_unknown(exc, "topic", topic)
+            else:
+                self._topic_access[topic] = _operations(found.authorized_operations)
+
+    def _result(self, future: Future[T]) -> T:
+        return clients.result(future, self._left(), self.watch)
 
     def group_operations(self, group: str) -> frozenset[str]:
         """What this client may do with consumer group `group`; empty when it may not
         describe it."""
-        try:
-            found = self._wait(
-                lambda: self._admin.describe_consumer_groups(
-                    [group], include_authorized_operations=True
-                )[group]
-            )
-        except KafkaException as exc:
-            if clients.error_code(exc) == KafkaError.GROUP_AUTHORIZATION_FAILED:
-                return frozenset()
-            raise
-        return _operations(found.authorized_operations)
+        if group not in self._group_access:
+            try:
+                found = self._wait(
+                    lambda: self._admin.describe_consumer_groups(
+                        [group], include_authorized_operations=True
+                    )[group]
+                )
+            except KafkaException as exc:
+                access = self._denied_or_unknown(exc, "group", group)
+                self._group_access[group] = _UNKNOWN_ACCESS if access is None else access
+            else:
+                self._group_access[group] = _operations(found.authorized_operations)
+        return self._group_access[group]
+
+    def _denied_or_unknown(
+        self, exc: KafkaException, kind: str, name: str
+    ) -> frozenset[str] | None:
+        """An error describing a topic or group: denied (empty), missing (None), or anything
+        else (an older or Kafka-compatible broker without the API...): unknown, allowed as far
+        as this check goes (the first real request will say), with a warning."""
+        code = clients.error_code(exc)
+        if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED):
+            return frozenset()
+        if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return None
+        log.warning(
+            "cannot ask the cluster what this client may do; not checked",
+            kind=kind,
+            name=name,
+            error=clients.reason(exc),
+        )
+        return _UNKNOWN_ACCESS
 
     def require(self, kind: str, name: str, operation: str, role: str) -> None:
         """Raise the one line for a missing ACL: `operation` (READ, WRITE) on topic or group
@@ -589,15 +637,15 @@ class KafkaAdmin:
             try:
                 return call()
             except TimeoutError:
-                self.watch.check()
-                raise clients.unreachable(
-                    self.settings, self.timeout, TimeoutError("no answer")
+                raise self.watch.give_up(
+                    clients.unreachable(self.settings, self.timeout, TimeoutError("no answer"))
                 ) from None
             except KafkaException as exc:
                 code = clients.error_code(exc)
                 if code in _UNREACHABLE:
-                    self.watch.check()
-                    raise clients.unreachable(self.settings, self.timeout, exc) from None
+                    raise self.watch.give_up(
+                        clients.unreachable(self.settings, self.timeout, exc)
+                    ) from None
                 if not _retriable(exc) or self._left() <= 0:
                     raise
             time.sleep(0.1)
@@ -700,10 +748,15 @@ def _first_timestamps(
     return found
 
 
+# What a describe that did not say (an older broker, or one that sent an empty list after a
+# describe that itself proved Describe) counts as: not a reason to refuse.
+_UNKNOWN_ACCESS = frozenset({"ALL", "READ", "WRITE", "DESCRIBE", "CREATE"})
+
+
 def _operations(operations: Any) -> frozenset[str]:
-    """AclOperations as names; ALL when the broker did not say (an older one)."""
-    if operations is None:
-        return frozenset({"ALL", "READ", "WRITE", "DESCRIBE", "CREATE"})
+    """AclOperations as names; unknown when the broker did not say."""
+    if not operations:
+        return _UNKNOWN_ACCESS
     return frozenset(op.name for op in operations)
 
 

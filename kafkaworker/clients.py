@@ -107,55 +107,94 @@ def security_config(security: SecuritySettings) -> dict[str, Any]:
 
 
 class ConnectionWatch:
-    """A client's error_cb: keeps the first error that no retry will fix (the credentials,
-    a certificate, the security protocol) as the one line to fail with, instead of waiting
-    out a timeout that would end in "cannot reach Kafka". librdkafka serves error_cb from
-    poll(): a waiter calls check() between its slices."""
+    """A client's error_cb. An error that no retry will fix (credentials refused, a
+    certificate not trusted either way) is the one line to fail with at once, instead of
+    waiting out a timeout that would end in "cannot reach Kafka". One that may pass (a TLS
+    connection dropped by a restarting broker, an identity provider down for a moment) is
+    kept, and told instead of "cannot reach Kafka" if the cluster still has not answered
+    when the wait is over. librdkafka serves error_cb from poll(): a waiter calls check()
+    between its slices."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._client: Any = None
-        self.failure: StartupError | None = None
+        self.failure: StartupError | None = None  # permanent
+        self.last: StartupError | None = None  # the latest that may pass
 
     def attach(self, client: Any) -> Any:
         self._client = client
         return client
 
+    def detach(self) -> None:
+        """Drop the client: the client holds this object as its error_cb, and the cycle would
+        keep it (its threads and connections) alive until a garbage collection."""
+        self._client = None
+
     def __call__(self, error: KafkaError) -> None:
-        if self.failure is None:
-            self.failure = refusal(self._settings, error)
+        found = refusal(self._settings, error)
+        if found is None:
+            return
+        line, permanent = found
+        if permanent and self.failure is None:
+            self.failure = line
+        self.last = line
 
     def check(self) -> None:
-        """Raise the failure seen so far, if any."""
+        """Raise the permanent failure seen so far, if any."""
         if self.failure is None and self._client is not None:
             with contextlib.suppress(RuntimeError, KafkaException):  # closed meanwhile
                 self._client.poll(0)
         if self.failure is not None:
             raise self.failure
 
+    def give_up(self, fallback: StartupError) -> StartupError:
+        """The line for a wait that ran out: the cluster's refusal when there was one."""
+        return self.failure or self.last or fallback
 
-def refusal(settings: Settings, error: KafkaError) -> StartupError | None:
-    """The one line for an error that says the cluster refuses this client; None for one that
-    a retry may fix (a broker down, a leader moving)."""
+
+# A TLS alert or a verification error that names the certificate: no retry changes it.
+_CERTIFICATE_WORDS = (
+    "certificate verify failed",
+    "bad certificate",
+    "certificate unknown",
+    "unknown ca",
+    "certificate expired",
+    "certificate required",
+    "certificate revoked",
+    "unsupported certificate",
+)
+
+
+def refusal(settings: Settings, error: KafkaError) -> tuple[StartupError, bool] | None:
+    """The one line for an error that says the cluster refuses this client, and whether it is
+    permanent; None for one that says nothing about security (a broker down, a leader
+    moving)."""
     security = settings.kafka.security
+    sasl = security.sasl
     servers = settings.kafka.bootstrap_servers
     text = " ".join(str(error.str()).split())
+    lowered = text.lower()
     code = error.code()
     if code == KafkaError._AUTHENTICATION or "SASL authentication" in text:
-        if security.sasl is not None:
-            who = security.sasl.username or (
-                security.sasl.oauthbearer.client_id if security.sasl.oauthbearer else None
-            )
+        if sasl is not None and sasl.oauthbearer is not None:
+            # The token could not be had (the identity provider may be down for a moment), or
+            # the broker refused it: retried until startup_timeout either way.
             return StartupError(
-                f"authentication failed at {servers} ({security.protocol}, "
-                f"{security.sasl.mechanism}, user {who!r}): {_briefly(text)}: check "
-                "kafka.security.sasl (username, password or password_file)"
-            )
+                f"OAUTHBEARER authentication failed at {servers} ({security.protocol}): "
+                f"{_briefly(text)}: check kafka.security.sasl.oauthbearer"
+            ), False
+        if sasl is not None:
+            return StartupError(
+                f"authentication failed at {servers} ({security.protocol}, {sasl.mechanism}, "
+                f"user {sasl.username!r}): {_briefly(text)}: check kafka.security.sasl "
+                "(username, password or password_file)"
+            ), True
         return StartupError(
             f"the cluster at {servers} refused this client ({security.protocol}): "
             f"{_briefly(text)}: check kafka.security"
-        )
-    if "alert" in text and ("certificate" in text or "handshake" in text):
+        ), True
+    certificate = any(word in lowered for word in _CERTIFICATE_WORDS)
+    if certificate and "alert" in lowered:
         # The broker's TLS alert: it did not accept our certificate (or none was given).
         cert = security.ssl.certificate_location
         return StartupError(
@@ -163,18 +202,24 @@ def refusal(settings: Settings, error: KafkaError) -> StartupError | None:
             f"({security.protocol}, {'certificate ' + repr(str(cert)) if cert else 'none given'}"
             f"): {_briefly(text)}: check kafka.security.ssl.certificate_location and "
             "key_location (a certificate the cluster trusts, not expired)"
-        )
-    if code == KafkaError._SSL or "SSL handshake failed" in text:
+        ), True
+    if certificate:
         return StartupError(
             f"TLS handshake with {servers} failed ({security.protocol}): {_briefly(text)}: "
-            "check kafka.security.ssl (ca_location; certificate_location and key_location "
-            "for mTLS)"
-        )
+            "check kafka.security.ssl.ca_location (the CA that signed the brokers' "
+            "certificates) and endpoint_identification"
+        ), True
+    if code == KafkaError._SSL or "SSL handshake failed" in text:
+        # Dropped mid-handshake, say: a broker restarting, or a listener without TLS.
+        return StartupError(
+            f"TLS handshake with {servers} failed ({security.protocol}): {_briefly(text)}: "
+            "check that the listener speaks TLS (kafka.security.protocol) and is up"
+        ), False
     if "incorrect security.protocol" in text:
         return StartupError(
-            f"the cluster at {servers} does not speak {security.protocol}: {_briefly(text)}: "
+            f"the cluster at {servers} did not answer {security.protocol}: {_briefly(text)}: "
             "check kafka.security.protocol"
-        )
+        ), False
     return None
 
 
@@ -300,7 +345,7 @@ def metadata(
         return call(lambda: client.list_topics(timeout=timeout), timeout + 1, watch)
     except (KafkaException, TimeoutError) as exc:
         if watch is not None:
-            watch.check()
+            raise watch.give_up(unreachable(settings, timeout, exc)) from None
         raise unreachable(settings, timeout, exc) from None
 
 

@@ -52,16 +52,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _readable(path: Path | None, what: str) -> None:
+def _readable(path: Path | None, what: str, *, secret: bool = False) -> None:
     """A file named by a setting must be readable now, not at the first connection, where
-    librdkafka's error would come late and name no setting."""
+    librdkafka's error would come late and name no setting. A secret's file is not named in
+    the error: a secret put where its path belongs must not be printed."""
     if path is None:
         return
     try:
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise ValueError(f"{what} {str(path)!r} cannot be read ({exc.strerror})") from None
+        shown = "" if secret else f" {str(path)!r}"
+        raise ValueError(f"{what}{shown} cannot be read ({exc.strerror})") from None
+
+
+def _readable_ca(path: Path | None) -> None:
+    """ca_location may also be a directory of CA certificates, or librdkafka's "probe"."""
+    if path is None or str(path) == "probe":
+        return
+    if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ValueError(f"ca_location {str(path)!r} cannot be read (permission denied)")
+        return
+    _readable(path, "ca_location")
 
 
 def _not_expired(path: Path | None) -> None:
@@ -85,6 +98,16 @@ def _secret_from(value: SecretStr | None, path: Path | None) -> str | None:
         # A mounted secret (Kubernetes) ends with a newline more often than not.
         return path.read_text().rstrip("\r\n")
     return value.get_secret_value() if value is not None else None
+
+
+_OIDC_FIELDS = (
+    "client_id",
+    "client_secret",
+    "client_secret_file",
+    "token_endpoint_url",
+    "scope",
+    "extensions",
+)
 
 
 class OAuthBearerSettings(_Strict):
@@ -112,6 +135,12 @@ class OAuthBearerSettings(_Strict):
         if self.method == "callback":
             if not self.token_provider or ":" not in self.token_provider:
                 raise ValueError('method callback needs token_provider: "module:function"')
+            unused = [name for name in _OIDC_FIELDS if getattr(self, name) is not None]
+            if unused:
+                raise ValueError(
+                    f"method callback does not use {', '.join(unused)} (the token provider "
+                    "makes the token): remove them, or use method oidc"
+                )
             return self
         if self.token_provider is not None:
             raise ValueError("token_provider is for method callback, not oidc")
@@ -119,7 +148,7 @@ class OAuthBearerSettings(_Strict):
             raise ValueError("method oidc needs client_id and token_endpoint_url")
         if (self.client_secret is None) == (self.client_secret_file is None):
             raise ValueError("set one of client_secret and client_secret_file")
-        _readable(self.client_secret_file, "client_secret_file")
+        _readable(self.client_secret_file, "client_secret_file", secret=True)
         return self
 
     def secret(self) -> str | None:
@@ -150,7 +179,7 @@ class SaslSettings(_Strict):
             raise ValueError(f"mechanism {self.mechanism} needs sasl.username")
         if (self.password is None) == (self.password_file is None):
             raise ValueError(f"mechanism {self.mechanism} needs one of password and password_file")
-        _readable(self.password_file, "password_file")
+        _readable(self.password_file, "password_file", secret=True)
         return self
 
     def secret(self) -> str | None:
@@ -172,11 +201,11 @@ class SslSettings(_Strict):
             raise ValueError("mTLS needs both certificate_location and key_location")
         if self.key_password is not None and self.key_password_file is not None:
             raise ValueError("set one of key_password and key_password_file")
-        _readable(self.ca_location, "ca_location")
+        _readable_ca(self.ca_location)
         _readable(self.certificate_location, "certificate_location")
         _not_expired(self.certificate_location)
         _readable(self.key_location, "key_location")
-        _readable(self.key_password_file, "key_password_file")
+        _readable(self.key_password_file, "key_password_file", secret=True)
         return self
 
     @property
@@ -246,7 +275,16 @@ def is_secret_key(key: str) -> bool:
     lowered = key.lower()
     return any(
         word in lowered
-        for word in ("password", "secret", "ssl.key.pem", "jaas", "user.info", "token")
+        for word in (
+            "password",
+            "passphrase",
+            "secret",
+            "private.key",
+            "key.pem",
+            "jaas",
+            "user.info",
+            "token",
+        )
     )
 
 
@@ -460,12 +498,34 @@ def _merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, An
     return merged
 
 
+# librdkafka properties kafka.security sets: a raw one beside it would override it for some
+# clients only (the consumers, or the producer): mixed credentials, or a silent downgrade.
+SECURITY_PROPERTIES = ("security.protocol", "sasl.", "ssl.")
+
+
 def check_client_properties(settings: Settings) -> None:
     for key, why in RESERVED_CONSUMER_PROPERTIES.items():
         if key in settings.kafka.consumer:
             raise ConfigError(
                 f"setting kafka.consumer.{key} is managed by kafkaworker ({why}): remove it"
             )
+    security = settings.kafka.security
+    if security.protocol == "PLAINTEXT" and security.sasl is None:
+        return  # security through raw properties only: they are all there is
+    for client in ("consumer", "producer"):
+        for key in getattr(settings.kafka, client):
+            if key.startswith(SECURITY_PROPERTIES):
+                raise ConfigError(
+                    f"setting kafka.{client}.{key} conflicts with kafka.security (which sets "
+                    f"the security properties of every client): remove one of them"
+                )
+
+
+# Fields under kafka.security whose invalid values may be shown: no secret goes there (a
+# section given a scalar, or a secret's file given the secret, is not shown).
+_SHOWN_SECURITY_FIELDS = frozenset(
+    {"protocol", "mechanism", "username", "method", "endpoint_identification", "client_id"}
+)
 
 
 def _one_line(exc: ValidationError, yaml_path: Path | None) -> str:
@@ -481,7 +541,11 @@ def _one_line(exc: ValidationError, yaml_path: Path | None) -> str:
         return f"unknown setting {key!r}{source}: {hint}{listed}{more}"
     value = error.get("input")
     message = str(error["msg"]).removeprefix("Value error, ")
-    if isinstance(value, Mapping | list) or is_secret_key(key):
+    sensitive = is_secret_key(key) or (
+        key.startswith(("kafka.security", "schema_registry.config"))
+        and str(error["loc"][-1]) not in _SHOWN_SECURITY_FIELDS
+    )
+    if isinstance(value, Mapping | list) or sensitive:
         # A model's own check (its input: the whole section, secrets included), or a secret.
         return f"setting {key} is invalid{source}: {message}{more}"
     return f"setting {key}={value!r} is invalid{source}: {message}{more}"

@@ -267,6 +267,16 @@ class Runner:
                 found = metadata.topics.get(topic)
                 return found is not None and found.error is None
 
+            # What the ACLs allow on every topic involved, asked in one request.
+            admin.describe_access(
+                topic
+                for spec in self.specs
+                for topic in (
+                    *spec.topics,
+                    *(s.topic for s in RetryRoutes(spec.topics, spec.retry_topics).stages),
+                    *(t for t in (spec.dlq, spec.output) if t is not None),
+                )
+            )
             for spec in self.specs:
                 role = f"source of handler {spec.name!r}"
                 for topic in spec.topics:
@@ -280,8 +290,11 @@ class Runner:
                     admin.require("topic", topic, "READ", role)
                 group = spec.group or self.app.name
                 admin.require("group", group, "READ", f"group of handler {spec.name!r}")
+            if not all(exists(t) for spec in self.specs for t in spec.topics):
+                # Describable but not in the metadata yet (created a moment ago, no leader).
+                metadata = admin.metadata()
             for spec in self.specs:
-                sizes = {topic: len(metadata.topics[topic].partitions) for topic in spec.topics}
+                sizes = {topic: _partition_count(metadata, topic) for topic in spec.topics}
                 wanted = [  # (topic, kind, partitions when created)
                     (stage.topic, "retry topic", sizes[stage.source])
                     for stage in RetryRoutes(spec.topics, spec.retry_topics).stages
@@ -326,6 +339,15 @@ class Runner:
             ) from None
         if created:  # else another worker of the group created it first
             log.info("created topic", topic=topic, partitions=partitions, handler=handler)
+
+
+def _partition_count(metadata: Any, topic: str) -> int:
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise StartupError(
+            f"topic {topic!r} has no partitions with a leader yet: try again in a moment"
+        )
+    return len(found.partitions)
 
 
 def stale_after(settings: Settings) -> float:

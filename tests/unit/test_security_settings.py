@@ -132,19 +132,63 @@ def test_oauthbearer_oidc_client_credentials(tmp_path: Path) -> None:
 def test_raw_client_properties_still_win_and_are_masked_in_the_repr(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__PROTOCOL", "SASL_PLAINTEXT")
-    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__MECHANISM", "PLAIN")
-    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__USERNAME", "app")
-    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__PASSWORD", "typed")
+    # Security set up with raw properties only (as before kafka.security): they are used.
     monkeypatch.setenv(
         "KAFKAWORKER_KAFKA__CONSUMER",
-        f'{{"sasl.password": "{SECRET}", "sasl.kerberos.service.name": "kafka"}}',
+        f'{{"sasl.password": "{SECRET}", "security.protocol": "SASL_SSL", "fetch.min.bytes": 7}}',
     )
     settings = load_settings()
     [consumer, _producer, tool, _base] = every_client_config(settings)
     assert consumer["sasl.password"] == tool["sasl.password"] == SECRET
-    assert consumer["sasl.kerberos.service.name"] == "kafka"
-    assert SECRET not in repr(settings) and "typed" not in repr(settings)
+    assert consumer["security.protocol"] == "SASL_SSL" and consumer["fetch.min.bytes"] == 7
+    assert SECRET not in repr(settings)
+
+
+def test_a_raw_security_property_beside_kafka_security_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__MECHANISM", "PLAIN")
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__USERNAME", "app")
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__PASSWORD", "typed")
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__PRODUCER", f'{{"sasl.password": "{SECRET}"}}')
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "setting kafka.producer.sasl.password conflicts with kafka.security (which sets the "
+        "security properties of every client): remove one of them"
+    )
+
+
+def test_secrets_put_where_a_path_or_a_section_belongs_are_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__MECHANISM", "PLAIN")
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__USERNAME", "app")
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__SECURITY__SASL__PASSWORD_FILE", SECRET)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "password_file cannot be read" in str(caught.value)
+    assert SECRET not in str(caught.value)
+    monkeypatch.delenv("KAFKAWORKER_KAFKA__SECURITY__SASL__PASSWORD_FILE")
+    path = write_settings(tmp_path, f"kafka:\n  security:\n    sasl: app:{SECRET}\n")
+    monkeypatch.delenv("KAFKAWORKER_KAFKA__SECURITY__SASL__MECHANISM")
+    monkeypatch.delenv("KAFKAWORKER_KAFKA__SECURITY__SASL__USERNAME")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert SECRET not in str(caught.value), caught.value
+
+
+def test_a_ca_directory_and_probe_are_accepted(tmp_path: Path) -> None:
+    for ca in (str(tmp_path), "probe"):
+        settings = load_settings(
+            write_settings(
+                tmp_path,
+                f"kafka:\n  security:\n    protocol: SSL\n    ssl:\n      ca_location: {ca}\n",
+            )
+        )
+        assert base_config(settings)["ssl.ca.location"] == ca
 
 
 @pytest.mark.parametrize(
@@ -172,7 +216,7 @@ def test_raw_client_properties_still_win_and_are_masked_in_the_repr(
         (
             "protocol: SASL_SSL\n    sasl:\n      mechanism: PLAIN\n      username: a\n"
             "      password_file: /nowhere/pw\n",
-            "password_file '/nowhere/pw' cannot be read",
+            "password_file cannot be read (No such file or directory)",
         ),
         (
             "protocol: SSL\n    ssl:\n      ca_location: /nowhere/ca.pem\n",
