@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install jars lint format test test-fast kafka run bench clean
+.PHONY: install jars lint format test test-fast faults kafka run bench clean
 
 install: $(STAMP)
 
@@ -42,6 +42,13 @@ test: lint jars
 
 test-fast: install jars
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+# The fault suite alone (brokers killed and hung, members frozen...), then its table:
+# scenario, messages, lost, duplicates, recovery (saved as build/faults.md).
+faults: install jars
+	@rm -f build/faults.jsonl
+	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
+	@$(PY) -m tools.faults
 
 # A dev broker in the foreground on 127.0.0.1:9092; Ctrl+C stops it.
 kafka: jars

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -241,3 +244,83 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+_QUIET = logging.getLogger("tests.feed")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+class Feed:
+    """Keyed records produced steadily from a thread until stopped; what the broker
+    acknowledged is `acked`. Delivery is retried for two minutes, so records sent while the
+    broker is down are delivered once it is back."""
+
+    def __init__(self, bootstrap: str, topic: str, rate: float = 1500) -> None:
+        self.acked: set[tuple[int, int]] = set()
+        self.failed = 0
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.timeout.ms": 120_000,
+                "reconnect.backoff.max.ms": 500,
+                # "Connect ... failed" every backoff while a test keeps the broker down.
+                "logger": _QUIET,
+            }
+        )
+        self._topic, self._rate = topic, rate
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="feed", daemon=True)
+        self._thread.start()
+
+    def _delivered(self, error: object, msg: object) -> None:
+        if error is None:
+            self.acked.add((msg.partition(), msg.offset()))  # type: ignore[attr-defined]
+        else:
+            self.failed += 1
+
+    def _run(self) -> None:
+        sent = 0
+        started = time.monotonic()
+        while not self._stop.is_set():
+            key = b"k%d" % (sent % 64)
+            try:
+                self._producer.produce(
+                    self._topic, b"%d" % sent, key=key, on_delivery=self._delivered
+                )
+                sent += 1
+            except BufferError:
+                pass
+            self._producer.poll(0)
+            ahead = sent / self._rate - (time.monotonic() - started)
+            if ahead > 0:
+                self._stop.wait(ahead)
+
+    def stop(self) -> None:
+        """Stop producing and wait for every acknowledgement (again: a no-op)."""
+        self._stop.set()
+        self._thread.join(10)
+        assert self._producer.flush(150) == 0
+
+
+FAULTS_REPORT = ROOT / "build" / "faults.jsonl"
+
+
+def report_fault(
+    scenario: str, messages: int, lost: int, duplicates: int, recovery: float | None
+) -> None:
+    """One row of the fault table (`make faults` prints it; docs/reliability.md keeps the
+    latest): appended as a JSON line, so concurrent test processes never interleave."""
+    FAULTS_REPORT.parent.mkdir(parents=True, exist_ok=True)
+    row = {
+        "scenario": scenario,
+        "messages": messages,
+        "lost": lost,
+        "duplicates": duplicates,
+        "recovery_s": None if recovery is None else round(recovery, 1),
+    }
+    with open(FAULTS_REPORT, "a") as out:
+        out.write(json.dumps(row) + "\n")

@@ -21,6 +21,7 @@ from tests.support import (
     end_offsets,
     produce,
     read_records,
+    report_fault,
     wait_until,
 )
 
@@ -87,6 +88,13 @@ def test_kill_9_at_several_points_then_restart_loses_nothing(
     finally:
         assert stop(worker) == 0, worker.output()[-3000:]
     assert handled(record) == expected  # every message at least once, nothing invented
+    report_fault(
+        f"worker killed (kill -9) three times, {kind} handler",
+        len(expected),
+        0,
+        len(read_records(record)) - len(expected),
+        None,
+    )
 
 
 def test_sigterm_drains_in_flight_exits_0_and_a_restart_repeats_nothing(
@@ -191,6 +199,13 @@ def test_members_join_and_leave_mid_stream_without_loss_or_overlap(
     records = read_records(record)
     assert {(r.partition, r.offset) for r in records} == expected
     assert len({r.pid for r in records}) == 3
+    report_fault(
+        f"members join and leave mid-stream, {protocol} protocol",
+        len(expected),
+        0,
+        len(records) - len(expected),
+        None,
+    )
     # No partition is ever worked on by two members at once: its intervals never overlap.
     for partition in range(6):
         spans = sorted(

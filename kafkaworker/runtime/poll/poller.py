@@ -328,8 +328,8 @@ class Poller:
         still = {str(s.topic_partition): s.in_flight for s in states if s.in_flight}
         if still and not self._closed_out:
             log.warning(
-                "revoked partitions still had messages in flight; the new owner will process "
-                "them again",
+                f"{'revoked' if commit else 'lost'} partitions still had messages in flight; "
+                "the new owner will process them again",
                 handler=self.spec.name,
                 in_flight=still,
             )

@@ -1,0 +1,187 @@
+"""The broker fails under a running `kafkaworker run` process: killed with SIGKILL and restarted
+on the same data (twice), and hung with SIGSTOP past the clients' timeouts. The worker must
+keep running, recover by itself and lose nothing of what the broker acknowledged.
+
+Each test counts: every record the producer had acknowledged (partition, offset) must have
+been handled; duplicates are allowed (at-least-once) and reported; the group's commits reach
+the end of the log; the worker exits 0 on SIGTERM at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kafkaworker.testing.broker import Cluster, free_port
+from tests.support import (
+    Feed,
+    WorkerProcess,
+    committed,
+    end_offsets,
+    read_records,
+    report_fault,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="module")
+def lone_broker() -> Iterator[Cluster]:
+    """A broker of these tests' own: killing the suite's shared one would fail other tests."""
+    cluster = Cluster(1, heap="512m")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def handled(record: Path) -> Counter[tuple[int, int]]:
+    return Counter((r.partition, r.offset) for r in read_records(record))
+
+
+def setup(cluster: Cluster, tmp_path: Path, **env: str) -> tuple[str, Path, WorkerProcess]:
+    topic = f"faults-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    admin.create_topics([NewTopic(topic, PARTITIONS)])[topic].result(30)
+    record = tmp_path / "records.txt"
+    worker = WorkerProcess(
+        cluster.bootstrap,
+        topic,
+        record,
+        RECORDER_GROUP=f"g-{topic}",
+        RECORDER_ORDERING="key",
+        RECORDER_SLEEP="0.0005",
+        **env,
+    ).start()
+    return topic, record, worker
+
+
+def finish(
+    cluster: Cluster, topic: str, record: Path, worker: WorkerProcess, feed: Feed
+) -> Counter[tuple[int, int]]:
+    """Stop the feed, wait for every acknowledged record and the commits, SIGTERM: exit 0."""
+    feed.stop()
+    try:
+        wait_until(lambda: feed.acked <= set(handled(record)), 120, "every acked record handled")
+        wait_until(
+            lambda: (
+                committed(cluster.bootstrap, f"g-{topic}", topic, PARTITIONS)
+                == end_offsets(cluster.bootstrap, topic, PARTITIONS)
+            ),
+            60,
+            "the group committed to the end of the log",
+        )
+        assert worker.process is not None and worker.process.poll() is None, "the worker exited"
+    finally:
+        worker.signal(signal.SIGTERM)
+        code = worker.wait(60)
+    assert code == 0, worker.output()[-3000:]
+    counts = handled(record)
+    assert feed.acked <= set(counts)  # nothing the broker acknowledged is lost
+    return counts
+
+
+def test_the_broker_killed_and_restarted_twice_mid_stream_loses_nothing(
+    lone_broker: Cluster, tmp_path: Path
+) -> None:
+    topic, record, worker = setup(lone_broker, tmp_path)
+    feed = Feed(lone_broker.bootstrap, topic)
+    recoveries = []
+    try:
+        for round_ in range(2):
+            seen = len(read_records(record))
+            wait_until(lambda s=seen: len(read_records(record)) >= s + 1000, 60, "records handled")
+            lone_broker.stop_node(0, kill=True)  # SIGKILL: no clean shutdown, same data after
+            lone_broker.start_node(0)
+            back = time.monotonic()
+            seen = len(read_records(record))
+            wait_until(
+                lambda s=seen: len(read_records(record)) > s + 100,
+                120,
+                f"records handled after restart {round_ + 1}",
+            )
+            recoveries.append(time.monotonic() - back)
+            assert worker.process is not None and worker.process.poll() is None, worker.output()[
+                -3000:
+            ]
+    except BaseException:
+        worker.kill()
+        raise
+    counts = finish(lone_broker, topic, record, worker, feed)
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    report_fault(
+        "broker killed (SIGKILL) and restarted, twice",
+        len(feed.acked),
+        len(feed.acked - set(counts)),
+        duplicates,
+        max(recoveries),
+    )
+
+
+def test_a_hung_broker_is_waited_out_and_the_worker_recovers_by_itself(
+    lone_broker: Cluster, tmp_path: Path
+) -> None:
+    port = free_port()
+    topic, record, worker = setup(lone_broker, tmp_path, KAFKAWORKER_METRICS__PORT=str(port))
+    feed = Feed(lone_broker.bootstrap, topic)
+    node = lone_broker.nodes[0]
+    assert node.process is not None
+    try:
+        wait_until(lambda: len(read_records(record)) >= 1000, 60, "records handled")
+        os.killpg(node.process.pid, signal.SIGSTOP)  # sockets stay open; nothing answers
+        try:
+            stopped_at = len(read_records(record))
+            # Past the session timeout the worker's consumer was given (6 s) and librdkafka's
+            # request timeouts for metadata and commits.
+            deadline = time.monotonic() + 35
+            answers: list[tuple[str, int]] = []
+            while time.monotonic() < deadline:
+                for path in ("/healthz", "/readyz"):
+                    answers.append((path, status(f"http://127.0.0.1:{port}{path}")))
+                assert worker.process is not None and worker.process.poll() is None
+                time.sleep(1)  # the hang itself is what is waited out
+            # The endpoints kept answering (a probe that hangs would be a probe that fails).
+            assert {path for path, _ in answers} == {"/healthz", "/readyz"}, answers
+            # Nothing new could be fetched while the broker was hung (what was fetched
+            # before may have finished).
+            assert len(read_records(record)) - stopped_at < 4000
+        finally:
+            os.killpg(node.process.pid, signal.SIGCONT)
+        seen = len(read_records(record))
+        resumed = time.monotonic()
+        wait_until(lambda: len(read_records(record)) > seen + 100, 120, "records after the hang")
+        recovery = time.monotonic() - resumed
+    except BaseException:
+        worker.kill()
+        raise
+    counts = finish(lone_broker, topic, record, worker, feed)
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    report_fault(
+        "broker hung (SIGSTOP) for 35 s",
+        len(feed.acked),
+        len(feed.acked - set(counts)),
+        duplicates,
+        recovery,
+    )
