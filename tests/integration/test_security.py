@@ -16,10 +16,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka.admin import AclOperation, AdminClient, NewTopic
+from confluent_kafka.admin import AclBindingFilter, AclOperation, AdminClient, NewTopic
 
+from kafkaworker import App, DeadLetter, Message
 from kafkaworker.testing.broker import Secured, free_port
-from tests.support import read_topic, wait_until
+from tests.support import committed, make_settings, produce, read_topic, running, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -344,3 +345,70 @@ def test_acls_missing_for_a_source_a_dlq_or_the_group_fail_start_up_in_one_line(
     checked = kafkaworker(tmp_path, env, "check", write_app(tmp_path, **names))
     assert checked.returncode == 1
     assert f"FAIL  group {names['group']}: user 'app' is not authorized" in checked.stdout
+
+
+def test_a_dlq_made_unwritable_by_an_acl_mid_run_stalls_the_partition_until_allowed_again(
+    secured_kafka: Secured,
+) -> None:
+    """The ACL form of issue 5's "DLQ trouble": nothing is committed past the message that
+    could not be dead-lettered, and the partition flows again once the ACL allows it."""
+    names = app_names()
+    create_topics(secured_kafka, names["source"], names["dlq"], partitions=1)
+    app = App(f"{names['source']}-app")
+
+    @app.handler(names["source"], group=names["group"], dlq=names["dlq"], codec="raw")
+    def handle(msg: Message[bytes]) -> None:
+        if msg.value == b"poison":
+            raise DeadLetter("a bad record")
+
+    settings = make_settings(
+        secured_kafka.sasl_ssl_bootstrap,
+        dead_letter={"create_topics": False, "timeout": 2.0},
+        kafka={
+            "bootstrap_servers": secured_kafka.sasl_ssl_bootstrap,
+            "security": {
+                "protocol": "SASL_SSL",
+                "sasl": {
+                    "mechanism": "SCRAM-SHA-512",
+                    "username": secured_kafka.app_user,
+                    "password": secured_kafka.app_password,
+                },
+                "ssl": {"ca_location": str(secured_kafka.ca_location)},
+            },
+            "producer": {"message.timeout.ms": 2000},
+        },
+    )
+    plain = secured_kafka.plain_bootstrap
+    with running(app, settings) as runner:
+        deny = secured_kafka.allow(
+            "app", topics=[names["dlq"]], operations=(AclOperation.WRITE,), deny=True
+        )
+        produce(plain, names["source"], [b"0", b"poison", b"2"])
+        failures = "kafkaworker_dead_letter_write_failures_total"
+        wait_until(
+            lambda: runner.metrics.value(failures, handler="handle") >= 2, 60, "DLQ writes denied"
+        )
+        assert committed(plain, names["group"], names["source"], 1) in ({0: 1}, {0: -1001})
+        admin = secured_kafka.admin_client()
+        for future in admin.delete_acls(
+            [
+                AclBindingFilter(
+                    b.restype,
+                    b.name,
+                    b.resource_pattern_type,
+                    b.principal,
+                    b.host,
+                    b.operation,
+                    b.permission_type,
+                )
+                for b in deny
+            ]
+        ).values():
+            future.result(15)
+        wait_until(
+            lambda: committed(plain, names["group"], names["source"], 1) == {0: 3},
+            60,
+            "the partition flowing again once the DLQ is writable",
+        )
+    [dead] = read_topic(plain, names["dlq"], 1)
+    assert dead.value() == b"poison"
