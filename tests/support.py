@@ -259,6 +259,7 @@ class Feed:
     def __init__(self, bootstrap: str, topic: str, rate: float = 1500) -> None:
         self.acked: set[tuple[int, int]] = set()
         self.failed = 0
+        self.errors: list[str] = []
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -281,6 +282,11 @@ class Feed:
             self.acked.add((msg.partition(), msg.offset()))  # type: ignore[attr-defined]
         else:
             self.failed += 1
+            self.errors.append(str(error))
+
+    def status(self) -> str:
+        """For a failed wait: whether the feed itself was still delivering."""
+        return f"feed: {len(self.acked)} acked, {self.failed} failed {self.errors[-3:]}"
 
     def _run(self) -> None:
         sent = 0

@@ -109,6 +109,14 @@ class Metrics:
             registry=reg,
             multiprocess_mode="liveall",
         )
+        self.broker_silence = Gauge(
+            "kafkaworker_broker_silence_seconds",
+            "How long the brokers leading the handler's partitions have owed its consumer an "
+            "answer (a hung or unreachable broker); 0 while they answer",
+            labels,
+            registry=reg,
+            multiprocess_mode="liveall",
+        )
         self.handler_failures = Counter(
             "kafkaworker_handler_failures",
             "Handler calls that raised",

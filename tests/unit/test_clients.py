@@ -95,3 +95,23 @@ def test_a_broker_down_is_no_refusal_and_a_passing_one_is_told_at_the_end() -> N
     watch(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error: bad"))
     with pytest.raises(StartupError, match="authentication failed"):
         watch.check()
+
+
+def test_broker_silence_from_librdkafka_statistics() -> None:
+    from kafkaworker.runtime.source.consumer_group import _silence  # noqa: PLC0415
+
+    leads = {"t|0": {}}
+    brokers = {
+        # Connected, a fetch outstanding, nothing received for 21 s: a hung broker.
+        "a:1/1": {"nodeid": 1, "state": "UP", "waitresp_cnt": 1, "rxidle": 21_000_000,
+                  "toppars": leads},
+        # Down for 3 s.
+        "b:2/2": {"nodeid": 2, "state": "CONNECT", "stateage": 3_000_000, "toppars": leads},
+        # Never connected and leading nothing of ours; a bootstrap entry: ignored.
+        "c:3/3": {"nodeid": 3, "state": "INIT", "stateage": 99_000_000, "toppars": {}},
+        "c:3/bootstrap": {"nodeid": -1, "state": "DOWN", "stateage": 99_000_000},
+    }  # fmt: skip
+    assert _silence(brokers) == 21.0
+    brokers["a:1/1"]["waitresp_cnt"] = 0  # answered everything it was asked
+    assert _silence(brokers) == 3.0
+    assert _silence({}) == 0.0

@@ -56,3 +56,13 @@ def test_a_handler_not_joined_or_a_missing_process_is_not_ready() -> None:
 def test_nothing_reported_yet_is_not_ready() -> None:
     health = evaluate(CollectorRegistry(), stale_after=10, now=100)
     assert (health.live, health.ready) == (True, False)
+
+
+def test_a_silent_broker_is_told_in_the_body_without_failing_either_probe() -> None:
+    registry = registry_with({("1", "a"): 1, ("1", "b"): 1}, {("1", "a"): 99, ("1", "b"): 99})
+    silence = Gauge("kafkaworker_broker_silence_seconds", "", ["pid", "handler"], registry=registry)
+    silence.labels("1", "a").set(21.0)
+    silence.labels("1", "b").set(0.4)  # an answer on its way: nothing to tell
+    health = evaluate(registry, stale_after=10, now=100)
+    assert (health.live, health.ready) == (True, True)
+    assert health.detail["brokers_not_answering_seconds"] == {"a@1": 21.0}

@@ -24,6 +24,7 @@ class PollGauges:
         self._clock = clock
         self._ready = metrics.ready.labels(handler)
         self._heartbeat = metrics.heartbeat.labels(handler)
+        self._silence = metrics.broker_silence.labels(handler)
         self._next_refresh = 0.0
         # consumer_lag series set here: only these are zeroed or removed when a partition goes.
         self._lag_series: set[tuple[str, str, str]] = set()
@@ -45,6 +46,7 @@ class PollGauges:
         self._next_refresh = now + REFRESH_EVERY
         metrics, handler = self._metrics, self._handler
         self.beat()
+        self._silence.set(round(self._source.silence(), 1))
         metrics.in_flight.labels(handler).set(in_flight)
         metrics.assigned_partitions.labels(handler).set(len(partitions))
         metrics.paused_partitions.labels(handler).set(sum(1 for s in partitions if s.paused))

@@ -75,6 +75,11 @@ class Source(Protocol):
         """The offset of the next record the source will fetch; None when unknown."""
         ...
 
+    def silence(self) -> float:
+        """Seconds the brokers that serve this source have owed it an answer (0 while they
+        answer): how long the cluster has not been answering, for health and metrics."""
+        ...
+
     def close(self) -> None:
         """Leave the group; the listener's `on_revoke` runs for what is still assigned."""
         ...

@@ -39,12 +39,12 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
     }
     raw = settings.kafka.consumer
     kip848 = settings.kafka.group_protocol == "consumer" or raw.get("group.protocol") == "consumer"
+    # librdkafka's statistics every second (parsed on the poll thread, ~20 KB of JSON): how
+    # long the brokers have owed an answer (health), and under KIP-848 the group state
+    # (readiness: no assign callback comes for a member given no partitions).
+    config["statistics.interval.ms"] = 1000
     if kip848:
         config["group.protocol"] = "consumer"  # KIP-848: assignment is the broker's job
-        # Readiness comes from the group state in librdkafka's statistics (see
-        # ConsumerGroupSource): KIP-848 calls no assign callback for a member given no
-        # partitions.
-        config["statistics.interval.ms"] = 1000
     else:
         config["partition.assignment.strategy"] = "cooperative-sticky"
         # Members learn of a rebalance from a heartbeat, and cooperative rebalancing takes two
@@ -103,8 +103,9 @@ class ConsumerGroupSource:
         config = dict(config)
         self._group_protocol = config.get("group.protocol", "classic")
         config["on_commit"] = self._on_commit  # librdkafka's periodic commits report here
-        if config.get("group.protocol") == "consumer":
-            config["stats_cb"] = self._on_statistics  # called inside poll(): the poll thread
+        self._kip848 = config.get("group.protocol") == "consumer"
+        self._silence = 0.0
+        config["stats_cb"] = self._on_statistics  # called inside poll(): the poll thread
         self._consumer = new_consumer(config)
 
     def subscribe(self, topics: Sequence[str], listener: AssignmentListener) -> None:
@@ -200,11 +201,19 @@ class ConsumerGroupSource:
         self._listener.on_lost(lost)
 
     def _on_statistics(self, statistics: str) -> None:
-        """KIP-848 calls no assign callback for a member given no partitions: it has joined
-        once librdkafka's group state is "up" (the coordinator found, heartbeats going)."""
-        group = orjson.loads(statistics).get("cgrp") or {}
-        if group.get("state") == "up" and self._listener is not None:
-            self._listener.on_joined()
+        """How long the brokers serving this consumer have owed it an answer; and, under
+        KIP-848 (which calls no assign callback for a member given no partitions), whether it
+        has joined: librdkafka's group state is "up" (the coordinator found, heartbeats
+        going)."""
+        stats = orjson.loads(statistics)
+        self._silence = _silence(stats.get("brokers") or {})
+        if self._kip848:
+            group = stats.get("cgrp") or {}
+            if group.get("state") == "up" and self._listener is not None:
+                self._listener.on_joined()
+
+    def silence(self) -> float:
+        return self._silence
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = [tp for tp in partitions if tp.error is not None]
@@ -227,3 +236,23 @@ class ConsumerGroupSource:
             error=error.str(),
             partitions=[f"{tp.topic}[{tp.partition}]" for tp in failed] or None,
         )
+
+
+def _silence(brokers: Mapping[str, Any]) -> float:
+    """Seconds the brokers that lead this consumer's partitions have owed it an answer, from
+    librdkafka's broker statistics: a connected broker with requests waiting (a fetch is
+    answered within fetch.wait.max.ms when all is well) that has sent nothing for rxidle; a
+    broker that is not connected, for as long as it has not been (stateage). A hung broker
+    keeps its sockets open and answers nothing: only the first shows it."""
+    longest = 0.0
+    for broker in brokers.values():
+        if broker.get("nodeid", -1) < 0 or not broker.get("toppars"):
+            continue  # bootstrap entries, and brokers this consumer fetches nothing from
+        if broker.get("state") != "UP":
+            owed = broker.get("stateage", 0) / 1e6
+        elif broker.get("waitresp_cnt", 0) > 0 and broker.get("rxidle", -1) >= 0:
+            owed = broker["rxidle"] / 1e6
+        else:
+            owed = 0.0
+        longest = max(longest, owed)
+    return longest

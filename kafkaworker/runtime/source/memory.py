@@ -191,6 +191,9 @@ class MemorySource:
         with self._cond:
             return self._positions.get(partition)
 
+    def silence(self) -> float:
+        return 0.0  # the in-memory broker always answers
+
     def close(self) -> None:
         self._deliver_events()
         with self._cond:
