@@ -69,6 +69,12 @@ def resumes(worker: WorkerProcess, record: Path, feed: Feed, seen: int, what: st
         ) from None
 
 
+def report(record: Path, feed: Feed, scenario: str, recovery: float) -> None:
+    counts = handled(record)
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    report_fault(scenario, len(feed.acked), len(feed.acked - set(counts)), duplicates, recovery)
+
+
 def handled(record: Path) -> Counter[tuple[int, int]]:
     return Counter((r.partition, r.offset) for r in read_records(record))
 
@@ -131,21 +137,13 @@ def test_the_broker_killed_and_restarted_twice_mid_stream_loses_nothing(
             seen = len(read_records(record))
             resumes(worker, record, feed, seen, f"records handled after restart {round_ + 1}")
             recoveries.append(time.monotonic() - back)
-            assert worker.process is not None and worker.process.poll() is None, worker.output()[
-                -3000:
-            ]
+            alive = worker.process is not None and worker.process.poll() is None
+            assert alive, worker.output()[-3000:]
     except BaseException:
         worker.kill()
         raise
-    counts = finish(lone_broker, topic, record, worker, feed)
-    duplicates = sum(n - 1 for n in counts.values() if n > 1)
-    report_fault(
-        "broker killed (SIGKILL) and restarted, twice",
-        len(feed.acked),
-        len(feed.acked - set(counts)),
-        duplicates,
-        max(recoveries),
-    )
+    finish(lone_broker, topic, record, worker, feed)
+    report(record, feed, "broker killed (SIGKILL) and restarted, twice", max(recoveries))
 
 
 @pytest.mark.skip(
@@ -206,12 +204,5 @@ def test_a_hung_broker_is_waited_out_and_the_worker_recovers_by_itself(
     except BaseException:
         worker.kill()
         raise
-    counts = finish(lone_broker, topic, record, worker, feed)
-    duplicates = sum(n - 1 for n in counts.values() if n > 1)
-    report_fault(
-        "broker hung (SIGSTOP) for 35 s",
-        len(feed.acked),
-        len(feed.acked - set(counts)),
-        duplicates,
-        recovery,
-    )
+    finish(lone_broker, topic, record, worker, feed)
+    report(record, feed, "broker hung (SIGSTOP) for 35 s", recovery)
