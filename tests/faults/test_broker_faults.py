@@ -121,12 +121,6 @@ def finish(
     return counts
 
 
-@pytest.mark.skip(
-    reason="found a stall (about 1 run in 10): after the restarts the group session timed out "
-    "twice (partitions lost, assigned again) and 4 messages of one partition stayed in flight, "
-    "never run nor reported, holding its commit back (nothing lost: not committed); to be "
-    "fixed in the runtime (issue [5/9]); enable this test with the fix"
-)
 def test_the_broker_killed_and_restarted_twice_mid_stream_loses_nothing(
     lone_broker: Cluster, tmp_path: Path
 ) -> None:

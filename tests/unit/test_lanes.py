@@ -40,7 +40,9 @@ def test_every_message_is_taken_once_in_lane_order_by_one_worker_at_a_time(
         step = data.draw(st.sampled_from(["submit", "take", "release", "drop"]))
         if step == "submit":
             runs = []
-            for state in data.draw(st.lists(st.sampled_from(states), max_size=3, unique=True)):
+            # A partition may come twice in one submit: a fetched batch interleaves the
+            # records of partitions (seen after a consumer rejoined).
+            for state in data.draw(st.lists(st.sampled_from(states), max_size=4)):
                 if state.revoked:
                     continue
                 keys = data.draw(st.lists(st.sampled_from([b"a", b"b", None]), min_size=1))

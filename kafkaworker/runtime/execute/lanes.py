@@ -49,7 +49,16 @@ def by_lane(
             else:
                 lane.append(msg)
         for key, lane in by_key.items():
-            lanes[(state, key)] = lane
+            # A partition can come in two runs of one batch (a fetch interleaves partitions,
+            # as after a consumer rejoined): the second run's messages of a key go after the
+            # first's, not in their place. Replacing them left the first run's messages
+            # counted in flight, never run nor reported, and the partition's commit stuck
+            # (found by the broker-crash fault test).
+            queued = lanes.get((state, key))
+            if queued is None:
+                lanes[(state, key)] = lane
+            else:
+                queued.extend(lane)
     return lanes.items()
 
 
