@@ -229,7 +229,9 @@ def test_client_refuses_a_broker_signed_by_another_ca(
     config = secured_kafka.sasl_config("app")
     config["ssl.ca.location"] = str(secured_kafka.untrusted_ca_location())
     error = first_error(produce(config, app_topic, b"x"))
-    assert error.code() == KafkaError._SSL, error
+    # librdkafka reports the failed verification as _SSL from the handshake or, when it
+    # surfaces on a read, as _TRANSPORT (a fresh-clone CI run saw the latter): the text holds.
+    assert error.code() in (KafkaError._SSL, KafkaError._TRANSPORT), error
     assert "certificate verify failed" in error.str()
 
 
