@@ -253,7 +253,7 @@ def test_a_signal_while_the_cluster_does_not_answer_exits_at_once(
         for command, process in running:
             err, _ = process.communicate(timeout=30)  # stderr is merged into stdout
             took = time.monotonic() - signalled
-            assert process.returncode == code, command
+            assert process.returncode == code, (command, err)
             said = "interrupted" if signum == signal.SIGINT else "terminated"
             assert err.strip().splitlines()[-1:] == [said], (command, err)
             assert took < 2, (command, took)
