@@ -1,0 +1,332 @@
+"""A real Schema Registry on loopback, for tests: Apicurio Registry, Confluent-compatible.
+
+Like the broker (broker.py), it comes from Maven Central, not Docker: the runnable Quarkus app
+(`io.apicurio:apicurio-registry-app`, classifier `all`, a tar.gz) is unpacked once into
+~/.cache/kafkaworker and run from there with the `java` on PATH (17+). The Confluent API is at
+`<url>/apis/ccompat/v7`; `SchemaRegistry.url` is that, ready for `SchemaRegistryClient`.
+
+Differences from Confluent's registry that tests must allow for: the default compatibility is
+NONE (Confluent's is BACKWARD), so a test of refusals sets BACKWARD itself; refusals are HTTP
+409 with error code 409, and the error texts differ, so tests assert status and code, not text;
+`GET /schemas/ids/{id}/subjects` answers 404 (the serializers never call it).
+
+Storage is H2 in a file under the data directory rather than Apicurio's in-memory default, so
+that a registry killed and started again still knows its schemas (as a real one, backed by
+Kafka or a database, does): the restart tests depend on it.
+
+The JVM runs in its own session (stopped with its whole process group) under
+`setpriv --pdeathsig KILL`, so it dies with the Python process that started it even when that
+one is killed with SIGKILL (see broker.py for why setpriv rather than a preexec_fn).
+
+    python -m kafkaworker.testing.registry fetch            # fetch the app (idempotent)
+    python -m kafkaworker.testing.registry run --port 8081  # a dev registry; Ctrl+C stops it
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from kafkaworker.testing.broker import _die_with_parent, free_port, port_answers
+
+POM = Path(__file__).with_name("registry-pom.xml")
+# Where the Confluent-compatible API lives under the registry's root.
+CCOMPAT = "/apis/ccompat/v7"
+
+
+class RegistryError(RuntimeError):
+    """The registry could not be fetched or started; the message says what to do."""
+
+
+def registry_version() -> str:
+    """The Apicurio version pinned in registry-pom.xml, the single place it is written."""
+    match = re.search(r"<apicurio\.version>([^<]+)</apicurio\.version>", POM.read_text())
+    if match is None:
+        raise RegistryError(f"{POM} has no <apicurio.version>; restore it from git")
+    return match.group(1)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kafkaworker" / f"apicurio-registry-{registry_version()}"
+
+
+def runner_jar(directory: Path) -> Path:
+    return directory / f"apicurio-registry-app-{registry_version()}-runner.jar"
+
+
+def ensure_registry() -> Path:
+    """Return the runner jar, unpacking the app with Maven the first time (~150 MB).
+
+    Unpacked into a temporary sibling directory renamed into place only when Maven succeeds,
+    so an interrupted download is never mistaken for a complete one.
+    """
+    target = cache_dir()
+    if (target / ".complete").exists():
+        return runner_jar(target)
+    for tool, hint in (
+        ("java", "install a JDK 17+ (Debian: apt-get install openjdk-17-jre-headless)"),
+        ("mvn", "install Maven (Debian: apt-get install maven)"),
+    ):
+        if shutil.which(tool) is None:
+            raise RegistryError(f"'{tool}' is not on PATH, needed to run the registry: {hint}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
+    # Maven works from a copy of the POM in the staging directory: its target/ (the unpack
+    # markers, which would make a later fetch skip the unpacking) then never lands in the
+    # source tree, and goes with the staging directory.
+    build = staging / ".maven"
+    build.mkdir()
+    shutil.copyfile(POM, build / "pom.xml")
+    cmd = [
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(build / "pom.xml"),
+        "dependency:unpack-dependencies",
+        f"-DoutputDirectory={staging}",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    shutil.rmtree(build, ignore_errors=True)
+    if result.returncode != 0 or not runner_jar(staging).exists():
+        shutil.rmtree(staging, ignore_errors=True)
+        tail = " | ".join((result.stdout + result.stderr).strip().splitlines()[-3:])
+        raise RegistryError(
+            f"could not fetch Apicurio Registry {registry_version()} with Maven "
+            f"(exit {result.returncode}): {tail or 'no runner jar in the archive'}; "
+            "check that Maven Central is reachable"
+        )
+    (staging / ".complete").write_text(registry_version())
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return runner_jar(target)
+
+
+class SchemaRegistry:
+    """One Apicurio Registry JVM on 127.0.0.1 (a free port unless `port` is given).
+
+    `stop(kill=True)` then `start()` is a crash and a restart on the same port, schemas kept;
+    `freeze()`/`thaw()` (SIGSTOP/SIGCONT) make it a registry that accepts connections but
+    never answers.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        heap: str = "256m",
+    ) -> None:
+        self.jar = ensure_registry()
+        self.port = port or free_port()
+        # Quarkus's management interface would otherwise bind 0.0.0.0:9000 where enabled:
+        # pinned to loopback and a free port so that two registries never collide.
+        self.management_port = free_port()
+        self.heap = heap
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="kafkaworker-registry-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The Confluent-compatible API: `SchemaRegistryClient({"url": registry.url})`."""
+        return self.root + CCOMPAT
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "registry.log"
+
+    def _command(self) -> list[str]:
+        return [
+            "java",
+            # Small and quick to start: one test registry idles beside the broker on 2 cores.
+            "-XX:+UseSerialGC",
+            f"-Xmx{self.heap}",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            "-Dquarkus.http.host=127.0.0.1",
+            f"-Dquarkus.http.port={self.port}",
+            "-Dquarkus.management.host=127.0.0.1",
+            f"-Dquarkus.management.port={self.management_port}",
+            # The prod profile's pool opens 20 H2 connections at start; tests need a few.
+            "-D%prod.quarkus.datasource.jdbc.initial-size=2",
+            "-D%prod.quarkus.datasource.jdbc.min-size=2",
+            "-jar",
+            str(self.jar),
+        ]
+
+    def start(self, *, timeout: float = 90.0) -> None:
+        """Start the JVM (if it is not running) and wait until the API answers."""
+        if self.process is None or self.process.poll() is not None:
+            env = dict(os.environ)
+            # Set through the environment variable the app's own %prod property reads: a
+            # plain -D would lose to the profile-specific key. WRITE_DELAY=0: H2 otherwise
+            # writes a commit up to a second later, and a schema registered just before a
+            # SIGKILL was gone after the restart.
+            env["REGISTRY_DATASOURCE_URL"] = (
+                f"jdbc:h2:file:{self.data_dir / 'db' / 'registry'};WRITE_DELAY=0"
+            )
+            out = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child
+            try:
+                self.process = subprocess.Popen(
+                    _die_with_parent(self._command()),
+                    cwd=self.jar.parent,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            finally:
+                out.close()
+        try:
+            self.wait_ready(timeout=timeout)
+        except BaseException:
+            self.stop(kill=True)
+            raise
+
+    def answers(self, timeout: float = 1.0) -> bool:
+        """Whether GET /subjects answers 200 within `timeout`."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/subjects", timeout=timeout) as response:
+                return int(response.status) == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def wait_ready(self, *, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if self.process is None or self.process.poll() is not None:
+                raise RegistryError(
+                    f"the Schema Registry exited during start-up; its log ({self.log_file}):\n"
+                    f"{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RegistryError(
+                    f"the Schema Registry did not answer GET {self.url}/subjects within "
+                    f"{timeout:.0f}s; log:\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a hung registry)."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def stop(self, *, timeout: float = 20.0, kill: bool = False) -> None:
+        """Stop the JVM and its process group: SIGTERM (SIGKILL with kill=True, a crash),
+        then SIGKILL after `timeout`."""
+        self.thaw()  # a stopped process would not act on SIGTERM
+        self._signal(signal.SIGKILL if kill else signal.SIGTERM)
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def keep_log(self, destination: Path) -> Path | None:
+        """Copy the registry's log to `destination` (for failed runs)."""
+        if not self.log_file.exists():
+            return None
+        destination.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copyfile(self.log_file, destination / "registry.log"))
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> SchemaRegistry:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kafkaworker.testing.registry",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help="download and unpack the registry into the cache")
+    run = sub.add_parser("run", help="run a registry in the foreground until Ctrl+C")
+    run.add_argument("--port", type=int, default=8081)
+    run.add_argument(
+        "--if-free",
+        action="store_true",
+        help="exit 0 at once when something already answers on the port",
+    )
+    args = parser.parse_args(argv)
+    # Ctrl+C must stop the registry even when SIGINT was inherited as ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        if args.command == "fetch":
+            print(ensure_registry())
+            return 0
+        if port_answers(args.port):
+            if args.if_free:
+                print(f"something already answers on 127.0.0.1:{args.port}; using it")
+                return 0
+            print(f"port {args.port} is taken; stop what uses it or pass --port", file=sys.stderr)
+            return 2
+        registry = SchemaRegistry(port=args.port)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            registry.start()
+            assert registry.process is not None
+            print(
+                f"Apicurio Registry {registry_version()} is up: schema_registry.url "
+                f"{registry.url} (pid {registry.process.pid}, data {registry.data_dir}); "
+                "Ctrl+C stops it",
+                flush=True,
+            )
+            registry.process.wait()
+            print(f"the registry exited; log:\n{registry.log_tail()}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            registry.cleanup()
+    except RegistryError as exc:
+        print(f"registry: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
