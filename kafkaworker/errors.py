@@ -46,3 +46,14 @@ class BatchFailures(KafkaWorkerError):  # noqa: N818 - raised by batch handlers
     def __init__(self, failures: Mapping[Any, BaseException]) -> None:
         super().__init__(f"{len(failures)} message(s) of the batch failed")
         self.failures = dict(failures)
+
+
+class SchemaRegistryUnavailable(KafkaWorkerError):  # noqa: N818 - a state, as kw.error.type names it
+    """The Schema Registry did not answer (refused, timed out, 5xx) while a record needed a
+    schema not cached yet. Not fatal: the record is retried with backoff, unlike an unknown
+    schema id or a malformed record, which no retry can fix."""
+
+
+class SchemaRefused(KafkaWorkerError):  # noqa: N818 - what happened to the schema
+    """The Schema Registry refused to register a schema (an incompatible change under the
+    subject's compatibility rule, or an invalid schema): names the subject and the rule."""

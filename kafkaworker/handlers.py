@@ -182,8 +182,13 @@ class HandlerSpec:
         runner (it needs the Schema Registry client).
         """
         if isinstance(self.codec, str) and self.codec in (runtime_codecs or {}):
-            return (runtime_codecs or {})[self.codec]
-        return get_codec(self.codec)
+            codec = (runtime_codecs or {})[self.codec]
+        else:
+            codec = get_codec(self.codec)
+        # A codec that depends on the handler (a Schema Registry codec: the Protobuf message
+        # class of its signature, a start-up check of the registry) binds to it here.
+        bind = getattr(codec, "for_handler", None)
+        return bind(self) if bind is not None else codec
 
     def call(self) -> Callable[[Message[Any]], Any]:
         """How the runtime calls the handler: with the Message, or with its validated value."""
@@ -249,11 +254,23 @@ def _payload_model(
         return None, False
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, True
+    if _is_protobuf_message(annotation):
+        return None, True  # the codec decodes into the class itself: nothing to validate
     if get_origin(annotation) is Message:
         (argument,) = get_args(annotation) or (None,)
         if isinstance(argument, type) and issubclass(argument, BaseModel):
             return argument, False
     return None, False
+
+
+def _is_protobuf_message(annotation: Any) -> bool:
+    """A generated Protobuf message class (without importing protobuf, an optional extra)."""
+    if not isinstance(annotation, type):
+        return False
+    return any(
+        base.__module__.startswith("google.protobuf") and base.__name__ == "Message"
+        for base in annotation.__mro__
+    )
 
 
 def is_async_callable(func: Callable[..., Any]) -> bool:

@@ -12,7 +12,12 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from confluent_kafka import Message as _Record
 from pydantic import ValidationError
 
-from kafkaworker.errors import ConfigError, DeserializationError, Nacked
+from kafkaworker.errors import (
+    ConfigError,
+    DeserializationError,
+    Nacked,
+    SchemaRegistryUnavailable,
+)
 from kafkaworker.serialization import CODECS, Codec, Headers
 
 if TYPE_CHECKING:
@@ -176,8 +181,10 @@ class Message(Generic[T]):
                 # Built-in codecs never read headers: skip building the list for them.
                 headers = self.headers if getattr(codec, "uses_headers", True) else ()
                 value = codec.decode(data, headers)
-        except ValidationError:
-            raise  # names the failing fields; fatal as it is
+        except (ValidationError, SchemaRegistryUnavailable):
+            # A validation error names the failing fields and is fatal as it is; a registry
+            # that did not answer is no fault of the record: retried with backoff, not fatal.
+            raise
         except Exception as exc:
             # orjson's own words for it ("Input is a zero-length, empty document") are less clear.
             reason = "the value is empty" if not data and codec is _JSON else str(exc)

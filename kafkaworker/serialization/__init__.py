@@ -1,7 +1,8 @@
 """Codecs: how a handler's message values are decoded from bytes (and encoded back).
 
 A codec is any object with `decode(data, headers)` and `encode(value)`; the built-in ones are
-registered by name: "json" (orjson, the default), "raw" (bytes) and "text" (UTF-8).
+registered by name: "json" (orjson, the default), "raw" (bytes) and "text" (UTF-8); "avro",
+"json_schema" and "protobuf" go through a Schema Registry (registry.py).
 A Kafka null value (a tombstone) decodes to None with every codec. A codec that never reads
 headers may say so with `uses_headers = False`, sparing the runtime building the list.
 """
@@ -72,8 +73,8 @@ class TextCodec:
 
 CODECS: dict[str, Codec] = {codec.name: codec for codec in (JsonCodec(), RawCodec(), TextCodec())}
 # Codecs that need something only the running app has (a Schema Registry client): named in a
-# handler, built by the runtime.
-RUNTIME_CODECS = frozenset({"avro"})
+# handler, built by the runtime (kafkaworker.serialization.registry.runtime_codecs).
+RUNTIME_CODECS = frozenset({"avro", "json_schema", "protobuf"})
 
 
 def get_codec(codec: str | Codec) -> Codec:
@@ -84,8 +85,10 @@ def get_codec(codec: str | Codec) -> Codec:
         except KeyError:
             if codec in RUNTIME_CODECS:
                 raise LookupError(
-                    f"the {codec!r} codec needs a Schema Registry: pass an AvroCodec(...) "
-                    "object, or run the handler with schema_registry.url in the settings"
+                    f"the {codec!r} codec needs a Schema Registry: pass a codec object "
+                    "(AvroCodec, JsonSchemaCodec or ProtobufCodec from kafkaworker.serialization"
+                    ".avro, .json_schema, .protobuf), or run the handler with "
+                    "schema_registry.url in the settings"
                 ) from None
             raise LookupError(
                 f"unknown codec {codec!r}: allowed are "

@@ -1,5 +1,6 @@
-"""Avro with a Schema Registry (confluent-kafka's mock:// client, shared by producer and
-consumer) over the real broker: wire format, evolution, bad records."""
+"""Avro through a real Schema Registry (Apicurio, the schema_registry fixture) over the real
+broker: wire format, evolution, bad records. (confluent-kafka's mock:// registry is for unit
+tests only: it knows neither HTTP, nor compatibility rules, nor failures.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pydantic import BaseModel
 from kafkaworker import App, ConfigError, Message, Producer
 from kafkaworker.runtime.runner import Runner, resolve_specs
 from kafkaworker.serialization.avro import AvroCodec
+from kafkaworker.serialization.registry import registry_client
+from kafkaworker.testing.registry import SchemaRegistry
 from tests.conftest import TopicFactory
 from tests.support import make_settings, produce, read_topic, running, wait_until
 
@@ -46,8 +49,9 @@ class OrderV2(BaseModel):
 
 
 @pytest.fixture
-def registry() -> SchemaRegistryClient:
-    return SchemaRegistryClient.new_client({"url": "mock://kafkaworker-tests"})
+def registry(schema_registry: SchemaRegistry) -> SchemaRegistryClient:
+    """A client of the session's registry, with kafkaworker's defaults (a 10 s timeout)."""
+    return registry_client({"url": schema_registry.url})
 
 
 def test_v1_records_are_read_with_a_v2_reader_schema_into_a_model(
@@ -100,7 +104,10 @@ def test_a_record_with_a_wrong_magic_byte_goes_to_the_dlq_after_one_attempt(
 
 
 def test_codec_avro_by_name_decodes_to_dicts_with_the_writer_schema(
-    kafka_bootstrap: str, new_topic: TopicFactory, registry: SchemaRegistryClient
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    registry: SchemaRegistryClient,
+    schema_registry: SchemaRegistry,
 ) -> None:
     topic = new_topic(1)
     producer = Producer(make_settings(kafka_bootstrap))
@@ -112,13 +119,14 @@ def test_codec_avro_by_name_decodes_to_dicts_with_the_writer_schema(
         producer.close()
     received: list[Any] = []
     app = App(f"g-{topic}")
-    app.schema_registry = registry
 
     @app.handler(topic, codec="avro")
     def handle(msg: Message[Any]) -> None:
         received.append(msg.value)
 
-    with running(app, make_settings(kafka_bootstrap)):
+    # The worker's own client, from the settings: it shares nothing with the producer's.
+    settings = make_settings(kafka_bootstrap, schema_registry={"url": schema_registry.url})
+    with running(app, settings):
         wait_until(lambda: received, 30, "the record")
     assert received == [{"id": 9, "sku": "Z"}]
 
