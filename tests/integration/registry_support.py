@@ -1,0 +1,99 @@
+"""Helpers of the Schema Registry tests: a counting proxy in front of the real registry, and
+the test protos generated with grpcio-tools at test time."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import importlib
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from urllib.parse import urlsplit
+
+PROTOS = Path(__file__).resolve().parent.parent / "protos"
+
+
+class CountingProxy:
+    """An HTTP proxy to the real registry that counts the requests it forwards, by method and
+    path without the query: how many requests the codecs' caches let through."""
+
+    def __init__(self, target_root: str) -> None:
+        target = urlsplit(target_root)
+        assert target.hostname is not None and target.port is not None
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        lock = threading.Lock()
+        counts = self.counts
+
+        class Forward(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                with lock:
+                    counts[(self.command, self.path.split("?", 1)[0])] += 1
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    payload = response.read()
+                    self.send_response(response.status)
+                    for name, value in response.getheaders():
+                        if name.lower() not in ("transfer-encoding", "connection"):
+                            self.send_header(name, value)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(payload)
+                finally:
+                    upstream.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = _forward  # noqa: N815
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}{target.path}"
+
+    def count(self, method: str, path_suffix: str) -> int:
+        """Requests of `method` whose path ends with `path_suffix`."""
+        return sum(
+            n for (m, p), n in self.counts.items() if m == method and p.endswith(path_suffix)
+        )
+
+    @contextmanager
+    def running(self) -> Iterator[CountingProxy]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def generate_protos(out: Path) -> dict[str, ModuleType]:
+    """tests/protos/*.proto compiled with grpcio-tools into `out` and imported: the same
+    command a project runs (python -m grpc_tools.protoc -I protos --python_out=. ...)."""
+    out.mkdir(parents=True, exist_ok=True)
+    protos = sorted(PROTOS.glob("*.proto"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTOS}",
+            f"--python_out={out}",
+            *map(str, protos),
+        ],
+        check=True,
+    )
+    # The generated modules import one another by file name (import money_pb2).
+    sys.path.insert(0, str(out))
+    return {p.stem: importlib.import_module(f"{p.stem}_pb2") for p in protos}

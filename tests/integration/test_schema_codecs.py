@@ -1,0 +1,496 @@
+"""The Schema Registry codecs (avro, json_schema, protobuf) against the real broker and a real
+registry (Apicurio; the schema_registry fixture): round trips, evolution, a refusal under
+BACKWARD, Protobuf references, subject name strategies, caching counted at the HTTP level,
+bad records, and the registry down at start-up and killed mid-run."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from pydantic import BaseModel
+
+from kafkaworker import App, Backoff, Message, ProduceError, Producer, StartupError
+from kafkaworker.errors import SchemaRefused
+from kafkaworker.runtime.runner import Runner, resolve_specs
+from kafkaworker.serialization.avro import AvroCodec
+from kafkaworker.serialization.json_schema import JsonSchemaCodec
+from kafkaworker.serialization.protobuf import ProtobufCodec
+from kafkaworker.serialization.registry import registry_client, runtime_codecs
+from kafkaworker.testing.broker import free_port
+from kafkaworker.testing.registry import SchemaRegistry
+from tests.conftest import TopicFactory
+from tests.integration.registry_support import CountingProxy, generate_protos
+from tests.support import end_offsets, make_settings, produce, read_topic, running, wait_until
+
+pytestmark = pytest.mark.kafka
+
+
+class OrderV1(BaseModel):
+    id: int
+    sku: str
+
+
+class OrderV2(BaseModel):
+    """OrderV1 with a field added, with a default: a V2 reader reads V1 records."""
+
+    id: int
+    sku: str
+    quantity: int = 1
+
+
+@pytest.fixture
+def registry(schema_registry: SchemaRegistry) -> SchemaRegistryClient:
+    return registry_client({"url": schema_registry.url})
+
+
+@pytest.fixture(scope="module")
+def protos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModuleType]:
+    return generate_protos(tmp_path_factory.mktemp("protos"))
+
+
+def _send(bootstrap: str, topic: str, values: list[Any], codec: Any) -> None:
+    producer = Producer(make_settings(bootstrap))
+    try:
+        for value in values:
+            producer.send_sync(topic, value, codec=codec)
+    finally:
+        producer.close()
+
+
+def _kw_headers(record: Any) -> dict[str, str]:
+    return {k: v.decode() for k, v in record.headers() if k.startswith("kw.")}
+
+
+# --- JSON Schema ---------------------------------------------------------------------------
+
+
+def test_json_schema_round_trip_registers_the_models_schema(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    registry: SchemaRegistryClient,
+    schema_registry: SchemaRegistry,
+) -> None:
+    topic = new_topic(1)
+    _send(
+        kafka_bootstrap,
+        topic,
+        [OrderV1(id=1, sku="A"), OrderV1(id=2, sku="B")],
+        JsonSchemaCodec(registry),
+    )
+    (first,) = read_topic(kafka_bootstrap, topic, 1)
+    # Confluent wire format: magic byte 0, the 4-byte schema id, then the JSON document.
+    schema_id = int.from_bytes(first.value()[1:5], "big")
+    assert first.value()[:1] == b"\x00"
+    assert orjson.loads(first.value()[5:]) == {"id": 1, "sku": "A"}
+    registered = registry.get_latest_version(f"{topic}-value")
+    assert registered.schema_id == schema_id
+    assert orjson.loads(registered.schema.schema_str) == OrderV1.model_json_schema()
+
+    received: list[OrderV1] = []
+    app = App(f"g-{topic}")
+    reader = registry_client({"url": schema_registry.url})  # its own cache: asks the registry
+
+    @app.handler(topic, codec=JsonSchemaCodec(reader))
+    def handle(order: OrderV1) -> None:
+        received.append(order)
+
+    with running(app, make_settings(kafka_bootstrap)):
+        wait_until(lambda: len(received) == 2, 30, "both records")
+    assert received == [OrderV1(id=1, sku="A"), OrderV1(id=2, sku="B")]
+
+
+def test_json_schema_v1_records_are_read_by_a_v2_model(
+    kafka_bootstrap: str, new_topic: TopicFactory, registry: SchemaRegistryClient
+) -> None:
+    topic = new_topic(1)
+    codec = JsonSchemaCodec(registry)
+    _send(
+        kafka_bootstrap, topic, [OrderV1(id=1, sku="A"), OrderV2(id=2, sku="B", quantity=5)], codec
+    )
+    # Two writer schemas, two versions of one subject.
+    assert len(registry.get_versions(f"{topic}-value")) == 2
+    received: list[OrderV2] = []
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec=codec)
+    def handle(order: OrderV2) -> None:
+        received.append(order)
+
+    with running(app, make_settings(kafka_bootstrap)):
+        wait_until(lambda: len(received) == 2, 30, "both records")
+    assert received == [OrderV2(id=1, sku="A", quantity=1), OrderV2(id=2, sku="B", quantity=5)]
+
+
+def test_a_record_that_fails_its_writers_schema_goes_to_the_dlq_after_one_attempt(
+    kafka_bootstrap: str, new_topic: TopicFactory, registry: SchemaRegistryClient
+) -> None:
+    topic = new_topic(1)
+    dlq = f"{topic}.dlq"
+    good = JsonSchemaCodec(registry).encode_for(topic, OrderV1(id=1, sku="A"))
+    # The registered id, a document its schema refuses (id must be an integer).
+    bad = good[:5] + b'{"id": "one", "sku": "A"}'
+    produce(kafka_bootstrap, topic, [bad])
+    calls: list[int] = []
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec=JsonSchemaCodec(registry), dlq=dlq, retries=3)
+    def handle(msg: Message[Any]) -> None:
+        calls.append(msg.attempt)
+        _ = msg.value
+
+    with running(app, make_settings(kafka_bootstrap)):
+        (record,) = read_topic(kafka_bootstrap, dlq, 1)
+    assert calls == [1]
+    assert record.value() == bad  # the raw bytes, as they were
+    kw = _kw_headers(record)
+    assert kw["kw.error.type"] == "kafkaworker.errors.DeserializationError"
+    assert "with the json_schema codec" in kw["kw.error.message"]
+    assert "'one' is not of type 'integer'" in kw["kw.error.message"]
+
+
+# --- Protobuf ------------------------------------------------------------------------------
+
+
+def test_protobuf_round_trip_registers_the_import_as_a_reference(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    registry: SchemaRegistryClient,
+    schema_registry: SchemaRegistry,
+    protos: dict[str, ModuleType],
+) -> None:
+    topic = new_topic(1)
+    order_type = protos["orders_v1"].Order
+    order = order_type(id=7, sku="P")
+    order.total.units = 1250
+    order.total.currency = "EUR"
+    _send(kafka_bootstrap, topic, [order], ProtobufCodec(registry))
+    (record,) = read_topic(kafka_bootstrap, topic, 1)
+    # Magic byte, schema id, then the message indexes: [0] (the file's first message) is one
+    # zero byte.
+    assert record.value()[:1] == b"\x00"
+    assert record.value()[5:6] == b"\x00"
+    latest = registry.get_latest_version(f"{topic}-value")
+    assert [(ref.name, ref.subject) for ref in latest.schema.references] == [
+        ("money.proto", "money.proto")
+    ]
+    assert "money.proto" in registry.get_subjects()
+
+    received: list[Any] = []
+    app = App(f"g-{topic}")
+    reader = registry_client({"url": schema_registry.url})
+
+    def handle(order: Any) -> None:
+        received.append(order)
+
+    # The class exists once the protos are generated (at test time), so the annotation is set
+    # here; in an app it is `def handle(order: Order)`. The codec takes the class from it, as
+    # codec="protobuf" does.
+    handle.__annotations__["order"] = order_type
+    app.handler(topic, codec=ProtobufCodec(reader))(handle)
+
+    with running(app, make_settings(kafka_bootstrap)):
+        wait_until(lambda: received, 30, "the record")
+    assert received == [order]
+    assert received[0].total.currency == "EUR"
+
+
+def test_protobuf_a_field_added_v2_reader_reads_v1_records(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    registry: SchemaRegistryClient,
+    protos: dict[str, ModuleType],
+) -> None:
+    topic = new_topic(1)
+    v1, v2 = protos["orders_v1"].Order, protos["orders_v2"].Order
+    codec = ProtobufCodec(registry)
+    _send(kafka_bootstrap, topic, [v1(id=1, sku="A"), v2(id=2, sku="B", quantity=3)], codec)
+    received: list[Any] = []
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec=ProtobufCodec(registry, v2))
+    def handle(msg: Message[Any]) -> None:
+        received.append(msg.value)
+
+    with running(app, make_settings(kafka_bootstrap)):
+        wait_until(lambda: len(received) == 2, 30, "both records")
+    assert [(o.id, o.sku, o.quantity) for o in received] == [(1, "A", 0), (2, "B", 3)]
+
+
+# --- Registration: compatibility, strategies, auto_register --------------------------------
+
+AVRO_V1 = orjson.dumps(
+    {
+        "type": "record",
+        "name": "Order",
+        "namespace": "kwtest",
+        "fields": [{"name": "id", "type": "int"}],
+    }
+).decode()
+# A new field without a default: V2 readers cannot read V1 records, refused under BACKWARD.
+AVRO_V2_INCOMPATIBLE = orjson.dumps(
+    {
+        "type": "record",
+        "name": "Order",
+        "namespace": "kwtest",
+        "fields": [{"name": "id", "type": "int"}, {"name": "quantity", "type": "int"}],
+    }
+).decode()
+
+
+def test_an_incompatible_change_is_refused_under_backward_naming_subject_and_rule(
+    kafka_bootstrap: str, new_topic: TopicFactory, registry: SchemaRegistryClient
+) -> None:
+    topic = new_topic(1)
+    subject = f"{topic}-value"
+    _send(kafka_bootstrap, topic, [{"id": 1}], AvroCodec(registry, writer_schema=AVRO_V1))
+    # Apicurio's default is NONE (Confluent's BACKWARD): the test sets the rule it tests.
+    registry.set_compatibility(subject, "BACKWARD")
+    producer = Producer(make_settings(kafka_bootstrap))
+    try:
+        with pytest.raises(ProduceError) as error:
+            producer.send_sync(
+                topic,
+                {"id": 2, "quantity": 1},
+                codec=AvroCodec(registry, writer_schema=AVRO_V2_INCOMPATIBLE),
+            )
+    finally:
+        producer.close()
+    refused = error.value.__cause__
+    assert isinstance(refused, SchemaRefused)
+    http = refused.__cause__
+    assert isinstance(http, SchemaRegistryError)
+    assert (http.http_status_code, http.error_code) == (409, 409)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"subject '{subject}'" in message
+    assert "BACKWARD" in message
+    assert len(registry.get_versions(subject)) == 1
+
+
+def test_subject_name_strategies_topic_record_and_topic_record(
+    kafka_bootstrap: str, new_topic: TopicFactory, registry: SchemaRegistryClient
+) -> None:
+    topic = new_topic(1)
+    title = f"Order{uuid.uuid4().hex[:8]}"
+    schema = {"title": title, "type": "object", "properties": {"id": {"type": "integer"}}}
+    for strategy in ("topic", "record", "topic_record"):
+        codec = JsonSchemaCodec(registry, schema=schema, subject_strategy=strategy)
+        _send(kafka_bootstrap, topic, [{"id": 1}], codec)
+    subjects = set(registry.get_subjects())
+    assert {f"{topic}-value", title, f"{topic}-{title}"} <= subjects
+
+
+def test_with_auto_register_off_an_unregistered_schema_is_refused_naming_the_subject(
+    kafka_bootstrap: str, new_topic: TopicFactory, registry: SchemaRegistryClient
+) -> None:
+    topic = new_topic(1)
+    codec = JsonSchemaCodec(registry, auto_register=False)
+    producer = Producer(make_settings(kafka_bootstrap))
+    try:
+        with pytest.raises(ProduceError) as error:
+            producer.send_sync(topic, OrderV1(id=1, sku="A"), codec=codec)
+        assert f"subject '{topic}-value'" in str(error.value)
+        assert "auto_register is off" in str(error.value)
+        # Registered by someone else (review, CI): then it is found and used.
+        registry.register_schema(
+            f"{topic}-value", Schema(orjson.dumps(OrderV1.model_json_schema()).decode(), "JSON")
+        )
+        producer.send_sync(topic, OrderV1(id=1, sku="A"), codec=codec)
+    finally:
+        producer.close()
+    assert registry.get_subjects().count(f"{topic}-value") == 1
+
+
+# --- Caching -------------------------------------------------------------------------------
+
+
+def test_one_registry_request_per_schema_id_per_process(
+    kafka_bootstrap: str, new_topic: TopicFactory, schema_registry: SchemaRegistry
+) -> None:
+    topic = new_topic(1)
+    with CountingProxy(schema_registry.url).running() as proxy:
+        producer_codec = JsonSchemaCodec({"url": proxy.url})
+        _send(kafka_bootstrap, topic, [OrderV1(id=i, sku="C") for i in range(40)], producer_codec)
+        registrations = proxy.count("POST", f"/subjects/{topic}-value/versions")
+        assert registrations == 1, proxy.counts
+        received: list[OrderV1] = []
+        app = App(f"g-{topic}")
+
+        @app.handler(topic, codec=JsonSchemaCodec({"url": proxy.url}))
+        def handle(order: OrderV1) -> None:
+            received.append(order)
+
+        with running(app, make_settings(kafka_bootstrap)):
+            wait_until(lambda: len(received) == 40, 30, "40 records")
+        by_id = {path: n for (method, path), n in proxy.counts.items() if "/schemas/ids/" in path}
+        assert list(by_id.values()) == [1], proxy.counts
+        assert sum(proxy.counts.values()) <= 3, proxy.counts  # + the start-up check
+
+
+# --- Bad input -----------------------------------------------------------------------------
+
+
+def test_an_unknown_schema_id_is_fatal_with_the_raw_bytes_kept(
+    kafka_bootstrap: str, new_topic: TopicFactory, registry: SchemaRegistryClient
+) -> None:
+    topic = new_topic(1)
+    dlq = f"{topic}.dlq"
+    raw = b"\x00" + (2_000_000_000).to_bytes(4, "big") + b"\x02"
+    produce(kafka_bootstrap, topic, [raw])
+    calls: list[int] = []
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec=AvroCodec(registry), dlq=dlq, retries=3)
+    def handle(msg: Message[Any]) -> None:
+        calls.append(msg.attempt)
+        _ = msg.value
+
+    with running(app, make_settings(kafka_bootstrap)):
+        (record,) = read_topic(kafka_bootstrap, dlq, 1)
+    assert calls == [1]
+    assert record.value() == raw
+    kw = _kw_headers(record)
+    assert kw["kw.error.type"] == "kafkaworker.errors.DeserializationError"
+    assert "schema id 2000000000 is unknown to the Schema Registry" in kw["kw.error.message"]
+    assert "HTTP 404" in kw["kw.error.message"]
+
+
+def test_a_registry_unreachable_at_start_up_is_one_line_naming_the_url(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = new_topic(1)
+    url = f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"
+    app = App(f"g-{topic}")
+
+    @app.handler(topic, codec=JsonSchemaCodec({"url": url, "timeout": 2}))
+    def handle(msg: Message[Any]) -> None:
+        pass
+
+    settings = make_settings(kafka_bootstrap)
+    with pytest.raises(StartupError) as error:
+        Runner(app, settings, resolve_specs(app, settings)).run()
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot reach the Schema Registry at {url} (")
+    assert message.endswith("check schema_registry.url and that the registry is up")
+
+
+def test_credentials_never_appear_in_a_registry_error(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = new_topic(1)
+    port = free_port()
+    app = App(f"g-{topic}")
+    secret = "s3cret-" + uuid.uuid4().hex
+    codec = JsonSchemaCodec(
+        {"url": f"http://127.0.0.1:{port}", "basic.auth.user.info": f"svc:{secret}"}
+    )
+
+    @app.handler(topic, codec=codec)
+    def handle(msg: Message[Any]) -> None:
+        pass
+
+    settings = make_settings(kafka_bootstrap)
+    with pytest.raises(StartupError) as error:
+        Runner(app, settings, resolve_specs(app, settings)).run()
+    assert secret not in str(error.value)
+    assert f"http://127.0.0.1:{port}" in str(error.value)
+
+
+def test_named_codecs_come_from_the_settings_and_bind_to_their_handlers(
+    schema_registry: SchemaRegistry, protos: dict[str, ModuleType]
+) -> None:
+    """runtime_codecs: what the runner builds for codec="avro"/"json_schema"/"protobuf"."""
+    order_type = protos["orders_v1"].Order
+    codecs = runtime_codecs(
+        {"a": "json_schema", "b": "protobuf"},
+        None,
+        schema_registry.url,
+        {"auto.register.schemas": False, "subject.name.strategy": "topic_record"},
+    )
+    assert isinstance(codecs["json_schema"], JsonSchemaCodec)
+    assert codecs["json_schema"].auto_register is False
+    assert codecs["json_schema"].subject_strategy == "topic_record"
+    # One client, so one cache of schemas by id, for every codec of the process.
+    assert codecs["json_schema"].registry is codecs["protobuf"].registry
+    app = App("named")
+
+    def handle(order: Any) -> None:
+        pass
+
+    handle.__annotations__["order"] = order_type  # see the round-trip test
+    app.handler("orders", codec="protobuf")(handle)
+    bound = app.handlers["handle"].value_codec(codecs)
+    assert isinstance(bound, ProtobufCodec)
+    assert bound.message_type is order_type
+
+
+# --- The registry killed mid-run -----------------------------------------------------------
+
+
+class Kind(BaseModel):
+    """A second schema, registered before the registry dies, first read while it is down."""
+
+    id: int
+    kind: str
+
+
+def test_registry_killed_mid_run_cached_schemas_flow_new_ones_retry_until_it_is_back(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    own_registry: Any,
+    tmp_path: Path,
+) -> None:
+    registry: SchemaRegistry = own_registry()
+    topic = new_topic(1)
+    dlq = f"{topic}.dlq"
+    producer_codec = JsonSchemaCodec({"url": registry.url})
+    handled: list[dict[str, Any]] = []
+    attempts: dict[int, int] = {}
+    app = App(f"g-{topic}")
+
+    @app.handler(
+        topic,
+        codec=JsonSchemaCodec({"url": registry.url, "timeout": 2}),
+        dlq=dlq,
+        retries=1000,
+        backoff=Backoff(initial=0.2, max=1.0),
+    )
+    def handle(msg: Message[Any]) -> None:
+        attempts[msg.offset] = msg.attempt
+        handled.append(msg.value)
+
+    producer = Producer(make_settings(kafka_bootstrap))
+    try:
+        with running(app, make_settings(kafka_bootstrap)):
+            for i in range(3):
+                producer.send_sync(topic, OrderV1(id=i, sku="before"), codec=producer_codec)
+            wait_until(lambda: len(handled) == 3, 30, "the records before the kill")
+            # Registered now; no worker has asked for it yet.
+            new_schema = producer_codec.encode_for(topic, Kind(id=100, kind="new"))
+            registry.stop(kill=True)
+            assert not registry.answers()
+
+            # Cached on both sides: no registry needed.
+            for i in range(3, 6):
+                producer.send_sync(topic, OrderV1(id=i, sku="down"), codec=producer_codec)
+            wait_until(lambda: len(handled) == 6, 30, "cached-schema records while down")
+            produce(kafka_bootstrap, topic, [new_schema])
+            wait_until(
+                lambda: attempts.get(6, 0) >= 3, 30, "the new-schema record retried with backoff"
+            )
+            assert len(handled) == 6
+            registry.start()
+            wait_until(lambda: len(handled) == 7, 30, "the new-schema record after the restart")
+    finally:
+        producer.close()
+    assert handled[6] == {"id": 100, "kind": "new"}
+    assert [h["sku"] for h in handled[:6]] == ["before"] * 3 + ["down"] * 3
+    assert end_offsets(kafka_bootstrap, dlq, 1) == {0: 0}
