@@ -13,6 +13,7 @@ from kafkaworker.cli.check import check
 from kafkaworker.cli.common import Group, load_app
 from kafkaworker.cli.dlq import dlq
 from kafkaworker.cli.lag import lag
+from kafkaworker.cli.manifests import manifests
 from kafkaworker.cli.offsets import offsets
 from kafkaworker.cli.produce import produce
 from kafkaworker.cli.run import routes, run
@@ -31,7 +32,7 @@ def cli() -> None:
     """
 
 
-for command in (run, routes, topics, offsets, lag, check, produce, dlq):
+for command in (run, routes, topics, offsets, lag, check, produce, dlq, manifests):
     cli.add_command(command)
 
 
