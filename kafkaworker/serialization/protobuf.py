@@ -12,7 +12,9 @@ parses into the handler's class: `def h(order: Order)` or `def h(msg: Message[Or
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args, get_origin, get_type_hints
 
 from kafkaworker.errors import ConfigError
@@ -136,3 +138,56 @@ def _signature_message_type(spec: HandlerSpec) -> type[ProtoMessage] | None:
     if isinstance(annotation, type) and issubclass(annotation, ProtoMessage):
         return annotation
     return None
+
+
+def message_class_from_proto(path: Path, message: str | None = None) -> type[ProtoMessage]:
+    """The message class of a .proto file, compiled at run time (for `kafkaworker produce
+    --schema FILE.proto`): `message`, or the file's first message. Imports are looked up beside
+    the file. Needs grpcio-tools (its protoc)."""
+    try:
+        from grpc_tools import protoc  # type: ignore[import-untyped]  # noqa: PLC0415
+    except ImportError:
+        raise ConfigError(
+            f"compiling {path} needs grpcio-tools: pip install grpcio-tools"
+        ) from None
+    from google.protobuf import (  # noqa: PLC0415
+        descriptor_pb2,
+        descriptor_pool,
+        message_factory,
+    )
+
+    if not path.is_file():
+        raise ConfigError(f"--schema {path}: no such file")
+    # protoc's own include directory: the well-known types (google/protobuf/timestamp.proto).
+    well_known = Path(protoc.__file__).parent / "_proto"
+    with tempfile.TemporaryDirectory(prefix="kafkaworker-proto-") as tmp:
+        descriptor_set = Path(tmp) / "set.pb"
+        status = protoc.main(
+            [
+                "protoc",
+                f"-I{path.parent.resolve()}",
+                f"-I{well_known}",
+                f"--descriptor_set_out={descriptor_set}",
+                "--include_imports",
+                str(path.resolve()),
+            ]
+        )
+        if status != 0:
+            raise ConfigError(f"protoc could not compile {path} (its errors are above): fix it")
+        files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:  # --include_imports lists imports before their importers
+        pool.Add(file)
+    descriptor = pool.FindFileByName(files.file[-1].name)
+    names = list(descriptor.message_types_by_name)
+    if not names:
+        raise ConfigError(f"--schema {path} declares no message")
+    name = message or names[0]
+    if name not in descriptor.message_types_by_name:
+        raise ConfigError(
+            f"--message {name!r} is not a message of {path}: it declares {', '.join(names)}"
+        )
+    cls: type[ProtoMessage] = message_factory.GetMessageClass(
+        descriptor.message_types_by_name[name]
+    )
+    return cls

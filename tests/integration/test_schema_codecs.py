@@ -12,11 +12,13 @@ from typing import Any
 
 import orjson
 import pytest
+from click.testing import CliRunner
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from pydantic import BaseModel
 
 from kafkaworker import App, Backoff, Message, ProduceError, Producer, StartupError
+from kafkaworker.cli import cli
 from kafkaworker.errors import SchemaRefused
 from kafkaworker.runtime.runner import Runner, resolve_specs
 from kafkaworker.serialization.avro import AvroCodec
@@ -26,7 +28,7 @@ from kafkaworker.serialization.registry import registry_client, runtime_codecs
 from kafkaworker.testing.broker import free_port
 from kafkaworker.testing.registry import SchemaRegistry
 from tests.conftest import TopicFactory
-from tests.integration.registry_support import CountingProxy, generate_protos
+from tests.integration.registry_support import PROTOS, CountingProxy, generate_protos
 from tests.support import end_offsets, make_settings, produce, read_topic, running, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -494,3 +496,69 @@ def test_registry_killed_mid_run_cached_schemas_flow_new_ones_retry_until_it_is_
     assert handled[6] == {"id": 100, "kind": "new"}
     assert [h["sku"] for h in handled[:6]] == ["before"] * 3 + ["down"] * 3
     assert end_offsets(kafka_bootstrap, dlq, 1) == {0: 0}
+
+
+# --- kafkaworker produce --codec ... --schema FILE ------------------------------------------
+
+
+def test_produce_command_writes_each_format_through_the_registry(  # noqa: PLR0917 - fixtures
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    registry: SchemaRegistryClient,
+    schema_registry: SchemaRegistry,
+    protos: dict[str, ModuleType],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKAWORKER_SCHEMA_REGISTRY__URL": schema_registry.url,
+        "KAFKAWORKER_SETTINGS": "",
+    }
+    avsc = tmp_path / "order.avsc"
+    avsc.write_text(AVRO_V1)
+    schema_json = tmp_path / "order.schema.json"
+    schema_json.write_bytes(orjson.dumps(OrderV1.model_json_schema()))
+    cases: list[tuple[str, Path, Any]] = [
+        ("avro", avsc, AvroCodec(registry)),
+        ("json_schema", schema_json, JsonSchemaCodec(registry)),
+        (
+            "protobuf",
+            PROTOS / "orders_v1.proto",
+            ProtobufCodec(registry, protos["orders_v1"].Order),
+        ),
+    ]
+    lines = {
+        "avro": '{"id": 1}\n{"id": 2}\n',
+        "json_schema": '{"id": 1, "sku": "A"}\n{"id": 2, "sku": "B"}\n',
+        "protobuf": '{"id": 1, "sku": "A", "total": {"units": 5}}\n{"id": 2, "sku": "B"}\n',
+    }
+    for codec, schema, reader in cases:
+        topic = new_topic(1)
+        result = CliRunner().invoke(
+            cli,
+            ["produce", topic, "--codec", codec, "--schema", str(schema)],
+            input=lines[codec],
+            env=env,
+        )
+        assert result.exit_code == 0, result.output
+        records = read_topic(kafka_bootstrap, topic, 2)
+        values = [reader.decode(r.value(), []) for r in records]
+        if codec == "protobuf":
+            values = [(v.id, v.sku, v.total.units) for v in values]
+            assert values == [(1, "A", 5), (2, "B", 0)]
+        else:
+            assert values == [orjson.loads(line) for line in lines[codec].splitlines()]
+
+    topic = new_topic(1)
+    bad = CliRunner().invoke(
+        cli,
+        ["produce", topic, "--codec", "avro", "--schema", str(avsc)],
+        input='{"id": 3}\n{"id": "three"}\n{"id": 4}\n',
+        env=env,
+    )
+    assert bad.exit_code == 1
+    assert bad.stderr.startswith("produced 1 message(s)")
+    assert "Error: line 2 does not match the schema (" in bad.stderr
+    assert end_offsets(kafka_bootstrap, topic, 1) == {0: 1}
