@@ -389,6 +389,12 @@ class Settings(BaseSettings):
     shutdown_timeout: PositiveFloat = 30.0
     # How long a revoke waits for the revoked partitions' in-flight messages.
     revoke_timeout: PositiveFloat = 30.0
+    # How long a consumer may be out of its group (not joined, or stuck joining) while the
+    # brokers are connected, before the runtime closes it and starts a fresh one. librdkafka 2.16 sometimes never rejoins after a session timeout during a hung
+    # broker: its join requests stay unsent in the coordinator connection's out-queue
+    # (cf. librdkafka#3082; found by the hung-broker fault test). Longer than revoke_timeout:
+    # a member may legitimately wait that long for another member's revoke.
+    join_timeout: PositiveFloat = 60.0
     # How long start-up waits for the brokers to answer before it gives up.
     startup_timeout: PositiveFloat = 15.0
     # Backpressure: messages fetched and not yet committable, per handler and per partition.
@@ -422,6 +428,16 @@ class Settings(BaseSettings):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Settings:
+        if self.join_timeout <= self.revoke_timeout:
+            raise ValueError(
+                f"join_timeout ({self.join_timeout:g} s) must be longer than revoke_timeout "
+                f"({self.revoke_timeout:g} s), which a member may wait for another member's "
+                "revoke before it is joined: raise join_timeout"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -545,6 +561,8 @@ def _one_line(exc: ValidationError, yaml_path: Path | None) -> str:
         key.startswith(("kafka.security", "schema_registry.config"))
         and str(error["loc"][-1]) not in _SHOWN_SECURITY_FIELDS
     )
+    if not key:
+        return f"settings are invalid{source}: {message}{more}"  # a check across settings
     if isinstance(value, Mapping | list) or sensitive:
         # A model's own check (its input: the whole section, secrets included), or a secret.
         return f"setting {key} is invalid{source}: {message}{more}"

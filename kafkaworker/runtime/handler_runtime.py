@@ -142,7 +142,9 @@ class HandlerRuntime:
         attempts.resubmit = self.executor.submit  # a message nacked after its handler returned
         if source is None:
             config = consumer_config(app_name, spec, settings)
-            source = ConsumerGroupSource(config, handler=spec.name)
+            source = ConsumerGroupSource(
+                config, handler=spec.name, join_timeout=settings.join_timeout
+            )
         self.source = source
         self.committer = StoredOffsetCommit(source, handler=spec.name)
         self.poller = Poller(

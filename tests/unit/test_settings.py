@@ -268,3 +268,20 @@ def test_topics_and_batch_come_from_settings_so_one_codebase_runs_anywhere(
     Path("settings.yaml").write_text("handlers:\n  handle:\n    topics: [handle.dlq, 'a b']\n")
     with pytest.raises(ConfigError, match="topic name"):
         resolve_specs(app, load_settings())
+
+
+def test_a_join_timeout_within_the_revoke_timeout_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A member may wait revoke_timeout for another member's revoke before it is joined: a
+    # join watchdog firing sooner would replace healthy consumers in every slow rebalance.
+    monkeypatch.setenv("KAFKAWORKER_JOIN_TIMEOUT", "20")
+    monkeypatch.setenv("KAFKAWORKER_REVOKE_TIMEOUT", "30")
+    with pytest.raises(
+        ConfigError,
+        match=r"^settings are invalid: join_timeout \(20 s\) must be longer than "
+        r"revoke_timeout \(30 s\)",
+    ):
+        load_settings()
+    monkeypatch.setenv("KAFKAWORKER_JOIN_TIMEOUT", "31")
+    assert load_settings().join_timeout == 31

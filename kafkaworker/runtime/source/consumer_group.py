@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -95,9 +98,10 @@ def _partitions(topic_partitions: list[TopicPartition]) -> list[Partition]:
 class ConsumerGroupSource:
     """One handler's consumer; its rebalance callbacks reach the listener inside fetch()."""
 
-    def __init__(self, config: dict[str, Any], *, handler: str) -> None:
+    def __init__(self, config: dict[str, Any], *, handler: str, join_timeout: float = 60.0) -> None:
         self._handler = handler
         self._listener: AssignmentListener | None = None
+        self._topics: list[str] = []
         # Partitions revoked or lost since fetch() took its first record (see fetch()).
         self._revoked: set[Partition] = set()
         config = dict(config)
@@ -105,19 +109,41 @@ class ConsumerGroupSource:
         config["on_commit"] = self._on_commit  # librdkafka's periodic commits report here
         self._kip848 = config.get("group.protocol") == "consumer"
         self._silence = 0.0
-        config["stats_cb"] = self._on_statistics  # called inside poll(): the poll thread
-        self._consumer = new_consumer(config)
+        self._config = config
+        # The join watchdog (see Settings.join_timeout): since when the member has been out
+        # of its group while the coordinator's connection was up; set when it is time to
+        # start a fresh consumer, which fetch() does.
+        self._join_timeout = join_timeout
+        self._out_since: float | None = None
+        self._stuck_for = 0.0
+        self._stuck_state = ""
+        self._generation = 0
+        self._consumer = self._new_consumer()
+
+    def _new_consumer(self) -> Consumer:
+        self._generation += 1
+        # Called inside poll(): the poll thread. A replaced consumer's calls (from its close,
+        # on another thread) carry an old generation and are ignored.
+        stats = functools.partial(self._on_statistics, self._generation)
+        return new_consumer({**self._config, "stats_cb": stats})
 
     def subscribe(self, topics: Sequence[str], listener: AssignmentListener) -> None:
         self._listener = listener
+        self._topics = list(topics)
+        self._out_since = time.monotonic()
+        self._subscribe()
+
+    def _subscribe(self) -> None:
         self._consumer.subscribe(
-            list(topics),
+            self._topics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
 
     def fetch(self, timeout: float, max_records: int) -> list[Record]:
+        if self._stuck_for:
+            self._rejoin()
         # poll() returns as soon as one record is there; consume(n, 0) then takes what is
         # already fetched without waiting (consume(n, t) would wait t for a full batch: up to
         # t of added latency at low rates).
@@ -137,6 +163,38 @@ class ConsumerGroupSource:
             return rest
         rest.insert(0, first)
         return rest
+
+    def _rejoin(self) -> None:
+        """Replace a consumer stuck out of its group with a fresh one. What the old one still
+        held is lost (another member may own it by now): the listener drops its work and
+        commits nothing. The old consumer is closed on a thread of its own, which ends when
+        its close() returns: a stuck consumer's close can wait for the very requests that are
+        stuck, and the poll thread must not."""
+        assert self._listener is not None
+        old = self._consumer
+        log.warning(
+            "the consumer has been out of its group while the brokers were connected; "
+            "closing it and joining with a fresh one (a librdkafka join stall, "
+            "cf. librdkafka#3082; raise join_timeout if rebalances here take that long)",
+            handler=self._handler,
+            out_of_group_seconds=round(self._stuck_for, 1),
+            group_state=self._stuck_state,
+            join_timeout=self._join_timeout,
+        )
+        self._stuck_for = 0.0
+        self._out_since = time.monotonic()
+        try:
+            held = _partitions(old.assignment())
+        except KafkaException:
+            held = []
+        if held:
+            self._revoked.update(held)
+            self._listener.on_lost(held)
+        self._consumer = self._new_consumer()
+        self._subscribe()
+        threading.Thread(
+            target=_close_quietly, args=(old,), name=f"kw-{self._handler}-close", daemon=True
+        ).start()
 
     def pause(self, partitions: Sequence[Partition]) -> None:
         self._consumer.pause(_topic_partitions(partitions))
@@ -176,6 +234,8 @@ class ConsumerGroupSource:
     # -- librdkafka's callbacks, on the poll thread inside poll()/consume()/close() --------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return  # a consumer replaced by _rejoin(), closing
         assert self._listener is not None
         log.debug(
             "assignment",
@@ -189,28 +249,59 @@ class ConsumerGroupSource:
         self._listener.on_assign(_partitions(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return  # a consumer replaced by _rejoin(), closing
         assert self._listener is not None
         revoked = _partitions(partitions)
         self._revoked.update(revoked)
         self._listener.on_revoke(revoked)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return  # a consumer replaced by _rejoin(), closing
         assert self._listener is not None
         lost = _partitions(partitions)
         self._revoked.update(lost)
         self._listener.on_lost(lost)
 
-    def _on_statistics(self, statistics: str) -> None:
+    def _on_statistics(self, generation: int, statistics: str) -> None:
         """How long the brokers serving this consumer have owed it an answer; and, under
         KIP-848 (which calls no assign callback for a member given no partitions), whether it
         has joined: librdkafka's group state is "up" (the coordinator found, heartbeats
         going)."""
+        if generation != self._generation:
+            return  # a consumer replaced by _rejoin(), closing
         stats = orjson.loads(statistics)
-        self._silence = _silence(stats.get("brokers") or {})
-        if self._kip848:
-            group = stats.get("cgrp") or {}
-            if group.get("state") == "up" and self._listener is not None:
-                self._listener.on_joined()
+        brokers = stats.get("brokers") or {}
+        self._silence = _silence(brokers)
+        group = stats.get("cgrp") or {}
+        if self._kip848 and group.get("state") == "up" and self._listener is not None:
+            self._listener.on_joined()
+        self._watch_join(group, brokers)
+
+    def _watch_join(self, group: Mapping[str, Any], brokers: Mapping[str, Any]) -> None:
+        if not self._topics:
+            return  # not subscribed yet
+        joined = group.get("state") == "up" and group.get("join_state") == "steady"
+        connected = any(
+            b.get("nodeid", -1) >= 0 and b.get("state") == "UP" for b in brokers.values()
+        )
+        if joined or not connected:
+            # Joined; or no broker is connected, which librdkafka handles itself (a cluster
+            # that is down is waited for, not a reason to start again). Not the coordinator's
+            # own connection: when stuck, it is the one that never comes up again (its
+            # requests stay in its out-queue) while the broker behind it answers fetches.
+            self._out_since = None if joined else time.monotonic()
+            return
+        now = time.monotonic()
+        if self._out_since is None:
+            self._out_since = now
+        elif now - self._out_since > self._join_timeout:
+            self._stuck_for = now - self._out_since
+            self._stuck_state = (
+                f"{group.get('state')}/{group.get('join_state')}, coordinator connection "
+                f"{(brokers.get('GroupCoordinator') or {}).get('state', 'none')}"
+            )
 
     def silence(self) -> float:
         return self._silence
@@ -236,6 +327,13 @@ class ConsumerGroupSource:
             error=error.str(),
             partitions=[f"{tp.topic}[{tp.partition}]" for tp in failed] or None,
         )
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except Exception:  # it was replaced: its errors change nothing
+        log.debug("closing a replaced consumer failed", exc_info=True)
 
 
 def _silence(brokers: Mapping[str, Any]) -> float:
