@@ -237,6 +237,9 @@ class WorkerProcess:
         assert self.process is not None
         return self.process.wait(timeout)
 
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()

@@ -2,7 +2,10 @@
 
 Configured by environment: RECORDER_TOPIC, RECORDER_FILE, RECORDER_SLEEP (seconds per message),
 RECORDER_ORDERING, RECORDER_CONCURRENCY, RECORDER_GROUP, RECORDER_STARTS (a file of started),
-RECORDER_ASYNC=1 (the handler is an `async def` that awaits asyncio.sleep).
+RECORDER_ASYNC=1 (the handler is an `async def` that awaits asyncio.sleep), RECORDER_OUTPUT (a
+topic: each message's value is produced there, acks=all, before the message counts as finished),
+RECORDER_DLQ with RECORDER_FAIL_EVERY=N (a message whose value is a multiple of N fails, and is
+dead-lettered at once: not recorded).
 Each finished message appends one line, "pid partition offset key started finished", with one
 write on an O_APPEND descriptor, so lines from several processes never interleave.
 """
@@ -23,6 +26,18 @@ _fd = os.open(_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 _STARTS = os.environ.get("RECORDER_STARTS")
 _starts_fd = os.open(_STARTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if _STARTS else None
 _pid = os.getpid()
+_OUTPUT = os.environ.get("RECORDER_OUTPUT") or None
+_DLQ = os.environ.get("RECORDER_DLQ") or None
+_FAIL_EVERY = int(os.environ.get("RECORDER_FAIL_EVERY", "0"))
+
+
+class PoisonError(Exception):
+    """A message the test wants dead-lettered."""
+
+
+def _check(msg: Message[bytes]) -> None:
+    if _FAIL_EVERY and int(msg.value) % _FAIL_EVERY == 0:
+        raise PoisonError(f"value {int(msg.value)} is a multiple of {_FAIL_EVERY}")
 
 
 def _started(msg: Message[bytes]) -> float:
@@ -37,18 +52,25 @@ def _finished(msg: Message[bytes], started: float) -> None:
     os.write(_fd, line.encode())
 
 
-def record(msg: Message[bytes]) -> None:
+def record(msg: Message[bytes]) -> bytes | None:
     started = _started(msg)
+    _check(msg)
     if _SLEEP:
         time.sleep(_SLEEP)
+    # Recorded when the handler is done; with an output, the message is finished only once
+    # the output is acknowledged (so a recorded message may be delivered again: counted as
+    # a duplicate, never as lost).
     _finished(msg, started)
+    return msg.value if _OUTPUT else None
 
 
-async def record_async(msg: Message[bytes]) -> None:
+async def record_async(msg: Message[bytes]) -> bytes | None:
     started = _started(msg)
+    _check(msg)
     if _SLEEP:
         await asyncio.sleep(_SLEEP)
     _finished(msg, started)
+    return msg.value if _OUTPUT else None
 
 
 app.handler(
@@ -58,4 +80,6 @@ app.handler(
     concurrency=int(os.environ.get("RECORDER_CONCURRENCY", "4")),
     codec="raw",
     name="record",
+    output=_OUTPUT,
+    dlq=_DLQ,
 )(record_async if os.environ.get("RECORDER_ASYNC") == "1" else record)
