@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install jars lint format test test-fast faults kafka run bench clean
+.PHONY: install jars lint format test test-fast faults kafka run bench clean image container-tools
 
 install: $(STAMP)
 
@@ -37,7 +37,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 # The whole suite, slow fault tests included, against a real broker the suite starts and stops.
-test: lint jars
+test: lint jars container-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install jars
@@ -63,6 +63,15 @@ run: jars
 bench: jars
 	$(PY) -m pip install --quiet matplotlib
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# The worker image with podman (no Docker or registry needed); see tools/image.py.
+image: install
+	$(PY) -m tools.image
+
+# CI set-up for tests/container: podman, buildah, runc, mmdebstrap via apt-get when missing
+# (root); a no-op when present.
+container-tools: install
+	@$(PY) -m tools.image --setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
