@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install jars lint format test test-fast faults kafka run bench clean image container-tools
+.PHONY: install jars lint format test test-fast faults kafka run bench clean image container-tools registry
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ jars: install
 	  sys.exit((cache_dir() / ".complete").exists())' && \
 	  echo "fetching the Kafka jars into ~/.cache/kafkaworker (once, ~45 s)" || true
 	@$(PY) -m kafkaworker.testing.broker fetch >/dev/null
+	@$(PY) -c 'import sys; from kafkaworker.testing.registry import cache_dir; \
+	  sys.exit((cache_dir() / ".complete").exists())' && \
+	  echo "fetching Apicurio Registry into ~/.cache/kafkaworker (once, ~150 MB)" || true
+	@$(PY) -m kafkaworker.testing.registry fetch >/dev/null
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -63,6 +67,11 @@ run: jars
 bench: jars
 	$(PY) -m pip install --quiet matplotlib
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# A dev Schema Registry (Apicurio; the Confluent API at
+# http://127.0.0.1:8081/apis/ccompat/v7) in the foreground; Ctrl+C stops it.
+registry: jars
+	$(PY) -m kafkaworker.testing.registry run --port 8081
 
 # The worker image with podman (no Docker or registry needed); see tools/image.py.
 image: install

@@ -30,7 +30,7 @@ from kafkaworker.observability.server import MetricsServer
 from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
-from kafkaworker.serialization import Codec
+from kafkaworker.serialization import RUNTIME_CODECS, Codec
 from kafkaworker.settings import Settings, settings_for_run
 
 if TYPE_CHECKING:
@@ -200,24 +200,26 @@ class Runner:
         return 1 if failed or errors else 0
 
     def _runtime_codecs(self) -> dict[str, Codec]:
-        """Codecs named in handlers that need the running app: "avro" (a registry client)."""
-        users = [spec.name for spec in self.specs if spec.codec == "avro"]
+        """Codecs named in handlers that need the running app: "avro", "json_schema" and
+        "protobuf", on one Schema Registry client (kafkaworker.serialization.registry)."""
+        users = {
+            spec.name: spec.codec
+            for spec in self.specs
+            if isinstance(spec.codec, str) and spec.codec in RUNTIME_CODECS
+        }
         if not users:
             return {}
-        from kafkaworker.serialization.avro import AvroCodec  # noqa: PLC0415 - optional extra
+        from kafkaworker.serialization.registry import runtime_codecs  # noqa: PLC0415 - extra
 
-        registry = self.app.schema_registry
-        if registry is None:
-            if self.settings.schema_registry is None:
-                raise ConfigError(
-                    f"handler {users[0]!r} uses codec 'avro' but schema_registry.url is not "
-                    "set: add it to the settings (KAFKAWORKER_SCHEMA_REGISTRY__URL)"
-                )
-            registry = {
-                "url": self.settings.schema_registry.url,
-                **self.settings.schema_registry.config,
-            }
-        return {"avro": AvroCodec(registry)}
+        registry = self.settings.schema_registry
+        return dict(
+            runtime_codecs(
+                users,
+                self.app.schema_registry,
+                registry.url if registry is not None else None,
+                registry.config if registry is not None else None,
+            )
+        )
 
     def stop(self) -> None:
         """Ask for a graceful shutdown (what the first SIGTERM/SIGINT does)."""

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from enum import Enum
 
-from kafkaworker.errors import DeadLetter, DeserializationError, Skip
+from kafkaworker.errors import DeadLetter, DeserializationError, SchemaRegistryUnavailable, Skip
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.runtime.failures.breaker import CircuitBreaker
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes, Stage
@@ -83,6 +83,10 @@ class FailurePolicy:
         spec = self.spec
         if isinstance(error, Skip):
             return Decision(Action.SKIP, fatal=True)
+        if isinstance(error, SchemaRegistryUnavailable):
+            # The Schema Registry did not answer: no fault of the record, so it is neither
+            # dead-lettered nor skipped, whatever `retries` says; it waits with backoff.
+            return Decision(Action.RETRY, delay=spec.backoff.delay(failures, self._rng))
         fatal = is_fatal(error) or not isinstance(error, spec.retry_on)
         if not fatal and failures <= spec.retries:
             return Decision(Action.RETRY, delay=spec.backoff.delay(failures, self._rng))
