@@ -12,7 +12,6 @@ import pytest
 from pydantic import BaseModel
 
 from kafkaworker import App, Producer
-from kafkaworker.runtime.runner import Runner, resolve_specs
 from kafkaworker.serialization.json_schema import JsonSchemaCodec
 from kafkaworker.serialization.protobuf import ProtobufCodec
 from kafkaworker.serialization.registry import registry_client
@@ -21,29 +20,7 @@ from tests.conftest import TopicFactory
 from tests.integration.registry_support import generate_protos
 from tests.support import make_settings, running, wait_until
 
-
-def _runner_builds_every_registry_codec() -> bool:
-    """Whether the Runner builds json_schema and protobuf by name (it built avro alone before
-    kafkaworker.serialization.registry.runtime_codecs; the runtime's owners wire it in)."""
-    app = App("probe")
-
-    @app.handler("probe", codec="json_schema")
-    def probe(msg: Any) -> None:
-        pass
-
-    settings = make_settings("127.0.0.1:9", schema_registry={"url": "mock://probe"})
-    runner = Runner(app, settings, resolve_specs(app, settings))
-    return "json_schema" in runner._runtime_codecs()
-
-
-pytestmark = [
-    pytest.mark.kafka,
-    pytest.mark.skipif(
-        not _runner_builds_every_registry_codec(),
-        reason="the Runner builds only codec='avro' by name: wire "
-        "kafkaworker.serialization.registry.runtime_codecs into Runner._runtime_codecs",
-    ),
-]
+pytestmark = pytest.mark.kafka
 
 
 class Order(BaseModel):
