@@ -1,0 +1,202 @@
+"""The bridge process: `python -m apps.bridge [--port 50051] [--format json|protobuf] ...`.
+
+Kafka connection settings come from kafkaworker's settings (settings.yaml, KAFKAWORKER_*
+variables), as for a worker. One Bridge owns everything the process runs: the gRPC server,
+the producer, the admin client for topic lookups and the task that watches the brokers; its
+stop() ends them in order. SIGTERM or SIGINT: the health service says NOT_SERVING, the server
+stops accepting RPCs and gives those in flight `grace` seconds, then the producer is flushed
+and the process exits 0. A second signal exits at once (1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from apps.bridge.events import Format
+from apps.bridge.proto import bridge_pb2, bridge_pb2_grpc
+from apps.bridge.publisher import Publisher, TopicCatalog
+from apps.bridge.service import OrderBridgeService
+from apps.bridge.standard import OVERALL, Health, enable_reflection
+from kafkaworker import Producer, Settings, load_settings
+from kafkaworker.admin import KafkaAdmin
+from kafkaworker.observability.logging import configure
+
+log = structlog.get_logger("bridge")
+SERVICE = bridge_pb2.DESCRIPTOR.services_by_name["OrderBridge"].full_name
+
+
+@dataclass(frozen=True)
+class BridgeOptions:
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0: any free port (Bridge.start returns it)
+    orders_topic: str = "orders.placed"
+    format: Format = Format.JSON
+    # The longest an RPC waits for the broker's acknowledgement before UNAVAILABLE; it is
+    # also the producer's delivery.timeout.ms (see Publisher).
+    publish_timeout: float = 10.0
+    # Topic lookups (NOT_FOUND) and the health probe's Metadata request.
+    metadata_timeout: float = 5.0
+    health_interval: float = 2.0
+    # How long RPCs in flight at SIGTERM may take: above publish_timeout, so each gets its
+    # answer (acknowledged or UNAVAILABLE) rather than being cancelled.
+    grace: float = 15.0
+    flush_timeout: float = 10.0
+    # Beyond this many RPCs at once the server answers RESOURCE_EXHAUSTED: the producer's
+    # queue, not the caller, decides how much memory waits for the brokers.
+    max_concurrent_rpcs: int = 10_000
+
+
+def bridge_settings(settings: Settings, options: BridgeOptions) -> Settings:
+    """The settings with the bridge's producer properties over the user's."""
+    producer = {
+        **settings.kafka.producer,
+        "delivery.timeout.ms": int(options.publish_timeout * 1000),
+        # The bridge never creates topics: a record for a missing one is NOT_FOUND.
+        "allow.auto.create.topics": False,
+    }
+    kafka = settings.kafka.model_copy(update={"producer": producer})
+    return settings.model_copy(update={"kafka": kafka})
+
+
+class Bridge:
+    """The gRPC server and the clients behind it: start(), then stop() (once)."""
+
+    def __init__(self, settings: Settings, options: BridgeOptions) -> None:
+        self.options = options
+        self.settings = bridge_settings(settings, options)
+        self.port = 0
+        self._producer = Producer(self.settings, client_id="kafkaworker-bridge")
+        self._admin = KafkaAdmin(self.settings, timeout=options.metadata_timeout)
+        self._server = grpc.aio.server(maximum_concurrent_rpcs=options.max_concurrent_rpcs)
+        self._health = Health(self._server)
+        self._stopping = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
+        self._serving: bool | None = None
+        topics = TopicCatalog(lambda: {t.name for t in self._admin.topics()})
+        publisher = Publisher(
+            self._producer,
+            topics,
+            timeout=options.publish_timeout,
+            bootstrap=self.settings.kafka.bootstrap_servers,
+        )
+        bridge_pb2_grpc.add_OrderBridgeServicer_to_server(
+            OrderBridgeService(publisher, orders_topic=options.orders_topic, fmt=options.format),
+            self._server,
+        )
+        enable_reflection([SERVICE, "grpc.health.v1.Health"], self._server)
+
+    async def start(self) -> int:
+        """Listens, with the health status known first; returns the port."""
+        self.port = self._server.add_insecure_port(f"{self.options.host}:{self.options.port}")
+        await self._check_brokers()
+        await self._server.start()
+        self._watch = asyncio.create_task(self._watch_brokers(), name="bridge-broker-watch")
+        log.info(
+            "bridge started",
+            address=f"{self.options.host}:{self.port}",
+            bootstrap=self.settings.kafka.bootstrap_servers,
+            orders_topic=self.options.orders_topic,
+            format=self.options.format.value,
+        )
+        return self.port
+
+    async def _check_brokers(self) -> None:
+        serving = await asyncio.to_thread(self._producer.ping, self.options.metadata_timeout)
+        if serving != self._serving:
+            self._serving = serving
+            await self._health.set([OVERALL, SERVICE], serving)
+            if serving:
+                log.info("brokers answer: SERVING")
+            else:
+                log.warning(
+                    "brokers do not answer: NOT_SERVING",
+                    bootstrap=self.settings.kafka.bootstrap_servers,
+                    within=self.options.metadata_timeout,
+                )
+
+    async def _watch_brokers(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.options.health_interval)
+            if not self._stopping.is_set():
+                await self._check_brokers()
+
+    async def stop(self) -> int:
+        """Stops in order; returns how many records the final flush could not deliver."""
+        await self._health.enter_graceful_shutdown()  # load balancers stop sending first
+        log.info("stopping: no new RPCs", in_flight_grace=self.options.grace)
+        await self._server.stop(self.options.grace)
+        self._stopping.set()
+        if self._watch is not None:
+            await self._watch  # its probe is a thread: let it end before the producer does
+        remaining = await asyncio.to_thread(self._producer.close, self.options.flush_timeout)
+        self._admin.close()
+        log.info("bridge stopped", undelivered=remaining)
+        return remaining
+
+
+async def serve(settings: Settings, options: BridgeOptions) -> int:
+    """Runs a bridge until SIGTERM or SIGINT; 0 when everything was delivered."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("signal received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    bridge = Bridge(settings, options)
+    await bridge.start()
+    await stop.wait()
+    return 1 if await bridge.stop() else 0
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[BridgeOptions, str]:
+    defaults = BridgeOptions()
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.bridge",
+        description="gRPC to Kafka: PlaceOrder and Publish RPCs become records. Kafka "
+        "settings as for a worker (settings.yaml, KAFKAWORKER_* variables).",
+    )
+    parser.add_argument("--host", default=defaults.host, help="0.0.0.0 in a container")
+    parser.add_argument("--port", type=int, default=defaults.port)
+    parser.add_argument("--orders-topic", default=defaults.orders_topic)
+    parser.add_argument(
+        "--format", choices=[f.value for f in Format], default=defaults.format.value
+    )
+    parser.add_argument("--publish-timeout", type=float, default=defaults.publish_timeout)
+    parser.add_argument("--metadata-timeout", type=float, default=defaults.metadata_timeout)
+    parser.add_argument("--health-interval", type=float, default=defaults.health_interval)
+    parser.add_argument("--grace", type=float, default=defaults.grace)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    options = BridgeOptions(
+        host=args.host,
+        port=args.port,
+        orders_topic=args.orders_topic,
+        format=Format(args.format),
+        publish_timeout=args.publish_timeout,
+        metadata_timeout=args.metadata_timeout,
+        health_interval=args.health_interval,
+        grace=args.grace,
+    )
+    return options, str(args.log_level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options, level = parse_args(argv)
+    configure(level)
+    return asyncio.run(serve(load_settings(), options))
