@@ -13,7 +13,7 @@ import structlog
 
 from kafkaworker.backoff import Backoff
 from kafkaworker.errors import ConfigError
-from kafkaworker.handlers import AckMode, BatchPolicy, HandlerSpec, OnExhausted, Ordering
+from kafkaworker.handlers import AckMode, BatchPolicy, HandlerSpec, Mode, OnExhausted, Ordering
 from kafkaworker.producer import Producer
 from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings, load_settings
@@ -69,7 +69,7 @@ class App:
         group: str | None = None,
         name: str | None = None,
         concurrency: int | None = None,
-        ordering: Ordering = "partition",
+        ordering: Ordering | None = None,
         retries: int = 0,
         backoff: Backoff | None = None,
         dlq: str | None = None,
@@ -80,6 +80,7 @@ class App:
         retry_topics: Sequence[float] = (),
         output: str | None = None,
         batch: BatchPolicy | None = None,
+        mode: Mode = "stream",
     ) -> Callable[[F], F]:
         """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
         if callable(topics) and not isinstance(topics, str):
@@ -104,7 +105,7 @@ class App:
                 topics=topic_tuple,
                 group=group,
                 concurrency=concurrency,  # type: ignore[arg-type]  # None: the default
-                ordering=ordering,
+                ordering=ordering,  # type: ignore[arg-type]  # None: the mode's default
                 retries=retries,
                 backoff=backoff or Backoff(),
                 dlq=dlq,
@@ -115,6 +116,7 @@ class App:
                 retry_topics=tuple(retry_topics),
                 output=output,
                 batch=batch,
+                mode=mode,
             )
             return func
 

@@ -18,10 +18,14 @@ from kafkaworker.serialization import RUNTIME_CODECS, Codec, get_codec
 
 Ordering = Literal["partition", "key", "none"]
 AckMode = Literal["auto", "manual"]
+# "stream": a consumer group (partitions owned by one member, offsets committed); "queue": a
+# share group (KIP-932: records handed out one by one, acknowledged ACCEPT/RELEASE/REJECT).
+Mode = Literal["stream", "queue"]
 OnExhausted = Literal["stall", "skip"]
 ORDERINGS: tuple[str, ...] = get_args(Ordering)
 ACK_MODES: tuple[str, ...] = get_args(AckMode)
 ON_EXHAUSTED: tuple[str, ...] = get_args(OnExhausted)
+MODES: tuple[str, ...] = get_args(Mode)
 # Kafka's own rule (kafka.common.internals.Topic): legal characters and at most 249 of them.
 _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 # Threads for a def handler; coroutines in flight for an async def one.
@@ -61,7 +65,10 @@ class HandlerSpec:
     # Worker threads (def), or coroutines in flight (async def). Declared None, it is made 8
     # threads or 100 coroutines in __post_init__, so it is an int wherever it is read.
     concurrency: int = None  # type: ignore[assignment]
-    ordering: Ordering = "partition"
+    # Declared None, it is made "partition" (stream mode) or "none" (queue mode) in
+    # __post_init__; `ordering_defaulted` remembers it, so that switching the mode through the
+    # settings does not leave stream mode's default behind.
+    ordering: Ordering = None  # type: ignore[assignment]
     retries: int = 0
     backoff: Backoff = field(default_factory=Backoff)
     dlq: str | None = None
@@ -78,6 +85,8 @@ class HandlerSpec:
     output: str | None = None
     # Batch handlers take list[Message]; None: one Message at a time.
     batch: BatchPolicy | None = None
+    mode: Mode = "stream"
+    ordering_defaulted: bool = field(init=False, default=False, repr=False)
     # Derived from the handler's signature: the pydantic model its messages are validated
     # as, and whether it takes the model itself rather than a Message.
     model: type[BaseModel] | None = field(init=False, default=None, repr=False)
@@ -120,6 +129,11 @@ class HandlerSpec:
         ):
             kind = "coroutines in flight" if is_async else "worker threads"
             raise bad("concurrency", self.concurrency, f"an integer from 1 to {most} ({kind})")
+        if self.mode not in MODES:
+            raise bad("mode", self.mode, f"allowed are {', '.join(MODES)}")
+        object.__setattr__(self, "ordering_defaulted", self.ordering is None)
+        if self.ordering is None:
+            object.__setattr__(self, "ordering", "none" if self.mode == "queue" else "partition")
         if self.ordering not in ORDERINGS:
             raise bad("ordering", self.ordering, f"allowed are {', '.join(ORDERINGS)}")
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
@@ -170,10 +184,43 @@ class HandlerSpec:
                 raise bad("batch", self.batch, "a kafkaworker.BatchPolicy(...) or None")
             if self.ack == "manual" or self.output is not None:
                 raise bad("batch", self.batch, "batch handlers need ack='auto' and no output")
+        if self.mode == "queue":
+            self._check_queue_mode(bad)
         _check_signature(self.name, self.func)
         model, takes_value = _payload_model(self.func, batch=self.batch is not None)
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "takes_value", takes_value)
+
+    def _check_queue_mode(self, bad: Callable[[str, object, str], ConfigError]) -> None:
+        """What a share group cannot honour is refused here, in one line each."""
+        if self.ordering != "none":
+            raise bad(
+                "ordering",
+                self.ordering,
+                'mode="queue" needs ordering="none": a share group hands records of one '
+                "partition to many members at once, so no order can be kept",
+            )
+        if self.retry_topics:
+            raise bad(
+                "retry_topics",
+                list(self.retry_topics),
+                'mode="queue" retries by releasing the record to the share group, which '
+                "redelivers it: remove retry_topics (or use stream mode)",
+            )
+        if self.ack == "manual":
+            raise bad(
+                "ack",
+                self.ack,
+                'mode="queue" acknowledges each record when its handler returns: ack="manual" '
+                "is for stream mode",
+            )
+        if self.batch is not None:
+            raise bad(
+                "batch",
+                self.batch,
+                'mode="queue" runs one record per call (each is acknowledged on its own): '
+                "batch handlers are for stream mode",
+            )
 
     def value_codec(self, runtime_codecs: Mapping[str, Codec] | None = None) -> Codec:
         """The codec of the handler's values (without model validation).
@@ -199,17 +246,21 @@ class HandlerSpec:
 
     def replace(self, **changes: Any) -> HandlerSpec:
         """A copy with `changes` applied (None values ignored), validated again."""
-        known = {f.name for f in dataclasses.fields(self)}
+        known = {f.name for f in dataclasses.fields(self) if f.init}
         for option in changes:
             if option not in known:
                 raise ConfigError(f"handler {self.name!r}: unknown option {option!r}")
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        given = {k: v for k, v in changes.items() if v is not None}
+        if self.ordering_defaulted and "ordering" not in given:
+            given["ordering"] = None  # the default of the (maybe new) mode
+        return dataclasses.replace(self, **given)
 
     def describe(self) -> dict[str, Any]:
         """What `kafkaworker routes` shows (and prints as JSON): None where unset."""
         codec = self.codec if isinstance(self.codec, str) else type(self.codec).__name__
         return {
             "name": self.name,
+            "mode": self.mode,
             "topics": list(self.topics),
             "group": self.group,
             "concurrency": self.concurrency,

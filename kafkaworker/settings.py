@@ -48,6 +48,15 @@ RESERVED_CONSUMER_PROPERTIES = {
 }
 
 
+# ... and those of the share consumers of queue-mode handlers (KIP-932).
+RESERVED_SHARE_CONSUMER_PROPERTIES = {
+    "share.acknowledgement.mode": "queue mode acknowledges each record explicitly once its "
+    "handler is done; implicit mode would accept records that were never handled",
+    "enable.auto.commit": "a share consumer commits acknowledgements, not offsets",
+    "group.id": "set the share group with @app.handler(group=...) or handlers.<name>.group",
+}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -257,11 +266,14 @@ class KafkaSettings(_Strict):
     # what kafkaworker sets (security included), for anything its settings do not cover.
     consumer: dict[str, ClientValue] = Field(default_factory=dict)
     producer: dict[str, ClientValue] = Field(default_factory=dict)
+    # Raw properties of queue-mode handlers' share consumers (KIP-932), on top of the
+    # connection part of `consumer` (a share consumer refuses consumer-group properties).
+    share_consumer: dict[str, ClientValue] = Field(default_factory=dict)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # Raw properties may hold secrets too (sasl.password, ssl.key.password...).
         for name, value in super().__repr_args__():
-            masked = name in ("consumer", "producer") and isinstance(value, dict)
+            masked = name in ("consumer", "producer", "share_consumer") and isinstance(value, dict)
             yield name, masked_properties(value) if masked else value
 
 
@@ -351,6 +363,7 @@ class HandlerSettings(_Strict):
     group: str | None = None
     concurrency: PositiveInt | None = None
     ordering: Literal["partition", "key", "none"] | None = None
+    mode: Literal["stream", "queue"] | None = None
     retries: int | None = Field(default=None, ge=0)
     backoff: BackoffSettings | None = None
     dlq: str | None = None
@@ -525,10 +538,15 @@ def check_client_properties(settings: Settings) -> None:
             raise ConfigError(
                 f"setting kafka.consumer.{key} is managed by kafkaworker ({why}): remove it"
             )
+    for key, why in RESERVED_SHARE_CONSUMER_PROPERTIES.items():
+        if key in settings.kafka.share_consumer:
+            raise ConfigError(
+                f"setting kafka.share_consumer.{key} is managed by kafkaworker ({why}): remove it"
+            )
     security = settings.kafka.security
     if security.protocol == "PLAINTEXT" and security.sasl is None:
         return  # security through raw properties only: they are all there is
-    for client in ("consumer", "producer"):
+    for client in ("consumer", "producer", "share_consumer"):
         for key in getattr(settings.kafka, client):
             if key.startswith(SECURITY_PROPERTIES):
                 raise ConfigError(

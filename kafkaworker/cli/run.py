@@ -104,8 +104,9 @@ def _supervise(  # noqa: PLR0917
 @SETTINGS_OPTION
 @JSON_OPTION
 def routes(app_ref: str, only: tuple[str, ...], settings_path: str | None, as_json: bool) -> None:
-    """List the handlers of MODULE:APP as they will run: topics, group, concurrency,
-    ordering, retries, DLQ, output, codec (settings file and environment applied)."""
+    """List the handlers of MODULE:APP as they will run: mode (when some handler is in queue
+    mode), topics, group, concurrency, ordering, retries, DLQ, output, codec (settings file
+    and environment applied)."""
     from kafkaworker.runtime.runner import resolve_specs  # noqa: PLC0415 - loads the runtime
 
     with one_line():
@@ -117,6 +118,8 @@ def routes(app_ref: str, only: tuple[str, ...], settings_path: str | None, as_js
         return
     shown = [_shown(row) for row in rows]
     columns = ["name", "topics", "group", "concurrency", "ordering", "retries", "dlq"]
+    if any(r["mode"] == "queue" for r in rows):
+        columns.insert(1, "mode")  # stream (a consumer group) or queue (a share group)
     # Only where some handler has one: a column of dashes would only cost width.
     columns += [c for c in ("retry_topics", "output", "batch") if any(r[c] for r in shown)]
     columns += ["codec"]

@@ -154,6 +154,28 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+        # Queue mode (share groups): counted by the poll thread once per fetch or report.
+        self.acknowledgements = Counter(
+            "kafkaworker_acknowledgements",
+            "Queue mode: records acknowledged to the share group, by type (accept: handled; "
+            "release: to be delivered again; reject: archived, never delivered again)",
+            [*labels, "type"],
+            registry=reg,
+        )
+        self.deliveries = Counter(
+            "kafkaworker_deliveries",
+            "Queue mode: records fetched, by their delivery count (1: first delivery; the "
+            "last bucket is 10 and more)",
+            [*labels, "delivery"],
+            registry=reg,
+        )
+        self.lock_expiries = Counter(
+            "kafkaworker_lock_expiries",
+            "Queue mode: records still unacknowledged when their acquisition lock ran out, or "
+            "whose acknowledgement the broker refused (delivered again)",
+            labels,
+            registry=reg,
+        )
         self.circuit_open = Gauge(
             "kafkaworker_circuit_open",
             "1 while the handler's circuit breaker is open",

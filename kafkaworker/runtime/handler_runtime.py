@@ -28,8 +28,15 @@ from kafkaworker.runtime.handoff import Completion
 from kafkaworker.runtime.poll.commit import StoredOffsetCommit
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.poller import Poller
+from kafkaworker.runtime.poll.share_poller import SharePoller
 from kafkaworker.runtime.source import Source
 from kafkaworker.runtime.source.consumer_group import ConsumerGroupSource, consumer_config
+from kafkaworker.runtime.source.share_group import (
+    ShareGroupConfig,
+    ShareGroupSource,
+    prepare_share_group,
+    share_consumer_config,
+)
 from kafkaworker.serialization import Codec
 from kafkaworker.serialization.models import ModelCodec
 from kafkaworker.settings import Settings
@@ -40,7 +47,9 @@ log = structlog.get_logger("kafkaworker.runtime")
 def new_breaker(
     settings: Settings, handler: str, clock: Clock = SYSTEM_CLOCK
 ) -> CircuitBreaker | None:
-    """The handler's breaker (handlers.<name>.circuit_breaker, else the global one)."""
+    """The handler's breaker (handlers.<name>.circuit_breaker, else the global one). Not in
+    queue mode (the caller's check): a breaker holds messages by pausing partitions, and a
+    share consumer has no pause; a record held there would hold its member's next fetch."""
     override = settings.handlers.get(handler)
     config = (override.circuit_breaker if override else None) or settings.circuit_breaker
     if not config.enabled:
@@ -85,7 +94,12 @@ class HandlerRuntime:
         records = None
         if spec.dlq is not None or routes is not None:
             records = FailureRecords(spec.dlq, group=group, handler=spec.name, clock=clock)
-        breaker = new_breaker(settings, spec.name, clock) if spec.dlq is not None else None
+        queue_mode = spec.mode == "queue"
+        breaker = (
+            new_breaker(settings, spec.name, clock)
+            if spec.dlq is not None and not queue_mode
+            else None
+        )
         # Codecs are resolved once per handler: the value codec encodes outputs, and decodes
         # messages (validating into the handler's model, when it has one).
         self.codec = codec = spec.value_codec(runtime_codecs)
@@ -114,6 +128,7 @@ class HandlerRuntime:
             BatchRunner(spec, attempts, completions, metrics=self.metrics) if spec.batch else None
         )
         self.executor: Executor
+        self.error: BaseException | None = None
         if spec.is_async:
             if loop is None:
                 raise ValueError(f"handler {spec.name!r} is async but no event loop was given")
@@ -140,31 +155,51 @@ class HandlerRuntime:
                 virtual=virtual_time,
             )
         attempts.resubmit = self.executor.submit  # a message nacked after its handler returned
-        if source is None:
-            config = consumer_config(app_name, spec, settings)
-            source = ConsumerGroupSource(
-                config, handler=spec.name, join_timeout=settings.join_timeout
+        value_codec = ModelCodec(codec, spec.model) if spec.model is not None else codec
+        self.poller: Poller | SharePoller
+        if queue_mode:
+            # Queue mode (KIP-932): a share group, no offsets, per-record acknowledgements.
+            share = prepare_share_group(settings, group)
+            attempts.delivery_limit = share.delivery_limit
+            self.share_group: ShareGroupConfig | None = share
+            self.poller = SharePoller(
+                spec,
+                settings,
+                ShareGroupSource(
+                    share_consumer_config(app_name, spec, settings), handler=spec.name
+                ),
+                self.executor,
+                completions,
+                codec=value_codec,
+                group=share,
+                metrics=self.metrics,
             )
-        self.source = source
-        self.committer = StoredOffsetCommit(source, handler=spec.name)
-        self.poller = Poller(
-            spec,
-            settings,
-            source,
-            self.executor,
-            completions,
-            committer=self.committer,
-            codec=ModelCodec(codec, spec.model) if spec.model is not None else codec,
-            topics=[*spec.topics, *(s.topic for s in routes.stages)] if routes else spec.topics,
-            delayed=DelayedRetries(routes.retry_topics if routes else (), clock=clock),
-            breaker=breaker,
-            metrics=self.metrics,
-            clock=clock,
-        )
+        else:
+            self.share_group = None
+            if source is None:
+                config = consumer_config(app_name, spec, settings)
+                source = ConsumerGroupSource(
+                    config, handler=spec.name, join_timeout=settings.join_timeout
+                )
+            self.source = source
+            self.committer = StoredOffsetCommit(source, handler=spec.name)
+            self.poller = Poller(
+                spec,
+                settings,
+                source,
+                self.executor,
+                completions,
+                committer=self.committer,
+                codec=value_codec,
+                topics=[*spec.topics, *(s.topic for s in routes.stages)] if routes else spec.topics,
+                delayed=DelayedRetries(routes.retry_topics if routes else (), clock=clock),
+                breaker=breaker,
+                metrics=self.metrics,
+                clock=clock,
+            )
         self._thread = threading.Thread(
             target=self._run_poller, name=f"kw-{spec.name}-poll", daemon=True
         )
-        self.error: BaseException | None = None
 
     def start(self) -> None:
         self.executor.start()

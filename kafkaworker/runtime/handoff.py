@@ -24,6 +24,12 @@ class Outcome(IntEnum):
     DEAD_LETTERED = 2
     # ack="manual": msg.ack() reports the message itself. Never put on the completion queue.
     AWAITING_ACK = 3
+    # Queue mode (share groups) only: a retryable failure with deliveries left, RELEASEd to the
+    # share group, which delivers it again (maybe to another member) with its count raised.
+    RELEASED = 4
+    # Queue mode only: retries spent (or a fatal error) and no DLQ to write it to: REJECTed
+    # (archived by the broker, never delivered again), logged as an error.
+    REJECTED = 5
 
 
 class Completion(NamedTuple):

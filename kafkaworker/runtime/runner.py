@@ -86,6 +86,16 @@ def resolve_specs(app: App, settings: Settings, only: Sequence[str] = ()) -> lis
         specs.append(spec)
     if not specs:
         raise ConfigError(f"app {app.name!r} has no handlers: declare one with @app.handler(...)")
+    modes: dict[str, HandlerSpec] = {}
+    for spec in specs:
+        group = spec.group or app.name
+        other = modes.setdefault(group, spec)
+        if other.mode != spec.mode:
+            raise ConfigError(
+                f"handlers {other.name!r} ({other.mode} mode) and {spec.name!r} ({spec.mode} "
+                f"mode) both use group {group!r}: a consumer group and a share group cannot "
+                "have one name; give one of them group=..."
+            )
     return specs
 
 

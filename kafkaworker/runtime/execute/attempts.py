@@ -31,6 +31,7 @@ log = structlog.get_logger("kafkaworker.pool")
 
 NOT_FINISHED, FINISHED = Outcome.NOT_FINISHED, Outcome.FINISHED
 DEAD_LETTERED, AWAITING_ACK = Outcome.DEAD_LETTERED, Outcome.AWAITING_ACK
+RELEASED, REJECTED = Outcome.RELEASED, Outcome.REJECTED
 # While the breaker is open a held message checks this often whether it closed.
 _HOLD_CHECK = 0.2
 
@@ -62,6 +63,13 @@ class Attempts:
         # Told of every failure and what was decided (the test client, the dashboard).
         self.observers: list[AttemptObserver] = []
         self._manual = spec.ack == "manual"
+        # Queue mode: a failure is decided once per delivery (msg.attempt is the broker's
+        # delivery count); a retry is the broker's redelivery, never a wait here. The share
+        # group's delivery count limit, once the source has read it: at that delivery a
+        # failed record is settled (DLQ or REJECT) rather than released, which the broker
+        # would archive without a trace.
+        self._queue = spec.mode == "queue"
+        self.delivery_limit: int | None = None
         name = spec.name
         self._handler_failures = metrics.handler_failures.labels(name)
         self._skipped = metrics.skipped.labels(name)
@@ -113,6 +121,8 @@ class Attempts:
                     return NOT_FINISHED
                 failures += 1
                 self._handler_failures.inc()
+            if self._queue:
+                return (yield from self._queue_failure(msg, error))
             decision = self.policy.decide(msg.topic, error, failures)
             self.observe(msg, error, decision)
             if decision.final:
@@ -121,6 +131,46 @@ class Attempts:
             if (yield from self.wait(decision, (state,))):
                 return NOT_FINISHED
             msg.attempt += 1
+
+    def _queue_failure(self, msg: Message[Any], error: BaseException) -> Steps:
+        """Queue mode: one failed delivery. RELEASE while deliveries are left (the policy's
+        RETRY, without its backoff: the broker redelivers at once, maybe to another member),
+        else the DLQ (written and acknowledged, then REJECT) or, with no DLQ, REJECT."""
+        failures = msg.attempt
+        limit = self.delivery_limit
+        if limit is not None and failures >= limit:
+            # The broker archives a record released at its last delivery: settle it here.
+            failures = max(failures, self.spec.retries + 1)
+        decision = self.policy.decide(msg.topic, error, failures)
+        self.observe(msg, error, decision)
+        where = _where(self.spec, msg)
+        if decision.action is Action.RETRY:
+            log.warning(
+                "handler failed; releasing the record to the share group for redelivery",
+                error=_described(error),
+                exc_info=error if msg.attempt == 1 else None,
+                **where,
+            )
+            return RELEASED
+        if decision.action is Action.DEAD_LETTER:
+            return (yield from self.settle(msg, error, decision))
+        if decision.action is Action.SKIP and isinstance(error, Skip):
+            self._skipped.inc()
+            log.info("message skipped", reason=str(error), **where)
+            return FINISHED
+        # STALL, or on_exhausted="skip": nowhere to write it, and stalling would hold the
+        # record's lock (and the member's next fetch) forever.
+        self._skipped.inc()
+        log.error(
+            "retries exhausted and no dead-letter topic: rejecting the record (the share "
+            "group archives it; it is not delivered again)",
+            error=_described(error),
+            fatal=decision.fatal,
+            delivery_limit=limit,
+            exc_info=error,
+            **where,
+        )
+        return REJECTED
 
     def observe(self, msg: Message[Any], error: BaseException, decision: Decision) -> None:
         for observer in self.observers:

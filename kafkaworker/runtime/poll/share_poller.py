@@ -1,0 +1,292 @@
+"""The poll thread of a queue-mode handler: the ONLY thread that touches its share consumer.
+
+Each turn either fetches (when every record of the previous fetch is acknowledged: the
+client's explicit mode allows nothing else) and hands the records to the executor, or takes
+back what the executor reported and acknowledges each record by its outcome:
+
+    FINISHED -> ACCEPT      handled (or skipped on purpose)
+    DEAD_LETTERED -> REJECT the DLQ record is written and acknowledged by the broker first
+    REJECTED -> REJECT      retries spent, no DLQ (logged as an error by Attempts)
+    RELEASED -> RELEASE     a retryable failure with deliveries left: the broker redelivers
+    NOT_FINISHED -> RELEASE never started (shutdown), or given up
+
+Acknowledgements travel with the next fetch; while a fetch is still being worked through they
+are also sent every ACK_FLUSH seconds (commit_async), so that a released record reaches
+another member without waiting for the slowest record of the fetch. There are no offsets to
+track: the broker keeps each record's state.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from confluent_kafka import AcknowledgeType, KafkaError, KafkaException
+
+from kafkaworker.handlers import HandlerSpec
+from kafkaworker.message import Message
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.execute import Executor
+from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run
+from kafkaworker.runtime.poll.gauges import PollGauges
+from kafkaworker.runtime.poll.partitions import PartitionState
+from kafkaworker.runtime.source import Partition, Record
+from kafkaworker.runtime.source.share_group import (
+    ACK_NAMES,
+    LOCK_DURATION_MS,
+    ShareGroupConfig,
+    ShareGroupSource,
+)
+from kafkaworker.serialization import Codec
+from kafkaworker.settings import Settings
+
+log = structlog.get_logger("kafkaworker.poller")
+
+ACK_TYPES = {
+    Outcome.FINISHED: AcknowledgeType.ACCEPT,
+    Outcome.DEAD_LETTERED: AcknowledgeType.REJECT,
+    Outcome.REJECTED: AcknowledgeType.REJECT,
+    Outcome.RELEASED: AcknowledgeType.RELEASE,
+    Outcome.NOT_FINISHED: AcknowledgeType.RELEASE,
+}
+
+_IDLE_POLL = 0.2  # a fetch's wait when nothing is out
+_BUSY_WAIT = 0.02  # a wait for reports while a fetch is out
+ACK_FLUSH = 0.1  # acknowledgements made while a fetch is out are sent at least this often
+_DELIVERY_BUCKETS = 10
+
+
+class SharePoller:
+    """Drives one share consumer for one handler; owns it and its stop path."""
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        settings: Settings,
+        source: ShareGroupSource,
+        executor: Executor,
+        completions: CompletionQueue,
+        *,
+        codec: Codec,
+        group: ShareGroupConfig,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self._source = source
+        self._executor = executor
+        self._completions = completions
+        self._codec = codec
+        self._group = group
+        self._metrics = metrics = metrics or Metrics()
+        # No per-partition lag: a share group's state is the broker's (`kafkaworker lag`).
+        self._gauges = PollGauges(metrics, spec.name, source)  # type: ignore[arg-type]
+        self._states: dict[Partition, PartitionState] = {}
+        self._stopping = threading.Event()
+        # Records of the current fetch not acknowledged yet: (state, offset).
+        self._outstanding: set[tuple[PartitionState, int]] = set()
+        self._fetched_at = 0.0
+        self._lock_warned = False
+        self._acks_pending = False
+        self._acks_sent_at = 0.0
+        self.acknowledged: Counter[str] = Counter()  # by type, for tests
+        # Records still running when shutdown_timeout ran out, by share group (released).
+        self.unfinished_at_exit: dict[str, int] = {}
+        name = spec.name
+        self._consumed = metrics.consumed.labels(name)
+        self._finished = metrics.finished.labels(name)
+        self._ack_counters = {
+            kind: metrics.acknowledgements.labels(name, label) for kind, label in ACK_NAMES.items()
+        }
+        self._lock_expiries = metrics.lock_expiries.labels(name)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._outstanding)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        self._source.subscribe(list(self.spec.topics), self.on_joined)
+        try:
+            while not self._stopping.is_set():
+                self.turn()
+        finally:
+            self._shutdown()
+
+    def on_joined(self) -> None:
+        if not self._stopping.is_set():
+            self._gauges.ready(True)
+
+    # -- one turn ---------------------------------------------------------------------------
+
+    def turn(self) -> None:
+        if not self._outstanding:
+            records = self._source.fetch(_IDLE_POLL)
+            self._acks_pending = False  # the fetch carried them
+            if records:
+                self._dispatch(records)
+        else:
+            self._collect(self._drain(_BUSY_WAIT))
+            self._watch_locks()
+        self._flush_acks()
+        self._gauges.refresh((), len(self._outstanding))
+
+    def _dispatch(self, records: list[Record]) -> None:
+        by_partition: dict[PartitionState, list[Message[Any]]] = {}
+        deliveries: Counter[int] = Counter()
+        codec = self._codec
+        fatal: KafkaError | None = None
+        for record in records:
+            error = record.error()
+            if error is not None:
+                if error.fatal():
+                    fatal = error
+                else:
+                    log.warning("share consumer error", handler=self.spec.name, error=str(error))
+                continue
+            partition = Partition(record.topic(), record.partition())  # type: ignore[arg-type]
+            state = self._states.get(partition)
+            if state is None:
+                state = self._states[partition] = PartitionState(*partition)
+            offset: int = record.offset()  # type: ignore[assignment]
+            [msg] = Message._from_run([record], [offset], codec, state)
+            # The broker's count: deliveries of this record so far, this one included, to any
+            # member. A retry is a redelivery, so this is the attempt.
+            msg.attempt = count = record.delivery_count() or 1
+            deliveries[min(count, _DELIVERY_BUCKETS)] += 1
+            by_partition.setdefault(state, []).append(msg)
+            self._outstanding.add((state, offset))
+        runs: list[Run] = list(by_partition.items())
+        taken = len(self._outstanding)
+        if taken:
+            self._fetched_at = time.monotonic()
+            self._lock_warned = False
+            self._consumed.inc(taken)
+            for count, n in deliveries.items():
+                label = f"{count}+" if count == _DELIVERY_BUCKETS else str(count)
+                self._metrics.deliveries.labels(self.spec.name, label).inc(n)
+            for state, messages in runs:
+                state.in_flight += len(messages)
+            self._executor.submit(runs)
+        if fatal is not None:
+            raise KafkaException(fatal)
+
+    # -- reports -> acknowledgements --------------------------------------------------------
+
+    def _drain(self, timeout: float | None = None) -> list[Completion]:
+        done: list[Completion] = []
+        try:
+            if timeout is not None:
+                done.extend(self._completions.get(timeout=timeout))
+            while True:
+                done.extend(self._completions.get_nowait())
+        except queue.Empty:
+            pass
+        return done
+
+    def _collect(self, completions: Iterable[Completion]) -> None:
+        counts: Counter[AcknowledgeType] = Counter()
+        outstanding = self._outstanding
+        acknowledge = self._source.acknowledge
+        for state, offsets, outcome in completions:
+            kind = ACK_TYPES[outcome]
+            for offset in offsets:
+                key = (state, offset)
+                if key not in outstanding:
+                    continue  # given up already (shutdown released it)
+                outstanding.discard(key)
+                state.in_flight -= 1
+                acknowledge(state.topic, state.partition, offset, kind)
+                counts[kind] += 1
+        if counts:
+            self._acks_pending = True
+            for kind, n in counts.items():
+                self._ack_counters[kind].inc(n)
+                self.acknowledged[ACK_NAMES[kind]] += n
+            self._finished.inc(counts[AcknowledgeType.ACCEPT] + counts[AcknowledgeType.REJECT])
+        refused = self._source.take_refused()
+        if refused:
+            self._lock_expiries.inc(refused)
+
+    def _flush_acks(self) -> None:
+        """While a fetch is out, send what is acknowledged every ACK_FLUSH (the next fetch
+        would carry it, but only once the whole fetch is done)."""
+        if not (self._acks_pending and self._outstanding):
+            return
+        now = time.monotonic()
+        if now - self._acks_sent_at >= ACK_FLUSH:
+            self._source.commit()
+            self._acks_pending = False
+            self._acks_sent_at = now
+
+    def _watch_locks(self) -> None:
+        """A fetch still not acknowledged when its locks run out: the broker may hand those
+        records to another member meanwhile (the Python client cannot renew a lock yet)."""
+        if self._lock_warned:
+            return
+        held = time.monotonic() - self._fetched_at
+        if held < self._group.lock_seconds:
+            return
+        self._lock_warned = True
+        self._lock_expiries.inc(len(self._outstanding))
+        log.warning(
+            "records held longer than the share group's acquisition lock: the broker may "
+            "deliver them again, to this member or another, while they run here; make the "
+            "handler faster, raise concurrency, or raise the group config "
+            f"{LOCK_DURATION_MS} (group.share.record.lock.duration.ms on the brokers)",
+            handler=self.spec.name,
+            group=self._group.group,
+            unacknowledged=len(self._outstanding),
+            held_seconds=round(held, 1),
+            lock_seconds=self._group.lock_seconds,
+        )
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Release what was not started (another member takes it at once, not after the
+        lock), wait (within shutdown_timeout) for the running records and acknowledge them,
+        commit, close."""
+        self._gauges.ready(False)
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        states = list(self._states.values())
+        try:
+            dropped = self._executor.revoke(states)
+            self._collect(Completion(m._state, [m.offset], Outcome.NOT_FINISHED) for m in dropped)
+            if dropped:
+                self._source.commit()
+                self._acks_pending = False
+                log.info(
+                    "shutting down: records not started were released to the share group",
+                    handler=self.spec.name,
+                    released=len(dropped),
+                )
+            while self._outstanding and time.monotonic() < deadline:
+                self._gauges.beat()  # waiting on handlers is not a hang
+                self._collect(self._drain(0.05))
+                self._flush_acks()
+            self._collect(self._drain())
+            self._executor.cancel(states)
+            if self._outstanding:
+                self.unfinished_at_exit = {f"share group {self._group.group}": self.in_flight}
+                log.warning(
+                    "shutdown_timeout reached with records running; they are released and "
+                    "will be delivered again",
+                    handler=self.spec.name,
+                    running=self.in_flight,
+                )
+                left = list(self._outstanding)
+                self._collect(
+                    Completion(state, [offset], Outcome.NOT_FINISHED) for state, offset in left
+                )
+            self._source.commit_sync(max(1.0, deadline - time.monotonic()))
+        finally:
+            self._source.close()
+            self._executor.close()

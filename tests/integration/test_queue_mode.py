@@ -1,0 +1,204 @@
+"""Queue mode (share groups, KIP-932) against the real broker, with real `kafkaworker run`
+processes of tests/apps/queue_recorder.py: every delivery is one line in a file, and the tests
+count them against what was produced."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
+
+from tests.conftest import TopicFactory
+from tests.support import ROOT, WorkerProcess, read_topic, wait_until
+
+pytestmark = [pytest.mark.kafka]
+
+
+class Delivery(NamedTuple):
+    pid: int
+    value: int
+    partition: int
+    offset: int
+    attempt: int
+    outcome: str
+    started: float
+    finished: float
+
+
+def deliveries(path: Path) -> list[Delivery]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        pid, value, partition, offset, attempt, outcome, started, finished = line.split()
+        rows.append(
+            Delivery(
+                int(pid),
+                int(value),
+                int(partition),
+                int(offset),
+                int(attempt),
+                outcome,
+                float(started),
+                float(finished),
+            )
+        )
+    return rows
+
+
+def handled(path: Path) -> Counter[int]:
+    """How often each value was handled successfully."""
+    return Counter(d.value for d in deliveries(path) if d.outcome == "ok")
+
+
+class QueueWorker(WorkerProcess):
+    """A real `kafkaworker run tests.apps.queue_recorder:app` process."""
+
+    def __init__(self, bootstrap: str, topic: str, record: Path, **env: str) -> None:
+        super().__init__(bootstrap, topic, record, QUEUE_TOPIC=topic, QUEUE_FILE=str(record), **env)
+
+    def start(self) -> QueueWorker:
+        import subprocess  # noqa: PLC0415
+
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kafkaworker", "run", "tests.apps.queue_recorder:app"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+
+def produce_jobs(bootstrap: str, topic: str, values: range) -> None:
+    """One record batch per few records, as a job queue's producers make them: the broker
+    hands a share group whole record batches, so one large batch would go to one member."""
+    producer = Producer({"bootstrap.servers": bootstrap, "batch.num.messages": 4, "linger.ms": 0})
+    for value in values:
+        producer.produce(topic, b"%d" % value)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def set_group_config(bootstrap: str, group: str, **configs: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    entries = [
+        ConfigEntry(k.replace("_", "."), v, incremental_operation=AlterConfigOpType.SET)
+        for k, v in configs.items()
+    ]
+    futures = admin.incremental_alter_configs(
+        [ConfigResource(ResourceType.GROUP, group, incremental_configs=entries)]
+    )
+    for future in futures.values():
+        future.result(30)
+
+
+def stop(worker: WorkerProcess, timeout: float = 45) -> int:
+    worker.signal(signal.SIGTERM)
+    try:
+        return worker.wait(timeout)
+    except Exception:
+        worker.kill()
+        raise
+
+
+def env_for(topic: str, **more: Any) -> dict[str, str]:
+    return {"QUEUE_GROUP": f"q-{topic}", **{k: str(v) for k, v in more.items()}}
+
+
+@pytest.mark.slow
+def test_three_processes_share_one_partition(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    topic = new_topic(1)
+    record = tmp_path / "deliveries.txt"
+    env = env_for(topic, QUEUE_SLEEP=0.01, QUEUE_CONCURRENCY=2)
+    workers = [QueueWorker(kafka_bootstrap, topic, record, **env).start() for _ in range(3)]
+    try:
+        # Produced once all three are there: else the first member to join takes the lot.
+        wait_until(
+            lambda: all(
+                "share group config" in w.output() or "worker started" in w.output()
+                for w in workers
+            ),
+            60,
+            "three workers started",
+        )
+        produce_jobs(kafka_bootstrap, topic, range(600))
+        wait_until(lambda: set(handled(record)) == set(range(600)), 120, "every record handled")
+    finally:
+        codes = [stop(w) for w in workers]
+    assert codes == [0, 0, 0], [w.output()[-2000:] for w in workers]
+    by_pid = Counter(d.pid for d in deliveries(record) if d.outcome == "ok")
+    print(f"\nrecords handled per process: {sorted(by_pid.values())}")
+    assert set(by_pid) == {w.pid for w in workers}, by_pid  # each handled a share
+    assert min(by_pid.values()) >= 600 / 3 / 4, by_pid  # none idle while others worked
+    assert set(handled(record)) == set(range(600))  # nothing lost
+
+
+def test_failures_release_then_dead_letter_then_never_again(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    topic = new_topic(1)
+    dlq = new_topic(1)
+    record = tmp_path / "deliveries.txt"
+    env = env_for(
+        topic,
+        QUEUE_RETRIES=3,
+        QUEUE_DLQ=dlq,
+        QUEUE_FAIL_UNTIL="1:2",  # fails twice, then succeeds at its third delivery
+        QUEUE_FAIL_ALWAYS="2",  # fails at every delivery: to the DLQ after 1 + 3 deliveries
+        QUEUE_FATAL="3",  # DeadLetter: to the DLQ at its first delivery
+    )
+    worker = QueueWorker(kafka_bootstrap, topic, record, **env).start()
+    try:
+        produce_jobs(kafka_bootstrap, topic, range(10))
+        dead = read_topic(kafka_bootstrap, dlq, 2, timeout=60)
+        wait_until(lambda: set(handled(record)) == set(range(10)) - {2, 3}, 60, "the rest")
+        time.sleep(2)  # what could still come again (it must not) has time to come
+    finally:
+        assert stop(worker) == 0, worker.output()[-3000:]
+    rows = deliveries(record)
+    attempts = {v: [d.attempt for d in rows if d.value == v] for v in (1, 2, 3)}
+    assert attempts[1] == [1, 2, 3]
+    assert attempts[2] == [1, 2, 3, 4]  # retries=3: four deliveries, never a fifth
+    assert attempts[3] == [1]
+    headers = {int(r.value()): {k: v for k, v in r.headers() or []} for r in dead}
+    assert set(headers) == {2, 3}
+    assert headers[2]["kw.attempts"] == b"4"  # its deliveries
+    assert headers[3]["kw.attempts"] == b"1"
+    assert headers[2]["kw.original.topic"] == topic.encode()
+    assert handled(record)[1] == 1
+
+
+def test_the_brokers_delivery_limit_sends_the_last_delivery_to_the_dlq(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    topic = new_topic(1)
+    dlq = new_topic(1)
+    group = f"q-{topic}"
+    set_group_config(kafka_bootstrap, group, share_delivery_count_limit="3")
+    record = tmp_path / "deliveries.txt"
+    env = env_for(topic, QUEUE_RETRIES=10, QUEUE_DLQ=dlq, QUEUE_FAIL_ALWAYS="0")
+    worker = QueueWorker(kafka_bootstrap, topic, record, **env).start()
+    try:
+        produce_jobs(kafka_bootstrap, topic, range(1))
+        [dead] = read_topic(kafka_bootstrap, dlq, 1, timeout=60)
+    finally:
+        assert stop(worker) == 0, worker.output()[-3000:]
+    assert [d.attempt for d in deliveries(record)] == [1, 2, 3]
+    assert dict(dead.headers())["kw.attempts"] == b"3"
