@@ -402,11 +402,12 @@ class Settings(BaseSettings):
     shutdown_timeout: PositiveFloat = 30.0
     # How long a revoke waits for the revoked partitions' in-flight messages.
     revoke_timeout: PositiveFloat = 30.0
-    # How long a consumer may be out of its group (not joined, or stuck joining) while the
-    # brokers are connected, before the runtime closes it and starts a fresh one. librdkafka 2.16 sometimes never rejoins after a session timeout during a hung
-    # broker: its join requests stay unsent in the coordinator connection's out-queue
-    # (cf. librdkafka#3082; found by the hung-broker fault test). Longer than revoke_timeout:
-    # a member may legitimately wait that long for another member's revoke.
+    # How long a consumer may be out of its group (not joined, or stuck joining) before the
+    # runtime closes it and starts a fresh one. librdkafka 2.16 sometimes never rejoins after
+    # a session timeout (a hung broker, an overloaded machine): its join requests stay unsent
+    # in the coordinator connection's out-queue (cf. librdkafka#3082; found by the hung-broker
+    # and rebalance-storm fault tests). Longer than revoke_timeout: a member may legitimately
+    # wait that long for another member's revoke.
     join_timeout: PositiveFloat = 60.0
     # How long start-up waits for the brokers to answer before it gives up.
     startup_timeout: PositiveFloat = 15.0

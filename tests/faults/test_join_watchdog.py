@@ -1,12 +1,12 @@
-"""The join watchdog: a consumer out of its group for longer than join_timeout while the
-brokers are connected is replaced by a fresh one (librdkafka 2.16 sometimes never rejoins
-after a session timeout during a hung broker, see docs/reliability.md).
+"""The join watchdog: a consumer out of its group for longer than join_timeout is replaced by
+a fresh one (librdkafka 2.16 sometimes never rejoins after a session timeout, see
+docs/reliability.md).
 
 A member that joined and then stopped polling makes the same situation on demand: with eager
 rebalancing, the coordinator holds every other member's JoinGroup until that member rejoins,
 which it cannot do without polling (for up to its max.poll.interval.ms). The worker's join
-waits, the brokers connected: the watchdog must replace its consumer, and once the group
-can rebalance, the fresh consumer must join and handle everything.
+waits: the watchdog must replace its consumer, and once the group can rebalance, the fresh
+consumer must join and handle everything.
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ class ConsumerGroupSource:
         assert self._listener is not None
         old = self._consumer
         log.warning(
-            "the consumer has been out of its group while the brokers were connected; "
+            "the consumer has been out of its group for longer than join_timeout; "
             "closing it and joining with a fresh one (a librdkafka join stall, "
             "cf. librdkafka#3082; raise join_timeout if rebalances here take that long)",
             handler=self._handler,
@@ -229,7 +229,26 @@ class ConsumerGroupSource:
         return tp.offset if tp.offset >= 0 else None
 
     def close(self) -> None:
-        self._consumer.close()
+        if self._out_since is None or self._consumer.assignment():
+            # Joined, or holding partitions: close here, where the revoke callback runs
+            # (what is finished is committed on the way out).
+            self._consumer.close()
+            return
+        # Out of its group, nothing held: nothing to revoke or commit. A consumer stuck
+        # joining blocks in close() for as long as its coordinator connection is stuck (a
+        # SIGTERM during a rebalance storm waited 45 s and exited 1): closed on a thread of
+        # its own, waited for a while, then left behind.
+        closing = threading.Thread(
+            target=_close_quietly, args=(self._consumer,), name="kw-close", daemon=True
+        )
+        closing.start()
+        closing.join(_CLOSE_OUT_OF_GROUP)
+        if closing.is_alive():
+            log.warning(
+                "the consumer, out of its group, did not close in time; leaving it behind",
+                handler=self._handler,
+                waited_seconds=_CLOSE_OUT_OF_GROUP,
+            )
 
     # -- librdkafka's callbacks, on the poll thread inside poll()/consume()/close() --------
 
@@ -283,24 +302,23 @@ class ConsumerGroupSource:
         if not self._topics:
             return  # not subscribed yet
         joined = group.get("state") == "up" and group.get("join_state") == "steady"
-        connected = any(
-            b.get("nodeid", -1) >= 0 and b.get("state") == "UP" for b in brokers.values()
-        )
-        if joined or not connected:
-            # Joined; or no broker is connected, which librdkafka handles itself (a cluster
-            # that is down is waited for, not a reason to start again). Not the coordinator's
-            # own connection: when stuck, it is the one that never comes up again (its
-            # requests stay in its out-queue) while the broker behind it answers fetches.
-            self._out_since = None if joined else time.monotonic()
-            return
         now = time.monotonic()
-        if self._out_since is None:
+        if joined:
+            self._out_since = None
+        elif self._out_since is None:
             self._out_since = now
         elif now - self._out_since > self._join_timeout:
+            # Whatever the brokers' state: when stuck, librdkafka shows the broker's
+            # connection idle ("INIT": nothing assigned, nothing to fetch) and the
+            # coordinator's in TRY_CONNECT for good, its requests in the out-queue, which
+            # looks like a cluster that is down. A fresh consumer during a real outage only
+            # waits as the old one did (found in the hung-broker and rebalance-storm tests).
             self._stuck_for = now - self._out_since
+            coordinator = brokers.get("GroupCoordinator") or {}
             self._stuck_state = (
                 f"{group.get('state')}/{group.get('join_state')}, coordinator connection "
-                f"{(brokers.get('GroupCoordinator') or {}).get('state', 'none')}"
+                f"{coordinator.get('state', 'none')} with {coordinator.get('outbuf_cnt', 0)} "
+                "requests unsent"
             )
 
     def silence(self) -> float:
@@ -327,6 +345,10 @@ class ConsumerGroupSource:
             error=error.str(),
             partitions=[f"{tp.topic}[{tp.partition}]" for tp in failed] or None,
         )
+
+
+# How long close() waits for a consumer out of its group (a LeaveGroup, normally milliseconds).
+_CLOSE_OUT_OF_GROUP = 10.0
 
 
 def _close_quietly(consumer: Consumer) -> None:
