@@ -133,8 +133,10 @@ class Bridge:
     async def stop(self) -> int:
         """Stops in order; returns how many records the final flush could not deliver."""
         await self._health.enter_graceful_shutdown()  # load balancers stop sending first
+        stopping = asyncio.create_task(self._server.stop(self.options.grace))
+        await asyncio.sleep(0)  # stop() has run up to its first wait: the listener is closed
         log.info("stopping: no new RPCs", in_flight_grace=self.options.grace)
-        await self._server.stop(self.options.grace)
+        await stopping
         self._stopping.set()
         if self._watch is not None:
             await self._watch  # its probe is a thread: let it end before the producer does
