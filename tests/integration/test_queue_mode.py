@@ -151,7 +151,7 @@ def test_three_processes_share_one_partition(
 
 
 def test_failures_release_then_dead_letter_then_never_again(
-    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, kind: str
 ) -> None:
     topic = new_topic(1)
     dlq = new_topic(1)
@@ -163,6 +163,7 @@ def test_failures_release_then_dead_letter_then_never_again(
         QUEUE_FAIL_UNTIL="1:2",  # fails twice, then succeeds at its third delivery
         QUEUE_FAIL_ALWAYS="2",  # fails at every delivery: to the DLQ after 1 + 3 deliveries
         QUEUE_FATAL="3",  # DeadLetter: to the DLQ at its first delivery
+        QUEUE_ASYNC="1" if kind == "async" else "0",
     )
     worker = QueueWorker(kafka_bootstrap, topic, record, **env).start()
     try:
@@ -202,3 +203,94 @@ def test_the_brokers_delivery_limit_sends_the_last_delivery_to_the_dlq(
         assert stop(worker) == 0, worker.output()[-3000:]
     assert [d.attempt for d in deliveries(record)] == [1, 2, 3]
     assert dict(dead.headers())["kw.attempts"] == b"3"
+
+
+def starts(path: Path) -> list[tuple[int, int]]:
+    """(pid, value) of every record a handler started."""
+    if not path.exists():
+        return []
+    return [
+        (int(p), int(v)) for p, v, _ in (line.split() for line in path.read_text().splitlines())
+    ]
+
+
+@pytest.mark.slow
+def test_sigterm_drains_and_releases_what_it_had_not_started(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, kind: str
+) -> None:
+    topic = new_topic(1)
+    group = f"q-{topic}"
+    # The longest lock a broker allows: a record released at shutdown must reach the other
+    # member long before its lock would have run out.
+    set_group_config(kafka_bootstrap, group, share_record_lock_duration_ms="60000")
+    record, started = tmp_path / "deliveries.txt", tmp_path / "starts.txt"
+    env = env_for(
+        topic,
+        QUEUE_SLEEP=1.0,
+        QUEUE_CONCURRENCY=2,
+        QUEUE_STARTS=str(started),
+        QUEUE_ASYNC="1" if kind == "async" else "0",
+    )
+    first = QueueWorker(kafka_bootstrap, topic, record, **env).start()
+    produce_jobs(kafka_bootstrap, topic, range(40))
+    wait_until(lambda: len(starts(started)) >= 2, 60, "the first member's first records")
+    second = QueueWorker(kafka_bootstrap, topic, record, **env).start()
+    wait_until(
+        lambda: any(pid == second.pid for pid, _ in starts(started)), 60, "the second member"
+    )
+    running = {v for pid, v in starts(started) if pid == first.pid}
+    signalled = time.monotonic()
+    assert stop(first) == 0, first.output()[-3000:]
+    assert time.monotonic() - signalled < 10
+    try:
+        wait_until(lambda: set(handled(record)) == set(range(40)), 90, "every record")
+    finally:
+        assert stop(second) == 0, second.output()[-3000:]
+    rows = deliveries(record)
+    ok_by_first = {d.value for d in rows if d.pid == first.pid and d.outcome == "ok"}
+    assert running <= ok_by_first  # what ran at the signal was finished, not abandoned
+    released = [d for d in rows if d.pid == second.pid and d.attempt == 2]
+    assert released, first.output()[-3000:]  # the first member held unstarted records
+    assert "records not started were released" in first.output()
+    # Handled by the other member within seconds, not after the 60 s lock.
+    wall_of_signal = signalled  # both clocks are time.monotonic() on this machine
+    assert max(d.started for d in released) - wall_of_signal < 30, released
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_of_three_members_loses_nothing(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    topic = new_topic(1)
+    group = f"q-{topic}"
+    # The shortest lock a broker allows (group.share.min.record.lock.duration.ms, 15 s): the
+    # killed member's records come back when their locks run out.
+    set_group_config(kafka_bootstrap, group, share_record_lock_duration_ms="15000")
+    record = tmp_path / "deliveries.txt"
+    env = env_for(topic, QUEUE_SLEEP=0.02, QUEUE_CONCURRENCY=2)
+    workers = [QueueWorker(kafka_bootstrap, topic, record, **env).start() for _ in range(3)]
+    total = 1500
+    try:
+        produce_jobs(kafka_bootstrap, topic, range(total))
+        wait_until(
+            lambda: all(sum(d.pid == w.pid for d in deliveries(record)) >= 30 for w in workers),
+            90,
+            "all three members working",
+        )
+        victim = workers.pop(0)
+        victim.kill()  # SIGKILL: nothing acknowledged, nothing released
+        killed_at = time.monotonic()
+        wait_until(lambda: set(handled(record)) == set(range(total)), 180, "every record")
+        recovered = time.monotonic() - killed_at
+    finally:
+        codes = [stop(w) for w in workers]
+    assert codes == [0, 0], [w.output()[-2000:] for w in workers]
+    counts = handled(record)
+    assert set(counts) == set(range(total))  # nothing lost
+    redelivered = [d for d in deliveries(record) if d.attempt > 1]
+    duplicates = sum(n - 1 for n in counts.values())
+    print(
+        f"\nkill -9 of one of three: {total} records, 0 lost, {duplicates} handled twice, "
+        f"{len(redelivered)} redelivered, every record handled {recovered:.1f} s after the kill"
+    )
+    assert all(d.pid != victim.pid for d in redelivered)
