@@ -294,3 +294,29 @@ def test_kill_9_of_one_of_three_members_loses_nothing(
         f"{len(redelivered)} redelivered, every record handled {recovered:.1f} s after the kill"
     )
     assert all(d.pid != victim.pid for d in redelivered)
+
+
+@pytest.mark.slow
+def test_a_handler_slower_than_the_lock_is_named_in_a_warning(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    topic = new_topic(1)
+    group = f"q-{topic}"
+    set_group_config(kafka_bootstrap, group, share_record_lock_duration_ms="15000")
+    record = tmp_path / "deliveries.txt"
+    env = env_for(topic, QUEUE_SLEEP=17, QUEUE_CONCURRENCY=1)
+    worker = QueueWorker(kafka_bootstrap, topic, record, **env).start()
+    try:
+        produce_jobs(kafka_bootstrap, topic, range(1))
+        wait_until(
+            lambda: "held longer than the share group's acquisition lock" in worker.output(),
+            60,
+            "the lock warning",
+        )
+        wait_until(lambda: handled(record), 30, "the slow record handled")
+    finally:
+        assert stop(worker) == 0, worker.output()[-3000:]
+    output = worker.output()
+    warning = next(line for line in output.splitlines() if "acquisition lock" in line)
+    assert "handler=work" in warning and "share.record.lock.duration.ms" in warning
+    assert "lock_seconds=15.0" in warning
