@@ -303,8 +303,8 @@ def test_a_handler_slower_than_the_lock_is_named_in_a_warning(
     topic = new_topic(1)
     group = f"q-{topic}"
     set_group_config(kafka_bootstrap, group, share_record_lock_duration_ms="15000")
-    record = tmp_path / "deliveries.txt"
-    env = env_for(topic, QUEUE_SLEEP=17, QUEUE_CONCURRENCY=1)
+    record, started = tmp_path / "deliveries.txt", tmp_path / "starts.txt"
+    env = env_for(topic, QUEUE_SLEEP=17, QUEUE_CONCURRENCY=1, QUEUE_STARTS=str(started))
     worker = QueueWorker(kafka_bootstrap, topic, record, **env).start()
     try:
         produce_jobs(kafka_bootstrap, topic, range(1))
@@ -314,9 +314,12 @@ def test_a_handler_slower_than_the_lock_is_named_in_a_warning(
             "the lock warning",
         )
         wait_until(lambda: handled(record), 30, "the slow record handled")
+        # Its ACCEPT came after the lock: refused, and the record is delivered again.
+        wait_until(lambda: len(starts(started)) >= 2, 30, "the record delivered again")
     finally:
         assert stop(worker) == 0, worker.output()[-3000:]
     output = worker.output()
     warning = next(line for line in output.splitlines() if "acquisition lock" in line)
     assert "handler=work" in warning and "share.record.lock.duration.ms" in warning
     assert "lock_seconds=15.0" in warning
+    assert "INVALID_RECORD_STATE" in output  # the late ACCEPT, refused
