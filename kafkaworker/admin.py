@@ -548,6 +548,8 @@ class KafkaAdmin:
 
         found = {}
         for spec in resolve_specs(app, settings or self.settings):
+            if spec.mode == "queue":
+                continue  # a share group: see share_groups() and SHARE_GROUP_NOT_DESCRIBED
             topics = {
                 *spec.topics,
                 *(s.topic for s in RetryRoutes(spec.topics, spec.retry_topics).stages),
@@ -807,6 +809,27 @@ def _state_name(state: Any) -> str:
         ConsumerGroupState.COMPLETING_REBALANCING: "CompletingRebalance",
     }
     return names.get(state, "Unknown")
+
+
+# What `lag` and `offsets show` say of a share group (queue mode): confluent-kafka 2.16's
+# AdminClient neither lists nor describes share groups, nor their share-partitions' start
+# offsets and in-flight records (Kafka's DescribeShareGroups / DescribeShareGroupOffsets).
+SHARE_GROUP_NOT_DESCRIBED = (
+    "the Python client's admin API cannot describe share groups yet (no share-partition start "
+    "offset, no in-flight records); Kafka's kafka-share-groups.sh --describe --group {group} "
+    "--offsets can"
+)
+
+
+def share_groups(app: App, settings: Settings) -> dict[str, str]:
+    """Queue-mode handlers of `app` and their share groups."""
+    from kafkaworker.runtime.runner import resolve_specs  # noqa: PLC0415
+
+    return {
+        spec.name: spec.group or app.name
+        for spec in resolve_specs(app, settings)
+        if spec.mode == "queue"
+    }
 
 
 def to_json(value: Any) -> Any:

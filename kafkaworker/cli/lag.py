@@ -7,7 +7,13 @@ import time
 
 import click
 
-from kafkaworker.admin import GroupOffsets, KafkaAdmin, to_json
+from kafkaworker.admin import (
+    SHARE_GROUP_NOT_DESCRIBED,
+    GroupOffsets,
+    KafkaAdmin,
+    share_groups,
+    to_json,
+)
 from kafkaworker.cli.common import (
     JSON_OPTION,
     SETTINGS_OPTION,
@@ -53,15 +59,40 @@ def lag(
             raise ConfigError("give MODULE:APP or --group GROUP (one of them)")
         app = load_app(app_ref) if app_ref is not None else None
         settings = settings_from(settings_path, app)
+        # Queue-mode handlers' share groups: said what is known of them, not shown as lag.
+        shares = share_groups(app, settings) if app is not None else {}
         with KafkaAdmin(settings) as admin:
             while True:
                 found = admin.lag(app) if app is not None else _one_group(admin, group)
                 if as_json:
-                    echo_json(to_json(found))
+                    echo_json(
+                        {
+                            **to_json(found),
+                            **{
+                                name: {
+                                    "group": share,
+                                    "mode": "queue",
+                                    "described": False,
+                                    "reason": SHARE_GROUP_NOT_DESCRIBED.format(group=share),
+                                }
+                                for name, share in shares.items()
+                            },
+                        }
+                    )
                 else:
                     text = "\n\n".join(
-                        (f"handler {name}: " if app is not None else "") + group_table(offsets)
-                        for name, offsets in found.items()
+                        [
+                            *(
+                                (f"handler {name}: " if app is not None else "")
+                                + group_table(offsets)
+                                for name, offsets in found.items()
+                            ),
+                            *(
+                                f"handler {name}: share group {share} (queue mode): "
+                                + SHARE_GROUP_NOT_DESCRIBED.format(group=share)
+                                for name, share in shares.items()
+                            ),
+                        ]
                     )
                     if watch is not None and sys.stdout.isatty():
                         text = _REDRAW + time.strftime("%H:%M:%S ") + f"every {watch:g}s\n" + text

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from kafkaworker.admin import GroupOffsets, KafkaAdmin, to_json
+from kafkaworker.admin import SHARE_GROUP_NOT_DESCRIBED, GroupOffsets, KafkaAdmin, to_json
 from kafkaworker.cli.common import (
     JSON_OPTION,
     SETTINGS_OPTION,
@@ -59,6 +59,10 @@ def show(group: str, topic: str | None, settings_path: str | None, as_json: bool
         echo_json(to_json(found))
         return
     click.echo(group_table(found))
+    if found.state == "Dead" and not found.members:
+        # Not a consumer group (or an empty one long gone): maybe a share group (queue mode),
+        # which the Python client's admin API does not see.
+        click.echo(f"if {group} is a share group: " + SHARE_GROUP_NOT_DESCRIBED.format(group=group))
 
 
 def group_table(found: GroupOffsets) -> str:

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import orjson
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import (
@@ -323,3 +324,29 @@ def test_a_handler_slower_than_the_lock_is_named_in_a_warning(
     assert "handler=work" in warning and "share.record.lock.duration.ms" in warning
     assert "lock_seconds=15.0" in warning
     assert "INVALID_RECORD_STATE" in output  # the late ACCEPT, refused
+
+
+def test_routes_lag_and_offsets_show_say_what_is_known_of_a_share_group(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from kafkaworker.cli import cli  # noqa: PLC0415
+
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    app = "tests.apps.queue_recorder:app"
+    routes = CliRunner().invoke(cli, ["routes", app])
+    assert routes.exit_code == 0, routes.output
+    header, row = routes.output.splitlines()[:2]
+    assert header.split()[:2] == ["NAME", "MODE"]
+    assert row.split()[:2] == ["work", "queue"]
+    lag = CliRunner().invoke(cli, ["lag", app])
+    assert lag.exit_code == 0, lag.output
+    assert "handler work: share group queue-recorder (queue mode): the Python client's" in (
+        " ".join(lag.output.split())
+    )
+    as_json = CliRunner().invoke(cli, ["lag", app, "--json"])
+    assert orjson.loads(as_json.output)["work"]["mode"] == "queue"
+    show = CliRunner().invoke(cli, ["offsets", "show", "queue-recorder"])
+    assert show.exit_code == 0, show.output
+    assert "if queue-recorder is a share group: the Python client's admin API" in show.output
