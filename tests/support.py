@@ -12,9 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -206,6 +206,9 @@ class WorkerProcess:
             "KAFKAWORKER_KAFKA__CONSUMER": '{"session.timeout.ms": 6000, '
             '"heartbeat.interval.ms": 1000}',
             "KAFKAWORKER_LOG_LEVEL": "INFO",
+            # A broker just started on a loaded 2-core machine can take more than the 15 s
+            # default to answer a worker's first request.
+            "KAFKAWORKER_STARTUP_TIMEOUT": "60",
             "RECORDER_TOPIC": topic,
             "RECORDER_FILE": str(record),
             **env,
@@ -277,6 +280,7 @@ class Feed:
         )
         self._topic, self._rate = topic, rate
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self._thread = threading.Thread(target=self._run, name="feed", daemon=True)
         self._thread.start()
 
@@ -295,6 +299,10 @@ class Feed:
         sent = 0
         started = time.monotonic()
         while not self._stop.is_set():
+            if self._paused.is_set():
+                self._producer.poll(0.05)
+                started = time.monotonic() - sent / self._rate  # no catching up afterwards
+                continue
             key = b"k%d" % (sent % 64)
             try:
                 self._producer.produce(
@@ -308,11 +316,49 @@ class Feed:
             if ahead > 0:
                 self._stop.wait(ahead)
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No new records meanwhile; on entry, every record sent before is acknowledged."""
+        self._paused.set()
+        try:
+            wait_until(lambda: len(self._producer) == 0, 60, "the feed's records acknowledged")
+            yield
+        finally:
+            self._paused.clear()
+
     def stop(self) -> None:
         """Stop producing and wait for every acknowledgement (again: a no-op)."""
         self._stop.set()
         self._thread.join(10)
         assert self._producer.flush(150) == 0
+
+
+def wait_drained(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    *,
+    group: str,
+    acked: set[tuple[int, int]],
+    record: Path,
+) -> None:
+    """Wait until every acknowledged record is handled and the group committed to the end of
+    the log (a fault test's last check before SIGTERM)."""
+    wait_until(
+        lambda: acked <= {(r.partition, r.offset) for r in read_records(record)},
+        120,
+        "every acknowledged record handled",
+        0.5,
+    )
+    wait_until(
+        lambda: (
+            committed(bootstrap, group, topic, partitions)
+            == end_offsets(bootstrap, topic, partitions)
+        ),
+        60,
+        "the group committed to the end of the log",
+        0.5,
+    )
 
 
 FAULTS_REPORT = ROOT / "build" / "faults.jsonl"

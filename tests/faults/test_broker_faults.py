@@ -146,25 +146,32 @@ def test_the_broker_killed_and_restarted_twice_mid_stream_loses_nothing(
     report(record, feed, "broker killed (SIGKILL) and restarted, twice", max(recoveries))
 
 
-@pytest.mark.skip(
-    reason="found a stall: in about 1 run in 4 the consumer's group session times out during "
-    "the hang and librdkafka 2.16.0 never rejoins (its GroupCoordinator connection keeps "
-    "requests in the out-queue, unsent, for minutes; cf. librdkafka#3082); the runtime needs a "
-    "join watchdog that recreates the consumer (issue [5/9]); enable this test with it"
-)
 def test_a_hung_broker_is_waited_out_and_the_worker_recovers_by_itself(
     lone_broker: Cluster, tmp_path: Path
 ) -> None:
     port = free_port()
-    topic, record, worker = setup(lone_broker, tmp_path, KAFKAWORKER_METRICS__PORT=str(port))
+    topic, record, worker = setup(
+        lone_broker,
+        tmp_path,
+        KAFKAWORKER_METRICS__PORT=str(port),
+        # About one run in four, librdkafka never rejoined after the session timed out during
+        # the hang (docs/reliability.md): the join watchdog replaces the consumer after this
+        # (past the 6 s session timeout, it fires during the hang: after the 20 s of silence
+        # the health endpoints must report).
+        KAFKAWORKER_JOIN_TIMEOUT="25",
+        KAFKAWORKER_REVOKE_TIMEOUT="10",
+    )
     feed = Feed(lone_broker.bootstrap, topic)
     node = lone_broker.nodes[0]
     assert node.process is not None
     try:
         wait_until(lambda: len(read_records(record)) >= 1000, 60, "records handled")
-        os.killpg(node.process.pid, signal.SIGSTOP)  # sockets stay open; nothing answers
+        # What the broker has when it hangs: the worker may handle what it prefetched, no more.
+        with feed.paused():
+            ends = end_offsets(lone_broker.bootstrap, topic, PARTITIONS)
+            os.killpg(node.process.pid, signal.SIGSTOP)  # sockets stay open; nothing answers
+        hung_at = time.monotonic()
         try:
-            stopped_at = len(read_records(record))
             # Past the session timeout the worker's consumer was given (6 s) and librdkafka's
             # request timeouts for metadata and commits.
             deadline = time.monotonic() + 35
@@ -185,8 +192,9 @@ def test_a_hung_broker_is_waited_out_and_the_worker_recovers_by_itself(
             ]
             assert silent and max(s["record"] for s in silent) >= 20, answers[-4:]  # type: ignore[index]
             # Nothing new could be fetched while the broker was hung (what was fetched
-            # before may have finished).
-            assert len(read_records(record)) - stopped_at < 4000
+            # before may have finished: as many as librdkafka had prefetched).
+            during = [r for r in read_records(record) if r.finished > hung_at]
+            assert all(r.offset < ends[r.partition] for r in during), (ends, during[-3:])
         finally:
             os.killpg(node.process.pid, signal.SIGCONT)
         seen = len(read_records(record))

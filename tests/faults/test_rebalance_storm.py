@@ -25,10 +25,9 @@ from tests.support import (
     Feed,
     Record,
     WorkerProcess,
-    committed,
-    end_offsets,
     read_records,
     report_fault,
+    wait_drained,
     wait_until,
 )
 
@@ -75,19 +74,8 @@ def test_twenty_join_leave_cycles_lose_nothing_and_never_overlap(
                 leaving.kill()
             assert not any(m.exited() for m in members), [m.output()[-2000:] for m in members]
         feed.stop()
-        wait_until(
-            lambda: feed.acked <= {(r.partition, r.offset) for r in read_records(record)},
-            120,
-            "every acknowledged record handled",
-            0.5,
-        )
-        wait_until(
-            lambda: (
-                committed(kafka_bootstrap, group, topic, PARTITIONS)
-                == end_offsets(kafka_bootstrap, topic, PARTITIONS)
-            ),
-            60,
-            "the group committed to the end of the log",
+        wait_drained(
+            kafka_bootstrap, topic, PARTITIONS, group=group, acked=feed.acked, record=record
         )
     finally:
         for member in everyone:
