@@ -59,6 +59,7 @@ def main() -> None:
         {
             "kafka": {"bootstrap_servers": a["bootstrap"]},
             "log_level": "WARNING",
+            **({"event_loop": a["event_loop"]} if "event_loop" in a else {}),
             **({"poll_batch": int(a["poll_batch"])} if "poll_batch" in a else {}),
             **(
                 {
