@@ -116,7 +116,7 @@ def test_the_share_consumer_gets_no_consumer_group_properties() -> None:
     assert config["socket.timeout.ms"] == 5000  # connection settings reach it
     assert config["max.poll.records"] == 7  # the raw property wins
     default = share_consumer_config("svc", spec(concurrency=3), Settings())
-    assert default["max.poll.records"] == 12  # four rounds of the workers
+    assert default["max.poll.records"] == 24  # eight rounds of the workers
 
 
 # -- the failure path, one delivery at a time ----------------------------------------------

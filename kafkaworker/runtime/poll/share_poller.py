@@ -92,6 +92,7 @@ class SharePoller:
         self._outstanding: set[tuple[PartitionState, int]] = set()
         self._fetched_at = 0.0
         self._lock_warned = False
+        self._slow_fetch_quiet_until = 0.0
         self._acks_pending = False
         self._acks_sent_at = 0.0
         self.acknowledged: Counter[str] = Counter()  # by type, for tests
@@ -205,6 +206,8 @@ class SharePoller:
                 state.in_flight -= 1
                 acknowledge(state.topic, state.partition, offset, kind)
                 counts[kind] += 1
+        if counts and not outstanding:
+            self._fetch_done()
         if counts:
             self._acks_pending = True
             for kind, n in counts.items():
@@ -226,6 +229,24 @@ class SharePoller:
             self._acks_pending = False
             self._acks_sent_at = now
 
+    def _fetch_done(self) -> None:
+        """A whole fetch is acknowledged. One that took more than half the lock is a warning
+        before the locks start running out: the fetch is too large for this handler."""
+        took = time.monotonic() - self._fetched_at
+        now = time.monotonic()
+        if took < self._group.lock_seconds / 2 or now < self._slow_fetch_quiet_until:
+            return
+        self._slow_fetch_quiet_until = now + 300.0  # once every 5 minutes at most
+        log.warning(
+            "a fetch took more than half of the share group's acquisition lock to handle: "
+            "lower kafka.share_consumer.max.poll.records (records per fetch), raise "
+            f"concurrency, or raise the group config {LOCK_DURATION_MS}",
+            handler=self.spec.name,
+            group=self._group.group,
+            fetch_seconds=round(took, 1),
+            lock_seconds=self._group.lock_seconds,
+        )
+
     def _watch_locks(self) -> None:
         """A fetch still not acknowledged when its locks run out: the broker may hand those
         records to another member meanwhile (the Python client cannot renew a lock yet)."""
@@ -239,8 +260,9 @@ class SharePoller:
         log.warning(
             "records held longer than the share group's acquisition lock: the broker may "
             "deliver them again, to this member or another, while they run here; make the "
-            "handler faster, raise concurrency, or raise the group config "
-            f"{LOCK_DURATION_MS} (group.share.record.lock.duration.ms on the brokers)",
+            "handler faster, lower kafka.share_consumer.max.poll.records, raise concurrency, "
+            f"or raise the group config {LOCK_DURATION_MS} (group.share.record.lock."
+            "duration.ms on the brokers)",
             handler=self.spec.name,
             group=self._group.group,
             unacknowledged=len(self._outstanding),

@@ -46,11 +46,15 @@ BROKER_LOCK_DURATION_MS = "group.share.record.lock.duration.ms"
 _DEFAULT_DELIVERY_LIMIT = 5
 _DEFAULT_LOCK_SECONDS = 30.0
 
-# A record's lock must not run out before a worker starts it, and the client fetches again
-# only once the whole previous fetch is acknowledged: a fetch is a few rounds of the workers
-# (ROUNDS_PER_FETCH x concurrency records), so the last record of a fetch starts after about
-# ROUNDS_PER_FETCH handler calls and the workers are idle only for the tail of each round.
-ROUNDS_PER_FETCH = 4
+# Records per fetch, in rounds of the workers (ROUNDS_PER_FETCH x concurrency). The client
+# fetches again only once the whole previous fetch is acknowledged, so every fetch costs the
+# workers a round trip and the tail of its last round; and a record's lock must not run out
+# before a worker starts it, about ROUNDS_PER_FETCH - 1 handler calls after the fetch. S7 (one
+# partition, a 2 ms handler, benchmarks/queue_mode.py): 4 rounds scaled 1 -> 4 processes at
+# 0.56-0.69 of ideal, 8 rounds at 0.86-0.92. With 8, handlers up to ~4 s a record fit the
+# default 30 s lock; slower ones lower kafka.share_consumer.max.poll.records (the poll thread
+# warns when a fetch takes half the lock).
+ROUNDS_PER_FETCH = 8
 
 
 @dataclass(frozen=True, slots=True)
