@@ -5,10 +5,20 @@ Needs the `avro` extra: `pip install kafkaworker[avro]`. Schemas are cached by i
 registry client (one request per id per process). With a reader schema, records written with
 an older or newer compatible writer schema are resolved to it (a new field with a default is
 filled in), so consumers survive compatible evolution.
+
+Decoding: the first record of each schema id goes through confluent-kafka's AvroDeserializer
+(the registry request, its errors, the schema parsed with its references); the records after it
+are read by fastavro with the parsed schemas kept per id in a plain dict. The deserializer's
+own call does per-record work none of kafkaworker's records need: it rebuilds the expanded
+reader schema for field-level rules (only run with a serialization context, which decode never
+has) and takes two locks (the client's schema cache, the parsed-schema cache); the expansion
+alone cost about as much as the Avro decoding in a profile of S1, and the locks serialize a
+handler's worker threads.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +33,7 @@ from kafkaworker.serialization.registry import (
 try:
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+    from fastavro import schemaless_reader
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     from kafkaworker.errors import ConfigError
 
@@ -57,6 +68,8 @@ class AvroCodec(RegistryCodec):
         self._deserializer = AvroDeserializer(
             self.registry, reader_schema, conf=self.deserializer_conf()
         )
+        # schema id -> (parsed writer schema, parsed reader schema or None): see _decode.
+        self._parsed: dict[int, tuple[Any, Any]] = {}
         self._writer_schema = writer_schema
         self._serializer = (
             AvroSerializer(self.registry, writer_schema, conf=self.serializer_conf())
@@ -65,7 +78,33 @@ class AvroCodec(RegistryCodec):
         )
 
     def _decode(self, data: bytes) -> Any:
-        return self._deserializer(data, None)
+        # Confluent framing: magic byte 0, the 4-byte schema id, the Avro binary payload.
+        if len(data) > 5 and data[0] == 0:
+            schemas = self._parsed.get(int.from_bytes(data[1:5], "big"))
+            if schemas is not None:
+                payload = io.BytesIO(data)
+                payload.seek(5)
+                return schemaless_reader(payload, schemas[0], schemas[1])
+        value = self._deserializer(data, None)
+        self._remember(data)
+        return value
+
+    def _remember(self, data: bytes) -> None:
+        """Keep the parsed schemas of `data`'s schema id, once the deserializer has read a record
+        of it: the same objects it reads with (its reader schema, or the writer's), so the
+        records after it decode exactly as it would decode them without a context."""
+        if data[0] != 0:  # magic byte 1: a schema GUID, not an id (read by the deserializer)
+            return
+        schema_id = int.from_bytes(data[1:5], "big")
+        parse = getattr(self._deserializer, "_get_parsed_schema", None)
+        if schema_id in self._parsed or parse is None:  # another client version: no fast path
+            return
+        # The client's cache answers (the deserializer just asked it); never a request here.
+        writer = parse(self.registry.get_schema(schema_id))
+        if writer == "bytes" or (isinstance(writer, dict) and writer.get("type") == "bytes"):
+            return  # the deserializer returns such payloads as they are, unread
+        reader = getattr(self._deserializer, "_reader_schema", None)
+        self._parsed[schema_id] = (writer, reader)
 
     def _encode(self, topic: str, value: Any) -> bytes | None:
         if self._serializer is None:

@@ -6,6 +6,10 @@ model is its own schema: producing a model registers `Model.model_json_schema()`
 auto_register) under its subject; a reader validates each record against the schema it was
 written with (fetched by id, cached), then a typed handler's model validates it again, so a
 V2 model with a defaulted new field reads V1 records.
+
+References: a schema whose `$ref`s name other registered schemas is given as a registry
+`Schema` with its `references` (name = the `$ref` text, the subject and version it is
+registered under); it is registered with them, and a reader resolves them from the registry.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pydantic import BaseModel
 from kafkaworker.serialization.registry import RegistryCodec
 
 try:
+    from confluent_kafka.schema_registry import Schema as RegistrySchema
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -31,13 +36,16 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 __all__ = ["JsonSchemaCodec"]
 
-Schema = str | Mapping[str, Any] | type[BaseModel]
+Schema = str | Mapping[str, Any] | type[BaseModel] | RegistrySchema
 
 
 def schema_text(schema: Schema) -> str:
-    """A JSON Schema as text: given as text, as a dict, or as a pydantic model's."""
+    """A JSON Schema as text: given as text, as a dict, as a pydantic model's, or a registry
+    Schema's text."""
     if isinstance(schema, str):
         return schema
+    if isinstance(schema, RegistrySchema):
+        return schema.schema_str or ""
     if isinstance(schema, type) and issubclass(schema, BaseModel):
         return orjson.dumps(schema.model_json_schema()).decode()
     return orjson.dumps(dict(schema)).decode()
@@ -50,9 +58,10 @@ def _dumps(value: Any) -> bytes:
 class JsonSchemaCodec(RegistryCodec):
     """JSON values checked against a JSON Schema in a Schema Registry.
 
-    `schema` (JSON Schema text, a dict, or a pydantic model class) is what `encode_for`
-    writes with; without it, a pydantic model value is written with its model's schema (one
-    serializer, and one registration, per model class). Decodes to what the JSON says (dicts),
+    `schema` (JSON Schema text, a dict, a pydantic model class, or a registry Schema with
+    `references` to other registered schemas) is what `encode_for` writes with; without it, a
+    pydantic model value is written with its model's schema (one serializer, and one
+    registration, per model class). Decodes to what the JSON says (dicts),
     after validating it against the writer's schema; a handler typed with a model gets the
     model. See RegistryCodec for `subject_strategy` and `auto_register`.
     """
@@ -69,6 +78,11 @@ class JsonSchemaCodec(RegistryCodec):
     ) -> None:
         super().__init__(registry, subject_strategy=subject_strategy, auto_register=auto_register)
         self._schema = schema_text(schema) if schema is not None else None
+        # A registry Schema goes to the serializer as it is: its references are registered
+        # with it (text alone would lose them).
+        self._writer: str | RegistrySchema | None = (
+            schema if isinstance(schema, RegistrySchema) else self._schema
+        )
         self._serializers: dict[object, JSONSerializer] = {}
         self._deserializer = JSONDeserializer(
             None,
@@ -85,8 +99,9 @@ class JsonSchemaCodec(RegistryCodec):
         key: object = model if self._schema is None else None
         serializer = self._serializers.get(key)
         if serializer is None:
-            if self._schema is not None:
-                text = self._schema
+            text: str | RegistrySchema
+            if self._writer is not None:
+                text = self._writer
             elif model is not None:
                 text = schema_text(model)
             else:

@@ -13,9 +13,11 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from pydantic import BaseModel
+from confluent_kafka.serialization import SerializationError
+from pydantic import BaseModel, ConfigDict
 
 from kafkaworker import App, Backoff, Message, ProduceError, Producer, StartupError
 from kafkaworker.cli import cli
@@ -155,6 +157,173 @@ def test_a_record_that_fails_its_writers_schema_goes_to_the_dlq_after_one_attemp
     assert kw["kw.error.type"] == "kafkaworker.errors.DeserializationError"
     assert "with the json_schema codec" in kw["kw.error.message"]
     assert "'one' is not of type 'integer'" in kw["kw.error.message"]
+
+
+class ClosedOrderV1(BaseModel):
+    """A closed content model (additionalProperties: false): see the BACKWARD tests."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: int
+    sku: str
+
+
+class ClosedOrderV2(ClosedOrderV1):
+    quantity: int = 1
+
+
+class OrderIdAsText(BaseModel):
+    """OrderV1 with id's type changed: V1 records do not fit it."""
+
+    id: str
+    sku: str
+
+
+def _refusal(
+    bootstrap: str, topic: str, value: BaseModel, codec: JsonSchemaCodec
+) -> SchemaRegistryError:
+    """The registry's HTTP error under the ProduceError that sending `value` raises."""
+    producer = Producer(make_settings(bootstrap))
+    try:
+        with pytest.raises(ProduceError) as error:
+            producer.send_sync(topic, value, codec=codec)
+    finally:
+        producer.close()
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"subject '{topic}-value'" in message
+    assert "BACKWARD" in message
+    refused = error.value.__cause__
+    assert isinstance(refused, SchemaRefused)
+    http = refused.__cause__
+    assert isinstance(http, SchemaRegistryError)
+    return http
+
+
+@pytest.mark.parametrize(
+    "incompatible",
+    [OrderIdAsText(id="2", sku="B"), OrderV2(id=2, sku="B")],
+    ids=["a-property-type-changed", "a-property-added-to-an-open-model"],
+)
+def test_json_schema_an_incompatible_change_is_refused_under_backward(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    registry: SchemaRegistryClient,
+    incompatible: BaseModel,
+) -> None:
+    """A pydantic model's schema is an open content model (extra properties allowed), so under
+    BACKWARD even a defaulted new field is refused: V1 records may carry any property, of any
+    type, under the new name. Closed models may gain one (the next test)."""
+    topic = new_topic(1)
+    subject = f"{topic}-value"
+    codec = JsonSchemaCodec(registry)
+    _send(kafka_bootstrap, topic, [OrderV1(id=1, sku="A")], codec)
+    # Apicurio's default is NONE (Confluent's BACKWARD): the test sets the rule it tests.
+    registry.set_compatibility(subject, "BACKWARD")
+    http = _refusal(kafka_bootstrap, topic, incompatible, codec)
+    assert (http.http_status_code, http.error_code) == (409, 409)
+    assert len(registry.get_versions(subject)) == 1
+    # The refusal leaves the registered schema usable.
+    _send(kafka_bootstrap, topic, [OrderV1(id=3, sku="C")], codec)
+    assert end_offsets(kafka_bootstrap, topic, 1) == {0: 2}
+
+
+def test_json_schema_v2_closed_model_is_accepted_under_backward_and_reads_v1_records(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    registry: SchemaRegistryClient,
+    schema_registry: SchemaRegistry,
+) -> None:
+    topic = new_topic(1)
+    subject = f"{topic}-value"
+    codec = JsonSchemaCodec(registry)
+    _send(kafka_bootstrap, topic, [ClosedOrderV1(id=1, sku="A")], codec)
+    registry.set_compatibility(subject, "BACKWARD")
+    _send(kafka_bootstrap, topic, [ClosedOrderV2(id=2, sku="B", quantity=4)], codec)
+    versions = [registry.get_version(subject, v) for v in registry.get_versions(subject)]
+    assert [orjson.loads(v.schema.schema_str or "")["additionalProperties"] for v in versions] == [
+        False,
+        False,
+    ]
+    assert [orjson.loads(v.schema.schema_str or "")["title"] for v in versions] == [
+        "ClosedOrderV1",
+        "ClosedOrderV2",
+    ]
+    received: list[ClosedOrderV2] = []
+    app = App(f"g-{topic}")
+    reader = registry_client({"url": schema_registry.url})  # fetches both writer schemas
+
+    @app.handler(topic, codec=JsonSchemaCodec(reader))
+    def handle(order: ClosedOrderV2) -> None:
+        received.append(order)
+
+    with running(app, make_settings(kafka_bootstrap)):
+        wait_until(lambda: len(received) == 2, 30, "both records")
+    assert received == [
+        ClosedOrderV2(id=1, sku="A", quantity=1),
+        ClosedOrderV2(id=2, sku="B", quantity=4),
+    ]
+
+
+MONEY_SCHEMA = {
+    "title": "Money",
+    "type": "object",
+    "properties": {"units": {"type": "integer"}, "currency": {"type": "string"}},
+    "required": ["units", "currency"],
+}
+PRICED_ORDER_SCHEMA = {
+    "title": "PricedOrder",
+    "type": "object",
+    "properties": {"id": {"type": "integer"}, "total": {"$ref": "money.json"}},
+    "required": ["id", "total"],
+}
+
+
+def test_json_schema_references_round_trip_and_validate_through_the_referenced_schema(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    registry: SchemaRegistryClient,
+    schema_registry: SchemaRegistry,
+) -> None:
+    topic = new_topic(1)
+    dlq = f"{topic}.dlq"
+    money_subject = f"{topic}-money"
+    registry.register_schema(money_subject, Schema(orjson.dumps(MONEY_SCHEMA).decode(), "JSON"))
+    writer = Schema(
+        orjson.dumps(PRICED_ORDER_SCHEMA).decode(),
+        "JSON",
+        [SchemaReference("money.json", money_subject, 1)],
+    )
+    codec = JsonSchemaCodec(registry, schema=writer)
+    order = {"id": 1, "total": {"units": 1250, "currency": "EUR"}}
+    _send(kafka_bootstrap, topic, [order], codec)
+    latest = registry.get_latest_version(f"{topic}-value")
+    assert [(r.name, r.subject, r.version) for r in latest.schema.references or []] == [
+        ("money.json", money_subject, 1)
+    ]
+    # The writer validates through the reference: units must be an integer.
+    with pytest.raises(SerializationError, match="'many' is not of type 'integer'"):
+        codec.encode_for(topic, {"id": 2, "total": {"units": "many", "currency": "EUR"}})
+    # A record written with the id but whose referenced part does not fit it.
+    (good,) = read_topic(kafka_bootstrap, topic, 1)
+    bad = good.value()[:5] + b'{"id": 3, "total": {"units": "x", "currency": "EUR"}}'
+    produce(kafka_bootstrap, topic, [bad])
+
+    received: list[Any] = []
+    app = App(f"g-{topic}")
+    reader = registry_client({"url": schema_registry.url})  # resolves the reference itself
+
+    @app.handler(topic, codec=JsonSchemaCodec(reader), dlq=dlq, retries=3)
+    def handle(msg: Message[Any]) -> None:
+        received.append(msg.value)
+
+    with running(app, make_settings(kafka_bootstrap)):
+        (dead,) = read_topic(kafka_bootstrap, dlq, 1)
+        wait_until(lambda: received, 30, "the good record")
+    assert received == [order]
+    assert dead.value() == bad
+    kw = _kw_headers(dead)
+    assert kw["kw.error.type"] == "kafkaworker.errors.DeserializationError"
+    assert "'x' is not of type 'integer'" in kw["kw.error.message"]
 
 
 # --- Protobuf ------------------------------------------------------------------------------
@@ -334,6 +503,56 @@ def test_one_registry_request_per_schema_id_per_process(
         by_id = {path: n for (method, path), n in proxy.counts.items() if "/schemas/ids/" in path}
         assert list(by_id.values()) == [1], proxy.counts
         assert sum(proxy.counts.values()) <= 3, proxy.counts  # + the start-up check
+
+
+AVRO_V2_WITH_DEFAULT = orjson.dumps(
+    {
+        "type": "record",
+        "name": "Order",
+        "namespace": "kwtest",
+        "fields": [
+            {"name": "id", "type": "int"},
+            {"name": "quantity", "type": "int", "default": 1},
+        ],
+    }
+).decode()
+
+
+@pytest.mark.parametrize("reader_schema", [None, AVRO_V2_WITH_DEFAULT], ids=["writer", "reader"])
+def test_avro_decodes_as_confluents_deserializer_with_one_request_per_schema_id(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    schema_registry: SchemaRegistry,
+    reader_schema: str | None,
+) -> None:
+    """AvroCodec reads the first record of a schema id with confluent-kafka's AvroDeserializer
+    and the next ones with fastavro and the schemas it parsed: the values are the
+    deserializer's, records of two writer schemas interleaved, and bad payloads fail as in it."""
+    topic = new_topic(1)
+    writer = registry_client({"url": schema_registry.url})
+    v1 = AvroCodec(writer, writer_schema=AVRO_V1)
+    v2 = AvroCodec(writer, writer_schema=AVRO_V2_WITH_DEFAULT)
+    records = [
+        v1.encode_for(topic, {"id": i}) if i % 2 else v2.encode_for(topic, {"id": i, "quantity": i})
+        for i in range(20)
+    ]
+    with CountingProxy(schema_registry.url).running() as proxy:
+        codec = AvroCodec({"url": proxy.url}, reader_schema=reader_schema)
+        decoded = [codec.decode(record, []) for record in records]
+        by_id = {path: n for (method, path), n in proxy.counts.items() if "/schemas/ids/" in path}
+        assert sorted(by_id.values()) == [1, 1], proxy.counts
+    reference = AvroDeserializer(
+        writer, reader_schema, conf={"subject.name.strategy.type": "RECORD"}
+    )
+    assert decoded == [reference(record, None) for record in records]
+    if reader_schema is not None:
+        assert decoded[1] == {"id": 1, "quantity": 1}  # V1, the default filled in
+    truncated = records[2][:-1]
+    with pytest.raises(Exception) as ours:
+        codec.decode(truncated, [])
+    with pytest.raises(Exception) as theirs:
+        reference(truncated, None)
+    assert type(ours.value) is type(theirs.value)
 
 
 # --- Bad input -----------------------------------------------------------------------------
