@@ -29,7 +29,7 @@ from kafkaworker.runtime.poll.commit import StoredOffsetCommit
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.poller import Poller
 from kafkaworker.runtime.poll.share_poller import SharePoller
-from kafkaworker.runtime.source import Source
+from kafkaworker.runtime.source import ShareSource, Source
 from kafkaworker.runtime.source.consumer_group import ConsumerGroupSource, consumer_config
 from kafkaworker.runtime.source.share_group import (
     ShareGroupConfig,
@@ -65,9 +65,10 @@ def new_breaker(
 
 class HandlerRuntime:
     """Owns one handler's source (through the Poller), its executor and its poll thread, and
-    stops them. `source`: a consumer group of the handler's group by default. `loop`: the
-    process's event loop, which async handlers run on. `virtual_time` (the test client): the
-    clock the runtime reads, which backoffs advance instead of waiting."""
+    stops them. `source`: a consumer group of the handler's group by default; in queue mode
+    `share_source` (with its `share_group` config), a share group's member by default.
+    `loop`: the process's event loop, which async handlers run on. `virtual_time` (the test
+    client): the clock the runtime reads, which backoffs advance instead of waiting."""
 
     def __init__(
         self,
@@ -79,6 +80,8 @@ class HandlerRuntime:
         metrics: Metrics | None = None,
         runtime_codecs: Mapping[str, Codec] | None = None,
         source: Source | None = None,
+        share_source: ShareSource | None = None,
+        share_group: ShareGroupConfig | None = None,
         loop: EventLoopThread | None = None,
         virtual_time: ManualClock | None = None,
     ) -> None:
@@ -95,7 +98,7 @@ class HandlerRuntime:
         if spec.dlq is not None or routes is not None:
             records = FailureRecords(spec.dlq, group=group, handler=spec.name, clock=clock)
         queue_mode = spec.mode == "queue"
-        breaker = (
+        self.breaker = breaker = (
             new_breaker(settings, spec.name, clock)
             if spec.dlq is not None and not queue_mode
             else None
@@ -159,15 +162,17 @@ class HandlerRuntime:
         self.poller: Poller | SharePoller
         if queue_mode:
             # Queue mode (KIP-932): a share group, no offsets, per-record acknowledgements.
-            share = prepare_share_group(settings, group)
+            # Given a source (tests: memory_share.py), its group config comes with it.
+            share = share_group or prepare_share_group(settings, group)
             attempts.delivery_limit = share.delivery_limit
             self.share_group: ShareGroupConfig | None = share
+            if share_source is None:
+                config = share_consumer_config(app_name, spec, settings)
+                share_source = ShareGroupSource(config, handler=spec.name)
             self.poller = SharePoller(
                 spec,
                 settings,
-                ShareGroupSource(
-                    share_consumer_config(app_name, spec, settings), handler=spec.name
-                ),
+                share_source,
                 self.executor,
                 completions,
                 codec=value_codec,

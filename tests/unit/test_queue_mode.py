@@ -5,6 +5,10 @@ per delivery (RELEASE, DLQ then REJECT, REJECT)."""
 from __future__ import annotations
 
 import queue
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -14,14 +18,21 @@ from kafkaworker.errors import ConfigError, DeadLetter, Skip
 from kafkaworker.handlers import BatchPolicy, HandlerSpec
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.execute.attempts import Attempts
+from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.execute.steps import Call, Called, Write
 from kafkaworker.runtime.failures.deadletter import FailureRecords
 from kafkaworker.runtime.failures.policy import FailurePolicy
+from kafkaworker.runtime.handler_runtime import HandlerRuntime
 from kafkaworker.runtime.handoff import Outcome
 from kafkaworker.runtime.poll.partitions import PartitionState
 from kafkaworker.runtime.runner import resolve_specs
+from kafkaworker.runtime.source.memory_share import MemoryShareSource
 from kafkaworker.runtime.source.share_group import share_consumer_config
 from kafkaworker.settings import Settings, check_client_properties
+from kafkaworker.testing.producer import MemoryProducer
+from tests.support import as_kind
+from tests.unit.runtime_support import settings as runtime_settings
+from tests.unit.runtime_support import spec_for
 
 
 def job(msg: Message[Any]) -> None:
@@ -182,3 +193,124 @@ def test_without_a_dlq_spent_retries_are_rejected_never_looped() -> None:
 
 def test_skip_raised_by_the_handler_is_accepted() -> None:
     assert settle(spec(retries=3), Skip("duplicate"), attempt=1) is Outcome.FINISHED
+
+
+# -- the share poller and the executors over the in-memory share group ----------------------
+
+
+@contextmanager
+def queue_running(
+    func: Callable[..., Any],
+    source: MemoryShareSource,
+    producer: MemoryProducer | None = None,
+    **options: Any,
+) -> Iterator[HandlerRuntime]:
+    """A queue-mode HandlerRuntime over `source`, started; stopped on exit. DLQ records go
+    to `producer`."""
+    handler = spec_for(func, mode="queue", **options)
+    loop = EventLoopThread().start() if handler.is_async else None
+    runtime = HandlerRuntime(
+        "svc",
+        handler,
+        runtime_settings(),
+        producer=producer or MemoryProducer(),
+        share_source=source,
+        share_group=source.config,
+        loop=loop,
+    )
+    runtime.start()
+    try:
+        yield runtime
+    finally:
+        runtime.request_stop()
+        assert runtime.join(30), "the poll thread did not stop"
+        if loop is not None:
+            loop.close()
+    assert runtime.error is None, runtime.error
+
+
+def all_finished(source: MemoryShareSource, count: int) -> bool:
+    return len(source.finished) == count
+
+
+def test_every_record_is_accepted_once_handled_a_fetch_at_a_time(kind: str) -> None:
+    source = MemoryShareSource({"t": 2}, max_records=10)
+    for i in range(200):
+        source.broker.append("t", b"%d" % i, partition=i % 2)
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def handle(msg: Message[Any]) -> None:
+        assert msg.attempt == 1
+        with lock:
+            seen.append(int(msg.value))
+
+    with queue_running(as_kind(kind, handle), source, concurrency=4):
+        assert source.wait_for(lambda s: all_finished(s, 200), 30)
+    assert sorted(seen) == list(range(200))
+    assert {name for _, _, name in source.acknowledged} == {"accept"}
+    assert len(source.acknowledged) == 200
+    # The fake, like the client, refuses a fetch before the last one is acknowledged: the
+    # poller never tried (it would have failed the runtime), and fetched in pieces.
+    assert max(source.fetches) <= 10
+
+
+def test_a_failure_is_released_and_the_redelivery_is_the_next_attempt(kind: str) -> None:
+    source = MemoryShareSource({"t": 1})
+    source.broker.append("t", b"7")
+    attempts: list[int] = []
+
+    def handle(msg: Message[Any]) -> None:
+        attempts.append(msg.attempt)
+        if msg.attempt < 3:
+            raise FlakyError("not yet")
+
+    with queue_running(as_kind(kind, handle), source, retries=3):
+        assert source.wait_for(lambda s: all_finished(s, 1), 30)
+    assert attempts == [1, 2, 3]
+    assert [name for _, _, name in source.acknowledged] == ["release", "release", "accept"]
+
+
+def test_spent_retries_are_dead_lettered_before_the_reject(kind: str) -> None:
+    source = MemoryShareSource({"t": 1}, delivery_limit=10)
+    source.broker.append("t", b"7")
+
+    def handle(msg: Message[Any]) -> None:
+        raise FlakyError(f"delivery {msg.attempt}")
+
+    producer = MemoryProducer()
+    with queue_running(as_kind(kind, handle), source, producer, retries=1, dlq="t.dlq"):
+        assert source.wait_for(lambda s: all_finished(s, 1), 30)
+    assert [name for _, _, name in source.acknowledged] == ["release", "reject"]
+    [dead] = [r for r in producer.records if r.topic == "t.dlq"]
+    assert dead.header("kw.attempts") == b"2"
+
+
+def test_shutdown_releases_what_was_not_started(kind: str) -> None:
+    source = MemoryShareSource({"t": 1}, max_records=8)
+    for i in range(8):
+        source.broker.append("t", b"%d" % i)
+    started, release = threading.Event(), threading.Event()
+
+    def handle(msg: Message[Any]) -> None:
+        started.set()
+        assert release.wait(10)
+
+    with queue_running(as_kind(kind, handle), source, concurrency=2):
+        assert started.wait(10)
+        threading.Timer(0.3, release.set).start()
+    names = Counter(name for _, _, name in source.acknowledged)
+    assert names == {"accept": 2, "release": 6}  # two ran and finished; six never started
+    assert source.closed
+
+
+def test_the_test_client_says_it_does_not_run_queue_mode_handlers_yet() -> None:
+    from kafkaworker.testing import TestClient  # noqa: PLC0415
+
+    app = App("svc")
+    app.handler("jobs", mode="queue", group="workers")(job)
+    app.handler("orders", name="orders")(job)
+    with TestClient(app) as client:
+        assert client.send("orders", {"id": 1}).outcome == "finished"  # the others still run
+        with pytest.raises(ConfigError, match=r"runs in queue mode .* does not run yet"):
+            client.send("jobs", {"id": 1})

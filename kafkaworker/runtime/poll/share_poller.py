@@ -35,13 +35,8 @@ from kafkaworker.runtime.execute import Executor
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run
 from kafkaworker.runtime.poll.gauges import PollGauges
 from kafkaworker.runtime.poll.partitions import PartitionState
-from kafkaworker.runtime.source import Partition, Record
-from kafkaworker.runtime.source.share_group import (
-    ACK_NAMES,
-    LOCK_DURATION_MS,
-    ShareGroupConfig,
-    ShareGroupSource,
-)
+from kafkaworker.runtime.source import Partition, Record, ShareSource
+from kafkaworker.runtime.source.share_group import ACK_NAMES, LOCK_DURATION_MS, ShareGroupConfig
 from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings
 
@@ -68,7 +63,7 @@ class SharePoller:
         self,
         spec: HandlerSpec,
         settings: Settings,
-        source: ShareGroupSource,
+        source: ShareSource,
         executor: Executor,
         completions: CompletionQueue,
         *,

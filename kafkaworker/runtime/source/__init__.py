@@ -2,7 +2,9 @@
 never to a client directly.
 
 - consumer_group.py: a Kafka consumer group (confluent-kafka's Consumer), the default;
-- memory.py: an in-memory log with assignments driven by hand, for tests.
+- memory.py: an in-memory log with assignments driven by hand, for tests;
+- share_group.py: queue mode's share group (confluent-kafka's ShareConsumer), a ShareSource;
+- memory_share.py: an in-memory share group over memory.py's log, for tests.
 
 Records are confluent-kafka `Message` objects whatever the source (the memory source builds
 them too), so the hot path reads them the same way everywhere.
@@ -10,9 +12,10 @@ them too), so the hot path reads them the same way everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from confluent_kafka import AcknowledgeType
 from confluent_kafka import Message as Record
 
 
@@ -85,4 +88,39 @@ class Source(Protocol):
         ...
 
 
-__all__ = ["AssignmentListener", "Partition", "Record", "Source"]
+class ShareSource(Protocol):
+    """Queue mode: one handler's member of a share group (KIP-932). No assignments, offsets
+    or pauses: records are acquired with a lock and acknowledged one by one. Used from the
+    poll thread only."""
+
+    def subscribe(self, topics: Sequence[str], on_joined: Callable[[], None]) -> None: ...
+
+    def fetch(self, timeout: float) -> list[Record]:
+        """The next records acquired for this member (with their delivery counts), waiting at
+        most `timeout`; the acknowledgements made so far travel with it. Every record of the
+        previous fetch must be acknowledged first."""
+        ...
+
+    def acknowledge(self, topic: str, partition: int, offset: int, kind: AcknowledgeType) -> bool:
+        """ACCEPT, RELEASE or REJECT one record (sent with the next fetch or commit); False
+        when the source no longer holds it."""
+        ...
+
+    def commit(self) -> None:
+        """Send the acknowledgements made so far, without waiting."""
+        ...
+
+    def commit_sync(self, timeout: float) -> None: ...
+
+    def take_refused(self) -> int:
+        """Acknowledgements the broker refused since last asked (locks that ran out)."""
+        ...
+
+    def silence(self) -> float: ...
+
+    def close(self) -> None:
+        """Send what is acknowledged and leave the group; what is still held goes back."""
+        ...
+
+
+__all__ = ["AssignmentListener", "Partition", "Record", "ShareSource", "Source"]
