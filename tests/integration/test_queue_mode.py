@@ -22,7 +22,9 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from kafkaworker.testing.broker import free_port
 from tests.conftest import TopicFactory
+from tests.metrics_support import get, total
 from tests.support import ROOT, WorkerProcess, read_topic, wait_until
 
 pytestmark = [pytest.mark.kafka]
@@ -166,12 +168,24 @@ def test_failures_release_then_dead_letter_then_never_again(
         QUEUE_FATAL="3",  # DeadLetter: to the DLQ at its first delivery
         QUEUE_ASYNC="1" if kind == "async" else "0",
     )
-    worker = QueueWorker(kafka_bootstrap, topic, record, **env).start()
+    port = free_port()
+    worker = QueueWorker(
+        kafka_bootstrap, topic, record, KAFKAWORKER_METRICS__PORT=str(port), **env
+    ).start()
     try:
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "the member ready")
         produce_jobs(kafka_bootstrap, topic, range(10))
         dead = read_topic(kafka_bootstrap, dlq, 2, timeout=60)
         wait_until(lambda: set(handled(record)) == set(range(10)) - {2, 3}, 60, "the rest")
         time.sleep(2)  # what could still come again (it must not) has time to come
+        acks = {
+            kind: total(port, "kafkaworker_acknowledgements_total", handler="work", type=kind)
+            for kind in ("accept", "release", "reject")
+        }
+        by_delivery = {
+            n: total(port, "kafkaworker_deliveries_total", handler="work", delivery=n)
+            for n in ("1", "2", "3", "4")
+        }
     finally:
         assert stop(worker) == 0, worker.output()[-3000:]
     rows = deliveries(record)
@@ -185,6 +199,10 @@ def test_failures_release_then_dead_letter_then_never_again(
     assert headers[3]["kw.attempts"] == b"1"
     assert headers[2]["kw.original.topic"] == topic.encode()
     assert handled(record)[1] == 1
+    # 8 handled; value 1 released twice, value 2 three times; values 2 and 3 rejected after
+    # their DLQ records were acknowledged.
+    assert acks == {"accept": 8, "release": 5, "reject": 2}
+    assert by_delivery == {"1": 10, "2": 2, "3": 2, "4": 1}
 
 
 def test_the_brokers_delivery_limit_sends_the_last_delivery_to_the_dlq(
