@@ -70,6 +70,7 @@ class Route:
     name: str
     topics: tuple[str, ...]
     group: str
+    mode: str = "stream"  # "queue": a share group (KIP-932)
 
 
 @dataclass(frozen=True)
@@ -211,9 +212,15 @@ class _Group:
                     "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
                 },
             },
-            self.scaled_object(security),
         ]
-        if security.keys:
+        # A share group (queue mode) gets no ScaledObject: KEDA's Kafka scaler reads a
+        # consumer group's committed offsets, which a share group has none of (its lag would
+        # read as the whole log: always the maximum), and caps replicas at the partitions,
+        # which is what queue mode is for going past. Scale its Deployment by hand or by CPU.
+        scaled = all(route.mode == "stream" for route in self.routes)
+        if scaled:
+            manifests.append(self.scaled_object(security))
+        if security.keys and scaled:
             manifests.append(security.trigger_authentication(self.meta(f"{self.name}-kafka")))
         return manifests
 

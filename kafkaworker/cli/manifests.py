@@ -81,7 +81,7 @@ def manifests(  # noqa: PLR0917 - click passes every option by position
         app = load_app(app_ref)
         settings = settings_from(settings_path, app)
         routes = [
-            Route(spec.name, spec.topics, spec.group or app.name)
+            Route(spec.name, spec.topics, spec.group or app.name, spec.mode)
             for spec in resolve_specs(app, settings)
         ]
         workloads = build(app.name, routes, settings, options)

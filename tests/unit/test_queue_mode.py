@@ -314,3 +314,15 @@ def test_the_test_client_says_it_does_not_run_queue_mode_handlers_yet() -> None:
         assert client.send("orders", {"id": 1}).outcome == "finished"  # the others still run
         with pytest.raises(ConfigError, match=r"runs in queue mode .* does not run yet"):
             client.send("jobs", {"id": 1})
+
+
+def test_manifests_give_a_share_group_no_keda_scaled_object() -> None:
+    from kafkaworker.kubernetes import Options, Route, build  # noqa: PLC0415
+
+    routes = [Route("work", ("jobs",), "workers", "queue"), Route("orders", ("orders",), "svc")]
+    workloads = build("svc", routes, Settings(), Options("m:app", "img:1"))
+    kinds = {w.group: sorted(doc["kind"] for doc in w.manifests) for w in workloads}
+    # KEDA's Kafka scaler reads consumer-group lag, which a share group does not have.
+    assert "ScaledObject" not in kinds["workers"]
+    assert {"Deployment", "PodDisruptionBudget", "Service"} <= set(kinds["workers"])
+    assert "ScaledObject" in kinds["svc"]
