@@ -26,7 +26,7 @@ from apps.bridge.proto import bridge_pb2, bridge_pb2_grpc
 from apps.bridge.publisher import Publisher, TopicCatalog
 from apps.bridge.service import OrderBridgeService
 from apps.bridge.standard import OVERALL, Health, enable_reflection
-from kafkaworker import Producer, Settings, load_settings
+from kafkaworker import KafkaWorkerError, Producer, Settings, StartupError, load_settings
 from kafkaworker.admin import KafkaAdmin
 from kafkaworker.observability.logging import configure
 
@@ -76,7 +76,12 @@ class Bridge:
         self.port = 0
         self._producer = Producer(self.settings, client_id="kafkaworker-bridge")
         self._admin = KafkaAdmin(self.settings, timeout=options.metadata_timeout)
-        self._server = grpc.aio.server(maximum_concurrent_rpcs=options.max_concurrent_rpcs)
+        self._server = grpc.aio.server(
+            maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+            # grpc sets SO_REUSEPORT by default: a second bridge on the same port would start
+            # "fine" and take half the connections. Refusing the port is the clearer failure.
+            options=[("grpc.so_reuseport", 0)],
+        )
         self._health = Health(self._server)
         self._stopping = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
@@ -95,8 +100,15 @@ class Bridge:
         enable_reflection([SERVICE, "grpc.health.v1.Health"], self._server)
 
     async def start(self) -> int:
-        """Listens, with the health status known first; returns the port."""
-        self.port = self._server.add_insecure_port(f"{self.options.host}:{self.options.port}")
+        """Listens, with the health status known first; returns the port. On failure the
+        clients are closed before the error is raised."""
+        address = f"{self.options.host}:{self.options.port}"
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's whole message is "Failed to bind to address"
+            await asyncio.to_thread(self._producer.close, 0)
+            self._admin.close()
+            raise StartupError(f"cannot listen on {address} (in use?): {exc}") from None
         await self._check_brokers()
         await self._server.start()
         self._watch = asyncio.create_task(self._watch_brokers(), name="bridge-broker-watch")
@@ -201,4 +213,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BridgeOptions, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     options, level = parse_args(argv)
     configure(level)
-    return asyncio.run(serve(load_settings(), options))
+    try:
+        return asyncio.run(serve(load_settings(), options))
+    except KafkaWorkerError as exc:  # settings or start-up: one line, as the worker says it
+        log.error(str(exc))
+        return 2

@@ -40,6 +40,15 @@ class Health:
         await self._servicer.enter_graceful_shutdown()
 
 
+def check_health(channel: grpc.Channel, service: str = OVERALL, timeout: float = 10.0) -> str:
+    """A health Check: SERVING, NOT_SERVING, or SERVICE_UNKNOWN; grpc.RpcError when the
+    server does not answer."""
+    answer = _health_pb2_grpc.HealthStub(channel).Check(
+        _health_pb2.HealthCheckRequest(service=service), timeout=timeout
+    )
+    return str(_health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
 def enable_reflection(services: Iterable[str], server: grpc.aio.Server) -> None:
     """Lets grpcurl and friends list the services and their messages without the .proto."""
     reflection.enable_server_reflection([*services, REFLECTION_SERVICE], server)

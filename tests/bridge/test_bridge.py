@@ -4,6 +4,8 @@ real broker, the consumer app (apps/bridge/worker.py) handling them in a kafka_w
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,12 +21,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # ty
     ProtoReflectionDescriptorDatabase,
 )
 
+from apps.bridge import client
 from apps.bridge.events import CONTENT_TYPE, Format
 from apps.bridge.proto import bridge_pb2 as pb
 from apps.bridge.proto import bridge_pb2_grpc
 from apps.bridge.worker import app as worker_app
 from kafkaworker.testing.broker import free_port
-from tests.bridge.conftest import BridgeFactory
+from tests.bridge.conftest import ROOT, BridgeFactory
 from tests.conftest import TopicFactory
 from tests.support import end_offsets, read_topic, wait_until
 
@@ -342,3 +345,36 @@ def test_sigterm_flushes_what_the_producer_still_holds(
     assert time.monotonic() - signalled < 15  # the flush sent it, not the 20 s linger
     [record] = read_topic(kafka_bootstrap, orders, 1)
     assert orjson.loads(record.value())["order_id"] == "o-abandoned"
+
+
+def test_the_command_line_client(
+    new_topic: TopicFactory, start_bridge: BridgeFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topic = new_topic(1)
+    address = ["--address", start_bridge("--orders-topic", topic).address]
+    placed = client.main([*address, "place-order", "--order-id", "o-1", "--customer", "c-1",
+                          "--line", "A:2:150"])  # fmt: skip
+    assert placed == 0
+    answer = orjson.loads(capsys.readouterr().out)
+    assert (answer["topic"], answer["partition"], answer["offset"]) == (topic, 0, 0)
+    assert client.main([*address, "publish", "missing-topic", "--value", "x"]) == 1
+    assert capsys.readouterr().err.startswith("NOT_FOUND: topic 'missing-topic' does not exist")
+    assert client.main([*address, "health"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "(server): SERVING",
+        f"{SERVICE}: SERVING",
+    ]
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(start_bridge: BridgeFactory) -> None:
+    first = start_bridge()
+    second = subprocess.run(
+        [sys.executable, "-m", "apps.bridge", "--port", str(first.port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{first.port} (in use?)" in second.stderr

@@ -1,0 +1,145 @@
+"""A bridge whose broker hangs (SIGSTOP: sockets open, no answers) or dies after start-up, on
+a broker of this test's own: RPCs fail UNAVAILABLE within the publish timeout instead of
+hanging, the health service follows, and both recover once the broker is back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+from apps.bridge.proto import bridge_pb2 as pb
+from apps.bridge.proto import bridge_pb2_grpc
+from kafkaworker.testing.broker import BrokerError, Cluster
+from tests.bridge.conftest import BridgeFactory
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+SERVICE = "kafkaworker.bridge.v1.OrderBridge"
+PUBLISH_TIMEOUT = 3.0
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture
+def own_broker() -> Iterator[Cluster]:
+    try:
+        cluster = Cluster(1, heap="512m")
+    except BrokerError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no Kafka broker for this test: {exc}")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+class HealthWatch:
+    """The health service's Watch stream for the bridge's service, read on a thread: each
+    status as the bridge sends it, so a test awaits a change instead of polling for it."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=SERVICE)
+        )
+        self.statuses: list[int] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name="health-watch", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for answer in self._stream:
+                with self._changed:
+                    self.statuses.append(answer.status)
+                    self._changed.notify_all()
+        except grpc.RpcError:
+            pass  # cancelled by close(), or the bridge went away
+
+    def wait_for(self, status: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self.statuses or self.statuses[-1] != status:
+                left = deadline - time.monotonic()
+                assert left > 0, f"health stayed {self.statuses[-1:]} for {timeout}s"
+                self._changed.wait(left)
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self._reader.join(5)
+
+
+def place(stub: Any, order_id: str) -> tuple[grpc.StatusCode, float]:
+    """The status of a PlaceOrder and how long it took."""
+    request = pb.PlaceOrderRequest(
+        order_id=order_id,
+        customer_id="customer-1",
+        currency="EUR",
+        lines=[pb.OrderLine(sku="A", quantity=1, unit_price_cents=100)],
+    )
+    started = time.monotonic()
+    try:
+        stub.PlaceOrder(request, timeout=60)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        assert isinstance(exc, grpc.Call)
+        code = exc.code()
+    return code, time.monotonic() - started
+
+
+def test_a_hung_or_dead_broker_is_unavailable_in_bounded_time(
+    own_broker: Cluster, start_bridge: BridgeFactory
+) -> None:
+    admin = AdminClient({"bootstrap.servers": own_broker.bootstrap})
+    admin.create_topics([NewTopic("orders.placed", 1, 1)])["orders.placed"].result(timeout=30)
+    bridge = start_bridge(
+        "--publish-timeout",
+        str(PUBLISH_TIMEOUT),
+        "--metadata-timeout",
+        "2",
+        "--health-interval",
+        "0.5",
+        bootstrap=own_broker.bootstrap,
+    )
+    channel = grpc.insecure_channel(bridge.address)
+    stub = bridge_pb2_grpc.OrderBridgeStub(channel)
+    health = HealthWatch(channel)
+    node = own_broker.nodes[0]
+    try:
+        health.wait_for(SERVING, 10)
+        assert place(stub, "before")[0] is grpc.StatusCode.OK  # the topic is known now
+
+        assert node.process is not None
+        os.killpg(node.process.pid, signal.SIGSTOP)  # hung: connections open, no answers
+        try:
+            code, took = place(stub, "hung")
+            health.wait_for(NOT_SERVING, 10)
+        finally:
+            os.killpg(node.process.pid, signal.SIGCONT)
+        assert code is grpc.StatusCode.UNAVAILABLE
+        # librdkafka's delivery.timeout.ms is the publish timeout: the record was given up
+        # by the producer, not abandoned by the RPC.
+        assert PUBLISH_TIMEOUT - 0.5 < took < PUBLISH_TIMEOUT + 3, took
+        health.wait_for(SERVING, 30)
+        assert place(stub, "after the hang")[0] is grpc.StatusCode.OK
+
+        own_broker.stop_node(0, kill=True)  # dead: connections refused
+        code, took = place(stub, "dead")
+        assert code is grpc.StatusCode.UNAVAILABLE
+        assert took < PUBLISH_TIMEOUT + 3, took
+        health.wait_for(NOT_SERVING, 10)
+        own_broker.start_node(0)
+        health.wait_for(SERVING, 60)
+        assert place(stub, "after the restart")[0] is grpc.StatusCode.OK
+    finally:
+        health.close()
+        channel.close()
