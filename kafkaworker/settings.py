@@ -347,6 +347,27 @@ class MetricsSettings(_Strict):
     host: str = "0.0.0.0"
 
 
+class DashboardSettings(_Strict):
+    """The worker dashboard on the metrics port: GET / (the page), /api/status, /api/failures.
+
+    The page is read-only. Operator actions (pause/resume a partition, open/close a handler's
+    circuit breaker) need `control: true` and a `token`, sent by the page in a header."""
+
+    # Served wherever metrics.port is: reading it costs the worker nothing until asked.
+    enabled: bool = True
+    control: bool = False
+    token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _control_needs_token(self) -> DashboardSettings:
+        if self.control and not (self.token and self.token.get_secret_value()):
+            raise ValueError(
+                "dashboard.control needs dashboard.token (a secret the page sends with every "
+                "action): set KAFKAWORKER_DASHBOARD__TOKEN, or turn control off"
+            )
+        return self
+
+
 class BatchSettings(_Strict):
     """A batch handler's batch size and wait (a handler declared without batch= has none)."""
 
@@ -397,6 +418,7 @@ class Settings(BaseSettings):
     schema_registry: SchemaRegistrySettings | None = None
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     # How long graceful shutdown waits for in-flight messages before it commits and exits.
     shutdown_timeout: PositiveFloat = 30.0

@@ -95,6 +95,7 @@ def _supervise(  # noqa: PLR0917
         metrics_host=settings.metrics.host,
         metrics_port=settings.metrics.port,
         stale_after=stale_after(settings),
+        dashboard=settings.dashboard,
     ).run()
 
 

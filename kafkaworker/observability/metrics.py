@@ -184,6 +184,14 @@ class Metrics:
             multiprocess_mode="livemax",
         )
 
+        self.operator_actions = Counter(
+            "kafkaworker_operator_actions",
+            "Operator actions from the dashboard carried out, by action (pause, resume, "
+            "open_breaker, close_breaker)",
+            [*labels, "action"],
+            registry=reg,
+        )
+
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when absent): for tests and health checks."""
         return self.registry.get_sample_value(name, labels) or 0.0

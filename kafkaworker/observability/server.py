@@ -1,4 +1,5 @@
-"""The HTTP endpoint: GET /metrics, /healthz and /readyz.
+"""The HTTP endpoint: GET /metrics, /healthz and /readyz, and the dashboard (GET /, /api/...,
+POST /api/control/...; observability/dashboard/) when one is given.
 
 prometheus-client's own server answers every path with the metrics; probes need their own
 status codes, so this is a small http.server of ours. It runs on one daemon thread owned by
@@ -12,7 +13,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -21,7 +22,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from kafkaworker.errors import StartupError
 from kafkaworker.observability.health import Health
 
+if TYPE_CHECKING:
+    from kafkaworker.observability.dashboard import Dashboard
+
 log = structlog.get_logger("kafkaworker.metrics")
+
+_OWN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
 class MetricsServer:
@@ -31,15 +37,20 @@ class MetricsServer:
         port: int,
         registry: CollectorRegistry,
         health: Callable[[], Health],
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.registry = registry
         self.health = health
+        self.dashboard = dashboard
         server_owner = self
 
         class Handler(BaseHTTPRequestHandler):
             timeout = 10  # an idle connection must not hold a thread forever
 
             def do_GET(self) -> None:
+                server_owner._answer(self)
+
+            def do_POST(self) -> None:  # the dashboard's operator actions only
                 server_owner._answer(self)
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -59,6 +70,8 @@ class MetricsServer:
         )
 
     def __enter__(self) -> MetricsServer:
+        if self.dashboard is not None:
+            self.dashboard.start()
         self._thread.start()
         return self
 
@@ -66,19 +79,33 @@ class MetricsServer:
         if self._thread.is_alive():
             self._server.shutdown()
         self._server.server_close()
+        if self.dashboard is not None:
+            self.dashboard.close()
 
     def _answer(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
         try:
-            if path == "/metrics":
+            if request.command != "GET" or path not in _OWN_PATHS:
+                reply = None
+                if self.dashboard is not None:
+                    client = "{}:{}".format(*request.client_address[:2])
+                    headers = {name.lower(): value for name, value in request.headers.items()}
+                    reply = self.dashboard.answer(
+                        request.command, path, headers, request.rfile.read, client
+                    )
+                if reply is not None:
+                    self._send(request, *reply)
+                elif request.command != "GET":
+                    self._send(request, 404, b"not found\n", "text/plain")
+                else:
+                    self._send(request, 404, b"try /metrics, /healthz or /readyz\n", "text/plain")
+            elif path == "/metrics":
                 self._send(request, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
             elif path in {"/healthz", "/readyz"}:
                 health = self.health()
                 ok = health.live if path == "/healthz" else health.ready
                 body = orjson.dumps({"live": health.live, "ready": health.ready, **health.detail})
                 self._send(request, 200 if ok else 503, body, "application/json")
-            else:
-                self._send(request, 404, b"try /metrics, /healthz or /readyz\n", "text/plain")
         except (BrokenPipeError, ConnectionResetError):  # the prober gave up first
             pass
         except Exception:

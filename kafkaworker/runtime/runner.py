@@ -24,12 +24,14 @@ from kafkaworker.backoff import Backoff
 from kafkaworker.errors import ConfigError, StartupError
 from kafkaworker.handlers import HandlerSpec, is_async_callable
 from kafkaworker.observability import logging as kw_logging
+from kafkaworker.observability.dashboard import Dashboard
 from kafkaworker.observability.health import Health, evaluate
-from kafkaworker.observability.metrics import Metrics
+from kafkaworker.observability.metrics import MULTIPROC_ENV, Metrics
 from kafkaworker.observability.server import MetricsServer
 from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
+from kafkaworker.runtime.status import ProcessStatus, StatusFiles
 from kafkaworker.serialization import RUNTIME_CODECS, Codec
 from kafkaworker.settings import Settings, settings_for_run
 
@@ -110,6 +112,8 @@ class Runner:
         self._stop = threading.Event()
         self._signals = 0
         self.started = threading.Event()
+        # The dashboard's view of this process (observability/dashboard/, runtime/status.py).
+        self.status = ProcessStatus(app.name, self.metrics, self._state)
 
     @classmethod
     def from_app(
@@ -130,17 +134,40 @@ class Runner:
         kw_logging.configure(self.settings.log_level, self.settings.log_format)
         # Up before start-up, so that probes see "not ready" rather than "refused" meanwhile.
         port = self.settings.metrics.port
+        dashboard_settings = self.settings.dashboard
         with contextlib.ExitStack() as stack:
             if port is not None:
+                dashboard = None
+                if dashboard_settings.enabled:
+                    dashboard = Dashboard(
+                        dashboard_settings,
+                        self.metrics.registry,
+                        lambda: [self.status.status()],
+                        control=self.status.control,
+                    )
                 self.metrics_server = stack.enter_context(
                     MetricsServer(
-                        self.settings.metrics.host, port, self.metrics.registry, self.health
+                        self.settings.metrics.host,
+                        port,
+                        self.metrics.registry,
+                        self.health,
+                        dashboard,
                     )
                 )
+            status_dir = os.environ.get(MULTIPROC_ENV)
+            if status_dir and dashboard_settings.enabled:
+                # A supervised child: the supervisor's dashboard reads this process's status.
+                stack.enter_context(StatusFiles(status_dir, self.status))
             return self._run()
 
     def health(self) -> Health:
         return evaluate(self.metrics.registry, stale_after=stale_after(self.settings))
+
+    def _state(self) -> str:
+        """starting / ready / draining, as the dashboard shows the process."""
+        if self._stop.is_set():
+            return "draining"
+        return "ready" if self.started.is_set() and self.health().ready else "starting"
 
     def _run(self) -> int:
         self.preflight()
@@ -173,6 +200,7 @@ class Runner:
                 )
                 for spec in self.specs
             ]
+            self.status.attach(self.handlers)
             self._install_signal_handlers()
             for handler in self.handlers:
                 handler.start()

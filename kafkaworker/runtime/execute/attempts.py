@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from kafkaworker.errors import Skip
+from kafkaworker.errors import SchemaRegistryUnavailable, Skip
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
@@ -34,6 +34,8 @@ DEAD_LETTERED, AWAITING_ACK = Outcome.DEAD_LETTERED, Outcome.AWAITING_ACK
 RELEASED, REJECTED = Outcome.RELEASED, Outcome.REJECTED
 # While the breaker is open a held message checks this often whether it closed.
 _HOLD_CHECK = 0.2
+# Queue mode: the longest wait before releasing a record whose failure was no fault of its own.
+_QUEUE_WAIT_MAX = 5.0
 
 Steps = Generator[Step, Any, Outcome]
 
@@ -62,6 +64,9 @@ class Attempts:
         self.resubmit: Callable[[list[Run]], None] | None = None
         # Told of every failure and what was decided (the test client, the dashboard).
         self.observers: list[AttemptObserver] = []
+        # The dashboard's recent-failures buffer. Not an observer: observers are also told of
+        # every report, and this needs failures only, so successes pay nothing for it.
+        self.failure_sink: Callable[[Message[Any], BaseException, Decision], None] | None = None
         self._manual = spec.ack == "manual"
         # Queue mode: a failure is decided once per delivery (msg.attempt is the broker's
         # delivery count); a retry is the broker's redelivery, never a wait here. The share
@@ -138,12 +143,36 @@ class Attempts:
         else the DLQ (written and acknowledged, then REJECT) or, with no DLQ, REJECT."""
         failures = msg.attempt
         limit = self.delivery_limit
-        if limit is not None and failures >= limit:
+        last = limit is not None and failures >= limit
+        if last:
             # The broker archives a record released at its last delivery: settle it here.
             failures = max(failures, self.spec.retries + 1)
         decision = self.policy.decide(msg.topic, error, failures)
+        if last and decision.action is Action.RETRY:
+            # A retry whatever `retries` says (a Schema Registry that does not answer): at the
+            # last delivery a release would be archived by the broker, with no DLQ record.
+            decision = (
+                Decision(Action.DEAD_LETTER, topic=self.spec.dlq)
+                if self.spec.dlq is not None and self._records is not None
+                else Decision(Action.STALL)
+            )
         self.observe(msg, error, decision)
         where = _where(self.spec, msg)
+        if decision.action is Action.RETRY and isinstance(error, SchemaRegistryUnavailable):
+            # No fault of the record, and the next delivery would fail the same way at once:
+            # wait the backoff before releasing (this member's next fetch waits too, which is
+            # right while the registry is down), or the deliveries would be spent in
+            # milliseconds. Capped well below the shortest lock a broker allows (15 s).
+            delay = min(decision.delay, _QUEUE_WAIT_MAX)
+            log.warning(
+                "the Schema Registry did not answer; releasing the record after a backoff",
+                error=_described(error),
+                retry_in=round(delay, 3),
+                **where,
+            )
+            if (yield Sleep(delay, (msg._state,))):
+                return NOT_FINISHED
+            return RELEASED
         if decision.action is Action.RETRY:
             log.warning(
                 "handler failed; releasing the record to the share group for redelivery",
@@ -173,6 +202,8 @@ class Attempts:
         return REJECTED
 
     def observe(self, msg: Message[Any], error: BaseException, decision: Decision) -> None:
+        if self.failure_sink is not None:
+            self.failure_sink(msg, error, decision)
         for observer in self.observers:
             observer.failed(msg, error, decision)
 

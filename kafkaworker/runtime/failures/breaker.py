@@ -35,6 +35,8 @@ class CircuitBreaker:
         self._dead_lettered = 0
         self._opened_at = 0.0
         self.open = False
+        # Opened by an operator (the dashboard): stays open until an operator closes it.
+        self.held = False
 
     def record(self, dead_lettered: bool, count: int = 1) -> None:
         """`count` finished messages with the same outcome (workers report runs)."""
@@ -61,8 +63,26 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._opened_at + self.cooldown - self._clock())
 
+    def force(self, open_: bool) -> Literal["opened", "closed"] | None:
+        """An operator's decision: open (held until closed by an operator) or close now
+        (with an empty window, as after a cooldown); the transition, if any."""
+        was_open = self.open
+        self.held = open_
+        if open_:
+            if not was_open:
+                self.open = True
+                self._opened_at = self._clock()
+                return "opened"
+            return None
+        self.open = False
+        self._outcomes.clear()
+        self._dead_lettered = 0
+        return "closed" if was_open else None
+
     def update(self) -> Literal["opened", "closed"] | None:
         """Open or close as the evidence and the clock say; return the transition, if any."""
+        if self.held:
+            return None
         if self.open:
             if self._clock() - self._opened_at >= self.cooldown:
                 self.open = False

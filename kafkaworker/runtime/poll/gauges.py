@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Collection
+from typing import NamedTuple
 
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
@@ -12,6 +13,22 @@ from kafkaworker.runtime.poll.partitions import PartitionState
 from kafkaworker.runtime.source import Source
 
 REFRESH_EVERY = 1.0
+
+
+class PartitionRow(NamedTuple):
+    """One assigned partition as the dashboard shows it, as of the latest refresh."""
+
+    topic: str
+    partition: int
+    committable: int | None  # the position finished work has reached (committed within
+    # commit_interval)
+    log_end: int | None
+    lag: int | None
+    lag_seconds: float | None
+    in_flight: int
+    paused: bool
+    pause_reason: str
+    assigned_at: float
 
 
 class PollGauges:
@@ -28,6 +45,10 @@ class PollGauges:
         self._next_refresh = 0.0
         # consumer_lag series set here: only these are zeroed or removed when a partition goes.
         self._lag_series: set[tuple[str, str, str]] = set()
+        # The partitions as of the latest refresh, replaced whole (never mutated), so that
+        # the dashboard's thread reads them without a lock and the poll thread pays for
+        # them once a second, not per message.
+        self.rows: tuple[PartitionRow, ...] = ()
         self._ready.set(0)
         self.beat()
 
@@ -51,6 +72,7 @@ class PollGauges:
         metrics.assigned_partitions.labels(handler).set(len(partitions))
         metrics.paused_partitions.labels(handler).set(sum(1 for s in partitions if s.paused))
         wall = self._clock.time()
+        rows = []
         for state in partitions:
             end = self._source.log_end(state.topic_partition)
             unfinished = state.offsets.lowest_unfinished()
@@ -59,13 +81,30 @@ class PollGauges:
                 position = state.offsets.committable
             if position is None:  # nothing fetched in this assignment yet
                 position = self._source.position(state.topic_partition)
+            lag = age = None
             if end is not None and position is not None:
+                lag = end - position
                 series = (handler, state.topic, str(state.partition))
-                metrics.consumer_lag.labels(*series).set(end - position)
-                age = _age(state, unfinished, end - position, wall)
+                metrics.consumer_lag.labels(*series).set(lag)
+                age = _age(state, unfinished, lag, wall)
                 if age is not None:
                     metrics.consumer_lag_seconds.labels(*series).set(age)
                 self._lag_series.add(series)
+            rows.append(
+                PartitionRow(
+                    state.topic,
+                    state.partition,
+                    state.offsets.committable,
+                    end,
+                    lag,
+                    age,
+                    state.in_flight,
+                    state.paused,
+                    state.pause_reason,
+                    state.assigned_at,
+                )
+            )
+        self.rows = tuple(rows)
 
     def forget(self, state: PartitionState) -> None:
         """The partition is gone: its lag is no longer this process's to report."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from kafkaworker.runtime.poll.offsets import PartitionOffsets
@@ -17,11 +18,13 @@ class PartitionState:
     """
 
     __slots__ = (
+        "assigned_at",
         "forgotten",
         "in_flight",
         "last_dispatched",
         "offsets",
         "partition",
+        "pause_reason",
         "paused",
         "revoked",
         "stamps",
@@ -39,6 +42,11 @@ class PartitionState:
         # Highest offset dispatched in this assignment: a record fetched again is not re-run.
         self.last_dispatched = -1
         self.paused = False
+        # Why it is paused (backpressure, circuit breaker, delayed retry, operator): for the
+        # dashboard, which shows the reason beside the flag.
+        self.pause_reason = ""
+        # Unix time of this assignment: the partition's last rebalance, for the dashboard.
+        self.assigned_at = time.time()
         # Set when its work must stop (revoke, lost, shutdown): unstarted messages are
         # dropped, waits are cut short, nothing more is started.
         self.revoked = False

@@ -16,6 +16,7 @@ from kafkaworker.runtime.failures.breaker import CircuitBreaker
 from kafkaworker.runtime.poll.backpressure import Backpressure
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.partitions import PartitionState
+from kafkaworker.runtime.source import Partition
 
 log = structlog.get_logger("kafkaworker.poller")
 
@@ -37,6 +38,11 @@ class Pausing:
         self._handler = handler
         # Why each partition paused by the last update() was paused: for the DEBUG log.
         self.reasons: dict[PartitionState, str] = {}
+        # Partitions an operator paused from the dashboard: held until the operator resumes
+        # them (or they are revoked). Written by the dashboard's thread, read here.
+        self.operator_held: set[Partition] = set()
+        # An operator's breaker request ("open" / "close"), applied at the next update().
+        self.breaker_request: str | None = None
 
     def update(
         self, partitions: Collection[PartitionState], handler_seconds: float
@@ -49,20 +55,25 @@ class Pausing:
         resume: list[PartitionState] = []
         reasons = self.reasons
         reasons.clear()
+        held = self.operator_held
         for state in partitions:
-            want = state in keep_paused or breaker_open or self._delayed.holds(state)
+            by_operator = bool(held) and state.topic_partition in held
+            want = state in keep_paused or breaker_open or by_operator or self._delayed.holds(state)
             if want != state.paused and not state.revoked:
                 state.paused = want
                 if want:
                     pause.append(state)
-                    reasons[state] = (
-                        "circuit breaker open"
+                    reasons[state] = state.pause_reason = (
+                        "operator"
+                        if by_operator
+                        else "circuit breaker open"
                         if breaker_open
                         else "delayed retry not due"
                         if self._delayed.holds(state)
                         else "backpressure"
                     )
                 else:
+                    state.pause_reason = ""
                     resume.append(state)
         return pause, resume
 
@@ -71,6 +82,12 @@ class Pausing:
         if breaker is None:
             return False
         share = breaker.share
+        request, self.breaker_request = self.breaker_request, None
+        if request is not None:
+            # The action itself is logged by the dashboard, with who asked.
+            breaker.force(request == "open")
+            self._circuit_open.set(1 if breaker.open else 0)
+            return breaker.open
         transition = breaker.update()
         if transition == "opened":
             self._circuit_open.set(1)

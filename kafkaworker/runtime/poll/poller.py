@@ -26,7 +26,7 @@ from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Ru
 from kafkaworker.runtime.poll.backpressure import Backpressure
 from kafkaworker.runtime.poll.commit import Committer
 from kafkaworker.runtime.poll.delayed import DelayedRetries
-from kafkaworker.runtime.poll.gauges import PollGauges
+from kafkaworker.runtime.poll.gauges import PartitionRow, PollGauges
 from kafkaworker.runtime.poll.intake import Intake
 from kafkaworker.runtime.poll.partitions import PartitionState
 from kafkaworker.runtime.poll.pausing import Pausing
@@ -116,6 +116,35 @@ class Poller:
     def partitions(self) -> list[PartitionState]:
         """The partitions assigned now."""
         return list(self._partitions.values())
+
+    @property
+    def partition_rows(self) -> tuple[PartitionRow, ...]:
+        """The assigned partitions as of the last gauge refresh (at most a second old)."""
+        return self._gauges.rows
+
+    # -- operator actions (called from the dashboard's thread, applied on this one) ---------
+
+    def hold(self, partition: Partition, held: bool) -> bool:
+        """Pause (held) or resume an assigned partition for an operator, at the next turn;
+        False when it is not assigned here. Held until resumed, or until it is revoked."""
+        if partition not in self._partitions:
+            return False
+        holds = self._pausing.operator_held
+        if held:
+            holds.add(partition)
+        else:
+            holds.discard(partition)
+        # Set after the hold: the turn that clears it reads the holds after clearing it.
+        self._changed = True
+        return True
+
+    def force_breaker(self, open_: bool) -> bool:
+        """Open (held open) or close the handler's circuit breaker at the next turn; False
+        when the handler has none (no DLQ, or circuit_breaker.enabled is false)."""
+        if self._breaker is None:
+            return False
+        self._pausing.breaker_request = "open" if open_ else "close"
+        return True
 
     # -- lifecycle (called from the HandlerRuntime) ------------------------------------------
 
@@ -343,6 +372,8 @@ class Poller:
             self._gauges.forget(state)
             self._in_flight -= state.in_flight  # their reports will be ignored from now on
         self._backpressure.forget(states)
+        # An operator's hold ends with the assignment: the next owner does not know of it.
+        self._pausing.operator_held.difference_update(s.topic_partition for s in states)
         log.info(
             "partitions revoked" if commit else "partitions lost",
             handler=self.spec.name,

@@ -12,6 +12,8 @@ consumer group member, use N cores. The supervisor owns the children and their s
 Every log line carries the child's pid. With metrics.port set, the supervisor serves
 /metrics, /healthz and /readyz for all children: they write their values to files in a
 directory of the supervisor's (prometheus-client's multiprocess mode), aggregated on scrape.
+The dashboard too: the children write their status there once a second, and the supervisor
+leaves operator actions there for the child they concern (runtime/status.py).
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, multiprocess
 
+from kafkaworker.observability.dashboard import Dashboard
 from kafkaworker.observability.health import Health, evaluate
 from kafkaworker.observability.metrics import MULTIPROC_ENV, multiprocess_registry
 from kafkaworker.observability.server import MetricsServer
+from kafkaworker.runtime.status import forget, read_statuses, send_action
+from kafkaworker.settings import DashboardSettings
 
 log = structlog.get_logger("kafkaworker.supervisor")
 
@@ -57,6 +63,7 @@ class Supervisor:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     stale_after: float = 90.0
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     children: list[Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -75,9 +82,23 @@ class Supervisor:
                     tempfile.TemporaryDirectory(prefix="kafkaworker-metrics-")
                 )
                 self._metrics_registry = multiprocess_registry(self._metrics_dir)
+                dashboard = None
+                if self.dashboard.enabled:
+                    # The children write their status beside their metrics (runtime/status.py).
+                    dashboard = Dashboard(
+                        self.dashboard,
+                        self._metrics_registry,
+                        self._statuses,
+                        control=self._control,
+                        expected_processes=self.processes,
+                    )
                 self.metrics_server = stack.enter_context(
                     MetricsServer(
-                        self.metrics_host, self.metrics_port, self._metrics_registry, self.health
+                        self.metrics_host,
+                        self.metrics_port,
+                        self._metrics_registry,
+                        self.health,
+                        dashboard,
                     )
                 )
             return self._run()
@@ -98,6 +119,43 @@ class Supervisor:
         if running < self.processes:
             health.ready = False
         return health
+
+    def _running_pids(self) -> list[int]:
+        processes = [c.process for c in list(self.children)]
+        return [p.pid for p in processes if p is not None and p.returncode is None]
+
+    def _statuses(self) -> list[dict[str, Any]]:
+        assert self._metrics_dir is not None
+        return read_statuses(self._metrics_dir, self._running_pids())
+
+    def _control(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Route an operator action to the children it concerns: a partition's owner, or
+        every child running the handler (each has its own breaker)."""
+        assert self._metrics_dir is not None
+        statuses = self._statuses()
+        name = request["handler"]
+        if request["action"] in {"pause", "resume"}:
+            pids = [
+                row["pid"]
+                for status in statuses
+                for row in status.get("partitions", ())
+                if (row["handler"], row["topic"], row["partition"])
+                == (name, request["topic"], request["partition"])
+            ]
+            if not pids:
+                where = f"{request['topic']}[{request['partition']}]"
+                return 409, {"error": f"{where} is not assigned to handler {name!r} here"}
+        else:
+            pids = [
+                status["pid"]
+                for status in statuses
+                if any(h["name"] == name for h in status.get("handlers", ()))
+            ]
+            if not pids:
+                return 404, {"error": f"no handler {name!r} in this worker"}
+        for pid in pids:
+            send_action(self._metrics_dir, pid, request)
+        return 202, {"accepted": request["action"], "pids": pids}
 
     def _run(self) -> int:
         self._install_signal_handlers()
@@ -178,6 +236,7 @@ class Supervisor:
         """Drop an exited child's live gauges (its counters keep counting in the totals)."""
         if self._metrics_dir is not None:
             multiprocess.mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+            forget(self._metrics_dir, pid)
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
