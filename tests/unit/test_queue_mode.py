@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from kafkaworker import App, Message
-from kafkaworker.errors import ConfigError, DeadLetter, Skip
+from kafkaworker.errors import ConfigError, DeadLetter, SchemaRegistryUnavailable, Skip
 from kafkaworker.handlers import BatchPolicy, HandlerSpec
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.execute.event_loop import EventLoopThread
-from kafkaworker.runtime.execute.steps import Call, Called, Write
+from kafkaworker.runtime.execute.steps import Call, Called, Sleep, Write
 from kafkaworker.runtime.failures.deadletter import FailureRecords
 from kafkaworker.runtime.failures.policy import FailurePolicy
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
@@ -159,8 +159,13 @@ def settle(handler: HandlerSpec, error: BaseException, attempt: int, limit: int 
             return done.value  # type: ignore[no-any-return]
         if isinstance(step, Call):
             reply = Called(error=error)
+        elif isinstance(step, Sleep):
+            # Only for a failure that is no fault of the record: else a retry is a release.
+            assert isinstance(error, SchemaRegistryUnavailable), step
+            assert 0 < step.seconds <= 5.0
+            reply = False  # not revoked
         else:
-            assert isinstance(step, Write), step  # never a wait: a retry is a redelivery
+            assert isinstance(step, Write), step
             assert step.record.topic == handler.dlq
             reply = None  # acknowledged by the broker
 
@@ -189,6 +194,15 @@ def test_without_a_dlq_spent_retries_are_rejected_never_looped() -> None:
     assert settle(spec(retries=1), FlakyError(), attempt=2) is Outcome.REJECTED
     assert settle(spec(retries=1, on_exhausted="skip"), FlakyError(), attempt=2) is Outcome.REJECTED
     assert settle(spec(retries=10), FlakyError(), attempt=5, limit=5) is Outcome.REJECTED
+
+
+def test_a_registry_that_does_not_answer_waits_before_the_release_and_never_loses() -> None:
+    down = SchemaRegistryUnavailable("the Schema Registry did not answer")
+    # Retried whatever `retries` says (no fault of the record), after a backoff...
+    assert settle(spec(retries=0), down, attempt=1) is Outcome.RELEASED
+    # ...but never released at the last delivery, which the broker would archive unseen.
+    assert settle(spec(retries=0, dlq="jobs.dlq"), down, attempt=5) is Outcome.DEAD_LETTERED
+    assert settle(spec(retries=0), down, attempt=5) is Outcome.REJECTED
 
 
 def test_skip_raised_by_the_handler_is_accepted() -> None:
