@@ -322,11 +322,12 @@ def _rates(
 def _per_minute(
     history: list[tuple[float, dict[str, dict[str, float]]]], field: str, now: float
 ) -> float:
+    """How much `field` grew over the last minute (less when the history is younger: a
+    worker that started 10 s ago shows its 10 s, not an extrapolation)."""
     then = _at(history, now - 60)
-    if then is None or now - then[0] <= 0:
+    if then is None:
         return 0.0
-    grown = _sum(history[-1][1], field) - _sum(then[1], field)
-    return round(max(0.0, grown) * 60 / max(now - then[0], 1.0), 2)
+    return max(0.0, _sum(history[-1][1], field) - _sum(then[1], field))
 
 
 def _json(status: int, body: Any) -> Reply:
