@@ -613,7 +613,11 @@ class KafkaAdmin:
                     checks.append(Check(name, False, f"missing and cannot be created: {exc}"))
         from kafkaworker.runtime.runner import resolve_specs  # noqa: PLC0415
 
-        for group in sorted({spec.group or app.name for spec in resolve_specs(app, settings)}):
+        specs = resolve_specs(app, settings)
+        shares = sorted({spec.group or app.name for spec in specs if spec.mode == "queue"})
+        for group in shares:
+            checks.append(self._share_group_check(group, settings))
+        for group in sorted({spec.group or app.name for spec in specs if spec.mode != "queue"}):
             try:
                 self.require("group", group, "READ", "consumer group")
                 state = self.group(group, time_lag=False).state
@@ -623,6 +627,26 @@ class KafkaAdmin:
             except KafkaWorkerError as exc:
                 checks.append(Check(f"group {group}", False, str(exc)))
         return checks
+
+    def _share_group_check(self, group: str, settings: Settings) -> Check:
+        """A queue-mode handler's share group: its configs readable, and what start-up will
+        write (share.auto.offset.reset), read only."""
+        from kafkaworker.runtime.source.share_group import prepare_share_group  # noqa: PLC0415
+
+        name = f"share group {group}"
+        try:
+            found = prepare_share_group(settings, group, change=False)
+        except KafkaWorkerError as exc:
+            return Check(name, False, str(exc))
+        reset = f"share.auto.offset.reset {found.auto_offset_reset}"
+        if found.reset_to_write is not None:
+            reset += f" (start-up sets {found.reset_to_write}: not set on the group)"
+        return Check(
+            name,
+            True,
+            f"configs readable: delivery limit {found.delivery_limit}, lock "
+            f"{found.lock_seconds:g}s, {reset}",
+        )
 
     # -- plumbing -------------------------------------------------------------------------
 

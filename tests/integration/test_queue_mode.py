@@ -368,3 +368,28 @@ def test_routes_lag_and_offsets_show_say_what_is_known_of_a_share_group(
     show = CliRunner().invoke(cli, ["offsets", "show", "queue-recorder"])
     assert show.exit_code == 0, show.output
     assert "if queue-recorder is a share group: the Python client's admin API" in show.output
+
+
+def test_check_reads_the_share_group_and_changes_nothing(
+    kafka_bootstrap: str, new_topic: TopicFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from kafkaworker.cli import cli  # noqa: PLC0415
+
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    group = f"q-{new_topic(1)}"  # a share group nobody configured
+    monkeypatch.setenv("KAFKAWORKER_HANDLERS__WORK__GROUP", group)
+    result = CliRunner().invoke(cli, ["check", "tests.apps.queue_recorder:app"])
+    line = next(
+        (x for x in result.output.splitlines() if f"share group {group}" in x), result.output
+    )
+    assert line.startswith("ok"), line
+    assert "delivery limit 5, lock 30s, share.auto.offset.reset latest" in line
+    assert "(start-up sets earliest: not set on the group)" in line
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    [entries] = [
+        f.result(30)
+        for f in admin.describe_configs([ConfigResource(ResourceType.GROUP, group)]).values()
+    ]
+    assert entries["share.auto.offset.reset"].is_default  # check changed nothing

@@ -65,6 +65,8 @@ class ShareGroupConfig:
     delivery_limit: int  # deliveries before the broker archives a record
     lock_seconds: float  # how long a fetched record stays acquired by its member
     auto_offset_reset: str  # where a share-partition without state starts
+    # prepare_share_group(change=False): the share.auto.offset.reset start-up would write.
+    reset_to_write: str | None = None
 
 
 def share_consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dict[str, Any]:
@@ -86,11 +88,12 @@ def share_consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) 
     return config
 
 
-def prepare_share_group(settings: Settings, group: str) -> ShareGroupConfig:
+def prepare_share_group(settings: Settings, group: str, *, change: bool = True) -> ShareGroupConfig:
     """Read the share group's delivery count limit and lock duration; and, when the group
     config `share.auto.offset.reset` was never set, set it to `auto_offset_reset` (Kafka
     starts a share group at the latest record, kafkaworker's default is the earliest), and
-    say so in the log. A group config set by someone else is left as it is."""
+    say so in the log. A group config set by someone else is left as it is. `change=False`
+    (kafkaworker check): read only; `reset_to_write` says what start-up would write."""
     timeout = settings.startup_timeout
     admin = AdminClient(clients.connection_config(settings))
     resource = ConfigResource(ResourceType.GROUP, group)
@@ -98,12 +101,17 @@ def prepare_share_group(settings: Settings, group: str) -> ShareGroupConfig:
     try:
         entries = _describe(admin, resource, timeout)
         reset = entries.get(AUTO_OFFSET_RESET)
-        if reset is None or reset.is_default or reset.source == _DEFAULT_SOURCE:
+        reset_to_write: str | None = None
+        never_set = reset is None or reset.is_default or reset.source == _DEFAULT_SOURCE
+        if never_set and not change:
+            reset_to_write = settings.auto_offset_reset
+            auto_offset_reset = str(reset.value) if reset is not None else "latest"
+        elif never_set:
             wanted: str = settings.auto_offset_reset
-            change = ConfigEntry(
+            entry = ConfigEntry(
                 AUTO_OFFSET_RESET, wanted, incremental_operation=AlterConfigOpType.SET
             )
-            altered = ConfigResource(ResourceType.GROUP, group, incremental_configs=[change])
+            altered = ConfigResource(ResourceType.GROUP, group, incremental_configs=[entry])
             futures = admin.incremental_alter_configs([altered])
             clients.results(futures, timeout)
             log.info(
@@ -115,6 +123,7 @@ def prepare_share_group(settings: Settings, group: str) -> ShareGroupConfig:
             )
             auto_offset_reset = wanted
         else:
+            assert reset is not None  # set on the group
             auto_offset_reset = str(reset.value)
             if auto_offset_reset != settings.auto_offset_reset:
                 log.info(
@@ -141,6 +150,7 @@ def prepare_share_group(settings: Settings, group: str) -> ShareGroupConfig:
         delivery_limit=limit if limit is not None else _DEFAULT_DELIVERY_LIMIT,
         lock_seconds=lock_ms / 1000 if lock_ms is not None else _DEFAULT_LOCK_SECONDS,
         auto_offset_reset=auto_offset_reset,
+        reset_to_write=reset_to_write,
     )
 
 
