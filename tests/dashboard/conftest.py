@@ -3,12 +3,14 @@ dashapp.py against the session's broker, and (test_browser.py) Debian's Chromium
 Playwright.
 
 Browser tests are marked `browser`. Without Chromium or Playwright they are skipped with one
-line saying how to install them; with CI=true that is a failure instead (CI must run them:
-`python tools/install_chromium.py` installs the browser there).
+line saying how to install them; with CI set that is a failure instead (CI must run them), and
+as root in CI a missing Chromium is installed first (tools/install_chromium.py, idempotent).
+Each browser test leaves a full-page screenshot under build/dashboard/screenshots/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -26,9 +28,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.metrics_support import get
+from tools.install_chromium import HOW, chromium_path, install
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BUILD = ROOT / "build" / "dashboard"
+IN_CI = os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -167,3 +171,43 @@ def send(
             **extra,
         )
     assert producer.flush(30) == 0
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (never a downloaded browser)."""
+    path = chromium_path()
+    if path is None and IN_CI and os.geteuid() == 0:
+        try:
+            path = install()
+        except (SystemExit, OSError, subprocess.CalledProcessError) as exc:
+            pytest.fail(f"installing Chromium failed: {exc}")
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: PLC0415 - optional
+    except ImportError:
+        path = None
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"browser tests need Chromium and Playwright in CI: {HOW}")
+        pytest.skip(HOW)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(chromium: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh page; its screenshot is saved when the test ends, passed or failed."""
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    try:
+        yield tab
+    finally:
+        shots = BUILD / "screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(Exception):  # a crashed page must not hide the test's error
+            tab.screenshot(path=str(shots / f"{request.node.name}.png"), full_page=True)
+        context.close()

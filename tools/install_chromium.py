@@ -1,0 +1,60 @@
+"""Install the browser the dashboard's browser tests drive: Debian's `chromium` package.
+
+`python tools/install_chromium.py` (what CI's set-up runs): prints the binary's path and
+exits 0 when it is there already (idempotent); else, as root on Debian or Ubuntu, installs it
+with apt-get (about 130 MB); else exits 1 saying how. Playwright drives this binary through
+`executable_path`; `playwright install` is never needed (and cannot download here).
+
+The binary is KAFKAWORKER_CHROMIUM when set, else /usr/lib/chromium/chromium (the real
+binary: /usr/bin/chromium is a shell wrapper that Playwright's launcher does not need).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+DEBIAN_BINARY = "/usr/lib/chromium/chromium"
+HOW = (
+    "install Chromium for the browser tests: sudo python tools/install_chromium.py "
+    "(Debian's chromium package) and pip install playwright"
+)
+
+
+def chromium_path() -> str | None:
+    """The Chromium binary to drive, if installed."""
+    configured = os.environ.get("KAFKAWORKER_CHROMIUM")
+    candidates = [configured] if configured else [DEBIAN_BINARY]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def install() -> str:
+    """The binary's path, installing the package first when it is missing (root only)."""
+    found = chromium_path()
+    if found is not None:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise SystemExit(f"no Chromium at {DEBIAN_BINARY}: {HOW}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    command = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    if subprocess.run(command, env=env, check=False).returncode != 0:
+        # A fresh image has no package lists yet.
+        subprocess.run(["apt-get", "update"], env=env, check=True)
+        subprocess.run(command, env=env, check=True)
+    found = chromium_path()
+    if found is None:
+        raise SystemExit(f"apt-get installed chromium but {DEBIAN_BINARY} is missing")
+    return found
+
+
+def main() -> None:
+    print(install())
+
+
+if __name__ == "__main__":
+    main()
