@@ -25,7 +25,7 @@ from apps.bridge.events import Format
 from apps.bridge.proto import bridge_pb2, bridge_pb2_grpc
 from apps.bridge.publisher import Publisher, TopicCatalog
 from apps.bridge.service import OrderBridgeService
-from apps.bridge.standard import OVERALL, Health, enable_reflection
+from apps.bridge.standard import HEALTH_SERVICE, OVERALL, Health, enable_reflection
 from kafkaworker import KafkaWorkerError, Producer, Settings, StartupError, load_settings
 from kafkaworker.admin import KafkaAdmin
 from kafkaworker.observability.logging import configure
@@ -97,7 +97,7 @@ class Bridge:
             OrderBridgeService(publisher, orders_topic=options.orders_topic, fmt=options.format),
             self._server,
         )
-        enable_reflection([SERVICE, "grpc.health.v1.Health"], self._server)
+        enable_reflection([SERVICE, HEALTH_SERVICE], self._server)
 
     async def start(self) -> int:
         """Listens, with the health status known first; returns the port. On failure the
