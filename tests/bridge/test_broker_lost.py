@@ -103,6 +103,18 @@ def place(stub: Any, order_id: str) -> tuple[grpc.StatusCode, float]:
     return code, time.monotonic() - started
 
 
+def publish(stub: Any, topic: str) -> tuple[grpc.StatusCode, float]:
+    """The status of a Publish and how long it took."""
+    started = time.monotonic()
+    try:
+        stub.Publish(pb.PublishRequest(topic=topic, value=b"x"), timeout=60)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        assert isinstance(exc, grpc.Call)
+        code = exc.code()
+    return code, time.monotonic() - started
+
+
 def test_a_hung_or_dead_broker_is_unavailable_in_bounded_time(
     own_broker: Cluster, start_bridge: BridgeFactory
 ) -> None:
@@ -144,10 +156,18 @@ def test_a_hung_or_dead_broker_is_unavailable_in_bounded_time(
         assert code is grpc.StatusCode.UNAVAILABLE
         assert took < PUBLISH_TIMEOUT + 3, took
         print(f"dead broker: UNAVAILABLE after {took:.2f} s")
+        # A topic not looked up yet needs the cluster's metadata: UNAVAILABLE within the
+        # metadata timeout (2 s), not NOT_FOUND.
+        code, took = publish(stub, "audit")
+        assert code is grpc.StatusCode.UNAVAILABLE
+        assert took < 2 + 2, took
         health.wait_for(NOT_SERVING, 10)
         own_broker.start_node(0)
         health.wait_for(SERVING, 60)
         assert place(stub, "after the restart")[0] is grpc.StatusCode.OK
+        # The topic lookups recover too: a topic created now is found.
+        create_topic(own_broker.bootstrap, "audit")
+        assert publish(stub, "audit")[0] is grpc.StatusCode.OK
     finally:
         health.close()
         channel.close()
