@@ -3,9 +3,10 @@
 Kafka connection settings come from kafkaworker's settings (settings.yaml, KAFKAWORKER_*
 variables), as for a worker. One Bridge owns everything the process runs: the gRPC server,
 the producer, the admin client for topic lookups and the task that watches the brokers; its
-stop() ends them in order. SIGTERM or SIGINT: the health service says NOT_SERVING, the server
-stops accepting RPCs and gives those in flight `grace` seconds, then the producer is flushed
-and the process exits 0. A second signal exits at once (1).
+stop() ends them in order. SIGTERM or SIGINT: the health service says NOT_SERVING, RPCs not
+started yet are refused UNAVAILABLE for `drain` seconds, then the listener closes and those in
+flight get `grace` seconds, then the producer is flushed and the process exits 0. A second
+signal exits at once (1).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class BridgeOptions:
     # How long RPCs in flight at SIGTERM may take: above publish_timeout, so each gets its
     # answer (acknowledged or UNAVAILABLE) rather than being cancelled.
     grace: float = 15.0
+    # Before the listener closes at SIGTERM, how long RPCs not started yet are refused
+    # UNAVAILABLE (what clients retry on). Without it, calls that reached the server but
+    # were not started when it stopped accepting are answered CANCELLED by grpc itself (the
+    # SIGTERM-under-load test saw most of its 32 callers get one).
+    drain: float = 1.0
     flush_timeout: float = 10.0
     # Beyond this many RPCs at once the server answers RESOURCE_EXHAUSTED: the producer's
     # queue, not the caller, decides how much memory waits for the brokers.
@@ -93,10 +99,10 @@ class Bridge:
             timeout=options.publish_timeout,
             bootstrap=self.settings.kafka.bootstrap_servers,
         )
-        bridge_pb2_grpc.add_OrderBridgeServicer_to_server(
-            OrderBridgeService(publisher, orders_topic=options.orders_topic, fmt=options.format),
-            self._server,
+        self._service = OrderBridgeService(
+            publisher, orders_topic=options.orders_topic, fmt=options.format
         )
+        bridge_pb2_grpc.add_OrderBridgeServicer_to_server(self._service, self._server)
         enable_reflection([SERVICE, HEALTH_SERVICE], self._server)
 
     async def start(self) -> int:
@@ -145,10 +151,11 @@ class Bridge:
     async def stop(self) -> int:
         """Stops in order; returns how many records the final flush could not deliver."""
         await self._health.enter_graceful_shutdown()  # load balancers stop sending first
-        stopping = asyncio.create_task(self._server.stop(self.options.grace))
-        await asyncio.sleep(0)  # stop() has run up to its first wait: the listener is closed
-        log.info("stopping: no new RPCs", in_flight_grace=self.options.grace)
-        await stopping
+        self._service.refusing = True
+        log.info("stopping: no new RPCs", drain=self.options.drain, grace=self.options.grace)
+        if self.options.drain > 0:
+            await asyncio.sleep(self.options.drain)  # calls queued in grpc are refused
+        await self._server.stop(self.options.grace)
         self._stopping.set()
         if self._watch is not None:
             await self._watch  # its probe is a thread: let it end before the producer does
@@ -195,6 +202,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BridgeOptions, str]:
     parser.add_argument("--metadata-timeout", type=float, default=defaults.metadata_timeout)
     parser.add_argument("--health-interval", type=float, default=defaults.health_interval)
     parser.add_argument("--grace", type=float, default=defaults.grace)
+    parser.add_argument("--drain", type=float, default=defaults.drain)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     options = BridgeOptions(
@@ -206,6 +214,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BridgeOptions, str]:
         metadata_timeout=args.metadata_timeout,
         health_interval=args.health_interval,
         grace=args.grace,
+        drain=args.drain,
     )
     return options, str(args.log_level)
 

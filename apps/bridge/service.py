@@ -22,10 +22,18 @@ class OrderBridgeService(bridge_pb2_grpc.OrderBridgeServicer):
         self._publisher = publisher
         self._orders_topic = orders_topic
         self._format = fmt
+        self.refusing = False  # set by Bridge.stop(): RPCs not started yet are UNAVAILABLE
+
+    async def _refuse_when_stopping(self, context: Context) -> None:
+        if self.refusing:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the bridge is shutting down: retry elsewhere"
+            )
 
     async def PlaceOrder(  # noqa: N802 - the RPC's name, as the generated base class has it
         self, request: bridge_pb2.PlaceOrderRequest, context: Context
     ) -> bridge_pb2.PublishReply:
+        await self._refuse_when_stopping(context)
         try:
             order = order_from_request(request, placed_at_ms=time.time_ns() // 1_000_000)
         except InvalidFieldError as exc:
@@ -42,6 +50,7 @@ class OrderBridgeService(bridge_pb2_grpc.OrderBridgeServicer):
     async def Publish(  # noqa: N802 - the RPC's name
         self, request: bridge_pb2.PublishRequest, context: Context
     ) -> bridge_pb2.PublishReply:
+        await self._refuse_when_stopping(context)
         headers: list[tuple[str, bytes | None]] = []
         for i, header in enumerate(request.headers):
             if not header.name:

@@ -381,13 +381,29 @@ def test_a_port_in_use_is_one_line_and_exit_2(start_bridge: BridgeFactory) -> No
     assert f"cannot listen on 127.0.0.1:{first.port} (in use?)" in second.stderr
 
 
+@pytest.mark.parametrize(
+    ("drain", "refusals"),
+    [
+        ("1", {grpc.StatusCode.UNAVAILABLE}),
+        # UNAVAILABLE: the listener was closed, or the connection told to go away.
+        # CANCELLED: grpc's own answer to calls that had reached the server but not started
+        # when it stopped accepting (most of the 32 callers here); neither was handled.
+        ("0", {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}),
+    ],
+)
 def test_sigterm_under_load_loses_no_acknowledged_order_and_writes_no_refused_one(
-    kafka_bootstrap: str, new_topic: TopicFactory, start_bridge: BridgeFactory
+    *,
+    drain: str,
+    refusals: set[grpc.StatusCode],
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    start_bridge: BridgeFactory,
 ) -> None:
     """RPCs keep coming, 32 at a time, when SIGTERM arrives: every order answered OK is on
-    the topic where its answer says, and every other one was refused, not written."""
+    the topic where its answer says, and every other one was refused, not written. With a
+    drain (the default, 1 s), every refusal is UNAVAILABLE, which clients retry on."""
     orders = new_topic(3)
-    bridge = start_bridge("--orders-topic", orders)
+    bridge = start_bridge("--orders-topic", orders, "--drain", drain)
     answers: dict[str, tuple[int, int] | grpc.StatusCode] = {}
 
     async def load() -> None:
@@ -419,10 +435,7 @@ def test_sigterm_under_load_loses_no_acknowledged_order_and_writes_no_refused_on
     refused = {k: v for k, v in answers.items() if not isinstance(v, tuple)}
     assert len(acknowledged) >= 300
     assert refused, "SIGTERM came while RPCs were still arriving"
-    # UNAVAILABLE: the listener was closed, or the connection told to go away. CANCELLED:
-    # grpc's own answer to calls that had reached the server but not started when it
-    # stopped accepting (most of the 32 callers here); neither was handled.
-    assert set(refused.values()) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert set(refused.values()) <= refusals, refused
     written = {
         orjson.loads(r.value())["order_id"]: (r.partition(), r.offset())
         for r in read_topic(kafka_bootstrap, orders, len(acknowledged))
