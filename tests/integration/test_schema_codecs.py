@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
+from confluent_kafka.schema_registry.serde import SchemaId
 from confluent_kafka.serialization import SerializationError
 from pydantic import BaseModel, ConfigDict
 
@@ -25,7 +27,7 @@ from kafkaworker.errors import SchemaRefused
 from kafkaworker.runtime.runner import Runner, resolve_specs
 from kafkaworker.serialization.avro import AvroCodec
 from kafkaworker.serialization.json_schema import JsonSchemaCodec
-from kafkaworker.serialization.protobuf import ProtobufCodec
+from kafkaworker.serialization.protobuf import ProtobufCodec, payload_start
 from kafkaworker.serialization.registry import registry_client, runtime_codecs
 from kafkaworker.testing.broker import free_port
 from kafkaworker.testing.registry import SchemaRegistry
@@ -392,6 +394,52 @@ def test_protobuf_a_field_added_v2_reader_reads_v1_records(
     with running(app, make_settings(kafka_bootstrap)):
         wait_until(lambda: len(received) == 2, 30, "both records")
     assert [(o.id, o.sku, o.quantity) for o in received] == [(1, "A", 0), (2, "B", 3)]
+
+
+def test_protobuf_decodes_as_confluents_deserializer_with_one_request_per_schema_id(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    schema_registry: SchemaRegistry,
+    protos: dict[str, ModuleType],
+) -> None:
+    """ProtobufCodec reads the first record of a schema id (and message indexes) with
+    confluent-kafka's ProtobufDeserializer and parses the next ones straight into the class:
+    the values are the deserializer's, V1 and V2 records interleaved, and a bad payload fails
+    as in it."""
+    topic = new_topic(1)
+    v1, v2 = protos["orders_v1"].Order, protos["orders_v2"].Order
+    writer = ProtobufCodec(registry_client({"url": schema_registry.url}))
+    records = [
+        writer.encode_for(topic, v1(id=i, sku="A") if i % 2 else v2(id=i, sku="B", quantity=i))
+        for i in range(20)
+    ]
+    with CountingProxy(schema_registry.url).running() as proxy:
+        codec = ProtobufCodec({"url": proxy.url}, v2)
+        decoded = [codec.decode(record, []) for record in records]
+        by_id = {path: n for (method, path), n in proxy.counts.items() if "/schemas/ids/" in path}
+        assert sorted(by_id.values()) == [1, 1], proxy.counts
+    reference = ProtobufDeserializer(
+        v2,
+        {"use.deprecated.format": False, "subject.name.strategy.type": "RECORD"},
+        schema_registry_client=writer.registry,
+    )
+    assert decoded == [reference(record, None) for record in records]
+    assert (decoded[1].id, decoded[1].quantity) == (1, 0)  # V1: the new field's zero value
+    broken = records[2][:6] + b"\xff\xff"  # a known id and index, a payload cut short
+    with pytest.raises(Exception) as ours:
+        codec.decode(broken, [])
+    with pytest.raises(Exception) as theirs:
+        reference(broken, None)
+    assert type(ours.value) is type(theirs.value)
+
+
+@pytest.mark.parametrize("indexes", [[0], [1], [3, 1, 2], [200]])
+def test_protobuf_payload_start_skips_the_message_indexes(indexes: list[int]) -> None:
+    """payload_start against confluent-kafka's own framing of message indexes."""
+    framed = SchemaId("PROTOBUF", 7, message_indexes=indexes).id_to_bytes()
+    assert payload_start(framed + b"\x08\x01") == len(framed)
+    assert payload_start(framed[:-1] + b"\x80") is None  # an index cut short
+    assert payload_start(b"\x01" + framed[1:]) is None  # magic byte 1: not an id
 
 
 # --- Registration: compatibility, strategies, auto_register --------------------------------
