@@ -27,7 +27,7 @@ from apps.bridge.events import CONTENT_TYPE, Format
 from apps.bridge.proto import bridge_pb2 as pb
 from apps.bridge.proto import bridge_pb2_grpc
 from apps.bridge.worker import app as worker_app
-from kafkaworker.testing.broker import free_port
+from kafkaworker.testing.broker import Secured, free_port
 from tests.bridge.conftest import ROOT, BridgeFactory
 from tests.conftest import TopicFactory
 from tests.support import end_offsets, read_topic, wait_until
@@ -442,3 +442,40 @@ def test_sigterm_under_load_loses_no_acknowledged_order_and_writes_no_refused_on
     }
     assert written == acknowledged
     assert sum(end_offsets(kafka_bootstrap, orders, 3).values()) == len(acknowledged)
+
+
+def test_acls_on_a_secured_cluster(
+    secured_kafka: Secured, start_bridge: BridgeFactory, channel_to: Any
+) -> None:
+    """The bridge as user app over SASL_SSL: a topic it may write is published to, one it may
+    only describe is PERMISSION_DENIED, one it may not even see is NOT_FOUND (as Kafka
+    presents it); and the producer goes on working after a refusal."""
+    suffix = uuid.uuid4().hex[:8]
+    writable = f"{secured_kafka.app_prefix}bridge-{suffix}"  # app has ALL on its prefix
+    readonly, hidden = f"readonly-{suffix}", f"hidden-{suffix}"
+    admin = secured_kafka.admin_client()
+    for future in admin.create_topics([NewTopic(t, 1, 1) for t in (writable, readonly, hidden)]
+                                      ).values():  # fmt: skip
+        future.result(timeout=30)
+    secured_kafka.allow(secured_kafka.app_user, topics=[readonly], operations=["DESCRIBE"])
+    prefix = "KAFKAWORKER_KAFKA__SECURITY__"
+    bridge = start_bridge(
+        bootstrap=secured_kafka.sasl_ssl_bootstrap,
+        env={
+            f"{prefix}PROTOCOL": "SASL_SSL",
+            f"{prefix}SASL__MECHANISM": "SCRAM-SHA-512",
+            f"{prefix}SASL__USERNAME": secured_kafka.app_user,
+            f"{prefix}SASL__PASSWORD": secured_kafka.app_password,
+            f"{prefix}SSL__CA_LOCATION": str(secured_kafka.ca_location),
+        },
+    )
+    stub = stub_for(channel_to(bridge.address))
+
+    def publish(topic: str) -> pb.PublishReply:
+        return stub.Publish(pb.PublishRequest(topic=topic, value=b"x"), timeout=30)
+
+    assert publish(writable).topic == writable
+    denied = rpc_error(publish, readonly)
+    assert denied.code is grpc.StatusCode.PERMISSION_DENIED, denied
+    assert rpc_error(publish, hidden).code is grpc.StatusCode.NOT_FOUND
+    assert publish(writable).offset == 1  # a refusal is not the producer's end
