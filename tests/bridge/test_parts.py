@@ -22,7 +22,9 @@ from apps.bridge.events import (
 )
 from apps.bridge.proto import bridge_pb2 as pb
 from apps.bridge.publisher import PublishError, TopicCatalog, check_topic, status_for
-from kafkaworker import ProduceError
+from apps.bridge.server import BridgeOptions, bridge_settings
+from kafkaworker import ProduceError, Settings
+from kafkaworker.producer import producer_config
 
 
 def order(**changes: object) -> pb.PlaceOrderRequest:
@@ -198,3 +200,16 @@ def test_concurrent_lookups_share_one_request() -> None:
 
     assert asyncio.run(scenario()) == [True, False, True, False]
     assert cluster.requests == 1
+
+
+def test_the_bridge_bounds_its_producer_by_the_publish_timeout() -> None:
+    """delivery.timeout.ms is what makes an UNAVAILABLE final (Publisher): the publish
+    timeout sets it over the user's settings, which otherwise stay."""
+    user = Settings.model_validate(
+        {"kafka": {"producer": {"delivery.timeout.ms": 300_000, "compression.type": "zstd"}}}
+    )
+    producer = bridge_settings(user, BridgeOptions(publish_timeout=7.5)).kafka.producer
+    assert producer["delivery.timeout.ms"] == 7500
+    assert producer["allow.auto.create.topics"] is False
+    assert producer["compression.type"] == "zstd"
+    assert producer_config(bridge_settings(user, BridgeOptions()))["delivery.timeout.ms"] == 10_000
