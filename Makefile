@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install jars lint format test test-fast faults kafka run bench clean image container-tools registry soak
+.PHONY: install jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge
 
 install: $(STAMP)
 
@@ -66,6 +66,11 @@ kafka: jars
 # The example worker and a small load generator, with a local broker when none answers on 9092.
 run: jars
 	@$(PY) -m tools.demo
+
+# The gRPC bridge (apps/bridge) and the worker consuming its events, with a local broker when
+# none answers on 127.0.0.1:9092; places one order, says how to place more; Ctrl+C stops it all.
+run-bridge: jars
+	@$(PY) -m tools.bridge_demo
 
 # Benchmarks against the raw client and peer frameworks (each peer in its own virtualenv,
 # installed by the suite). Results: benchmarks/results/latest.{json,md,png}.
