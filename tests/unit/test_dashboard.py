@@ -119,3 +119,29 @@ def test_control_without_a_token_is_refused_at_start_up() -> None:
     with pytest.raises((ConfigError, ValueError), match=r"dashboard\.token"):
         Settings.model_validate({"dashboard": {"control": True}})
     assert TOKEN not in repr(DashboardSettings(control=True, token=TOKEN))
+
+
+def test_the_metrics_server_serves_the_dashboard_only_when_given_one() -> None:
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    from kafkaworker.observability.health import Health  # noqa: PLC0415
+    from kafkaworker.observability.server import MetricsServer  # noqa: PLC0415
+
+    def status(port: int, path: str, method: str = "GET") -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, data=b"{}" if method == "POST" else None) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    registry = CollectorRegistry()
+    board = Dashboard(DashboardSettings(), registry, lambda: [])
+    for given, page in ((None, 404), (board, 200)):
+        with MetricsServer("127.0.0.1", 0, registry, lambda: Health(True, True), given) as server:
+            assert status(server.port, "/") == page
+            assert status(server.port, "/api/status") == page
+            assert status(server.port, "/api/control/pause", "POST") == 404
+            assert status(server.port, "/metrics") == 200
+            assert status(server.port, "/healthz") == 200
