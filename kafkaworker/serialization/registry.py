@@ -10,7 +10,8 @@ request per schema id per process.
 A registry's failures are sorted by what a retry can change:
 - it did not answer (refused, timed out, HTTP 5xx, 401/403): `SchemaRegistryUnavailable`, not
   fatal, so a record whose schema is not cached yet is retried with backoff, never
-  dead-lettered for the registry's sake; records with cached schemas never ask it;
+  dead-lettered for the registry's sake; records with cached schemas never ask it; a 401/403
+  says the credentials were refused and which setting to check (at start-up, a StartupError);
 - the record is bad (wrong magic byte, a schema id the registry does not know, a payload that
   fails the writer's schema): a plain error that Message.value makes a fatal
   DeserializationError (the DLQ after one attempt, the raw bytes kept);
@@ -72,7 +73,14 @@ DEFAULT_TIMEOUT = 10.0
 # worker thread for a minute per record. One retry here; the handler's backoff does the rest.
 DEFAULT_MAX_RETRIES = 1
 
-_UNAVAILABLE_STATUSES = frozenset({401, 403, 408, 429})
+_AUTH_STATUSES = frozenset({401, 403})
+_UNAVAILABLE_STATUSES = _AUTH_STATUSES | {408, 429}
+_CHECK_CREDENTIALS = "check schema_registry.config basic.auth.user.info"
+
+
+def _refused_credentials(client: SchemaRegistryClient, status: int) -> str:
+    """What a 401/403 means, naming the URL (never the credentials)."""
+    return f"the Schema Registry at {safe_url(client)} refused the credentials (HTTP {status})"
 
 
 def subject_strategy_type(strategy: str) -> str:
@@ -152,10 +160,9 @@ def check_reachable(client: SchemaRegistryClient) -> None:
     try:
         client.get_compatibility()
     except SchemaRegistryError as exc:
-        if exc.http_status_code in (401, 403):
+        if exc.http_status_code in _AUTH_STATUSES:
             raise StartupError(
-                f"the Schema Registry at {url} refused the credentials (HTTP "
-                f"{exc.http_status_code}): check schema_registry.config basic.auth.user.info"
+                f"{_refused_credentials(client, exc.http_status_code)}: {_CHECK_CREDENTIALS}"
             ) from None
         raise StartupError(
             f"the Schema Registry at {url} answered HTTP {exc.http_status_code} (error code "
@@ -187,6 +194,12 @@ def decode_failure(client: SchemaRegistryClient, exc: Exception, data: bytes) ->
     Message.value wraps it), other errors (wrong magic byte, invalid payload) as they are."""
     if isinstance(exc, SchemaRegistryError):
         status = exc.http_status_code
+        if status in _AUTH_STATUSES:
+            # Credentials rotated under a running worker: retried, the records kept.
+            return SchemaRegistryUnavailable(
+                f"{_refused_credentials(client, status)} for schema id {schema_id(data)}: "
+                f"{_CHECK_CREDENTIALS}; retried with backoff"
+            )
         if status >= 500 or status in _UNAVAILABLE_STATUSES:
             return SchemaRegistryUnavailable(
                 f"the Schema Registry at {safe_url(client)} answered HTTP {status} (error code "
@@ -230,6 +243,10 @@ def encode_failure(
                 f"the schema is not registered under subject {named} and auto_register is off "
                 f"(HTTP 404, error code {code}): register it first, or set "
                 "schema_registry.auto_register (development only)"
+            )
+        if status in _AUTH_STATUSES:
+            return SchemaRegistryUnavailable(
+                f"{_refused_credentials(client, status)} for subject {named}: {_CHECK_CREDENTIALS}"
             )
         if status >= 500 or status in _UNAVAILABLE_STATUSES:
             return SchemaRegistryUnavailable(

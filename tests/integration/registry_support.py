@@ -1,9 +1,12 @@
-"""Helpers of the Schema Registry tests: a counting proxy in front of the real registry, and
-the test protos generated with grpcio-tools at test time."""
+"""Helpers of the Schema Registry tests: a counting proxy in front of the real registry (which
+can also stand in for an authenticating proxy: Basic auth or 401), and the test protos
+generated with grpcio-tools at test time."""
 
 from __future__ import annotations
 
+import base64
 import collections
+import hmac
 import http.client
 import importlib
 import subprocess
@@ -21,24 +24,59 @@ PROTOS = Path(__file__).resolve().parent.parent / "protos"
 
 class CountingProxy:
     """An HTTP proxy to the real registry that counts the requests it forwards, by method and
-    path without the query: how many requests the codecs' caches let through."""
+    path without the query: how many requests the codecs' caches let through.
 
-    def __init__(self, target_root: str) -> None:
+    With `basic_auth=(user, password)` it is also the authenticating reverse proxy deployments
+    put in front of a registry (Apicurio 2.6 checks credentials only with Keycloak): a request
+    without that `Authorization: Basic` header is answered 401 with Confluent's JSON error body
+    and never forwarded; `refused` counts those, and `refused_event` is set at the first."""
+
+    def __init__(self, target_root: str, *, basic_auth: tuple[str, str] | None = None) -> None:
         target = urlsplit(target_root)
         assert target.hostname is not None and target.port is not None
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.refused: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.refused_event = threading.Event()
         lock = threading.Lock()
-        counts = self.counts
+        counts, refused, refused_event = self.counts, self.refused, self.refused_event
+        expected = None
+        if basic_auth is not None:
+            token = base64.b64encode(":".join(basic_auth).encode()).decode()
+            expected = f"Basic {token}".encode()
 
         class Forward(BaseHTTPRequestHandler):
-            def _forward(self) -> None:
+            def _authorized(self) -> bool:
+                if expected is None:
+                    return True
+                given = self.headers.get("Authorization", "").encode()
+                return hmac.compare_digest(given, expected)
+
+            def _unauthorized(self) -> None:
                 with lock:
-                    counts[(self.command, self.path.split("?", 1)[0])] += 1
+                    refused[(self.command, self.path.split("?", 1)[0])] += 1
+                body = b'{"error_code": 401, "message": "Unauthorized"}'
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="schema-registry"')
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+                refused_event.set()
+
+            def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if not self._authorized():
+                    self._unauthorized()
+                    return
+                with lock:
+                    counts[(self.command, self.path.split("?", 1)[0])] += 1
                 upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                    # The credentials are the proxy's business: the registry never sees them.
+                    dropped = ("host", "authorization")
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     response = upstream.getresponse()
                     payload = response.read()
