@@ -173,9 +173,13 @@ def send(
     assert producer.flush(30) == 0
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright (never a downloaded browser)."""
+    """Debian's Chromium, headless, driven by Playwright (never a downloaded browser).
+
+    Per module, not per session: Playwright's sync API keeps an event loop running in the
+    main thread while it is open, and every later test calling asyncio.run() failed with
+    "cannot be called from a running event loop" (tests/unit runs after tests/dashboard)."""
     path = chromium_path()
     if path is None and IN_CI and os.geteuid() == 0:
         try:
