@@ -69,6 +69,7 @@ class ProcessStatus:
                     "ordering": spec.ordering,
                     "concurrency": spec.concurrency,
                     "dlq": spec.dlq,
+                    "handler_seconds_p99": runtime.executor.handler_seconds_p99(),
                     "breaker": "none"
                     if breaker is None
                     else "held open"

@@ -105,6 +105,9 @@ def test_lag_appears_and_falls_to_zero(
     wait_for(lambda: lag() == 0 and one.handler().get("finished") == 400, 60, "lag back to 0")
     time_lag = one.status()["partitions"][0]["lag_seconds"]
     assert time_lag == 0
+    # A 10 ms handler is timed call by call: its p99 over the last minute is about 10 ms.
+    p99 = one.handler()["handler_seconds_p99"]
+    assert p99 is not None and 0.009 <= p99 < 0.5, p99
 
 
 def test_supervisor_aggregates_two_processes(

@@ -452,3 +452,27 @@ def test_a_nack_during_a_retry_backoff_does_not_hand_the_message_back_twice(kind
         assert pool.revoke([state]) == []  # nothing queued to run it a second time
         found = collect(completions, 1)
     assert outcomes(found) == {(0, 0): [NOT_FINISHED]}
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_handler_p99_comes_from_the_calls_timed_one_by_one(kind: str) -> None:
+    # Slow calls are timed one by one: the p99 is the slowest but 1% of them. Fast calls are
+    # timed by the stretch of CLOCK_EVERY, but the first of a chunk: few samples, all fast.
+    def handle(msg: Message[Any]) -> None:
+        if msg.partition == 0:
+            time.sleep(0.04 if msg.offset == 99 else 0.002)
+
+    spec = spec_for(as_kind(kind, handle), concurrency=2, ordering="partition")
+    slow, fast = PartitionState("t", 0), PartitionState("t", 1)
+    with pool_for(spec) as (pool, completions):
+        assert pool.handler_seconds_p99() is None  # no calls yet
+        pool.submit([(fast, messages(fast, 2000))])
+        collect(completions, 2000)
+        fast_p99 = pool.handler_seconds_p99()
+        pool.submit([(slow, messages(slow, 100))])
+        collect(completions, 100)
+        p99 = pool.handler_seconds_p99()
+    assert fast_p99 is not None and fast_p99 < 0.02, fast_p99
+    # About 100 timed calls: the 99th is a 2 ms one, the 40 ms one is above it.
+    assert p99 is not None and 0.002 <= p99 < 0.03, p99
+    assert pool.handler_seconds_p99(window=0.0) is None  # nothing in an empty window

@@ -266,10 +266,14 @@ def _handlers(
 ) -> list[dict[str, Any]]:
     described: dict[str, dict[str, Any]] = {}
     breakers: dict[str, set[str]] = {}
+    p99s: dict[str, list[float]] = {}
     for status in statuses:
         for handler in status.get("handlers", ()):
             described.setdefault(handler["name"], dict(handler))
             breakers.setdefault(handler["name"], set()).add(handler.get("breaker", "none"))
+            p99 = handler.get("handler_seconds_p99")
+            if p99 is not None:
+                p99s.setdefault(handler["name"], []).append(p99)
     rows = []
     for name in sorted(described.keys() | current.keys()):
         row = dict(described.get(name, {"name": name}))
@@ -279,9 +283,12 @@ def _handlers(
         # Open anywhere is open: each process has its own breaker.
         seen = breakers.get(name, {"none"})
         row["breaker"] = next((b for b in ("held open", "open", "closed") if b in seen), "none")
+        # Under --processes, the slowest process's p99: an upper bound of the whole's, which
+        # the processes' separate samples cannot give exactly.
+        row["handler_seconds_p99"] = max(p99s[name]) if name in p99s else None
         # Mean handler time over the last minute: from the counters' growth, since the hot
-        # path keeps no per-message histogram (observability/metrics.py says why), which is
-        # also why there is no p99 here.
+        # path keeps no per-message histogram (observability/metrics.py says why); the p99
+        # comes from the calls the executors time one by one (slow handlers only).
         then = _at(history, now - 60)
         before = then[1].get(name, {}) if then else {}
         done = counts.get("finished", 0.0) - before.get("finished", 0.0)

@@ -28,6 +28,11 @@ class Executor(Protocol):
         differently from fast ones."""
         ...
 
+    def handler_seconds_p99(self, window: float = 60.0) -> float | None:
+        """The 99th percentile of handler times over the last `window` seconds, of the calls
+        timed one by one (all of a slow handler's, a sample of a fast one's); None if none."""
+        ...
+
     def start(self) -> None: ...
 
     def submit(self, runs: list[Run]) -> None:

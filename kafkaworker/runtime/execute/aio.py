@@ -313,6 +313,8 @@ class AsyncPool(LaneExecutor):
                 started = now
                 self._busy_seconds += elapsed
                 self._busy_calls += measured
+                if measured == 1:
+                    self._timed.append((now, elapsed))
                 every = 1 if elapsed >= SLOW_HANDLER * measured else CLOCK_EVERY
                 if now - yielded >= REPORT_EVERY:
                     # Handlers that never suspend would keep the loop to this lane: let the

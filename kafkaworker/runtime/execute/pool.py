@@ -198,6 +198,7 @@ class WorkerPool(LaneExecutor):
         call = self.spec.call()
         clock = time.monotonic
         finished = run.append
+        timed = self._timed.append
         while chunk:
             if state.revoked:
                 # Never started: given up, so never committed past.
@@ -232,6 +233,8 @@ class WorkerPool(LaneExecutor):
             elapsed = now - started
             busy += elapsed
             calls += measured
+            if measured == 1:
+                timed((now, elapsed))
             slow = elapsed >= SLOW_HANDLER * measured
             every = 1 if slow else CLOCK_EVERY
             due = slow or now - reported_at >= REPORT_EVERY

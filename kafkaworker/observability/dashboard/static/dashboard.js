@@ -117,6 +117,7 @@ function renderStatus(status) {
     cell(h.name), cell((h.topics || []).join(", ")), cell(h.group), cell(h.mode),
     cell(h.ordering), numCell(h.concurrency), numCell(h.in_flight),
     cell(duration(h.handler_seconds_mean)),
+    el("td", { "data-field": "p99" }, duration(h.handler_seconds_p99)),
     el("td", { class: "num", "data-field": "finished" }, num(h.finished)),
     el("td", { class: "num", "data-field": "failed" }, num(h.failed)),
     el("td", { class: "num", "data-field": "dead_lettered" }, num(h.dead_lettered)),
@@ -128,7 +129,7 @@ function renderStatus(status) {
         ? button("open breaker", "open_breaker", { handler: h.name })
         : button("close breaker", "close_breaker", { handler: h.name }))
       : null),
-  )), 15, "no handler reported yet");
+  )), 16, "no handler reported yet");
 
   fill("partitions", status.partitions.map((p) => el("tr",
     { "data-partition": `${p.topic}[${p.partition}]`, "data-handler": p.handler },
