@@ -27,7 +27,6 @@ import base64
 import contextlib
 import faulthandler
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -53,6 +52,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from kafkaworker.testing import maven
+
 if TYPE_CHECKING:
     # Imported when a secured cluster is asked for: `cryptography` is a dev dependency.
     from kafkaworker.testing.certs import CertificateAuthority, ClientCert
@@ -66,56 +67,22 @@ class BrokerError(RuntimeError):
 
 def kafka_version() -> str:
     """The version pinned in pom.xml, the single place it is written."""
-    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
-    if match is None:
-        raise BrokerError(f"{POM} has no <kafka.version>; restore it from git")
-    return match.group(1)
+    return maven.pinned_version(POM, "kafka.version", BrokerError)
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kafkaworker" / f"kafka-{kafka_version()}"
+    return maven.cache_dir(f"kafka-{kafka_version()}")
 
 
 def ensure_jars() -> Path:
-    """Return the directory of broker jars, fetching them with Maven the first time.
-
-    The jars land in a temporary sibling directory that is renamed into place only when Maven
-    succeeds, so an interrupted download is never mistaken for a complete one.
-    """
-    target = cache_dir()
-    if (target / ".complete").exists():
-        return target
-    for tool, hint in (
-        ("java", "install a JDK 17+ (Debian: apt-get install openjdk-17-jre-headless)"),
-        ("mvn", "install Maven (Debian: apt-get install maven)"),
-    ):
-        if shutil.which(tool) is None:
-            raise BrokerError(f"'{tool}' is not on PATH, needed to run the Kafka broker: {hint}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
-    cmd = [
-        "mvn",
-        "-q",
-        "-B",
-        "-f",
-        str(POM),
-        "dependency:copy-dependencies",
-        f"-DoutputDirectory={staging}",
-        "-DincludeScope=runtime",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        tail = " | ".join((result.stdout + result.stderr).strip().splitlines()[-3:])
-        raise BrokerError(
-            f"could not fetch Apache Kafka {kafka_version()} jars with Maven "
-            f"(exit {result.returncode}): {tail}; check that Maven Central is reachable"
-        )
-    (staging / ".complete").write_text(kafka_version())
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
+    """Return the directory of broker jars, fetching them with Maven the first time."""
+    return maven.fetch(
+        POM,
+        ["dependency:copy-dependencies", "-DincludeScope=runtime"],
+        target=cache_dir(),
+        what=f"the Kafka broker (Apache Kafka {kafka_version()} jars)",
+        error=BrokerError,
+    )
 
 
 def free_port() -> int:

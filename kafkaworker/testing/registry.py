@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +37,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from kafkaworker.testing import maven
 from kafkaworker.testing.broker import _die_with_parent, free_port, port_answers
 
 POM = Path(__file__).with_name("registry-pom.xml")
@@ -51,15 +51,11 @@ class RegistryError(RuntimeError):
 
 def registry_version() -> str:
     """The Apicurio version pinned in registry-pom.xml, the single place it is written."""
-    match = re.search(r"<apicurio\.version>([^<]+)</apicurio\.version>", POM.read_text())
-    if match is None:
-        raise RegistryError(f"{POM} has no <apicurio.version>; restore it from git")
-    return match.group(1)
+    return maven.pinned_version(POM, "apicurio.version", RegistryError)
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kafkaworker" / f"apicurio-registry-{registry_version()}"
+    return maven.cache_dir(f"apicurio-registry-{registry_version()}")
 
 
 def runner_jar(directory: Path) -> Path:
@@ -67,50 +63,15 @@ def runner_jar(directory: Path) -> Path:
 
 
 def ensure_registry() -> Path:
-    """Return the runner jar, unpacking the app with Maven the first time (~150 MB).
-
-    Unpacked into a temporary sibling directory renamed into place only when Maven succeeds,
-    so an interrupted download is never mistaken for a complete one.
-    """
-    target = cache_dir()
-    if (target / ".complete").exists():
-        return runner_jar(target)
-    for tool, hint in (
-        ("java", "install a JDK 17+ (Debian: apt-get install openjdk-17-jre-headless)"),
-        ("mvn", "install Maven (Debian: apt-get install maven)"),
-    ):
-        if shutil.which(tool) is None:
-            raise RegistryError(f"'{tool}' is not on PATH, needed to run the registry: {hint}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
-    # Maven works from a copy of the POM in the staging directory: its target/ (the unpack
-    # markers, which would make a later fetch skip the unpacking) then never lands in the
-    # source tree, and goes with the staging directory.
-    build = staging / ".maven"
-    build.mkdir()
-    shutil.copyfile(POM, build / "pom.xml")
-    cmd = [
-        "mvn",
-        "-q",
-        "-B",
-        "-f",
-        str(build / "pom.xml"),
-        "dependency:unpack-dependencies",
-        f"-DoutputDirectory={staging}",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    shutil.rmtree(build, ignore_errors=True)
-    if result.returncode != 0 or not runner_jar(staging).exists():
-        shutil.rmtree(staging, ignore_errors=True)
-        tail = " | ".join((result.stdout + result.stderr).strip().splitlines()[-3:])
-        raise RegistryError(
-            f"could not fetch Apicurio Registry {registry_version()} with Maven "
-            f"(exit {result.returncode}): {tail or 'no runner jar in the archive'}; "
-            "check that Maven Central is reachable"
-        )
-    (staging / ".complete").write_text(registry_version())
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    """Return the runner jar, unpacking the app with Maven the first time (~150 MB)."""
+    target = maven.fetch(
+        POM,
+        ["dependency:unpack-dependencies"],
+        target=cache_dir(),
+        what=f"the registry (Apicurio Registry {registry_version()})",
+        error=RegistryError,
+        check=lambda staged: runner_jar(staged).exists(),
+    )
     return runner_jar(target)
 
 
