@@ -42,3 +42,16 @@ class Completion(NamedTuple):
 
 # The execute side puts lists of completions; the poll thread alone takes them.
 CompletionQueue = queue.SimpleQueue[list[Completion]]
+
+
+def drain(completions: CompletionQueue, timeout: float | None = None) -> list[Completion]:
+    """Everything reported so far; with a timeout, wait that long for the first report."""
+    done: list[Completion] = []
+    try:
+        if timeout is not None:
+            done.extend(completions.get(timeout=timeout))
+        while True:
+            done.extend(completions.get_nowait())
+    except queue.Empty:
+        pass
+    return done

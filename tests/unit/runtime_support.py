@@ -3,7 +3,6 @@ HandlerRuntime over the in-memory source. No broker anywhere."""
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,7 +13,7 @@ from kafkaworker import App, Message, Settings
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
-from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome
+from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, drain
 from kafkaworker.runtime.poll.partitions import PartitionState
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
@@ -50,14 +49,7 @@ def messages(
 
 def reports(completions: CompletionQueue, timeout: float = 5.0) -> list[Completion]:
     """Everything reported so far, waiting up to `timeout` for the first report."""
-    found: list[Completion] = []
-    try:
-        found.extend(completions.get(timeout=timeout))
-        while True:
-            found.extend(completions.get_nowait())
-    except queue.Empty:
-        pass
-    return found
+    return drain(completions, timeout)
 
 
 def outcomes(completions: list[Completion]) -> dict[tuple[int, int], list[Outcome]]:

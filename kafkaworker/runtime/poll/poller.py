@@ -8,7 +8,6 @@ group membership (`max.poll.interval.ms`).
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,7 @@ from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.execute import Executor
 from kafkaworker.runtime.failures.breaker import CircuitBreaker
-from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run
+from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run, drain
 from kafkaworker.runtime.poll.backpressure import Backpressure
 from kafkaworker.runtime.poll.commit import Committer
 from kafkaworker.runtime.poll.delayed import DelayedRetries
@@ -219,16 +218,7 @@ class Poller:
     # -- completions -------------------------------------------------------------------------
 
     def _drain(self, timeout: float | None = None) -> list[Completion]:
-        """Everything reported so far; with a timeout, wait that long for the first report."""
-        done: list[Completion] = []
-        try:
-            if timeout is not None:
-                done.extend(self._completions.get(timeout=timeout))
-            while True:
-                done.extend(self._completions.get_nowait())
-        except queue.Empty:
-            pass
-        return done
+        return drain(self._completions, timeout)
 
     def _collect(self, completions: Iterable[Completion]) -> None:
         """Mark finished offsets; stage the positions that became committable."""

@@ -18,7 +18,6 @@ track: the broker keeps each record's state.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import Counter
@@ -32,7 +31,7 @@ from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.execute import Executor
-from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run
+from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run, drain
 from kafkaworker.runtime.poll.gauges import PollGauges
 from kafkaworker.runtime.poll.partitions import PartitionState
 from kafkaworker.runtime.source import Partition, Record, ShareSource
@@ -177,15 +176,7 @@ class SharePoller:
     # -- reports -> acknowledgements --------------------------------------------------------
 
     def _drain(self, timeout: float | None = None) -> list[Completion]:
-        done: list[Completion] = []
-        try:
-            if timeout is not None:
-                done.extend(self._completions.get(timeout=timeout))
-            while True:
-                done.extend(self._completions.get_nowait())
-        except queue.Empty:
-            pass
-        return done
+        return drain(self._completions, timeout)
 
     def _collect(self, completions: Iterable[Completion]) -> None:
         counts: Counter[AcknowledgeType] = Counter()
