@@ -20,7 +20,8 @@ from pathlib import Path
 import grpc
 
 from apps.bridge.standard import check_health
-from kafkaworker.testing.broker import Cluster, free_port, port_answers
+from kafkaworker.testing.broker import Cluster
+from kafkaworker.testing.jvm import free_port, port_answers
 from tools.demo import BOOTSTRAP, LOCAL, ensure_topic
 
 APP = "apps.bridge.worker:app"

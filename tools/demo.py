@@ -26,7 +26,8 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from kafkaworker.testing.broker import Cluster, free_port, port_answers
+from kafkaworker.testing.broker import Cluster
+from kafkaworker.testing.jvm import free_port, port_answers
 
 LOCAL = "127.0.0.1:9092"
 BOOTSTRAP = os.environ.get("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS", LOCAL)

@@ -24,13 +24,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import faulthandler
-import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +50,13 @@ from confluent_kafka.admin import (
 )
 
 from kafkaworker.testing import maven
+from kafkaworker.testing.jvm import (
+    die_with_parent,
+    free_port,
+    run_in_foreground,
+    signal_group,
+    stop_group,
+)
 
 if TYPE_CHECKING:
     # Imported when a secured cluster is asked for: `cryptography` is a dev dependency.
@@ -83,18 +87,6 @@ def ensure_jars() -> Path:
         what=f"the Kafka broker (Apache Kafka {kafka_version()} jars)",
         error=BrokerError,
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent(command: list[str]) -> list[str]:
-    """Prefix `command` so that the kernel kills it when its parent dies."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
 
 
 # Tuned for tests on a 2-core machine: fast group joins, small internal topics, short sessions
@@ -223,7 +215,7 @@ class Node:
             fmt += ["--feature", "share.version=1"]
         fmt += self.format_args
         result = subprocess.run(
-            _die_with_parent(fmt),
+            die_with_parent(fmt),
             capture_output=True,
             text=True,
             check=False,
@@ -241,7 +233,7 @@ class Node:
         out = open(self.data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             self.process = subprocess.Popen(
-                _die_with_parent(
+                die_with_parent(
                     self._java("kafka.Kafka", str(self.data_dir / "server.properties"))
                 ),
                 stdout=out,
@@ -254,22 +246,12 @@ class Node:
 
     def signal_stop(self, *, kill: bool = False) -> None:
         """Ask the JVM's whole process group to stop (SIGTERM: clean shutdown) without waiting."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        signal_group(self.process, signal.SIGKILL if kill else signal.SIGTERM)
 
     def stop(self, *, timeout: float = 30.0, kill: bool = False) -> None:
         """Stop the JVM and its process group: SIGTERM, then SIGKILL after `timeout`."""
-        self.signal_stop(kill=kill)
         process, self.process = self.process, None
-        if process is None:
-            return
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, timeout=timeout, kill=kill)
 
     def log_tail(self, lines: int = 15) -> str:
         texts = []
@@ -725,12 +707,6 @@ class _SilentLogger:
         return self.log
 
 
-def port_answers(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _describe(secured: Secured) -> str:
     """What a developer needs to connect to the dev broker's secured listeners."""
     users = ", ".join(f"{user}/{password}" for user, password in secured.users.items())
@@ -768,40 +744,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # `kill -USR1 <pid>` prints where this process is: for a run that does not stop.
     faulthandler.register(signal.SIGUSR1)
-    # Ctrl+C must stop the broker even when this process inherited SIGINT as ignored (Python
-    # keeps an inherited SIG_IGN, e.g. under a non-interactive shell's background job).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.command == "fetch":
             print(ensure_jars())
             return 0
-        if port_answers(args.port):
-            if args.if_free:
-                print(f"something already answers on 127.0.0.1:{args.port}; using it")
-                return 0
-            print(f"port {args.port} is taken; stop what uses it or pass --port", file=sys.stderr)
-            return 2
         properties = {"auto.create.topics.enable": "true"} if args.auto_create_topics else {}
         cluster = Cluster(1, port=args.port, properties=properties, secured=args.secured)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        try:
+        node = cluster.nodes[0]
+
+        def start() -> subprocess.Popen[bytes]:
             cluster.start()
-            node = cluster.nodes[0]
             assert node.process is not None
-            print(
-                f"Kafka {kafka_version()} is up on {cluster.bootstrap} (pid {node.process.pid}, "
-                f"data {cluster.data_dir}); Ctrl+C stops it",
-                flush=True,
+            return node.process
+
+        def banner(process: subprocess.Popen[bytes]) -> str:
+            text = (
+                f"Kafka {kafka_version()} is up on {cluster.bootstrap} (pid {process.pid}, "
+                f"data {cluster.data_dir}); Ctrl+C stops it"
             )
-            if cluster.secured is not None:
-                print(_describe(cluster.secured), flush=True)
-            node.process.wait()
-            print(f"the broker exited; log:\n{node.log_tail()}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            cluster.cleanup()
+            return text if cluster.secured is None else f"{text}\n{_describe(cluster.secured)}"
+
+        return run_in_foreground(
+            port=args.port,
+            if_free=args.if_free,
+            start=start,
+            banner=banner,
+            log_tail=node.log_tail,
+            cleanup=cluster.cleanup,
+            what="broker",
+        )
     except BrokerError as exc:
         print(f"kafka: {exc}", file=sys.stderr)
         return 1

@@ -25,7 +25,6 @@ one is killed with SIGKILL (see broker.py for why setpriv rather than a preexec_
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import signal
@@ -38,7 +37,13 @@ import urllib.request
 from pathlib import Path
 
 from kafkaworker.testing import maven
-from kafkaworker.testing.broker import _die_with_parent, free_port, port_answers
+from kafkaworker.testing.jvm import (
+    die_with_parent,
+    free_port,
+    run_in_foreground,
+    signal_group,
+    stop_group,
+)
 
 POM = Path(__file__).with_name("registry-pom.xml")
 # Where the Confluent-compatible API lives under the registry's root.
@@ -147,7 +152,7 @@ class SchemaRegistry:
             out = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child
             try:
                 self.process = subprocess.Popen(
-                    _die_with_parent(self._command()),
+                    die_with_parent(self._command()),
                     cwd=self.jar.parent,
                     env=env,
                     stdout=out,
@@ -187,9 +192,7 @@ class SchemaRegistry:
             time.sleep(0.2)
 
     def _signal(self, signum: signal.Signals) -> None:
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signum)
+        signal_group(self.process, signum)
 
     def freeze(self) -> None:
         """SIGSTOP: the port still accepts connections, nothing answers (a hung registry)."""
@@ -202,16 +205,8 @@ class SchemaRegistry:
         """Stop the JVM and its process group: SIGTERM (SIGKILL with kill=True, a crash),
         then SIGKILL after `timeout`."""
         self.thaw()  # a stopped process would not act on SIGTERM
-        self._signal(signal.SIGKILL if kill else signal.SIGTERM)
         process, self.process = self.process, None
-        if process is None:
-            return
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, timeout=timeout, kill=kill)
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_file.exists():
@@ -254,36 +249,30 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 0 at once when something already answers on the port",
     )
     args = parser.parse_args(argv)
-    # Ctrl+C must stop the registry even when SIGINT was inherited as ignored (a background job).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.command == "fetch":
             print(ensure_registry())
             return 0
-        if port_answers(args.port):
-            if args.if_free:
-                print(f"something already answers on 127.0.0.1:{args.port}; using it")
-                return 0
-            print(f"port {args.port} is taken; stop what uses it or pass --port", file=sys.stderr)
-            return 2
         registry = SchemaRegistry(port=args.port)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        try:
+
+        def start() -> subprocess.Popen[bytes]:
             registry.start()
             assert registry.process is not None
-            print(
+            return registry.process
+
+        return run_in_foreground(
+            port=args.port,
+            if_free=args.if_free,
+            start=start,
+            banner=lambda process: (
                 f"Apicurio Registry {registry_version()} is up: schema_registry.url "
-                f"{registry.url} (pid {registry.process.pid}, data {registry.data_dir}); "
-                "Ctrl+C stops it",
-                flush=True,
-            )
-            registry.process.wait()
-            print(f"the registry exited; log:\n{registry.log_tail()}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            registry.cleanup()
+                f"{registry.url} (pid {process.pid}, data {registry.data_dir}); "
+                "Ctrl+C stops it"
+            ),
+            log_tail=registry.log_tail,
+            cleanup=registry.cleanup,
+            what="registry",
+        )
     except RegistryError as exc:
         print(f"registry: {exc}", file=sys.stderr)
         return 1

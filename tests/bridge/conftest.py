@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from kafkaworker.testing.broker import free_port
+from kafkaworker.testing.jvm import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 _MISSING = [

@@ -27,7 +27,8 @@ from apps.bridge.events import CONTENT_TYPE, Format
 from apps.bridge.proto import bridge_pb2 as pb
 from apps.bridge.proto import bridge_pb2_grpc
 from apps.bridge.worker import app as worker_app
-from kafkaworker.testing.broker import Secured, free_port
+from kafkaworker.testing.broker import Secured
+from kafkaworker.testing.jvm import free_port
 from tests.bridge.conftest import ROOT, BridgeFactory
 from tests.conftest import TopicFactory
 from tests.support import end_offsets, read_topic, wait_until

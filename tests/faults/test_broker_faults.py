@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from kafkaworker.testing.broker import Cluster, free_port
+from kafkaworker.testing.broker import Cluster
+from kafkaworker.testing.jvm import free_port
 from tests.support import (
     Feed,
     WorkerProcess,

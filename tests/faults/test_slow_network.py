@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from kafkaworker.testing.broker import Cluster, free_port
+from kafkaworker.testing.broker import Cluster
+from kafkaworker.testing.jvm import free_port
 from tests.slow_link import SlowLink
 from tests.support import (
     Feed,

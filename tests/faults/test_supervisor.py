@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kafkaworker.testing.broker import free_port
+from kafkaworker.testing.jvm import free_port
 from tests.conftest import TopicFactory
 from tests.metrics_support import get, samples, total
 from tests.support import ROOT, committed, end_offsets, produce, read_records, wait_until

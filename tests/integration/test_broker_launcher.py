@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kafkaworker.testing import broker
+from kafkaworker.testing.jvm import free_port, port_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,7 +59,7 @@ def test_broker_dies_with_a_parent_killed_by_sigkill() -> None:
 
 @pytest.mark.kafka
 def test_dev_broker_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port = broker.free_port()
+    port = free_port()
     stderr = tmp_path / "broker-stderr.txt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "kafkaworker.testing.broker", "run", "--port", str(port)],
@@ -86,7 +87,7 @@ def test_dev_broker_stops_on_ctrl_c(tmp_path: Path) -> None:
         ) from None
     assert code == 0
     assert _wait_dead(jvm, 15)
-    assert not broker.port_answers(port)
+    assert not port_answers(port)
 
 
 def test_missing_maven_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,8 +112,8 @@ def test_a_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:
     # tool's argparse would take for an option.
     node = broker.Node(
         node_id=1,
-        port=broker.free_port(),
-        controller_port=broker.free_port(),
+        port=free_port(),
+        controller_port=free_port(),
         data_dir=tmp_path / "node1",
         jars=broker.ensure_jars(),
         heap="256m",

@@ -11,7 +11,7 @@ import pytest
 from kafkaworker import App, Message
 from kafkaworker.errors import StartupError
 from kafkaworker.runtime.runner import Runner, resolve_specs
-from kafkaworker.testing.broker import free_port
+from kafkaworker.testing.jvm import free_port
 from tests.conftest import TopicFactory
 from tests.metrics_support import get, samples, total
 from tests.support import make_settings, produce, running, wait_until

@@ -22,7 +22,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from kafkaworker.testing.broker import free_port
+from kafkaworker.testing.jvm import free_port
 from tests.conftest import TopicFactory
 from tests.metrics_support import get, total
 from tests.support import ROOT, WorkerProcess, read_topic, wait_until

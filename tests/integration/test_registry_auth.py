@@ -27,7 +27,7 @@ from kafkaworker.errors import SchemaRegistryUnavailable
 from kafkaworker.runtime.runner import Runner, resolve_specs
 from kafkaworker.serialization.json_schema import JsonSchemaCodec
 from kafkaworker.serialization.registry import registry_client
-from kafkaworker.testing.broker import free_port
+from kafkaworker.testing.jvm import free_port
 from kafkaworker.testing.registry import SchemaRegistry
 from tests.conftest import TopicFactory
 from tests.integration.registry_support import CountingProxy

@@ -29,7 +29,7 @@ from kafkaworker.serialization.avro import AvroCodec
 from kafkaworker.serialization.json_schema import JsonSchemaCodec
 from kafkaworker.serialization.protobuf import ProtobufCodec, payload_start
 from kafkaworker.serialization.registry import registry_client, runtime_codecs
-from kafkaworker.testing.broker import free_port
+from kafkaworker.testing.jvm import free_port
 from kafkaworker.testing.registry import SchemaRegistry
 from tests.conftest import TopicFactory
 from tests.integration.registry_support import PROTOS, CountingProxy, generate_protos

@@ -19,7 +19,8 @@ import pytest
 from confluent_kafka.admin import AclBindingFilter, AclOperation, AdminClient, NewTopic
 
 from kafkaworker import App, DeadLetter, Message
-from kafkaworker.testing.broker import Secured, free_port
+from kafkaworker.testing.broker import Secured
+from kafkaworker.testing.jvm import free_port
 from tests.support import committed, make_settings, produce, read_topic, running, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,90 @@
+"""What the test broker (broker.py) and the test Schema Registry (registry.py) share as JVM
+processes: each runs in a process group of its own (the JVM forks nothing we need, but a
+wrapper script would, and a signal must reach the whole tree), dies with its parent (a test
+run killed with -9 must not leave a broker holding its port), and has a `run` command that
+keeps it in the foreground until Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_answers(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def die_with_parent(command: list[str]) -> list[str]:
+    """Prefix `command` so that the kernel kills it when its parent dies."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
+
+
+def signal_group(process: subprocess.Popen[bytes] | None, signum: signal.Signals) -> None:
+    """Send `signum` to the process group of `process`, if it still runs."""
+    if process is not None and process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+
+
+def stop_group(process: subprocess.Popen[bytes] | None, *, timeout: float, kill: bool) -> None:
+    """SIGTERM the group (SIGKILL with kill=True, a crash); SIGKILL it after `timeout`."""
+    if process is None:
+        return
+    signal_group(process, signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def run_in_foreground(
+    *,
+    port: int,
+    if_free: bool,
+    start: Callable[[], subprocess.Popen[bytes]],
+    banner: Callable[[subprocess.Popen[bytes]], str],
+    log_tail: Callable[[], str],
+    cleanup: Callable[[], None],
+    what: str,
+) -> int:
+    """The `run` command: start, print `banner`, wait until Ctrl+C (or SIGTERM), clean up.
+    0 on Ctrl+C or when `if_free` and the port answers already; 2 when the port is taken; 1
+    when the process exited by itself (its log's tail printed)."""
+    # Ctrl+C must stop it even when this process inherited SIGINT as ignored (Python keeps an
+    # inherited SIG_IGN, e.g. under a non-interactive shell's background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if port_answers(port):
+        if if_free:
+            print(f"something already answers on 127.0.0.1:{port}; using it")
+            return 0
+        print(f"port {port} is taken; stop what uses it or pass --port", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        process = start()
+        print(banner(process), flush=True)
+        process.wait()
+        print(f"the {what} exited; log:\n{log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        cleanup()
