@@ -13,6 +13,10 @@ an in-memory log instead of a broker, what the app produces is kept in memory
 a test of `retries=5` runs in milliseconds. So does a circuit breaker's cooldown: a send made
 while the breaker is open (its handler's partitions paused) advances the clock to the end of
 the cooldown, and the message then runs as it would once the breaker closed.
+
+Queue-mode handlers (share groups) run over an in-memory share group of one member: a failed
+delivery is RELEASEd and delivered again at once (`msg.attempt` raised), up to the group's
+delivery limit (`delivery_limit`, Kafka's default 5), then dead-lettered or REJECTed.
 """
 
 from __future__ import annotations
@@ -41,10 +45,14 @@ from kafkaworker.runtime.handoff import Outcome as Reported
 from kafkaworker.runtime.runner import resolve_specs
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemoryBroker, MemorySource
+from kafkaworker.runtime.source.memory_share import MemoryShareSource
 from kafkaworker.settings import Settings, settings_for_run
 from kafkaworker.testing.producer import MemoryProducer, ProducedRecord
 
-Outcome = Literal["finished", "dead_lettered", "retry_topic", "skipped", "stalled", "awaiting_ack"]
+Outcome = Literal[
+    "finished", "dead_lettered", "retry_topic", "skipped", "stalled", "awaiting_ack", "rejected"
+]
+_UNSETTLED = (Reported.NOT_FINISHED, Reported.RELEASED)
 _FINAL = {
     Action.DEAD_LETTER: "dead_lettered",
     Action.RETRY_TOPIC: "retry_topic",
@@ -62,9 +70,10 @@ class Delivery:
     offset: int
     # finished: handled (maybe after retries); dead_lettered, retry_topic, skipped: as the
     # failure policy decided; stalled: nowhere to go, retried until the client closes;
-    # awaiting_ack: a manual-ack handler returned without acking (or nacking) it.
+    # awaiting_ack: a manual-ack handler returned without acking (or nacking) it; rejected
+    # (queue mode): retries spent, or a fatal error, with no DLQ: the share group archives it.
     outcome: Outcome
-    # Handler calls, retries included.
+    # Handler calls, retries included (in queue mode: deliveries).
     attempts: int
     # The errors of the failed calls, in order.
     errors: list[BaseException] = field(default_factory=list)
@@ -75,7 +84,8 @@ class Delivery:
 class TestClient:
     """Runs `app`'s handlers in this process. `settings` overrides the app's own settings
     (key by key); `partitions` is how many partitions each topic has; `timeout` bounds, in
-    real seconds, how long one send may take to settle."""
+    real seconds, how long one send may take to settle; `delivery_limit` is the share
+    group's delivery count limit for queue-mode handlers."""
 
     __test__ = False  # a pytest collection hint: not a test class
 
@@ -86,6 +96,7 @@ class TestClient:
         settings: Mapping[str, Any] | None = None,
         partitions: int = 1,
         timeout: float = 10.0,
+        delivery_limit: int = 5,
     ) -> None:
         self.app = app
         base = app.settings if app.settings is not None else Settings.model_validate({})
@@ -99,7 +110,8 @@ class TestClient:
         self.broker = MemoryBroker()
         self._partitions = partitions
         self._timeout = timeout
-        self._sources: dict[str, MemorySource] = {}
+        self._delivery_limit = delivery_limit
+        self._sources: dict[str, MemorySource | MemoryShareSource] = {}
         self._runtimes: dict[str, HandlerRuntime] = {}
         self._observed: dict[str, _Observer] = {}
         self._stack = contextlib.ExitStack()
@@ -136,22 +148,31 @@ class TestClient:
             )
         )
         for spec in self.specs:
-            if spec.mode == "queue":
-                continue  # not run here yet: see _consumer_of()
             for topic in self._subscribed(spec):
                 if not self.broker.partitions(topic):
                     self.broker.create_topic(topic, self._partitions)
-            source = MemorySource(broker=self.broker)
+            source: MemorySource | MemoryShareSource
+            sources: dict[str, Any]
+            if spec.mode == "queue":
+                source = MemoryShareSource(
+                    broker=self.broker,
+                    delivery_limit=self._delivery_limit,
+                    group=spec.group or self.app.name,
+                )
+                sources = {"share_source": source, "share_group": source.config}
+            else:
+                source = MemorySource(broker=self.broker)
+                sources = {"source": source}
             runtime = HandlerRuntime(
                 self.app.name,
                 spec,
                 self.settings,
                 producer=self.producer,
-                source=source,
                 loop=loop,
                 virtual_time=self.clock,
+                **sources,
             )
-            observer = _Observer(self.broker.cond)
+            observer = _Observer(self.broker.cond, queue=spec.mode == "queue")
             runtime.attempts.observers.append(observer)
             self._sources[spec.name] = source
             self._runtimes[spec.name] = runtime
@@ -233,12 +254,6 @@ class TestClient:
                 f"topic {topic!r} is consumed by handlers {names}: pass handler=... to send "
                 "to one of them"
             )
-        if consumers[0].mode == "queue":
-            raise ConfigError(
-                f"handler {consumers[0].name!r} runs in queue mode (a share group), which the "
-                "test client does not run yet: call the handler function directly, or test "
-                "it against a broker (the kafka_broker and kafka_worker fixtures)"
-            )
         return consumers[0]
 
     def _deliver(
@@ -282,10 +297,12 @@ class TestClient:
                     raise runtime.error
             errors, decisions, stopped, completed = observer.take()
         outcome: Outcome
-        if stopped == "awaiting_ack" and completed:
+        if stopped == "awaiting_ack" and completed is not None:
             stopped = None  # acked after all (by another thread, as the handler returned)
         if stopped is not None:
             outcome = stopped
+        elif completed is Reported.REJECTED:
+            outcome = "rejected"
         elif decisions and decisions[-1].action in _FINAL:
             outcome = _FINAL[decisions[-1].action]  # type: ignore[assignment]
         else:
@@ -310,26 +327,31 @@ class _Observer:
     where no report follows (a stall, a manual-ack handler that returned without acking).
     It wakes the send's wait (on the broker's condition) when it is."""
 
-    def __init__(self, wake: threading.Condition) -> None:
+    def __init__(self, wake: threading.Condition, *, queue: bool = False) -> None:
         self._wake = wake
+        # Queue mode: a failed delivery is RELEASEd (reported, not settled: it comes again),
+        # and where stream mode would stall, the record is REJECTed (reported, settled).
+        self._queue = queue
         self._lock = threading.Lock()
         self._watched: tuple[Partition, int] | None = None
         self._errors: list[BaseException] = []
         self._decisions: list[Decision] = []
         self._stopped: Outcome | None = None
-        self._completed = False
+        self._completed: Reported | None = None  # the reported outcome that settled it
 
     @property
     def settled(self) -> bool:
-        return self._completed or self._stopped is not None
+        return self._completed is not None or self._stopped is not None
 
     def watch(self, partition: Partition, offset: int) -> None:
         with self._lock:
             self._watched = (partition, offset)
             self._errors, self._decisions, self._stopped = [], [], None
-            self._completed = False
+            self._completed = None
 
-    def take(self) -> tuple[list[BaseException], list[Decision], Outcome | None, bool]:
+    def take(
+        self,
+    ) -> tuple[list[BaseException], list[Decision], Outcome | None, Reported | None]:
         with self._lock:
             self._watched = None
             return self._errors, self._decisions, self._stopped, self._completed
@@ -343,7 +365,7 @@ class _Observer:
                 return
             self._errors.append(error)
             self._decisions.append(decision)
-            if decision.action is not Action.STALL:
+            if decision.action is not Action.STALL or self._queue:
                 return
             self._stopped = "stalled"
         self._notify()
@@ -357,19 +379,25 @@ class _Observer:
 
     def reported(self, completions: list[Completion]) -> None:
         with self._lock:
-            if self._watched is None or self._completed:
+            if self._watched is None or self._completed is not None:
                 return
             partition, offset = self._watched
             # Not finished is no settlement: the message was given up (a bug of the
-            # runtime's, logged), never redelivered here; the send times out.
-            if not any(
-                outcome != Reported.NOT_FINISHED
-                and state.topic_partition == partition
-                and offset in offsets
-                for state, offsets, outcome in completions
-            ):
+            # runtime's, logged), never redelivered here; the send times out. Released
+            # (queue mode) is none either: it is delivered again.
+            settled = next(
+                (
+                    outcome
+                    for state, offsets, outcome in completions
+                    if outcome not in _UNSETTLED
+                    and state.topic_partition == partition
+                    and offset in offsets
+                ),
+                None,
+            )
+            if settled is None:
                 return
-            self._completed = True
+            self._completed = settled
         self._notify()
 
     def _notify(self) -> None:

@@ -318,18 +318,6 @@ def test_shutdown_releases_what_was_not_started(kind: str) -> None:
     assert source.closed
 
 
-def test_the_test_client_says_it_does_not_run_queue_mode_handlers_yet() -> None:
-    from kafkaworker.testing import TestClient  # noqa: PLC0415
-
-    app = App("svc")
-    app.handler("jobs", mode="queue", group="workers")(job)
-    app.handler("orders", name="orders")(job)
-    with TestClient(app) as client:
-        assert client.send("orders", {"id": 1}).outcome == "finished"  # the others still run
-        with pytest.raises(ConfigError, match=r"runs in queue mode .* does not run yet"):
-            client.send("jobs", {"id": 1})
-
-
 def test_manifests_give_a_share_group_no_keda_scaled_object() -> None:
     from kafkaworker.kubernetes import Options, Route, build  # noqa: PLC0415
 

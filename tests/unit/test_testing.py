@@ -299,3 +299,52 @@ def test_the_dlq_traceback_is_the_last_attempts_without_the_frameworks_frames(ki
     names = [f.split(", in ")[-1] for f in frames]
     assert (names[0], names[-2:]) == ("charge", ["handle", "charge"]), text
     assert len(names) == (3 if kind == "sync" else 5), text
+
+
+def test_queue_mode_handlers_release_then_dead_letter_or_reject(kind: str) -> None:
+    app = App("svc")
+    calls: list[tuple[str, int]] = []
+
+    @app.handler("jobs", mode="queue", group="workers", retries=10, dlq="jobs.dlq")
+    @of_kind(kind)
+    def work(msg: Message[Any]) -> None:
+        calls.append(("work", msg.attempt))
+        if msg.value["flaky"] and msg.attempt < 3:
+            raise Down(f"delivery {msg.attempt}")
+        if msg.value["broken"]:
+            raise Down("always")
+
+    @app.handler("tasks", mode="queue", group="workers", retries=1)
+    @of_kind(kind)
+    def task(msg: Message[Any]) -> None:
+        calls.append(("task", msg.attempt))
+        if msg.value == "skip":
+            raise Skip("not for us")
+        raise DeadLetter("no retry can fix it")
+
+    @app.handler("orders")
+    def order(msg: Message[Any]) -> None:
+        calls.append(("order", msg.attempt))
+
+    with TestClient(app, delivery_limit=4) as client:
+        assert client.send("orders", {"id": 1}).outcome == "finished"  # stream mode beside
+        flaky = client.send("jobs", {"flaky": True, "broken": False})
+        # At the group's delivery limit (4), before retries=10: the last delivery goes to the
+        # DLQ, since a release there would be archived by the broker with no DLQ record.
+        broken = client.send("jobs", {"flaky": False, "broken": True})
+        rejected = client.send("tasks", "fatal")
+        skipped = client.send("tasks", "skip")
+    assert (flaky.outcome, flaky.attempts, len(flaky.errors)) == ("finished", 3, 2)
+    assert (broken.outcome, broken.attempts) == ("dead_lettered", 4)
+    [dead] = broken.records
+    assert (dead.topic, dead.header("kw.attempts")) == ("jobs.dlq", b"4")
+    # No DLQ: the record is REJECTed (archived by the share group), never delivered again.
+    assert (rejected.outcome, rejected.attempts, rejected.records) == ("rejected", 1, [])
+    assert isinstance(rejected.errors[0], DeadLetter)
+    assert (skipped.outcome, skipped.attempts) == ("skipped", 1)
+    assert calls == [
+        ("order", 1),
+        ("work", 1), ("work", 2), ("work", 3),
+        ("work", 1), ("work", 2), ("work", 3), ("work", 4),
+        ("task", 1), ("task", 1),
+    ]  # fmt: skip
