@@ -22,7 +22,7 @@ import grpc
 from apps.bridge.standard import check_health
 from kafkaworker.testing.broker import Cluster
 from kafkaworker.testing.jvm import free_port, port_answers
-from tools.demo import BOOTSTRAP, LOCAL, ensure_topic
+from tools.demo import BOOTSTRAP, LOCAL, ensure_topic, stop
 
 APP = "apps.bridge.worker:app"
 TOPIC = "orders.placed"
@@ -103,16 +103,7 @@ def main() -> int:
         print("stopping", flush=True)
         return 0
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        if cluster is not None:
-            cluster.cleanup()
+        stop(children, cluster)
 
 
 if __name__ == "__main__":

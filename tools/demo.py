@@ -147,6 +147,20 @@ def log_tail(lines: int = 20) -> str:
     return ""
 
 
+def stop(children: list[subprocess.Popen[bytes]], cluster: Cluster | None) -> None:
+    """SIGTERM every child (each drains and commits), wait up to 30 s, then the broker."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    if cluster is not None:
+        cluster.cleanup()
+
+
 def main() -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
@@ -199,16 +213,7 @@ def main() -> int:
             print("stopping: the worker finishes what it has in flight, then commits", flush=True)
         return 0
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        if cluster is not None:
-            cluster.cleanup()
+        stop(children, cluster)
 
 
 if __name__ == "__main__":
