@@ -43,6 +43,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m apps.bridge.client")
     parser.add_argument("--address", default="127.0.0.1:50051")
     parser.add_argument("--timeout", type=float, default=30.0, help="the RPC's deadline, s")
+    parser.add_argument("--tls-ca", help="TLS: trust the bridge's certificate from this CA (PEM)")
+    parser.add_argument("--tls-cert", help="mTLS: this client's certificate (PEM)")
+    parser.add_argument("--tls-key", help="mTLS: its private key (PEM)")
     commands = parser.add_subparsers(dest="command", required=True)
     place = commands.add_parser("place-order")
     place.add_argument("--order-id", required=True)
@@ -58,9 +61,41 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def open_channel(
+    address: str,
+    *,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+) -> grpc.Channel:
+    """A channel to the bridge: plaintext, or TLS trusting `ca` (with a client certificate
+    for a bridge that asks for one)."""
+    if ca is None and cert is None:
+        return grpc.insecure_channel(address)
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as file:
+            return file.read()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
+    )
+    return grpc.secure_channel(address, credentials)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with grpc.insecure_channel(args.address) as channel:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("--tls-cert and --tls-key go together: pass both, or neither", file=sys.stderr)
+        return 2
+    try:
+        channel = open_channel(args.address, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    except OSError as exc:
+        print(f"cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    with channel:
         stub = bridge_pb2_grpc.OrderBridgeStub(channel)
         try:
             if args.command == "health":

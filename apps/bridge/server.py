@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,6 +60,61 @@ class BridgeOptions:
     # Beyond this many RPCs at once the server answers RESOURCE_EXHAUSTED: the producer's
     # queue, not the caller, decides how much memory waits for the brokers.
     max_concurrent_rpcs: int = 10_000
+    # TLS on the listener: the server's certificate (chain) and key, PEM files. With
+    # tls_client_ca too, clients must present a certificate that CA signed (mutual TLS).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+
+    @property
+    def tls(self) -> str:
+        """How the listener is secured: "off", "on" or "mutual" (for the logs)."""
+        if self.tls_cert is None:
+            return "off"
+        return "mutual" if self.tls_client_ca is not None else "on"
+
+
+def server_credentials(options: BridgeOptions) -> grpc.ServerCredentials | None:
+    """The listener's TLS credentials, None for plaintext. Bad files are a StartupError in one
+    line naming the option and the file, found here rather than at the first handshake (grpc
+    would accept a key that does not match its certificate and fail every connection)."""
+    cert, key, client_ca = options.tls_cert, options.tls_key, options.tls_client_ca
+    if (cert is None) != (key is None):
+        raise StartupError("--tls-cert and --tls-key go together: pass both, or neither")
+    if cert is None or key is None:
+        if client_ca is not None:
+            raise StartupError("--tls-client-ca needs --tls-cert and --tls-key (the server's)")
+        return None
+
+    def read(option: str, path: str) -> bytes:
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as exc:
+            raise StartupError(f"cannot read {option} {path}: {exc.strerror}") from None
+
+    chain, private_key = read("--tls-cert", cert), read("--tls-key", key)
+    try:
+        # The stdlib checks that the files are PEM and that the key is the certificate's.
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as exc:
+        raise StartupError(
+            f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate and its key: {exc}"
+        ) from None
+    roots = None
+    if client_ca is not None:
+        roots = read("--tls-client-ca", client_ca)
+        try:
+            ssl.create_default_context(cadata=roots.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError) as exc:
+            raise StartupError(
+                f"--tls-client-ca {client_ca} holds no PEM CA certificate: {exc}"
+            ) from None
+    return grpc.ssl_server_credentials(
+        [(private_key, chain)],
+        root_certificates=roots,
+        require_client_auth=roots is not None,
+    )
 
 
 def bridge_settings(settings: Settings, options: BridgeOptions) -> Settings:
@@ -78,6 +134,7 @@ class Bridge:
 
     def __init__(self, settings: Settings, options: BridgeOptions) -> None:
         self.options = options
+        self._credentials = server_credentials(options)  # before any client: fails first
         self.settings = bridge_settings(settings, options)
         self.port = 0
         self._producer = Producer(self.settings, client_id="kafkaworker-bridge")
@@ -110,7 +167,10 @@ class Bridge:
         clients are closed before the error is raised."""
         address = f"{self.options.host}:{self.options.port}"
         try:
-            self.port = self._server.add_insecure_port(address)
+            if self._credentials is None:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                self.port = self._server.add_secure_port(address, self._credentials)
         except RuntimeError as exc:  # grpc's whole message is "Failed to bind to address"
             await asyncio.to_thread(self._producer.close, 0)
             self._admin.close()
@@ -124,6 +184,7 @@ class Bridge:
             bootstrap=self.settings.kafka.bootstrap_servers,
             orders_topic=self.options.orders_topic,
             format=self.options.format.value,
+            tls=self.options.tls,
         )
         return self.port
 
@@ -203,6 +264,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BridgeOptions, str]:
     parser.add_argument("--health-interval", type=float, default=defaults.health_interval)
     parser.add_argument("--grace", type=float, default=defaults.grace)
     parser.add_argument("--drain", type=float, default=defaults.drain)
+    parser.add_argument("--tls-cert", help="the server's certificate (chain), PEM: TLS on")
+    parser.add_argument("--tls-key", help="its private key, PEM (unencrypted)")
+    parser.add_argument(
+        "--tls-client-ca", help="require client certificates signed by this CA (PEM): mTLS"
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     options = BridgeOptions(
@@ -215,6 +281,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BridgeOptions, str]:
         health_interval=args.health_interval,
         grace=args.grace,
         drain=args.drain,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
     return options, str(args.log_level)
 

@@ -49,6 +49,14 @@ class ClientCert:
         return config
 
 
+@dataclass(frozen=True)
+class ServerCert:
+    """A server's certificate and key as separate PEM files (what gRPC's TLS takes)."""
+
+    certificate: Path
+    key: Path
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -178,6 +186,16 @@ class CertificateAuthority:
             self.directory / f"{name}-keystore.pem",
             _key_pem(key) + _cert_pem(cert) + _cert_pem(self.certificate),
             secret=True,
+        )
+
+    def server_cert(
+        self, name: str = "server", hosts: Sequence[str] = ("127.0.0.1", "localhost")
+    ) -> ServerCert:
+        """A server certificate (SAN: `hosts`) and its key, in files of their own."""
+        key, cert = self._issue(name, usage=ExtendedKeyUsageOID.SERVER_AUTH, hosts=hosts)
+        return ServerCert(
+            certificate=_write(self.directory / f"{name}.crt", _cert_pem(cert)),
+            key=_write(self.directory / f"{name}.key", _key_pem(key), secret=True),
         )
 
     def client_cert(
