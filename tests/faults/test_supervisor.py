@@ -61,8 +61,9 @@ def alive(pid: int) -> bool:
 
 
 def test_two_processes_share_the_work_a_killed_one_restarts_and_ctrl_c_drains(
-    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, kind: str
 ) -> None:
+    """Async handlers too: each process runs its own event loop (and has its own GIL)."""
     topic = new_topic(4)
     total = 3000
     produce(
@@ -72,7 +73,14 @@ def test_two_processes_share_the_work_a_killed_one_restarts_and_ctrl_c_drains(
         partitions=[i % 4 for i in range(total)],
     )
     record, log = tmp_path / "records.txt", tmp_path / "supervisor.log"
-    sup = supervisor(kafka_bootstrap, topic, record, log, RECORDER_SLEEP="0.01")
+    sup = supervisor(
+        kafka_bootstrap,
+        topic,
+        record,
+        log,
+        RECORDER_SLEEP="0.01",
+        RECORDER_ASYNC="1" if kind == "async" else "0",
+    )
     try:
 
         def two_pids() -> set[int] | None:
