@@ -1,8 +1,9 @@
 """The dashboard tests' app: one handler, a DLQ, failures on demand.
 
 Configured by environment: DASH_TOPIC (its DLQ is DASH_TOPIC.dlq), DASH_GROUP, DASH_SLEEP
-(seconds per message, to make lag visible). A JSON value {"fail": true} fails every attempt
-(one in-place retry, then the DLQ), with a message naming the order's id.
+(seconds per message, to make lag visible), DASH_MODE (stream, or queue: a share group).
+A JSON value {"fail": true} fails every attempt (one in-place retry, or in queue mode one
+redelivery, then the DLQ), with a message naming the order's id.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ def _check(order: dict[str, Any]) -> None:
         raise BrokenOrderError(f"order {order['id']} is broken")
 
 
-@app.handler(TOPIC, retries=1, backoff=Backoff(initial=0.01, max=0.01), dlq=f"{TOPIC}.dlq")
+@app.handler(
+    TOPIC,
+    mode="queue" if os.environ.get("DASH_MODE") == "queue" else "stream",
+    retries=1,
+    backoff=Backoff(initial=0.01, max=0.01),
+    dlq=f"{TOPIC}.dlq",
+)
 def handle_order(msg: Message[dict[str, Any]]) -> None:
     if _SLEEP:
         time.sleep(_SLEEP)

@@ -89,6 +89,32 @@ def test_status_and_failures_match_metrics(
         assert entry["traceback"].rstrip().endswith("is broken")
 
 
+def test_a_queue_mode_handler_shows_its_counts_and_failures_and_no_partitions(
+    kafka_bootstrap: str, topic: Callable[[int], str], worker: Callable[..., Worker]
+) -> None:
+    name = topic(1)
+    one = worker(name, DASH_MODE="queue")
+    one.wait_ready()
+    send(kafka_bootstrap, name, [*({"id": i} for i in range(10)), {"id": 100, "fail": True}])
+
+    def done() -> dict[str, Any] | None:
+        row = one.handler()
+        return row if row.get("dead_lettered") == 1 and row.get("finished", 0) >= 10 else None
+
+    row = wait_for(done, 90, "10 finished and one dead-lettered in queue mode")
+    port = one.port
+    assert row["finished"] == total(port, "kafkaworker_messages_finished_total", handler=HANDLER)
+    assert row["failed"] == 2  # released after the first delivery, dead-lettered after the 2nd
+    assert (row["mode"], row["ordering"], row["breaker"]) == ("queue", "none", "none")
+    assert row["group"] == f"dash-{name}"
+    # A share group has no assignment and no committed offsets: no partition rows.
+    assert one.status()["partitions"] == []
+    entries = [e for e in one.failures()["failures"] if e["error"] == "order 100 is broken"]
+    assert [e["attempt"] for e in entries] == [2, 1]  # newest first
+    assert entries[0]["decision"] == "dead_letter"
+    assert entries[0]["dlq"] == f"{name}.dlq"
+
+
 def test_lag_appears_and_falls_to_zero(
     kafka_bootstrap: str, topic: Callable[[int], str], worker: Callable[..., Worker]
 ) -> None:
