@@ -1,6 +1,6 @@
 """Helpers of the Schema Registry tests: a counting proxy in front of the real registry (which
-can also stand in for an authenticating proxy: Basic auth or 401), and the test protos
-generated with grpcio-tools at test time."""
+can also stand in for an authenticating proxy: Basic auth or 401), the test protos generated
+with grpcio-tools at test time, and records sent through a codec."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 from urllib.parse import urlsplit
+
+from kafkaworker import Producer
+from kafkaworker.serialization import Codec
+from tests.support import make_settings
 
 PROTOS = Path(__file__).resolve().parent.parent / "protos"
 
@@ -135,3 +140,13 @@ def generate_protos(out: Path) -> dict[str, ModuleType]:
     # The generated modules import one another by file name (import money_pb2).
     sys.path.insert(0, str(out))
     return {p.stem: importlib.import_module(f"{p.stem}_pb2") for p in protos}
+
+
+def send(bootstrap: str, topic: str, values: list[Any], codec: Codec) -> None:
+    """Produce `values` to `topic`, each encoded by `codec` (registering its schema)."""
+    producer = Producer(make_settings(bootstrap))
+    try:
+        for value in values:
+            producer.send_sync(topic, value, codec=codec)
+    finally:
+        producer.close()

@@ -30,7 +30,7 @@ from kafkaworker.serialization.registry import registry_client
 from kafkaworker.testing.jvm import free_port
 from kafkaworker.testing.registry import SchemaRegistry
 from tests.conftest import TopicFactory
-from tests.integration.registry_support import CountingProxy
+from tests.integration.registry_support import CountingProxy, send
 from tests.support import ROOT, committed, end_offsets, make_settings, running
 
 pytestmark = pytest.mark.kafka
@@ -53,15 +53,6 @@ def auth_proxy(schema_registry: SchemaRegistry) -> Iterator[CountingProxy]:
 
 def _registry(url: str, password: str) -> dict[str, Any]:
     return {"url": url, "config": {"basic.auth.user.info": f"{USER}:{password}"}}
-
-
-def _send(bootstrap: str, topic: str, orders: list[Order], codec: JsonSchemaCodec) -> None:
-    producer = Producer(make_settings(bootstrap))
-    try:
-        for order in orders:
-            producer.send_sync(topic, order, codec=codec)
-    finally:
-        producer.close()
 
 
 def _run_app(bootstrap: str, topic: str, *, group: str, url: str, password: str) -> list[Order]:
@@ -96,7 +87,7 @@ def test_the_right_credentials_round_trip_through_an_authenticating_proxy(
     topic = new_topic(1)
     orders = [Order(id=i, sku=f"S{i}") for i in range(5)]
     codec = JsonSchemaCodec({"url": auth_proxy.url, "basic.auth.user.info": f"{USER}:{PASSWORD}"})
-    _send(kafka_bootstrap, topic, orders, codec)
+    send(kafka_bootstrap, topic, orders, codec)
     assert (
         _run_app(kafka_bootstrap, topic, group=f"g-{topic}", url=auth_proxy.url, password=PASSWORD)
         == orders
@@ -132,7 +123,7 @@ def test_a_wrong_password_is_one_start_up_line_without_the_secret_and_nothing_is
     group = f"g-{topic}"
     orders = [Order(id=i, sku="W") for i in range(3)]
     right = JsonSchemaCodec({"url": auth_proxy.url, "basic.auth.user.info": f"{USER}:{PASSWORD}"})
-    _send(kafka_bootstrap, topic, orders, right)
+    send(kafka_bootstrap, topic, orders, right)
     forwarded = sum(auth_proxy.counts.values())
     expected = (
         f"the Schema Registry at {auth_proxy.url} refused the credentials (HTTP 401): "

@@ -32,7 +32,7 @@ from kafkaworker.serialization.registry import registry_client, runtime_codecs
 from kafkaworker.testing.jvm import free_port
 from kafkaworker.testing.registry import SchemaRegistry
 from tests.conftest import TopicFactory
-from tests.integration.registry_support import PROTOS, CountingProxy, generate_protos
+from tests.integration.registry_support import PROTOS, CountingProxy, generate_protos, send
 from tests.support import end_offsets, make_settings, produce, read_topic, running, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -61,15 +61,6 @@ def protos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModuleType]:
     return generate_protos(tmp_path_factory.mktemp("protos"))
 
 
-def _send(bootstrap: str, topic: str, values: list[Any], codec: Any) -> None:
-    producer = Producer(make_settings(bootstrap))
-    try:
-        for value in values:
-            producer.send_sync(topic, value, codec=codec)
-    finally:
-        producer.close()
-
-
 def _kw_headers(record: Any) -> dict[str, str]:
     return {k: v.decode() for k, v in record.headers() if k.startswith("kw.")}
 
@@ -84,7 +75,7 @@ def test_json_schema_round_trip_registers_the_models_schema(
     schema_registry: SchemaRegistry,
 ) -> None:
     topic = new_topic(1)
-    _send(
+    send(
         kafka_bootstrap,
         topic,
         [OrderV1(id=1, sku="A"), OrderV1(id=2, sku="B")],
@@ -117,7 +108,7 @@ def test_json_schema_v1_records_are_read_by_a_v2_model(
 ) -> None:
     topic = new_topic(1)
     codec = JsonSchemaCodec(registry)
-    _send(
+    send(
         kafka_bootstrap, topic, [OrderV1(id=1, sku="A"), OrderV2(id=2, sku="B", quantity=5)], codec
     )
     # Two writer schemas, two versions of one subject.
@@ -218,14 +209,14 @@ def test_json_schema_an_incompatible_change_is_refused_under_backward(
     topic = new_topic(1)
     subject = f"{topic}-value"
     codec = JsonSchemaCodec(registry)
-    _send(kafka_bootstrap, topic, [OrderV1(id=1, sku="A")], codec)
+    send(kafka_bootstrap, topic, [OrderV1(id=1, sku="A")], codec)
     # Apicurio's default is NONE (Confluent's BACKWARD): the test sets the rule it tests.
     registry.set_compatibility(subject, "BACKWARD")
     http = _refusal(kafka_bootstrap, topic, incompatible, codec)
     assert (http.http_status_code, http.error_code) == (409, 409)
     assert len(registry.get_versions(subject)) == 1
     # The refusal leaves the registered schema usable.
-    _send(kafka_bootstrap, topic, [OrderV1(id=3, sku="C")], codec)
+    send(kafka_bootstrap, topic, [OrderV1(id=3, sku="C")], codec)
     assert end_offsets(kafka_bootstrap, topic, 1) == {0: 2}
 
 
@@ -238,9 +229,9 @@ def test_json_schema_v2_closed_model_is_accepted_under_backward_and_reads_v1_rec
     topic = new_topic(1)
     subject = f"{topic}-value"
     codec = JsonSchemaCodec(registry)
-    _send(kafka_bootstrap, topic, [ClosedOrderV1(id=1, sku="A")], codec)
+    send(kafka_bootstrap, topic, [ClosedOrderV1(id=1, sku="A")], codec)
     registry.set_compatibility(subject, "BACKWARD")
-    _send(kafka_bootstrap, topic, [ClosedOrderV2(id=2, sku="B", quantity=4)], codec)
+    send(kafka_bootstrap, topic, [ClosedOrderV2(id=2, sku="B", quantity=4)], codec)
     versions = [registry.get_version(subject, v) for v in registry.get_versions(subject)]
     assert [orjson.loads(v.schema.schema_str or "")["additionalProperties"] for v in versions] == [
         False,
@@ -297,7 +288,7 @@ def test_json_schema_references_round_trip_and_validate_through_the_referenced_s
     )
     codec = JsonSchemaCodec(registry, schema=writer)
     order = {"id": 1, "total": {"units": 1250, "currency": "EUR"}}
-    _send(kafka_bootstrap, topic, [order], codec)
+    send(kafka_bootstrap, topic, [order], codec)
     latest = registry.get_latest_version(f"{topic}-value")
     assert [(r.name, r.subject, r.version) for r in latest.schema.references or []] == [
         ("money.json", money_subject, 1)
@@ -343,7 +334,7 @@ def test_protobuf_round_trip_registers_the_import_as_a_reference(
     order = order_type(id=7, sku="P")
     order.total.units = 1250
     order.total.currency = "EUR"
-    _send(kafka_bootstrap, topic, [order], ProtobufCodec(registry))
+    send(kafka_bootstrap, topic, [order], ProtobufCodec(registry))
     (record,) = read_topic(kafka_bootstrap, topic, 1)
     # Magic byte, schema id, then the message indexes: [0] (the file's first message) is one
     # zero byte.
@@ -383,7 +374,7 @@ def test_protobuf_a_field_added_v2_reader_reads_v1_records(
     topic = new_topic(1)
     v1, v2 = protos["orders_v1"].Order, protos["orders_v2"].Order
     codec = ProtobufCodec(registry)
-    _send(kafka_bootstrap, topic, [v1(id=1, sku="A"), v2(id=2, sku="B", quantity=3)], codec)
+    send(kafka_bootstrap, topic, [v1(id=1, sku="A"), v2(id=2, sku="B", quantity=3)], codec)
     received: list[Any] = []
     app = App(f"g-{topic}")
 
@@ -468,7 +459,7 @@ def test_an_incompatible_change_is_refused_under_backward_naming_subject_and_rul
 ) -> None:
     topic = new_topic(1)
     subject = f"{topic}-value"
-    _send(kafka_bootstrap, topic, [{"id": 1}], AvroCodec(registry, writer_schema=AVRO_V1))
+    send(kafka_bootstrap, topic, [{"id": 1}], AvroCodec(registry, writer_schema=AVRO_V1))
     # Apicurio's default is NONE (Confluent's BACKWARD): the test sets the rule it tests.
     registry.set_compatibility(subject, "BACKWARD")
     producer = Producer(make_settings(kafka_bootstrap))
@@ -501,7 +492,7 @@ def test_subject_name_strategies_topic_record_and_topic_record(
     schema = {"title": title, "type": "object", "properties": {"id": {"type": "integer"}}}
     for strategy in ("topic", "record", "topic_record"):
         codec = JsonSchemaCodec(registry, schema=schema, subject_strategy=strategy)
-        _send(kafka_bootstrap, topic, [{"id": 1}], codec)
+        send(kafka_bootstrap, topic, [{"id": 1}], codec)
     subjects = set(registry.get_subjects())
     assert {f"{topic}-value", title, f"{topic}-{title}"} <= subjects
 
@@ -536,7 +527,7 @@ def test_one_registry_request_per_schema_id_per_process(
     topic = new_topic(1)
     with CountingProxy(schema_registry.url).running() as proxy:
         producer_codec = JsonSchemaCodec({"url": proxy.url})
-        _send(kafka_bootstrap, topic, [OrderV1(id=i, sku="C") for i in range(40)], producer_codec)
+        send(kafka_bootstrap, topic, [OrderV1(id=i, sku="C") for i in range(40)], producer_codec)
         registrations = proxy.count("POST", f"/subjects/{topic}-value/versions")
         assert registrations == 1, proxy.counts
         received: list[OrderV1] = []
