@@ -59,6 +59,9 @@ class CountingProxy:
             def _unauthorized(self) -> None:
                 with lock:
                     refused[(self.command, self.path.split("?", 1)[0])] += 1
+                # Set before the answer goes out: a client that got its 401 may look at once
+                # (set after the write, a fresh-clone CI run saw it still unset).
+                refused_event.set()
                 body = b'{"error_code": 401, "message": "Unauthorized"}'
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="schema-registry"')
@@ -67,7 +70,6 @@ class CountingProxy:
                 self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(body)
-                refused_event.set()
 
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
