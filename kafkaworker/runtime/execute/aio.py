@@ -33,6 +33,7 @@ from kafkaworker.runtime.execute.base import (
     CLOCK_EVERY,
     FINISHED,
     REPORT_EVERY,
+    SLOW_HANDLER,
     LaneExecutor,
 )
 from kafkaworker.runtime.execute.batches import BatchRunner
@@ -274,7 +275,7 @@ class AsyncPool(LaneExecutor):
         call = self._attempts.call
         clock = time.monotonic
         started = yielded = time.monotonic()
-        every = 1  # calls between two clock readings (see below)
+        every = 1  # calls between clock readings: 1 while slow (or not known), else more
         msg: Message[Any] | None = None
         try:
             while chunk:
@@ -314,19 +315,7 @@ class AsyncPool(LaneExecutor):
                 self._busy_calls += measured
                 if measured == 1:
                     self._timed.append((now, elapsed))
-                # Groups of calls between clock readings, every other group a single call
-                # (timed one by one: the p99's sample). A group is as many calls as take
-                # about REPORT_EVERY, at most CLOCK_EVERY: a slow async handler awaits, and
-                # the loop runs the others meanwhile, so reading the clock after each of its
-                # calls (as the worker pool does) buys nothing, and it was 0.4 of the loop's
-                # 7.6 us per message at 512 coroutines of 2 ms (S2's async row, broker-less).
-                # One that blocks the loop still gives it back within about REPORT_EVERY.
-                if measured > 1:
-                    every = 1
-                elif elapsed * CLOCK_EVERY <= REPORT_EVERY:
-                    every = CLOCK_EVERY
-                else:
-                    every = max(1, int(REPORT_EVERY / elapsed))
+                every = 1 if elapsed >= SLOW_HANDLER * measured else CLOCK_EVERY
                 if now - yielded >= REPORT_EVERY:
                     # Handlers that never suspend would keep the loop to this lane: let the
                     # others (and the report) have it.
