@@ -153,7 +153,8 @@ def test_a_second_signal_exits_at_once_without_committing_unfinished_work(
     worker.signal(signal.SIGTERM)  # ...and the second one cuts it short
     assert worker.wait(10) == 128 + signal.SIGTERM
     assert read_records(record) == []
-    assert committed(kafka_bootstrap, f"g-{topic}", topic, 1) == {0: -1001}
+    # Nothing past the start, which was committed when the partition was assigned.
+    assert committed(kafka_bootstrap, f"g-{topic}", topic, 1) == {0: 0}
 
 
 @pytest.mark.parametrize("protocol", ["classic", "consumer"])

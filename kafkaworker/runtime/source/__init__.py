@@ -46,7 +46,10 @@ class AssignmentListener(Protocol):
 
 
 class Source(Protocol):
-    """One handler's records. Used from the poll thread only."""
+    """One handler's records. Used from the poll thread only.
+
+    Every partition it assigns has a committed position: where the group had none, the source
+    commits the position auto.offset.reset gives it at assignment, and starts there."""
 
     def subscribe(self, topics: Sequence[str], listener: AssignmentListener) -> None: ...
 

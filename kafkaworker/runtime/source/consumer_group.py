@@ -206,8 +206,12 @@ class ConsumerGroupSource:
         self._consumer.store_offsets(offsets=_offsets(positions))
 
     def commit(self, positions: Mapping[Partition, int]) -> None:
+        self._commit_or_raise(self._consumer, _offsets(positions))
+
+    @staticmethod
+    def _commit_or_raise(consumer: Consumer, offsets: list[TopicPartition]) -> None:
         # It raises for the request; a partition's own failure is in its result.
-        for tp in self._consumer.commit(offsets=_offsets(positions), asynchronous=False):
+        for tp in consumer.commit(offsets=offsets, asynchronous=False):
             if tp.error is not None:
                 raise KafkaException(tp.error)
 
@@ -265,7 +269,59 @@ class ConsumerGroupSource:
             # Before this callback: an incremental (cooperative) assignment adds to it.
             held_before=[f"{tp.topic}[{tp.partition}]" for tp in consumer.assignment()],
         )
+        starts = self._commit_starts(consumer, partitions)
         self._listener.on_assign(_partitions(partitions))
+        # Assigned here rather than by confluent-kafka after the callback: the partitions
+        # whose start was committed just now start exactly there.
+        consumer.incremental_assign(starts)
+
+    def _commit_starts(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> list[TopicPartition]:
+        """The partitions to assign, with a start offset for those the group had no committed
+        offset for, which is committed first: the position auto.offset.reset gives them now.
+
+        Without it, a member that stops before it finishes anything of such a partition leaves
+        the next owner to apply auto.offset.reset again: with "latest", past the records that
+        arrived meanwhile (lost; Spring Kafka's assignmentCommitOption closes the same hole).
+        And a partition that never receives a record would have no committed offset at all:
+        `lag` shows it as never committed, and a group's offsets never equal the log ends (the
+        KIP-848 runtime test's stall in CI, whose producer had left a partition empty).
+        Only a group's first assignment of a partition pays for it (two requests); on any
+        failure librdkafka resolves the start itself, as it would have."""
+        reset = _RESETS.get(str(self._config.get("auto.offset.reset", "latest")))
+        if not partitions or reset is None:
+            return partitions
+        try:
+            committed = consumer.committed(partitions, _START_TIMEOUT)
+            missing = [
+                TopicPartition(tp.topic, tp.partition, reset)
+                for tp in committed
+                if tp.offset < 0 and tp.error is None
+            ]
+            if not missing:
+                return partitions
+            starts = {
+                (tp.topic, tp.partition): tp
+                for tp in consumer.offsets_for_times(missing, _START_TIMEOUT)
+                if tp.error is None and tp.offset >= 0
+            }
+            if starts:
+                self._commit_or_raise(consumer, list(starts.values()))
+        except KafkaException as exc:
+            log.debug(
+                "could not commit the start of newly assigned partitions; librdkafka "
+                "resolves it as usual",
+                handler=self._handler,
+                error=str(exc),
+            )
+            return partitions
+        log.debug(
+            "committed the start of partitions the group had no offset for",
+            handler=self._handler,
+            positions={f"{tp.topic}[{tp.partition}]": tp.offset for tp in starts.values()},
+        )
+        return [starts.get((tp.topic, tp.partition), tp) for tp in partitions]
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if consumer is not self._consumer:
@@ -347,6 +403,14 @@ class ConsumerGroupSource:
         )
 
 
+# ListOffsets' special timestamps for auto.offset.reset's values ("error" has none: left to
+# librdkafka, which reports it).
+_RESETS = {
+    **dict.fromkeys(("earliest", "smallest", "beginning"), -2),
+    **dict.fromkeys(("latest", "largest", "end"), -1),
+}
+# The start of newly assigned partitions is looked up and committed within this (each request).
+_START_TIMEOUT = 5.0
 # How long close() waits for a consumer out of its group (a LeaveGroup, normally milliseconds).
 _CLOSE_OUT_OF_GROUP = 10.0
 

@@ -225,8 +225,12 @@ class MemorySource:
                 kind, partitions = self._events.pop(0)
                 if kind == "assign":
                     partitions = [p for p in partitions if p not in self._positions]
+                    starts = {p: 0 for p in partitions if p not in self.committed}
+                    if starts:  # as ConsumerGroupSource does: every assigned one has a start
+                        self.committed.update(starts)
+                        self.commits.append(starts)
                     for partition in partitions:
-                        self._positions[partition] = self.committed.get(partition, 0)
+                        self._positions[partition] = self.committed[partition]
                 else:
                     partitions = [p for p in partitions if p in self._positions]
             if kind == "assign":
