@@ -22,8 +22,7 @@ import structlog
 
 from benchmarks.loop_ceiling import completions_per_second
 from kafkaworker import App, Message, Settings
-from kafkaworker.runtime.execute.event_loop import EventLoopThread
-from kafkaworker.runtime.handler_runtime import HandlerRuntime
+from kafkaworker.runtime.compose import AppRuntime, GivenSources
 from kafkaworker.runtime.runner import tuned_gc
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
@@ -62,12 +61,14 @@ def run(messages: int, concurrency: int) -> dict[str, Any]:
         source.broker.append("t", value, key=b"%d" % key, partition=key % PARTITIONS)
     partitions = [Partition("t", p) for p in range(PARTITIONS)]
     settings = Settings.model_validate({"log_level": "WARNING"})
-    loop = EventLoopThread().start()
-    runtime = HandlerRuntime("bench", app.handlers["h"], settings, source=source, loop=loop)
+    runtime = AppRuntime(
+        app, settings, [app.handlers["h"]], sources=GivenSources({"h": source})
+    ).__enter__()
+    [handler] = runtime.handlers
     with tuned_gc(True):
         before = _thread_cpu()
         started = time.perf_counter()
-        runtime.start()
+        handler.start()
         # Polled, not awaited with source.wait_for(): that wakes on every commit and takes
         # the GIL from the threads measured.
         deadline = started + 300
@@ -76,9 +77,7 @@ def run(messages: int, concurrency: int) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         after = _thread_cpu()
         names = {t.native_id: t.name for t in threading.enumerate()}
-        runtime.request_stop()
-        runtime.join(30)
-        loop.close()
+        runtime.__exit__(None, None, None)
     if not done:
         raise SystemExit("not everything was committed within 300 s")
     threads = {

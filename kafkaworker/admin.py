@@ -41,6 +41,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from kafkaworker import clients
 from kafkaworker.errors import ConfigError, KafkaWorkerError, StartupError
+from kafkaworker.handlers import resolve_specs
 from kafkaworker.settings import Settings
 
 if TYPE_CHECKING:
@@ -280,7 +281,6 @@ class KafkaAdmin:
         """Every topic `app` consumes or writes, as its handlers will run with `settings`
         (handlers.<name>.topics and the rest applied): sources, retry topics, DLQs, outputs."""
         from kafkaworker.runtime.failures.retrytopics import RetryRoutes  # noqa: PLC0415
-        from kafkaworker.runtime.runner import resolve_specs  # noqa: PLC0415
 
         settings = settings or self.settings
         found: dict[str, AppTopic] = {}
@@ -544,7 +544,6 @@ class KafkaAdmin:
     def lag(self, app: App, settings: Settings | None = None) -> dict[str, GroupOffsets]:
         """Per handler of `app`: its group's offsets on the topics it consumes."""
         from kafkaworker.runtime.failures.retrytopics import RetryRoutes  # noqa: PLC0415
-        from kafkaworker.runtime.runner import resolve_specs  # noqa: PLC0415
 
         found = {}
         for spec in resolve_specs(app, settings or self.settings):
@@ -611,7 +610,6 @@ class KafkaAdmin:
                     checks.append(Check(name, True, "missing; it will be created at start-up"))
                 except StartupError as exc:
                     checks.append(Check(name, False, f"missing and cannot be created: {exc}"))
-        from kafkaworker.runtime.runner import resolve_specs  # noqa: PLC0415
 
         specs = resolve_specs(app, settings)
         shares = sorted({spec.group or app.name for spec in specs if spec.mode == "queue"})
@@ -847,7 +845,6 @@ SHARE_GROUP_NOT_DESCRIBED = (
 
 def share_groups(app: App, settings: Settings) -> dict[str, str]:
     """Queue-mode handlers of `app` and their share groups."""
-    from kafkaworker.runtime.runner import resolve_specs  # noqa: PLC0415
 
     return {
         spec.name: spec.group or app.name

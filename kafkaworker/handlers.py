@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel
 
@@ -15,6 +15,10 @@ from kafkaworker.backoff import Backoff
 from kafkaworker.errors import ConfigError
 from kafkaworker.message import Message
 from kafkaworker.serialization import RUNTIME_CODECS, Codec, get_codec
+from kafkaworker.settings import Settings
+
+if TYPE_CHECKING:
+    from kafkaworker.app import App
 
 Ordering = Literal["partition", "key", "none"]
 AckMode = Literal["auto", "manual"]
@@ -352,3 +356,63 @@ def _check_signature(name: str, func: Callable[..., Any]) -> None:
             f"handler {name!r}: {func!r} must accept exactly one argument (the Message), "
             f"but its signature is {signature}"
         ) from None
+
+
+def resolve_specs(app: App, settings: Settings, only: Sequence[str] = ()) -> list[HandlerSpec]:
+    """The app's handlers with settings.handlers.<name> applied, limited to `only`."""
+    handlers = app.handlers
+    known = ", ".join(handlers) or "(none)"
+    for name in settings.handlers:
+        if name not in handlers:
+            raise ConfigError(
+                f"settings handlers.{name}: app {app.name!r} has no handler "
+                f"{name!r}; its handlers are: {known}"
+            )
+    for name in only:
+        if name not in handlers:
+            raise ConfigError(
+                f"--only {name}: app {app.name!r} has no such handler; its handlers are: {known}"
+            )
+    specs = []
+    for name, declared in handlers.items():
+        if only and name not in only:
+            continue
+        spec = declared
+        override = settings.handlers.get(name)
+        if override is not None:
+            # circuit_breaker is a runtime setting, read by the HandlerRuntime: no spec field.
+            changes = override.model_dump(
+                exclude_none=True, exclude={"backoff", "circuit_breaker", "batch"}
+            )
+            if override.batch is not None:
+                if spec.batch is None:
+                    raise ConfigError(
+                        f"settings handlers.{name}.batch: handler {name!r} is not a batch "
+                        "handler (it takes one message); remove the batch settings, or declare "
+                        "it with @app.handler(..., batch=BatchPolicy(...))"
+                    )
+                changes["batch"] = dataclasses.replace(
+                    spec.batch, **override.batch.model_dump(exclude_none=True)
+                )
+            if override.backoff is not None:
+                changes["backoff"] = Backoff(
+                    **{
+                        **dataclasses.asdict(spec.backoff),
+                        **override.backoff.model_dump(exclude_none=True),
+                    }
+                )
+            spec = spec.replace(**changes)
+        specs.append(spec)
+    if not specs:
+        raise ConfigError(f"app {app.name!r} has no handlers: declare one with @app.handler(...)")
+    modes: dict[str, HandlerSpec] = {}
+    for spec in specs:
+        group = spec.group or app.name
+        other = modes.setdefault(group, spec)
+        if other.mode != spec.mode:
+            raise ConfigError(
+                f"handlers {other.name!r} ({other.mode} mode) and {spec.name!r} ({spec.mode} "
+                f"mode) both use group {group!r}: a consumer group and a share group cannot "
+                "have one name; give one of them group=..."
+            )
+    return specs

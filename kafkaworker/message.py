@@ -42,31 +42,29 @@ class Message(Generic[T]):
     """
 
     __slots__ = (
-        "_ack",
         "_acked",
         "_codec",
         "_headers",
-        "_nack",
         "_nacked",
-        "_raw",
-        "_state",
         "_timestamp",
         "_value",
         "attempt",
         "offset",
+        "record",
     )
 
     offset: int
     attempt: int
-    # Topic, partition, key and raw value are read from `_raw`, a confluent-kafka record: the
-    # fetched one, or one made from the arguments when a Message is built by hand. The runtime
-    # sets as few slots as it can (each is a store per record on the hot path, and fewer slots
-    # make freeing cheaper): headers and timestamp are cached on first access, the manual-ack
-    # fields are set only for manual acks.
-    _raw: confluent_kafka.Message
+    # The confluent-kafka record the message was read from (one made from the arguments when
+    # a Message is built by hand): topic, partition, key and raw value are read from it. The
+    # runtime sets as few slots as it can (each is a store per record on the hot path, and
+    # fewer slots make freeing cheaper): headers and timestamp are cached on first access,
+    # the ack fields are set only when used.
+    record: confluent_kafka.Message
     _headers: list[tuple[str, bytes | None]]
     _timestamp: datetime | None
-    _nacked: tuple[BaseException, int] | None
+    _acked: bool
+    _nacked: BaseException
     _value: Any  # _UNSET until decoded
 
     def __init__(
@@ -83,7 +81,7 @@ class Message(Generic[T]):
         attempt: int = 1,
         codec: Codec | None = None,
     ) -> None:
-        self._raw = _Record(
+        self.record = _Record(
             topic=topic, partition=partition, offset=offset, key=key, value=raw_value
         )
         self.offset = offset
@@ -93,45 +91,22 @@ class Message(Generic[T]):
         self._timestamp = timestamp
         # Given a raw value and no value, the value is decoded from it, as at run time.
         self._value = _UNSET if value is None and raw_value is not None else value
-        self._ack: Callable[[], None] | None = None
-        self._acked = False
-        self._state: Any = None  # the runtime's PartitionState
-
-    @classmethod
-    def _from_run(
-        cls, records: list[confluent_kafka.Message], offsets: list[int], codec: Codec, state: Any
-    ) -> list[Message[Any]]:
-        """Messages for a run of records of one partition (the poll thread read their offsets
-        already), without a call per record: no copying, nothing decoded yet."""
-        new = cls.__new__
-        messages: list[Message[Any]] = []
-        append = messages.append
-        for raw, offset in zip(records, offsets, strict=True):
-            msg: Message[Any] = new(cls)
-            msg._raw = raw
-            msg.offset = offset
-            msg.attempt = 1
-            msg._codec = codec
-            msg._value = _UNSET
-            msg._state = state
-            append(msg)
-        return messages
 
     @property
     def topic(self) -> str:
-        return self._raw.topic()  # type: ignore[return-value]
+        return self.record.topic()  # type: ignore[return-value]
 
     @property
     def partition(self) -> int:
-        return self._raw.partition()  # type: ignore[return-value]
+        return self.record.partition()  # type: ignore[return-value]
 
     @property
     def key(self) -> bytes | None:
-        return self._raw.key()
+        return self.record.key()
 
     @property
     def raw_value(self) -> bytes | None:
-        return self._raw.value()
+        return self.record.value()
 
     @property
     def headers(self) -> list[tuple[str, bytes | None]]:
@@ -139,7 +114,7 @@ class Message(Generic[T]):
             return self._headers
         except AttributeError:  # built by the runtime, first access
             # A fetched record's headers are a list of (str, bytes | None).
-            self._headers = headers = self._raw.headers() or []  # type: ignore[assignment]
+            self._headers = headers = self.record.headers() or []  # type: ignore[assignment]
             return headers  # type: ignore[return-value]
 
     def header(self, name: str, default: bytes | None = None) -> bytes | None:
@@ -154,7 +129,7 @@ class Message(Generic[T]):
         try:
             return self._timestamp
         except AttributeError:  # built by the runtime, first access
-            kind, millis = self._raw.timestamp()
+            kind, millis = self.record.timestamp()
             self._timestamp = stamp = (
                 None
                 if kind == TIMESTAMP_NOT_AVAILABLE
@@ -170,7 +145,7 @@ class Message(Generic[T]):
             return value  # type: ignore[no-any-return]
         # The hot path of every handler that reads its value: no further Python calls for the
         # default codec, whose decode is orjson's.
-        data = self._raw.value()
+        data = self.record.value()
         codec = self._codec
         try:
             if data is None:
@@ -202,9 +177,7 @@ class Message(Generic[T]):
         With ack="auto" the runtime acknowledges when the handler returns; calling ack() then
         does nothing.
         """
-        report = getattr(self, "_ack", None)
-        if self._claim() and report is not None:
-            report()
+        self._acked = True  # a message built by hand (a unit test): `acked` says so
 
     @property
     def acked(self) -> bool:
@@ -217,50 +190,96 @@ class Message(Generic[T]):
         retry topics, the DLQ, or a stall). Called after the handler returned, the message
         is retried outside its lane's order; its partition's commit still waits for it.
         """
-        error = error if error is not None else Nacked("the message was nacked")
-        report = getattr(self, "_nack", None)
-        if report is not None:
-            if not self.acked:
-                report(error)
-            return
-        if self._state is not None:
-            raise ConfigError(
-                "msg.nack() needs ack='manual' on the handler; with ack='auto', raise an "
-                "exception to fail the message"
-            )
-        self._nacked = (error, 0)  # built by hand (a unit test): `nacked` says so
+        # A message built by hand (a unit test): `nacked` says so.
+        self._nacked = error if error is not None else Nacked("the message was nacked")
 
     @property
     def nacked(self) -> BaseException | None:
         """The error of a nack not taken up by the runtime yet (or of a hand-built message)."""
-        held = getattr(self, "_nacked", None)
+        return getattr(self, "_nacked", None)
+
+    def __repr__(self) -> str:
+        return f"<Message {self.topic}[{self.partition}]@{self.offset} attempt={self.attempt}>"
+
+
+L = TypeVar("L")
+
+
+class DispatchedMessage(Message[Any], Generic[L]):
+    """A message the runtime dispatched to a handler: what the poll side hands the execute
+    side (runtime/handoff.py). Its `lease` is the runtime's hold on the message's partition
+    for one assignment (the type `L` is the runtime's: this module knows nothing of it).
+    Handlers see a Message; acks and nacks report to the runtime through the callbacks it
+    binds (manual acks only).
+    """
+
+    __slots__ = ("_held", "_on_ack", "_on_nack", "lease")
+
+    lease: L
+    _held: tuple[BaseException, int] | None
+
+    @classmethod
+    def run_of(
+        cls, lease: L, records: list[confluent_kafka.Message], offsets: list[int], codec: Codec
+    ) -> list[DispatchedMessage[L]]:
+        """Messages for a run of records of one partition (the poll thread read their offsets
+        already), without a call per record: no copying, nothing decoded yet."""
+        new = cls.__new__
+        messages: list[DispatchedMessage[L]] = []
+        append = messages.append
+        for record, offset in zip(records, offsets, strict=True):
+            msg: DispatchedMessage[L] = new(cls)
+            msg.record = record
+            msg.offset = offset
+            msg.attempt = 1
+            msg._codec = codec
+            msg._value = _UNSET
+            msg.lease = lease
+            append(msg)
+        return messages
+
+    def bind_acks(self, ack: Callable[[], None], nack: Callable[[BaseException], None]) -> None:
+        """How ack() reports this message finished and nack() fails it (manual acks)."""
+        self._on_ack = ack
+        self._on_nack = nack
+
+    def ack(self) -> None:
+        report = getattr(self, "_on_ack", None)
+        if self.claim() and report is not None:
+            report()
+
+    def nack(self, error: BaseException | None = None) -> None:
+        report = getattr(self, "_on_nack", None)
+        if report is None:
+            raise ConfigError(
+                "msg.nack() needs ack='manual' on the handler; with ack='auto', raise an "
+                "exception to fail the message"
+            )
+        if not self.acked:
+            report(error if error is not None else Nacked("the message was nacked"))
+
+    @property
+    def nacked(self) -> BaseException | None:
+        held = getattr(self, "_held", None)
         return held[0] if held is not None else None
 
-    def _on_ack(self, report: Callable[[], None]) -> None:
-        """The runtime's: how ack() reports this message finished."""
-        self._ack = report
+    def hold_nack(self, error: BaseException, failures: int) -> None:
+        """A nack after the handler returned, with the failures so far, for the failure path
+        to take up when the message runs again."""
+        self._held = (error, failures)
 
-    def _on_nack(self, report: Callable[[BaseException], None]) -> None:
-        """The runtime's: how nack() fails this message."""
-        self._nack = report
-
-    def _hold_nack(self, error: BaseException, failures: int) -> None:
-        """The runtime's: a nack after the handler returned, with the failures so far, for
-        the failure path to take up when the message runs again."""
-        self._nacked = (error, failures)
-
-    def _take_nack(self) -> tuple[BaseException, int] | None:
-        held: tuple[BaseException, int] | None = getattr(self, "_nacked", None)
-        self._nacked = None
+    def take_nack(self) -> tuple[BaseException, int] | None:
+        """The nack held for the failure path, once."""
+        held = getattr(self, "_held", None)
+        self._held = None
         return held
 
-    def _claim(self) -> bool:
-        """Take the right to report the message; False when it was taken already."""
+    def claim(self) -> bool:
+        """Take the right to report the message; False when it was taken already (a manual
+        ack is reported once, whoever claims it first: the handler's thread, another thread
+        calling ack(), or the runtime giving it up)."""
         with _CLAIM:
             if getattr(self, "_acked", False):
                 return False
             self._acked = True
             return True
-
-    def __repr__(self) -> str:
-        return f"<Message {self.topic}[{self.partition}]@{self.offset} attempt={self.attempt}>"

@@ -10,7 +10,8 @@ from _formats import codec_for
 from _meter import Meter, args
 
 from kafkaworker import App, Message, Settings
-from kafkaworker.runtime.runner import Runner, resolve_specs
+from kafkaworker.handlers import resolve_specs
+from kafkaworker.runtime.runner import Runner
 
 
 def main() -> None:

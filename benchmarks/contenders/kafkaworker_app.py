@@ -11,7 +11,8 @@ from typing import Any
 from _meter import Meter, args
 
 from kafkaworker import App, BatchPolicy, Message, Settings
-from kafkaworker.runtime.runner import Runner, resolve_specs
+from kafkaworker.handlers import resolve_specs
+from kafkaworker.runtime.runner import Runner
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import click
 import yaml
 
 from kafkaworker.cli.common import SETTINGS_OPTION, load_app, one_line, settings_from
+from kafkaworker.handlers import resolve_specs
 from kafkaworker.kubernetes import Options, Route, Workload, build, secret_keys, secret_name
 
 # A file this command wrote starts with this line: only those are replaced or removed.
@@ -62,7 +63,6 @@ def manifests(  # noqa: PLR0917 - click passes every option by position
     PodDisruptionBudget, a Service and ServiceMonitor for /metrics, and a KEDA ScaledObject
     scaling on the group's lag (with a TriggerAuthentication reading the worker's Secret when
     the cluster is secured)."""
-    from kafkaworker.runtime.runner import resolve_specs  # noqa: PLC0415 - loads the runtime
 
     if min_replicas > max_replicas:
         raise click.BadParameter("--min-replicas is above --max-replicas")

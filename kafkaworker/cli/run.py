@@ -18,6 +18,7 @@ from kafkaworker.cli.common import (
     table,
 )
 from kafkaworker.errors import KafkaWorkerError
+from kafkaworker.handlers import resolve_specs
 from kafkaworker.settings import settings_for_run
 
 
@@ -108,7 +109,6 @@ def routes(app_ref: str, only: tuple[str, ...], settings_path: str | None, as_js
     """List the handlers of MODULE:APP as they will run: mode (when some handler is in queue
     mode), topics, group, concurrency, ordering, retries, DLQ, output, codec (settings file
     and environment applied)."""
-    from kafkaworker.runtime.runner import resolve_specs  # noqa: PLC0415 - loads the runtime
 
     with one_line():
         app = load_app(app_ref)

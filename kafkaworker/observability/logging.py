@@ -45,6 +45,20 @@ def _librdkafka_fields(
     return event
 
 
+def _traceback_at(numeric: int) -> structlog.typing.Processor:
+    """A line logged with `traceback_at="debug"` carries its traceback on the console only at
+    DEBUG (a dead letter: its file:line is on the line itself); JSON keeps it as a field."""
+
+    def processor(
+        logger: object, method: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        if event.pop("traceback_at", None) == "debug" and numeric > logging.DEBUG:
+            event.pop("exc_info", None)
+        return event
+
+    return processor
+
+
 _PROCESSORS: list[structlog.typing.Processor] = []
 
 
@@ -68,6 +82,7 @@ def configure(level: str = "INFO", fmt: Literal["console", "json"] = "console") 
     _PROCESSORS[:] = [
         *shared,
         structlog.processors.StackInfoRenderer(),
+        _traceback_at(numeric if fmt == "console" else logging.DEBUG),
         # The console renderer formats exceptions itself; JSON wants them as a string.
         *([structlog.processors.format_exc_info] if fmt == "json" else []),
         renderer,

@@ -1,10 +1,27 @@
-"""Clocks. Time-based decisions (backpressure, delayed retries, the breaker, commits) take one,
-so that tests move time by hand instead of sleeping."""
+"""Clocks. Everything in the runtime that reads the time or waits for it takes one, so that
+tests move time by hand instead of sleeping (arroyo's clock, whose sleep a mocked clock turns
+into advancing time, is the model).
+
+- SystemClock: the real one.
+- ManualClock: frozen; moves only when told (`advance`) or when something waits on it: a
+  wait advances it by the time waited, at once. For unit tests of decisions (backpressure,
+  delayed retries, the breaker) and of the poller turn by turn.
+- VirtualClock: real time plus every wait skipped so far: the TestClient's, where a 30 s
+  backoff advances the clock instead of waiting while real work (threads, a shutdown's wait
+  for in-flight handlers) still takes the time it takes.
+
+A wait is a condition with a predicate (a revoke ends it), so the executors wait through the
+clock with no branch of their own for virtual time. A stall waits for real under every clock:
+it waits for a person (nowhere to put the message until the handler or the settings are
+fixed), and skipping its wait would run the handler again and again.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -17,18 +34,84 @@ class Clock(Protocol):
         """Seconds since the epoch, for due times written into records."""
         ...
 
+    def sleep(self, seconds: float) -> None:
+        """Let `seconds` pass."""
+        ...
+
+    def wait(
+        self,
+        cond: threading.Condition,
+        until: Callable[[], bool],
+        seconds: float,
+        *,
+        stall: bool = False,
+    ) -> bool:
+        """With `cond` held: wait until `until()` holds or `seconds` have passed; whether it
+        holds. Whoever makes it hold notifies `cond`."""
+        ...
+
+    async def wait_async(
+        self,
+        woken: Callable[[], asyncio.Event],
+        until: Callable[[], bool],
+        seconds: float,
+        *,
+        stall: bool = False,
+    ) -> bool:
+        """On an event loop: wait until `until()` holds or `seconds` have passed; whether it
+        holds. `woken()` is the event set when it may have come to hold (it may be replaced
+        after each setting, so it is asked for again)."""
+        ...
+
+
+async def _wait_on_loop(
+    woken: Callable[[], asyncio.Event], until: Callable[[], bool], seconds: float
+) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not until():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        try:
+            await asyncio.wait_for(woken().wait(), remaining)
+        except TimeoutError:
+            return until()
+    return True
+
 
 class SystemClock:
     monotonic = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
     time = staticmethod(time.time)
+
+    @staticmethod
+    def wait(
+        cond: threading.Condition,
+        until: Callable[[], bool],
+        seconds: float,
+        *,
+        stall: bool = False,
+    ) -> bool:
+        return cond.wait_for(until, seconds)
+
+    @staticmethod
+    async def wait_async(
+        woken: Callable[[], asyncio.Event],
+        until: Callable[[], bool],
+        seconds: float,
+        *,
+        stall: bool = False,
+    ) -> bool:
+        return await _wait_on_loop(woken, until, seconds)
 
 
 SYSTEM_CLOCK = SystemClock()
 
 
 class ManualClock:
-    """A clock that moves only when told to (`advance`), from any thread. Given to the
-    executors too, it is virtual time: a retry's backoff advances it instead of waiting."""
+    """A frozen clock that moves only when told to (`advance`, from any thread) or waited on:
+    a wait (but a stall's) advances it by the time waited, at once."""
 
     def __init__(self, monotonic: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
         self._lock = threading.Lock()
@@ -45,3 +128,48 @@ class ManualClock:
         with self._lock:
             self._monotonic += seconds
             self._wall += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    def wait(
+        self,
+        cond: threading.Condition,
+        until: Callable[[], bool],
+        seconds: float,
+        *,
+        stall: bool = False,
+    ) -> bool:
+        if stall:
+            return cond.wait_for(until, seconds)
+        if not until():
+            self.advance(seconds)
+        return until()
+
+    async def wait_async(
+        self,
+        woken: Callable[[], asyncio.Event],
+        until: Callable[[], bool],
+        seconds: float,
+        *,
+        stall: bool = False,
+    ) -> bool:
+        if stall:
+            return await _wait_on_loop(woken, until, seconds)
+        if not until():
+            self.advance(seconds)
+        return until()
+
+
+class VirtualClock(ManualClock):
+    """Real time plus the waits skipped so far: `advance` (and every wait but a stall's) moves
+    it ahead at once, and it runs on with real time meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 0.0)  # the time skipped so far
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self._monotonic
+
+    def time(self) -> float:
+        return time.time() + self._wall

@@ -1,18 +1,49 @@
-"""What passes between the poll side and the execute side: runs of messages one way,
-completions (offsets with their outcome) the other."""
+"""The hand-off between the poll side and the execute side, in one place: what the poll thread
+dispatches (runs of messages, each holding its partition's lease), what the execute side
+reports back (completions), and the Executor protocol the poll side drives.
+
+Dependencies point here from both sides: poll/ and execute/ import this module, never each
+other. A lease is the only state they share, and each of its fields has one writer: the poll
+thread creates it and sets `revoked` (through `Executor.revoke`, which also wakes whatever
+waits on it); the execute side only reads it.
+"""
 
 from __future__ import annotations
 
 import queue
+from collections.abc import Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import NamedTuple, Protocol
 
-if TYPE_CHECKING:
-    from kafkaworker.message import Message
-    from kafkaworker.runtime.poll.partitions import PartitionState
+from kafkaworker.message import DispatchedMessage
+from kafkaworker.runtime.source import Partition
 
-# Messages of one partition, in fetch order: how the poll thread hands work over.
-Run = tuple["PartitionState", list["Message[Any]"]]
+
+class Lease:
+    """One partition during one assignment, as the execute side sees it. A partition assigned
+    again gets a new lease (its `generation` counts the poll thread's assignments), so work
+    and reports of an earlier assignment are told apart by identity."""
+
+    __slots__ = ("generation", "partition", "revoked")
+
+    def __init__(self, partition: Partition, generation: int = 0) -> None:
+        self.partition = partition
+        self.generation = generation
+        # Set by the poll thread when the partition's work must stop (revoke, lost,
+        # shutdown): unstarted messages are dropped, waits end, nothing more starts. A plain
+        # attribute read is atomic; the execute side only reads it.
+        self.revoked = False
+
+    def __repr__(self) -> str:
+        state = " revoked" if self.revoked else ""
+        return f"<Lease {self.partition} generation={self.generation}{state}>"
+
+
+# A message dispatched to the execute side, with its partition's lease.
+Dispatched = DispatchedMessage[Lease]
+# Messages of one partition, in fetch order, with their lease: how the poll thread hands work
+# over.
+Run = tuple[Lease, list[Dispatched]]
 
 
 class Outcome(IntEnum):
@@ -33,9 +64,9 @@ class Outcome(IntEnum):
 
 
 class Completion(NamedTuple):
-    """Offsets of one partition, ascending, that ended with one outcome."""
+    """Offsets of one partition's lease, ascending, that ended with one outcome."""
 
-    state: PartitionState
+    lease: Lease
     offsets: list[int]
     outcome: Outcome
 
@@ -55,3 +86,63 @@ def drain(completions: CompletionQueue, timeout: float | None = None) -> list[Co
     except queue.Empty:
         pass
     return done
+
+
+def not_finished(messages: Sequence[Dispatched]) -> list[Completion]:
+    """Completions giving `messages` up, one per lease (a batch of ordering="none" mixes
+    partitions), offsets ascending."""
+    by_lease: dict[Lease, list[int]] = {}
+    for msg in messages:
+        by_lease.setdefault(msg.lease, []).append(msg.offset)
+    return [Completion(lease, sorted(o), Outcome.NOT_FINISHED) for lease, o in by_lease.items()]
+
+
+class Executor(Protocol):
+    """The execute side, as the poll thread drives it. Every message submitted is reported
+    back exactly once on the completion queue (finished, dead-lettered, not finished...),
+    which is what lets the poll thread wait precisely for in-flight work on revoke and
+    shutdown."""
+
+    @property
+    def recent_handler_seconds(self) -> float:
+        """Mean handler time per message lately: backpressure treats slow handlers
+        differently from fast ones."""
+        ...
+
+    def handler_seconds_p99(self, window: float = 60.0) -> float | None:
+        """The 99th percentile of handler times over the last `window` seconds, of the calls
+        timed one by one (all of a slow handler's, a sample of a fast one's); None if none."""
+        ...
+
+    def start(self) -> None: ...
+
+    def submit(self, runs: list[Run]) -> None:
+        """Queue runs (each of one partition, in fetch order); called once per batch."""
+        ...
+
+    def revoke(self, leases: Sequence[Lease]) -> list[Dispatched]:
+        """Stop work on these leases: mark them revoked (nothing more starts, waits end),
+        and return their queued, unstarted messages, which are not reported otherwise."""
+        ...
+
+    def cancel(self, leases: Sequence[Lease]) -> None:
+        """Give up the calls still running for these revoked leases, where that is possible
+        (a coroutine can be cancelled, a thread cannot)."""
+        ...
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the workers; a handler still running in a thread is left alone."""
+        ...
+
+
+__all__ = [
+    "Completion",
+    "CompletionQueue",
+    "Dispatched",
+    "Executor",
+    "Lease",
+    "Outcome",
+    "Run",
+    "drain",
+    "not_finished",
+]

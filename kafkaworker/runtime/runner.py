@@ -7,7 +7,6 @@ Exit codes: 0 after a graceful shutdown; 1 when a worker failed or start-up was 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import os
 import signal
@@ -20,15 +19,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from kafkaworker.admin import KafkaAdmin
-from kafkaworker.backoff import Backoff
-from kafkaworker.errors import ConfigError, StartupError
-from kafkaworker.handlers import HandlerSpec, is_async_callable
+from kafkaworker.errors import StartupError
+from kafkaworker.handlers import HandlerSpec, resolve_specs
 from kafkaworker.observability import logging as kw_logging
 from kafkaworker.observability.dashboard import Dashboard
 from kafkaworker.observability.health import Health, evaluate
 from kafkaworker.observability.metrics import MULTIPROC_ENV, Metrics
 from kafkaworker.observability.server import MetricsServer
-from kafkaworker.runtime.execute.event_loop import EventLoopThread
+from kafkaworker.runtime.compose import AppRuntime, KafkaSources
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
 from kafkaworker.runtime.status import ProcessStatus, StatusFiles
@@ -39,66 +37,6 @@ if TYPE_CHECKING:
     from kafkaworker.app import App
 
 log = structlog.get_logger("kafkaworker.runner")
-
-
-def resolve_specs(app: App, settings: Settings, only: Sequence[str] = ()) -> list[HandlerSpec]:
-    """The app's handlers with settings.handlers.<name> applied, limited to `only`."""
-    handlers = app.handlers
-    known = ", ".join(handlers) or "(none)"
-    for name in settings.handlers:
-        if name not in handlers:
-            raise ConfigError(
-                f"settings handlers.{name}: app {app.name!r} has no handler "
-                f"{name!r}; its handlers are: {known}"
-            )
-    for name in only:
-        if name not in handlers:
-            raise ConfigError(
-                f"--only {name}: app {app.name!r} has no such handler; its handlers are: {known}"
-            )
-    specs = []
-    for name, declared in handlers.items():
-        if only and name not in only:
-            continue
-        spec = declared
-        override = settings.handlers.get(name)
-        if override is not None:
-            # circuit_breaker is a runtime setting, read by the HandlerRuntime: no spec field.
-            changes = override.model_dump(
-                exclude_none=True, exclude={"backoff", "circuit_breaker", "batch"}
-            )
-            if override.batch is not None:
-                if spec.batch is None:
-                    raise ConfigError(
-                        f"settings handlers.{name}.batch: handler {name!r} is not a batch "
-                        "handler (it takes one message); remove the batch settings, or declare "
-                        "it with @app.handler(..., batch=BatchPolicy(...))"
-                    )
-                changes["batch"] = dataclasses.replace(
-                    spec.batch, **override.batch.model_dump(exclude_none=True)
-                )
-            if override.backoff is not None:
-                changes["backoff"] = Backoff(
-                    **{
-                        **dataclasses.asdict(spec.backoff),
-                        **override.backoff.model_dump(exclude_none=True),
-                    }
-                )
-            spec = spec.replace(**changes)
-        specs.append(spec)
-    if not specs:
-        raise ConfigError(f"app {app.name!r} has no handlers: declare one with @app.handler(...)")
-    modes: dict[str, HandlerSpec] = {}
-    for spec in specs:
-        group = spec.group or app.name
-        other = modes.setdefault(group, spec)
-        if other.mode != spec.mode:
-            raise ConfigError(
-                f"handlers {other.name!r} ({other.mode} mode) and {spec.name!r} ({spec.mode} "
-                f"mode) both use group {group!r}: a consumer group and a share group cannot "
-                "have one name; give one of them group=..."
-            )
-    return specs
 
 
 class Runner:
@@ -171,39 +109,19 @@ class Runner:
 
     def _run(self) -> int:
         self.preflight()
-        with contextlib.ExitStack() as stack:
-            loop = None
-            hooks = [*self.app.startup_hooks, *self.app.shutdown_hooks]
-            if any(spec.is_async for spec in self.specs) or any(map(is_async_callable, hooks)):
-                # The process's event loop: async handlers and async hooks share it.
-                loop = EventLoopThread(kind=self.settings.event_loop).start()
-                stack.callback(loop.close)
-            return self._run_with(loop)
-
-    def _run_with(self, loop: EventLoopThread | None) -> int:
-        run_async = loop.run if loop is not None else None
-        with self.app.lifespan(self.settings, run_async=run_async) as lifespan:
-            # The app's producer (app.producer) is built from this run's settings: eagerly when
-            # a handler writes outputs, retries or DLQ records, else on a handler's first use.
-            writes = any(spec.dlq or spec.retry_topics or spec.output for spec in self.specs)
-            producer = self.app.producer if writes else None
-            runtime_codecs = self._runtime_codecs()
-            self.handlers = [
-                HandlerRuntime(
-                    self.app.name,
-                    spec,
-                    self.settings,
-                    producer=producer,
-                    metrics=self.metrics,
-                    runtime_codecs=runtime_codecs,
-                    loop=loop,
-                )
-                for spec in self.specs
-            ]
+        runtime = AppRuntime(
+            self.app,
+            self.settings,
+            self.specs,
+            sources=KafkaSources(self.app.name, self.settings),
+            metrics=self.metrics,
+            codecs=self._runtime_codecs(),
+        )
+        with runtime:
+            self.handlers = runtime.handlers
             self.status.attach(self.handlers)
             self._install_signal_handlers()
-            for handler in self.handlers:
-                handler.start()
+            runtime.start()
             log.info(
                 "worker started",
                 app=self.app.name,
@@ -219,8 +137,8 @@ class Runner:
                         failed = True
                         break
                 stopping = time.monotonic()
-                self._stop_handlers()
-        failed = failed or lifespan.shutdown_failed
+                runtime.stop()
+        failed = failed or runtime.shutdown_failed
         errors = [h for h in self.handlers if h.error is not None or h.alive]
         unfinished = {
             h.spec.name: h.poller.unfinished_at_exit
@@ -247,7 +165,7 @@ class Runner:
         }
         if not users:
             return {}
-        from kafkaworker.serialization.registry import runtime_codecs  # noqa: PLC0415 - extra
+        from kafkaworker.serialization.named import runtime_codecs  # noqa: PLC0415 - extra
 
         registry = self.settings.schema_registry
         return dict(
@@ -262,15 +180,6 @@ class Runner:
     def stop(self) -> None:
         """Ask for a graceful shutdown (what the first SIGTERM/SIGINT does)."""
         self._stop.set()
-
-    def _stop_handlers(self) -> None:
-        for handler in self.handlers:
-            handler.request_stop()
-        # Each poll thread bounds its own drain by shutdown_timeout; the margin covers the
-        # final commit and leaving the group.
-        deadline = time.monotonic() + self.settings.shutdown_timeout + 15
-        for handler in self.handlers:
-            handler.join(max(0.0, deadline - time.monotonic()))
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

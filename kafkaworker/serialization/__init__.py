@@ -73,7 +73,7 @@ class TextCodec:
 
 CODECS: dict[str, Codec] = {codec.name: codec for codec in (JsonCodec(), RawCodec(), TextCodec())}
 # Codecs that need something only the running app has (a Schema Registry client): named in a
-# handler, built by the runtime (kafkaworker.serialization.registry.runtime_codecs).
+# handler, built by the runtime (kafkaworker.serialization.named.runtime_codecs).
 RUNTIME_CODECS = frozenset({"avro", "json_schema", "protobuf"})
 
 

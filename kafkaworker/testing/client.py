@@ -32,20 +32,20 @@ from typing import Any, Literal
 from kafkaworker import headers as kw_headers
 from kafkaworker.app import App
 from kafkaworker.errors import ConfigError
-from kafkaworker.handlers import HandlerSpec
+from kafkaworker.handlers import HandlerSpec, resolve_specs
 from kafkaworker.headers import int_header
 from kafkaworker.message import Message
-from kafkaworker.runtime.clock import ManualClock
-from kafkaworker.runtime.execute.event_loop import EventLoopThread
+from kafkaworker.runtime.clock import VirtualClock
+from kafkaworker.runtime.compose import AppRuntime
 from kafkaworker.runtime.failures.policy import Action, Decision
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
 from kafkaworker.runtime.handoff import Completion
 from kafkaworker.runtime.handoff import Outcome as Reported
-from kafkaworker.runtime.runner import resolve_specs
-from kafkaworker.runtime.source import Partition
+from kafkaworker.runtime.source import Partition, ShareSource, Source
 from kafkaworker.runtime.source.memory import MemoryBroker, MemorySource
 from kafkaworker.runtime.source.memory_share import MemoryShareSource
+from kafkaworker.runtime.source.share_group import ShareGroupConfig
 from kafkaworker.settings import Settings, settings_for_run
 from kafkaworker.testing.producer import MemoryProducer, ProducedRecord
 
@@ -105,7 +105,8 @@ class TestClient:
         base = settings_for_run(base, None, {"shutdown_timeout": 1.0, "revoke_timeout": 1.0})
         self.settings = settings_for_run(base, None, settings or {})
         self.specs = resolve_specs(app, self.settings)
-        self.clock = ManualClock(wall=time.time())
+        # Real time, plus every wait the runtime skipped (a backoff, a breaker's cooldown).
+        self.clock = VirtualClock()
         self.producer = MemoryProducer()
         self.broker = MemoryBroker()
         self._partitions = partitions
@@ -136,58 +137,30 @@ class TestClient:
         self._stack.close()
 
     def _start(self) -> None:
-        loop = None
-        if any(spec.is_async for spec in self.specs) or self._async_hooks():
-            loop = EventLoopThread(kind=self.settings.event_loop).start()
-            self._stack.callback(loop.close)
-        self._stack.enter_context(
-            self.app.lifespan(
-                self.settings,
-                run_async=loop.run if loop is not None else None,
-                producer=self.producer,
-            )
+        sources = _MemorySources(
+            self.broker, self._sources, delivery_limit=self._delivery_limit, app=self.app.name
         )
         for spec in self.specs:
             for topic in self._subscribed(spec):
                 if not self.broker.partitions(topic):
                     self.broker.create_topic(topic, self._partitions)
-            source: MemorySource | MemoryShareSource
-            sources: dict[str, Any]
-            if spec.mode == "queue":
-                source = MemoryShareSource(
-                    broker=self.broker,
-                    delivery_limit=self._delivery_limit,
-                    group=spec.group or self.app.name,
-                )
-                sources = {"share_source": source, "share_group": source.config}
-            else:
-                source = MemorySource(broker=self.broker)
-                sources = {"source": source}
-            runtime = HandlerRuntime(
-                self.app.name,
-                spec,
+        runtime = self._stack.enter_context(
+            AppRuntime(
+                self.app,
                 self.settings,
+                self.specs,
+                sources=sources,
                 producer=self.producer,
-                loop=loop,
-                virtual_time=self.clock,
-                **sources,
+                clock=self.clock,
             )
+        )
+        for handler in runtime.handlers:
+            spec = handler.spec
             observer = _Observer(self.broker.cond, queue=spec.mode == "queue")
-            runtime.attempts.observers.append(observer)
-            self._sources[spec.name] = source
-            self._runtimes[spec.name] = runtime
+            handler.attempts.observers.append(observer)
+            self._runtimes[spec.name] = handler
             self._observed[spec.name] = observer
-            runtime.start()
-            self._stack.callback(self._stop, runtime)
-
-    def _stop(self, runtime: HandlerRuntime) -> None:
-        runtime.request_stop()
-        runtime.join(self.settings.shutdown_timeout + 5)
-
-    def _async_hooks(self) -> bool:
-        from kafkaworker.handlers import is_async_callable  # noqa: PLC0415
-
-        return any(map(is_async_callable, [*self.app.startup_hooks, *self.app.shutdown_hooks]))
+        runtime.start()
 
     @staticmethod
     def _subscribed(spec: HandlerSpec) -> list[str]:
@@ -272,7 +245,7 @@ class TestClient:
             offset: int = record.offset()  # type: ignore[assignment]
             source = self._sources[spec.name]
             runtime = self._runtimes[spec.name]
-            breaker = runtime.attempts.policy.breaker
+            breaker = runtime.breaker
             observer = self._observed[spec.name]
             observer.watch(where, offset)
             deadline = time.monotonic() + self._timeout
@@ -388,9 +361,9 @@ class _Observer:
             settled = next(
                 (
                     outcome
-                    for state, offsets, outcome in completions
+                    for lease, offsets, outcome in completions
                     if outcome not in _UNSETTLED
-                    and state.topic_partition == partition
+                    and lease.partition == partition
                     and offset in offsets
                 ),
                 None,
@@ -403,3 +376,34 @@ class _Observer:
     def _notify(self) -> None:
         with self._wake:
             self._wake.notify_all()
+
+
+class _MemorySources:
+    """The test client's sources: a member of an in-memory consumer group or share group per
+    handler, over its MemoryBroker; kept by handler name in `by_handler`."""
+
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        by_handler: dict[str, MemorySource | MemoryShareSource],
+        *,
+        delivery_limit: int,
+        app: str,
+    ) -> None:
+        self._broker = broker
+        self._by_handler = by_handler
+        self._delivery_limit = delivery_limit
+        self._app = app
+
+    def stream(self, spec: HandlerSpec) -> Source:
+        source = self._by_handler[spec.name] = MemorySource(broker=self._broker)
+        return source
+
+    def queue(self, spec: HandlerSpec) -> tuple[ShareSource, ShareGroupConfig]:
+        source = MemoryShareSource(
+            broker=self._broker,
+            delivery_limit=self._delivery_limit,
+            group=spec.group or self._app,
+        )
+        self._by_handler[spec.name] = source
+        return source, source.config

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from kafkaworker.app import App
-from kafkaworker.runtime.runner import Runner, resolve_specs
+from kafkaworker.handlers import resolve_specs
+from kafkaworker.runtime.runner import Runner
 from kafkaworker.settings import Settings
 
 

@@ -12,7 +12,8 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from pydantic import BaseModel
 
 from kafkaworker import App, ConfigError, Message, Producer
-from kafkaworker.runtime.runner import Runner, resolve_specs
+from kafkaworker.handlers import resolve_specs
+from kafkaworker.runtime.runner import Runner
 from kafkaworker.serialization.avro import AvroCodec
 from kafkaworker.serialization.registry import registry_client
 from kafkaworker.testing.registry import SchemaRegistry

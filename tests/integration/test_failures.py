@@ -11,7 +11,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from kafkaworker import App, Backoff, DeadLetter, Message, Skip, StartupError
-from kafkaworker.runtime.runner import Runner, resolve_specs
+from kafkaworker.handlers import resolve_specs
+from kafkaworker.runtime.runner import Runner
 from tests.conftest import TopicFactory
 from tests.support import (
     committed,

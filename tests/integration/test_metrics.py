@@ -10,7 +10,8 @@ import pytest
 
 from kafkaworker import App, Message
 from kafkaworker.errors import StartupError
-from kafkaworker.runtime.runner import Runner, resolve_specs
+from kafkaworker.handlers import resolve_specs
+from kafkaworker.runtime.runner import Runner
 from kafkaworker.testing.jvm import free_port
 from tests.conftest import TopicFactory
 from tests.metrics_support import get, samples, total

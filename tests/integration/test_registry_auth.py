@@ -24,7 +24,8 @@ from pydantic import BaseModel
 
 from kafkaworker import App, Message, ProduceError, Producer, StartupError
 from kafkaworker.errors import SchemaRegistryUnavailable
-from kafkaworker.runtime.runner import Runner, resolve_specs
+from kafkaworker.handlers import resolve_specs
+from kafkaworker.runtime.runner import Runner
 from kafkaworker.serialization.json_schema import JsonSchemaCodec
 from kafkaworker.serialization.registry import registry_client
 from kafkaworker.testing.jvm import free_port

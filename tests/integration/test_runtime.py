@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from kafkaworker import App, Backoff, Message, StartupError
-from kafkaworker.runtime.runner import Runner, resolve_specs
+from kafkaworker.handlers import resolve_specs
+from kafkaworker.runtime.runner import Runner
 from tests.conftest import TopicFactory
 from tests.support import (
     committed,

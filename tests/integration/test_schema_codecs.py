@@ -24,11 +24,13 @@ from pydantic import BaseModel, ConfigDict
 from kafkaworker import App, Backoff, Message, ProduceError, Producer, StartupError
 from kafkaworker.cli import cli
 from kafkaworker.errors import SchemaRefused
-from kafkaworker.runtime.runner import Runner, resolve_specs
+from kafkaworker.handlers import resolve_specs
+from kafkaworker.runtime.runner import Runner
 from kafkaworker.serialization.avro import AvroCodec
 from kafkaworker.serialization.json_schema import JsonSchemaCodec
+from kafkaworker.serialization.named import runtime_codecs
 from kafkaworker.serialization.protobuf import ProtobufCodec, payload_start
-from kafkaworker.serialization.registry import registry_client, runtime_codecs
+from kafkaworker.serialization.registry import registry_client
 from kafkaworker.testing.jvm import free_port
 from kafkaworker.testing.registry import SchemaRegistry
 from tests.conftest import TopicFactory

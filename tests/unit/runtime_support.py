@@ -9,11 +9,12 @@ from typing import Any
 
 from confluent_kafka import Message as Record
 
-from kafkaworker import App, Message, Settings
+from kafkaworker import App, Settings
 from kafkaworker.handlers import HandlerSpec
-from kafkaworker.runtime.execute.event_loop import EventLoopThread
+from kafkaworker.message import DispatchedMessage
+from kafkaworker.runtime.compose import AppRuntime, GivenSources
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
-from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, drain
+from kafkaworker.runtime.handoff import Completion, CompletionQueue, Dispatched, Outcome, drain
 from kafkaworker.runtime.poll.partitions import PartitionState
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
@@ -28,7 +29,7 @@ def spec_for(func: Callable[..., Any], topic: str = "t", **options: Any) -> Hand
 
 def messages(
     state: PartitionState, count: int, *, keys: list[bytes | None] | None = None
-) -> list[Message[Any]]:
+) -> list[Dispatched]:
     """The next `count` messages of a partition, as the poll thread builds them (tracked)."""
     start = state.last_dispatched + 1
     offsets = list(range(start, start + count))
@@ -44,7 +45,7 @@ def messages(
         )
         for i, offset in enumerate(offsets)
     ]
-    return Message._from_run(records, offsets, CODECS["raw"], state)
+    return DispatchedMessage.run_of(state.lease, records, offsets, CODECS["raw"])
 
 
 def reports(completions: CompletionQueue, timeout: float = 5.0) -> list[Completion]:
@@ -55,9 +56,9 @@ def reports(completions: CompletionQueue, timeout: float = 5.0) -> list[Completi
 def outcomes(completions: list[Completion]) -> dict[tuple[int, int], list[Outcome]]:
     """(partition, offset) -> every outcome reported for it."""
     seen: dict[tuple[int, int], list[Outcome]] = {}
-    for state, offsets, outcome in completions:
+    for lease, offsets, outcome in completions:
         for offset in offsets:
-            seen.setdefault((state.partition, offset), []).append(outcome)
+            seen.setdefault((lease.partition.partition, offset), []).append(outcome)
     return seen
 
 
@@ -71,18 +72,17 @@ def settings(**values: Any) -> Settings:
 def running(
     spec: HandlerSpec, source: MemorySource, **setting_values: Any
 ) -> Iterator[HandlerRuntime]:
-    """A HandlerRuntime over `source`, started; stopped (and its thread joined) on exit."""
-    loop = EventLoopThread().start() if spec.is_async else None
-    runtime = HandlerRuntime("svc", spec, settings(**setting_values), source=source, loop=loop)
-    runtime.start()
-    try:
-        yield runtime
-    finally:
-        runtime.request_stop()
-        assert runtime.join(30), "the poll thread did not stop"
-        if loop is not None:
-            loop.close()
-    assert runtime.error is None, runtime.error
+    """A HandlerRuntime over `source`, built by the composition root and started; stopped (its
+    thread joined) on exit."""
+    sources = GivenSources({spec.name: source})
+    runtime = AppRuntime(App("svc"), settings(**setting_values), [spec], sources=sources)
+    with runtime:
+        [handler] = runtime.handlers
+        handler.start()
+        yield handler
+        handler.request_stop()
+        assert handler.join(30), "the poll thread did not stop"
+    assert handler.error is None, handler.error
 
 
 def committed_to_the_end(source: MemorySource, partitions: list[Partition]) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 from confluent_kafka import Message as Record
 
 from kafkaworker import Message, headers
+from kafkaworker.message import DispatchedMessage
 from kafkaworker.runtime.clock import ManualClock
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.partitions import PartitionState
@@ -31,7 +32,7 @@ def run(state: PartitionState, *dues: int | None, attempts: int = 1) -> list[Mes
         )
         for offset, due in zip(offsets, dues, strict=True)
     ]
-    return Message._from_run(records, offsets, CODECS["json"], state)
+    return DispatchedMessage.run_of(state.lease, records, offsets, CODECS["json"])
 
 
 def offsets(messages: list[Message[Any]]) -> list[int]:
@@ -50,8 +51,8 @@ def test_due_records_pass_and_later_ones_are_held_behind_the_first_held() -> Non
     clock.advance(4.999)
     assert delayed.due() == []
     clock.advance(0.001)
-    [(released_state, released)] = delayed.due()
-    assert released_state is state
+    [(released_lease, released)] = delayed.due()
+    assert released_lease is state.lease
     assert offsets(released) == [1, 2, 3]
     assert not delayed.holds(state) and not delayed
 
@@ -81,7 +82,7 @@ def test_partitions_are_held_and_released_independently_and_dropped_on_revoke() 
     delayed.admit(first, run(first, 1_001_000))
     delayed.admit(second, run(second, 1_002_000))
     clock.advance(1)
-    assert [(s.partition, offsets(m)) for s, m in delayed.due()] == [(0, [0])]
+    assert [(s.partition.partition, offsets(m)) for s, m in delayed.due()] == [(0, [0])]
     assert delayed.holds(second)
     delayed.drop(second)  # revoked: the next owner fetches it again
     assert not delayed

@@ -43,12 +43,12 @@ def test_every_message_is_taken_once_in_lane_order_by_one_worker_at_a_time(
             # A partition may come twice in one submit: a fetched batch interleaves the
             # records of partitions (seen after a consumer rejoined).
             for state in data.draw(st.lists(st.sampled_from(states), max_size=4)):
-                if state.revoked:
+                if state.lease.revoked:
                     continue
                 keys = data.draw(st.lists(st.sampled_from([b"a", b"b", None]), min_size=1))
                 batch = messages(state, len(keys), keys=keys)
                 submitted.extend(batch)
-                runs.append((state, batch))
+                runs.append((state.lease, batch))
             lanes.submit(runs)
         elif step == "take":
             got = lanes.take()
@@ -68,8 +68,8 @@ def test_every_message_is_taken_once_in_lane_order_by_one_worker_at_a_time(
                 lanes.release(lane)
         elif step == "drop":
             state = data.draw(st.sampled_from(states))
-            state.revoked = True
-            dropped.extend(lanes.drop([state]))
+            state.lease.revoked = True
+            dropped.extend(lanes.drop([state.lease]))
     # Drain what is left, as idle workers would. A message stranded on a lane that is neither
     # ready nor being worked on would never be taken: the count below would miss it.
     while working or lanes:
@@ -82,7 +82,7 @@ def test_every_message_is_taken_once_in_lane_order_by_one_worker_at_a_time(
             working.append((got[0], list(got[1])))
     ids = [id(m) for m in taken + dropped]
     assert sorted(ids) == sorted(id(m) for m in submitted)  # each exactly once
-    assert all(m._state.revoked for m in dropped)
+    assert all(m.lease.revoked for m in dropped)
     if ordering != "none":
         by_lane: dict[object, list[int]] = defaultdict(list)
         for msg in taken:

@@ -10,7 +10,12 @@ import pytest
 from confluent_kafka import Message as KafkaRecord
 
 from kafkaworker import DeserializationError, Message
+from kafkaworker.message import DispatchedMessage
+from kafkaworker.runtime.handoff import Lease
+from kafkaworker.runtime.source import Partition
 from kafkaworker.serialization import CODECS
+
+LEASE = Lease(Partition("orders", 3))
 
 
 def test_a_message_built_by_hand_for_unit_tests() -> None:
@@ -35,8 +40,10 @@ def test_a_message_built_by_hand_for_unit_tests() -> None:
 
 def test_ack_hands_over_to_the_runtime_callback_once() -> None:
     calls = []
-    msg: Message[Any] = Message("t", None)
-    msg._on_ack(lambda: calls.append(1))
+    [msg] = DispatchedMessage.run_of(
+        LEASE, [KafkaRecord(topic="t", value=b"1")], [0], CODECS["raw"]
+    )
+    msg.bind_acks(lambda: calls.append(1), lambda error: None)
     threads = [threading.Thread(target=msg.ack) for _ in range(8)]
     for thread in threads:
         thread.start()
@@ -44,7 +51,7 @@ def test_ack_hands_over_to_the_runtime_callback_once() -> None:
         thread.join()
     assert calls == [1]
     assert msg.acked
-    assert not msg._claim()  # the runtime cannot report it a second time either
+    assert not msg.claim()  # the runtime cannot report it a second time either
 
 
 def test_ack_on_a_message_built_by_hand_is_harmless() -> None:
@@ -69,22 +76,22 @@ def test_codecs_round_trip(codec: str, payload: bytes, expected: object) -> None
 
 @pytest.mark.parametrize("payload", [b"{not json", b"", b"\xff\xfe"])
 def test_undecodable_json_is_a_deserialization_error_naming_the_record(payload: bytes) -> None:
-    [msg] = Message._from_run(
+    [msg] = DispatchedMessage.run_of(
+        LEASE,
         [KafkaRecord(topic="orders", partition=3, offset=41, value=payload)],
         [41],
         CODECS["json"],
-        None,
     )
     with pytest.raises(DeserializationError, match=r"orders\[3\]@41 with the json codec"):
         _ = msg.value
 
 
 def test_an_empty_value_says_so() -> None:
-    [msg] = Message._from_run(
+    [msg] = DispatchedMessage.run_of(
+        LEASE,
         [KafkaRecord(topic="orders", partition=3, offset=41, value=b"")],
         [41],
         CODECS["json"],
-        None,
     )
     with pytest.raises(DeserializationError, match=r"orders\[3\]@41 .*: the value is empty"):
         _ = msg.value
@@ -95,14 +102,14 @@ def test_messages_of_a_run_carry_their_record_and_coordinates() -> None:
         KafkaRecord(topic="t", partition=2, offset=o, key=b"k%d" % o, value=b'{"n": %d}' % o)
         for o in (5, 9)
     ]
-    state = object()
-    messages = Message._from_run(records, [5, 9], CODECS["json"], state)
+    lease = Lease(Partition("t", 2))
+    messages = DispatchedMessage.run_of(lease, records, [5, 9], CODECS["json"])
     assert [(m.topic, m.partition, m.offset, m.attempt) for m in messages] == [
         ("t", 2, 5, 1),
         ("t", 2, 9, 1),
     ]
     assert [(m.key, m.value) for m in messages] == [(b"k5", {"n": 5}), (b"k9", {"n": 9})]
-    assert all(m._state is state for m in messages)
+    assert all(m.lease is lease for m in messages)
 
 
 def test_a_message_built_with_a_raw_value_decodes_it_like_a_fetched_one() -> None:
@@ -124,7 +131,7 @@ def test_a_fetched_message_reads_its_fields_from_the_record_and_caches_headers()
         headers=[("trace", b"a")],
         timestamp=(1, 1_700_000_000_123),
     )
-    [msg] = Message._from_run([record], [9], CODECS["json"], None)
+    [msg] = DispatchedMessage.run_of(LEASE, [record], [9], CODECS["json"])
     assert (msg.topic, msg.partition, msg.offset, msg.key, msg.raw_value) == (
         "orders",
         1,

@@ -141,7 +141,7 @@ def test_shutdown_finishes_in_flight_work_commits_and_leaves_the_rest(kind: str)
         assert entered.wait(10)
         [state] = runtime.poller.partitions
         runtime.request_stop()
-        wait_until(lambda: state.revoked, 10, "shutdown to stop the partition's work")
+        wait_until(lambda: state.lease.revoked, 10, "shutdown to stop the partition's work")
         release.set()  # the message in flight finishes within shutdown_timeout
     assert source.closed
     assert source.committed[P0] == 21

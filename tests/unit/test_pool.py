@@ -19,18 +19,16 @@ from structlog.testing import capture_logs
 from kafkaworker import Backoff, BatchPolicy, ConfigError, DeadLetter, Message
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
-from kafkaworker.runtime.execute import Executor
-from kafkaworker.runtime.execute.aio import AsyncPool
 from kafkaworker.runtime.execute.attempts import AttemptObserver, Attempts
-from kafkaworker.runtime.execute.base import SLOW_HANDLER
 from kafkaworker.runtime.execute.batches import BatchRunner
+from kafkaworker.runtime.execute.core import SLOW_HANDLER, ExecutorCore
+from kafkaworker.runtime.execute.coroutines import AsyncPool
 from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.execute.outputs import Outputs
-from kafkaworker.runtime.execute.pool import WorkerPool
-from kafkaworker.runtime.execute.revocations import Revocations
+from kafkaworker.runtime.execute.threads import WorkerPool
 from kafkaworker.runtime.failures.deadletter import FailureRecords
 from kafkaworker.runtime.failures.policy import Decision, FailurePolicy
-from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome
+from kafkaworker.runtime.handoff import Completion, CompletionQueue, Executor, Outcome
 from kafkaworker.runtime.poll.partitions import PartitionState
 from kafkaworker.testing.producer import MemoryProducer
 from tests.support import as_kind
@@ -47,20 +45,13 @@ class TransientError(Exception):
 def pool_for(
     spec: HandlerSpec, *, observers: Sequence[AttemptObserver] = ()
 ) -> Iterator[tuple[Executor, CompletionQueue]]:
-    """The executor the runtime gives `spec`: worker threads, or coroutines on a loop. Its
-    outputs and DLQ records go to a MemoryProducer."""
+    """The executor the runtime gives `spec` (the composition root's wiring): worker threads,
+    or coroutines on a loop. Its outputs and DLQ records go to a MemoryProducer."""
     completions: CompletionQueue = queue.SimpleQueue()
     metrics = Metrics()
     records = FailureRecords(spec.dlq, group="svc", handler=spec.name) if spec.dlq else None
     policy = FailurePolicy(spec, can_publish=records is not None)
-    attempts = Attempts(
-        spec,
-        policy,
-        completions,
-        metrics=metrics,
-        records=records,
-        emits=spec.output is not None,
-    )
+    attempts = Attempts(spec, policy, metrics=metrics, records=records)
     attempts.observers.extend(observers)
     outputs = Outputs(
         MemoryProducer(),
@@ -69,30 +60,14 @@ def pool_for(
         produce_timeout=5,
         write_timeout=5,
     )
-    batches = BatchRunner(spec, attempts, completions, metrics=metrics) if spec.batch else None
+    batches = BatchRunner(spec, attempts, metrics=metrics) if spec.batch else None
+    core = ExecutorCore(spec, attempts, completions, metrics=metrics, batches=batches)
     loop = EventLoopThread().start() if spec.is_async else None
     pool: Executor
     if loop is not None:
-        pool = AsyncPool(
-            spec,
-            attempts,
-            completions,
-            loop=loop,
-            metrics=metrics,
-            outputs=outputs,
-            batches=batches,
-        )
+        pool = AsyncPool(core, loop=loop, outputs=outputs)
     else:
-        pool = WorkerPool(
-            spec,
-            attempts,
-            completions,
-            name="test",
-            revocations=Revocations(),
-            metrics=metrics,
-            outputs=outputs,
-            batches=batches,
-        )
+        pool = WorkerPool(core, name="test", outputs=outputs)
     attempts.resubmit = pool.submit
     pool.start()
     try:
@@ -152,10 +127,10 @@ def test_every_message_is_reported_exactly_once_under_revoke(kind: str) -> None:
         submitted = 0
         for state in states:
             batch = messages(state, 200, keys=[b"k%d" % (i % 5) for i in range(200)])
-            pool.submit([(state, batch)])
+            pool.submit([(state.lease, batch)])
             submitted += len(batch)
         assert entered.wait(10)
-        dropped = pool.revoke(states[1:3])  # partition 1 has a handler running
+        dropped = pool.revoke([s.lease for s in states[1:3]])  # partition 1 has a handler running
         gate.set()
         found = collect(completions, submitted - len(dropped))
     reported = outcomes(found)
@@ -188,9 +163,9 @@ def test_a_revoke_cuts_a_retry_backoff_short_and_gives_the_message_up(kind: str)
     )
     state = PartitionState("t", 0)
     with pool_for(spec) as (pool, completions):
-        pool.submit([(state, messages(state, 1))])
+        pool.submit([(state.lease, messages(state, 1))])
         assert failing.wait(10)
-        pool.revoke([state])
+        pool.revoke([state.lease])
         [completion] = reports(completions, timeout=5)
     assert completion.outcome is Outcome.NOT_FINISHED
 
@@ -200,7 +175,7 @@ def test_a_manual_ack_message_is_reported_once_whoever_acks(kind: str) -> None:
     spec = spec_for(as_kind(kind, received.put), ack="manual", concurrency=4)
     state = PartitionState("t", 0)
     with pool_for(spec) as (pool, completions):
-        pool.submit([(state, messages(state, 50))])
+        pool.submit([(state.lease, messages(state, 50))])
         handed = [received.get(timeout=5) for _ in range(50)]
         threads = [threading.Thread(target=lambda: [m.ack() for m in handed]) for _ in range(4)]
         for thread in threads:
@@ -232,12 +207,12 @@ def test_a_mixed_batch_stops_waiting_when_any_of_its_partitions_is_revoked(kind:
     )
     first, second = PartitionState("t", 0), PartitionState("t", 1)
     with pool_for(spec) as (pool, completions):
-        pool.submit([(first, messages(first, 2)), (second, messages(second, 2))])
+        pool.submit([(first.lease, messages(first, 2)), (second.lease, messages(second, 2))])
         assert calls.get(timeout=5) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-        pool.revoke([second])  # not the first message's partition
+        pool.revoke([second.lease])  # not the first message's partition
         # Within seconds, not the 60 s backoff: the second call runs without partition 1.
         assert calls.get(timeout=5) == [(0, 0), (0, 1)]
-        pool.revoke([first])
+        pool.revoke([first.lease])
         found = collect(completions, 4)
     assert outcomes(found) == {k: [Outcome.NOT_FINISHED] for k in [(0, 0), (0, 1), (1, 0), (1, 1)]}
 
@@ -267,7 +242,7 @@ def test_nack_takes_the_failure_path_during_the_call_and_after_it(kind: str) -> 
     )
     state = PartitionState("t", 0)
     with pool_for(spec) as (pool, completions):
-        pool.submit([(state, messages(state, 3))])
+        pool.submit([(state.lease, messages(state, 3))])
         for _ in range(3):  # the first call and two retries, each nacked after returning
             later.get(timeout=5).nack()
         found = collect(completions, 3)
@@ -302,7 +277,7 @@ def test_a_cancelled_error_raised_by_an_async_handler_is_its_error_not_a_cancel(
     spec = spec_for(handle, retries=2, backoff=Backoff(initial=0, max=0))
     state = PartitionState("t", 0)
     with pool_for(spec) as (pool, completions):
-        pool.submit([(state, messages(state, 3))])
+        pool.submit([(state.lease, messages(state, 3))])
         found = collect(completions, 3)
     assert outcomes(found) == {(0, offset): [FINISHED] for offset in range(3)}
     assert calls == [(0, 1), (1, 1), (1, 2), (1, 3), (2, 1)]
@@ -330,10 +305,10 @@ def test_a_cancel_leaves_a_batch_alone_that_holds_a_partition_still_assigned() -
     first, second = PartitionState("t", 0), PartitionState("t", 1)
     try:
         with pool_for(spec) as (pool, completions):
-            pool.submit([(first, messages(first, 2)), (second, messages(second, 2))])
+            pool.submit([(first.lease, messages(first, 2)), (second.lease, messages(second, 2))])
             assert calls.get(timeout=5) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-            pool.revoke([second])
-            pool.cancel([second])  # its revoke_timeout ran out
+            pool.revoke([second.lease])
+            pool.cancel([second.lease])  # its revoke_timeout ran out
             after_queued_callbacks(pool)
             assert not cancelled.is_set()
             gate.set()
@@ -353,10 +328,10 @@ def test_a_cancelled_batch_is_reported_not_finished_and_logged_as_a_cancel() -> 
     spec = spec_for(store, batch=BatchPolicy(max_size=10, max_wait=0))
     state = PartitionState("t", 0)
     with capture_logs() as logs, pool_for(spec) as (pool, completions):
-        pool.submit([(state, messages(state, 3))])
+        pool.submit([(state.lease, messages(state, 3))])
         assert entered.wait(5)
-        pool.revoke([state])
-        pool.cancel([state])
+        pool.revoke([state.lease])
+        pool.cancel([state.lease])
         found = collect(completions, 3)
     assert outcomes(found) == {(0, offset): [NOT_FINISHED] for offset in range(3)}
     events = [entry["event"] for entry in logs]
@@ -376,7 +351,7 @@ def test_an_async_handler_with_outputs_reports_while_its_next_call_awaits() -> N
     state = PartitionState("t", 0)
     try:
         with pool_for(spec_for(handle, output="out")) as (pool, completions):
-            pool.submit([(state, messages(state, 2))])
+            pool.submit([(state.lease, messages(state, 2))])
             first = reports(completions, timeout=5)  # offset 1 is still awaiting
             gate.set()
             rest = collect(completions, 1)
@@ -398,7 +373,7 @@ def test_a_dead_lettered_message_is_reported_before_a_long_call(kind: str) -> No
     state = PartitionState("t", 0)
     try:
         with pool_for(spec_for(as_kind(kind, handle), dlq="t.dlq")) as (pool, completions):
-            pool.submit([(state, messages(state, 2))])
+            pool.submit([(state.lease, messages(state, 2))])
             first = reports(completions, timeout=5)  # offset 1 is still running
             gate.set()
             rest = collect(completions, 1)
@@ -421,11 +396,11 @@ def test_a_manual_message_given_up_on_revoke_is_not_reported_again_by_its_ack(ki
     state = PartitionState("t", 0)
     try:
         with pool_for(spec) as (pool, completions):
-            pool.submit([(state, messages(state, 2))])
+            pool.submit([(state.lease, messages(state, 2))])
             first = received.get(timeout=5)
             assert received.get(timeout=5).offset == 1  # the lane is busy with offset 1
             first.nack()  # handed back: queued behind offset 1
-            assert pool.revoke([state]) == [first]  # the poll thread reports it not finished
+            assert pool.revoke([state.lease]) == [first]  # the poll thread reports it not finished
             first.ack()  # too late: it was reported
             assert completions.empty()
     finally:
@@ -443,13 +418,13 @@ def test_a_nack_during_a_retry_backoff_does_not_hand_the_message_back_twice(kind
     )
     state = PartitionState("t", 0)
     with pool_for(spec, observers=[observed]) as (pool, completions):
-        pool.submit([(state, messages(state, 1))])
+        pool.submit([(state.lease, messages(state, 1))])
         msg = received.get(timeout=5)
         assert observed.left_unacked.wait(5)  # returned without acking it
         msg.nack()  # handed back: it runs the failure path, and waits out a 60 s backoff
         assert observed.failed_once.wait(5)
         msg.nack()  # ignored: it is being retried already
-        assert pool.revoke([state]) == []  # nothing queued to run it a second time
+        assert pool.revoke([state.lease]) == []  # nothing queued to run it a second time
         found = collect(completions, 1)
     assert outcomes(found) == {(0, 0): [NOT_FINISHED]}
 
@@ -466,10 +441,10 @@ def test_handler_p99_comes_from_the_calls_timed_one_by_one(kind: str) -> None:
     slow, fast = PartitionState("t", 0), PartitionState("t", 1)
     with pool_for(spec) as (pool, completions):
         assert pool.handler_seconds_p99() is None  # no calls yet
-        pool.submit([(fast, messages(fast, 2000))])
+        pool.submit([(fast.lease, messages(fast, 2000))])
         collect(completions, 2000)
         fast_p99 = pool.handler_seconds_p99()
-        pool.submit([(slow, messages(slow, 100))])
+        pool.submit([(slow.lease, messages(slow, 100))])
         collect(completions, 100)
         p99 = pool.handler_seconds_p99()
     assert fast_p99 is not None and fast_p99 < 0.02, fast_p99

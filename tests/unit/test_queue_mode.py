@@ -4,7 +4,6 @@ per delivery (RELEASE, DLQ then REJECT, REJECT)."""
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -12,22 +11,24 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from confluent_kafka import Message as Record
 
 from kafkaworker import App, Message
 from kafkaworker.errors import ConfigError, DeadLetter, SchemaRegistryUnavailable, Skip
-from kafkaworker.handlers import BatchPolicy, HandlerSpec
+from kafkaworker.handlers import BatchPolicy, HandlerSpec, resolve_specs
+from kafkaworker.message import DispatchedMessage
 from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.compose import AppRuntime, GivenSources
 from kafkaworker.runtime.execute.attempts import Attempts
-from kafkaworker.runtime.execute.event_loop import EventLoopThread
-from kafkaworker.runtime.execute.steps import Call, Called, Sleep, Write
+from kafkaworker.runtime.execute.steps import Sleep, Write
 from kafkaworker.runtime.failures.deadletter import FailureRecords
 from kafkaworker.runtime.failures.policy import FailurePolicy
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
-from kafkaworker.runtime.handoff import Outcome
-from kafkaworker.runtime.poll.partitions import PartitionState
-from kafkaworker.runtime.runner import resolve_specs
+from kafkaworker.runtime.handoff import Lease, Outcome
+from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory_share import MemoryShareSource
 from kafkaworker.runtime.source.share_group import share_consumer_config
+from kafkaworker.serialization import CODECS
 from kafkaworker.settings import Settings, check_client_properties
 from kafkaworker.testing.producer import MemoryProducer
 from tests.support import as_kind
@@ -140,26 +141,26 @@ class FlakyError(Exception):
 def settle(handler: HandlerSpec, error: BaseException, attempt: int, limit: int = 5) -> Outcome:
     """The outcome of delivery `attempt` of a record whose handler raised `error`."""
     records = FailureRecords(handler.dlq, group="g", handler=handler.name) if handler.dlq else None
-    attempts = Attempts(
-        handler,
-        FailurePolicy(handler, can_publish=records is not None),
-        queue.SimpleQueue(),
-        metrics=Metrics(),
-        records=records,
-    )
-    attempts.delivery_limit = limit
-    msg = Message("jobs", b"1", attempt=attempt)
-    msg._state = PartitionState("jobs", 0)
+    policy = FailurePolicy(handler, can_publish=records is not None)
+    policy.delivery_limit = limit
+    attempts = Attempts(handler, policy, metrics=Metrics(), records=records)
+
+    def fail(msg: Any) -> None:
+        raise error
+
+    attempts.call = fail
+    record = Record(topic="jobs", partition=0, offset=0, value=b"1")
+    [msg] = DispatchedMessage.run_of(Lease(Partition("jobs", 0)), [record], [0], CODECS["raw"])
+    msg.attempt = attempt
     steps = attempts.steps(msg)
     reply: Any = None
     while True:
         try:
             step = steps.send(reply)
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        if isinstance(step, Call):
-            reply = Called(error=error)
-        elif isinstance(step, Sleep):
+            outcome, _ = done.value
+            return outcome  # type: ignore[no-any-return]
+        if isinstance(step, Sleep):
             # Only for a failure that is no fault of the record: else a retry is a release.
             assert isinstance(error, SchemaRegistryUnavailable), step
             assert 0 < step.seconds <= 5.0
@@ -222,25 +223,20 @@ def queue_running(
     """A queue-mode HandlerRuntime over `source`, started; stopped on exit. DLQ records go
     to `producer`."""
     handler = spec_for(func, mode="queue", **options)
-    loop = EventLoopThread().start() if handler.is_async else None
-    runtime = HandlerRuntime(
-        "svc",
-        handler,
+    runtime = AppRuntime(
+        App("svc"),
         runtime_settings(),
+        [handler],
+        sources=GivenSources(queue={handler.name: (source, source.config)}),
         producer=producer or MemoryProducer(),
-        share_source=source,
-        share_group=source.config,
-        loop=loop,
     )
-    runtime.start()
-    try:
-        yield runtime
-    finally:
-        runtime.request_stop()
-        assert runtime.join(30), "the poll thread did not stop"
-        if loop is not None:
-            loop.close()
-    assert runtime.error is None, runtime.error
+    with runtime:
+        [one] = runtime.handlers
+        one.start()
+        yield one
+        one.request_stop()
+        assert one.join(30), "the poll thread did not stop"
+    assert one.error is None, one.error
 
 
 def all_finished(source: MemoryShareSource, count: int) -> bool:

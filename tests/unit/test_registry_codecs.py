@@ -12,11 +12,11 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from kafkaworker.errors import ConfigError, SchemaRefused, SchemaRegistryUnavailable
 from kafkaworker.serialization import RUNTIME_CODECS, get_codec
 from kafkaworker.serialization.json_schema import JsonSchemaCodec
+from kafkaworker.serialization.named import runtime_codecs
 from kafkaworker.serialization.registry import (
     decode_failure,
     encode_failure,
     registry_client,
-    runtime_codecs,
     safe_url,
     schema_id,
     subject_for,

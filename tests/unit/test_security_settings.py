@@ -9,8 +9,8 @@ import pytest
 
 from kafkaworker import App, ConfigError, Message, load_settings
 from kafkaworker.clients import base_config, connection_config
+from kafkaworker.handlers import resolve_specs
 from kafkaworker.producer import producer_config
-from kafkaworker.runtime.runner import resolve_specs
 from kafkaworker.runtime.source.consumer_group import consumer_config
 
 SECRET = "s3cret-Pa55"

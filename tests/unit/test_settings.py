@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kafkaworker import App, BatchPolicy, ConfigError, Message, Settings, load_settings
-from kafkaworker.runtime.runner import resolve_specs
+from kafkaworker.handlers import resolve_specs
 from kafkaworker.runtime.source.consumer_group import consumer_config
 from kafkaworker.settings import check_environment, settings_for_run
 

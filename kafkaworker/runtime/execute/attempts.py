@@ -1,31 +1,30 @@
 """Attempts: one message through the failure policy, as steps an executor carries out.
 
 The handler runs; when it raises, the policy decides (failures/policy.py) and this module
-turns the decision into steps: wait and run again, hold while the breaker is open, write to a
-retry topic or the DLQ until the broker acknowledges it, or skip. It does no I/O and never
-waits itself: it yields steps (steps.py) and an executor carries them out, in a worker thread
-(pool.py) or on an event loop (aio.py). So the failure path is written once for both.
-Every wait ends the moment the message's partition is revoked, and the message is then given
-up (not finished).
+carries the decision out as steps (steps.py): wait and run again, hold while the breaker is
+open, write to a retry topic or the DLQ until the broker acknowledges it, release or reject
+it (queue mode), or skip it. It does no I/O and never waits itself, so the failure path is
+written once for worker threads and the event loop. Every wait ends the moment the message's
+partition is revoked, and the message is then given up (not finished).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Collection, Generator
 from typing import Any, Protocol
 
 import structlog
 
-from kafkaworker.errors import SchemaRegistryUnavailable, Skip
+from kafkaworker.errors import Skip
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
-from kafkaworker.runtime.execute.steps import Call, Called, Emit, Sleep, Step, Write
+from kafkaworker.runtime.execute.steps import Emit, Sleep, Write
 from kafkaworker.runtime.failures.deadletter import FailureRecords, error_type
 from kafkaworker.runtime.failures.policy import Action, Decision, FailurePolicy
-from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run
-from kafkaworker.runtime.poll.partitions import PartitionState
+from kafkaworker.runtime.handoff import Completion, Dispatched, Lease, Outcome, Run
 
 log = structlog.get_logger("kafkaworker.pool")
 
@@ -34,33 +33,34 @@ DEAD_LETTERED, AWAITING_ACK = Outcome.DEAD_LETTERED, Outcome.AWAITING_ACK
 RELEASED, REJECTED = Outcome.RELEASED, Outcome.REJECTED
 # While the breaker is open a held message checks this often whether it closed.
 _HOLD_CHECK = 0.2
-# Queue mode: the longest wait before releasing a record whose failure was no fault of its own.
-_QUEUE_WAIT_MAX = 5.0
 
-Steps = Generator[Step, Any, Outcome]
+# Yields steps (and, for an async handler, the awaitable of each call); returns the outcome
+# and the seconds spent in handler calls (the waits between them are not handler time).
+Steps = Generator[Any, Any, tuple[Outcome, float]]
 
 
 class Attempts:
-    """A handler's messages under its failure policy; shared by its executor's workers."""
+    """A handler's messages under its failure policy; shared by its executor's workers.
+    `report` puts completions where the poll thread takes them (the executor's)."""
 
     def __init__(
         self,
         spec: HandlerSpec,
         policy: FailurePolicy,
-        completions: CompletionQueue,
         *,
         metrics: Metrics,
         records: FailureRecords | None = None,
-        emits: bool = False,
     ) -> None:
         self.spec = spec
         self.policy = policy
-        self._completions = completions
         self.call = spec.call()
+        # An async def handler's call returns an awaitable, which is yielded to the loop.
+        self.awaiting = spec.is_async
         self._records = records
-        self._emits = emits  # the handler's return value is produced (outputs)
-        # How a message nacked after its handler returned goes back to the executor (set by
-        # the runtime once the executor exists).
+        self._emits = spec.output is not None  # the handler's return value is produced
+        # Set by the executor: how completions are reported (a manual ack reports itself), and
+        # how a message nacked after its handler returned goes back to the executor.
+        self.report: Callable[[list[Completion]], None] | None = None
         self.resubmit: Callable[[list[Run]], None] | None = None
         # Told of every failure and what was decided (the test client, the dashboard).
         self.observers: list[AttemptObserver] = []
@@ -68,13 +68,7 @@ class Attempts:
         # every report, and this needs failures only, so successes pay nothing for it.
         self.failure_sink: Callable[[Message[Any], BaseException, Decision], None] | None = None
         self._manual = spec.ack == "manual"
-        # Queue mode: a failure is decided once per delivery (msg.attempt is the broker's
-        # delivery count); a retry is the broker's redelivery, never a wait here. The share
-        # group's delivery count limit, once the source has read it: at that delivery a
-        # failed record is settled (DLQ or REJECT) rather than released, which the broker
-        # would archive without a trace.
         self._queue = spec.mode == "queue"
-        self.delivery_limit: int | None = None
         name = spec.name
         self._handler_failures = metrics.handler_failures.labels(name)
         self._skipped = metrics.skipped.labels(name)
@@ -83,31 +77,54 @@ class Attempts:
         self._retried_later = metrics.retried_later.labels(name)
         self._write_failures = metrics.dead_letter_write_failures.labels(name)
 
-    def steps(self, msg: Message[Any], failed: BaseException | None = None) -> Steps:
-        """Run the handler until the message is finished, dead-lettered, awaiting its ack, or
-        given up. `failed`: the error of a first call the executor made already."""
-        state: PartitionState = msg._state
+    def calling(self, func: Callable[[Any], Any], arg: Any) -> Generator[Any, Any, Any]:
+        """Call `func(arg)`: inline for a def handler, yielding its awaitable for an async def
+        one, whose result is sent back (or its error thrown in). Its error propagates."""
+        result = func(arg)
+        if self.awaiting:
+            result = yield result
+        return result
+
+    def steps(
+        self,
+        msg: Dispatched,
+        failed: BaseException | None = None,
+        *,
+        before_wait: Callable[[], None] | None = None,
+    ) -> Steps:
+        """Run the handler until the message is finished, dead-lettered, awaiting its ack,
+        released or rejected (queue mode), or given up. `failed`: the error of a first call
+        the executor made already. `before_wait`: called before the failure path may wait
+        (a backoff, a DLQ write), so that the executor reports what it finished before."""
+        lease = msg.lease
         manual = self._manual
         failures = 0
+        seconds = 0.0  # in handler calls
         nacks: list[BaseException] = []  # nacks during the handler call
         if manual:
-            resumed = msg._take_nack()  # a nack after an earlier call had returned
+            resumed = msg.take_nack()  # a nack after an earlier call had returned
             if resumed is not None:
                 failed, failures = resumed
-            calls = self._manual_callbacks(msg, state, nacks, lambda: failures)
+            calls = self._manual_callbacks(msg, lease, nacks, lambda: failures)
         while True:
             error = failed
             failed = None
             if error is None:
                 if manual:
                     calls.calling = True
-                called: Called = yield Call(self.call, msg)
-                error = called.error
+                started = time.monotonic()
+                try:
+                    result = yield from self.calling(self.call, msg)
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - the failure policy decides
+                    error = exc
+                seconds += time.monotonic() - started
                 if manual and error is None:
                     with calls.lock:  # nacked during the call: no outputs for it
                         error = nacks[0] if nacks else None
                 if error is None and self._emits:
-                    error = yield Emit(msg, called.result)
+                    error = yield Emit(msg, result)
                 if manual:
                     with calls.lock:
                         calls.calling = False
@@ -118,88 +135,27 @@ class Attempts:
                         nacks.clear()
                         calls.returned = error is None
                 if error is None:
-                    return AWAITING_ACK if manual else FINISHED
+                    return (AWAITING_ACK if manual else FINISHED), seconds
             if manual and msg.acked:
-                return AWAITING_ACK  # acknowledged before it raised: finished for Kafka
+                return AWAITING_ACK, seconds  # acknowledged before it raised: finished
             if not isinstance(error, Skip):
-                if state.revoked:
-                    return NOT_FINISHED
+                if lease.revoked:
+                    return NOT_FINISHED, seconds
                 failures += 1
                 self._handler_failures.inc()
             if self._queue:
-                return (yield from self._queue_failure(msg, error))
-            decision = self.policy.decide(msg.topic, error, failures)
+                decision = self.policy.decide_delivery(msg.topic, error, msg.attempt)
+            else:
+                decision = self.policy.decide(msg.topic, error, failures)
             self.observe(msg, error, decision)
+            if before_wait is not None:
+                before_wait()
             if decision.final:
-                return (yield from self.settle(msg, error, decision))
+                return (yield from self.settle(msg, error, decision)), seconds
             self._log_wait(msg, error, decision, first=failures == 1)
-            if (yield from self.wait(decision, (state,))):
-                return NOT_FINISHED
+            if (yield from self.wait(decision, (lease,))):
+                return NOT_FINISHED, seconds
             msg.attempt += 1
-
-    def _queue_failure(self, msg: Message[Any], error: BaseException) -> Steps:
-        """Queue mode: one failed delivery. RELEASE while deliveries are left (the policy's
-        RETRY, without its backoff: the broker redelivers at once, maybe to another member),
-        else the DLQ (written and acknowledged, then REJECT) or, with no DLQ, REJECT."""
-        failures = msg.attempt
-        limit = self.delivery_limit
-        last = limit is not None and failures >= limit
-        if last:
-            # The broker archives a record released at its last delivery: settle it here.
-            failures = max(failures, self.spec.retries + 1)
-        decision = self.policy.decide(msg.topic, error, failures)
-        if last and decision.action is Action.RETRY:
-            # A retry whatever `retries` says (a Schema Registry that does not answer): at the
-            # last delivery a release would be archived by the broker, with no DLQ record.
-            decision = (
-                Decision(Action.DEAD_LETTER, topic=self.spec.dlq)
-                if self.spec.dlq is not None and self._records is not None
-                else Decision(Action.STALL)
-            )
-        self.observe(msg, error, decision)
-        where = _where(self.spec, msg)
-        if decision.action is Action.RETRY and isinstance(error, SchemaRegistryUnavailable):
-            # No fault of the record, and the next delivery would fail the same way at once:
-            # wait the backoff before releasing (this member's next fetch waits too, which is
-            # right while the registry is down), or the deliveries would be spent in
-            # milliseconds. Capped well below the shortest lock a broker allows (15 s).
-            delay = min(decision.delay, _QUEUE_WAIT_MAX)
-            log.warning(
-                "the Schema Registry did not answer; releasing the record after a backoff",
-                error=_described(error),
-                retry_in=round(delay, 3),
-                **where,
-            )
-            if (yield Sleep(delay, (msg._state,))):
-                return NOT_FINISHED
-            return RELEASED
-        if decision.action is Action.RETRY:
-            log.warning(
-                "handler failed; releasing the record to the share group for redelivery",
-                error=_described(error),
-                exc_info=error if msg.attempt == 1 else None,
-                **where,
-            )
-            return RELEASED
-        if decision.action is Action.DEAD_LETTER:
-            return (yield from self.settle(msg, error, decision))
-        if decision.action is Action.SKIP and isinstance(error, Skip):
-            self._skipped.inc()
-            log.info("message skipped", reason=str(error), **where)
-            return FINISHED
-        # STALL, or on_exhausted="skip": nowhere to write it, and stalling would hold the
-        # record's lock (and the member's next fetch) forever.
-        self._skipped.inc()
-        log.error(
-            "retries exhausted and no dead-letter topic: rejecting the record (the share "
-            "group archives it; it is not delivered again)",
-            error=_described(error),
-            fatal=decision.fatal,
-            delivery_limit=limit,
-            exc_info=error,
-            **where,
-        )
-        return REJECTED
 
     def observe(self, msg: Message[Any], error: BaseException, decision: Decision) -> None:
         if self.failure_sink is not None:
@@ -215,8 +171,8 @@ class Attempts:
 
     def _manual_callbacks(
         self,
-        msg: Message[Any],
-        state: PartitionState,
+        msg: Dispatched,
+        lease: Lease,
         nacks: list[BaseException],
         failures: Callable[[], int],
     ) -> _ManualCalls:
@@ -226,7 +182,6 @@ class Attempts:
         the executor, whose next run of it takes the failure path. Any other nack is ignored:
         the message is on the failure path already (a backoff, a DLQ write) or was handed
         back by an earlier nack, and handing it back again would run it twice."""
-        completions = self._completions
         calls = _ManualCalls()
 
         def nack(error: BaseException) -> None:
@@ -241,49 +196,75 @@ class Attempts:
                     )
                     return
                 calls.returned = False
-            msg._hold_nack(error, failures())
+            msg.hold_nack(error, failures())
             assert self.resubmit is not None
-            self.resubmit([(state, [msg])])
+            self.resubmit([(lease, [msg])])
 
         def ack() -> None:
-            report = [Completion(state, [msg.offset], FINISHED)]
-            completions.put(report)
-            if self.observers:
-                self.reported(report)
+            assert self.report is not None
+            self.report([Completion(lease, [msg.offset], FINISHED)])
 
-        msg._on_ack(ack)
-        msg._on_nack(nack)
+        msg.bind_acks(ack, nack)
         return calls
 
-    def wait(
-        self, decision: Decision, partitions: Collection[PartitionState]
-    ) -> Generator[Step, Any, bool]:
-        """Wait as a RETRY, STALL or HOLD decision says; True when a partition was revoked
+    def wait(self, decision: Decision, leases: Collection[Lease]) -> Generator[Sleep, bool, bool]:
+        """Wait as a RETRY, STALL or HOLD decision says; True when a lease was revoked
         meanwhile (the message is then given up)."""
         if decision.action is Action.HOLD:
             breaker = self.policy.breaker
             while breaker is not None and breaker.open:
-                if (yield Sleep(_HOLD_CHECK, partitions)):
+                if (yield Sleep(_HOLD_CHECK, leases)):
                     return True
             return False
         if decision.action is Action.STALL:
             self._stalled.inc()
             try:
-                revoked: bool = yield Sleep(decision.delay, partitions, stall=True)
+                revoked: bool = yield Sleep(decision.delay, leases, stall=True)
             finally:
                 self._stalled.dec()
             return revoked
-        revoked = yield Sleep(decision.delay, partitions)
+        revoked = yield Sleep(decision.delay, leases)
         return revoked
 
     def settle(
-        self, msg: Message[Any], error: BaseException, decision: Decision
-    ) -> Generator[Step, Any, Outcome]:
-        """Carry out a final decision: skip, or write to a retry topic or the DLQ until the
-        broker acknowledges it (only then is the message finished; meanwhile its partition
-        waits, nothing is committed past it). The message's outcome."""
+        self, msg: Dispatched, error: BaseException, decision: Decision
+    ) -> Generator[Write | Sleep, Any, Outcome]:
+        """Carry out a final decision: skip, release, reject, or write to a retry topic or the
+        DLQ until the broker acknowledges it (only then is the message finished; meanwhile
+        its partition waits, nothing is committed past it). The message's outcome."""
         where = _where(self.spec, msg)
-        if decision.action is Action.SKIP:
+        action = decision.action
+        if action is Action.RELEASE:
+            if decision.delay:
+                log.warning(
+                    "the Schema Registry did not answer; releasing the record after a backoff",
+                    error=_described(error),
+                    retry_in=round(decision.delay, 3),
+                    **where,
+                )
+                if (yield Sleep(decision.delay, (msg.lease,))):
+                    return NOT_FINISHED
+            else:
+                log.warning(
+                    "handler failed; releasing the record to the share group for redelivery",
+                    error=_described(error),
+                    exc_info=error if msg.attempt == 1 else None,
+                    **where,
+                )
+            return RELEASED
+        if action is Action.REJECT:
+            self._skipped.inc()
+            log.error(
+                "retries exhausted and no dead-letter topic: rejecting the record (the share "
+                "group archives it; it is not delivered again)",
+                error=_described(error),
+                fatal=decision.fatal,
+                delivery_limit=self.policy.delivery_limit,
+                exc_info=error,
+                **where,
+            )
+            return REJECTED
+        if action is Action.SKIP:
             self._skipped.inc()
             if isinstance(error, Skip):
                 log.info("message skipped", reason=str(error), **where)
@@ -301,7 +282,7 @@ class Attempts:
             return FINISHED
         records = self._records
         assert records is not None
-        if decision.action is Action.RETRY_TOPIC:
+        if action is Action.RETRY_TOPIC:
             assert decision.stage is not None
             record = records.retry(msg, error, decision.stage)
         else:
@@ -318,18 +299,30 @@ class Attempts:
                 retry_in=round(delay, 3),
                 **where,
             )
-            if (yield Sleep(delay, (msg._state,))):
+            if (yield Sleep(delay, (msg.lease,))):
                 return NOT_FINISHED
-        dead = decision.action is Action.DEAD_LETTER
+        dead = action is Action.DEAD_LETTER
         (self._dead_lettered if dead else self._retried_later).inc()
-        (log.warning if dead else log.info)(
-            "message sent to the dead-letter topic"
-            if dead
-            else "message sent to a delayed retry topic",
-            destination=record.topic,
-            error=_described(error),
-            **where,
-        )
+        if dead:
+            # Where it failed, on the line itself: the traceback comes with it at DEBUG, and
+            # always in the JSON format's field (a message dead-lettered at its first failure
+            # has had no retry warning to carry it).
+            log.warning(
+                "message sent to the dead-letter topic",
+                destination=record.topic,
+                error=_described(error),
+                at=failed_at(error),
+                exc_info=error,
+                traceback_at="debug",  # the console shows it at DEBUG only (logging.py)
+                **where,
+            )
+        else:
+            log.info(
+                "message sent to a delayed retry topic",
+                destination=record.topic,
+                error=_described(error),
+                **where,
+            )
         return DEAD_LETTERED if dead else FINISHED
 
     def _log_wait(
@@ -384,6 +377,16 @@ class _ManualCalls:
         self.calling = False
         # The handler returned without acking or nacking: a nack now hands the message back.
         self.returned = False
+
+
+def failed_at(error: BaseException) -> str | None:
+    """file:line of the innermost frame of `error`'s traceback: where the handler failed."""
+    tb = error.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
 
 
 def _described(error: BaseException) -> str:

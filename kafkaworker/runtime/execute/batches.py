@@ -2,55 +2,51 @@
 
 Outcomes are per message. The messages that failed are decided one by one (failures/policy.py):
 those with a final decision (retry topic, DLQ, skip) are settled; the rest run again together
-after the backoff (or while the breaker holds them, or stalled). A fatal error raised for a
-batch of several (one undecodable record, say) cannot say which message it is about: they are
-run again one at a time, so that only the bad ones are settled.
+after the wait the policy gives them together. A fatal error raised for a batch of several
+(one undecodable record, say) cannot say which message it is about: the policy has them run
+again one at a time, so that only the bad ones are settled.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import structlog
 
 from kafkaworker.errors import BatchFailures, Skip
 from kafkaworker.handlers import HandlerSpec
-from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.execute.attempts import Attempts
-from kafkaworker.runtime.execute.steps import Call, Called, Step
 from kafkaworker.runtime.failures.deadletter import error_type
-from kafkaworker.runtime.failures.policy import Action, Decision
-from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome
+from kafkaworker.runtime.failures.policy import Action
+from kafkaworker.runtime.handoff import Completion, Dispatched, Outcome
 
 log = structlog.get_logger("kafkaworker.pool")
 
 NOT_FINISHED, FINISHED = Outcome.NOT_FINISHED, Outcome.FINISHED
 
+# Yields steps (and an async handler's awaitables); returns an outcome per message and the
+# seconds spent in handler calls.
+BatchSteps = Generator[Any, Any, tuple[list[Outcome], float]]
+
 
 class BatchRunner:
-    def __init__(
-        self,
-        spec: HandlerSpec,
-        attempts: Attempts,
-        completions: CompletionQueue,
-        *,
-        metrics: Metrics,
-    ) -> None:
+    def __init__(self, spec: HandlerSpec, attempts: Attempts, *, metrics: Metrics) -> None:
         assert spec.batch is not None
         self.spec = spec
         self.max_size = spec.batch.max_size
         self._attempts = attempts
-        self._completions = completions
         self._handler_seconds = metrics.handler_seconds.labels(spec.name)
         self._handler_failures = metrics.handler_failures.labels(spec.name)
         self._skipped = metrics.skipped.labels(spec.name)
         # Mean handler time per message of the latest batch (see Executor).
         self.recent_handler_seconds = 0.0
 
-    def run(self, chunk: list[Message[Any]]) -> Generator[Step, Any, None]:
+    def run(
+        self, chunk: list[Dispatched], report: Callable[[list[Completion]], None]
+    ) -> Generator[Any, Any, None]:
         """Run `chunk` in batches of at most max_size; report every message's outcome.
 
         Reported messages are taken off the front of `chunk`: when the executor closes the
@@ -58,45 +54,50 @@ class BatchRunner:
         executor reports it."""
         while chunk:
             batch = chunk[: self.max_size]
-            report = [
-                Completion(m._state, [m.offset], NOT_FINISHED) for m in batch if m._state.revoked
-            ]
-            live = [m for m in batch if not m._state.revoked]
+            done = [Completion(m.lease, [m.offset], NOT_FINISHED) for m in batch if m.lease.revoked]
+            live = [m for m in batch if not m.lease.revoked]
             if live:
-                started = time.monotonic()
                 try:
-                    outcomes = yield from self.execute(live)
+                    outcomes, seconds = yield from self.execute(live)
                 except Exception:  # not GeneratorExit: closed early, nothing is reported here
                     log.exception("failed to run the batch handler", handler=self.spec.name)
-                    outcomes = [NOT_FINISHED] * len(live)
-                elapsed = time.monotonic() - started
-                self._handler_seconds.inc(elapsed)
-                self.recent_handler_seconds = elapsed / len(live)
-                report += [
-                    Completion(m._state, [m.offset], o) for m, o in zip(live, outcomes, strict=True)
+                    outcomes, seconds = [NOT_FINISHED] * len(live), 0.0
+                self._handler_seconds.inc(seconds)
+                self.recent_handler_seconds = seconds / len(live)
+                done += [
+                    Completion(m.lease, [m.offset], o) for m, o in zip(live, outcomes, strict=True)
                 ]
-            self._completions.put(report)
-            if self._attempts.observers:
-                self._attempts.reported(report)
+            report(done)
             del chunk[: len(batch)]
 
-    def execute(self, batch: list[Message[Any]]) -> Generator[Step, Any, list[Outcome]]:
+    def execute(self, batch: list[Dispatched]) -> BatchSteps:
         """Run the batch handler until every message is settled; an outcome per message."""
         attempts = self._attempts
+        policy = attempts.policy
         outcome: dict[int, Outcome] = {}
         remaining = batch
         failures = 0
+        seconds = 0.0
         while remaining:
             # Only messages of a revoked partition are given up (with ordering="none" a batch
             # mixes partitions): the next owner gets them.
             for msg in remaining:
-                if msg._state.revoked:
+                if msg.lease.revoked:
                     outcome[id(msg)] = NOT_FINISHED
             remaining = [m for m in remaining if id(m) not in outcome]
             if not remaining:
                 break
-            called: Called = yield Call(self.spec.func, list(remaining))  # a copy: the
-            errors = self._errors(remaining, called.error)  # handler may change its list
+            started = time.monotonic()
+            error: BaseException | None = None
+            try:
+                # A copy: the handler may change its list.
+                yield from attempts.calling(self.spec.func, list(remaining))
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the failure policy decides
+                error = exc
+            seconds += time.monotonic() - started
+            errors = self._errors(remaining, error)
             for msg in remaining:
                 if msg not in errors:
                     outcome[id(msg)] = FINISHED
@@ -105,13 +106,13 @@ class BatchRunner:
                 break
             self._handler_failures.inc(len(remaining))
             failures += 1
-            decide = attempts.policy.decide
-            decisions = {id(m): decide(m.topic, errors[m], failures) for m in remaining}
+            decisions = {id(m): policy.decide(m.topic, errors[m], failures) for m in remaining}
             for msg in remaining:
                 attempts.observe(msg, errors[msg], decisions[id(msg)])
-            if len(remaining) > 1 and all(d.fatal for d in decisions.values()):
+            if policy.one_at_a_time(list(decisions.values())):
                 for msg in remaining:  # find the bad ones: one message at a time
-                    [outcome[id(msg)]] = yield from self.execute([msg])
+                    [outcome[id(msg)]], called = yield from self.execute([msg])
+                    seconds += called
                 break
             for msg in remaining:
                 decision = decisions[id(msg)]
@@ -120,7 +121,7 @@ class BatchRunner:
             remaining = [m for m in remaining if id(m) not in outcome]
             if not remaining:
                 break
-            decision = _wait_for([decisions[id(m)] for m in remaining])
+            decision = policy.together([decisions[id(m)] for m in remaining])
             first = errors[remaining[0]]
             log.warning(
                 "batch handler failed; retrying",
@@ -131,15 +132,15 @@ class BatchRunner:
                 retry_in=round(decision.delay, 3),
                 handler=self.spec.name,
             )
-            if (yield from attempts.wait(decision, {m._state for m in remaining})):
+            if (yield from attempts.wait(decision, {m.lease for m in remaining})):
                 continue  # the revoked check at the top settles them
             for msg in remaining:
                 msg.attempt += 1
-        return [outcome.get(id(m), NOT_FINISHED) for m in batch]
+        return [outcome.get(id(m), NOT_FINISHED) for m in batch], seconds
 
     def _errors(
-        self, batch: list[Message[Any]], error: BaseException | None
-    ) -> dict[Message[Any], BaseException]:
+        self, batch: list[Dispatched], error: BaseException | None
+    ) -> dict[Dispatched, BaseException]:
         """The messages that failed in a call of the batch handler, with their errors."""
         if error is None:
             return {}
@@ -160,15 +161,5 @@ class BatchRunner:
                     unknown_keys=len(unknown),
                 )
                 return dict.fromkeys(batch, error)
-            return dict(error.failures)
+            return {m: e for m, e in error.failures.items() if m in members}
         return dict.fromkeys(batch, error)
-
-
-def _wait_for(decisions: list[Decision]) -> Decision:
-    """How the messages left to run again wait together: held while the breaker is open,
-    else stalled if one has nowhere to go, else the first one's backoff."""
-    for action in (Action.HOLD, Action.STALL):
-        for decision in decisions:
-            if decision.action is action:
-                return decision
-    return decisions[0]

@@ -11,35 +11,29 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Collection, Hashable, Iterable
 from operator import attrgetter
-from typing import Any
 
 from kafkaworker.handlers import Ordering
-from kafkaworker.message import Message
-from kafkaworker.runtime.handoff import Run
-from kafkaworker.runtime.poll.partitions import PartitionState
+from kafkaworker.runtime.handoff import Dispatched, Lease, Run
 from kafkaworker.runtime.source import Record
 
 LaneKey = Hashable
-_RECORD = attrgetter("_raw")  # a Message's confluent-kafka record
+_RECORD = attrgetter("record")  # a Message's confluent-kafka record
 _KEY = Record.key
 
 
-def by_lane(
-    ordering: Ordering, runs: Iterable[Run]
-) -> Iterable[tuple[LaneKey, list[Message[Any]]]]:
+def by_lane(ordering: Ordering, runs: Iterable[Run]) -> Iterable[tuple[LaneKey, list[Dispatched]]]:
     """Group runs of messages (each of one partition, in fetch order) by the lane they go to.
 
-    A partition's lane is keyed by its PartitionState: nothing to compute per message, and a
-    partition assigned again gets new lanes, never one still holding the previous
-    assignment's work.
+    A partition's lane is keyed by its lease: nothing to compute per message, and a partition
+    assigned again gets new lanes, never one still holding the previous assignment's work.
     """
     if ordering == "partition":
         return runs
     if ordering == "none":
         return [(None, [msg for _, messages in runs for msg in messages])]
-    lanes: dict[LaneKey, list[Message[Any]]] = {}
-    for state, messages in runs:
-        by_key: dict[bytes | None, list[Message[Any]]] = {}
+    lanes: dict[LaneKey, list[Dispatched]] = {}
+    for lease, messages in runs:
+        by_key: dict[bytes | None, list[Dispatched]] = {}
         # The keys read in C (the record's key(), not the Message property): a Python call
         # per message was most of the cost of cutting a keyed batch into lanes.
         for msg, key in zip(messages, map(_KEY, map(_RECORD, messages)), strict=True):
@@ -54,9 +48,9 @@ def by_lane(
             # first's, not in their place. Replacing them left the first run's messages
             # counted in flight, never run nor reported, and the partition's commit stuck
             # (found by the broker-crash fault test).
-            queued = lanes.get((state, key))
+            queued = lanes.get((lease, key))
             if queued is None:
-                lanes[(state, key)] = lane
+                lanes[(lease, key)] = lane
             else:
                 queued.extend(lane)
     return lanes.items()
@@ -70,7 +64,7 @@ class Lane:
     def __init__(self, key: LaneKey, *, exclusive: bool) -> None:
         self.key = key
         self.exclusive = exclusive
-        self.queue: deque[Message[Any]] = deque()
+        self.queue: deque[Dispatched] = deque()
         self.scheduled = False
         self.active = False  # an exclusive lane being drained by a worker
 
@@ -118,7 +112,7 @@ class Lanes:
                 woken += len(batch)  # the shared lane: one worker per message
         return woken
 
-    def take(self) -> tuple[Lane, deque[Message[Any]]] | None:
+    def take(self) -> tuple[Lane, deque[Dispatched]] | None:
         """The next ready lane and the messages its taker runs now, in order."""
         if not self._ready:
             return None
@@ -136,7 +130,7 @@ class Lanes:
             lane.scheduled = False
         return lane, chunk
 
-    def top_up(self, lane: Lane) -> deque[Message[Any]]:
+    def top_up(self, lane: Lane) -> deque[Dispatched]:
         """What was queued on an exclusive lane since its taker took it (batch handlers fill
         a batch this way)."""
         queued, lane.queue = lane.queue, deque()
@@ -157,14 +151,14 @@ class Lanes:
             del self._lanes[lane.key]
         return False
 
-    def drop(self, partitions: Collection[PartitionState]) -> list[Message[Any]]:
-        """Remove and return the queued, unstarted messages of these partitions."""
-        wanted = set(map(id, partitions))
-        dropped: list[Message[Any]] = []
+    def drop(self, leases: Collection[Lease]) -> list[Dispatched]:
+        """Remove and return the queued, unstarted messages of these leases."""
+        wanted = set(map(id, leases))
+        dropped: list[Dispatched] = []
         for key, lane in list(self._lanes.items()):
-            keep: deque[Message[Any]] = deque()
+            keep: deque[Dispatched] = deque()
             for msg in lane.queue:
-                (dropped if id(msg._state) in wanted else keep).append(msg)
+                (dropped if id(msg.lease) in wanted else keep).append(msg)
             lane.queue = keep
             if not keep and not lane.active:
                 if lane.scheduled:

@@ -1,6 +1,12 @@
-"""Steps: what the failure path asks an executor to do. Attempts and batches yield them; a
-worker thread carries them out blocking, an event loop awaiting. The reply sent back into the
-generator is given with each step."""
+"""Steps: what running a handler's messages asks of the thread or loop it runs on.
+
+The executor core (core.py) runs messages as generators that do no I/O and never wait: they
+yield a step wherever something must be waited for, and a driver carries it out, a worker
+thread blocking (threads.py), the event loop awaiting (loop.py); the step's reply is sent back
+into the generator. An async handler's call is yielded as the awaitable it returned (the loop
+awaits it and sends back its result, or throws its error in); a def handler is called inline
+and yields nothing, so the hot path of a thread pays nothing for the generator.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +14,15 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from kafkaworker.message import Message
     from kafkaworker.runtime.failures.deadletter import FailedRecord
-    from kafkaworker.runtime.poll.partitions import PartitionState
-
-
-class Call(NamedTuple):
-    """Call the handler: `func(arg)` (awaited when it is a coroutine function). Reply: Called."""
-
-    func: Callable[[Any], Any]
-    arg: Any
-
-
-class Called(NamedTuple):
-    result: Any = None
-    error: BaseException | None = None
+    from kafkaworker.runtime.handoff import Dispatched, Lease
 
 
 class Emit(NamedTuple):
     """Produce the handler's outputs for `msg` and wait for every acknowledgement. Reply: the
     error (encoding, delivery), or None."""
 
-    msg: Message[Any]
+    msg: Dispatched
     result: Any
 
 
@@ -41,13 +34,21 @@ class Write(NamedTuple):
 
 
 class Sleep(NamedTuple):
-    """Wait `seconds` unless one of `partitions` is revoked. Reply: True when one was.
-    `stall`: the message has nowhere to go and waits to be retried (a test clock does not
-    skip over a stall: it would run the handler again and again)."""
+    """Wait `seconds` unless one of `leases` is revoked. Reply: True when one was.
+    `stall`: the message has nowhere to go and waits to be retried (it waits in real time
+    under every clock: see clock.py)."""
 
     seconds: float
-    partitions: Collection[PartitionState]
+    leases: Collection[Lease]
     stall: bool = False
 
 
-Step = Call | Emit | Write | Sleep
+class Idle(NamedTuple):
+    """Wait up to `seconds` for more work (`until()`: there is some), or with 0, let the other
+    coroutines have the loop. Reply: None."""
+
+    seconds: float
+    until: Callable[[], bool]
+
+
+Step = Emit | Write | Sleep | Idle

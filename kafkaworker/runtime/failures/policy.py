@@ -2,8 +2,10 @@
 threads, no waiting.
 
 One decision per failure, from the error, how many times the message has failed here, and
-the handler's options. The executors carry it out (wait, write, report); none of them decides
-anything itself. A call that returned is finished: only failures are decided.
+the handler's options; in queue mode, per delivery, from the broker's delivery count; for a
+batch, how the messages left to run again wait together. Attempts and batches (execute/) carry
+decisions out as steps (wait, write, report); nothing else decides. A call that returned is
+finished: only failures are decided.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ class Action(Enum):
     HOLD = "hold"  # the circuit breaker is open: run again once it closes
     STALL = "stall"  # nowhere to go: run again after `delay`, the maximum backoff
     SKIP = "skip"  # finished without being handled (raise Skip, or on_exhausted="skip")
+    # Queue mode (share groups): back to the share group, which delivers it again, maybe to
+    # another member, with its delivery count raised (after `delay`, when there is one).
+    RELEASE = "release"
+    # Queue mode: nowhere to write it: REJECTed, archived by the broker, never delivered again.
+    REJECT = "reject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +50,13 @@ class Decision:
         return self.action in _FINAL
 
 
-_FINAL = frozenset({Action.RETRY_TOPIC, Action.DEAD_LETTER, Action.SKIP})
+_FINAL = frozenset(
+    {Action.RETRY_TOPIC, Action.DEAD_LETTER, Action.SKIP, Action.RELEASE, Action.REJECT}
+)
+# Queue mode: the longest wait before releasing a record whose failure was no fault of its own
+# (a Schema Registry that does not answer): it holds the member's next fetch, and stays well
+# below the shortest lock a broker allows (15 s).
+QUEUE_WAIT_MAX = 5.0
 FATAL_ERRORS: tuple[type[BaseException], ...] = (DeserializationError, DeadLetter, Skip)
 
 
@@ -77,6 +90,8 @@ class FailurePolicy:
         self.can_publish = can_publish
         self.breaker = breaker
         self._rng = rng
+        # Queue mode: the share group's delivery count limit, once the source has read it.
+        self.delivery_limit: int | None = None
 
     def decide(self, topic: str, error: BaseException, failures: int) -> Decision:
         """What to do after the `failures`-th failed call (1-based) of a message of `topic`."""
@@ -106,6 +121,56 @@ class FailurePolicy:
             return Decision(Action.SKIP, fatal=fatal)
         # Nowhere to send it and skipping not allowed: it is never dropped silently.
         return Decision(Action.STALL, fatal=fatal, delay=spec.backoff.max)
+
+    def decide_delivery(self, topic: str, error: BaseException, delivery: int) -> Decision:
+        """Queue mode: what to do after the failed `delivery`-th delivery (1-based, the
+        broker's count, to any member) of a record of `topic`. A retry is a release (the
+        broker redelivers at once, maybe to another member), never a wait here: a record
+        waiting out a backoff would hold the member's next fetch, and the count of attempts
+        would be split between the process and the broker. At the share group's delivery
+        limit the record is settled (DLQ, or REJECT): one released at its last delivery would
+        be archived by the broker without a trace."""
+        limit = self.delivery_limit
+        last = limit is not None and delivery >= limit
+        failures = max(delivery, self.spec.retries + 1) if last else delivery
+        decision = self.decide(topic, error, failures)
+        action = decision.action
+        if action is Action.RETRY and not last:
+            # A Schema Registry that does not answer is no fault of the record, and the next
+            # delivery would fail the same way at once: wait the backoff (capped) before the
+            # release, or the deliveries would be spent in milliseconds.
+            delay = (
+                min(decision.delay, QUEUE_WAIT_MAX)
+                if isinstance(error, SchemaRegistryUnavailable)
+                else 0.0
+            )
+            return Decision(Action.RELEASE, fatal=decision.fatal, delay=delay)
+        if action is Action.RETRY and self.can_publish and self.spec.dlq is not None:
+            # At the last delivery a retry "whatever `retries` says" (the registry) is spent.
+            return Decision(Action.DEAD_LETTER, fatal=decision.fatal, topic=self.spec.dlq)
+        if action is Action.DEAD_LETTER or (action is Action.SKIP and isinstance(error, Skip)):
+            return decision
+        # STALL, on_exhausted="skip", or a spent retry with no DLQ: stalling would hold the
+        # record's lock (and the member's next fetch) forever.
+        return Decision(Action.REJECT, fatal=decision.fatal)
+
+    @staticmethod
+    def together(decisions: list[Decision]) -> Decision:
+        """How the failed messages of a batch that are run again (decisions not final) wait
+        together: held while the breaker is open, else stalled if one has nowhere to go, else
+        the first one's backoff."""
+        for action in (Action.HOLD, Action.STALL):
+            for decision in decisions:
+                if decision.action is action:
+                    return decision
+        return decisions[0]
+
+    @staticmethod
+    def one_at_a_time(decisions: list[Decision]) -> bool:
+        """Whether a batch's failure must be run again one message at a time: a fatal error
+        raised for a batch of several cannot say which message it is about (one undecodable
+        record, say), and only the bad ones may be settled."""
+        return len(decisions) > 1 and all(d.fatal for d in decisions)
 
     def write_retry_delay(self, failures: int) -> float:
         """How long to wait before writing to a retry topic or the DLQ again, after `failures`

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
 
 from kafkaworker import headers
 from kafkaworker.headers import int_header
-from kafkaworker.message import Message
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
-from kafkaworker.runtime.handoff import Run
+from kafkaworker.runtime.handoff import Dispatched, Run
 from kafkaworker.runtime.poll.partitions import PartitionState
 
 
@@ -24,7 +22,7 @@ class DelayedRetries:
     def __init__(self, retry_topics: Iterable[str], *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.topics = frozenset(retry_topics)
         self._clock = clock
-        self._held: dict[PartitionState, deque[Message[Any]]] = {}
+        self._held: dict[PartitionState, deque[Dispatched]] = {}
 
     def __bool__(self) -> bool:
         """Whether anything is held."""
@@ -34,12 +32,12 @@ class DelayedRetries:
         """Whether the partition holds records (it stays paused until none is left)."""
         return state in self._held
 
-    def admit(self, state: PartitionState, messages: list[Message[Any]]) -> list[Message[Any]]:
+    def admit(self, state: PartitionState, messages: list[Dispatched]) -> list[Dispatched]:
         """Of a run fetched from a retry topic: those to dispatch now. The rest are held, each
         behind the held ones before it (those are due first)."""
         now_ms = self._clock.time() * 1000
         held = self._held.get(state)
-        ready: list[Message[Any]] = []
+        ready: list[Dispatched] = []
         for msg in messages:
             attempts = int_header(msg, headers.ATTEMPTS)
             if attempts is not None:
@@ -57,11 +55,11 @@ class DelayedRetries:
         now_ms = self._clock.time() * 1000
         runs: list[Run] = []
         for state, held in list(self._held.items()):
-            ready: list[Message[Any]] = []
+            ready: list[Dispatched] = []
             while held and _due_ms(held[0]) <= now_ms:
                 ready.append(held.popleft())
             if ready:
-                runs.append((state, ready))
+                runs.append((state.lease, ready))
             if not held:
                 del self._held[state]
         return runs
@@ -71,5 +69,5 @@ class DelayedRetries:
         self._held.pop(state, None)
 
 
-def _due_ms(msg: Message[Any]) -> int:
+def _due_ms(msg: Dispatched) -> int:
     return int_header(msg, headers.RETRY_DUE) or 0

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import structlog
 from confluent_kafka import KafkaError
 
-from kafkaworker.message import Message
+from kafkaworker.message import DispatchedMessage
 from kafkaworker.runtime.handoff import Run
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.partitions import PartitionState
@@ -79,7 +79,7 @@ class Intake:
             rest = by_partition[start:]
             end = size - len(rest.lstrip(rest[:1]))
             state = owned.get((topic, partitions[start]))  # type: ignore[call-overload]
-            if state is not None and not state.revoked:  # else fetched just before a revoke
+            if state is not None and not state.lease.revoked:  # else fetched before a revoke
                 records = batch[start:end]
                 offsets: list[int] = list(map(_offset, records))  # type: ignore[arg-type]
                 if offsets[0] <= state.last_dispatched or sorted(offsets) != offsets:
@@ -117,7 +117,7 @@ class Intake:
                     records, offsets = [], []
                 current = (topic, partition)
                 state = partitions.get(current)  # type: ignore[call-overload]
-                if state is not None and state.revoked:
+                if state is not None and state.lease.revoked:
                     state = None
                 last = state.last_dispatched if state is not None else -1
             if state is None:
@@ -150,7 +150,7 @@ class Intake:
         kind, millis = records[0].timestamp()
         if kind:  # else TIMESTAMP_NOT_AVAILABLE
             state.stamps.append((offsets[0], millis))
-        messages = Message._from_run(records, offsets, self._codec, state)
+        messages = DispatchedMessage.run_of(state.lease, records, offsets, self._codec)
         held = False
         if state.topic in self._delayed.topics:
             ready = self._delayed.admit(state, messages)
@@ -165,7 +165,7 @@ class Intake:
                 )
             messages = ready
         if messages:
-            runs.append((state, messages))
+            runs.append((state.lease, messages))
         return held
 
     def on_error(self, error: KafkaError) -> KafkaError | None:

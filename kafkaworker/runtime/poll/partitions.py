@@ -2,40 +2,40 @@
 
 from __future__ import annotations
 
-import time
 from collections import deque
 
+from kafkaworker.runtime.handoff import Lease
 from kafkaworker.runtime.poll.offsets import PartitionOffsets
 from kafkaworker.runtime.source import Partition
 
 
 class PartitionState:
-    """Per-assignment state. A partition assigned again gets a new object, so completions of
-    the previous assignment, still arriving from slow handlers, are recognised and ignored.
-
-    Written on the poll thread only. The executor reads `revoked` (a plain attribute read is
-    atomic); its `revoke()`, called on the poll thread, is what sets it.
-    """
+    """Per-assignment state, the poll thread's alone. The execute side sees the partition
+    only through its `lease` (runtime/handoff.py), a new one per assignment: completions of an
+    earlier assignment, still arriving from slow handlers, carry a lease the poll thread no
+    longer holds, and are ignored."""
 
     __slots__ = (
         "assigned_at",
-        "forgotten",
         "in_flight",
         "last_dispatched",
+        "lease",
         "offsets",
         "partition",
         "pause_reason",
         "paused",
-        "revoked",
         "stamps",
         "topic",
         "topic_partition",
     )
 
-    def __init__(self, topic: str, partition: int) -> None:
+    def __init__(
+        self, topic: str, partition: int, *, generation: int = 0, now: float = 0.0
+    ) -> None:
         self.topic = topic
         self.partition = partition
         self.topic_partition = Partition(topic, partition)
+        self.lease = Lease(self.topic_partition, generation)
         self.offsets = PartitionOffsets()
         # Dispatched to the executor and not yet reported back (done or dropped).
         self.in_flight = 0
@@ -45,14 +45,9 @@ class PartitionState:
         # Why it is paused (backpressure, circuit breaker, delayed retry, operator): for the
         # dashboard, which shows the reason beside the flag.
         self.pause_reason = ""
-        # Unix time of this assignment: the partition's last rebalance, for the dashboard.
-        self.assigned_at = time.time()
-        # Set when its work must stop (revoke, lost, shutdown): unstarted messages are
-        # dropped, waits are cut short, nothing more is started.
-        self.revoked = False
-        # Set when the poll thread forgets the partition: late completions are then ignored
-        # (a later assignment of the partition has a new PartitionState).
-        self.forgotten = False
+        # Unix time of this assignment (the clock's): the partition's last rebalance, for the
+        # dashboard.
+        self.assigned_at = now
         # (first offset, timestamp in ms) of each run fetched and not yet finished, oldest
         # first: the time lag (age of the oldest unfinished record) is read off it without a
         # per-record cost. Pruned by the gauges (poll/gauges.py).

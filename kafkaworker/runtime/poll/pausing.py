@@ -59,7 +59,7 @@ class Pausing:
         for state in partitions:
             by_operator = bool(held) and state.topic_partition in held
             want = state in keep_paused or breaker_open or by_operator or self._delayed.holds(state)
-            if want != state.paused and not state.revoked:
+            if want != state.paused and not state.lease.revoked:
                 state.paused = want
                 if want:
                     pause.append(state)

@@ -8,8 +8,6 @@ group membership (`max.poll.interval.ms`).
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -19,14 +17,21 @@ from confluent_kafka import KafkaException
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
-from kafkaworker.runtime.execute import Executor
 from kafkaworker.runtime.failures.breaker import CircuitBreaker
-from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run, drain
+from kafkaworker.runtime.handoff import (
+    Completion,
+    CompletionQueue,
+    Executor,
+    Lease,
+    Outcome,
+    Run,
+)
 from kafkaworker.runtime.poll.backpressure import Backpressure
 from kafkaworker.runtime.poll.commit import Committer
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.gauges import PartitionRow, PollGauges
 from kafkaworker.runtime.poll.intake import Intake
+from kafkaworker.runtime.poll.loop import PollLoop
 from kafkaworker.runtime.poll.partitions import PartitionState
 from kafkaworker.runtime.poll.pausing import Pausing
 from kafkaworker.runtime.source import Partition, Record, Source
@@ -56,7 +61,7 @@ class PollerStats:
     withheld: int = 0  # times the poll thread stopped taking records for a limit
 
 
-class Poller:
+class Poller(PollLoop):
     """Drives one source for one handler; owns the source and its stop path. It is also the
     source's AssignmentListener: rebalance callbacks run on this thread, inside fetch()."""
 
@@ -76,40 +81,45 @@ class Poller:
         metrics: Metrics | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.spec = spec
-        self.settings = settings
+        metrics = metrics or Metrics()
+        super().__init__(
+            spec,
+            settings,
+            executor,
+            completions,
+            gauges=PollGauges(metrics, spec.name, source, clock=clock),
+            metrics=metrics,
+            clock=clock,
+        )
         self._source = source
-        self._executor = executor
-        self._completions = completions
         self._committer = committer
         self._topics = list(topics)
         self._delayed = delayed
         self._breaker = breaker
-        self._metrics = metrics or Metrics()
         self._backpressure = Backpressure(
             settings.max_pending, settings.max_pending_per_partition, clock=clock
         )
         self._pausing = Pausing(
-            self._backpressure, delayed, breaker, metrics=self._metrics, handler=spec.name
+            self._backpressure, delayed, breaker, metrics=metrics, handler=spec.name
         )
-        self._gauges = PollGauges(self._metrics, spec.name, source, clock=clock)
         self._partitions: dict[Partition, PartitionState] = {}
+        # The leases held now, to their partitions: a completion whose lease is not here is
+        # of an earlier assignment (the partition was let go), and is ignored.
+        self._leased: dict[Lease, PartitionState] = {}
+        self._generation = 0  # assignments so far: each lease's generation
         self._intake = Intake(
             self._partitions, codec, delayed, topics=self._topics, handler=spec.name
         )
-        self._stopping = threading.Event()
         # Set once shutdown committed: the revoke that closing the source triggers then only
         # forgets (waiting and committing again would delay leaving the group).
         self._closed_out = False
-        self._shutdown_deadline = float("inf")
         # Messages handed to the executor and not yet reported, over all partitions; and
         # whether anything changed this turn (backpressure is only re-judged then).
         self._in_flight = 0
         self._changed = False
         self.stats = PollerStats()
-        self.unfinished_at_exit: dict[str, int] = {}
-        self._consumed = self._metrics.consumed.labels(spec.name)
-        self._finished = self._metrics.finished.labels(spec.name)
+        self._consumed = metrics.consumed.labels(spec.name)
+        self._finished = metrics.finished.labels(spec.name)
 
     @property
     def partitions(self) -> list[PartitionState]:
@@ -145,19 +155,8 @@ class Poller:
         self._pausing.breaker_request = "open" if open_ else "close"
         return True
 
-    # -- lifecycle (called from the HandlerRuntime) ------------------------------------------
-
-    def request_stop(self) -> None:
-        self._stopping.set()
-
-    def run(self) -> None:
-        """The poll thread's body: subscribe, turn until asked to stop, then shut down."""
+    def _subscribe(self) -> None:
         self._source.subscribe(self._topics, self)
-        try:
-            while not self._stopping.is_set():
-                self.turn()
-        finally:
-            self._shutdown()
 
     # -- one turn ---------------------------------------------------------------------------
 
@@ -208,8 +207,9 @@ class Poller:
         if not runs:
             return
         count = 0
-        for state, messages in runs:
-            state.in_flight += len(messages)
+        leased = self._leased
+        for lease, messages in runs:
+            leased[lease].in_flight += len(messages)
             count += len(messages)
         self._in_flight += count
         self._changed = True
@@ -217,16 +217,15 @@ class Poller:
 
     # -- completions -------------------------------------------------------------------------
 
-    def _drain(self, timeout: float | None = None) -> list[Completion]:
-        return drain(self._completions, timeout)
-
     def _collect(self, completions: Iterable[Completion]) -> None:
         """Mark finished offsets; stage the positions that became committable."""
         touched: set[PartitionState] = set()
         finished = returned = 0
         breaker = self._breaker
-        for state, offsets, outcome in completions:
-            if state.forgotten:
+        leased = self._leased
+        for lease, offsets, outcome in completions:
+            state = leased.get(lease)
+            if state is None:
                 continue  # from an earlier assignment of the partition: not ours to count
             count = len(offsets)
             state.in_flight -= count
@@ -258,9 +257,9 @@ class Poller:
         )
 
     def _wait_in_flight(self, states: list[PartitionState], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = self._clock.monotonic() + timeout
         while any(s.in_flight > 0 for s in states):
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 return
             self._gauges.beat()  # waiting on handlers is not a hang
@@ -310,8 +309,12 @@ class Poller:
     # -- rebalances: the AssignmentListener, called on this thread inside fetch() ----------
 
     def on_assign(self, partitions: list[Partition]) -> None:
+        self._generation += 1
+        now = self._clock.time()
         for partition in partitions:
-            self._partitions[partition] = PartitionState(*partition)
+            state = PartitionState(*partition, generation=self._generation, now=now)
+            self._partitions[partition] = state
+            self._leased[state.lease] = state
         self.stats.assigned += 1
         self._metrics.rebalances.labels(self.spec.name, "assigned").inc()
         self.on_joined()  # librdkafka's classic protocol calls this with no partitions too
@@ -338,11 +341,11 @@ class Poller:
         self._stop_work(states)
         if commit and not self._closed_out:
             # During shutdown a revoke may not outlast what is left of shutdown_timeout.
-            remaining = self._shutdown_deadline - time.monotonic()
+            remaining = self._shutdown_deadline - self._clock.monotonic()
             self._wait_in_flight(states, min(self.settings.revoke_timeout, max(0.0, remaining)))
             self._commit_now(states)
         if any(s.in_flight for s in states):
-            self._executor.cancel(states)
+            self._executor.cancel([s.lease for s in states])
         self._committer.discard(s.topic_partition for s in states)
         still = {str(s.topic_partition): s.in_flight for s in states if s.in_flight}
         if still and not self._closed_out:
@@ -358,7 +361,7 @@ class Poller:
             self._source.resume(paused)
         for state in states:
             del self._partitions[state.topic_partition]
-            state.forgotten = True
+            del self._leased[state.lease]
             self._gauges.forget(state)
             self._in_flight -= state.in_flight  # their reports will be ignored from now on
         self._backpressure.forget(states)
@@ -373,50 +376,50 @@ class Poller:
     def _stop_work(self, states: list[PartitionState]) -> None:
         for state in states:
             self._delayed.drop(state)  # never started: redelivered to the next owner
-        dropped = self._executor.revoke(states)
-        self._collect(Completion(m._state, [m.offset], NOT_FINISHED) for m in dropped)
+        self._give_up_unstarted([s.lease for s in states])
 
-    # -- shutdown ------------------------------------------------------------------------------
+    # -- shutdown (the skeleton is PollLoop's) --------------------------------------------------
 
-    def _shutdown(self) -> None:
-        """Stop fetching, finish in-flight work within shutdown_timeout, commit, close."""
-        self._gauges.ready(False)  # draining: not ready any more
+    def _leases(self) -> list[Lease]:
+        return [s.lease for s in self._partitions.values()]
+
+    def _outstanding(self) -> int:
+        return sum(s.in_flight for s in self._partitions.values())
+
+    def _stop_taking(self) -> None:
         states = list(self._partitions.values())
-        self._shutdown_deadline = deadline = time.monotonic() + self.settings.shutdown_timeout
-        try:
-            if states:
-                self._source.pause([s.topic_partition for s in states])
-            self._stop_work(states)
-            while any(s.in_flight for s in self._partitions.values()):
-                if time.monotonic() >= deadline:
-                    break
-                # Keep serving the group (heartbeats are librdkafka's, but rebalance callbacks
-                # and max.poll.interval.ms are ours) while in-flight handlers finish. A record
-                # from a partition assigned meanwhile is not dispatched, so never committed.
-                self._gauges.beat()
-                for record in self._source.fetch(0, 1):
-                    if (error := record.error()) is not None:
-                        self._intake.on_error(error)
-                self._collect(self._drain(timeout=0.05))
-            self._collect(self._drain())
-            self._commit_now(self._partitions.values())
-            self._closed_out = True
-            self._executor.cancel(list(self._partitions.values()))
-            unfinished = [s for s in self._partitions.values() if s.in_flight]
-            self.unfinished_at_exit = {str(s.topic_partition): s.in_flight for s in unfinished}
-            if unfinished:
-                log.warning(
-                    "shutdown_timeout reached with messages in flight; they are not committed "
-                    "and will be delivered again",
-                    handler=self.spec.name,
-                    in_flight=self.unfinished_at_exit,
-                    lowest_unfinished={
-                        str(s.topic_partition): s.offsets.lowest_unfinished() for s in unfinished
-                    },
-                )
-        finally:
-            self._source.close()
-            self._executor.close()
+        if states:
+            self._source.pause([s.topic_partition for s in states])
+        self._stop_work(states)
+
+    def _serve(self) -> None:
+        # Keep serving the group (heartbeats are librdkafka's, but rebalance callbacks and
+        # max.poll.interval.ms are ours) while in-flight handlers finish. A record from a
+        # partition assigned meanwhile is not dispatched, so never committed.
+        for record in self._source.fetch(0, 1):
+            if (error := record.error()) is not None:
+                self._intake.on_error(error)
+
+    def _left_running(self) -> dict[str, int]:
+        unfinished = [s for s in self._partitions.values() if s.in_flight]
+        if unfinished:
+            log.warning(
+                "shutdown_timeout reached with messages in flight; they are not committed "
+                "and will be delivered again",
+                handler=self.spec.name,
+                in_flight={str(s.topic_partition): s.in_flight for s in unfinished},
+                lowest_unfinished={
+                    str(s.topic_partition): s.offsets.lowest_unfinished() for s in unfinished
+                },
+            )
+        return {str(s.topic_partition): s.in_flight for s in unfinished}
+
+    def _make_durable(self, deadline: float) -> None:
+        self._commit_now(self._partitions.values())
+        self._closed_out = True
+
+    def _close(self) -> None:
+        self._source.close()
 
 
 def _names(partitions: Iterable[PartitionState | Partition]) -> list[str]:

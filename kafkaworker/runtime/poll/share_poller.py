@@ -18,22 +18,27 @@ track: the broker keeps each record's state.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
 
 import structlog
 from confluent_kafka import AcknowledgeType, KafkaError, KafkaException
 
 from kafkaworker.handlers import HandlerSpec
-from kafkaworker.message import Message
+from kafkaworker.message import DispatchedMessage
 from kafkaworker.observability.metrics import Metrics
-from kafkaworker.runtime.execute import Executor
-from kafkaworker.runtime.handoff import Completion, CompletionQueue, Outcome, Run, drain
+from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
+from kafkaworker.runtime.handoff import (
+    Completion,
+    CompletionQueue,
+    Dispatched,
+    Executor,
+    Lease,
+    Outcome,
+    Run,
+)
 from kafkaworker.runtime.poll.gauges import PollGauges
-from kafkaworker.runtime.poll.partitions import PartitionState
+from kafkaworker.runtime.poll.loop import PollLoop
 from kafkaworker.runtime.source import Partition, Record, ShareSource
 from kafkaworker.runtime.source.share_group import ACK_NAMES, LOCK_DURATION_MS, ShareGroupConfig
 from kafkaworker.serialization import Codec
@@ -55,7 +60,7 @@ ACK_FLUSH = 0.1  # acknowledgements made while a fetch is out are sent at least 
 _DELIVERY_BUCKETS = 10
 
 
-class SharePoller:
+class SharePoller(PollLoop):
     """Drives one share consumer for one handler; owns it and its stop path."""
 
     def __init__(
@@ -69,29 +74,33 @@ class SharePoller:
         codec: Codec,
         group: ShareGroupConfig,
         metrics: Metrics | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.spec = spec
-        self.settings = settings
+        metrics = metrics or Metrics()
+        super().__init__(
+            spec,
+            settings,
+            executor,
+            completions,
+            # No per-partition lag: a share group's state is the broker's (`kafkaworker lag`).
+            gauges=PollGauges(metrics, spec.name, source, clock=clock),  # type: ignore[arg-type]
+            metrics=metrics,
+            clock=clock,
+        )
         self._source = source
-        self._executor = executor
-        self._completions = completions
         self._codec = codec
         self._group = group
-        self._metrics = metrics = metrics or Metrics()
-        # No per-partition lag: a share group's state is the broker's (`kafkaworker lag`).
-        self._gauges = PollGauges(metrics, spec.name, source)  # type: ignore[arg-type]
-        self._states: dict[Partition, PartitionState] = {}
-        self._stopping = threading.Event()
-        # Records of the current fetch not acknowledged yet: (state, offset).
-        self._outstanding: set[tuple[PartitionState, int]] = set()
+        # A lease per partition records came from: what the executor's lanes and reports are
+        # keyed by; revoked only at shutdown (a share group has no assignment to revoke).
+        self._leases_by_partition: dict[Partition, Lease] = {}
+        # Records of the current fetch not acknowledged yet: (lease, offset).
+        self._outstanding_records: set[tuple[Lease, int]] = set()
         self._fetched_at = 0.0
         self._lock_warned = False
         self._slow_fetch_quiet_until = 0.0
         self._acks_pending = False
         self._acks_sent_at = 0.0
         self.acknowledged: Counter[str] = Counter()  # by type, for tests
-        # Records still running when shutdown_timeout ran out, by share group (released).
-        self.unfinished_at_exit: dict[str, int] = {}
         name = spec.name
         self._consumed = metrics.consumed.labels(name)
         self._finished = metrics.finished.labels(name)
@@ -102,18 +111,10 @@ class SharePoller:
 
     @property
     def in_flight(self) -> int:
-        return len(self._outstanding)
+        return len(self._outstanding_records)
 
-    def request_stop(self) -> None:
-        self._stopping.set()
-
-    def run(self) -> None:
+    def _subscribe(self) -> None:
         self._source.subscribe(list(self.spec.topics), self.on_joined)
-        try:
-            while not self._stopping.is_set():
-                self.turn()
-        finally:
-            self._shutdown()
 
     def on_joined(self) -> None:
         if not self._stopping.is_set():
@@ -122,7 +123,7 @@ class SharePoller:
     # -- one turn ---------------------------------------------------------------------------
 
     def turn(self) -> None:
-        if not self._outstanding:
+        if not self._outstanding_records:
             records = self._source.fetch(_IDLE_POLL)
             self._acks_pending = False  # the fetch carried them
             if records:
@@ -131,13 +132,14 @@ class SharePoller:
             self._collect(self._drain(_BUSY_WAIT))
             self._watch_locks()
         self._flush_acks()
-        self._gauges.refresh((), len(self._outstanding))
+        self._gauges.refresh((), len(self._outstanding_records))
 
     def _dispatch(self, records: list[Record]) -> None:
-        by_partition: dict[PartitionState, list[Message[Any]]] = {}
+        by_lease: dict[Lease, list[Dispatched]] = {}
         deliveries: Counter[int] = Counter()
         codec = self._codec
         fatal: KafkaError | None = None
+        outstanding = self._outstanding_records
         for record in records:
             error = record.error()
             if error is not None:
@@ -147,50 +149,45 @@ class SharePoller:
                     log.warning("share consumer error", handler=self.spec.name, error=str(error))
                 continue
             partition = Partition(record.topic(), record.partition())  # type: ignore[arg-type]
-            state = self._states.get(partition)
-            if state is None:
-                state = self._states[partition] = PartitionState(*partition)
+            lease = self._leases_by_partition.get(partition)
+            if lease is None:
+                lease = self._leases_by_partition[partition] = Lease(partition)
             offset: int = record.offset()  # type: ignore[assignment]
-            [msg] = Message._from_run([record], [offset], codec, state)
+            [msg] = DispatchedMessage.run_of(lease, [record], [offset], codec)
             # The broker's count: deliveries of this record so far, this one included, to any
             # member. A retry is a redelivery, so this is the attempt.
             msg.attempt = count = record.delivery_count() or 1
             deliveries[min(count, _DELIVERY_BUCKETS)] += 1
-            by_partition.setdefault(state, []).append(msg)
-            self._outstanding.add((state, offset))
-        runs: list[Run] = list(by_partition.items())
-        taken = len(self._outstanding)
+            by_lease.setdefault(lease, []).append(msg)
+            outstanding.add((lease, offset))
+        runs: list[Run] = list(by_lease.items())
+        taken = len(outstanding)
         if taken:
-            self._fetched_at = time.monotonic()
+            self._fetched_at = self._clock.monotonic()
             self._lock_warned = False
             self._consumed.inc(taken)
             for count, n in deliveries.items():
                 label = f"{count}+" if count == _DELIVERY_BUCKETS else str(count)
                 self._metrics.deliveries.labels(self.spec.name, label).inc(n)
-            for state, messages in runs:
-                state.in_flight += len(messages)
             self._executor.submit(runs)
         if fatal is not None:
             raise KafkaException(fatal)
 
     # -- reports -> acknowledgements --------------------------------------------------------
 
-    def _drain(self, timeout: float | None = None) -> list[Completion]:
-        return drain(self._completions, timeout)
-
     def _collect(self, completions: Iterable[Completion]) -> None:
         counts: Counter[AcknowledgeType] = Counter()
-        outstanding = self._outstanding
+        outstanding = self._outstanding_records
         acknowledge = self._source.acknowledge
-        for state, offsets, outcome in completions:
+        for lease, offsets, outcome in completions:
             kind = ACK_TYPES[outcome]
+            topic, partition = lease.partition
             for offset in offsets:
-                key = (state, offset)
+                key = (lease, offset)
                 if key not in outstanding:
                     continue  # given up already (shutdown released it)
                 outstanding.discard(key)
-                state.in_flight -= 1
-                acknowledge(state.topic, state.partition, offset, kind)
+                acknowledge(topic, partition, offset, kind)
                 counts[kind] += 1
         if counts and not outstanding:
             self._fetch_done()
@@ -207,9 +204,9 @@ class SharePoller:
     def _flush_acks(self) -> None:
         """While a fetch is out, send what is acknowledged every ACK_FLUSH (the next fetch
         would carry it, but only once the whole fetch is done)."""
-        if not (self._acks_pending and self._outstanding):
+        if not (self._acks_pending and self._outstanding_records):
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if now - self._acks_sent_at >= ACK_FLUSH:
             self._source.commit()
             self._acks_pending = False
@@ -218,8 +215,8 @@ class SharePoller:
     def _fetch_done(self) -> None:
         """A whole fetch is acknowledged. One that took more than half the lock is a warning
         before the locks start running out: the fetch is too large for this handler."""
-        took = time.monotonic() - self._fetched_at
-        now = time.monotonic()
+        now = self._clock.monotonic()
+        took = now - self._fetched_at
         if took < self._group.lock_seconds / 2 or now < self._slow_fetch_quiet_until:
             return
         self._slow_fetch_quiet_until = now + 300.0  # once every 5 minutes at most
@@ -238,11 +235,11 @@ class SharePoller:
         records to another member meanwhile (the Python client cannot renew a lock yet)."""
         if self._lock_warned:
             return
-        held = time.monotonic() - self._fetched_at
+        held = self._clock.monotonic() - self._fetched_at
         if held < self._group.lock_seconds:
             return
         self._lock_warned = True
-        self._lock_expiries.inc(len(self._outstanding))
+        self._lock_expiries.inc(len(self._outstanding_records))
         log.warning(
             "records held longer than the share group's acquisition lock: the broker may "
             "deliver them again, to this member or another, while they run here; make the "
@@ -251,50 +248,50 @@ class SharePoller:
             "duration.ms on the brokers)",
             handler=self.spec.name,
             group=self._group.group,
-            unacknowledged=len(self._outstanding),
+            unacknowledged=len(self._outstanding_records),
             held_seconds=round(held, 1),
             lock_seconds=self._group.lock_seconds,
         )
 
-    # -- shutdown ---------------------------------------------------------------------------
+    # -- shutdown (the skeleton is PollLoop's) --------------------------------------------------
 
-    def _shutdown(self) -> None:
-        """Release what was not started (another member takes it at once, not after the
-        lock), wait (within shutdown_timeout) for the running records and acknowledge them,
-        commit, close."""
-        self._gauges.ready(False)
-        deadline = time.monotonic() + self.settings.shutdown_timeout
-        states = list(self._states.values())
-        try:
-            dropped = self._executor.revoke(states)
-            self._collect(Completion(m._state, [m.offset], Outcome.NOT_FINISHED) for m in dropped)
-            if dropped:
-                self._source.commit()
-                self._acks_pending = False
-                log.info(
-                    "shutting down: records not started were released to the share group",
-                    handler=self.spec.name,
-                    released=len(dropped),
-                )
-            while self._outstanding and time.monotonic() < deadline:
-                self._gauges.beat()  # waiting on handlers is not a hang
-                self._collect(self._drain(0.05))
-                self._flush_acks()
-            self._collect(self._drain())
-            self._executor.cancel(states)
-            if self._outstanding:
-                self.unfinished_at_exit = {f"share group {self._group.group}": self.in_flight}
-                log.warning(
-                    "shutdown_timeout reached with records running; they are released and "
-                    "will be delivered again",
-                    handler=self.spec.name,
-                    running=self.in_flight,
-                )
-                left = list(self._outstanding)
-                self._collect(
-                    Completion(state, [offset], Outcome.NOT_FINISHED) for state, offset in left
-                )
-            self._source.commit_sync(max(1.0, deadline - time.monotonic()))
-        finally:
-            self._source.close()
-            self._executor.close()
+    def _leases(self) -> list[Lease]:
+        return list(self._leases_by_partition.values())
+
+    def _outstanding(self) -> int:
+        return len(self._outstanding_records)
+
+    def _stop_taking(self) -> None:
+        """Release what was not started: another member takes it at once, not after its lock."""
+        released = self._give_up_unstarted(self._leases())
+        if released:
+            self._source.commit()
+            self._acks_pending = False
+            log.info(
+                "shutting down: records not started were released to the share group",
+                handler=self.spec.name,
+                released=released,
+            )
+
+    def _serve(self) -> None:
+        self._flush_acks()
+
+    def _left_running(self) -> dict[str, int]:
+        if not self._outstanding_records:
+            return {}
+        running = self.in_flight
+        log.warning(
+            "shutdown_timeout reached with records running; they are released and will be "
+            "delivered again",
+            handler=self.spec.name,
+            running=running,
+        )
+        left = list(self._outstanding_records)
+        self._collect(Completion(lease, [offset], Outcome.NOT_FINISHED) for lease, offset in left)
+        return {f"share group {self._group.group}": running}
+
+    def _make_durable(self, deadline: float) -> None:
+        self._source.commit_sync(max(1.0, deadline - self._clock.monotonic()))
+
+    def _close(self) -> None:
+        self._source.close()

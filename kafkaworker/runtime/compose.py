@@ -1,0 +1,320 @@
+"""The composition root: the one place the runtime is built, from an app, its settings, where
+records come from (Sources), a producer and a clock.
+
+`kafkaworker run` (the Runner), the TestClient and the tests all build it here, so what a test
+runs is wired as production is; what differs is what they pass in: the Runner the cluster's
+consumer and share groups, the system clock and the app's producer; the TestClient in-memory
+sources, a virtual clock and a producer that keeps what it is given. What wraps every handler
+call or every commit is added here (and in the executor core), once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
+
+from kafkaworker.handlers import HandlerSpec, is_async_callable
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.producer import Producer
+from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
+from kafkaworker.runtime.execute.attempts import Attempts
+from kafkaworker.runtime.execute.batches import BatchRunner
+from kafkaworker.runtime.execute.core import ExecutorCore
+from kafkaworker.runtime.execute.coroutines import AsyncPool
+from kafkaworker.runtime.execute.event_loop import EventLoopThread
+from kafkaworker.runtime.execute.outputs import Outputs
+from kafkaworker.runtime.execute.threads import WorkerPool
+from kafkaworker.runtime.failures.breaker import CircuitBreaker
+from kafkaworker.runtime.failures.deadletter import FailureRecords
+from kafkaworker.runtime.failures.policy import FailurePolicy
+from kafkaworker.runtime.failures.retrytopics import RetryRoutes
+from kafkaworker.runtime.handler_runtime import HandlerRuntime
+from kafkaworker.runtime.handoff import Completion, Executor
+from kafkaworker.runtime.poll.commit import StoredOffsetCommit
+from kafkaworker.runtime.poll.delayed import DelayedRetries
+from kafkaworker.runtime.poll.loop import PollLoop
+from kafkaworker.runtime.poll.poller import Poller
+from kafkaworker.runtime.poll.share_poller import SharePoller
+from kafkaworker.runtime.source import ShareSource, Source
+from kafkaworker.runtime.source.share_group import ShareGroupConfig
+from kafkaworker.serialization import Codec
+from kafkaworker.serialization.models import ModelCodec
+from kafkaworker.settings import Settings
+
+if TYPE_CHECKING:
+    from kafkaworker.app import App, Lifespan
+
+
+class Sources(Protocol):
+    """Where each handler's records come from."""
+
+    def stream(self, spec: HandlerSpec) -> Source:
+        """A consumer group's member for a stream-mode handler."""
+        ...
+
+    def queue(self, spec: HandlerSpec) -> tuple[ShareSource, ShareGroupConfig]:
+        """A share group's member for a queue-mode handler, with the group's configuration
+        (its delivery count limit, its lock duration)."""
+        ...
+
+
+class KafkaSources:
+    """The cluster's: a consumer group, or a share group, per handler (its own group or the
+    app's name)."""
+
+    def __init__(self, app_name: str, settings: Settings) -> None:
+        self._app = app_name
+        self._settings = settings
+
+    def stream(self, spec: HandlerSpec) -> Source:
+        from kafkaworker.runtime.source.consumer_group import (  # noqa: PLC0415 - a client
+            ConsumerGroupSource,
+            consumer_config,
+        )
+
+        config = consumer_config(self._app, spec, self._settings)
+        return ConsumerGroupSource(
+            config, handler=spec.name, join_timeout=self._settings.join_timeout
+        )
+
+    def queue(self, spec: HandlerSpec) -> tuple[ShareSource, ShareGroupConfig]:
+        from kafkaworker.runtime.source.share_group import (  # noqa: PLC0415 - a client
+            ShareGroupSource,
+            prepare_share_group,
+            share_consumer_config,
+        )
+
+        # Read (and completed) at start-up: the delivery count limit and lock duration.
+        share = prepare_share_group(self._settings, spec.group or self._app)
+        config = share_consumer_config(self._app, spec, self._settings)
+        return ShareGroupSource(config, handler=spec.name), share
+
+
+class GivenSources:
+    """Sources made beforehand, by handler name (the tests', the benchmarks')."""
+
+    def __init__(
+        self,
+        stream: Mapping[str, Source] | None = None,
+        queue: Mapping[str, tuple[ShareSource, ShareGroupConfig]] | None = None,
+    ) -> None:
+        self._stream = dict(stream or {})
+        self._queue = dict(queue or {})
+
+    def stream(self, spec: HandlerSpec) -> Source:
+        return self._stream[spec.name]
+
+    def queue(self, spec: HandlerSpec) -> tuple[ShareSource, ShareGroupConfig]:
+        return self._queue[spec.name]
+
+
+def new_breaker(settings: Settings, handler: str, clock: Clock) -> CircuitBreaker | None:
+    """The handler's breaker (handlers.<name>.circuit_breaker, else the global one). Not in
+    queue mode (the caller's check): a breaker holds messages by pausing partitions, and a
+    share consumer has no pause; a record held there would hold its member's next fetch."""
+    override = settings.handlers.get(handler)
+    config = (override.circuit_breaker if override else None) or settings.circuit_breaker
+    if not config.enabled:
+        return None
+    return CircuitBreaker(
+        threshold=config.threshold,
+        window=config.window,
+        min_messages=config.min_messages,
+        cooldown=config.cooldown,
+        clock=clock.monotonic,
+    )
+
+
+def build_handler(
+    app_name: str,
+    spec: HandlerSpec,
+    settings: Settings,
+    *,
+    sources: Sources,
+    producer: Producer | None = None,
+    metrics: Metrics | None = None,
+    codecs: Mapping[str, Codec] | None = None,
+    loop: EventLoopThread | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> HandlerRuntime:
+    """One handler's runtime: its failure path, executor, poll loop and source, wired."""
+    metrics = metrics or Metrics()
+    group = spec.group or app_name
+    routes = RetryRoutes(spec.topics, spec.retry_topics) if spec.retry_topics else None
+    if (spec.dlq is not None or routes is not None or spec.output is not None) and not producer:
+        raise ValueError(f"handler {spec.name!r} writes records but has no producer")
+    records = None
+    if spec.dlq is not None or routes is not None:
+        records = FailureRecords(spec.dlq, group=group, handler=spec.name, clock=clock)
+    queue_mode = spec.mode == "queue"
+    breaker = (
+        new_breaker(settings, spec.name, clock) if spec.dlq is not None and not queue_mode else None
+    )
+    # The value codec encodes outputs and decodes messages (validating into the handler's
+    # model, when it has one); resolved once per handler.
+    codec = spec.value_codec(codecs)
+    completions: queue.SimpleQueue[list[Completion]] = queue.SimpleQueue()
+    policy = FailurePolicy(spec, routes=routes, can_publish=records is not None, breaker=breaker)
+    attempts = Attempts(spec, policy, metrics=metrics, records=records)
+    batches = BatchRunner(spec, attempts, metrics=metrics) if spec.batch else None
+    core = ExecutorCore(spec, attempts, completions, metrics=metrics, batches=batches, clock=clock)
+    outputs = None
+    if producer is not None:
+        outputs = Outputs(
+            producer,
+            topic=spec.output,
+            codec=codec,
+            produce_timeout=settings.produce_timeout,
+            write_timeout=settings.dead_letter.timeout,
+        )
+    executor: Executor
+    if spec.is_async:
+        if loop is None:
+            raise ValueError(f"handler {spec.name!r} is async but no event loop was given")
+        executor = AsyncPool(core, loop=loop, outputs=outputs)
+    else:
+        executor = WorkerPool(core, name=f"kw-{spec.name}", outputs=outputs)
+    attempts.resubmit = executor.submit  # a message nacked after its handler returned
+    value_codec = ModelCodec(codec, spec.model) if spec.model is not None else codec
+    poller: PollLoop
+    if queue_mode:
+        share_source, share = sources.queue(spec)
+        policy.delivery_limit = share.delivery_limit
+        poller = SharePoller(
+            spec,
+            settings,
+            share_source,
+            executor,
+            completions,
+            codec=value_codec,
+            group=share,
+            metrics=metrics,
+            clock=clock,
+        )
+    else:
+        source = sources.stream(spec)
+        topics = [*spec.topics, *(s.topic for s in routes.stages)] if routes else spec.topics
+        poller = Poller(
+            spec,
+            settings,
+            source,
+            executor,
+            completions,
+            committer=StoredOffsetCommit(source, handler=spec.name),
+            codec=value_codec,
+            topics=topics,
+            delayed=DelayedRetries(routes.retry_topics if routes else (), clock=clock),
+            breaker=breaker,
+            metrics=metrics,
+            clock=clock,
+        )
+    return HandlerRuntime(
+        spec, poller=poller, executor=executor, attempts=attempts, breaker=breaker, codec=codec
+    )
+
+
+class AppRuntime:
+    """An app's runtime in this process: the event loop (when a handler or hook is async), the
+    app's lifespan (hooks, app.producer) and a HandlerRuntime per handler. Entered, it is
+    built; start() starts the handlers; stop() (or leaving it) drains them, then the lifespan
+    ends and the loop closes. Owns all of them and their stop path.
+
+    `producer`: app.producer for the run (default: built from the settings, eagerly when a
+    handler writes records). `codecs`: codecs built for the run by name (the Schema Registry's).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        settings: Settings,
+        specs: Sequence[HandlerSpec],
+        *,
+        sources: Sources,
+        metrics: Metrics | None = None,
+        producer: Producer | None = None,
+        codecs: Mapping[str, Codec] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.specs = list(specs)
+        self.sources = sources
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self._producer = producer
+        self._codecs = codecs
+        self.handlers: list[HandlerRuntime] = []
+        self.loop: EventLoopThread | None = None
+        self._lifespan: Lifespan | None = None
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def shutdown_failed(self) -> bool:
+        """Whether a shutdown hook failed (known once the runtime is left)."""
+        return self._lifespan is not None and self._lifespan.shutdown_failed
+
+    def __enter__(self) -> AppRuntime:
+        try:
+            self._build()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self.stop()
+        finally:
+            self._stack.close()
+
+    def _build(self) -> None:
+        hooks = [*self.app.startup_hooks, *self.app.shutdown_hooks]
+        if any(spec.is_async for spec in self.specs) or any(map(is_async_callable, hooks)):
+            # The process's event loop: async handlers and async hooks share it.
+            self.loop = EventLoopThread(kind=self.settings.event_loop).start()
+            self._stack.callback(self.loop.close)
+        self._lifespan = self._stack.enter_context(
+            self.app.lifespan(
+                self.settings,
+                run_async=self.loop.run if self.loop is not None else None,
+                producer=self._producer,
+            )
+        )
+        writes = any(spec.dlq or spec.retry_topics or spec.output for spec in self.specs)
+        producer = self.app.producer if writes else None
+        self.handlers = [
+            build_handler(
+                self.app.name,
+                spec,
+                self.settings,
+                sources=self.sources,
+                producer=producer,
+                metrics=self.metrics,
+                codecs=self._codecs,
+                loop=self.loop,
+                clock=self.clock,
+            )
+            for spec in self.specs
+        ]
+
+    def start(self) -> None:
+        for handler in self.handlers:
+            handler.start()
+
+    def stop(self) -> None:
+        """Drain every handler (each poll thread bounds its own drain by shutdown_timeout; the
+        margin covers the final commit and leaving the group)."""
+        for handler in self.handlers:
+            handler.request_stop()
+        deadline = time.monotonic() + self.settings.shutdown_timeout + 15
+        for handler in self.handlers:
+            handler.join(max(0.0, deadline - time.monotonic()))
