@@ -23,13 +23,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # ty
 )
 
 from apps.bridge import client
-from apps.bridge.events import CONTENT_TYPE, Format
+from apps.bridge.events import CONTENT_TYPE, IDEMPOTENCY_KEY, Format
 from apps.bridge.proto import bridge_pb2 as pb
 from apps.bridge.proto import bridge_pb2_grpc
 from apps.bridge.worker import app as worker_app
 from kafkaworker.testing.broker import Secured
 from kafkaworker.testing.jvm import free_port
-from tests.bridge.conftest import ROOT, BridgeFactory
+from tests.bridge.conftest import ROOT, BridgeFactory, committed_records
 from tests.conftest import TopicFactory
 from tests.support import end_offsets, read_topic, wait_until
 
@@ -142,7 +142,11 @@ def test_placed_orders_reach_the_handler(
     # Keyed by customer: one customer's orders share a partition, in the order placed.
     events = read_topic(kafka_bootstrap, orders, 8)
     for record in events:
-        assert record.headers() == [(CONTENT_TYPE, fmt.content_type)]
+        order_id = orjson.loads(record.value())["order_id"] if fmt is Format.JSON else None
+        content_type, idempotency_key = record.headers()
+        assert content_type == (CONTENT_TYPE, fmt.content_type)
+        assert idempotency_key[0] == IDEMPOTENCY_KEY
+        assert order_id in (None, idempotency_key[1].decode())
     by_customer: dict[str, list[tuple[int, int]]] = {}
     for request, reply in replies.values():
         by_customer.setdefault(request.customer_id, []).append((reply.partition, reply.offset))
@@ -322,7 +326,8 @@ def test_sigterm_lets_the_rpc_in_flight_finish_and_refuses_new_ones(
     assert bridge.process.wait(30) == 0, bridge.output()
     [record] = read_topic(kafka_bootstrap, orders, 1)
     assert (record.partition(), record.offset()) == (reply.partition, reply.offset)
-    assert end_offsets(kafka_bootstrap, orders, 1) == {0: 1}  # and o-late was not written
+    # And o-late was not written.
+    assert [r.offset() for r in committed_records(kafka_bootstrap, orders, 1)] == [reply.offset]
 
 
 def test_sigterm_flushes_what_the_producer_still_holds(
@@ -442,7 +447,7 @@ def test_sigterm_under_load_loses_no_acknowledged_order_and_writes_no_refused_on
         for r in read_topic(kafka_bootstrap, orders, len(acknowledged))
     }
     assert written == acknowledged
-    assert sum(end_offsets(kafka_bootstrap, orders, 3).values()) == len(acknowledged)
+    assert len(committed_records(kafka_bootstrap, orders, 3)) == len(acknowledged)
 
 
 def test_acls_on_a_secured_cluster(
@@ -461,6 +466,9 @@ def test_acls_on_a_secured_cluster(
     secured_kafka.allow(secured_kafka.app_user, topics=[readonly], operations=["DESCRIBE"])
     prefix = "KAFKAWORKER_KAFKA__SECURITY__"
     bridge = start_bridge(
+        # The principal needs rights on its transactional.id too (app has ALL on its prefix).
+        "--transactional-id",
+        f"{secured_kafka.app_prefix}bridge-{suffix}",
         bootstrap=secured_kafka.sasl_ssl_bootstrap,
         env={
             f"{prefix}PROTOCOL": "SASL_SSL",
@@ -475,8 +483,10 @@ def test_acls_on_a_secured_cluster(
     def publish(topic: str) -> pb.PublishReply:
         return stub.Publish(pb.PublishRequest(topic=topic, value=b"x"), timeout=30)
 
-    assert publish(writable).topic == writable
+    first = publish(writable)
+    assert first.topic == writable
     denied = rpc_error(publish, readonly)
     assert denied.code is grpc.StatusCode.PERMISSION_DENIED, denied
     assert rpc_error(publish, hidden).code is grpc.StatusCode.NOT_FOUND
-    assert publish(writable).offset == 1  # a refusal is not the producer's end
+    # A refusal is not the producer's end (offset + 1 is the first transaction's marker).
+    assert publish(writable).offset == first.offset + 2
