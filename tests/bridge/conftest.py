@@ -137,17 +137,21 @@ def start_bridge(kafka_bootstrap: str) -> Iterator[BridgeFactory]:
 
 
 def committed_records(
-    bootstrap: str, topic: str, partitions: int, timeout: float = 30.0
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    timeout: float = 30.0,
+    isolation: str = "read_committed",
 ) -> list[Any]:
     """Every record of `topic` a read_committed consumer sees: all of them, not a count given
     in advance, so a record that should not be there is found. Read until each partition's
     position reaches its last stable offset (the bridge writes in transactions: the offsets
-    of their commit markers hold no record)."""
+    of their commit markers hold no record). read_uncommitted: aborted records too."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"committed-{time.time()}",
-            "isolation.level": "read_committed",
+            "isolation.level": isolation,
             "enable.auto.commit": False,
         }
     )
