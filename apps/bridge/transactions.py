@@ -366,6 +366,7 @@ class TransactionalProducer:
             error: KafkaError = exc.args[0]
             if error.txn_requires_abort():  # refused by the coordinator: not committed
                 return self._abort(producer, transaction, cause=error)
+            log.warning("commit not answered in time", error=error.str())
             with self._lock:
                 for record in transaction.records:
                     self._answer(record, MaybeWritten(f"the commit was not answered: {error}"))
@@ -374,6 +375,15 @@ class TransactionalProducer:
                 return False
             return self._settle_commit(producer, len(transaction.records))
         with self._lock:
+            told = sum(
+                isinstance(r.answer.result(), MaybeWritten)
+                for r in transaction.records
+                if r.answer.done()
+            )
+            if told:
+                # Its EndTxn was answered after their deadline (librdkafka waits for the
+                # answer to an EndTxn it sent beyond the call's timeout).
+                log.warning("a transaction told MaybeWritten committed", records=told)
             for record in transaction.records:
                 message = record.delivered
                 assert message is not None  # every record reported, none failed
