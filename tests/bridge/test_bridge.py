@@ -16,8 +16,9 @@ import grpc
 import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_reflection.v1alpha import reflection_pb2  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # type: ignore[import-untyped]
     ProtoReflectionDescriptorDatabase,
 )
@@ -270,12 +271,52 @@ def test_health_and_reflection(start_bridge: BridgeFactory, channel_to: Any) -> 
         SERVICE,
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
     }
     # What grpcurl does: the service and its messages from the server alone.
     pool = descriptor_pool.DescriptorPool(database)
     found = pool.FindServiceByName(SERVICE)
     assert [m.name for m in found.methods] == ["PlaceOrder", "Publish"]
     assert found.methods_by_name["PlaceOrder"].input_type.fields_by_name["customer_id"]
+
+
+def test_reflection_v1_as_newer_clients_ask_it(
+    start_bridge: BridgeFactory, channel_to: Any
+) -> None:
+    """grpc.reflection.v1, which grpcurl and others ask before v1alpha: it lists the services
+    and describes the bridge's, and itself."""
+    info = channel_to(start_bridge().address).stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    listed, described, itself = info(
+        iter(
+            [
+                reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="grpc.reflection.v1.ServerReflection"
+                ),
+            ]
+        ),
+        timeout=10,
+    )
+    names = {s.name for s in listed.list_services_response.service}
+    assert {SERVICE, "grpc.reflection.v1.ServerReflection"} <= names
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in described.file_descriptor_response.file_descriptor_proto
+    ]
+    assert any(f.package == "kafkaworker.bridge.v1" for f in files)
+    [v1] = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in itself.file_descriptor_response.file_descriptor_proto
+    ]
+    assert (v1.package, v1.service[0].method[0].input_type) == (
+        "grpc.reflection.v1",
+        ".grpc.reflection.v1.ServerReflectionRequest",
+    )
 
 
 def test_an_unreachable_cluster_is_unavailable_within_the_timeouts(
