@@ -5,8 +5,8 @@ variables), as for a worker. One Bridge owns everything the process runs: the gR
 the producer, the admin client for topic lookups and the task that watches the brokers; its
 stop() ends them in order. SIGTERM or SIGINT: the health service says NOT_SERVING, RPCs not
 started yet are refused UNAVAILABLE for `drain` seconds, then the listener closes and those in
-flight get `grace` seconds, then the producer is flushed and the process exits 0. A second
-signal exits at once (1).
+flight get `grace` seconds, then the records still waiting are committed and the process
+exits 0. A second signal exits at once (1).
 """
 
 from __future__ import annotations
@@ -256,6 +256,7 @@ class Bridge:
         log.info("stopping: no new RPCs", drain=self.options.drain, grace=self.options.grace)
         if self.options.drain > 0:
             await asyncio.sleep(self.options.drain)  # calls queued in grpc are refused
+        log.info("closing the listener")
         await self._server.stop(self.options.grace)
         self._stopping.set()
         if self._watch is not None:

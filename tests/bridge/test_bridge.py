@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -531,3 +532,62 @@ def test_acls_on_a_secured_cluster(
     assert rpc_error(publish, hidden).code is grpc.StatusCode.NOT_FOUND
     # A refusal is not the producer's end (offset + 1 is the first transaction's marker).
     assert publish(writable).offset == first.offset + 2
+
+
+def test_callers_that_keep_calling_through_a_drain(
+    kafka_bootstrap: str, new_topic: TopicFactory, start_bridge: BridgeFactory
+) -> None:
+    """16 callers that call again after each refusal, through the whole drain and past the
+    listener's closing. Every refusal during the drain is the bridge's UNAVAILABLE; calls that
+    reach grpc as the listener closes may be CANCELLED by grpc itself (issue 32 saw 14-15
+    within 5 ms of it), and once it is closed the client's own UNAVAILABLE. Nothing refused
+    is written."""
+    orders = new_topic(3)
+    bridge = start_bridge("--orders-topic", orders, "--drain", "1")
+    answers: list[tuple[str, grpc.StatusCode, float]] = []
+    stop_calling_at = float("inf")
+
+    async def load() -> None:
+        async with grpc.aio.insecure_channel(bridge.address) as channel:
+            stub = bridge_pb2_grpc.OrderBridgeStub(channel)
+            sequence = iter(range(100_000))
+
+            async def keep_calling() -> None:
+                for i in sequence:
+                    order_id = f"o-{i}"
+                    try:
+                        await stub.PlaceOrder(order(order_id, customer=f"c-{i % 7}"), timeout=30)
+                        code = grpc.StatusCode.OK
+                    except grpc.aio.AioRpcError as exc:
+                        code = exc.code()
+                    answers.append((order_id, code, time.monotonic()))
+                    if time.monotonic() > stop_calling_at:
+                        return  # well past the listener's closing
+
+            tasks = [asyncio.create_task(keep_calling()) for _ in range(16)]
+            while len(answers) < 200:
+                await asyncio.sleep(0.01)
+            nonlocal stop_calling_at
+            stop_calling_at = time.monotonic() + 1 + 1  # the drain, and a second more
+            bridge.process.send_signal(signal.SIGTERM)
+            await asyncio.gather(*tasks)
+
+    asyncio.run(load())
+    assert bridge.process.wait(30) == 0, bridge.output()
+    codes = Counter(code for _, code, _ in answers)
+    refused = {k for k, code, _ in answers if code is not grpc.StatusCode.OK}
+    assert set(codes) <= {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+    }, codes
+    # The drain lasted 1 s: most refusals are the bridge's own UNAVAILABLE.
+    assert codes[grpc.StatusCode.UNAVAILABLE] > codes[grpc.StatusCode.CANCELLED], codes
+    # CANCELLED: at most the one call each caller had in flight as the listener closed.
+    assert codes[grpc.StatusCode.CANCELLED] <= 16, codes
+    print(f"through a drain: {dict(codes)}")
+    written = {
+        orjson.loads(r.value())["order_id"] for r in committed_records(kafka_bootstrap, orders, 3)
+    }
+    assert not written & refused
+    assert written == {k for k, code, _ in answers if code is grpc.StatusCode.OK}
