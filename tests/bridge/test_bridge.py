@@ -31,7 +31,7 @@ from apps.bridge.proto import bridge_pb2_grpc
 from apps.bridge.worker import app as worker_app
 from kafkaworker.testing.broker import Secured
 from kafkaworker.testing.jvm import free_port
-from tests.bridge.conftest import ROOT, BridgeFactory, committed_records
+from tests.bridge.conftest import ROOT, BridgeFactory, BridgeProcess, committed_records
 from tests.conftest import TopicFactory
 from tests.support import end_offsets, read_topic, wait_until
 
@@ -429,6 +429,51 @@ def test_a_port_in_use_is_one_line_and_exit_2(start_bridge: BridgeFactory) -> No
     assert f"cannot listen on 127.0.0.1:{first.port} (in use?)" in second.stderr
 
 
+Answers = dict[str, tuple[int, int] | grpc.StatusCode]
+
+
+def place_through_sigterm(
+    bridge: BridgeProcess, callers: int, *, started: int, keep_calling_for: float | None = None
+) -> Answers:
+    """`callers` place orders in a loop; SIGTERM once `started` are answered. A caller stops
+    at its first refusal, or with `keep_calling_for`, calls on until that many seconds after
+    the SIGTERM. Each order's (partition, offset), or the status it was refused with."""
+    answers: Answers = {}
+    stop_at = float("inf")
+
+    async def load() -> None:
+        nonlocal stop_at
+        async with grpc.aio.insecure_channel(bridge.address) as channel:
+            stub = bridge_pb2_grpc.OrderBridgeStub(channel)
+            sequence = iter(range(1_000_000))
+
+            async def place_orders() -> None:
+                for i in sequence:
+                    order_id = f"o-{i}"
+                    try:
+                        reply = await stub.PlaceOrder(
+                            order(order_id, customer=f"c-{i % 7}"), timeout=30
+                        )
+                        answers[order_id] = (reply.partition, reply.offset)
+                    except grpc.aio.AioRpcError as exc:
+                        answers[order_id] = exc.code()
+                        if keep_calling_for is None:
+                            return  # the bridge is stopping: this task is done
+                    if time.monotonic() > stop_at:
+                        return
+
+            tasks = [asyncio.create_task(place_orders()) for _ in range(callers)]
+            while len(answers) < started:  # well under way
+                await asyncio.sleep(0.01)
+            if keep_calling_for is not None:
+                stop_at = time.monotonic() + keep_calling_for
+            bridge.process.send_signal(signal.SIGTERM)
+            await asyncio.gather(*tasks)
+
+    asyncio.run(load())
+    return answers
+
+
 @pytest.mark.parametrize(
     ("drain", "refusals"),
     [
@@ -452,32 +497,7 @@ def test_sigterm_under_load_loses_no_acknowledged_order_and_writes_no_refused_on
     drain (the default, 1 s), every refusal is UNAVAILABLE, which clients retry on."""
     orders = new_topic(3)
     bridge = start_bridge("--orders-topic", orders, "--drain", drain)
-    answers: dict[str, tuple[int, int] | grpc.StatusCode] = {}
-
-    async def load() -> None:
-        async with grpc.aio.insecure_channel(bridge.address) as channel:
-            stub = bridge_pb2_grpc.OrderBridgeStub(channel)
-            sequence = iter(range(100_000))
-
-            async def place_orders() -> None:
-                for i in sequence:
-                    order_id = f"o-{i}"
-                    try:
-                        reply = await stub.PlaceOrder(
-                            order(order_id, customer=f"c-{i % 7}"), timeout=30
-                        )
-                        answers[order_id] = (reply.partition, reply.offset)
-                    except grpc.aio.AioRpcError as exc:
-                        answers[order_id] = exc.code()
-                        return  # the bridge is stopping: this task is done
-
-            tasks = [asyncio.create_task(place_orders()) for _ in range(32)]
-            while len(answers) < 300:  # well under way
-                await asyncio.sleep(0.01)
-            bridge.process.send_signal(signal.SIGTERM)
-            await asyncio.gather(*tasks)
-
-    asyncio.run(load())
+    answers = place_through_sigterm(bridge, 32, started=300)
     assert bridge.process.wait(30) == 0, bridge.output()
     acknowledged = {k: v for k, v in answers.items() if isinstance(v, tuple)}
     refused = {k: v for k, v in answers.items() if not isinstance(v, tuple)}
@@ -544,38 +564,13 @@ def test_callers_that_keep_calling_through_a_drain(
     is written."""
     orders = new_topic(3)
     bridge = start_bridge("--orders-topic", orders, "--drain", "1")
-    answers: list[tuple[str, grpc.StatusCode, float]] = []
-    stop_calling_at = float("inf")
-
-    async def load() -> None:
-        async with grpc.aio.insecure_channel(bridge.address) as channel:
-            stub = bridge_pb2_grpc.OrderBridgeStub(channel)
-            sequence = iter(range(100_000))
-
-            async def keep_calling() -> None:
-                for i in sequence:
-                    order_id = f"o-{i}"
-                    try:
-                        await stub.PlaceOrder(order(order_id, customer=f"c-{i % 7}"), timeout=30)
-                        code = grpc.StatusCode.OK
-                    except grpc.aio.AioRpcError as exc:
-                        code = exc.code()
-                    answers.append((order_id, code, time.monotonic()))
-                    if time.monotonic() > stop_calling_at:
-                        return  # well past the listener's closing
-
-            tasks = [asyncio.create_task(keep_calling()) for _ in range(16)]
-            while len(answers) < 200:
-                await asyncio.sleep(0.01)
-            nonlocal stop_calling_at
-            stop_calling_at = time.monotonic() + 1 + 1  # the drain, and a second more
-            bridge.process.send_signal(signal.SIGTERM)
-            await asyncio.gather(*tasks)
-
-    asyncio.run(load())
+    # The drain, and a second more.
+    answers = place_through_sigterm(bridge, 16, started=200, keep_calling_for=1 + 1)
     assert bridge.process.wait(30) == 0, bridge.output()
-    codes = Counter(code for _, code, _ in answers)
-    refused = {k for k, code, _ in answers if code is not grpc.StatusCode.OK}
+    codes = Counter(
+        grpc.StatusCode.OK if isinstance(answer, tuple) else answer for answer in answers.values()
+    )
+    refused = {k for k, answer in answers.items() if not isinstance(answer, tuple)}
     assert set(codes) <= {
         grpc.StatusCode.OK,
         grpc.StatusCode.UNAVAILABLE,
@@ -590,4 +585,4 @@ def test_callers_that_keep_calling_through_a_drain(
         orjson.loads(r.value())["order_id"] for r in committed_records(kafka_bootstrap, orders, 3)
     }
     assert not written & refused
-    assert written == {k for k, code, _ in answers if code is grpc.StatusCode.OK}
+    assert written == set(answers) - refused
