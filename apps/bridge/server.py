@@ -207,8 +207,13 @@ class Bridge:
         except StartupError:
             self._admin.close()
             raise
-        await self._check_brokers()
-        await self._server.start()
+        try:
+            await self._check_brokers()
+            await self._server.start()
+        except BaseException:
+            await asyncio.to_thread(self._producer.close, 0)
+            self._admin.close()
+            raise
         self._watch = asyncio.create_task(self._watch_brokers(), name="bridge-broker-watch")
         log.info(
             "bridge started",

@@ -135,7 +135,8 @@ class TransactionalProducer:
         self._stopping = False
         self._flush_timeout = 0.0
         self.undelivered = 0  # records the final transaction could not commit (close())
-        self._thread = threading.Thread(target=self._run, name="bridge-transactions")
+        # Daemon: stopped by close(); a start-up failed past start() must not keep the process.
+        self._thread = threading.Thread(target=self._run, name="bridge-transactions", daemon=True)
         self._first: confluent_kafka.Producer | None = None
 
     def start(self) -> None:
