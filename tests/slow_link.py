@@ -8,20 +8,22 @@ retransmission timeout, with everything behind it (head-of-line blocking). That 
 stall emulates; order within a connection is kept.
 
 The broker must advertise the proxy's address (advertised.listeners), so that clients reach
-it through the proxy after bootstrap too. One thread owns the proxy's event loop; `close()`
-stops it.
+it through the proxy after bootstrap too (tests/loopback_proxy.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import threading
+from collections.abc import Coroutine
+from typing import Any
+
+from tests.loopback_proxy import LoopbackProxy
 
 CHUNK = 65536
 
 
-class SlowLink:
+class SlowLink(LoopbackProxy):
     def __init__(
         self,
         listen_port: int,
@@ -32,59 +34,24 @@ class SlowLink:
         stall: tuple[float, float] = (0.2, 0.4),
         seed: int = 7,
     ) -> None:
-        self.listen_port, self.target_port = listen_port, target_port
+        super().__init__(listen_port, target_port, name="slow-link")
         self.delay, self.loss, self.stall = delay, loss, stall
         self.chunks = 0
         self.stalls = 0
         self._random = random.Random(seed)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._server: asyncio.Server | None = None
-        self._thread = threading.Thread(target=self._run, name="slow-link", daemon=True)
 
     def start(self) -> SlowLink:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the slow link did not start")
+        super().start()
         return self
 
-    def close(self) -> None:
-        async def stop() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._connection, "127.0.0.1", self.listen_port)
-        )
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.close()
-
-    async def _connection(
-        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
-    ) -> None:
-        try:
-            broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            client_w.close()
-            return
-        await asyncio.gather(
-            self._pipe(client_r, broker_w), self._pipe(broker_r, client_w), return_exceptions=True
-        )
-        for writer in (client_w, broker_w):
-            writer.close()
+    def _pipes(
+        self,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        broker_r: asyncio.StreamReader,
+        broker_w: asyncio.StreamWriter,
+    ) -> tuple[Coroutine[Any, Any, None], Coroutine[Any, Any, None]]:
+        return self._pipe(client_r, broker_w), self._pipe(broker_r, client_w)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Forward chunks, each delivered `delay` after it arrived (so a pipe keeps its

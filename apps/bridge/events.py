@@ -17,6 +17,10 @@ from apps.bridge.proto import bridge_pb2
 from kafkaworker.serialization import Headers
 
 CONTENT_TYPE = "content-type"  # the header that says which format a record was written in
+# The header a consumer deduplicates on: PlaceOrder puts the order_id there. A record the
+# bridge answered DEADLINE_EXCEEDED may have been written, and its caller's retry (same
+# order_id) writes it again: both carry the same key.
+IDEMPOTENCY_KEY = "idempotency-key"
 
 
 class Format(enum.StrEnum):
@@ -104,7 +108,7 @@ def encode(order: OrderPlaced, fmt: Format) -> tuple[bytes, list[tuple[str, byte
             total_cents=order.total_cents,
             placed_at_ms=order.placed_at_ms,
         ).SerializeToString(deterministic=True)
-    return value, [(CONTENT_TYPE, fmt.content_type)]
+    return value, [(CONTENT_TYPE, fmt.content_type), (IDEMPOTENCY_KEY, order.order_id.encode())]
 
 
 class OrderEventCodec:

@@ -13,7 +13,8 @@ import grpc
 from confluent_kafka import KafkaError
 
 from apps.bridge.proto import bridge_pb2
-from kafkaworker import KafkaWorkerError, ProduceError, Producer
+from apps.bridge.transactions import MaybeWritten, TransactionalProducer, Written
+from kafkaworker import KafkaWorkerError
 
 # Kafka's own rule for topic names (org.apache.kafka.common.internals.Topic).
 TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
@@ -37,11 +38,11 @@ _DENIED = frozenset(
 )
 
 
-def status_for(error: ProduceError) -> grpc.StatusCode:
-    """The gRPC status of a record the broker did not take. Everything not known to be the
-    caller's doing is UNAVAILABLE, which clients treat as retryable: a timed-out delivery, a
-    broker that is down or moving its leaders, a full local queue."""
-    code = error.kafka_error.code() if error.kafka_error is not None else None
+def status_for(error: KafkaError | None) -> grpc.StatusCode:
+    """The gRPC status of a record certainly not written. Everything not known to be the
+    caller's doing is UNAVAILABLE, which clients treat as retryable: a transaction not
+    acknowledged in time, a broker that is down or moving its leaders, a full local queue."""
+    code = error.code() if error is not None else None
     if code in _NOT_FOUND:
         return grpc.StatusCode.NOT_FOUND
     if code in _TOO_LARGE:
@@ -56,8 +57,12 @@ class TopicCatalog:
     NOT_FOUND at once: with topic auto-creation off (the bridge never creates topics),
     librdkafka would only fail it after topic.metadata.propagation.max.ms (30 s).
 
-    Topics seen are trusted for `ttl` seconds; a name not seen refreshes the list, one
-    refresh at a time (concurrent callers share it), so a topic created a moment ago is found.
+    Topics seen are trusted for `ttl` seconds; a name not seen (or seen too long ago) needs
+    the list again. One look-up at a time, and every caller that needs it while it runs gets
+    its result, success or failure: during an outage six callers used to wait for six
+    look-ups in turn (answered at 5, 10 ... 30 s with a 5 s metadata timeout, issue 32). A
+    failure is remembered for `failure_ttl`, so callers arriving just after it do not start
+    another look-up that would fail the same way.
     """
 
     def __init__(
@@ -65,14 +70,17 @@ class TopicCatalog:
         list_topics: Callable[[], set[str]],
         *,
         ttl: float = 30.0,
+        failure_ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._list_topics = list_topics  # blocking: run in a thread
+        self._list_topics = list_topics  # blocking, bounded by its own timeout: a thread's
         self._ttl = ttl
+        self._failure_ttl = failure_ttl
         self._clock = clock
         self._known: set[str] = set()
         self._listed_at = -float("inf")
-        self._lock = asyncio.Lock()
+        self._failure: tuple[float, KafkaWorkerError] | None = None
+        self._lookup: asyncio.Future[set[str]] | None = None
 
     async def exists(self, topic: str) -> bool:
         """Whether `topic` exists; raises what list_topics raises when the cluster does not
@@ -80,11 +88,25 @@ class TopicCatalog:
         asked_at = self._clock()
         if topic in self._known and asked_at - self._listed_at < self._ttl:
             return True
-        async with self._lock:
-            if self._listed_at < asked_at:  # nobody refreshed while this call waited
-                self._known = await asyncio.to_thread(self._list_topics)
-                self._listed_at = self._clock()
-        return topic in self._known
+        if self._failure is not None and asked_at - self._failure[0] < self._failure_ttl:
+            raise self._failure[1]
+        if self._lookup is None:
+            self._lookup = asyncio.ensure_future(self._look_up())
+            # Retrieved here too: when every caller went away, nobody else would.
+            self._lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # Shielded: a caller that goes away (cancelled RPC) must not end the others' look-up.
+        return topic in await asyncio.shield(self._lookup)
+
+    async def _look_up(self) -> set[str]:
+        try:
+            known = await asyncio.to_thread(self._list_topics)
+        except KafkaWorkerError as exc:
+            self._failure = (self._clock(), exc)
+            raise
+        finally:
+            self._lookup = None
+        self._known, self._listed_at, self._failure = known, self._clock(), None
+        return known
 
     def forget(self, topic: str) -> None:
         """The broker said `topic` is gone: look it up again next time."""
@@ -100,18 +122,20 @@ def check_topic(topic: str) -> None:
 
 
 class Publisher:
-    """Sends a record and answers with where the broker wrote it, or raises PublishError."""
+    """Sends a record in a transaction and answers with where the broker wrote it, or raises
+    PublishError with a status that says whether it may have been written."""
 
     def __init__(
-        self, producer: Producer, topics: TopicCatalog, *, timeout: float, bootstrap: str
+        self,
+        producer: TransactionalProducer,
+        topics: TopicCatalog,
+        *,
+        timeout: float,
+        bootstrap: str,
     ) -> None:
         self._producer = producer
         self._topics = topics
-        # The producer's delivery.timeout.ms is this timeout (server.bridge_settings): the
-        # send below waits a little longer, so that librdkafka, which knows whether the
-        # record is still queued, is the one that gives up. A record reported UNAVAILABLE
-        # is then no longer queued, and is not written later behind the caller's back.
-        self._timeout = timeout
+        self._timeout = timeout  # from the record's submission to its answer
         self._bootstrap = bootstrap
 
     async def publish(
@@ -132,19 +156,34 @@ class Publisher:
                 grpc.StatusCode.NOT_FOUND,
                 f"topic {topic!r} does not exist on {self._bootstrap}",
             )
-        try:
-            record = await self._producer.send_async(
-                topic, value, key=key, headers=headers, timeout=self._timeout + 2.0
-            )
-        except ProduceError as exc:
-            code = status_for(exc)
-            if code is grpc.StatusCode.NOT_FOUND:
-                self._topics.forget(topic)
-            if code is grpc.StatusCode.INVALID_ARGUMENT:  # the only one: a record too large
-                raise PublishError(code, f"value: {exc}") from None
-            raise PublishError(code, str(exc)) from None
-        partition, offset = record.partition(), record.offset()
-        assert partition is not None and offset is not None  # set on every delivered record
-        return bridge_pb2.PublishReply(
-            topic=topic, partition=partition, offset=offset, timestamp_ms=record.timestamp()[1]
+        record = self._producer.submit(
+            topic, value, key=key, headers=headers, deadline=time.monotonic() + self._timeout
         )
+        try:
+            # Shielded: a caller that cancels leaves its record to be written (at the
+            # latest by the flush at shutdown), as a producer would.
+            outcome = await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(record.answer)), self._timeout
+            )
+        except TimeoutError:
+            outcome = self._producer.give_up(record)
+        if isinstance(outcome, Written):
+            return bridge_pb2.PublishReply(
+                topic=topic,
+                partition=outcome.partition,
+                offset=outcome.offset,
+                timestamp_ms=outcome.timestamp_ms,
+            )
+        if isinstance(outcome, MaybeWritten):
+            raise PublishError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"may have been written to {topic!r}: {outcome.reason}; retry with the same "
+                "idempotency key (PlaceOrder: the same order_id)",
+            )
+        code = status_for(outcome.error)
+        if code is grpc.StatusCode.NOT_FOUND:
+            self._topics.forget(topic)
+        detail = f"not written to {topic!r}: {outcome.reason}"
+        if code is grpc.StatusCode.INVALID_ARGUMENT:  # the only one: a record too large
+            detail = f"value: {detail}"
+        raise PublishError(code, detail)

@@ -5,8 +5,8 @@ variables), as for a worker. One Bridge owns everything the process runs: the gR
 the producer, the admin client for topic lookups and the task that watches the brokers; its
 stop() ends them in order. SIGTERM or SIGINT: the health service says NOT_SERVING, RPCs not
 started yet are refused UNAVAILABLE for `drain` seconds, then the listener closes and those in
-flight get `grace` seconds, then the producer is flushed and the process exits 0. A second
-signal exits at once (1).
+flight get `grace` seconds, then the records still waiting are committed and the process
+exits 0. A second signal exits at once (1).
 """
 
 from __future__ import annotations
@@ -16,21 +16,26 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import confluent_kafka
 import grpc
 import structlog
+from confluent_kafka import KafkaException
 
 from apps.bridge.events import Format
 from apps.bridge.proto import bridge_pb2, bridge_pb2_grpc
 from apps.bridge.publisher import Publisher, TopicCatalog
 from apps.bridge.service import OrderBridgeService
 from apps.bridge.standard import HEALTH_SERVICE, OVERALL, Health, enable_reflection
-from kafkaworker import KafkaWorkerError, Producer, Settings, StartupError, load_settings
+from apps.bridge.transactions import TransactionalProducer, producer_settings
+from kafkaworker import KafkaWorkerError, Settings, StartupError, load_settings
 from kafkaworker.admin import KafkaAdmin
 from kafkaworker.observability.logging import configure
+from kafkaworker.producer import producer_config
 
 log = structlog.get_logger("bridge")
 SERVICE = bridge_pb2.DESCRIPTOR.services_by_name["OrderBridge"].full_name
@@ -42,8 +47,9 @@ class BridgeOptions:
     port: int = 50051  # 0: any free port (Bridge.start returns it)
     orders_topic: str = "orders.placed"
     format: Format = Format.JSON
-    # The longest an RPC waits for the broker's acknowledgement before UNAVAILABLE; it is
-    # also the producer's delivery.timeout.ms (see Publisher).
+    # The longest an RPC waits for its transaction to commit before it is answered
+    # UNAVAILABLE (not committed, and never will be) or DEADLINE_EXCEEDED (the commit was sent
+    # and not answered: it may have been written); see transactions.py.
     publish_timeout: float = 10.0
     # Topic lookups (NOT_FOUND) and the health probe's Metadata request.
     metadata_timeout: float = 5.0
@@ -65,6 +71,10 @@ class BridgeOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # The producer's transactional.id: one per bridge instance (two bridges sharing one fence
+    # each other). None: kafkaworker-bridge-HOST-PORT, stable across restarts of an instance,
+    # so that a restarted bridge fences its previous run and settles its open transaction.
+    transactional_id: str | None = None
 
     @property
     def tls(self) -> str:
@@ -117,16 +127,16 @@ def server_credentials(options: BridgeOptions) -> grpc.ServerCredentials | None:
     )
 
 
-def bridge_settings(settings: Settings, options: BridgeOptions) -> Settings:
-    """The settings with the bridge's producer properties over the user's."""
-    producer = {
-        **settings.kafka.producer,
-        "delivery.timeout.ms": int(options.publish_timeout * 1000),
-        # The bridge never creates topics: a record for a missing one is NOT_FOUND.
-        "allow.auto.create.topics": False,
-    }
-    kafka = settings.kafka.model_copy(update={"producer": producer})
-    return settings.model_copy(update={"kafka": kafka})
+def bridge_producer_config(
+    settings: Settings, options: BridgeOptions, transactional_id: str
+) -> dict[str, object]:
+    """The transactional producer's librdkafka properties: kafkaworker's (acks=all,
+    idempotent, murmur2), the user's kafka.producer, then the bridge's own."""
+    config = producer_config(settings)  # kafka.producer applied: a client.id of the user's wins
+    config.setdefault("client.id", "kafkaworker-bridge")
+    return producer_settings(
+        config, transactional_id=transactional_id, delivery_timeout=options.publish_timeout
+    )
 
 
 class Bridge:
@@ -135,9 +145,8 @@ class Bridge:
     def __init__(self, settings: Settings, options: BridgeOptions) -> None:
         self.options = options
         self._credentials = server_credentials(options)  # before any client: fails first
-        self.settings = bridge_settings(settings, options)
+        self.settings = settings
         self.port = 0
-        self._producer = Producer(self.settings, client_id="kafkaworker-bridge")
         self._admin = KafkaAdmin(self.settings, timeout=options.metadata_timeout)
         self._server = grpc.aio.server(
             maximum_concurrent_rpcs=options.max_concurrent_rpcs,
@@ -149,6 +158,13 @@ class Bridge:
         self._stopping = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
         self._serving: bool | None = None
+        # Its thread starts in start(), once the port (part of the default transactional.id)
+        # is known.
+        self._producer = TransactionalProducer(
+            self._new_producer,
+            api_timeout=options.publish_timeout,
+            init_timeout=options.metadata_timeout,
+        )
         topics = TopicCatalog(lambda: {t.name for t in self._admin.topics()})
         publisher = Publisher(
             self._producer,
@@ -162,6 +178,19 @@ class Bridge:
         bridge_pb2_grpc.add_OrderBridgeServicer_to_server(self._service, self._server)
         enable_reflection([SERVICE, HEALTH_SERVICE], self._server)
 
+    @property
+    def transactional_id(self) -> str:
+        return self.options.transactional_id or (
+            f"kafkaworker-bridge-{socket.gethostname()}-{self.port}"
+        )
+
+    def _new_producer(self) -> confluent_kafka.Producer:
+        config = bridge_producer_config(self.settings, self.options, self.transactional_id)
+        try:
+            return confluent_kafka.Producer(config)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise StartupError(f"the producer configuration was rejected: {exc}") from None
+
     async def start(self) -> int:
         """Listens, with the health status known first; returns the port. On failure the
         clients are closed before the error is raised."""
@@ -171,12 +200,20 @@ class Bridge:
                 self.port = self._server.add_insecure_port(address)
             else:
                 self.port = self._server.add_secure_port(address, self._credentials)
+            self._producer.start()  # a configuration librdkafka refuses stops the start here
         except RuntimeError as exc:  # grpc's whole message is "Failed to bind to address"
-            await asyncio.to_thread(self._producer.close, 0)
             self._admin.close()
             raise StartupError(f"cannot listen on {address} (in use?): {exc}") from None
-        await self._check_brokers()
-        await self._server.start()
+        except StartupError:
+            self._admin.close()
+            raise
+        try:
+            await self._check_brokers()
+            await self._server.start()
+        except BaseException:
+            await asyncio.to_thread(self._producer.close, 0)
+            self._admin.close()
+            raise
         self._watch = asyncio.create_task(self._watch_brokers(), name="bridge-broker-watch")
         log.info(
             "bridge started",
@@ -185,11 +222,19 @@ class Bridge:
             orders_topic=self.options.orders_topic,
             format=self.options.format.value,
             tls=self.options.tls,
+            transactional_id=self.transactional_id,
         )
         return self.port
 
+    def _ping(self) -> bool:
+        try:
+            self._admin.metadata()
+        except KafkaWorkerError:
+            return False
+        return True
+
     async def _check_brokers(self) -> None:
-        serving = await asyncio.to_thread(self._producer.ping, self.options.metadata_timeout)
+        serving = await asyncio.to_thread(self._ping)
         if serving != self._serving:
             self._serving = serving
             await self._health.set([OVERALL, SERVICE], serving)
@@ -210,16 +255,17 @@ class Bridge:
                 await self._check_brokers()
 
     async def stop(self) -> int:
-        """Stops in order; returns how many records the final flush could not deliver."""
+        """Stops in order; returns how many records the final transaction could not commit."""
         await self._health.enter_graceful_shutdown()  # load balancers stop sending first
         self._service.refusing = True
         log.info("stopping: no new RPCs", drain=self.options.drain, grace=self.options.grace)
         if self.options.drain > 0:
             await asyncio.sleep(self.options.drain)  # calls queued in grpc are refused
+        log.info("closing the listener")
         await self._server.stop(self.options.grace)
         self._stopping.set()
         if self._watch is not None:
-            await self._watch  # its probe is a thread: let it end before the producer does
+            await self._watch  # its probe is a thread: let it end before the clients do
         remaining = await asyncio.to_thread(self._producer.close, self.options.flush_timeout)
         self._admin.close()
         log.info("bridge stopped", undelivered=remaining)
@@ -269,6 +315,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BridgeOptions, str]:
     parser.add_argument(
         "--tls-client-ca", help="require client certificates signed by this CA (PEM): mTLS"
     )
+    parser.add_argument(
+        "--transactional-id",
+        help="the producer's transactional.id, one per bridge instance "
+        "(default: kafkaworker-bridge-HOST-PORT)",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     options = BridgeOptions(
@@ -284,6 +335,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BridgeOptions, str]:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        transactional_id=args.transactional_id,
     )
     return options, str(args.log_level)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from kafkaworker.testing.jvm import free_port
 
@@ -133,3 +134,38 @@ def start_bridge(kafka_bootstrap: str) -> Iterator[BridgeFactory]:
         if bridge.process.poll() is None:
             code = bridge.terminate()
             assert code == 0, f"the bridge exited with {code}; log:\n{bridge.output()}"
+
+
+def committed_records(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    timeout: float = 30.0,
+    isolation: str = "read_committed",
+) -> list[Any]:
+    """Every record of `topic` a read_committed consumer sees: all of them, not a count given
+    in advance, so a record that should not be there is found. Read until each partition's
+    position reaches its last stable offset (the bridge writes in transactions: the offsets
+    of their commit markers hold no record). read_uncommitted: aborted records too."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"committed-{time.time()}",
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+        }
+    )
+    parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+    records: list[Any] = []
+    try:
+        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        consumer.assign(parts)
+        deadline = time.monotonic() + timeout
+        while True:
+            positions = {p.partition: p.offset for p in consumer.position(parts)}
+            if all(positions[p] >= end for p, end in ends.items()):
+                return records
+            assert time.monotonic() < deadline, f"read {positions} of {ends} on {topic}"
+            records.extend(r for r in consumer.consume(100, timeout=0.2) if r.error() is None)
+    finally:
+        consumer.close()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -16,20 +17,21 @@ import grpc
 import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_reflection.v1alpha import reflection_pb2  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # type: ignore[import-untyped]
     ProtoReflectionDescriptorDatabase,
 )
 
 from apps.bridge import client
-from apps.bridge.events import CONTENT_TYPE, Format
+from apps.bridge.events import CONTENT_TYPE, IDEMPOTENCY_KEY, Format
 from apps.bridge.proto import bridge_pb2 as pb
 from apps.bridge.proto import bridge_pb2_grpc
 from apps.bridge.worker import app as worker_app
 from kafkaworker.testing.broker import Secured
 from kafkaworker.testing.jvm import free_port
-from tests.bridge.conftest import ROOT, BridgeFactory
+from tests.bridge.conftest import ROOT, BridgeFactory, BridgeProcess, committed_records
 from tests.conftest import TopicFactory
 from tests.support import end_offsets, read_topic, wait_until
 
@@ -142,7 +144,11 @@ def test_placed_orders_reach_the_handler(
     # Keyed by customer: one customer's orders share a partition, in the order placed.
     events = read_topic(kafka_bootstrap, orders, 8)
     for record in events:
-        assert record.headers() == [(CONTENT_TYPE, fmt.content_type)]
+        order_id = orjson.loads(record.value())["order_id"] if fmt is Format.JSON else None
+        content_type, idempotency_key = record.headers()
+        assert content_type == (CONTENT_TYPE, fmt.content_type)
+        assert idempotency_key[0] == IDEMPOTENCY_KEY
+        assert order_id in (None, idempotency_key[1].decode())
     by_customer: dict[str, list[tuple[int, int]]] = {}
     for request, reply in replies.values():
         by_customer.setdefault(request.customer_id, []).append((reply.partition, reply.offset))
@@ -266,12 +272,52 @@ def test_health_and_reflection(start_bridge: BridgeFactory, channel_to: Any) -> 
         SERVICE,
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
     }
     # What grpcurl does: the service and its messages from the server alone.
     pool = descriptor_pool.DescriptorPool(database)
     found = pool.FindServiceByName(SERVICE)
     assert [m.name for m in found.methods] == ["PlaceOrder", "Publish"]
     assert found.methods_by_name["PlaceOrder"].input_type.fields_by_name["customer_id"]
+
+
+def test_reflection_v1_as_newer_clients_ask_it(
+    start_bridge: BridgeFactory, channel_to: Any
+) -> None:
+    """grpc.reflection.v1, which grpcurl and others ask before v1alpha: it lists the services
+    and describes the bridge's, and itself."""
+    info = channel_to(start_bridge().address).stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    listed, described, itself = info(
+        iter(
+            [
+                reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="grpc.reflection.v1.ServerReflection"
+                ),
+            ]
+        ),
+        timeout=10,
+    )
+    names = {s.name for s in listed.list_services_response.service}
+    assert {SERVICE, "grpc.reflection.v1.ServerReflection"} <= names
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in described.file_descriptor_response.file_descriptor_proto
+    ]
+    assert any(f.package == "kafkaworker.bridge.v1" for f in files)
+    [v1] = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in itself.file_descriptor_response.file_descriptor_proto
+    ]
+    assert (v1.package, v1.service[0].method[0].input_type) == (
+        "grpc.reflection.v1",
+        ".grpc.reflection.v1.ServerReflectionRequest",
+    )
 
 
 def test_an_unreachable_cluster_is_unavailable_within_the_timeouts(
@@ -322,7 +368,8 @@ def test_sigterm_lets_the_rpc_in_flight_finish_and_refuses_new_ones(
     assert bridge.process.wait(30) == 0, bridge.output()
     [record] = read_topic(kafka_bootstrap, orders, 1)
     assert (record.partition(), record.offset()) == (reply.partition, reply.offset)
-    assert end_offsets(kafka_bootstrap, orders, 1) == {0: 1}  # and o-late was not written
+    # And o-late was not written.
+    assert [r.offset() for r in committed_records(kafka_bootstrap, orders, 1)] == [reply.offset]
 
 
 def test_sigterm_flushes_what_the_producer_still_holds(
@@ -382,6 +429,51 @@ def test_a_port_in_use_is_one_line_and_exit_2(start_bridge: BridgeFactory) -> No
     assert f"cannot listen on 127.0.0.1:{first.port} (in use?)" in second.stderr
 
 
+Answers = dict[str, tuple[int, int] | grpc.StatusCode]
+
+
+def place_through_sigterm(
+    bridge: BridgeProcess, callers: int, *, started: int, keep_calling_for: float | None = None
+) -> Answers:
+    """`callers` place orders in a loop; SIGTERM once `started` are answered. A caller stops
+    at its first refusal, or with `keep_calling_for`, calls on until that many seconds after
+    the SIGTERM. Each order's (partition, offset), or the status it was refused with."""
+    answers: Answers = {}
+    stop_at = float("inf")
+
+    async def load() -> None:
+        nonlocal stop_at
+        async with grpc.aio.insecure_channel(bridge.address) as channel:
+            stub = bridge_pb2_grpc.OrderBridgeStub(channel)
+            sequence = iter(range(1_000_000))
+
+            async def place_orders() -> None:
+                for i in sequence:
+                    order_id = f"o-{i}"
+                    try:
+                        reply = await stub.PlaceOrder(
+                            order(order_id, customer=f"c-{i % 7}"), timeout=30
+                        )
+                        answers[order_id] = (reply.partition, reply.offset)
+                    except grpc.aio.AioRpcError as exc:
+                        answers[order_id] = exc.code()
+                        if keep_calling_for is None:
+                            return  # the bridge is stopping: this task is done
+                    if time.monotonic() > stop_at:
+                        return
+
+            tasks = [asyncio.create_task(place_orders()) for _ in range(callers)]
+            while len(answers) < started:  # well under way
+                await asyncio.sleep(0.01)
+            if keep_calling_for is not None:
+                stop_at = time.monotonic() + keep_calling_for
+            bridge.process.send_signal(signal.SIGTERM)
+            await asyncio.gather(*tasks)
+
+    asyncio.run(load())
+    return answers
+
+
 @pytest.mark.parametrize(
     ("drain", "refusals"),
     [
@@ -405,32 +497,7 @@ def test_sigterm_under_load_loses_no_acknowledged_order_and_writes_no_refused_on
     drain (the default, 1 s), every refusal is UNAVAILABLE, which clients retry on."""
     orders = new_topic(3)
     bridge = start_bridge("--orders-topic", orders, "--drain", drain)
-    answers: dict[str, tuple[int, int] | grpc.StatusCode] = {}
-
-    async def load() -> None:
-        async with grpc.aio.insecure_channel(bridge.address) as channel:
-            stub = bridge_pb2_grpc.OrderBridgeStub(channel)
-            sequence = iter(range(100_000))
-
-            async def place_orders() -> None:
-                for i in sequence:
-                    order_id = f"o-{i}"
-                    try:
-                        reply = await stub.PlaceOrder(
-                            order(order_id, customer=f"c-{i % 7}"), timeout=30
-                        )
-                        answers[order_id] = (reply.partition, reply.offset)
-                    except grpc.aio.AioRpcError as exc:
-                        answers[order_id] = exc.code()
-                        return  # the bridge is stopping: this task is done
-
-            tasks = [asyncio.create_task(place_orders()) for _ in range(32)]
-            while len(answers) < 300:  # well under way
-                await asyncio.sleep(0.01)
-            bridge.process.send_signal(signal.SIGTERM)
-            await asyncio.gather(*tasks)
-
-    asyncio.run(load())
+    answers = place_through_sigterm(bridge, 32, started=300)
     assert bridge.process.wait(30) == 0, bridge.output()
     acknowledged = {k: v for k, v in answers.items() if isinstance(v, tuple)}
     refused = {k: v for k, v in answers.items() if not isinstance(v, tuple)}
@@ -442,7 +509,7 @@ def test_sigterm_under_load_loses_no_acknowledged_order_and_writes_no_refused_on
         for r in read_topic(kafka_bootstrap, orders, len(acknowledged))
     }
     assert written == acknowledged
-    assert sum(end_offsets(kafka_bootstrap, orders, 3).values()) == len(acknowledged)
+    assert len(committed_records(kafka_bootstrap, orders, 3)) == len(acknowledged)
 
 
 def test_acls_on_a_secured_cluster(
@@ -461,6 +528,9 @@ def test_acls_on_a_secured_cluster(
     secured_kafka.allow(secured_kafka.app_user, topics=[readonly], operations=["DESCRIBE"])
     prefix = "KAFKAWORKER_KAFKA__SECURITY__"
     bridge = start_bridge(
+        # The principal needs rights on its transactional.id too (app has ALL on its prefix).
+        "--transactional-id",
+        f"{secured_kafka.app_prefix}bridge-{suffix}",
         bootstrap=secured_kafka.sasl_ssl_bootstrap,
         env={
             f"{prefix}PROTOCOL": "SASL_SSL",
@@ -475,8 +545,44 @@ def test_acls_on_a_secured_cluster(
     def publish(topic: str) -> pb.PublishReply:
         return stub.Publish(pb.PublishRequest(topic=topic, value=b"x"), timeout=30)
 
-    assert publish(writable).topic == writable
+    first = publish(writable)
+    assert first.topic == writable
     denied = rpc_error(publish, readonly)
     assert denied.code is grpc.StatusCode.PERMISSION_DENIED, denied
     assert rpc_error(publish, hidden).code is grpc.StatusCode.NOT_FOUND
-    assert publish(writable).offset == 1  # a refusal is not the producer's end
+    # A refusal is not the producer's end (offset + 1 is the first transaction's marker).
+    assert publish(writable).offset == first.offset + 2
+
+
+def test_callers_that_keep_calling_through_a_drain(
+    kafka_bootstrap: str, new_topic: TopicFactory, start_bridge: BridgeFactory
+) -> None:
+    """16 callers that call again after each refusal, through the whole drain and past the
+    listener's closing. Every refusal during the drain is the bridge's UNAVAILABLE; calls that
+    reach grpc as the listener closes may be CANCELLED by grpc itself (issue 32 saw 14-15
+    within 5 ms of it), and once it is closed the client's own UNAVAILABLE. Nothing refused
+    is written."""
+    orders = new_topic(3)
+    bridge = start_bridge("--orders-topic", orders, "--drain", "1")
+    # The drain, and a second more.
+    answers = place_through_sigterm(bridge, 16, started=200, keep_calling_for=1 + 1)
+    assert bridge.process.wait(30) == 0, bridge.output()
+    codes = Counter(
+        grpc.StatusCode.OK if isinstance(answer, tuple) else answer for answer in answers.values()
+    )
+    refused = {k for k, answer in answers.items() if not isinstance(answer, tuple)}
+    assert set(codes) <= {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+    }, codes
+    # The drain lasted 1 s: most refusals are the bridge's own UNAVAILABLE.
+    assert codes[grpc.StatusCode.UNAVAILABLE] > codes[grpc.StatusCode.CANCELLED], codes
+    # CANCELLED: at most the one call each caller had in flight as the listener closed.
+    assert codes[grpc.StatusCode.CANCELLED] <= 16, codes
+    print(f"through a drain: {dict(codes)}")
+    written = {
+        orjson.loads(r.value())["order_id"] for r in committed_records(kafka_bootstrap, orders, 3)
+    }
+    assert not written & refused
+    assert written == set(answers) - refused

@@ -8,10 +8,13 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
@@ -19,11 +22,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-un
 from apps.bridge.proto import bridge_pb2 as pb
 from apps.bridge.proto import bridge_pb2_grpc
 from kafkaworker.testing.broker import BrokerError, Cluster
-from tests.bridge.conftest import BridgeFactory
+from tests.bridge.conftest import BridgeFactory, committed_records
+from tests.support import report_fault
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 SERVICE = "kafkaworker.bridge.v1.OrderBridge"
 PUBLISH_TIMEOUT = 3.0
+METADATA_TIMEOUT = 2.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -170,4 +175,108 @@ def test_a_hung_or_dead_broker_is_unavailable_in_bounded_time(
         assert publish(stub, "audit")[0] is grpc.StatusCode.OK
     finally:
         health.close()
+        channel.close()
+
+
+def test_no_order_refused_during_a_hang_is_ever_written(
+    own_broker: Cluster, start_bridge: BridgeFactory
+) -> None:
+    """Eight callers place orders in a loop when the broker's JVM is stopped (SIGSTOP), so
+    the hang catches records at every stage: waiting, in flight, committing. Each caller
+    stops at its first refusal. After SIGCONT, a read_committed consumer reads the topic:
+    every order answered OK is there once, no order answered UNAVAILABLE is there (issue 32:
+    2 of 8 were, once the broker resumed), and an order answered DEADLINE_EXCEEDED may be.
+    Then each refused order is placed again with the same order_id, as its caller would.
+    Meanwhile six Publish calls for a topic not looked up yet share one metadata look-up:
+    each is answered within the metadata timeout, not one timeout after another."""
+    create_topic(own_broker.bootstrap, "orders.placed")
+    bridge = start_bridge(
+        "--publish-timeout",
+        str(PUBLISH_TIMEOUT),
+        "--metadata-timeout",
+        str(METADATA_TIMEOUT),
+        bootstrap=own_broker.bootstrap,
+    )
+    channel = grpc.insecure_channel(bridge.address)
+    stub = bridge_pb2_grpc.OrderBridgeStub(channel)
+    node = own_broker.nodes[0]
+    assert node.process is not None
+    answers: dict[str, grpc.StatusCode] = {}
+    placed = threading.Semaphore(0)
+
+    def caller(name: str) -> None:
+        for i in range(10_000):
+            order_id = f"{name}-{i}"
+            code, _ = place(stub, order_id)
+            answers[order_id] = code
+            placed.release()
+            if code is not grpc.StatusCode.OK:
+                return
+
+    try:
+        with ThreadPoolExecutor(8 + 6) as pool:
+            callers = [pool.submit(caller, f"c{n}") for n in range(8)]
+            for _ in range(40):  # well under way before the hang
+                assert placed.acquire(timeout=30)
+            os.killpg(node.process.pid, signal.SIGSTOP)
+            try:
+                lookups = [pool.submit(publish, stub, "audit") for _ in range(6)]
+                looked_up = [f.result(timeout=60) for f in lookups]
+                for future in callers:
+                    future.result(timeout=60)
+            finally:
+                os.killpg(node.process.pid, signal.SIGCONT)
+        for code, took in looked_up:
+            assert code is grpc.StatusCode.UNAVAILABLE
+            assert took < METADATA_TIMEOUT + 1.5, looked_up
+        print(f"6 look-ups during the hang answered in {[round(t, 2) for _, t in looked_up]} s")
+
+        refused = {k: v for k, v in answers.items() if v is not grpc.StatusCode.OK}
+        assert set(refused.values()) <= {
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        }, refused
+        assert len(refused) == 8  # every caller was refused once, then stopped
+        written = Counter(
+            orjson.loads(r.value())["order_id"]
+            for r in committed_records(own_broker.bootstrap, "orders.placed", 1, timeout=60)
+        )
+        unavailable = {k for k, v in refused.items() if v is grpc.StatusCode.UNAVAILABLE}
+        maybe = set(refused) - unavailable
+        acknowledged = set(answers) - set(refused)
+        assert not unavailable & set(written), "an order answered UNAVAILABLE was written"
+        # In the log but aborted: what a read_uncommitted consumer would wrongly take.
+        appended = {
+            orjson.loads(r.value())["order_id"]
+            for r in committed_records(
+                own_broker.bootstrap, "orders.placed", 1, isolation="read_uncommitted"
+            )
+        }
+        assert {k: written[k] for k in acknowledged} == dict.fromkeys(acknowledged, 1)
+        assert set(written) <= acknowledged | maybe
+        print(
+            f"hang: {len(acknowledged)} acknowledged, {len(unavailable)} UNAVAILABLE (none "
+            f"committed, {len(unavailable & appended)} in the log aborted), {len(maybe)} "
+            f"DEADLINE_EXCEEDED ({len(maybe & set(written))} committed)"
+        )
+
+        # The callers retry with the same order_id once the broker answers again.
+        for order_id in refused:
+            code, _ = place(stub, order_id)
+            assert code is grpc.StatusCode.OK, order_id
+        written = Counter(
+            orjson.loads(r.value())["order_id"]
+            for r in committed_records(own_broker.bootstrap, "orders.placed", 1, timeout=60)
+        )
+        assert set(written) == set(answers)
+        assert all(written[k] == 1 for k in acknowledged | unavailable)
+        assert all(written[k] in (1, 2) for k in maybe)  # the consumer drops the repeat
+        report_fault(
+            "gRPC bridge: broker hung (SIGSTOP) under 8 callers, refused orders retried",
+            messages=len(answers),
+            lost=len(set(answers) - set(written)),
+            duplicates=sum(written.values()) - len(written),
+            recovery=None,
+        )
+    finally:
         channel.close()

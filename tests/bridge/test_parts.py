@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError
 
 from apps.bridge.events import (
     CONTENT_TYPE,
+    IDEMPOTENCY_KEY,
     Format,
     InvalidFieldError,
     OrderEventCodec,
@@ -22,9 +23,9 @@ from apps.bridge.events import (
 )
 from apps.bridge.proto import bridge_pb2 as pb
 from apps.bridge.publisher import PublishError, TopicCatalog, check_topic, status_for
-from apps.bridge.server import BridgeOptions, bridge_settings
-from kafkaworker import ProduceError, Settings
-from kafkaworker.producer import producer_config
+from apps.bridge.server import BridgeOptions, bridge_producer_config
+from apps.bridge.worker import RecentOrders
+from kafkaworker import KafkaWorkerError, Settings
 
 
 def order(**changes: object) -> pb.PlaceOrderRequest:
@@ -96,7 +97,7 @@ def test_field_paths() -> None:
 def test_the_event_reads_back_in_either_format(fmt: Format) -> None:
     event = order_from_request(order(), placed_at_ms=1_700_000_000_000)
     value, headers = encode(event, fmt)
-    assert headers == [(CONTENT_TYPE, fmt.content_type)]
+    assert headers == [(CONTENT_TYPE, fmt.content_type), (IDEMPOTENCY_KEY, b"o-1")]
     decoded = OrderEventCodec().decode(value, headers)
     assert OrderPlaced.model_validate(decoded) == event
 
@@ -126,11 +127,11 @@ def test_an_unknown_content_type_is_refused() -> None:
     ],
 )
 def test_what_a_produce_error_becomes(code: int, status: grpc.StatusCode) -> None:
-    assert status_for(ProduceError("x", KafkaError(code))) is status
+    assert status_for(KafkaError(code)) is status
 
 
-def test_a_produce_error_without_a_kafka_error_is_unavailable() -> None:
-    assert status_for(ProduceError("no acknowledgement within 10s")) is grpc.StatusCode.UNAVAILABLE
+def test_a_record_not_committed_in_time_is_unavailable() -> None:
+    assert status_for(None) is grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.mark.parametrize("topic", ["", "a b", "x" * 250, "orders/1"])
@@ -202,14 +203,79 @@ def test_concurrent_lookups_share_one_request() -> None:
     assert cluster.requests == 1
 
 
-def test_the_bridge_bounds_its_producer_by_the_publish_timeout() -> None:
-    """delivery.timeout.ms is what makes an UNAVAILABLE final (Publisher): the publish
-    timeout sets it over the user's settings, which otherwise stay."""
+def test_a_failed_lookup_is_shared_and_remembered_briefly() -> None:
+    """Six callers during an outage: one look-up, six answers at once (issue 32: they were
+    answered one metadata timeout after another); callers within failure_ttl of the failure
+    get it without a look-up; after that a caller looks again."""
+    now = [0.0]
+    requests = 0
+    release = threading.Event()
+
+    def down() -> set[str]:
+        nonlocal requests
+        requests += 1
+        assert release.wait(10)
+        raise KafkaWorkerError("cannot reach Kafka")
+
+    catalog = TopicCatalog(down, failure_ttl=1.0, clock=lambda: now[0])
+
+    async def scenario() -> list[BaseException | bool]:
+        lookups = [asyncio.create_task(catalog.exists(f"t{i}")) for i in range(6)]
+        await asyncio.sleep(0)
+        await asyncio.to_thread(release.set)
+        answers = await asyncio.gather(*lookups, return_exceptions=True)
+        now[0] = 0.5
+        with pytest.raises(KafkaWorkerError):
+            await catalog.exists("t0")
+        assert requests == 1
+        now[0] = 1.5
+        with pytest.raises(KafkaWorkerError):
+            await catalog.exists("t0")
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert all(isinstance(a, KafkaWorkerError) for a in answers), answers
+    assert requests == 2
+
+
+def test_a_caller_that_goes_away_does_not_end_the_shared_lookup() -> None:
+    cluster = FakeCluster("a")
+    cluster.release.clear()
+    catalog = TopicCatalog(cluster)
+
+    async def scenario() -> bool:
+        first = asyncio.create_task(catalog.exists("a"))
+        second = asyncio.create_task(catalog.exists("a"))
+        await asyncio.sleep(0)
+        first.cancel()  # its RPC was cancelled
+        await asyncio.to_thread(cluster.release.set)
+        return await second
+
+    assert asyncio.run(scenario())
+    assert cluster.requests == 1
+
+
+def test_the_bridge_producer_is_transactional_and_bounded_by_the_publish_timeout() -> None:
+    """The user's producer settings stay, under the bridge's own: a transactional.id, and
+    librdkafka's delivery timeout (the bound for records whose callers went away) within the
+    transaction timeout, as librdkafka requires."""
     user = Settings.model_validate(
         {"kafka": {"producer": {"delivery.timeout.ms": 300_000, "compression.type": "zstd"}}}
     )
-    producer = bridge_settings(user, BridgeOptions(publish_timeout=7.5)).kafka.producer
-    assert producer["delivery.timeout.ms"] == 7500
-    assert producer["allow.auto.create.topics"] is False
-    assert producer["compression.type"] == "zstd"
-    assert producer_config(bridge_settings(user, BridgeOptions()))["delivery.timeout.ms"] == 10_000
+    config = bridge_producer_config(user, BridgeOptions(publish_timeout=7.5), "bridge-1")
+    assert config["transactional.id"] == "bridge-1"
+    assert config["delivery.timeout.ms"] == 7500
+    assert config["transaction.timeout.ms"] >= config["delivery.timeout.ms"]
+    assert config["allow.auto.create.topics"] is False
+    assert config["compression.type"] == "zstd"
+    assert (config["acks"], config["enable.idempotence"]) == ("all", True)
+
+
+def test_an_order_is_confirmed_once_per_idempotency_key_and_topic() -> None:
+    recent = RecentOrders(size=2)
+    assert recent.first_time("orders", b"o-1")
+    assert not recent.first_time("orders", b"o-1")
+    assert recent.first_time("other", b"o-1")  # another topic, another stream of orders
+    assert recent.first_time("orders", b"o-2")
+    assert recent.first_time("orders", b"o-3")  # o-1 is the oldest of three: forgotten
+    assert recent.first_time("orders", b"o-1")
