@@ -36,8 +36,7 @@ from kafkaworker.runtime.handler_runtime import HandlerRuntime
 from kafkaworker.runtime.handoff import Completion, Executor
 from kafkaworker.runtime.poll.commit import StoredOffsetCommit
 from kafkaworker.runtime.poll.delayed import DelayedRetries
-from kafkaworker.runtime.poll.loop import PollLoop
-from kafkaworker.runtime.poll.poller import Poller
+from kafkaworker.runtime.poll.poller import Poller, PollLoop
 from kafkaworker.runtime.poll.share_poller import SharePoller
 from kafkaworker.runtime.source import ShareSource, Source
 from kafkaworker.runtime.source.share_group import ShareGroupConfig

@@ -11,7 +11,7 @@ from kafkaworker.handlers import HandlerSpec
 from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.failures.breaker import CircuitBreaker
 from kafkaworker.runtime.handoff import Executor
-from kafkaworker.runtime.poll.loop import PollLoop
+from kafkaworker.runtime.poll.poller import PollLoop
 from kafkaworker.serialization import Codec
 
 log = structlog.get_logger("kafkaworker.runtime")

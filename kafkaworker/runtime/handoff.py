@@ -75,19 +75,6 @@ class Completion(NamedTuple):
 CompletionQueue = queue.SimpleQueue[list[Completion]]
 
 
-def drain(completions: CompletionQueue, timeout: float | None = None) -> list[Completion]:
-    """Everything reported so far; with a timeout, wait that long for the first report."""
-    done: list[Completion] = []
-    try:
-        if timeout is not None:
-            done.extend(completions.get(timeout=timeout))
-        while True:
-            done.extend(completions.get_nowait())
-    except queue.Empty:
-        pass
-    return done
-
-
 def not_finished(messages: Sequence[Dispatched]) -> list[Completion]:
     """Completions giving `messages` up, one per lease (a batch of ordering="none" mixes
     partitions), offsets ascending."""
@@ -143,6 +130,5 @@ __all__ = [
     "Lease",
     "Outcome",
     "Run",
-    "drain",
     "not_finished",
 ]

@@ -3,6 +3,7 @@ HandlerRuntime over the in-memory source. No broker anywhere."""
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,7 +15,7 @@ from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import DispatchedMessage
 from kafkaworker.runtime.compose import AppRuntime, GivenSources
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
-from kafkaworker.runtime.handoff import Completion, CompletionQueue, Dispatched, Outcome, drain
+from kafkaworker.runtime.handoff import Completion, CompletionQueue, Dispatched, Outcome
 from kafkaworker.runtime.poll.partitions import PartitionState
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
@@ -50,7 +51,14 @@ def messages(
 
 def reports(completions: CompletionQueue, timeout: float = 5.0) -> list[Completion]:
     """Everything reported so far, waiting up to `timeout` for the first report."""
-    return drain(completions, timeout)
+    done: list[Completion] = []
+    try:
+        done.extend(completions.get(timeout=timeout))
+        while True:
+            done.extend(completions.get_nowait())
+    except queue.Empty:
+        pass
+    return done
 
 
 def outcomes(completions: list[Completion]) -> dict[tuple[int, int], list[Outcome]]:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kafkaworker import Message
 from kafkaworker.handlers import Ordering
-from kafkaworker.runtime.execute.lanes import Lane, Lanes
+from kafkaworker.runtime.execute.core import Lane, Lanes
 from kafkaworker.runtime.poll.partitions import PartitionState
 from tests.unit.runtime_support import messages
 

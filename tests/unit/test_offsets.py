@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kafkaworker.runtime.poll.offsets import PartitionOffsets
+from kafkaworker.runtime.poll.partitions import PartitionOffsets
 
 
 def test_nothing_is_committable_before_the_first_offset_finishes() -> None:

@@ -17,9 +17,8 @@ from typing import Any
 
 import structlog
 
-from kafkaworker.runtime.execute.core import REPORT_AFTER, REPORT_EVERY, ExecutorCore, Work
+from kafkaworker.runtime.execute.core import REPORT_AFTER, REPORT_EVERY, ExecutorCore, Lane, Work
 from kafkaworker.runtime.execute.event_loop import EventLoopThread, cancelling
-from kafkaworker.runtime.execute.lanes import Lane
 from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.execute.steps import Emit, Idle, Sleep, Write
 from kafkaworker.runtime.handoff import Dispatched, Lease, Run

@@ -15,8 +15,7 @@ from typing import Any
 
 import structlog
 
-from kafkaworker.runtime.execute.core import ExecutorCore, Work
-from kafkaworker.runtime.execute.lanes import Lane
+from kafkaworker.runtime.execute.core import ExecutorCore, Lane, Work
 from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.execute.steps import Emit, Idle, Sleep, Write
 from kafkaworker.runtime.handoff import Dispatched, Lease, Run

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from kafkaworker import headers
 from kafkaworker.headers import int_header
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.handoff import Dispatched, Run
-from kafkaworker.runtime.poll.partitions import PartitionState
+
+if TYPE_CHECKING:
+    from kafkaworker.runtime.poll.partitions import PartitionState
 
 
 class DelayedRetries:

@@ -38,7 +38,7 @@ from kafkaworker.runtime.handoff import (
     Run,
 )
 from kafkaworker.runtime.poll.gauges import PollGauges
-from kafkaworker.runtime.poll.loop import PollLoop
+from kafkaworker.runtime.poll.poller import PollLoop
 from kafkaworker.runtime.source import Partition, Record, ShareSource
 from kafkaworker.runtime.source.share_group import ACK_NAMES, LOCK_DURATION_MS, ShareGroupConfig
 from kafkaworker.serialization import Codec
