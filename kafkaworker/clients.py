@@ -2,7 +2,7 @@
 logs, and how a client's failure to reach them is told (one line, the same everywhere).
 
 Handlers' consumers (runtime/source/consumer_group.py), the producer (producer.py), admin
-clients (admin.py, the runner's preflight) and the tools' consumers (dlq.py) all start from
+clients (ops/, the runner's preflight) and the tools' consumers (ops/dlq.py) all start from
 base_config(); raw `kafka.consumer` / `kafka.producer` properties are applied on top by each.
 """
 

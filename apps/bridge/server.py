@@ -29,8 +29,8 @@ from apps.bridge.publisher import Publisher, TopicCatalog
 from apps.bridge.service import OrderBridgeService
 from apps.bridge.standard import HEALTH_SERVICE, OVERALL, Health, enable_reflection
 from kafkaworker import KafkaWorkerError, Producer, Settings, StartupError, load_settings
-from kafkaworker.admin import KafkaAdmin
 from kafkaworker.observability.logging import configure
+from kafkaworker.ops import KafkaAdmin
 
 log = structlog.get_logger("bridge")
 SERVICE = bridge_pb2.DESCRIPTOR.services_by_name["OrderBridge"].full_name

@@ -7,7 +7,6 @@ import sys
 
 import click
 
-from kafkaworker.admin import KafkaAdmin, to_json
 from kafkaworker.cli.common import (
     JSON_OPTION,
     SETTINGS_OPTION,
@@ -16,6 +15,7 @@ from kafkaworker.cli.common import (
     one_line,
     settings_from,
 )
+from kafkaworker.ops import KafkaAdmin
 
 
 @click.command()
@@ -33,7 +33,7 @@ def check(app_ref: str, settings_path: str | None, as_json: bool) -> None:
             checks = admin.check(app)
     failed = [c for c in checks if not c.ok]
     if as_json:
-        echo_json({"ok": not failed, "checks": to_json(checks)})
+        echo_json({"ok": not failed, "checks": checks})
     else:
         for c in checks:
             click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}")

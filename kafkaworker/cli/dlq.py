@@ -9,8 +9,8 @@ from typing import Any
 import click
 import orjson
 
-from kafkaworker import dlq as dlq_tools
 from kafkaworker.cli.common import SETTINGS_OPTION, one_line, settings_from
+from kafkaworker.ops import dlq as dlq_tools
 
 
 @click.group()

@@ -7,13 +7,6 @@ import time
 
 import click
 
-from kafkaworker.admin import (
-    SHARE_GROUP_NOT_DESCRIBED,
-    GroupOffsets,
-    KafkaAdmin,
-    share_groups,
-    to_json,
-)
 from kafkaworker.cli.common import (
     JSON_OPTION,
     SETTINGS_OPTION,
@@ -24,6 +17,7 @@ from kafkaworker.cli.common import (
 )
 from kafkaworker.cli.offsets import group_table
 from kafkaworker.errors import ConfigError
+from kafkaworker.ops import SHARE_GROUP_NOT_DESCRIBED, GroupOffsets, KafkaAdmin, share_groups
 
 
 def _one_group(admin: KafkaAdmin, group: str | None) -> dict[str, GroupOffsets]:
@@ -67,7 +61,7 @@ def lag(
                 if as_json:
                     echo_json(
                         {
-                            **to_json(found),
+                            **found,
                             **{
                                 name: {
                                     "group": share,

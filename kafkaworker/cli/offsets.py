@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 
-from kafkaworker.admin import SHARE_GROUP_NOT_DESCRIBED, GroupOffsets, KafkaAdmin, to_json
 from kafkaworker.cli.common import (
     JSON_OPTION,
     SETTINGS_OPTION,
@@ -21,6 +20,7 @@ from kafkaworker.cli.common import (
     table,
 )
 from kafkaworker.errors import ConfigError
+from kafkaworker.ops import SHARE_GROUP_NOT_DESCRIBED, GroupOffsets, KafkaAdmin
 
 
 class IsoDateTime(click.ParamType[datetime]):
@@ -56,7 +56,7 @@ def show(group: str, topic: str | None, settings_path: str | None, as_json: bool
     with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
         found = admin.group(group, topic)
     if as_json:
-        echo_json(to_json(found))
+        echo_json(found)
         return
     click.echo(group_table(found))
     if found.state == "Dead" and not found.members:
@@ -151,7 +151,7 @@ def reset(  # noqa: PLR0917 - click passes every option by position
                 execute=execute,
             )
     if as_json:
-        echo_json({"executed": execute, "changes": to_json(changes)})
+        echo_json({"executed": execute, "changes": changes})
         return
     rows = [
         {

@@ -11,7 +11,6 @@ import click
 import orjson
 
 from kafkaworker import clients
-from kafkaworker.admin import KafkaAdmin
 from kafkaworker.cli.common import SETTINGS_OPTION, one_line, settings_from
 from kafkaworker.errors import (
     ConfigError,
@@ -20,6 +19,7 @@ from kafkaworker.errors import (
     SchemaRegistryUnavailable,
     StartupError,
 )
+from kafkaworker.ops import KafkaAdmin
 from kafkaworker.producer import Producer
 from kafkaworker.settings import Settings
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from kafkaworker.admin import KafkaAdmin, to_json
 from kafkaworker.cli.common import (
     JSON_OPTION,
     SETTINGS_OPTION,
@@ -15,6 +14,7 @@ from kafkaworker.cli.common import (
     table,
 )
 from kafkaworker.errors import ConfigError
+from kafkaworker.ops import KafkaAdmin
 
 
 @click.group()
@@ -30,7 +30,7 @@ def list_topics(settings_path: str | None, as_json: bool) -> None:
     with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
         found = admin.topics()
     if as_json:
-        echo_json(to_json(found))
+        echo_json(found)
         return
     rows = [
         {"topic": t.name, "partitions": t.partitions, "replication": t.replication_factor}
@@ -48,7 +48,7 @@ def describe(name: str, settings_path: str | None, as_json: bool) -> None:
     with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
         found = admin.describe(name)
     if as_json:
-        echo_json(to_json(found))
+        echo_json(found)
         return
     rows = [
         {

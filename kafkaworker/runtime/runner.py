@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from kafkaworker.admin import KafkaAdmin
 from kafkaworker.backoff import Backoff
 from kafkaworker.errors import ConfigError, StartupError
 from kafkaworker.handlers import HandlerSpec, is_async_callable
@@ -28,6 +27,7 @@ from kafkaworker.observability.dashboard import Dashboard
 from kafkaworker.observability.health import Health, evaluate
 from kafkaworker.observability.metrics import MULTIPROC_ENV, Metrics
 from kafkaworker.observability.server import MetricsServer
+from kafkaworker.ops.admin import KafkaAdmin
 from kafkaworker.runtime.execute.event_loop import EventLoopThread
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime

@@ -23,9 +23,9 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from kafkaworker import clients
-from kafkaworker.admin import KafkaAdmin
 from kafkaworker.errors import KafkaWorkerError
 from kafkaworker.headers import PREFIX, REPLAYED_FROM
+from kafkaworker.ops.admin import KafkaAdmin
 from kafkaworker.producer import Producer
 from kafkaworker.settings import Settings
 
