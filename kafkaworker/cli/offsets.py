@@ -3,7 +3,6 @@ offset or by time: replay, or skipping ahead)."""
 
 from __future__ import annotations
 
-import shutil
 import textwrap
 from datetime import UTC, datetime
 from typing import Any
@@ -18,9 +17,9 @@ from kafkaworker.cli.common import (
     one_line,
     settings_from,
     table,
+    terminal_width,
 )
-from kafkaworker.errors import ConfigError
-from kafkaworker.ops import SHARE_GROUP_NOT_DESCRIBED, GroupOffsets, KafkaAdmin
+from kafkaworker.ops import SHARE_GROUP_NOT_DESCRIBED, GroupOffsets, KafkaAdmin, active_members
 
 
 class IsoDateTime(click.ParamType[datetime]):
@@ -67,12 +66,17 @@ def show(group: str, topic: str | None, settings_path: str | None, as_json: bool
 
 def group_table(found: GroupOffsets) -> str:
     lines = [f"group {found.group}: {found.state}, {len(found.members)} member(s), lag {found.lag}"]
+    width = terminal_width()
     for member in found.members:
         assigned = ", ".join(member.assignment) or "nothing"
+        line = f"{member.client_id} ({member.host}): {assigned}"
+        if width is None:
+            lines.append(f"  {line}")
+            continue
         lines.append(
             textwrap.fill(
-                f"{member.client_id} ({member.host}): {assigned}",
-                shutil.get_terminal_size((80, 24)).columns,
+                line,
+                width,
                 initial_indent="  ",
                 subsequent_indent="    ",
                 break_long_words=False,
@@ -114,6 +118,12 @@ def group_table(found: GroupOffsets) -> str:
     help="only this partition (repeatable; default: all)",
 )
 @click.option("--execute", is_flag=True, help="apply it (without: a dry run)")
+@click.option(
+    "--yes",
+    "new_group",
+    is_flag=True,
+    help="with --execute: go on although GROUP has no committed offsets (creates them)",
+)
 @SETTINGS_OPTION
 @JSON_OPTION
 def reset(  # noqa: PLR0917 - click passes every option by position
@@ -126,32 +136,47 @@ def reset(  # noqa: PLR0917 - click passes every option by position
     shift_by: int | None,
     partitions: tuple[int, ...],
     execute: bool,
+    new_group: bool,
     settings_path: str | None,
     as_json: bool,
 ) -> None:
-    """Move GROUP's committed offsets on --topic. A dry run unless --execute; refused while
-    the group has active members (stop its workers first)."""
-    with one_line():
-        selectors = [to_earliest, to_latest, to_offset is not None]
-        selectors += [to_datetime is not None, shift_by is not None]
-        if sum(selectors) != 1:
-            raise ConfigError(
-                "give one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by"
-            )
-        with KafkaAdmin(settings_from(settings_path)) as admin:
-            changes = admin.reset_offsets(
-                group,
-                topic,
-                to_earliest=to_earliest,
-                to_latest=to_latest,
-                to_offset=to_offset,
-                to_datetime=to_datetime,
-                shift_by=shift_by,
-                partitions=partitions or None,
-                execute=execute,
-            )
+    """Move GROUP's committed offsets on --topic. A dry run unless --execute (the dry run
+    also while the group has members). --execute is refused while the group has active
+    members (stop its workers first), and needs --yes for a group with no committed offsets
+    (a new group, or a typo of its name)."""
+    selectors = [to_earliest, to_latest, to_offset is not None]
+    selectors += [to_datetime is not None, shift_by is not None]
+    if sum(selectors) != 1:
+        raise click.UsageError(
+            "give one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by"
+        )
+    if new_group and not execute:
+        raise click.UsageError("--yes goes with --execute")
+    notes: list[str] = []
+    with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
+        if not execute:  # what --execute would meet, said beside the preview
+            found = admin.group(group, time_lag=False)
+            if found.members:
+                notes.append(f"{active_members(group, found.members)}, then --execute")
+            elif not found.partitions:
+                notes.append(
+                    f"group {group!r} has no committed offsets (a new group, or a typo of "
+                    "its name?): --execute will need --yes"
+                )
+        changes = admin.reset_offsets(
+            group,
+            topic,
+            to_earliest=to_earliest,
+            to_latest=to_latest,
+            to_offset=to_offset,
+            to_datetime=to_datetime,
+            shift_by=shift_by,
+            partitions=partitions or None,
+            execute=execute,
+            allow_new_group=new_group,
+        )
     if as_json:
-        echo_json({"executed": execute, "changes": changes})
+        echo_json({"executed": execute, "changes": changes, "notes": notes})
         return
     rows = [
         {
@@ -169,3 +194,5 @@ def reset(  # noqa: PLR0917 - click passes every option by position
         click.echo(f"moved group {group} on {topic}")
     else:
         click.echo("dry run: nothing changed; add --execute to apply")
+        for note in notes:
+            click.echo(f"note: {note}")

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kafkaworker.cli.common import (
-    JSON_OPTION,
-    SETTINGS_OPTION,
-    echo_json,
-    load_app,
-    one_line,
-    settings_from,
-    table,
-)
-from kafkaworker.errors import ConfigError
+from kafkaworker.cli import common
 from kafkaworker.ops import KafkaAdmin
 
 
@@ -23,32 +14,32 @@ def topics() -> None:
 
 
 @topics.command("list")
-@SETTINGS_OPTION
-@JSON_OPTION
+@common.SETTINGS_OPTION
+@common.JSON_OPTION
 def list_topics(settings_path: str | None, as_json: bool) -> None:
     """The cluster's topics (internal ones, __*, left out)."""
-    with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
+    with common.one_line(), KafkaAdmin(common.settings_from(settings_path)) as admin:
         found = admin.topics()
     if as_json:
-        echo_json(found)
+        common.echo_json(found)
         return
     rows = [
         {"topic": t.name, "partitions": t.partitions, "replication": t.replication_factor}
         for t in found
     ]
-    click.echo(table(rows, ["topic", "partitions", "replication"], right=["partitions"]))
+    click.echo(common.table(rows, ["topic", "partitions", "replication"], right=["partitions"]))
 
 
 @topics.command("describe")
 @click.argument("name")
-@SETTINGS_OPTION
-@JSON_OPTION
+@common.SETTINGS_OPTION
+@common.JSON_OPTION
 def describe(name: str, settings_path: str | None, as_json: bool) -> None:
     """NAME's partitions: leader, replicas, in-sync replicas, log start and end."""
-    with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
+    with common.one_line(), KafkaAdmin(common.settings_from(settings_path)) as admin:
         found = admin.describe(name)
     if as_json:
-        echo_json(found)
+        common.echo_json(found)
         return
     rows = [
         {
@@ -63,7 +54,7 @@ def describe(name: str, settings_path: str | None, as_json: bool) -> None:
         for p in found.partitions
     ]
     columns = ["partition", "leader", "replicas", "isr", "log_start", "log_end", "records"]
-    click.echo(table(rows, columns, right=["partition", "log_start", "log_end", "records"]))
+    click.echo(common.table(rows, columns, right=["partition", "log_start", "log_end", "records"]))
 
 
 @topics.command("create")
@@ -79,7 +70,7 @@ def describe(name: str, settings_path: str | None, as_json: bool) -> None:
     metavar="MODULE:APP",
     help="create every topic the app consumes or writes that is missing",
 )
-@SETTINGS_OPTION
+@common.SETTINGS_OPTION
 def create(  # noqa: PLR0917 - click passes every option by position
     name: str | None,
     partitions: int | None,
@@ -90,14 +81,14 @@ def create(  # noqa: PLR0917 - click passes every option by position
 ) -> None:
     """Create topic NAME, or with --from MODULE:APP the app's missing topics: its sources and
     outputs (with --partitions), its retry topics and DLQs (sized as `run` creates them)."""
-    with one_line():
+    with common.one_line():
         if (name is None) == (app_ref is None):
-            raise ConfigError("give a topic NAME or --from MODULE:APP (one of them)")
+            raise click.UsageError("give a topic NAME or --from MODULE:APP (one of them)")
         if app_ref is not None:
             if configs:
-                raise ConfigError("--config applies to one topic: create it by NAME")
-            app = load_app(app_ref)
-            settings = settings_from(settings_path, app)
+                raise click.UsageError("--config applies to one topic: create it by NAME")
+            app = common.load_app(app_ref)
+            settings = common.settings_from(settings_path, app)
             with KafkaAdmin(settings) as admin:
                 done = admin.create_app_topics(
                     app, partitions=partitions, replication_factor=replication_factor
@@ -108,7 +99,7 @@ def create(  # noqa: PLR0917 - click passes every option by position
             return
         assert name is not None
         config = dict(_pair(text) for text in configs)
-        with KafkaAdmin(settings_from(settings_path)) as admin:
+        with KafkaAdmin(common.settings_from(settings_path)) as admin:
             admin.create_topic(name, partitions, replication_factor, config)
             size = len(admin.metadata().topics[name].partitions)
         click.echo(f"created {name} ({size} partition(s))")

@@ -20,6 +20,7 @@ from kafkaworker.ops.groups import (
     OffsetChange,
     OffsetResetRefused,
     PartitionLag,
+    active_members,
     share_groups,
 )
 from kafkaworker.ops.topics import PartitionInfo, TopicDescription, TopicSummary
@@ -37,5 +38,6 @@ __all__ = [
     "PartitionLag",
     "TopicDescription",
     "TopicSummary",
+    "active_members",
     "share_groups",
 ]

@@ -65,9 +65,11 @@ class KafkaAdmin(contextlib.AbstractContextManager["KafkaAdmin"]):
         """Let the client go now (its threads and connections), not at a garbage collection."""
         self._connection.close()
 
-    def metadata(self) -> Any:
-        """The cluster's metadata (confluent_kafka ClusterMetadata): brokers, topics."""
-        return self._connection.metadata()
+    def metadata(self, *, tell_waiting: bool = False) -> Any:
+        """The cluster's metadata (confluent_kafka ClusterMetadata): brokers, topics.
+        `tell_waiting`: log once that it waits, for whom and how long, when no answer came
+        within a second."""
+        return self._connection.metadata(tell_waiting=tell_waiting)
 
     # -- topics -------------------------------------------------------------------------------
 
@@ -144,12 +146,21 @@ class KafkaAdmin(contextlib.AbstractContextManager["KafkaAdmin"]):
         shift_by: int | None = None,
         partitions: Sequence[int] | None = None,
         execute: bool = False,
+        allow_new_group: bool = False,
     ) -> list[OffsetChange]:
         """Where the group's offsets on `topic` would move (`execute`: move them). Exactly one
-        selector. Refused while the group has active members: their commits would win."""
+        selector. Executing is refused while the group has active members (their commits
+        would win), and for a group with no committed offsets at all unless
+        `allow_new_group` (a typo of a group's name would create a new group)."""
         to = ResetTarget(to_earliest, to_latest, to_offset, to_datetime, shift_by)
         return reset_offsets(
-            self._connection, group, topic, to, partitions=partitions, execute=execute
+            self._connection,
+            group,
+            topic,
+            to,
+            partitions=partitions,
+            execute=execute,
+            allow_new_group=allow_new_group,
         )
 
     # -- the app's view -----------------------------------------------------------------------

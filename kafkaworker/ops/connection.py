@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
@@ -17,6 +18,7 @@ from kafkaworker.errors import StartupError
 from kafkaworker.settings import Settings
 
 T = TypeVar("T")
+log = structlog.get_logger("kafkaworker.ops")
 
 EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
@@ -78,9 +80,20 @@ class AdminConnection:
     def left(self) -> float:
         return max(0.0, self._deadline - time.monotonic())
 
-    def metadata(self) -> Any:
-        """The cluster's metadata (confluent_kafka ClusterMetadata): brokers, topics."""
-        return clients.metadata(self.client, self.settings, self.timeout, self.watch)
+    def metadata(self, *, tell_waiting: bool = False) -> Any:
+        """The cluster's metadata (confluent_kafka ClusterMetadata): brokers, topics.
+        `tell_waiting`: when the cluster has not answered within a second, say once what
+        is awaited and for how long (a start-up would otherwise be silent for as long as
+        startup_timeout)."""
+        waiting = self._tell_waiting if tell_waiting else None
+        return clients.metadata(self.client, self.settings, self.timeout, self.watch, waiting)
+
+    def _tell_waiting(self) -> None:
+        log.info(
+            "waiting for Kafka to answer",
+            bootstrap=self.settings.kafka.bootstrap_servers,
+            gives_up_after=f"{self.timeout:g}s (startup_timeout)",
+        )
 
     def partition_ids(self, topic: str) -> list[int]:
         found = self.metadata().topics.get(topic)

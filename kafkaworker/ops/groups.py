@@ -180,17 +180,23 @@ def reset_offsets(
     *,
     partitions: Sequence[int] | None,
     execute: bool,
+    allow_new_group: bool,
 ) -> list[OffsetChange]:
     """See KafkaAdmin.reset_offsets."""
-    description = connection.wait(
-        lambda: connection.client.describe_consumer_groups([group])[group]
-    )
-    if description.members:
-        clients_seen = ", ".join(sorted({m.client_id for m in description.members}))
-        raise OffsetResetRefused(
-            f"group {group!r} has {len(description.members)} active member(s) "
-            f"({clients_seen}): stop its workers first, then reset"
+    if execute:
+        description = connection.wait(
+            lambda: connection.client.describe_consumer_groups([group])[group]
         )
+        if description.members:
+            raise OffsetResetRefused(f"{active_members(group, description.members)}, then reset")
+        # A group with no offsets anywhere: a typo of a group's name would otherwise create
+        # a new group quietly, and leave the real one as it was.
+        if not allow_new_group and not _committed(connection, group, None):
+            raise OffsetResetRefused(
+                f"group {group!r} has no committed offsets: a new group, or a typo of a "
+                "group's name (kafkaworker offsets show GROUP)? To create its offsets, "
+                "confirm with --yes (allow_new_group=True)"
+            )
     ids = connection.partition_ids(topic)
     if partitions:
         unknown = sorted(set(partitions) - set(ids))
@@ -211,6 +217,15 @@ def reset_offsets(
         )
         connection.wait(lambda: connection.client.alter_consumer_group_offsets([request])[group])
     return changes
+
+
+def active_members(group: str, members: Sequence[Any]) -> str:
+    """What stands in the way of moving a group's offsets: its members' next commits."""
+    clients_seen = ", ".join(sorted({m.client_id for m in members}))
+    return (
+        f"group {group!r} has {len(members)} active member(s) ({clients_seen}): "
+        "stop its workers first"
+    )
 
 
 def app_lag(connection: AdminConnection, app: App, settings: Settings) -> dict[str, GroupOffsets]:

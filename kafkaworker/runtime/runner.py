@@ -210,6 +210,7 @@ class Runner:
                 handlers=[s.name for s in self.specs],
                 bootstrap=self.settings.kafka.bootstrap_servers,
                 pid=os.getpid(),
+                **(self.metrics_server.urls() if self.metrics_server is not None else {}),
             )
             self.started.set()
             with tuned_gc(self.settings.tune_gc):
@@ -301,7 +302,7 @@ class Runner:
         the brokers do not answer yet exits at once, not after startup_timeout."""
         bootstrap = self.settings.kafka.bootstrap_servers
         with KafkaAdmin(self.settings) as admin:
-            metadata = admin.metadata()
+            metadata = admin.metadata(tell_waiting=True)
 
             def exists(topic: str) -> bool:
                 found = metadata.topics.get(topic)

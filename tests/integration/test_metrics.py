@@ -145,3 +145,24 @@ def test_a_member_without_partitions_is_ready(
             30,
             "one member with the partition, one without",
         )
+
+
+def test_the_start_up_line_says_where_metrics_and_the_dashboard_are(
+    kafka_bootstrap: str, new_topic: TopicFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topic = new_topic(1)
+    app = App("started-line")
+
+    @app.handler(topic)
+    def handle(msg: Message[Any]) -> None:
+        pass
+
+    port = free_port()
+    settings = make_settings(
+        kafka_bootstrap, log_level="INFO", metrics={"port": port, "host": "0.0.0.0"}
+    )
+    with running(app, settings):
+        pass
+    [started] = [line for line in capsys.readouterr().err.splitlines() if "worker started" in line]
+    assert f"metrics=http://127.0.0.1:{port}/metrics" in started
+    assert f"dashboard=http://127.0.0.1:{port}/" in started
