@@ -22,7 +22,6 @@ listener that requires a client certificate (mTLS), with the StandardAuthorizer 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import faulthandler
 import secrets
@@ -51,7 +50,9 @@ from confluent_kafka.admin import (
 
 from kafkaworker.testing import maven
 from kafkaworker.testing.jvm import (
+    command_line,
     die_with_parent,
+    fetch_notice,
     free_port,
     run_in_foreground,
     signal_group,
@@ -549,6 +550,7 @@ class Cluster:
             raise ValueError("a cluster has 1 or 3 nodes")
         self.jars = ensure_jars()
         self._own_dir = data_dir is None
+        self.keeps_data = not self._own_dir
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="kafkaworker-kafka-"))
         props = dict(TEST_BROKER_PROPERTIES)
         replication = str(size)
@@ -599,7 +601,15 @@ class Cluster:
 
     def start(self, *, timeout: float = 90.0) -> None:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Kept beside the data: a data directory formatted for one cluster id refuses another,
+        # and --data DIR starts the same cluster again.
+        kept = self.data_dir / "cluster.id"
+        if kept.exists():
+            cluster_id = kept.read_text().strip()
+        else:
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            kept.write_text(cluster_id)
         for node in self.nodes:
             node.write_config(voters, cluster_id, share_groups=self.share_groups)
         try:
@@ -697,6 +707,13 @@ class Cluster:
         self.cleanup()
 
 
+def data_note(cluster: Cluster) -> str:
+    """Where the dev broker keeps its topics and offsets, and whether they outlive it."""
+    if cluster.keeps_data:
+        return "its data (topics, offsets) is kept after it stops: --data DIR again resumes it"
+    return "its data (topics, offsets) is deleted when it stops; --data DIR keeps it across runs"
+
+
 class _SilentLogger:
     """librdkafka logs every refused connection while the broker boots; those are expected."""
 
@@ -721,21 +738,15 @@ def _describe(secured: Secured) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kafkaworker.testing.broker",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("fetch", help="download the broker jars into the cache")
-    run = sub.add_parser("run", help="run a broker in the foreground until Ctrl+C")
-    run.add_argument("--port", type=int, default=9092)
-    run.add_argument(
-        "--if-free",
-        action="store_true",
-        help="exit 0 at once when something already answers on the port",
-    )
+    parser, run = command_line("python -m kafkaworker.testing.broker", __doc__, "broker", 9092)
     run.add_argument("--auto-create-topics", action="store_true")
+    run.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="keep the broker's data (topics, offsets) in DIR across runs (default: a "
+        "temporary directory, deleted on stop)",
+    )
     run.add_argument(
         "--secured",
         action="store_true",
@@ -746,10 +757,15 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)
     try:
         if args.command == "fetch":
+            notice = fetch_notice(cache_dir(), f"the Kafka {kafka_version()} jars (~45 s)")
+            if notice is not None:
+                print(notice, file=sys.stderr, flush=True)
             print(ensure_jars())
             return 0
         properties = {"auto.create.topics.enable": "true"} if args.auto_create_topics else {}
-        cluster = Cluster(1, port=args.port, properties=properties, secured=args.secured)
+        cluster = Cluster(
+            1, port=args.port, properties=properties, secured=args.secured, data_dir=args.data
+        )
         node = cluster.nodes[0]
 
         def start() -> subprocess.Popen[bytes]:
@@ -760,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         def banner(process: subprocess.Popen[bytes]) -> str:
             text = (
                 f"Kafka {kafka_version()} is up on {cluster.bootstrap} (pid {process.pid}, "
-                f"data {cluster.data_dir}); Ctrl+C stops it"
+                f"data {cluster.data_dir}); Ctrl+C stops it\n{data_note(cluster)}"
             )
             return text if cluster.secured is None else f"{text}\n{_describe(cluster.secured)}"
 

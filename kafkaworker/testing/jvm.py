@@ -7,6 +7,7 @@ keeps it in the foreground until Ctrl+C.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -15,6 +16,35 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+
+def command_line(
+    prog: str, doc: str | None, what: str, default_port: int
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The `fetch` and `run` commands of a dev server (the broker, the registry); `run`'s
+    parser is handed back for options of its own."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help=f"fetch the {what} into the cache (once; idempotent)")
+    run = sub.add_parser("run", help=f"run a {what} in the foreground until Ctrl+C")
+    run.add_argument("--port", type=int, default=default_port)
+    run.add_argument(
+        "--if-free",
+        action="store_true",
+        help="exit 0 at once when something already answers on the port",
+    )
+    return parser, run
+
+
+def fetch_notice(cache: Path, what: str) -> str | None:
+    """What a first fetch says before it starts (where to, how long), or None when `cache`
+    holds it already. The path is the real one: $XDG_CACHE_HOME moves it."""
+    if (cache / ".complete").exists():
+        return None
+    return f"fetching {what} into {cache} (once)"
 
 
 def free_port() -> int:

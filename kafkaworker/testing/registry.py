@@ -24,7 +24,6 @@ one is killed with SIGKILL (see broker.py for why setpriv rather than a preexec_
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -38,7 +37,9 @@ from pathlib import Path
 
 from kafkaworker.testing import maven
 from kafkaworker.testing.jvm import (
+    command_line,
     die_with_parent,
+    fetch_notice,
     free_port,
     run_in_foreground,
     signal_group,
@@ -234,23 +235,13 @@ class SchemaRegistry:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kafkaworker.testing.registry",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("fetch", help="download and unpack the registry into the cache")
-    run = sub.add_parser("run", help="run a registry in the foreground until Ctrl+C")
-    run.add_argument("--port", type=int, default=8081)
-    run.add_argument(
-        "--if-free",
-        action="store_true",
-        help="exit 0 at once when something already answers on the port",
-    )
+    parser, _ = command_line("python -m kafkaworker.testing.registry", __doc__, "registry", 8081)
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":
+            notice = fetch_notice(cache_dir(), f"Apicurio Registry {registry_version()} (~150 MB)")
+            if notice is not None:
+                print(notice, file=sys.stderr, flush=True)
             print(ensure_registry())
             return 0
         registry = SchemaRegistry(port=args.port)
