@@ -13,6 +13,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -87,6 +88,23 @@ def one_line() -> Iterator[None]:
         yield
     except KafkaWorkerError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+class IsoDateTime(click.ParamType[datetime]):
+    """ISO 8601 (2026-11-28T09:30:00+01:00, 2026-11-28T08:30Z, 2026-11-28); UTC if no zone."""
+
+    name = "ISO8601"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time (e.g. 2026-11-28T09:30:00Z)", param, ctx)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def settings_from(path: str | None, app: App | None = None) -> Settings:

@@ -4,14 +4,14 @@ offset or by time: replay, or skipping ahead)."""
 from __future__ import annotations
 
 import textwrap
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 import click
 
 from kafkaworker.cli.common import (
     JSON_OPTION,
     SETTINGS_OPTION,
+    IsoDateTime,
     duration,
     echo_json,
     one_line,
@@ -20,23 +20,6 @@ from kafkaworker.cli.common import (
     terminal_width,
 )
 from kafkaworker.ops import SHARE_GROUP_NOT_DESCRIBED, GroupOffsets, KafkaAdmin, active_members
-
-
-class IsoDateTime(click.ParamType[datetime]):
-    """ISO 8601 (2026-11-28T09:30:00+01:00, 2026-11-28T08:30Z, 2026-11-28); UTC if no zone."""
-
-    name = "ISO8601"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        try:
-            parsed = datetime.fromisoformat(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO 8601 time (e.g. 2026-11-28T09:30:00Z)", param, ctx)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @click.group()

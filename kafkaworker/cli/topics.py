@@ -65,6 +65,11 @@ def describe(name: str, settings_path: str | None, as_json: bool) -> None:
     "--config", "configs", multiple=True, metavar="K=V", help="a topic config (repeatable)"
 )
 @click.option(
+    "--if-not-exists",
+    is_flag=True,
+    help="a topic NAME that exists already is not an error (its size is not checked)",
+)
+@click.option(
     "--from",
     "app_ref",
     metavar="MODULE:APP",
@@ -76,6 +81,7 @@ def create(  # noqa: PLR0917 - click passes every option by position
     partitions: int | None,
     replication_factor: int | None,
     configs: tuple[str, ...],
+    if_not_exists: bool,
     app_ref: str | None,
     settings_path: str | None,
 ) -> None:
@@ -100,9 +106,11 @@ def create(  # noqa: PLR0917 - click passes every option by position
         assert name is not None
         config = dict(_pair(text) for text in configs)
         with KafkaAdmin(common.settings_from(settings_path)) as admin:
-            admin.create_topic(name, partitions, replication_factor, config)
+            created = admin.create_topic(
+                name, partitions, replication_factor, config, exist_ok=if_not_exists
+            )
             size = len(admin.metadata().topics[name].partitions)
-        click.echo(f"created {name} ({size} partition(s))")
+        click.echo(f"{'created' if created else 'exists'} {name} ({size} partition(s))")
 
 
 def _pair(text: str) -> tuple[str, str]:

@@ -77,6 +77,8 @@ class DeadLetterRecord:
                 "traceback": self.failure.get("error.traceback"),
             },
             "failed_at": self.failure.get("failed_at"),
+            # Set when the record had been replayed from a DLQ before it failed again.
+            "replayed_from": self.failure.get("replayed_from"),
             "key": _text_or_base64(self.key),
             "value": _text_or_base64(self.value),
             "headers": [[k, _text_or_base64(v)] for k, v in self.headers],

@@ -89,6 +89,10 @@ def test_topics_create_describe_list(env: Path, kafka_bootstrap: str) -> None:
 
     again = kw("topics", "create", name, "--partitions", "3")
     assert (again.exit_code, again.output) == (1, f"Error: topic '{name}' exists already\n")
+    kept = ok("topics", "create", name, "--partitions", "3", "--if-not-exists")
+    assert kept == f"exists {name} (3 partition(s))\n"
+    made = ok("topics", "create", name + "-new", "--partitions", "2", "--if-not-exists")
+    assert made == f"created {name}-new (2 partition(s))\n"
     bad = kw("topics", "create", name + "x", "--config", "no.such.config=1")
     assert bad.exit_code == 1 and len(bad.output.splitlines()) == 1
     assert "Unknown topic config name: no.such.config" in bad.output
