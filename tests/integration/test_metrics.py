@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from kafkaworker.runtime.runner import Runner, resolve_specs
 from kafkaworker.testing.jvm import free_port
 from tests.conftest import TopicFactory
 from tests.metrics_support import get, samples, total
-from tests.support import make_settings, produce, running, wait_until
+from tests.support import WorkerProcess, make_settings, produce, running, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -148,21 +150,22 @@ def test_a_member_without_partitions_is_ready(
 
 
 def test_the_start_up_line_says_where_metrics_and_the_dashboard_are(
-    kafka_bootstrap: str, new_topic: TopicFactory, capsys: pytest.CaptureFixture[str]
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
 ) -> None:
-    topic = new_topic(1)
-    app = App("started-line")
-
-    @app.handler(topic)
-    def handle(msg: Message[Any]) -> None:
-        pass
-
+    """As a user reads it: a real `kafkaworker run --metrics-port` process's start-up line."""
     port = free_port()
-    settings = make_settings(
-        kafka_bootstrap, log_level="INFO", metrics={"port": port, "host": "0.0.0.0"}
-    )
-    with running(app, settings):
-        pass
-    [started] = [line for line in capsys.readouterr().err.splitlines() if "worker started" in line]
+    worker = WorkerProcess(
+        kafka_bootstrap,
+        new_topic(1),
+        tmp_path / "record.jsonl",
+        KAFKAWORKER_METRICS__HOST="0.0.0.0",
+        KAFKAWORKER_METRICS__PORT=str(port),
+    ).start()
+    try:
+        wait_until(lambda: "worker started" in worker.output(), 60, "the start-up line")
+    finally:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    [started] = [line for line in worker.output().splitlines() if "worker started" in line]
     assert f"metrics=http://127.0.0.1:{port}/metrics" in started
     assert f"dashboard=http://127.0.0.1:{port}/" in started
