@@ -50,12 +50,14 @@ from confluent_kafka.admin import (
 
 from kafkaworker.testing import maven
 from kafkaworker.testing.jvm import (
+    DevServer,
     command_line,
     die_with_parent,
-    fetch_notice,
+    fetch,
     free_port,
     run_in_foreground,
     signal_group,
+    spawn,
     stop_group,
 )
 
@@ -231,19 +233,10 @@ class Node:
     def start(self) -> None:
         if self.process is not None and self.process.poll() is None:
             return
-        out = open(self.data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
-        try:
-            self.process = subprocess.Popen(
-                die_with_parent(
-                    self._java("kafka.Kafka", str(self.data_dir / "server.properties"))
-                ),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            out.close()
+        self.process = spawn(
+            self._java("kafka.Kafka", str(self.data_dir / "server.properties")),
+            self.data_dir / "stdout.log",
+        )
 
     def signal_stop(self, *, kill: bool = False) -> None:
         """Ask the JVM's whole process group to stop (SIGTERM: clean shutdown) without waiting."""
@@ -529,7 +522,7 @@ def _secure(certs_dir: Path, nodes: list[Node]) -> tuple[Secured, dict[str, str]
     return secured, properties, format_args
 
 
-class Cluster:
+class Cluster(DevServer):
     """One or three KRaft nodes on 127.0.0.1, free ports, a temporary data directory.
 
     secured=True: each node also has a SASL_SSL and an mTLS listener, with the
@@ -694,18 +687,6 @@ class Cluster:
                     kept.append(dst)
         return kept
 
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> Cluster:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
-
 
 def data_note(cluster: Cluster) -> str:
     """Where the dev broker keeps its topics and offsets, and whether they outlive it."""
@@ -757,11 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)
     try:
         if args.command == "fetch":
-            notice = fetch_notice(cache_dir(), f"the Kafka {kafka_version()} jars (~45 s)")
-            if notice is not None:
-                print(notice, file=sys.stderr, flush=True)
-            print(ensure_jars())
-            return 0
+            return fetch(cache_dir(), f"the Kafka {kafka_version()} jars (~45 s)", ensure_jars)
         properties = {"auto.create.topics.enable": "true"} if args.auto_create_topics else {}
         cluster = Cluster(
             1, port=args.port, properties=properties, secured=args.secured, data_dir=args.data
@@ -781,13 +758,7 @@ def main(argv: list[str] | None = None) -> int:
             return text if cluster.secured is None else f"{text}\n{_describe(cluster.secured)}"
 
         return run_in_foreground(
-            port=args.port,
-            if_free=args.if_free,
-            start=start,
-            banner=banner,
-            log_tail=node.log_tail,
-            cleanup=cluster.cleanup,
-            what="broker",
+            args, cluster, start=start, banner=banner, log_tail=node.log_tail, what="broker"
         )
     except BrokerError as exc:
         print(f"kafka: {exc}", file=sys.stderr)
