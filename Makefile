@@ -1,12 +1,13 @@
 # Everything a fresh machine needs is installed from here: the virtualenv, the package, and the
-# Apache Kafka broker jars (Maven Central, cached under ~/.cache/kafkaworker).
+# Apache Kafka broker jars (Maven Central, cached under ${XDG_CACHE_HOME:-~/.cache}/kafkaworker).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+KAFKA_ARGS ?=
 
-.PHONY: install jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools
+.PHONY: install jars kafka-jars registry-jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools
 
 install: $(STAMP)
 
@@ -20,16 +21,16 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# Says so only when the jars are not in the cache yet (kafkaworker/testing/broker.py cache_dir).
-jars: install
-	@$(PY) -c 'import sys; from kafkaworker.testing.broker import cache_dir; \
-	  sys.exit((cache_dir() / ".complete").exists())' && \
-	  echo "fetching the Kafka jars into ~/.cache/kafkaworker (once, ~45 s)" || true
+# Each says where it fetches to only the first time (the cache honours $XDG_CACHE_HOME).
+# The broker needs only its jars: `make kafka` and `make run` leave the registry (~150 MB) out.
+kafka-jars: install
 	@$(PY) -m kafkaworker.testing.broker fetch >/dev/null
-	@$(PY) -c 'import sys; from kafkaworker.testing.registry import cache_dir; \
-	  sys.exit((cache_dir() / ".complete").exists())' && \
-	  echo "fetching Apicurio Registry into ~/.cache/kafkaworker (once, ~150 MB)" || true
+
+registry-jars: install
 	@$(PY) -m kafkaworker.testing.registry fetch >/dev/null
+
+# What the test suite needs: the broker and the Schema Registry.
+jars: kafka-jars registry-jars
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -59,17 +60,18 @@ faults: install jars
 soak: install jars
 	SOAK_SECONDS=1800 $(PY) -m pytest tests/faults/test_soak.py -s $(PYTEST_ARGS)
 
-# A dev broker in the foreground on 127.0.0.1:9092; Ctrl+C stops it.
-kafka: jars
-	$(PY) -m kafkaworker.testing.broker run --port 9092
+# A dev broker in the foreground on 127.0.0.1:9092; Ctrl+C stops it. Its data is deleted then,
+# unless KAFKA_ARGS='--data DIR' keeps it (topics, offsets) in DIR across runs.
+kafka: kafka-jars
+	$(PY) -m kafkaworker.testing.broker run --port 9092 $(KAFKA_ARGS)
 
 # The example worker and a small load generator, with a local broker when none answers on 9092.
-run: jars
+run: kafka-jars
 	@$(PY) -m tools.demo
 
 # The gRPC bridge (apps/bridge) and the worker consuming its events, with a local broker when
 # none answers on 127.0.0.1:9092; places one order, says how to place more; Ctrl+C stops it all.
-run-bridge: jars
+run-bridge: kafka-jars
 	@$(PY) -m tools.bridge_demo
 
 # Benchmarks against the raw client and peer frameworks (each peer in its own virtualenv,
@@ -85,7 +87,7 @@ browser-tools: install
 
 # A dev Schema Registry (Apicurio; the Confluent API at
 # http://127.0.0.1:8081/apis/ccompat/v7) in the foreground; Ctrl+C stops it.
-registry: jars
+registry: registry-jars
 	$(PY) -m kafkaworker.testing.registry run --port 8081
 
 # The worker image with podman (no Docker or registry needed); see tools/image.py.

@@ -132,7 +132,9 @@ class App:
         """
         if self._producer is None:
             settings = self._run_settings or self.settings or load_settings()
-            self._producer = Producer(settings, client_id=f"{self.name}.producer")
+            self._producer = Producer(
+                settings, client_id=f"{self.name}.producer", schema_registry=self.schema_registry
+            )
         return self._producer
 
     @contextlib.contextmanager

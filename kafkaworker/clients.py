@@ -2,7 +2,7 @@
 logs, and how a client's failure to reach them is told (one line, the same everywhere).
 
 Handlers' consumers (runtime/source/consumer_group.py), the producer (producer.py), admin
-clients (admin.py, the runner's preflight) and the tools' consumers (dlq.py) all start from
+clients (ops/, the runner's preflight) and the tools' consumers (ops/dlq.py) all start from
 base_config(); raw `kafka.consumer` / `kafka.producer` properties are applied on top by each.
 """
 
@@ -297,17 +297,32 @@ def error_code(error: BaseException) -> int | None:
 SLICE = 0.25
 
 
-def result(future: Future[T], timeout: float, watch: ConnectionWatch | None = None) -> T:
+# How long a wait goes before `waiting` is told: a cluster that answers at all answers
+# within this (a metadata request on loopback takes milliseconds).
+WAITING_AFTER = 1.0
+
+
+def result(
+    future: Future[T],
+    timeout: float,
+    watch: ConnectionWatch | None = None,
+    waiting: Callable[[], None] | None = None,
+) -> T:
     """future.result(timeout), in slices that let Ctrl+C through at once (and the `watch`'s
-    failure, as soon as it is seen)."""
-    deadline = time.monotonic() + timeout
+    failure, as soon as it is seen); `waiting()` once when no answer came in WAITING_AFTER."""
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
         try:
             return future.result(min(SLICE, max(0.0, deadline - time.monotonic())))
         except TimeoutError:
             if watch is not None:
                 watch.check()
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if waiting is not None and now - started >= WAITING_AFTER:
+                waiting()
+                waiting = None
+            if now >= deadline:
                 raise
 
 
@@ -325,10 +340,15 @@ def in_thread(call: Callable[[], T]) -> Future[T]:
     return future
 
 
-def call(function: Callable[[], T], timeout: float, watch: ConnectionWatch | None = None) -> T:
+def call(
+    function: Callable[[], T],
+    timeout: float,
+    watch: ConnectionWatch | None = None,
+    waiting: Callable[[], None] | None = None,
+) -> T:
     """function() (a blocking client call bounded by its own timeout, below `timeout`) on a
     thread of its own, waited for in slices."""
-    return result(in_thread(function), timeout, watch)
+    return result(in_thread(function), timeout, watch, waiting)
 
 
 def metadata(
@@ -336,13 +356,14 @@ def metadata(
     settings: Settings,
     timeout: float | None = None,
     watch: ConnectionWatch | None = None,
+    waiting: Callable[[], None] | None = None,
 ) -> Any:
     """The cluster's metadata from any client (Consumer, Producer, AdminClient); the one
     line of `unreachable` when the cluster does not answer within `timeout` (default:
     startup_timeout), or the `watch`'s when it refuses the client."""
     timeout = settings.startup_timeout if timeout is None else timeout
     try:
-        return call(lambda: client.list_topics(timeout=timeout), timeout + 1, watch)
+        return call(lambda: client.list_topics(timeout=timeout), timeout + 1, watch, waiting)
     except (KafkaException, TimeoutError) as exc:
         if watch is not None:
             raise watch.give_up(unreachable(settings, timeout, exc)) from None

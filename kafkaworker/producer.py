@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from kafkaworker import clients
 from kafkaworker.errors import KafkaWorkerError, StartupError
-from kafkaworker.serialization import Codec, get_codec
+from kafkaworker.serialization import RUNTIME_CODECS, Codec, get_codec
 from kafkaworker.settings import Settings
 
 HeaderList = Sequence[tuple[str, bytes | str | None]]
@@ -61,9 +61,19 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 class Producer:
-    """A thread-safe producer. `send()` returns a Future; `send_sync()` waits for the ack."""
+    """A thread-safe producer. `send()` returns a Future; `send_sync()` waits for the ack.
 
-    def __init__(self, settings: Settings, *, client_id: str | None = None) -> None:
+    `codec="avro"`, `"json_schema"` or `"protobuf"` by name write through the settings'
+    schema_registry (or `schema_registry`, a client of the app's own: App.schema_registry),
+    as a handler's codec of that name does."""
+
+    def __init__(
+        self, settings: Settings, *, client_id: str | None = None, schema_registry: Any = None
+    ) -> None:
+        self._settings = settings
+        self._schema_registry = schema_registry
+        self._named: dict[str, Codec] = {}  # registry codecs by name, built at first use
+        self._named_lock = threading.Lock()
         config = producer_config(settings)
         if client_id:
             config.setdefault("client.id", client_id)
@@ -101,6 +111,8 @@ class Producer:
         """
         if self._closed.is_set():
             raise ProduceError(f"the producer is closed; cannot send to {topic!r}")
+        if isinstance(codec, str) and codec in RUNTIME_CODECS:
+            codec = self._registry_codec(codec)
         payload = _encode(topic, value, codec)
         future: Future[confluent_kafka.Message] = Future()
 
@@ -209,6 +221,34 @@ class Producer:
             raise ProduceError(
                 f"no acknowledgement for a record to {topic!r} within {timeout:g}s"
             ) from None
+
+    def _registry_codec(self, name: str) -> Codec:
+        """The registry codec `name`, from the settings' schema_registry (one client for all
+        of this producer's sends, so its schemas are looked up once)."""
+        with self._named_lock:
+            found = self._named.get(name)
+            if found is None:
+                registry = self._settings.schema_registry
+                if registry is None and self._schema_registry is None:
+                    raise ProduceError(
+                        f"the {name!r} codec needs a Schema Registry: set schema_registry.url "
+                        "in the settings (KAFKAWORKER_SCHEMA_REGISTRY__URL), or pass a codec "
+                        "object"
+                    )
+                # Imported here: the registry's packages are an extra, needed only when used.
+                from kafkaworker.serialization.named import runtime_codecs  # noqa: PLC0415
+
+                try:
+                    found = runtime_codecs(
+                        {"send": name},
+                        self._schema_registry,
+                        registry.url if registry is not None else None,
+                        registry.config if registry is not None else None,
+                    )[name]
+                except KafkaWorkerError as exc:
+                    raise ProduceError(str(exc)) from None
+                self._named[name] = found
+            return found
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for queued records; returns how many are still undelivered."""

@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from kafkaworker.errors import ConfigError
+from kafkaworker.settings_sources import Sources, env_path, is_secret_key
 
 ClientValue = str | int | float | bool
 
@@ -282,24 +283,6 @@ def masked_properties(properties: Mapping[str, Any]) -> dict[str, Any]:
     return {k: "**********" if is_secret_key(k) else v for k, v in properties.items()}
 
 
-def is_secret_key(key: str) -> bool:
-    """Whether a librdkafka property (or a setting's key) holds a secret."""
-    lowered = key.lower()
-    return any(
-        word in lowered
-        for word in (
-            "password",
-            "passphrase",
-            "secret",
-            "private.key",
-            "key.pem",
-            "jaas",
-            "user.info",
-            "token",
-        )
-    )
-
-
 class BackoffSettings(_Strict):
     initial: float | None = None
     multiplier: float | None = None
@@ -501,9 +484,10 @@ def resolve_settings_path(path: str | os.PathLike[str] | None) -> Path | None:
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Load settings from the YAML file, the environment and `overrides` (CLI flags)."""
+    """Load settings from the YAML file, the environment and `overrides` (CLI flags). Every
+    problem is told at once, each naming where it came from (ConfigError)."""
     yaml_path = resolve_settings_path(path)
-    check_environment()
+    problems = environment_problems()
 
     class _FromFile(Settings):
         model_config = SettingsConfigDict(yaml_file=yaml_path)
@@ -511,11 +495,15 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     try:
         settings = _FromFile(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc, yaml_path)) from None
+        sources = Sources.read(yaml_path, overrides)
+        raise ConfigError(_told(problems + _problems(exc, sources))) from None
     except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable or malformed YAML
         detail = " ".join(str(exc).split())
-        raise ConfigError(f"cannot read settings file {str(yaml_path)!r}: {detail}") from None
-    check_client_properties(settings)
+        problems.append(f"cannot read settings file {str(yaml_path)!r}: {detail}")
+        raise ConfigError(_told(problems)) from None
+    problems += client_property_problems(settings)
+    if problems:
+        raise ConfigError(_told(problems))
     return settings
 
 
@@ -528,15 +516,27 @@ def settings_for_run(
     with the CLI's overrides merged key by key; else file + environment + overrides."""
     if app_settings is None or path is not None:
         return load_settings(path, **overrides)
-    check_environment()
-    if not overrides:
-        return app_settings
-    try:
-        settings = Settings.model_validate(_merged(app_settings.model_dump(), overrides))
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc, None)) from None
-    check_client_properties(settings)
+    problems = environment_problems()
+    settings = app_settings
+    if overrides:
+        try:
+            settings = Settings.model_validate(_merged(app_settings.model_dump(), overrides))
+        except ValidationError as exc:
+            sources = Sources(
+                overrides=overrides, app_values=app_settings.model_dump(exclude_unset=True)
+            )
+            raise ConfigError(_told(problems + _problems(exc, sources))) from None
+        problems += client_property_problems(settings)
+    if problems:
+        raise ConfigError(_told(problems))
     return settings
+
+
+def _told(problems: list[str]) -> str:
+    """One problem: its line. More: a line saying how many, then one line each."""
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems in the settings:\n" + "\n".join(f"  {p}" for p in problems)
 
 
 def _merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -556,26 +556,34 @@ SECURITY_PROPERTIES = ("security.protocol", "sasl.", "ssl.")
 
 
 def check_client_properties(settings: Settings) -> None:
-    for key, why in RESERVED_CONSUMER_PROPERTIES.items():
-        if key in settings.kafka.consumer:
-            raise ConfigError(
-                f"setting kafka.consumer.{key} is managed by kafkaworker ({why}): remove it"
-            )
-    for key, why in RESERVED_SHARE_CONSUMER_PROPERTIES.items():
-        if key in settings.kafka.share_consumer:
-            raise ConfigError(
-                f"setting kafka.share_consumer.{key} is managed by kafkaworker ({why}): remove it"
-            )
+    problems = client_property_problems(settings)
+    if problems:
+        raise ConfigError(_told(problems))
+
+
+def client_property_problems(settings: Settings) -> list[str]:
+    """Raw client properties that kafkaworker manages, or that fight kafka.security."""
+    problems = [
+        f"setting kafka.consumer.{key} is managed by kafkaworker ({why}): remove it"
+        for key, why in RESERVED_CONSUMER_PROPERTIES.items()
+        if key in settings.kafka.consumer
+    ]
+    problems += [
+        f"setting kafka.share_consumer.{key} is managed by kafkaworker ({why}): remove it"
+        for key, why in RESERVED_SHARE_CONSUMER_PROPERTIES.items()
+        if key in settings.kafka.share_consumer
+    ]
     security = settings.kafka.security
     if security.protocol == "PLAINTEXT" and security.sasl is None:
-        return  # security through raw properties only: they are all there is
+        return problems  # security through raw properties only: they are all there is
     for client in ("consumer", "producer", "share_consumer"):
-        for key in getattr(settings.kafka, client):
-            if key.startswith(SECURITY_PROPERTIES):
-                raise ConfigError(
-                    f"setting kafka.{client}.{key} conflicts with kafka.security (which sets "
-                    f"the security properties of every client): remove one of them"
-                )
+        problems += [
+            f"setting kafka.{client}.{key} conflicts with kafka.security (which sets the "
+            "security properties of every client): remove one of them"
+            for key in getattr(settings.kafka, client)
+            if key.startswith(SECURITY_PROPERTIES)
+        ]
+    return problems
 
 
 # Fields under kafka.security whose invalid values may be shown: no secret goes there (a
@@ -585,17 +593,26 @@ _SHOWN_SECURITY_FIELDS = frozenset(
 )
 
 
-def _one_line(exc: ValidationError, yaml_path: Path | None) -> str:
-    error = exc.errors()[0]
+def _problems(exc: ValidationError, sources: Sources) -> list[str]:
+    """One line per error pydantic found, each naming the place that set the value. A
+    variable that matches no setting is told by environment_problems() already."""
+    unknown = {name for name in sources.environ if _unknown_variable(name)}
+    return [
+        _problem(error, sources)
+        for error in exc.errors()
+        if sources.variable([str(part) for part in error["loc"]]) not in unknown
+    ]
+
+
+def _problem(error: Any, sources: Sources) -> str:
     key = ".".join(str(part) for part in error["loc"])
-    source = f" (settings file {str(yaml_path)!r} or KAFKAWORKER_* env)" if yaml_path else ""
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    source = f" ({sources.of(error['loc'])})" if key else ""
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(error["loc"])
         close = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
         listed = "allowed keys are " + ", ".join(allowed) if allowed else "not a known key"
-        return f"unknown setting {key!r}{source}: {hint}{listed}{more}"
+        return f"unknown setting {key!r}{source}: {hint}{listed}"
     value = error.get("input")
     message = str(error["msg"]).removeprefix("Value error, ")
     sensitive = is_secret_key(key) or (
@@ -603,11 +620,11 @@ def _one_line(exc: ValidationError, yaml_path: Path | None) -> str:
         and str(error["loc"][-1]) not in _SHOWN_SECURITY_FIELDS
     )
     if not key:
-        return f"settings are invalid{source}: {message}{more}"  # a check across settings
+        return f"settings are invalid: {message}"  # a check across settings
     if isinstance(value, Mapping | list) or sensitive:
         # A model's own check (its input: the whole section, secrets included), or a secret.
-        return f"setting {key} is invalid{source}: {message}{more}"
-    return f"setting {key}={value!r} is invalid{source}: {message}{more}"
+        return f"setting {key} is invalid{source}: {message}"
+    return f"setting {key}={value!r} is invalid{source}: {message}"
 
 
 def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
@@ -631,28 +648,35 @@ def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-# KAFKAWORKER_* variables read by kafkaworker that are not settings.
-_NOT_SETTINGS = {"SETTINGS", "PROCESS_INDEX", "TEST_BOOTSTRAP", "BENCH_BOOTSTRAP"}
-_ENV_PREFIX = "KAFKAWORKER_"
-
-
 def check_environment(environ: Mapping[str, str] | None = None) -> None:
     """Refuse a KAFKAWORKER_* variable that sets nothing: pydantic-settings ignores it, so a
     typo (KAFKAWORKER_SHUTDOWN_TIMOUT) would silently leave the default in force."""
+    problems = environment_problems(environ)
+    if problems:
+        raise ConfigError(_told(problems))
+
+
+def environment_problems(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per KAFKAWORKER_* variable that matches no setting."""
     environ = os.environ if environ is None else environ
+    problems = []
     for name in sorted(environ):
-        upper = name.upper()
-        if not upper.startswith(_ENV_PREFIX) or upper[len(_ENV_PREFIX) :] in _NOT_SETTINGS:
+        parts = env_path(name)
+        if parts is None or not _unknown_variable(name):
             continue
-        parts = upper[len(_ENV_PREFIX) :].lower().split("__")
-        if _is_setting(Settings, parts):
-            continue
-        known = [_ENV_PREFIX + "__".join(path).upper() for path in _setting_paths(Settings, parts)]
-        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        paths = _setting_paths(Settings, parts)
+        known = ["KAFKAWORKER_" + "__".join(path).upper() for path in paths]
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "see the settings in the README"
-        raise ConfigError(
+        problems.append(
             f"environment variable {name} matches no setting: {hint} (fix the name or unset it)"
         )
+    return problems
+
+
+def _unknown_variable(name: str) -> bool:
+    parts = env_path(name)
+    return parts is not None and not _is_setting(Settings, parts)
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:

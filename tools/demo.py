@@ -8,6 +8,10 @@ Everything it starts (broker, load generator, worker) it also stops, on Ctrl+C o
 The worker logs to build/demo/worker.log; this process prints a summary every few seconds
 (rate, lag, handled, dead-lettered), read from the worker's own /metrics endpoint.
 KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS points it (and the worker) at another cluster.
+
+The demo's group and topics are its own (apps/orders/demo.yaml), not the getting started's,
+and it refuses to start while its group has members (another `make run`, say): two demos in
+one group would split the partitions and each report half of the work.
 """
 
 from __future__ import annotations
@@ -23,18 +27,27 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
+from kafkaworker import load_settings
+from kafkaworker.errors import KafkaWorkerError
+from kafkaworker.ops import KafkaAdmin, active_members
 from kafkaworker.testing.broker import Cluster
 from kafkaworker.testing.jvm import free_port, port_answers
 
 LOCAL = "127.0.0.1:9092"
 BOOTSTRAP = os.environ.get("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS", LOCAL)
 APP = "apps.orders.app:app"
-TOPIC = "orders"
-OUTPUT = "orders.accepted"  # the example's output
-DLQ = "orders.dlq"  # created by the worker at start-up
+SETTINGS = "apps/orders/demo.yaml"  # the demo's own group and topics
+_NAMES = yaml.safe_load((Path(__file__).resolve().parent.parent / SETTINGS).read_text())[
+    "handlers"
+]["accept_order"]
+GROUP: str = _NAMES["group"]
+[TOPIC] = _NAMES["topics"]
+OUTPUT: str = _NAMES["output"]  # the example's output
+DLQ: str = _NAMES["dlq"]  # created by the worker at start-up
 RATE = 20
 SUMMARY_EVERY = 5.0  # seconds
 LOG = Path("build/demo/worker.log")
@@ -118,13 +131,13 @@ def cli() -> str:
     return str(path)
 
 
-def where_to_look(metrics_url: str) -> str:
+def where_to_look(metrics_url: str, *, started_broker: bool) -> str:
     kw = cli()
     if BOOTSTRAP != LOCAL:
         kw = f"KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS={BOOTSTRAP} {kw}"
     hints = [
-        (f"{kw} routes {APP}", "handler, topics"),
-        (f"{kw} lag {APP}", "lag per partition"),
+        (f"{kw} routes {APP} --settings {SETTINGS}", "handler, topics"),
+        (f"{kw} lag {APP} --settings {SETTINGS}", "lag per partition"),
         (f"curl -s {metrics_url}", "also /healthz, /readyz"),
         (f"{kw} dlq inspect {DLQ}", "rejected orders, why"),
         (f"tail -f {LOG}", "the worker's log"),
@@ -135,10 +148,21 @@ def where_to_look(metrics_url: str) -> str:
             f"orders flowing: {RATE}/s to {TOPIC}, handled by {APP}.",
             "Where to look next, in another terminal:",
             *(f"  {command.ljust(width)}  # {note}" for command, note in hints),
-            f"A summary every {SUMMARY_EVERY:g} s; Ctrl+C stops the worker, the load generator "
-            "and the broker.",
+            f"A summary every {SUMMARY_EVERY:g} s; Ctrl+C stops the worker and the load "
+            + ("generator, and the broker it started." if started_broker else "generator."),
         ]
     )
+
+
+def already_running(bootstrap: str) -> str | None:
+    """Why the demo must not start: its group has members (another demo, or a worker run
+    with its settings); None when it is free. An unreachable cluster is told as one line."""
+    settings = load_settings(SETTINGS, kafka={"bootstrap_servers": bootstrap}, log_level="ERROR")
+    with KafkaAdmin(settings) as admin:
+        members = admin.group(GROUP, time_lag=False).members
+    if not members:
+        return None
+    return f"{active_members(GROUP, members)} (another `make run`?), then try again"
 
 
 def log_tail(lines: int = 20) -> str:
@@ -171,6 +195,10 @@ def main() -> int:
             print(f"no Kafka on {LOCAL}: starting one (stopped again on Ctrl+C)", flush=True)
             cluster = Cluster(1, port=9092)
             cluster.start()
+        refused = already_running(BOOTSTRAP)
+        if refused is not None:
+            print(f"not starting: {refused}", flush=True)
+            return 1
         print(f"creating the topics {TOPIC} and {OUTPUT} on {BOOTSTRAP} if missing", flush=True)
         ensure_topic(BOOTSTRAP, TOPIC)
         ensure_topic(BOOTSTRAP, OUTPUT)
@@ -179,7 +207,7 @@ def main() -> int:
         LOG.parent.mkdir(parents=True, exist_ok=True)
         print(f"starting the worker ({APP}) and the load generator", flush=True)
         with LOG.open("wb") as log:
-            worker = [sys.executable, "-m", "kafkaworker", "run", APP]
+            worker = [sys.executable, "-m", "kafkaworker", "run", APP, "--settings", SETTINGS]
             worker += ["--metrics-port", str(metrics_port)]
             children.append(
                 subprocess.Popen(worker, stdout=log, stderr=subprocess.STDOUT, process_group=0)
@@ -194,7 +222,9 @@ def main() -> int:
                 before = scrape(metrics_url)
                 next_at = time.monotonic() + SUMMARY_EVERY
                 if before is not None:
-                    print(where_to_look(metrics_url), flush=True)
+                    print(
+                        where_to_look(metrics_url, started_broker=cluster is not None), flush=True
+                    )
                 elif not warned and time.monotonic() - started > 20:
                     print(f"the worker is slow to start: see {LOG}", flush=True)
                     warned = True
@@ -207,6 +237,9 @@ def main() -> int:
         if children[0].poll() is not None:
             print(f"the worker exited ({children[0].returncode}); the end of {LOG}:")
             print(log_tail(), flush=True)
+        return 1
+    except KafkaWorkerError as exc:
+        print(f"Error: {exc}", flush=True)
         return 1
     except KeyboardInterrupt:
         if children:

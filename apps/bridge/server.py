@@ -33,8 +33,8 @@ from apps.bridge.service import OrderBridgeService
 from apps.bridge.standard import HEALTH_SERVICE, OVERALL, Health, enable_reflection
 from apps.bridge.transactions import TransactionalProducer, producer_settings
 from kafkaworker import KafkaWorkerError, Settings, StartupError, load_settings
-from kafkaworker.admin import KafkaAdmin
 from kafkaworker.observability.logging import configure
+from kafkaworker.ops import KafkaAdmin
 from kafkaworker.producer import producer_config
 
 log = structlog.get_logger("bridge")

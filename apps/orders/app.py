@@ -1,4 +1,5 @@
-"""The example service: `kafkaworker run apps.orders.app:app` (what `make run` starts).
+"""The example service: `kafkaworker run apps.orders.app:app` (what `make run` starts, with
+its own names: --settings apps/orders/demo.yaml).
 
 Orders arrive keyed by customer; each is validated into an Order, checked, and accepted: the
 acceptance is produced to orders.accepted. A rejected order goes to the DLQ at once; a

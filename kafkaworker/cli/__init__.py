@@ -17,6 +17,7 @@ from kafkaworker.cli.manifests import manifests
 from kafkaworker.cli.offsets import offsets
 from kafkaworker.cli.produce import produce
 from kafkaworker.cli.run import routes, run
+from kafkaworker.cli.settings import settings
 from kafkaworker.cli.topics import topics
 
 __all__ = ["cli", "load_app", "main"]
@@ -32,7 +33,7 @@ def cli() -> None:
     """
 
 
-for command in (run, routes, topics, offsets, lag, check, produce, dlq, manifests):
+for command in (run, routes, topics, offsets, lag, check, produce, dlq, manifests, settings):
     cli.add_command(command)
 
 

@@ -7,33 +7,26 @@ import sys
 
 import click
 
-from kafkaworker.admin import KafkaAdmin, to_json
-from kafkaworker.cli.common import (
-    JSON_OPTION,
-    SETTINGS_OPTION,
-    echo_json,
-    load_app,
-    one_line,
-    settings_from,
-)
+from kafkaworker.cli import common
+from kafkaworker.ops import KafkaAdmin
 
 
 @click.command()
 @click.argument("app_ref", metavar="MODULE:APP")
-@SETTINGS_OPTION
-@JSON_OPTION
+@common.SETTINGS_OPTION
+@common.JSON_OPTION
 def check(app_ref: str, settings_path: str | None, as_json: bool) -> None:
     """Check that MODULE:APP can run: brokers reachable (and the credentials accepted),
     source topics exist, DLQ, retry and output topics exist or can be created, and the ACLs
     let it read and write them and use its groups."""
-    with one_line():
-        app = load_app(app_ref)
-        settings = settings_from(settings_path, app)
+    with common.one_line():
+        app = common.load_app(app_ref)
+        settings = common.settings_from(settings_path, app)
         with KafkaAdmin(settings) as admin:
             checks = admin.check(app)
     failed = [c for c in checks if not c.ok]
     if as_json:
-        echo_json({"ok": not failed, "checks": to_json(checks)})
+        common.echo_json({"ok": not failed, "checks": checks})
     else:
         for c in checks:
             click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}")

@@ -11,7 +11,10 @@ import shutil
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -87,6 +90,23 @@ def one_line() -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
 
 
+class IsoDateTime(click.ParamType[datetime]):
+    """ISO 8601 (2026-11-28T09:30:00+01:00, 2026-11-28T08:30Z, 2026-11-28); UTC if no zone."""
+
+    name = "ISO8601"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time (e.g. 2026-11-28T09:30:00Z)", param, ctx)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def settings_from(path: str | None, app: App | None = None) -> Settings:
     """The settings a command runs with: as `run` would read them (the app's own, unless a
     file is named; else file + environment), and logging set up from them, librdkafka's
@@ -116,7 +136,7 @@ def load_app(reference: str) -> App:
         raise  # e.g. an invalid handler option: its own message says it all
     except Exception as exc:
         raise AppImportError(
-            f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
+            f"importing {module_name!r} raised {type(exc).__name__}: {exc}{where(exc)}"
         ) from exc
     try:
         app: Any = getattr(module, attribute)
@@ -131,6 +151,38 @@ def load_app(reference: str) -> App:
     return app
 
 
+def where(exc: BaseException, frames: int = 3) -> str:
+    """Where the user's code raised `exc`, innermost first: " (at pkg/orders.py:12 in
+    load, from app.py:3)"; "" when none of the traceback is theirs. A NameError in a module
+    the app imports is found from this line alone, without a traceback."""
+    found = [
+        (frame.filename, frame.lineno, frame.name)
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<") and not _ours(frame.filename)
+    ]
+    if not found:  # a SyntaxError's own message says where
+        return ""
+    shown = [
+        f"{_relative(path)}:{line}" + ("" if name == "<module>" else f" in {name}")
+        for path, line, name in reversed(found[-frames:])
+    ]
+    return f" (at {shown[0]}" + "".join(f", from {s}" for s in shown[1:]) + ")"
+
+
+_PACKAGE = str(Path(__file__).resolve().parent.parent)
+
+
+def _ours(path: str) -> bool:
+    """A frame of kafkaworker itself (loading the app), or of importlib."""
+    return path.startswith(_PACKAGE) or "importlib" in path
+
+
+def _relative(path: str) -> str:
+    with contextlib.suppress(ValueError):
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    return path
+
+
 def echo_json(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
@@ -142,13 +194,15 @@ def table(
     width: int | None = None,
     right: Sequence[str] = (),
 ) -> str:
-    """Rows as aligned columns within `width` (the terminal's, at most 80 when unknown): the
-    widest cells wrap onto more lines rather than being cut, so nothing is lost."""
+    """Rows as aligned columns within `width` (default: terminal_width()): the widest cells
+    wrap onto more lines rather than being cut, so nothing is lost."""
     if width is None:
-        width = shutil.get_terminal_size((80, 24)).columns
+        width = terminal_width()
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     gap = 2
+    if width is None:
+        width = sum(widths) + gap * (len(widths) - 1)  # not a terminal: no wrapping
     # Neither a header nor a word (a name between separators) is ever cut.
     floors = [
         max([len(c), *(len(p) for r in cells for p in _pieces(r[i]))])
@@ -169,6 +223,18 @@ def table(
                 )
             )
     return "\n".join(lines)
+
+
+def terminal_width() -> int | None:
+    """The columns to fit: $COLUMNS, else the terminal's; None when standard output is not a
+    terminal (piped, redirected), where wrapping would only break the words that grep, cut
+    and awk look for ("handle_" / "order")."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 def _line(

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import click
 import orjson
 
-from kafkaworker import dlq as dlq_tools
-from kafkaworker.cli.common import SETTINGS_OPTION, one_line, settings_from
+from kafkaworker.cli.common import SETTINGS_OPTION, IsoDateTime, one_line, settings_from
+from kafkaworker.ops import dlq as dlq_tools
 
 
 @click.group()
@@ -68,8 +68,9 @@ def inspect(topic: str, limit: int | None, as_json: bool, settings_path: str | N
 @click.option("--error-type", help="only records whose kw.error.type is NAME (or ends in .NAME)")
 @click.option(
     "--since",
-    type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
-    help="only records that failed at or after this time (ISO 8601; UTC if no zone)",
+    type=IsoDateTime(),
+    help="only records that failed at or after this time, e.g. 2026-11-28, "
+    "2026-11-28T09:30:00, 2026-11-28T09:30:00+01:00 (UTC if no zone)",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="replay at most N records")
 @click.option(
@@ -90,12 +91,11 @@ def replay(  # noqa: PLR0917 - click passes every option by position
     settings_path: str | None,
 ) -> None:
     """Re-publish DLQ records to their original topic, byte for byte, once."""
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
     selection = dlq_tools.ReplayFilter(error_type=error_type, since=since)
     with one_line():
         settings = settings_from(settings_path)
         bar: Any = None
+        sent: list[str] = []
 
         def on_total(total: int) -> None:
             nonlocal bar
@@ -105,12 +105,16 @@ def replay(  # noqa: PLR0917 - click passes every option by position
         def on_record(record: dlq_tools.DeadLetterRecord, chosen: bool) -> None:
             if bar is not None:
                 bar.update(1)
-            if dry_run and chosen:
-                click.echo(
-                    f"would replay {topic}[{record.partition}]@{record.offset} -> "
+            if chosen:
+                line = (
+                    f"{topic}[{record.partition}]@{record.offset} -> "
                     f"{to or record.failure.get('original.topic')}  "
                     f"({record.failure.get('error.type', '?')})"
                 )
+                if dry_run:
+                    click.echo(f"would replay {line}")
+                else:
+                    sent.append(f"sent {line}")  # told once the broker acknowledged them
 
         try:
             result = dlq_tools.replay(
@@ -128,6 +132,8 @@ def replay(  # noqa: PLR0917 - click passes every option by position
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)
+    for line in sent:
+        click.echo(line)
     verb = "would replay" if dry_run else "replayed"
     click.echo(
         f"{verb} {result.replayed} of {result.scanned} record(s) from {topic} "

@@ -7,23 +7,9 @@ import time
 
 import click
 
-from kafkaworker.admin import (
-    SHARE_GROUP_NOT_DESCRIBED,
-    GroupOffsets,
-    KafkaAdmin,
-    share_groups,
-    to_json,
-)
-from kafkaworker.cli.common import (
-    JSON_OPTION,
-    SETTINGS_OPTION,
-    echo_json,
-    load_app,
-    one_line,
-    settings_from,
-)
+from kafkaworker.cli import common
 from kafkaworker.cli.offsets import group_table
-from kafkaworker.errors import ConfigError
+from kafkaworker.ops import SHARE_GROUP_NOT_DESCRIBED, GroupOffsets, KafkaAdmin, share_groups
 
 
 def _one_group(admin: KafkaAdmin, group: str | None) -> dict[str, GroupOffsets]:
@@ -44,8 +30,8 @@ _REDRAW = "\x1b[H\x1b[J"
     metavar="SECONDS",
     help="refresh every SECONDS until Ctrl+C",
 )
-@SETTINGS_OPTION
-@JSON_OPTION
+@common.SETTINGS_OPTION
+@common.JSON_OPTION
 def lag(
     app_ref: str | None,
     group: str | None,
@@ -54,20 +40,20 @@ def lag(
     as_json: bool,
 ) -> None:
     """Offset lag and time lag per handler (or of --group) and partition."""
-    with one_line():
+    with common.one_line():
         if (app_ref is None) == (group is None):
-            raise ConfigError("give MODULE:APP or --group GROUP (one of them)")
-        app = load_app(app_ref) if app_ref is not None else None
-        settings = settings_from(settings_path, app)
+            raise click.UsageError("give MODULE:APP or --group GROUP (one of them)")
+        app = common.load_app(app_ref) if app_ref is not None else None
+        settings = common.settings_from(settings_path, app)
         # Queue-mode handlers' share groups: said what is known of them, not shown as lag.
         shares = share_groups(app, settings) if app is not None else {}
         with KafkaAdmin(settings) as admin:
             while True:
                 found = admin.lag(app) if app is not None else _one_group(admin, group)
                 if as_json:
-                    echo_json(
+                    common.echo_json(
                         {
-                            **to_json(found),
+                            **found,
                             **{
                                 name: {
                                     "group": share,

@@ -3,41 +3,23 @@ offset or by time: replay, or skipping ahead)."""
 
 from __future__ import annotations
 
-import shutil
 import textwrap
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 import click
 
-from kafkaworker.admin import SHARE_GROUP_NOT_DESCRIBED, GroupOffsets, KafkaAdmin, to_json
 from kafkaworker.cli.common import (
     JSON_OPTION,
     SETTINGS_OPTION,
+    IsoDateTime,
     duration,
     echo_json,
     one_line,
     settings_from,
     table,
+    terminal_width,
 )
-from kafkaworker.errors import ConfigError
-
-
-class IsoDateTime(click.ParamType[datetime]):
-    """ISO 8601 (2026-11-28T09:30:00+01:00, 2026-11-28T08:30Z, 2026-11-28); UTC if no zone."""
-
-    name = "ISO8601"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        try:
-            parsed = datetime.fromisoformat(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO 8601 time (e.g. 2026-11-28T09:30:00Z)", param, ctx)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+from kafkaworker.ops import SHARE_GROUP_NOT_DESCRIBED, GroupOffsets, KafkaAdmin, active_members
 
 
 @click.group()
@@ -56,7 +38,7 @@ def show(group: str, topic: str | None, settings_path: str | None, as_json: bool
     with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
         found = admin.group(group, topic)
     if as_json:
-        echo_json(to_json(found))
+        echo_json(found)
         return
     click.echo(group_table(found))
     if found.state == "Dead" and not found.members:
@@ -67,12 +49,17 @@ def show(group: str, topic: str | None, settings_path: str | None, as_json: bool
 
 def group_table(found: GroupOffsets) -> str:
     lines = [f"group {found.group}: {found.state}, {len(found.members)} member(s), lag {found.lag}"]
+    width = terminal_width()
     for member in found.members:
         assigned = ", ".join(member.assignment) or "nothing"
+        line = f"{member.client_id} ({member.host}): {assigned}"
+        if width is None:
+            lines.append(f"  {line}")
+            continue
         lines.append(
             textwrap.fill(
-                f"{member.client_id} ({member.host}): {assigned}",
-                shutil.get_terminal_size((80, 24)).columns,
+                line,
+                width,
                 initial_indent="  ",
                 subsequent_indent="    ",
                 break_long_words=False,
@@ -114,6 +101,12 @@ def group_table(found: GroupOffsets) -> str:
     help="only this partition (repeatable; default: all)",
 )
 @click.option("--execute", is_flag=True, help="apply it (without: a dry run)")
+@click.option(
+    "--yes",
+    "new_group",
+    is_flag=True,
+    help="with --execute: go on although GROUP has no committed offsets (creates them)",
+)
 @SETTINGS_OPTION
 @JSON_OPTION
 def reset(  # noqa: PLR0917 - click passes every option by position
@@ -126,32 +119,47 @@ def reset(  # noqa: PLR0917 - click passes every option by position
     shift_by: int | None,
     partitions: tuple[int, ...],
     execute: bool,
+    new_group: bool,
     settings_path: str | None,
     as_json: bool,
 ) -> None:
-    """Move GROUP's committed offsets on --topic. A dry run unless --execute; refused while
-    the group has active members (stop its workers first)."""
-    with one_line():
-        selectors = [to_earliest, to_latest, to_offset is not None]
-        selectors += [to_datetime is not None, shift_by is not None]
-        if sum(selectors) != 1:
-            raise ConfigError(
-                "give one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by"
-            )
-        with KafkaAdmin(settings_from(settings_path)) as admin:
-            changes = admin.reset_offsets(
-                group,
-                topic,
-                to_earliest=to_earliest,
-                to_latest=to_latest,
-                to_offset=to_offset,
-                to_datetime=to_datetime,
-                shift_by=shift_by,
-                partitions=partitions or None,
-                execute=execute,
-            )
+    """Move GROUP's committed offsets on --topic. A dry run unless --execute (the dry run
+    also while the group has members). --execute is refused while the group has active
+    members (stop its workers first), and needs --yes for a group with no committed offsets
+    (a new group, or a typo of its name)."""
+    selectors = [to_earliest, to_latest, to_offset is not None]
+    selectors += [to_datetime is not None, shift_by is not None]
+    if sum(selectors) != 1:
+        raise click.UsageError(
+            "give one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by"
+        )
+    if new_group and not execute:
+        raise click.UsageError("--yes goes with --execute")
+    notes: list[str] = []
+    with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
+        if not execute:  # what --execute would meet, said beside the preview
+            found = admin.group(group, time_lag=False)
+            if found.members:
+                notes.append(f"{active_members(group, found.members)}, then --execute")
+            elif not found.partitions:
+                notes.append(
+                    f"group {group!r} has no committed offsets (a new group, or a typo of "
+                    "its name?): --execute will need --yes"
+                )
+        changes = admin.reset_offsets(
+            group,
+            topic,
+            to_earliest=to_earliest,
+            to_latest=to_latest,
+            to_offset=to_offset,
+            to_datetime=to_datetime,
+            shift_by=shift_by,
+            partitions=partitions or None,
+            execute=execute,
+            allow_new_group=new_group,
+        )
     if as_json:
-        echo_json({"executed": execute, "changes": to_json(changes)})
+        echo_json({"executed": execute, "changes": changes, "notes": notes})
         return
     rows = [
         {
@@ -169,3 +177,5 @@ def reset(  # noqa: PLR0917 - click passes every option by position
         click.echo(f"moved group {group} on {topic}")
     else:
         click.echo("dry run: nothing changed; add --execute to apply")
+        for note in notes:
+            click.echo(f"note: {note}")

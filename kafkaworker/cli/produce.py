@@ -11,7 +11,6 @@ import click
 import orjson
 
 from kafkaworker import clients
-from kafkaworker.admin import KafkaAdmin
 from kafkaworker.cli.common import SETTINGS_OPTION, one_line, settings_from
 from kafkaworker.errors import (
     ConfigError,
@@ -20,6 +19,7 @@ from kafkaworker.errors import (
     SchemaRegistryUnavailable,
     StartupError,
 )
+from kafkaworker.ops import KafkaAdmin
 from kafkaworker.producer import Producer
 from kafkaworker.settings import Settings
 
@@ -32,6 +32,17 @@ REGISTRY_CODECS = ("avro", "json_schema", "protobuf")
 @click.command()
 @click.argument("topic")
 @click.option("--key", help="the key of every message")
+@click.option(
+    "--key-separator",
+    metavar="SEP",
+    help="each line is KEY SEP VALUE, split at the first SEP (TAB: a tab), as "
+    "kafka-console-producer's parse.key and key.separator",
+)
+@click.option(
+    "--key-field",
+    metavar="NAME",
+    help="the key of each message is this field of its JSON document",
+)
 @click.option(
     "--codec",
     type=click.Choice(["json", "text", "raw", *REGISTRY_CODECS]),
@@ -48,18 +59,35 @@ REGISTRY_CODECS = ("avro", "json_schema", "protobuf")
 )
 @click.option("--message", help="--codec protobuf: the message of the .proto (default: its first)")
 @click.option("--header", "headers", multiple=True, metavar="K=V", help="a header (repeatable)")
+@click.option(
+    "--parse-headers",
+    is_flag=True,
+    help="each line starts with its own headers, K:V,K2:V2 then a tab, as "
+    "kafka-console-producer's parse.headers (before the key, with --key-separator)",
+)
 @SETTINGS_OPTION
 def produce(  # noqa: PLR0917 - click passes every option by position
     topic: str,
     key: str | None,
+    key_separator: str | None,
+    key_field: str | None,
     codec: str,
     schema_path: Path | None,
     message: str | None,
     headers: tuple[str, ...],
+    parse_headers: bool,
     settings_path: str | None,
 ) -> None:
-    """Produce one message per line of standard input to TOPIC."""
-    parsed_headers = [_header(text) for text in headers]
+    """Produce one message per line of standard input to TOPIC; blank lines are skipped.
+    Prints how many were sent; a line that cannot be sent stops it there, naming the line."""
+    lines = Lines(
+        codec,
+        key=key,
+        key_separator={"TAB": "\t"}.get(key_separator or "", key_separator),
+        key_field=key_field,
+        headers=[_header(text) for text in headers],
+        parse_headers=parse_headers,
+    )
     if (schema_path is not None) != (codec in REGISTRY_CODECS):
         raise click.UsageError(
             f"--codec {codec} needs --schema FILE"
@@ -88,40 +116,16 @@ def produce(  # noqa: PLR0917 - click passes every option by position
     bad: str | None = None
     try:
         for number, line in enumerate(sys.stdin.buffer, start=1):
-            payload = line.rstrip(b"\r\n")
-            if codec == "json":
-                try:
-                    orjson.loads(payload)
-                except orjson.JSONDecodeError as exc:
-                    bad = (
-                        f"line {number} is not JSON ({exc}): nothing from it on was sent; "
-                        "fix it, or use --codec text"
-                    )
-                    break
-            elif encode is not None:
-                try:
-                    payload = encode(topic, orjson.loads(payload))
-                except orjson.JSONDecodeError as exc:
-                    bad = f"line {number} is not JSON ({exc}): nothing from it on was sent"
-                    break
-                except (SchemaRefused, SchemaRegistryUnavailable) as exc:
-                    bad = f"line {number}: {exc}; nothing from it on was sent"
-                    break
-                except Exception as exc:  # noqa: BLE001 - the value does not fit the schema
-                    bad = (
-                        f"line {number} does not match the schema ({_one_line(exc)}): "
-                        "nothing from it on was sent"
-                    )
-                    break
-            elif codec == "text":
-                try:
-                    payload.decode("utf-8")
-                except UnicodeDecodeError:
-                    bad = (
-                        f"line {number} is not UTF-8: nothing from it on was sent; use --codec raw"
-                    )
-                    break
-            futures.append(producer.send(topic, payload, key=key, headers=parsed_headers))
+            try:
+                parsed = lines.parse(line.rstrip(b"\r\n"), topic, encode)
+            except BadLine as exc:
+                bad = f"line {number} {exc}; nothing from it on was sent"
+                break
+            if parsed is not None:
+                payload, record_key, record_headers = parsed
+                futures.append(
+                    producer.send(topic, payload, key=record_key, headers=record_headers)
+                )
         failed, last_error = 0, ""
         for future in futures:
             try:
@@ -131,11 +135,91 @@ def produce(  # noqa: PLR0917 - click passes every option by position
                 last_error = str(exc)
     finally:
         producer.close()
-    click.echo(f"produced {len(futures) - failed} message(s) to {topic}", err=True)
+    click.echo(f"produced {len(futures) - failed} message(s) to {topic}")
     if failed:
         raise click.ClickException(f"{failed} message(s) were not delivered: {last_error}")
     if bad is not None:
         raise click.ClickException(bad)
+
+
+class BadLine(Exception):  # noqa: N818 - read as "line N <what is wrong>"
+    """What is wrong with one line of input, worded to follow "line N"."""
+
+
+class Lines:
+    """How a line of input becomes a record: its headers, its key, its value."""
+
+    def __init__(
+        self,
+        codec: str,
+        *,
+        key: str | None,
+        key_separator: str | None,
+        key_field: str | None,
+        headers: list[tuple[str, bytes]],
+        parse_headers: bool,
+    ) -> None:
+        if sum(option is not None for option in (key, key_separator, key_field)) > 1:
+            raise click.UsageError("give one of --key, --key-separator, --key-field")
+        if key_field is not None and codec in ("text", "raw"):
+            raise click.UsageError(f"--key-field reads a JSON document, not --codec {codec}")
+        if key_separator == "":
+            raise click.UsageError("--key-separator cannot be empty")
+        self.codec = codec
+        self.key = key
+        self.key_separator = key_separator.encode() if key_separator is not None else None
+        self.key_field = key_field
+        self.headers = headers
+        self.parse_headers = parse_headers
+
+    def parse(
+        self, line: bytes, topic: str, encode: Callable[[str, Any], bytes] | None
+    ) -> tuple[bytes, bytes | str | None, list[tuple[str, bytes]]] | None:
+        """(value, key, headers) of `line`; None for a blank line. Raises BadLine."""
+        if not line.strip():
+            return None
+        headers = list(self.headers)
+        if self.parse_headers:
+            found, sep, line = line.partition(b"\t")
+            if not sep:
+                raise BadLine("has no tab after its headers (--parse-headers: K:V,K2:V2<TAB>)")
+            headers += [_line_header(text) for text in found.decode().split(",") if text]
+        key: bytes | str | None = self.key
+        if self.key_separator is not None:
+            key, sep, line = line.partition(self.key_separator)
+            if not sep:
+                raise BadLine(f"has no key separator {self.key_separator.decode()!r}")
+        value = self._value(line, topic, encode)
+        if self.key_field is not None:
+            document = orjson.loads(line)
+            if not isinstance(document, dict) or self.key_field not in document:
+                raise BadLine(f"has no field {self.key_field!r} for --key-field")
+            field = document[self.key_field]
+            key = field if isinstance(field, str) else orjson.dumps(field).decode()
+        return value, key, headers
+
+    def _value(self, line: bytes, topic: str, encode: Callable[[str, Any], bytes] | None) -> bytes:
+        if self.codec == "text":
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadLine("is not UTF-8: use --codec raw") from None
+        if self.codec in ("text", "raw"):
+            return line
+        try:
+            document = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            # orjson's own "line 1 column 5" would be read as the input's line.
+            hint = "; or use --codec text" if self.codec == "json" else ""
+            raise BadLine(f"is not JSON: {exc.msg} at column {exc.colno}{hint}") from None
+        if encode is None:
+            return line
+        try:
+            return encode(topic, document)
+        except (SchemaRefused, SchemaRegistryUnavailable) as exc:
+            raise BadLine(f"was refused: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the value does not fit the schema
+            raise BadLine(f"does not match the schema: {_one_line(exc)}") from None
 
 
 def _registry_encoder(
@@ -149,13 +233,12 @@ def _registry_encoder(
             "(KAFKAWORKER_SCHEMA_REGISTRY__URL)"
         )
     # Imported here: each format needs its own optional packages.
-    from kafkaworker.serialization import registry  # noqa: PLC0415
+    from kafkaworker.serialization.named import settings_client  # noqa: PLC0415
 
-    config = dict(settings.schema_registry.config)
-    auto_register = bool(config.pop("auto.register.schemas", True))
-    strategy = str(config.pop("subject.name.strategy", "topic"))
-    client = registry.registry_client({"url": settings.schema_registry.url, **config})
-    options: dict[str, Any] = {"subject_strategy": strategy, "auto_register": auto_register}
+    # As a handler's or a send's codec of this name: the settings' client and options.
+    client, options = settings_client(
+        None, settings.schema_registry.url, settings.schema_registry.config
+    )
     if codec == "protobuf":
         from google.protobuf import json_format  # noqa: PLC0415
 
@@ -195,6 +278,13 @@ def _registry_encoder(
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _line_header(text: str) -> tuple[str, bytes]:
+    name, sep, value = text.partition(":")
+    if not sep or not name:
+        raise BadLine(f"has a header {text!r} that is not K:V")
+    return name, value.encode()
 
 
 def _header(text: str) -> tuple[str, bytes]:

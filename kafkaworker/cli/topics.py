@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import click
 
-from kafkaworker.admin import KafkaAdmin, to_json
-from kafkaworker.cli.common import (
-    JSON_OPTION,
-    SETTINGS_OPTION,
-    echo_json,
-    load_app,
-    one_line,
-    settings_from,
-    table,
-)
-from kafkaworker.errors import ConfigError
+from kafkaworker.cli import common
+from kafkaworker.ops import KafkaAdmin
 
 
 @click.group()
@@ -23,32 +14,32 @@ def topics() -> None:
 
 
 @topics.command("list")
-@SETTINGS_OPTION
-@JSON_OPTION
+@common.SETTINGS_OPTION
+@common.JSON_OPTION
 def list_topics(settings_path: str | None, as_json: bool) -> None:
     """The cluster's topics (internal ones, __*, left out)."""
-    with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
+    with common.one_line(), KafkaAdmin(common.settings_from(settings_path)) as admin:
         found = admin.topics()
     if as_json:
-        echo_json(to_json(found))
+        common.echo_json(found)
         return
     rows = [
         {"topic": t.name, "partitions": t.partitions, "replication": t.replication_factor}
         for t in found
     ]
-    click.echo(table(rows, ["topic", "partitions", "replication"], right=["partitions"]))
+    click.echo(common.table(rows, ["topic", "partitions", "replication"], right=["partitions"]))
 
 
 @topics.command("describe")
 @click.argument("name")
-@SETTINGS_OPTION
-@JSON_OPTION
+@common.SETTINGS_OPTION
+@common.JSON_OPTION
 def describe(name: str, settings_path: str | None, as_json: bool) -> None:
     """NAME's partitions: leader, replicas, in-sync replicas, log start and end."""
-    with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
+    with common.one_line(), KafkaAdmin(common.settings_from(settings_path)) as admin:
         found = admin.describe(name)
     if as_json:
-        echo_json(to_json(found))
+        common.echo_json(found)
         return
     rows = [
         {
@@ -63,7 +54,7 @@ def describe(name: str, settings_path: str | None, as_json: bool) -> None:
         for p in found.partitions
     ]
     columns = ["partition", "leader", "replicas", "isr", "log_start", "log_end", "records"]
-    click.echo(table(rows, columns, right=["partition", "log_start", "log_end", "records"]))
+    click.echo(common.table(rows, columns, right=["partition", "log_start", "log_end", "records"]))
 
 
 @topics.command("create")
@@ -74,30 +65,36 @@ def describe(name: str, settings_path: str | None, as_json: bool) -> None:
     "--config", "configs", multiple=True, metavar="K=V", help="a topic config (repeatable)"
 )
 @click.option(
+    "--if-not-exists",
+    is_flag=True,
+    help="a topic NAME that exists already is not an error (its size is not checked)",
+)
+@click.option(
     "--from",
     "app_ref",
     metavar="MODULE:APP",
     help="create every topic the app consumes or writes that is missing",
 )
-@SETTINGS_OPTION
+@common.SETTINGS_OPTION
 def create(  # noqa: PLR0917 - click passes every option by position
     name: str | None,
     partitions: int | None,
     replication_factor: int | None,
     configs: tuple[str, ...],
+    if_not_exists: bool,
     app_ref: str | None,
     settings_path: str | None,
 ) -> None:
     """Create topic NAME, or with --from MODULE:APP the app's missing topics: its sources and
     outputs (with --partitions), its retry topics and DLQs (sized as `run` creates them)."""
-    with one_line():
+    with common.one_line():
         if (name is None) == (app_ref is None):
-            raise ConfigError("give a topic NAME or --from MODULE:APP (one of them)")
+            raise click.UsageError("give a topic NAME or --from MODULE:APP (one of them)")
         if app_ref is not None:
             if configs:
-                raise ConfigError("--config applies to one topic: create it by NAME")
-            app = load_app(app_ref)
-            settings = settings_from(settings_path, app)
+                raise click.UsageError("--config applies to one topic: create it by NAME")
+            app = common.load_app(app_ref)
+            settings = common.settings_from(settings_path, app)
             with KafkaAdmin(settings) as admin:
                 done = admin.create_app_topics(
                     app, partitions=partitions, replication_factor=replication_factor
@@ -108,10 +105,12 @@ def create(  # noqa: PLR0917 - click passes every option by position
             return
         assert name is not None
         config = dict(_pair(text) for text in configs)
-        with KafkaAdmin(settings_from(settings_path)) as admin:
-            admin.create_topic(name, partitions, replication_factor, config)
+        with KafkaAdmin(common.settings_from(settings_path)) as admin:
+            created = admin.create_topic(
+                name, partitions, replication_factor, config, exist_ok=if_not_exists
+            )
             size = len(admin.metadata().topics[name].partitions)
-        click.echo(f"created {name} ({size} partition(s))")
+        click.echo(f"{'created' if created else 'exists'} {name} ({size} partition(s))")
 
 
 def _pair(text: str) -> tuple[str, str]:

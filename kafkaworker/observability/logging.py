@@ -6,6 +6,7 @@ the same processors and renderer: one timestamp format, one level vocabulary, on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -62,6 +63,29 @@ def _traceback_at(numeric: int) -> structlog.typing.Processor:
 _PROCESSORS: list[structlog.typing.Processor] = []
 
 
+class _Stderr:
+    """sys.stderr as it is when a line is written, not when logging was configured. pytest's
+    capsys puts a file of its own there for one test and closes it afterwards: a worker that
+    logs after it (a fixture stopping it at teardown, its threads meanwhile) would write to
+    a closed file. A line that still meets a closed stream goes to the process's own."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stderr.write(text)
+        except ValueError:  # closed meanwhile
+            return sys.__stderr__.write(text) if sys.__stderr__ is not None else 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(ValueError):
+            sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+_STDERR = _Stderr()
+
+
 def configure(level: str = "INFO", fmt: Literal["console", "json"] = "console") -> None:
     """Route kafkaworker's and librdkafka's logs to stderr at `level`."""
     numeric = logging.getLevelName(level.upper())
@@ -90,10 +114,10 @@ def configure(level: str = "INFO", fmt: Literal["console", "json"] = "console") 
     structlog.configure(
         processors=_PROCESSORS,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_STDERR),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_STDERR)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

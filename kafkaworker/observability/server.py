@@ -64,10 +64,21 @@ class MetricsServer:
                 "metrics.port (env KAFKAWORKER_METRICS__PORT, or --metrics-port)"
             ) from None
         self._server.daemon_threads = True
+        self.host = host
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="kw-metrics", daemon=True
         )
+
+    def urls(self) -> dict[str, str]:
+        """Where a person finds /metrics and the dashboard, as the start-up line says: a
+        wildcard host (0.0.0.0, ::) is reached on loopback from the same machine."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        base = f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+        found = {"metrics": f"{base}/metrics"}
+        if self.dashboard is not None:
+            found["dashboard"] = f"{base}/"
+        return found
 
     def __enter__(self) -> MetricsServer:
         if self.dashboard is not None:

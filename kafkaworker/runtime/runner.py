@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from kafkaworker.admin import KafkaAdmin
 from kafkaworker.errors import StartupError
 from kafkaworker.handlers import HandlerSpec, resolve_specs
 from kafkaworker.observability import logging as kw_logging
@@ -26,6 +25,7 @@ from kafkaworker.observability.dashboard import Dashboard
 from kafkaworker.observability.health import Health, evaluate
 from kafkaworker.observability.metrics import MULTIPROC_ENV, Metrics
 from kafkaworker.observability.server import MetricsServer
+from kafkaworker.ops.admin import KafkaAdmin
 from kafkaworker.runtime.compose import AppRuntime, KafkaSources
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
@@ -128,6 +128,7 @@ class Runner:
                 handlers=[s.name for s in self.specs],
                 bootstrap=self.settings.kafka.bootstrap_servers,
                 pid=os.getpid(),
+                **(self.metrics_server.urls() if self.metrics_server is not None else {}),
             )
             self.started.set()
             with tuned_gc(self.settings.tune_gc):
@@ -210,7 +211,7 @@ class Runner:
         the brokers do not answer yet exits at once, not after startup_timeout."""
         bootstrap = self.settings.kafka.bootstrap_servers
         with KafkaAdmin(self.settings) as admin:
-            metadata = admin.metadata()
+            metadata = admin.metadata(tell_waiting=True)
 
             def exists(topic: str) -> bool:
                 found = metadata.topics.get(topic)

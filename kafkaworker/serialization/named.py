@@ -21,6 +21,35 @@ from kafkaworker.serialization.registry import (
 _CODEC_PROPERTIES = ("auto.register.schemas", "subject.name.strategy")
 
 
+def settings_client(
+    registry: SchemaRegistryClient | Mapping[str, Any] | None,
+    url: str | None,
+    config: Mapping[str, Any] | None,
+) -> tuple[SchemaRegistryClient, dict[str, Any]]:
+    """The client the settings' schema_registry names (or `registry`, the app's own), and
+    the codec options its config holds beside the client's (`subject_strategy`,
+    `auto_register`): how every codec named by a handler, a send or `kafkaworker produce`
+    is built, so they register and look up schemas alike."""
+    options = dict(config or {})
+    codec_options = {key: options.pop(key) for key in _CODEC_PROPERTIES if key in options}
+    if registry is None:
+        if url is None:
+            raise ConfigError(
+                "a Schema Registry codec needs schema_registry.url in the settings "
+                "(KAFKAWORKER_SCHEMA_REGISTRY__URL)"
+            )
+        registry = {"url": url, **options}
+    auto_register = codec_options.get("auto.register.schemas", True)
+    if not isinstance(auto_register, bool):
+        raise ConfigError(
+            f"schema_registry.config auto.register.schemas={auto_register!r} is invalid: "
+            "true (development) or false (production: schemas registered by review and CI)"
+        )
+    strategy = str(codec_options.get("subject.name.strategy", "topic"))
+    subject_strategy_type(strategy)  # one line naming the allowed strategies
+    return registry_client(registry), {"subject_strategy": strategy, "auto_register": auto_register}
+
+
 def runtime_codecs(
     users: Mapping[str, str],
     registry: SchemaRegistryClient | Mapping[str, Any] | None,
@@ -37,25 +66,14 @@ def runtime_codecs(
     """
     if not users:
         return {}
-    options = dict(config or {})
-    codec_options = {key: options.pop(key) for key in _CODEC_PROPERTIES if key in options}
-    if registry is None:
-        if url is None:
-            handler, codec = next(iter(users.items()))
-            raise ConfigError(
-                f"handler {handler!r} uses codec {codec!r} but schema_registry.url is not set: "
-                "add it to the settings (KAFKAWORKER_SCHEMA_REGISTRY__URL)"
-            )
-        registry = {"url": url, **options}
-    client = registry_client(registry)
-    auto_register = codec_options.get("auto.register.schemas", True)
-    if not isinstance(auto_register, bool):
+    if registry is None and url is None:
+        handler, codec = next(iter(users.items()))
         raise ConfigError(
-            f"schema_registry.config auto.register.schemas={auto_register!r} is invalid: "
-            "true (development) or false (production: schemas registered by review and CI)"
+            f"handler {handler!r} uses codec {codec!r} but schema_registry.url is not set: "
+            "add it to the settings (KAFKAWORKER_SCHEMA_REGISTRY__URL)"
         )
-    strategy = str(codec_options.get("subject.name.strategy", "topic"))
-    subject_strategy_type(strategy)  # one line naming the allowed strategies
+    client, options = settings_client(registry, url, config)
+    strategy, auto_register = options["subject_strategy"], options["auto_register"]
     # Imported here: each format needs its own optional packages, asked for only when used.
     built: dict[str, RegistryCodec] = {}
     for name in sorted(set(users.values())):

@@ -22,7 +22,6 @@ listener that requires a client certificate (mTLS), with the StandardAuthorizer 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import faulthandler
 import secrets
@@ -51,10 +50,14 @@ from confluent_kafka.admin import (
 
 from kafkaworker.testing import maven
 from kafkaworker.testing.jvm import (
+    DevServer,
+    command_line,
     die_with_parent,
+    fetch,
     free_port,
     run_in_foreground,
     signal_group,
+    spawn,
     stop_group,
 )
 
@@ -230,19 +233,10 @@ class Node:
     def start(self) -> None:
         if self.process is not None and self.process.poll() is None:
             return
-        out = open(self.data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
-        try:
-            self.process = subprocess.Popen(
-                die_with_parent(
-                    self._java("kafka.Kafka", str(self.data_dir / "server.properties"))
-                ),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            out.close()
+        self.process = spawn(
+            self._java("kafka.Kafka", str(self.data_dir / "server.properties")),
+            self.data_dir / "stdout.log",
+        )
 
     def signal_stop(self, *, kill: bool = False) -> None:
         """Ask the JVM's whole process group to stop (SIGTERM: clean shutdown) without waiting."""
@@ -528,7 +522,7 @@ def _secure(certs_dir: Path, nodes: list[Node]) -> tuple[Secured, dict[str, str]
     return secured, properties, format_args
 
 
-class Cluster:
+class Cluster(DevServer):
     """One or three KRaft nodes on 127.0.0.1, free ports, a temporary data directory.
 
     secured=True: each node also has a SASL_SSL and an mTLS listener, with the
@@ -549,6 +543,7 @@ class Cluster:
             raise ValueError("a cluster has 1 or 3 nodes")
         self.jars = ensure_jars()
         self._own_dir = data_dir is None
+        self.keeps_data = not self._own_dir
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="kafkaworker-kafka-"))
         props = dict(TEST_BROKER_PROPERTIES)
         replication = str(size)
@@ -599,7 +594,15 @@ class Cluster:
 
     def start(self, *, timeout: float = 90.0) -> None:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Kept beside the data: a data directory formatted for one cluster id refuses another,
+        # and --data DIR starts the same cluster again.
+        kept = self.data_dir / "cluster.id"
+        if kept.exists():
+            cluster_id = kept.read_text().strip()
+        else:
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            kept.write_text(cluster_id)
         for node in self.nodes:
             node.write_config(voters, cluster_id, share_groups=self.share_groups)
         try:
@@ -684,17 +687,12 @@ class Cluster:
                     kept.append(dst)
         return kept
 
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def __enter__(self) -> Cluster:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
+def data_note(cluster: Cluster) -> str:
+    """Where the dev broker keeps its topics and offsets, and whether they outlive it."""
+    if cluster.keeps_data:
+        return "its data (topics, offsets) is kept after it stops: --data DIR again resumes it"
+    return "its data (topics, offsets) is deleted when it stops; --data DIR keeps it across runs"
 
 
 class _SilentLogger:
@@ -721,21 +719,15 @@ def _describe(secured: Secured) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kafkaworker.testing.broker",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("fetch", help="download the broker jars into the cache")
-    run = sub.add_parser("run", help="run a broker in the foreground until Ctrl+C")
-    run.add_argument("--port", type=int, default=9092)
-    run.add_argument(
-        "--if-free",
-        action="store_true",
-        help="exit 0 at once when something already answers on the port",
-    )
+    parser, run = command_line("python -m kafkaworker.testing.broker", __doc__, "broker", 9092)
     run.add_argument("--auto-create-topics", action="store_true")
+    run.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="keep the broker's data (topics, offsets) in DIR across runs (default: a "
+        "temporary directory, deleted on stop)",
+    )
     run.add_argument(
         "--secured",
         action="store_true",
@@ -746,10 +738,11 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)
     try:
         if args.command == "fetch":
-            print(ensure_jars())
-            return 0
+            return fetch(cache_dir(), f"the Kafka {kafka_version()} jars (~45 s)", ensure_jars)
         properties = {"auto.create.topics.enable": "true"} if args.auto_create_topics else {}
-        cluster = Cluster(1, port=args.port, properties=properties, secured=args.secured)
+        cluster = Cluster(
+            1, port=args.port, properties=properties, secured=args.secured, data_dir=args.data
+        )
         node = cluster.nodes[0]
 
         def start() -> subprocess.Popen[bytes]:
@@ -760,18 +753,12 @@ def main(argv: list[str] | None = None) -> int:
         def banner(process: subprocess.Popen[bytes]) -> str:
             text = (
                 f"Kafka {kafka_version()} is up on {cluster.bootstrap} (pid {process.pid}, "
-                f"data {cluster.data_dir}); Ctrl+C stops it"
+                f"data {cluster.data_dir}); Ctrl+C stops it\n{data_note(cluster)}"
             )
             return text if cluster.secured is None else f"{text}\n{_describe(cluster.secured)}"
 
         return run_in_foreground(
-            port=args.port,
-            if_free=args.if_free,
-            start=start,
-            banner=banner,
-            log_tail=node.log_tail,
-            cleanup=cluster.cleanup,
-            what="broker",
+            args, cluster, start=start, banner=banner, log_tail=node.log_tail, what="broker"
         )
     except BrokerError as exc:
         print(f"kafka: {exc}", file=sys.stderr)

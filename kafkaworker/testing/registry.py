@@ -24,7 +24,6 @@ one is killed with SIGKILL (see broker.py for why setpriv rather than a preexec_
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -36,14 +35,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from kafkaworker.testing import maven
-from kafkaworker.testing.jvm import (
-    die_with_parent,
-    free_port,
-    run_in_foreground,
-    signal_group,
-    stop_group,
-)
+from kafkaworker.testing import jvm, maven
 
 POM = Path(__file__).with_name("registry-pom.xml")
 # Where the Confluent-compatible API lives under the registry's root.
@@ -80,7 +72,7 @@ def ensure_registry() -> Path:
     return runner_jar(target)
 
 
-class SchemaRegistry:
+class SchemaRegistry(jvm.DevServer):
     """One Apicurio Registry JVM on 127.0.0.1 (a free port unless `port` is given).
 
     `stop(kill=True)` then `start()` is a crash and a restart on the same port, schemas kept;
@@ -96,10 +88,10 @@ class SchemaRegistry:
         heap: str = "256m",
     ) -> None:
         self.jar = ensure_registry()
-        self.port = port or free_port()
+        self.port = port or jvm.free_port()
         # Quarkus's management interface would otherwise bind 0.0.0.0:9000 where enabled:
         # pinned to loopback and a free port so that two registries never collide.
-        self.management_port = free_port()
+        self.management_port = jvm.free_port()
         self.heap = heap
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="kafkaworker-registry-"))
@@ -149,19 +141,7 @@ class SchemaRegistry:
             env["REGISTRY_DATASOURCE_URL"] = (
                 f"jdbc:h2:file:{self.data_dir / 'db' / 'registry'};WRITE_DELAY=0"
             )
-            out = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child
-            try:
-                self.process = subprocess.Popen(
-                    die_with_parent(self._command()),
-                    cwd=self.jar.parent,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            finally:
-                out.close()
+            self.process = jvm.spawn(self._command(), self.log_file, cwd=self.jar.parent, env=env)
         try:
             self.wait_ready(timeout=timeout)
         except BaseException:
@@ -192,7 +172,7 @@ class SchemaRegistry:
             time.sleep(0.2)
 
     def _signal(self, signum: signal.Signals) -> None:
-        signal_group(self.process, signum)
+        jvm.signal_group(self.process, signum)
 
     def freeze(self) -> None:
         """SIGSTOP: the port still accepts connections, nothing answers (a hung registry)."""
@@ -206,7 +186,7 @@ class SchemaRegistry:
         then SIGKILL after `timeout`."""
         self.thaw()  # a stopped process would not act on SIGTERM
         process, self.process = self.process, None
-        stop_group(process, timeout=timeout, kill=kill)
+        jvm.stop_group(process, timeout=timeout, kill=kill)
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_file.exists():
@@ -220,39 +200,16 @@ class SchemaRegistry:
         destination.mkdir(parents=True, exist_ok=True)
         return Path(shutil.copyfile(self.log_file, destination / "registry.log"))
 
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> SchemaRegistry:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kafkaworker.testing.registry",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("fetch", help="download and unpack the registry into the cache")
-    run = sub.add_parser("run", help="run a registry in the foreground until Ctrl+C")
-    run.add_argument("--port", type=int, default=8081)
-    run.add_argument(
-        "--if-free",
-        action="store_true",
-        help="exit 0 at once when something already answers on the port",
+    parser, _ = jvm.command_line(
+        "python -m kafkaworker.testing.registry", __doc__, "registry", 8081
     )
     args = parser.parse_args(argv)
     try:
-        if args.command == "fetch":
-            print(ensure_registry())
-            return 0
+        if args.command == "jvm.fetch":
+            what = f"Apicurio Registry {registry_version()} (~150 MB)"
+            return jvm.fetch(cache_dir(), what, ensure_registry)
         registry = SchemaRegistry(port=args.port)
 
         def start() -> subprocess.Popen[bytes]:
@@ -260,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             assert registry.process is not None
             return registry.process
 
-        return run_in_foreground(
-            port=args.port,
-            if_free=args.if_free,
+        return jvm.run_in_foreground(
+            args,
+            registry,
             start=start,
             banner=lambda process: (
                 f"Apicurio Registry {registry_version()} is up: schema_registry.url "
@@ -270,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
                 "Ctrl+C stops it"
             ),
             log_tail=registry.log_tail,
-            cleanup=registry.cleanup,
             what="registry",
         )
     except RegistryError as exc:

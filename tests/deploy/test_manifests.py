@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kafkaworker.kubernetes import Options, Route, build
+from kafkaworker.ops.kubernetes import Options, Route, build
 from kafkaworker.settings import Settings
 from kafkaworker.testing.certs import CertificateAuthority
 from tests.conftest import TopicFactory

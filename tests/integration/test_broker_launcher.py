@@ -120,3 +120,47 @@ def test_a_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:
     )
     node.write_config(f"1@127.0.0.1:{node.controller_port}", "-" + "A" * 21, share_groups=False)
     assert (tmp_path / "node1" / "data" / "meta.properties").exists()
+
+
+def _start_dev_broker(port: int, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kafkaworker.testing.broker", "run", "--port", str(port), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, [proc.stdout.readline(), proc.stdout.readline()]
+
+
+@pytest.mark.kafka
+def test_dev_broker_says_where_its_data_goes_and_keeps_it_with_data(tmp_path: Path) -> None:
+    """Issue 30, item 11: the dev broker's data vanished on stop, unannounced."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
+
+    port = free_port()
+    data = tmp_path / "kafka-data"
+    proc, banner = _start_dev_broker(port, "--data", str(data))
+    try:
+        assert "kept after it stops: --data DIR again resumes it" in banner[1]
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
+        admin.create_topics([NewTopic("kept", 2, 1)])["kept"].result(timeout=30)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    proc, banner = _start_dev_broker(port, "--data", str(data))
+    try:
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
+        found = admin.list_topics(timeout=30).topics
+        assert "kept" in found and len(found["kept"].partitions) == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    assert data.is_dir()  # a directory it was given is never removed
+
+    proc, banner = _start_dev_broker(free_port())
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    assert "deleted when it stops; --data DIR keeps it across runs" in banner[1]
+    assert not Path(banner[0].split("data ", 1)[1].split(")", 1)[0]).exists()

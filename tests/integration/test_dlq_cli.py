@@ -115,6 +115,14 @@ def test_replay_moves_exactly_the_selected_records_once(
     first = run(kafka_bootstrap, tmp_path, "dlq", "replay", dlq, "--error-type", "ValueError")
     assert first.exit_code == 0, first.output
     assert first.stdout.splitlines()[-1] == f"replayed 3 of 5 record(s) from {dlq} (2 filtered out)"
+    # What it sent, one line a record, as the dry run listed what it would send.
+    sent = sorted(line for line in first.stdout.splitlines() if line.startswith("sent "))
+    would = sorted(
+        line.removeprefix("would ").replace("replay ", "sent ", 1)
+        for line in dry.stdout.splitlines()[:-1]
+    )
+    assert sent == would and len(sent) == 3
+    assert all(line.endswith("(builtins.ValueError)") for line in sent)
     replayed = read_topic(kafka_bootstrap, orders, 2) + read_topic(kafka_bootstrap, payments, 1)
     assert sorted(r.value() for r in replayed) == [b'{"id": 1}', b'{"id": 3}', b'{"id": 4}']
     one = next(r for r in replayed if r.value() == b'{"id": 1}')
@@ -152,3 +160,44 @@ def test_replay_to_another_topic_with_a_limit(
     assert result.stdout.splitlines()[-1].startswith("replayed 2 of ")
     assert end_offsets(kafka_bootstrap, other, 1) == {0: 2}
     assert end_offsets(kafka_bootstrap, dlq_records["orders"], 1) == {0: 0}
+
+
+def test_inspect_json_keeps_where_a_record_was_replayed_from(
+    kafka_bootstrap: str, tmp_path: Path, new_topic: TopicFactory
+) -> None:
+    """A record replayed from a DLQ that failed again: its kw.replayed_from is kept."""
+    orders, dlq = new_topic(1), new_topic(1, prefix="dlq")
+    producer = Producer(make_settings(kafka_bootstrap))
+    msg: Message[Any] = Message(
+        orders, None, offset=7, key=b"k", raw_value=b"{}",
+        headers=[("kw.replayed_from", b"old.dlq[0]@3")],
+    )  # fmt: skip
+    record = FailureRecords(dlq, group="svc", handler="h").dead_letter(msg, ValueError("again"))
+    producer.send_sync(record.topic, record.value, key=record.key, headers=record.headers)
+    producer.close()
+    result = run(kafka_bootstrap, tmp_path, "dlq", "inspect", dlq, "--json")
+    assert result.exit_code == 0, result.output
+    [row] = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert row["replayed_from"] == "old.dlq[0]@3"
+    assert row["original"]["offset"] == 7
+
+
+def test_replay_since_takes_iso_times_and_its_help_shows_examples(
+    kafka_bootstrap: str, tmp_path: Path, dlq_records: dict[str, str]
+) -> None:
+    helped = run(kafka_bootstrap, tmp_path, "dlq", "replay", "--help")
+    assert "%Y" not in helped.output
+    assert "2026-11-28T09:30:00+01:00" in helped.output
+    future = run(
+        kafka_bootstrap, tmp_path, "dlq", "replay", dlq_records["dlq"], "--dry-run",
+        "--since", "2999-01-01T00:00:00Z",
+    )  # fmt: skip
+    assert future.exit_code == 0, future.output
+    assert future.stdout.splitlines()[-1].endswith("(5 filtered out)")
+    past = run(
+        kafka_bootstrap, tmp_path, "dlq", "replay", dlq_records["dlq"], "--dry-run",
+        "--since", "2020-01-01",
+    )  # fmt: skip
+    assert past.stdout.splitlines()[-1].startswith("would replay 5 of 5")
+    bad = run(kafka_bootstrap, tmp_path, "dlq", "replay", dlq_records["dlq"], "--since", "May")
+    assert bad.exit_code == 2 and "is not an ISO 8601 time" in bad.output

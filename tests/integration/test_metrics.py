@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ from kafkaworker.runtime.runner import Runner
 from kafkaworker.testing.jvm import free_port
 from tests.conftest import TopicFactory
 from tests.metrics_support import get, samples, total
-from tests.support import make_settings, produce, running, wait_until
+from tests.support import WorkerProcess, make_settings, produce, running, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -146,3 +148,25 @@ def test_a_member_without_partitions_is_ready(
             30,
             "one member with the partition, one without",
         )
+
+
+def test_the_start_up_line_says_where_metrics_and_the_dashboard_are(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    """As a user reads it: a real `kafkaworker run --metrics-port` process's start-up line."""
+    port = free_port()
+    worker = WorkerProcess(
+        kafka_bootstrap,
+        new_topic(1),
+        tmp_path / "record.jsonl",
+        KAFKAWORKER_METRICS__HOST="0.0.0.0",
+        KAFKAWORKER_METRICS__PORT=str(port),
+    ).start()
+    try:
+        wait_until(lambda: "worker started" in worker.output(), 60, "the start-up line")
+    finally:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    [started] = [line for line in worker.output().splitlines() if "worker started" in line]
+    assert f"metrics=http://127.0.0.1:{port}/metrics" in started
+    assert f"dashboard=http://127.0.0.1:{port}/" in started

@@ -1,6 +1,8 @@
 """codec="json_schema" and codec="protobuf" by name, from the settings' schema_registry, in a
 running worker against the real broker and registry: auto.register.schemas and
-subject.name.strategy from schema_registry.config, the Protobuf class from the signature."""
+subject.name.strategy from schema_registry.config, the Protobuf class from the signature.
+And on every path that writes (issue 30, item 15): Producer(settings), app.producer in a
+handler, a handler's outputs (`kafkaworker produce`: test_schema_codecs.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,14 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from kafkaworker import App, Producer
+from kafkaworker import App, ProduceError, Producer, load_settings
 from kafkaworker.serialization.json_schema import JsonSchemaCodec
 from kafkaworker.serialization.protobuf import ProtobufCodec
-from kafkaworker.serialization.registry import registry_client
+from kafkaworker.serialization.registry import registry_client, schema_id
 from kafkaworker.testing.registry import SchemaRegistry
 from tests.conftest import TopicFactory
 from tests.integration.registry_support import generate_protos
-from tests.support import make_settings, running, wait_until
+from tests.support import make_settings, produce, read_topic, running, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -77,3 +79,72 @@ def test_named_json_schema_and_protobuf_codecs_from_the_settings(
     named = codecs["handle_proto"]
     assert isinstance(named, ProtobufCodec)
     assert (named.auto_register, named.subject_strategy) == (False, "record")
+
+
+def test_producer_of_the_settings_writes_registry_codecs_by_name(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    schema_registry: SchemaRegistry,
+    protos: dict[str, ModuleType],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The issue's own steps: the registry named by the environment, load_settings()."""
+    json_topic, proto_topic, avro_topic = new_topic(1), new_topic(1), new_topic(1)
+    monkeypatch.delenv("KAFKAWORKER_SETTINGS", raising=False)
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("KAFKAWORKER_SCHEMA_REGISTRY__URL", schema_registry.url)
+    order_type = protos["orders_v1"].Order
+    producer = Producer(load_settings())
+    try:
+        producer.send_sync(json_topic, Order(id=1, sku="J"), codec="json_schema")
+        producer.send_sync(proto_topic, order_type(id=2, sku="P"), codec="protobuf")
+        # Avro by name has the registry too; what it lacks is a writer schema, and it says so.
+        with pytest.raises(ProduceError, match="AvroCodec needs writer_schema= to encode"):
+            producer.send_sync(avro_topic, {"id": 3}, codec="avro")
+    finally:
+        producer.close()
+    client = registry_client({"url": schema_registry.url})
+    [json_record] = read_topic(kafka_bootstrap, json_topic, 1)
+    assert schema_id(json_record.value()) is not None  # framed: written through the registry
+    assert JsonSchemaCodec(client).decode(json_record.value(), []) == {"id": 1, "sku": "J"}
+    [proto_record] = read_topic(kafka_bootstrap, proto_topic, 1)
+    decoded = ProtobufCodec(client, order_type).decode(proto_record.value(), [])
+    assert (decoded.id, decoded.sku) == (2, "P")
+
+
+def test_app_producer_and_outputs_write_registry_codecs_by_name(
+    kafka_bootstrap: str, new_topic: TopicFactory, schema_registry: SchemaRegistry
+) -> None:
+    source, sent, output = new_topic(1), new_topic(1), new_topic(1)
+    app = App(f"g-{source}")
+
+    @app.handler(source, output=output, codec="json_schema")
+    def handle(order: Order) -> Order:
+        # app.producer: the run's producer, the run's settings' registry.
+        app.producer.send_sync(sent, Order(id=order.id * 10, sku="S"), codec="json_schema")
+        return Order(id=order.id + 1, sku="O")  # the output, in the handler's codec
+
+    client = registry_client({"url": schema_registry.url})
+    codec = JsonSchemaCodec(client)
+    produce(kafka_bootstrap, source, [codec.encode_for(source, Order(id=1, sku="I"))])
+    settings = make_settings(kafka_bootstrap, schema_registry={"url": schema_registry.url})
+    with running(app, settings):
+        [by_producer] = read_topic(kafka_bootstrap, sent, 1)
+        [by_output] = read_topic(kafka_bootstrap, output, 1)
+    for record in (by_producer, by_output):
+        assert schema_id(record.value()) is not None
+    assert codec.decode(by_producer.value(), []) == {"id": 10, "sku": "S"}
+    assert codec.decode(by_output.value(), []) == {"id": 2, "sku": "O"}
+
+
+def test_a_producer_without_a_registry_says_which_setting_names_one() -> None:
+    producer = Producer(make_settings("127.0.0.1:9"))
+    try:
+        with pytest.raises(ProduceError) as error:
+            producer.send("t", Order(id=1, sku="x"), codec="json_schema")
+    finally:
+        producer.close(timeout=0)
+    assert str(error.value) == (
+        "the 'json_schema' codec needs a Schema Registry: set schema_registry.url in the "
+        "settings (KAFKAWORKER_SCHEMA_REGISTRY__URL), or pass a codec object"
+    )

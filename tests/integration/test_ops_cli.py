@@ -89,6 +89,10 @@ def test_topics_create_describe_list(env: Path, kafka_bootstrap: str) -> None:
 
     again = kw("topics", "create", name, "--partitions", "3")
     assert (again.exit_code, again.output) == (1, f"Error: topic '{name}' exists already\n")
+    kept = ok("topics", "create", name, "--partitions", "3", "--if-not-exists")
+    assert kept == f"exists {name} (3 partition(s))\n"
+    made = ok("topics", "create", name + "-new", "--partitions", "2", "--if-not-exists")
+    assert made == f"created {name}-new (2 partition(s))\n"
     bad = kw("topics", "create", name + "x", "--config", "no.such.config=1")
     assert bad.exit_code == 1 and len(bad.output.splitlines()) == 1
     assert "Unknown topic config name: no.such.config" in bad.output
@@ -225,7 +229,7 @@ def test_offsets_reset_by_each_selector_dry_run_first(
     unknown = kw("offsets", "reset", group, "--topic", topic, "--to-earliest", "--partition", "3")
     assert unknown.exit_code == 1 and "there is no 3" in unknown.output
     two = kw("offsets", "reset", group, "--topic", topic, "--to-earliest", "--to-latest")
-    assert two.exit_code == 1 and "give one of" in two.output
+    assert two.exit_code == 2 and "give one of" in two.output  # a usage error
 
 
 def test_offsets_reset_is_refused_while_the_group_has_members_then_replays_from_a_time(
@@ -249,6 +253,13 @@ def test_offsets_reset_is_refused_while_the_group_has_members_then_replays_from_
         wait_until(
             lambda: committed(kafka_bootstrap, app.name, topic, 1)[0] == 10, 30, "commit at 10"
         )
+        # The preview runs while the workers do, and says what --execute would meet.
+        preview = ok("offsets", "reset", app.name, "--topic", topic, "--to-earliest")
+        assert "dry run: nothing changed" in preview
+        assert (
+            f"note: group {app.name!r} has 1 active member(s) ({app.name}.handle): stop its "
+            "workers first, then --execute"
+        ) in preview
         refused = kw("offsets", "reset", app.name, "--topic", topic, "--to-earliest", "--execute")
         assert refused.exit_code == 1
         assert len(refused.output.splitlines()) == 1
@@ -265,6 +276,26 @@ def test_offsets_reset_is_refused_while_the_group_has_members_then_replays_from_
             lambda: committed(kafka_bootstrap, app.name, topic, 1)[0] == 10, 30, "commit at 10"
         )
     assert sorted(handled) == [6, 7, 8, 9]  # exactly the records from that time on
+
+
+def test_offsets_reset_of_a_group_with_no_offsets_needs_yes(
+    env: Path, kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    """A typo of a group's name with --execute would create a new group quietly."""
+    topic = new_topic(1)
+    produce_at(kafka_bootstrap, topic, [int(time.time() * 1000)] * 3)
+    typo = f"g-{uuid.uuid4().hex[:8]}"
+    preview = ok("offsets", "reset", typo, "--topic", topic, "--to-latest")
+    assert f"note: group {typo!r} has no committed offsets" in preview
+    assert "--execute will need --yes" in preview
+    refused = kw("offsets", "reset", typo, "--topic", topic, "--to-latest", "--execute")
+    assert refused.exit_code == 1
+    assert len(refused.output.splitlines()) == 1
+    assert f"group {typo!r} has no committed offsets" in refused.output
+    assert "confirm with --yes" in refused.output
+    assert as_json("offsets", "show", typo)["partitions"] == []  # nothing was created
+    ok("offsets", "reset", typo, "--topic", topic, "--to-latest", "--execute", "--yes")
+    assert committed(kafka_bootstrap, typo, topic, 1)[0] == 3
 
 
 def test_check_passes_and_fails_for_each_cause(

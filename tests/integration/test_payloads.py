@@ -218,9 +218,69 @@ def test_produce_command_sends_one_message_per_line(
         cli, ["produce", topic], input='{"c": 3}\nnot json\n{"d": 4}\n', env=env
     )
     assert bad.exit_code == 1
-    assert bad.stderr.startswith("produced 1 message(s)")
-    assert "Error: line 2 is not JSON" in bad.stderr
+    assert bad.stdout == f"produced 1 message(s) to {topic}\n"  # the summary: stdout
+    # The input's line alone: not orjson's own "line 1 column 1" beside it.
+    assert bad.stderr.startswith("Error: line 2 is not JSON: ")
+    assert bad.stderr.endswith(" at column 1; or use --codec text; nothing from it on was sent\n")
+    assert "line 1" not in bad.stderr
     assert end_offsets(kafka_bootstrap, topic, 1) == {0: 3}
+
+
+def test_produce_takes_keys_and_headers_per_line_and_skips_blank_lines(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 30, item 7: keys and headers per line, as kafka-console-producer's parse.key and
+    parse.headers; a blank line (a trailing newline, a gap) is skipped, not an error."""
+    monkeypatch.chdir(tmp_path)
+    env = {"KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKAWORKER_SETTINGS": ""}
+
+    def produce_lines(topic: str, text: str, *options: str) -> Any:
+        return CliRunner().invoke(cli, ["produce", topic, *options], input=text, env=env)
+
+    by_separator = new_topic(1)
+    sent = produce_lines(
+        by_separator,
+        'trace:t1,source:cli\tcustomer-1\t{"id": 1}\n\n\tcustomer-2\t{"id": 2}\n   \n',
+        "--parse-headers",
+        "--key-separator",
+        "TAB",
+        "--header",
+        "via=produce",
+    )
+    assert sent.exit_code == 0, sent.output
+    assert sent.stdout == f"produced 2 message(s) to {by_separator}\n"
+    records = read_topic(kafka_bootstrap, by_separator, 2)
+    assert [(r.key(), r.value(), r.headers()) for r in records] == [
+        (
+            b"customer-1",
+            b'{"id": 1}',
+            [("via", b"produce"), ("trace", b"t1"), ("source", b"cli")],
+        ),
+        (b"customer-2", b'{"id": 2}', [("via", b"produce")]),
+    ]
+
+    by_field = new_topic(1)
+    sent = produce_lines(by_field, '{"id": 7, "c": "a"}\n{"id": "x-8"}\n', "--key-field", "id")
+    assert sent.exit_code == 0, sent.output
+    records = read_topic(kafka_bootstrap, by_field, 2)
+    assert [(r.key(), r.value()) for r in records] == [
+        (b"7", b'{"id": 7, "c": "a"}'),
+        (b"x-8", b'{"id": "x-8"}'),
+    ]
+    missing = produce_lines(by_field, '{"id": 9}\n{"sku": 1}\n', "--key-field", "id")
+    assert missing.exit_code == 1
+    assert missing.stdout == f"produced 1 message(s) to {by_field}\n"
+    assert missing.stderr == (
+        "Error: line 2 has no field 'id' for --key-field; nothing from it on was sent\n"
+    )
+    no_key = produce_lines(by_separator, 'k1|{"id": 1}\nno key here\n', "--key-separator", "|")
+    assert no_key.exit_code == 1
+    assert "Error: line 2 has no key separator '|'" in no_key.stderr
+    both = produce_lines(by_field, "{}\n", "--key", "k", "--key-field", "id")
+    assert both.exit_code == 2 and "give one of --key, --key-separator, --key-field" in both.output
 
 
 @pytest.mark.parametrize("compression", ["gzip", "snappy", "lz4", "zstd"])

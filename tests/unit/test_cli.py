@@ -126,7 +126,10 @@ def test_routes_show_what_will_run_with_the_settings_file_and_environment(
             "module 'billing_app' has no attribute 'application'; it defines: app",
         ),
         ("billing_app:not_an_app", "'billing_app:not_an_app' is a int, not a kafkaworker.App"),
-        ("broken_app:app", "importing 'broken_app' raised RuntimeError: no database URL"),
+        (
+            "broken_app:app",
+            "importing 'broken_app' raised RuntimeError: no database URL (at broken_app.py:1)",
+        ),
     ],
 )
 def test_unusable_app_reference_is_one_line(project: Path, reference: str, expected: str) -> None:
@@ -158,6 +161,13 @@ def test_unreachable_broker_fails_fast_with_one_line(project: Path) -> None:
     assert errors[0].startswith("Error: cannot reach Kafka at 127.0.0.1:9 within 2s")
     assert "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS" in errors[0]
     assert elapsed < 30
+    # Said once, before giving up: what it waits for, and how long (issue 30, item 5).
+    lines = result.stderr.splitlines()
+    waiting = [line for line in lines if "waiting for Kafka to answer" in line]
+    assert len(waiting) == 1, result.stderr
+    assert "bootstrap=127.0.0.1:9" in waiting[0]
+    assert "gives_up_after='2s (startup_timeout)'" in waiting[0]
+    assert lines.index(waiting[0]) < lines.index(errors[0])
 
 
 # Every command that talks to the cluster, as a user would type it.
@@ -262,3 +272,129 @@ def test_a_signal_while_the_cluster_does_not_answer_exits_at_once(
             process.kill()
         for broker in brokers:
             broker.close()
+
+
+# -- issue 30: what a newcomer tripped on ------------------------------------------------------
+
+
+def test_an_import_error_names_where_the_users_code_raised_in_one_line(project: Path) -> None:
+    (project / "deepimport.py").write_text("import helper\n\nfrom kafkaworker import App\n")
+    (project / "helper.py").write_text(
+        '"""A module the app imports."""\n\n\ndef load():\n    return undefined_name\n\n\n'
+        "VALUE = load()\n"
+    )
+    result = CliRunner().invoke(cli, ["routes", "deepimport:app"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: importing 'deepimport' raised NameError: name 'undefined_name' is not defined "
+        "(at helper.py:5 in load, from helper.py:8, from deepimport.py:1)\n"
+    )
+
+
+WIDE_APP = textwrap.dedent(
+    """
+    from kafkaworker import App
+
+    app = App("a-very-long-application-name-for-its-group")
+
+    @app.handler(["orders.incoming.priority", "orders.incoming.standard"],
+                 dlq="orders.incoming.dead-letters", retries=3)
+    def handle_order_with_a_long_name(msg):
+        pass
+    """
+)
+
+
+def test_routes_piped_are_not_wrapped(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a terminal (CliRunner's output, a pipe) and no COLUMNS: whole lines, whole words,
+    as grep and awk want them; with COLUMNS (or on a terminal) the table fits it."""
+    (project / "wide_app.py").write_text(WIDE_APP)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    piped = CliRunner().invoke(cli, ["routes", "wide_app:app"])
+    assert piped.exit_code == 0, piped.output
+    header, row = piped.output.splitlines()
+    assert header.split()[:3] == ["NAME", "TOPICS", "GROUP"]
+    assert row.split()[:3] == [
+        "handle_order_with_a_long_name",
+        "orders.incoming.priority,orders.incoming.standard",
+        "a-very-long-application-name-for-its-group",
+    ]
+    monkeypatch.setenv("COLUMNS", "80")
+    fitted = CliRunner().invoke(cli, ["routes", "wide_app:app"])
+    assert max(map(len, fitted.output.splitlines())) <= 80
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["lag"], "give MODULE:APP or --group GROUP (one of them)"),
+        (["lag", "billing_app:app", "--group", "g"], "give MODULE:APP or --group GROUP"),
+        (["offsets", "reset", "billing", "--topic", "invoices"], "give one of --to-earliest"),
+        (
+            ["offsets", "reset", "billing", "--topic", "t", "--to-earliest", "--to-latest"],
+            "give one of --to-earliest",
+        ),
+        (["offsets", "reset", "g", "--topic", "t", "--to-earliest", "--yes"], "--yes goes with"),
+        (["topics", "create"], "give a topic NAME or --from MODULE:APP"),
+        (["topics", "create", "t", "--from", "billing_app:app"], "give a topic NAME or --from"),
+    ],
+)
+def test_usage_errors_exit_2_before_any_connection(
+    project: Path, command: list[str], expected: str
+) -> None:
+    # A cluster that does not answer: a usage error is found before asking it anything.
+    result = CliRunner(env={"KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9"}).invoke(
+        cli, command
+    )
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert "cannot reach Kafka" not in result.output
+
+
+def test_settings_prints_each_effective_value_with_its_source_and_masks_secrets(
+    project: Path,
+) -> None:
+    (project / "settings.yaml").write_text(
+        "shutdown_timeout: 5\n"
+        "kafka:\n  security:\n    protocol: SASL_SSL\n    sasl:\n      mechanism: PLAIN\n"
+        "      username: app\n      password: hunter2\n"
+        "schema_registry:\n  url: https://reg:s3cret@registry:8081\n"
+        "  config:\n    basic.auth.user.info: 'u:pw'\n"
+    )
+    result = CliRunner(env={"KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": "broker:9092"}).invoke(
+        cli, ["settings", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {row["setting"]: (row["value"], row["source"]) for row in orjson.loads(result.output)}
+    in_file = "settings file 'settings.yaml'"
+    assert rows["kafka.bootstrap_servers"] == (
+        "broker:9092",
+        "environment KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS",
+    )
+    assert rows["shutdown_timeout"] == (5.0, in_file)
+    assert rows["revoke_timeout"] == (30.0, "default")
+    assert rows["kafka.security.sasl.username"] == ("app", in_file)
+    assert rows["kafka.security.sasl.password"] == ("**********", in_file)
+    assert rows["schema_registry.url"] == ("https://reg:**********@registry:8081", in_file)
+    assert rows["schema_registry.config.basic.auth.user.info"] == ("**********", in_file)
+    for secret in ("hunter2", "s3cret", "u:pw"):
+        assert secret not in result.output
+    table = CliRunner().invoke(cli, ["settings"])
+    assert table.exit_code == 0, table.output
+    assert "hunter2" not in table.output
+    assert any(
+        line.split()[:2] == ["shutdown_timeout", "5.0"] and line.endswith(in_file)
+        for line in table.output.splitlines()
+    )
+
+
+def test_settings_of_an_app_with_its_own_settings_names_them(project: Path) -> None:
+    (project / "own_app.py").write_text(
+        "from kafkaworker import App, Settings\n"
+        "app = App('own', settings=Settings(shutdown_timeout=7))\n"
+    )
+    result = CliRunner().invoke(cli, ["settings", "own_app:app", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["setting"]: (row["value"], row["source"]) for row in orjson.loads(result.output)}
+    assert rows["shutdown_timeout"] == (7.0, "App(settings=...)")
+    assert rows["revoke_timeout"] == (30.0, "default")

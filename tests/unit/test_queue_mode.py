@@ -315,7 +315,7 @@ def test_shutdown_releases_what_was_not_started(kind: str) -> None:
 
 
 def test_manifests_give_a_share_group_no_keda_scaled_object() -> None:
-    from kafkaworker.kubernetes import Options, Route, build  # noqa: PLC0415
+    from kafkaworker.ops.kubernetes import Options, Route, build  # noqa: PLC0415
 
     routes = [Route("work", ("jobs",), "workers", "queue"), Route("orders", ("orders",), "svc")]
     workloads = build("svc", routes, Settings(), Options("m:app", "img:1"))

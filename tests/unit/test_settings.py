@@ -91,30 +91,30 @@ def test_backoff_override_merges_with_the_decorator() -> None:
     [
         (
             "kafka:\n  bootstrap_server: x\n",
-            "unknown setting 'kafka.bootstrap_server' (settings file 'settings.yaml' or "
-            "KAFKAWORKER_* env): did you mean 'bootstrap_servers'? allowed keys are "
+            "unknown setting 'kafka.bootstrap_server' (settings file 'settings.yaml')"
+            ": did you mean 'bootstrap_servers'? allowed keys are "
             "bootstrap_servers, group_protocol, security, consumer, producer",
         ),
         (
             "handlers:\n  h:\n    retrys: 3\n",
-            "unknown setting 'handlers.h.retrys' (settings file 'settings.yaml' or "
-            "KAFKAWORKER_* env): did you mean 'retries'? allowed keys are topics, group,",
+            "unknown setting 'handlers.h.retrys' (settings file 'settings.yaml')"
+            ": did you mean 'retries'? allowed keys are topics, group,",
         ),
         (
             "shutdown_timout: 3\n",
-            "unknown setting 'shutdown_timout' (settings file 'settings.yaml' or "
-            "KAFKAWORKER_* env): did you mean 'shutdown_timeout'?",
+            "unknown setting 'shutdown_timout' (settings file 'settings.yaml')"
+            ": did you mean 'shutdown_timeout'?",
         ),
         (
             "shutdown_timeout: soon\n",
-            "setting shutdown_timeout='soon' is invalid (settings file 'settings.yaml' or "
-            "KAFKAWORKER_* env): Input should be a valid number, unable to parse string as a "
+            "setting shutdown_timeout='soon' is invalid (settings file 'settings.yaml')"
+            ": Input should be a valid number, unable to parse string as a "
             "number",
         ),
         (
             "handlers:\n  h:\n    ordering: random\n",
-            "setting handlers.h.ordering='random' is invalid (settings file 'settings.yaml' or "
-            "KAFKAWORKER_* env): Input should be 'partition', 'key' or 'none'",
+            "setting handlers.h.ordering='random' is invalid (settings file 'settings.yaml')"
+            ": Input should be 'partition', 'key' or 'none'",
         ),
         (
             "kafka:\n  consumer:\n    enable.auto.offset.store: true\n",
@@ -138,7 +138,9 @@ def test_wrong_settings_fail_in_one_line_naming_key_value_and_what_is_allowed(
 def test_wrong_env_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKAWORKER_MAX_PENDING", "-5")
     with pytest.raises(
-        ConfigError, match=r"^setting max_pending='-5' is invalid: Input should be greater than 0"
+        ConfigError,
+        match=r"^setting max_pending='-5' is invalid \(environment KAFKAWORKER_MAX_PENDING\): "
+        "Input should be greater than 0",
     ):
         load_settings()
 
@@ -285,3 +287,34 @@ def test_a_join_timeout_within_the_revoke_timeout_is_refused(
         load_settings()
     monkeypatch.setenv("KAFKAWORKER_JOIN_TIMEOUT", "31")
     assert load_settings().join_timeout == 31
+
+
+def test_every_settings_problem_is_told_at_once_with_where_it_came_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    Path("settings.yaml").write_text("shutdown_timout: 3\nkafka:\n  consumer:\n    group.id: x\n")
+    monkeypatch.setenv("KAFKAWORKER_MAX_PENDING", "-5")
+    monkeypatch.setenv("KAFKAWORKER_REVOKE_TIMOUT", "3")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    lines = str(error.value).splitlines()
+    assert lines[0] == "3 problems in the settings:"
+    assert lines[1].startswith(
+        "  environment variable KAFKAWORKER_REVOKE_TIMOUT matches no setting: did you mean "
+        "KAFKAWORKER_REVOKE_TIMEOUT?"
+    )
+    assert sorted(lines[2:]) == [
+        "  setting max_pending='-5' is invalid (environment KAFKAWORKER_MAX_PENDING): Input "
+        "should be greater than 0",
+        "  unknown setting 'shutdown_timout' (settings file 'settings.yaml'): did you mean "
+        "'shutdown_timeout'? allowed keys are " + ", ".join(Settings.model_fields),
+    ]
+    # Once those are fixed, the client properties' problems are told together as well.
+    monkeypatch.delenv("KAFKAWORKER_MAX_PENDING")
+    monkeypatch.delenv("KAFKAWORKER_REVOKE_TIMOUT")
+    Path("settings.yaml").write_text(
+        "kafka:\n  consumer:\n    group.id: x\n    enable.auto.commit: true\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value).splitlines()[0] == "2 problems in the settings:"

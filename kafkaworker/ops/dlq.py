@@ -23,9 +23,9 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from kafkaworker import clients
-from kafkaworker.admin import KafkaAdmin
 from kafkaworker.errors import KafkaWorkerError
 from kafkaworker.headers import PREFIX, REPLAYED_FROM
+from kafkaworker.ops.admin import KafkaAdmin
 from kafkaworker.producer import Producer
 from kafkaworker.settings import Settings
 
@@ -77,6 +77,8 @@ class DeadLetterRecord:
                 "traceback": self.failure.get("error.traceback"),
             },
             "failed_at": self.failure.get("failed_at"),
+            # Set when the record had been replayed from a DLQ before it failed again.
+            "replayed_from": self.failure.get("replayed_from"),
             "key": _text_or_base64(self.key),
             "value": _text_or_base64(self.value),
             "headers": [[k, _text_or_base64(v)] for k, v in self.headers],
