@@ -47,7 +47,7 @@ class Metrics:
         )
         self.handler_seconds = Counter(
             "kafkaworker_handler_seconds",
-            "Time spent in handler calls, retries' backoff included",
+            "Time spent in handler calls (not in the waits between a failed call and its retry)",
             labels,
             registry=reg,
         )

@@ -19,10 +19,13 @@ fixed), and skipping its wait would run the handler again and again.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -61,6 +64,10 @@ class Clock(Protocol):
         """On an event loop: wait until `until()` holds or `seconds` have passed; whether it
         holds. `woken()` is the event set when it may have come to hold (it may be replaced
         after each setting, so it is asked for again)."""
+        ...
+
+    def get(self, items: queue.SimpleQueue[T], seconds: float) -> T:
+        """The next item, waiting up to `seconds` for it; queue.Empty when none came."""
         ...
 
 
@@ -104,6 +111,10 @@ class SystemClock:
         stall: bool = False,
     ) -> bool:
         return await _wait_on_loop(woken, until, seconds)
+
+    @staticmethod
+    def get(items: queue.SimpleQueue[T], seconds: float) -> T:
+        return items.get(timeout=seconds)
 
 
 SYSTEM_CLOCK = SystemClock()
@@ -160,10 +171,21 @@ class ManualClock:
             self.advance(seconds)
         return until()
 
+    def get(self, items: queue.SimpleQueue[T], seconds: float) -> T:
+        try:
+            return items.get_nowait()
+        except queue.Empty:
+            self.advance(seconds)
+            raise
+
 
 class VirtualClock(ManualClock):
-    """Real time plus the waits skipped so far: `advance` (and every wait but a stall's) moves
-    it ahead at once, and it runs on with real time meanwhile."""
+    """Real time plus the waits skipped so far: `advance` (and every wait on a condition but a
+    stall's: a backoff) moves it ahead at once, and it runs on with real time meanwhile. A
+    wait for reports from threads (`get`) takes the real time it takes: the runtime's threads
+    run in real time."""
+
+    get = staticmethod(SystemClock.get)
 
     def __init__(self) -> None:
         super().__init__(0.0, 0.0)  # the time skipped so far

@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from kafkaworker import App, Backoff, DeadLetter, DeserializationError, Message, Skip
+from kafkaworker.errors import SchemaRegistryUnavailable
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.runtime.clock import ManualClock
 from kafkaworker.runtime.failures.breaker import CircuitBreaker
-from kafkaworker.runtime.failures.policy import Action, FailurePolicy
+from kafkaworker.runtime.failures.policy import QUEUE_WAIT_MAX, Action, Decision, FailurePolicy
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 
 
@@ -201,3 +202,105 @@ def test_every_failure_gets_exactly_one_coherent_decision(  # noqa: PLR0917
     assert decision.final is (
         decision.action in {Action.RETRY_TOPIC, Action.DEAD_LETTER, Action.SKIP}
     )
+
+
+# -- queue mode: one decision per delivery (the broker's count) ------------------------------
+
+UNAVAILABLE = SchemaRegistryUnavailable("the Schema Registry did not answer")
+
+
+def queue_policy(*, limit: int | None = 5, **options: Any) -> FailurePolicy:
+    p = policy(mode="queue", **options)
+    p.delivery_limit = limit
+    return p
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "delivery", "action"),
+    [
+        # A retry is a release while deliveries are left (retries counts redeliveries).
+        ({"retries": 3, "dlq": "orders.dlq"}, TransientError(), 1, Action.RELEASE),
+        ({"retries": 3, "dlq": "orders.dlq"}, TransientError(), 3, Action.RELEASE),
+        ({"retries": 3, "dlq": "orders.dlq"}, TransientError(), 4, Action.DEAD_LETTER),
+        # A fatal error is dead-lettered at its first delivery.
+        ({"retries": 3, "dlq": "orders.dlq"}, DeadLetter("poison"), 1, Action.DEAD_LETTER),
+        # At the group's delivery limit, whatever retries says: settled, never released (the
+        # broker would archive a release of the last delivery without a trace).
+        ({"retries": 10, "dlq": "orders.dlq"}, TransientError(), 4, Action.RELEASE),
+        ({"retries": 10, "dlq": "orders.dlq"}, TransientError(), 5, Action.DEAD_LETTER),
+        ({"retries": 10}, TransientError(), 5, Action.REJECT),
+        # Nowhere to write it: rejected (a stall would hold the lock and the next fetch).
+        ({"retries": 1}, TransientError(), 2, Action.REJECT),
+        ({"retries": 1, "on_exhausted": "skip"}, TransientError(), 2, Action.REJECT),
+        # Skip raised by the handler: accepted.
+        ({"retries": 3}, Skip("duplicate"), 1, Action.SKIP),
+        # A registry that does not answer: released after a wait, but settled at the limit.
+        ({"retries": 0}, UNAVAILABLE, 1, Action.RELEASE),
+        ({"retries": 0, "dlq": "orders.dlq"}, UNAVAILABLE, 5, Action.DEAD_LETTER),
+        ({"retries": 0}, UNAVAILABLE, 5, Action.REJECT),
+    ],
+)
+def test_queue_mode_decides_each_delivery(
+    options: dict[str, Any], error: BaseException, delivery: int, action: Action
+) -> None:
+    decision = queue_policy(**options).decide_delivery("orders", error, delivery)
+    assert decision.action is action
+    assert decision.final  # a queue-mode failure is settled for this delivery, always
+
+
+@pytest.mark.parametrize(
+    ("error", "waits"),
+    [(TransientError(), False), (UNAVAILABLE, True)],
+)
+def test_only_a_failure_that_is_no_fault_of_the_record_waits_before_its_release(
+    error: BaseException, waits: bool
+) -> None:
+    p = queue_policy(retries=3, backoff=Backoff(initial=60, max=60, jitter="none"))
+    decision = p.decide_delivery("orders", error, 1)
+    assert decision.action is Action.RELEASE
+    # Capped far below the shortest lock a broker allows (15 s): the member's fetch waits.
+    assert decision.delay == (QUEUE_WAIT_MAX if waits else 0.0)
+
+
+def test_without_a_known_delivery_limit_a_queue_retry_is_always_a_release() -> None:
+    p = queue_policy(limit=None, retries=100)
+    assert p.decide_delivery("orders", TransientError(), 99).action is Action.RELEASE
+
+
+# -- batches: how the failed messages run again together --------------------------------------
+
+RETRY_1 = Decision(Action.RETRY, delay=1.0)
+RETRY_2 = Decision(Action.RETRY, delay=2.0)
+STALL = Decision(Action.STALL, delay=30.0)
+HOLD = Decision(Action.HOLD)
+
+
+@pytest.mark.parametrize(
+    ("decisions", "together"),
+    [
+        ([RETRY_1], RETRY_1),
+        ([RETRY_2, RETRY_1], RETRY_2),  # the first one's backoff
+        ([RETRY_1, STALL], STALL),  # one has nowhere to go: all wait as it does
+        ([STALL, HOLD, RETRY_1], HOLD),  # the breaker is open: held first
+        ([RETRY_1, HOLD], HOLD),
+    ],
+)
+def test_a_batch_waits_as_its_most_blocked_message_says(
+    decisions: list[Decision], together: Decision
+) -> None:
+    assert FailurePolicy.together(decisions) is together
+
+
+@pytest.mark.parametrize(
+    ("decisions", "split"),
+    [
+        ([Decision(Action.DEAD_LETTER, fatal=True)], False),  # one message: it is the bad one
+        ([Decision(Action.DEAD_LETTER, fatal=True)] * 3, True),  # which one? run them alone
+        ([Decision(Action.DEAD_LETTER, fatal=True), RETRY_1], False),
+        ([RETRY_1, RETRY_2], False),
+    ],
+)
+def test_a_fatal_error_for_a_whole_batch_runs_it_again_one_message_at_a_time(
+    decisions: list[Decision], split: bool
+) -> None:
+    assert FailurePolicy.one_at_a_time(decisions) is split

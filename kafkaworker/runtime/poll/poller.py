@@ -95,13 +95,14 @@ class PollLoop(ABC):
         self._stopping.set()
 
     def run(self) -> None:
-        """The poll thread's body: subscribe, turn until asked to stop, then shut down."""
-        self._subscribe()
+        """The poll thread's body: subscribe, turn until asked to stop, then shut down. (A
+        test drives the same three steps itself, one turn at a time.)"""
+        self.subscribe()
         try:
             while not self._stopping.is_set():
                 self.turn()
         finally:
-            self._shutdown()
+            self.shutdown()
 
     @abstractmethod
     def turn(self) -> None:
@@ -110,7 +111,8 @@ class PollLoop(ABC):
     # -- what each loop fills in ---------------------------------------------------------------
 
     @abstractmethod
-    def _subscribe(self) -> None: ...
+    def subscribe(self) -> None:
+        """Join the group (the first step of run())."""
 
     @abstractmethod
     def _leases(self) -> list[Lease]:
@@ -152,7 +154,8 @@ class PollLoop(ABC):
         done: list[Completion] = []
         try:
             if timeout is not None:
-                done.extend(self._completions.get(timeout=timeout))
+                first: list[Completion] = self._clock.get(self._completions, timeout)
+                done.extend(first)
             while True:
                 done.extend(self._completions.get_nowait())
         except queue.Empty:
@@ -166,7 +169,7 @@ class PollLoop(ABC):
         self._collect(not_finished(dropped))
         return len(dropped)
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
         """Stop taking work, finish what runs within shutdown_timeout, make it durable, close."""
         self._gauges.ready(False)  # draining: not ready any more
         clock = self._clock
@@ -293,7 +296,7 @@ class Poller(PollLoop):
         self._pausing.breaker_request = "open" if open_ else "close"
         return True
 
-    def _subscribe(self) -> None:
+    def subscribe(self) -> None:
         self._source.subscribe(self._topics, self)
 
     # -- one turn ---------------------------------------------------------------------------

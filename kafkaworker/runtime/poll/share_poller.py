@@ -113,7 +113,7 @@ class SharePoller(PollLoop):
     def in_flight(self) -> int:
         return len(self._outstanding_records)
 
-    def _subscribe(self) -> None:
+    def subscribe(self) -> None:
         self._source.subscribe(list(self.spec.topics), self.on_joined)
 
     def on_joined(self) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
+from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.source import AssignmentListener, Partition, Record
 
 Headers = Sequence[tuple[str, bytes | None]]
@@ -80,7 +81,8 @@ class MemoryBroker:
 class MemorySource:
     """One group's view of a MemoryBroker (its own one when not given, with `topics`).
     `auto_assign`: a group of one, given every partition of the subscribed topics on the
-    first fetch."""
+    first fetch. `clock`: what a fetch with nothing to take waits on (a manual clock moves
+    instead, so a test turning the poller by hand never waits)."""
 
     def __init__(
         self,
@@ -88,7 +90,9 @@ class MemorySource:
         *,
         broker: MemoryBroker | None = None,
         auto_assign: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
         self.broker = broker if broker is not None else MemoryBroker()
         for topic, partitions in (topics or {}).items():
             self.broker.create_topic(topic, partitions)
@@ -153,8 +157,7 @@ class MemorySource:
 
     def fetch(self, timeout: float, max_records: int) -> list[Record]:
         with self._cond:
-            if not self._events and not self._available():
-                self._cond.wait(timeout)
+            self._clock.wait(self._cond, lambda: bool(self._events) or self._available(), timeout)
         self._deliver_events()
         with self._cond:
             return self._take(max_records)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from confluent_kafka import AcknowledgeType
 from confluent_kafka import Message as Record
 
+from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemoryBroker
 from kafkaworker.runtime.source.share_group import ACK_NAMES, ShareGroupConfig
@@ -38,7 +39,9 @@ class MemoryShareSource:
         delivery_limit: int = 5,
         max_records: int = 500,
         group: str = "memory-share-group",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
         self.broker = broker if broker is not None else MemoryBroker()
         for topic, partitions in (topics or {}).items():
             self.broker.create_topic(topic, partitions)
@@ -86,8 +89,7 @@ class MemoryShareSource:
                     f"{len(self._held)} records from previous poll have not been acknowledged"
                 )
             self._send()
-            if not self._available():
-                self._cond.wait(timeout)
+            self._clock.wait(self._cond, self._available, timeout)
             taken = self._acquire()
             if taken:
                 self.fetches.append(len(taken))

@@ -1,0 +1,527 @@
+"""The poll loops turn by turn, as arroyo's processor tests call `_run_once()`: a poller over
+the in-memory source, an executor whose work the test finishes by hand, and a manual clock.
+Each test calls one turn at a time and looks at what the source saw (fetches, pauses, commits)
+and what the executor was asked (runs, revokes, cancels). No thread runs but the test's."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from confluent_kafka import AcknowledgeType
+
+from kafkaworker import App, Message
+from kafkaworker.handlers import HandlerSpec
+from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.clock import ManualClock
+from kafkaworker.runtime.failures.breaker import CircuitBreaker
+from kafkaworker.runtime.handoff import (
+    Completion,
+    CompletionQueue,
+    Dispatched,
+    Lease,
+    Outcome,
+    Run,
+)
+from kafkaworker.runtime.poll.backpressure import WITHHOLD
+from kafkaworker.runtime.poll.commit import StoredOffsetCommit
+from kafkaworker.runtime.poll.delayed import DelayedRetries
+from kafkaworker.runtime.poll.poller import Poller
+from kafkaworker.runtime.poll.share_poller import ACK_FLUSH, SharePoller
+from kafkaworker.runtime.source import Partition
+from kafkaworker.runtime.source.memory import MemorySource
+from kafkaworker.runtime.source.memory_share import MemoryShareSource
+from kafkaworker.serialization import CODECS
+from kafkaworker.settings import Settings
+from tests.unit.runtime_support import settings as runtime_settings
+
+FINISHED, NOT_FINISHED = Outcome.FINISHED, Outcome.NOT_FINISHED
+P0, P1 = Partition("t", 0), Partition("t", 1)
+
+
+class HandExecutor:
+    """An Executor that runs nothing: submit() queues, and the test says what finished
+    (`finish`), which is reported on the completion queue as a worker would report it."""
+
+    def __init__(self, completions: CompletionQueue) -> None:
+        self._completions = completions
+        self.queued: list[Dispatched] = []
+        self.runs: list[Run] = []
+        self.revoked: list[Lease] = []
+        self.cancelled: list[Lease] = []
+        self.closed = False
+        self.recent_handler_seconds = 0.0
+
+    def handler_seconds_p99(self, window: float = 60.0) -> float | None:
+        return None
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, runs: list[Run]) -> None:
+        self.runs.extend(runs)
+        for _, messages in runs:
+            self.queued.extend(messages)
+
+    def revoke(self, leases: Sequence[Lease]) -> list[Dispatched]:
+        for lease in leases:
+            lease.revoked = True
+        self.revoked.extend(leases)
+        dropped = [m for m in self.queued if m.lease.revoked]
+        self.queued = [m for m in self.queued if not m.lease.revoked]
+        return dropped
+
+    def cancel(self, leases: Sequence[Lease]) -> None:
+        self.cancelled.extend(leases)
+
+    def close(self, timeout: float = 1.0) -> None:
+        self.closed = True
+
+    def finish(
+        self,
+        partition: int,
+        offsets: Sequence[int],
+        outcome: Outcome = FINISHED,
+        lease: Lease | None = None,
+    ) -> None:
+        """Report these offsets of a partition's queued messages (or of `lease`) as done."""
+        picked = [
+            m
+            for m in self.queued
+            if m.partition == partition and m.offset in offsets and lease in (None, m.lease)
+        ]
+        assert len(picked) == len(offsets), (partition, offsets)
+        self.queued = [m for m in self.queued if m not in picked]
+        self._completions.put([Completion(picked[0].lease, sorted(offsets), outcome)])
+
+
+def handler(**options: Any) -> HandlerSpec:
+    app = App("svc")
+
+    def handle(msg: Message[Any]) -> None:
+        pass
+
+    app.handler("t", name="handle", codec="raw", **options)(handle)
+    return app.handlers["handle"]
+
+
+class Turns:
+    """A stream-mode poller over a MemorySource, turned by hand."""
+
+    def __init__(
+        self,
+        partitions: int = 1,
+        *,
+        spec: HandlerSpec | None = None,
+        breaker_cooldown: float | None = None,
+        retry_topic: str | None = None,
+        **setting_values: Any,
+    ) -> None:
+        self.clock = ManualClock()
+        # A breaker that opens once half of 2+ messages in a window of 4 were dead-lettered.
+        self.breaker = (
+            CircuitBreaker(
+                threshold=0.5,
+                window=4,
+                min_messages=2,
+                cooldown=breaker_cooldown,
+                clock=self.clock.monotonic,
+            )
+            if breaker_cooldown is not None
+            else None
+        )
+        topics = {"t": partitions, **({retry_topic: 1} if retry_topic else {})}
+        self.source = MemorySource(topics, clock=self.clock)
+        completions: CompletionQueue = queue.SimpleQueue()
+        self.executor = HandExecutor(completions)
+        self.metrics = Metrics()
+        settings = runtime_settings(**setting_values)
+        self.poller = Poller(
+            spec or handler(),
+            settings,
+            self.source,
+            self.executor,
+            completions,
+            committer=StoredOffsetCommit(self.source, handler="handle"),
+            codec=CODECS["raw"],
+            topics=list(topics),
+            delayed=DelayedRetries([retry_topic] if retry_topic else [], clock=self.clock),
+            breaker=self.breaker,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self.poller.subscribe()
+
+    def append(self, count: int, partition: int = 0, **fields: Any) -> None:
+        for i in range(count):
+            self.source.broker.append("t", b"%d" % i, partition=partition, **fields)
+
+    def turn(self, times: int = 1) -> None:
+        for _ in range(times):
+            self.poller.turn()
+
+    def dispatched(self, partition: int = 0) -> list[int]:
+        return [m.offset for m in self.executor.queued if m.partition == partition]
+
+    def lease(self, partition: int = 0) -> Lease:
+        [state] = [s for s in self.poller.partitions if s.partition == partition]
+        return state.lease
+
+
+def test_a_turn_dispatches_a_fetch_in_offset_order_as_runs_of_one_partition() -> None:
+    turns = Turns(2)
+    turns.append(3, partition=0)
+    turns.append(2, partition=1)
+    turns.turn()  # the assignment arrives inside the fetch, then the records
+    assert sorted(turns.dispatched(0)) == [0, 1, 2] and turns.dispatched(1) == [0, 1]
+    for lease, messages in turns.executor.runs:
+        assert {m.partition for m in messages} == {lease.partition.partition}
+        assert [m.offset for m in messages] == sorted(m.offset for m in messages)
+        assert all(m.lease is lease for m in messages)
+    assert turns.poller.stats.fetched == 5
+    assert {s.in_flight for s in turns.poller.partitions} == {3, 2}
+
+
+def test_a_fetch_takes_no_more_than_the_handler_budget_has_room_for() -> None:
+    turns = Turns(1, max_pending=4, max_pending_per_partition=100)
+    turns.append(10)
+    turns.turn()
+    assert turns.dispatched() == [0, 1, 2, 3]
+    turns.executor.finish(0, [0, 1])
+    turns.turn()  # over the budget it was withholding: this turn only collects the two
+    assert turns.dispatched() == [2, 3]
+    turns.turn()  # under it again: room for two more
+    assert turns.dispatched() == [2, 3, 4, 5]
+
+
+def test_what_finished_is_committed_up_to_the_first_unfinished_offset() -> None:
+    turns = Turns()
+    turns.append(5)
+    turns.turn()
+    assert turns.source.committed == {P0: 0}  # the start, committed at assignment
+    turns.executor.finish(0, [0, 1, 3])
+    turns.turn()
+    assert turns.source.committed == {P0: 2}  # offset 2 is still running
+    turns.executor.finish(0, [2])
+    turns.turn()
+    assert turns.source.committed == {P0: 4}
+    turns.executor.finish(0, [4])
+    turns.turn()
+    assert turns.source.committed == {P0: 5}
+    assert turns.poller.stats.finished == 5
+
+
+def test_a_turn_without_reports_commits_nothing_new() -> None:
+    turns = Turns()
+    turns.append(3)
+    turns.turn()
+    commits = len(turns.source.commits)
+    turns.turn(3)
+    assert len(turns.source.commits) == commits
+
+
+def test_a_dead_letter_counts_as_finished_for_the_commit() -> None:
+    turns = Turns()
+    turns.append(2)
+    turns.turn()
+    turns.executor.finish(0, [0], Outcome.DEAD_LETTERED)
+    turns.executor.finish(0, [1])
+    turns.turn()
+    assert turns.source.committed == {P0: 2}
+
+
+def test_not_finished_is_never_committed_past() -> None:
+    turns = Turns()
+    turns.append(3)
+    turns.turn()
+    turns.executor.finish(0, [0], NOT_FINISHED)
+    turns.executor.finish(0, [1, 2])
+    turns.turn()
+    assert turns.source.committed == {P0: 0}
+    assert turns.poller.partitions[0].in_flight == 0
+
+
+def test_a_revoke_gives_up_unstarted_work_commits_what_finished_and_forgets() -> None:
+    turns = Turns(2)
+    turns.append(4, partition=0)
+    turns.append(2, partition=1)
+    turns.turn()
+    lease = turns.lease(0)
+    turns.executor.finish(0, [0, 1])
+    turns.source.revoke([P0])
+    turns.turn()  # the revoke is delivered inside this turn's fetch
+    assert turns.executor.revoked == [lease] and lease.revoked
+    assert turns.source.committed[P0] == 2  # what finished before the revoke
+    assert [s.partition for s in turns.poller.partitions] == [1]
+    assert turns.dispatched(0) == []  # offsets 2 and 3 were handed back, never started
+    assert turns.poller.stats.revoked == 1
+
+
+def test_a_report_of_a_revoked_lease_is_ignored() -> None:
+    turns = Turns(1)
+    turns.append(3)
+    turns.turn()
+    old = turns.lease()
+    running = turns.executor.queued.pop(0)  # started: still running when the revoke comes
+    turns.source.revoke([P0])
+    turns.turn()  # waits revoke_timeout on the manual clock: no real time passes
+    assert turns.executor.cancelled == [old]  # revoke_timeout ran out with it running
+    turns.source.assign([P0])
+    turns.turn()
+    assert turns.lease() is not old and turns.lease().generation > old.generation
+    committed = dict(turns.source.committed)
+    # The first assignment's handler returns at last: nothing is counted or committed for it.
+    turns.executor._completions.put([Completion(old, [running.offset], FINISHED)])
+    turns.turn()
+    assert turns.source.committed == committed
+    assert turns.poller.partitions[0].in_flight == len(turns.dispatched())
+
+
+def test_a_lost_partition_commits_nothing() -> None:
+    turns = Turns()
+    turns.append(3)
+    turns.turn()
+    turns.executor.finish(0, [0, 1])
+    turns.source.lose([P0])
+    commits = len(turns.source.commits)
+    turns.turn()  # the reports and the loss arrive in one turn: the loss first
+    assert len(turns.source.commits) == commits
+    assert turns.poller.partitions == [] and turns.poller.stats.lost == 1
+
+
+def test_a_reassigned_partition_starts_again_from_its_commit() -> None:
+    turns = Turns()
+    turns.append(4)
+    turns.turn()
+    turns.executor.finish(0, [0, 1])
+    turns.turn()
+    turns.source.revoke([P0])
+    turns.turn()
+    turns.source.assign([P0])
+    turns.turn(2)
+    assert turns.dispatched() == [2, 3]  # from the committed position, under a new lease
+
+
+def test_a_fast_handler_over_its_partition_limit_is_withheld_from_then_caught_up() -> None:
+    turns = Turns(1, max_pending_per_partition=4, max_pending=100, poll_batch=4)
+    turns.append(8)
+    turns.turn()
+    assert turns.dispatched() == [0, 1, 2, 3]
+    turns.turn()  # at the limit: records are withheld, not fetched, and nothing is paused
+    assert turns.dispatched() == [0, 1, 2, 3]
+    assert turns.poller.stats.withheld == 1 and turns.source.paused == set()
+    turns.executor.finish(0, [0, 1, 2])
+    turns.turn(2)
+    assert turns.dispatched() == [3, 4, 5, 6, 7]
+    assert turns.source.paused == set()  # caught up within WITHHOLD: never paused
+
+
+def test_a_partition_still_over_its_limit_after_withholding_is_paused_then_resumed() -> None:
+    turns = Turns(1, max_pending_per_partition=4, max_pending=100, poll_batch=4)
+    turns.append(8)
+    turns.turn(2)
+    assert turns.poller.stats.withheld == 1
+    turns.clock.advance(WITHHOLD)
+    turns.turn()
+    assert turns.source.paused == {P0}
+    assert turns.poller.partitions[0].pause_reason == "backpressure"
+    turns.executor.finish(0, [0, 1])  # down to half the limit
+    turns.turn()
+    assert turns.source.paused == set()
+
+
+def test_a_retry_record_is_held_until_due_with_its_partition_paused() -> None:
+    retry = "t.retry.5s"
+    turns = Turns(1, spec=handler(retry_topics=[5.0], dlq="t.dlq"), retry_topic=retry)
+    due_ms = int((turns.clock.time() + 5) * 1000)
+    turns.source.broker.append(retry, b"x", headers=[("kw.retry.due", b"%d" % due_ms)])
+    turns.turn()
+    retry_partition = Partition(retry, 0)
+    assert [m for m in turns.executor.queued if m.topic == retry] == []
+    turns.turn()
+    assert retry_partition in turns.source.paused
+    turns.clock.advance(5)
+    turns.turn()
+    assert [m.offset for m in turns.executor.queued if m.topic == retry] == [0]
+    assert retry_partition not in turns.source.paused
+
+
+def test_an_open_breaker_pauses_every_partition_until_its_cooldown_is_over() -> None:
+    turns = Turns(2, spec=handler(dlq="t.dlq"), breaker_cooldown=10)
+    assert turns.breaker is not None
+    turns.append(4)
+    turns.turn()
+    turns.executor.finish(0, [0, 1, 2], Outcome.DEAD_LETTERED)
+    turns.turn()
+    assert turns.breaker.open
+    assert turns.source.paused == {P0, P1}
+    assert {s.pause_reason for s in turns.poller.partitions} == {"circuit breaker open"}
+    turns.clock.advance(10)
+    turns.turn()
+    assert not turns.breaker.open and turns.source.paused == set()
+
+
+def test_an_operator_hold_pauses_until_released_whatever_backpressure_says() -> None:
+    turns = Turns(2)
+    turns.append(2)
+    turns.turn()
+    assert turns.poller.hold(P1, held=True)
+    turns.turn()
+    assert turns.source.paused == {P1}
+    assert [s.pause_reason for s in turns.poller.partitions if s.partition == 1] == ["operator"]
+    assert not turns.poller.hold(Partition("t", 7), held=True)  # not assigned here
+    turns.poller.hold(P1, held=False)
+    turns.turn()
+    assert turns.source.paused == set()
+
+
+def test_shutdown_commits_what_finished_in_time_and_names_what_did_not() -> None:
+    turns = Turns(1)
+    turns.append(4)
+    turns.turn()
+    turns.executor.finish(0, [0, 1])
+    turns.poller.shutdown()
+    assert turns.source.committed == {P0: 2}
+    assert turns.poller.unfinished_at_exit == {}  # 2 and 3 were never started: given back
+    assert turns.executor.closed and turns.source.closed
+
+
+def test_shutdown_leaves_running_work_uncommitted_when_its_time_runs_out() -> None:
+    turns = Turns(1)
+    turns.append(2)
+    turns.turn()
+    running = turns.executor.queued[0]
+    turns.executor.queued = turns.executor.queued[1:]  # offset 0 has started
+    turns.poller.shutdown()
+    assert running.lease.revoked
+    assert turns.poller.unfinished_at_exit == {"t[0]": 1}
+    assert turns.source.committed == {P0: 0}
+    assert set(turns.executor.cancelled) == {running.lease}
+
+
+def test_the_gauges_follow_the_clock_once_a_second() -> None:
+    turns = Turns()
+    turns.append(3)
+    turns.turn()  # the first refresh happens on the first turn
+    in_flight = turns.metrics.in_flight.labels("handle")
+    turns.executor.finish(0, [0, 1, 2])
+    turns.turn()
+    assert in_flight._value.get() == 3
+    turns.clock.advance(1.0)
+    turns.turn()
+    assert in_flight._value.get() == 0
+
+
+# -- queue mode: the share group's loop -------------------------------------------------------
+
+
+class ShareTurns:
+    """A queue-mode poller over a MemoryShareSource, turned by hand."""
+
+    def __init__(self, *, max_records: int = 10, **setting_values: Any) -> None:
+        self.clock = ManualClock()
+        self.source = MemoryShareSource({"t": 2}, max_records=max_records, clock=self.clock)
+        completions: CompletionQueue = queue.SimpleQueue()
+        self.executor = HandExecutor(completions)
+        settings: Settings = runtime_settings(**setting_values)
+        self.metrics = Metrics()
+        self.poller = SharePoller(
+            handler(mode="queue"),
+            settings,
+            self.source,
+            self.executor,
+            completions,
+            codec=CODECS["raw"],
+            group=self.source.config,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self.poller.subscribe()
+
+    def acks(self) -> list[tuple[int, int, str]]:
+        return [(p.partition, o, name) for p, o, name in self.source.acknowledged]
+
+
+def test_a_share_fetch_is_dispatched_with_its_delivery_count_as_the_attempt() -> None:
+    turns = ShareTurns()
+    turns.source.broker.append("t", b"a", partition=0)
+    turns.source.broker.append("t", b"b", partition=1)
+    turns.poller.turn()
+    assert sorted((m.partition, m.offset, m.attempt) for m in turns.executor.queued) == [
+        (0, 0, 1),
+        (1, 0, 1),
+    ]
+    assert turns.poller.in_flight == 2
+
+
+def test_no_fetch_while_a_record_of_the_last_one_is_unacknowledged() -> None:
+    turns = ShareTurns()
+    for i in range(3):
+        turns.source.broker.append("t", b"%d" % i, partition=0)
+    turns.poller.turn()
+    turns.executor.finish(0, [0, 1])
+    turns.poller.turn()  # collects and acknowledges; the client would refuse a fetch now
+    assert turns.source.fetches == [3]
+    turns.executor.finish(0, [2])
+    turns.poller.turn()
+    turns.poller.turn()  # fetches again (nothing there), carrying the acknowledgements
+    assert turns.acks() == [(0, 0, "accept"), (0, 1, "accept"), (0, 2, "accept")]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "ack"),
+    [
+        (Outcome.FINISHED, "accept"),
+        (Outcome.DEAD_LETTERED, "reject"),
+        (Outcome.REJECTED, "reject"),
+        (Outcome.RELEASED, "release"),
+        (Outcome.NOT_FINISHED, "release"),
+    ],
+)
+def test_each_outcome_is_acknowledged_as_the_share_group_needs(outcome: Outcome, ack: str) -> None:
+    turns = ShareTurns()
+    turns.source.broker.append("t", b"x", partition=0)
+    turns.poller.turn()
+    turns.executor.finish(0, [0], outcome)
+    turns.poller.turn()
+    turns.poller.turn()  # the next fetch sends it
+    assert turns.acks() == [(0, 0, ack)]
+    kind = {"accept": AcknowledgeType.ACCEPT, "reject": AcknowledgeType.REJECT}.get(
+        ack, AcknowledgeType.RELEASE
+    )
+    assert turns.poller.acknowledged[ack] == 1, kind
+
+
+def test_acknowledgements_go_out_every_ack_flush_while_a_fetch_is_being_worked_through() -> None:
+    turns = ShareTurns()
+    for i in range(2):
+        turns.source.broker.append("t", b"%d" % i, partition=0)
+    turns.poller.turn()
+    turns.clock.advance(ACK_FLUSH)
+    turns.executor.finish(0, [0], Outcome.RELEASED)
+    turns.poller.turn()  # offset 1 still runs: the release is sent now, not with the fetch
+    assert turns.acks() == [(0, 0, "release")]
+
+
+def test_records_held_longer_than_their_lock_are_counted_once_as_lock_expiries() -> None:
+    turns = ShareTurns()
+    turns.source.broker.append("t", b"x", partition=0)
+    turns.poller.turn()
+    turns.clock.advance(turns.source.config.lock_seconds)
+    turns.poller.turn()
+    turns.poller.turn()
+    assert turns.metrics.lock_expiries.labels("handle")._value.get() == 1
+
+
+def test_share_shutdown_releases_what_never_started_and_what_still_runs() -> None:
+    turns = ShareTurns()
+    for i in range(3):
+        turns.source.broker.append("t", b"%d" % i, partition=0)
+    turns.poller.turn()
+    turns.executor.queued = turns.executor.queued[1:]  # offset 0 is running
+    turns.poller.shutdown()
+    assert sorted(turns.acks()) == [(0, 0, "release"), (0, 1, "release"), (0, 2, "release")]
+    assert turns.poller.unfinished_at_exit == {"share group memory-share-group": 1}
+    assert turns.source.closed and turns.executor.closed
