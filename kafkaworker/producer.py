@@ -13,11 +13,12 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypedDict
 
 import confluent_kafka
 import structlog
 from confluent_kafka import KafkaError, KafkaException
+from typing_extensions import Unpack
 
 from kafkaworker import clients
 from kafkaworker.errors import KafkaWorkerError, StartupError
@@ -25,6 +26,18 @@ from kafkaworker.serialization import RUNTIME_CODECS, Codec, get_codec
 from kafkaworker.settings import Settings
 
 HeaderList = Sequence[tuple[str, bytes | str | None]]
+
+
+class SendOptions(TypedDict, total=False):
+    """What send(), send_sync() and send_async() take beside the topic and value."""
+
+    key: bytes | str | None  # a str is sent UTF-8 encoded
+    headers: HeaderList | None
+    partition: int | None  # None: the partitioner picks one from the key
+    codec: str | Codec | None  # None: bytes (and None) as they are, anything else as JSON
+    timeout: float  # seconds; 30 by default
+
+
 log = structlog.get_logger("kafkaworker.producer")
 
 
@@ -94,21 +107,16 @@ class Producer:
                 log.exception("a delivery callback failed")
 
     def send(
-        self,
-        topic: str,
-        value: Any,
-        *,
-        key: bytes | str | None = None,
-        headers: HeaderList | None = None,
-        partition: int | None = None,
-        codec: str | Codec | None = None,
-        timeout: float = 30.0,
+        self, topic: str, value: Any, **options: Unpack[SendOptions]
     ) -> Future[confluent_kafka.Message]:
         """Queue a record; the Future resolves to the delivered record or a ProduceError.
 
         `value` is encoded by `codec`; without one, bytes (and None, a tombstone) go as they
         are and anything else is JSON. When librdkafka's queue is full, waits up to `timeout`.
         """
+        key, headers = options.get("key"), options.get("headers")
+        partition, codec = options.get("partition"), options.get("codec")
+        timeout = options.get("timeout", 30.0)
         if self._closed.is_set():
             raise ProduceError(f"the producer is closed; cannot send to {topic!r}")
         if isinstance(codec, str) and codec in RUNTIME_CODECS:
@@ -154,26 +162,11 @@ class Producer:
                 raise ProduceError(f"cannot send to {topic!r}: {exc}", exc.args[0]) from None
 
     def send_sync(
-        self,
-        topic: str,
-        value: Any,
-        *,
-        key: bytes | str | None = None,
-        headers: HeaderList | None = None,
-        partition: int | None = None,
-        codec: str | Codec | None = None,
-        timeout: float = 30.0,
+        self, topic: str, value: Any, **options: Unpack[SendOptions]
     ) -> confluent_kafka.Message:
         """Send and wait for the broker's acknowledgement; raise ProduceError on failure."""
-        future = self.send(
-            topic,
-            value,
-            key=key,
-            headers=headers,
-            partition=partition,
-            codec=codec,
-            timeout=timeout,
-        )
+        timeout = options.get("timeout", 30.0)
+        future = self.send(topic, value, **options)
         try:
             return future.result(timeout)
         except TimeoutError:
@@ -182,30 +175,16 @@ class Producer:
             ) from None
 
     async def send_async(
-        self,
-        topic: str,
-        value: Any,
-        *,
-        key: bytes | str | None = None,
-        headers: HeaderList | None = None,
-        partition: int | None = None,
-        codec: str | Codec | None = None,
-        timeout: float = 30.0,
+        self, topic: str, value: Any, **options: Unpack[SendOptions]
     ) -> confluent_kafka.Message:
         """Send and await the broker's acknowledgement without blocking the event loop; raise
         ProduceError on failure. For async handlers: `await app.producer.send_async(...)`."""
+        timeout = options.get("timeout", 30.0)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                future = self.send(
-                    topic,
-                    value,
-                    key=key,
-                    headers=headers,
-                    partition=partition,
-                    codec=codec,
-                    timeout=0,
-                )
+                now: SendOptions = {**options, "timeout": 0}  # no wait for room in send()
+                future = self.send(topic, value, **now)
                 break
             except _QueueFullError:
                 # send() waited 0 s for room in librdkafka's queue: wait on the loop instead.

@@ -2,7 +2,7 @@
 tests move time by hand instead of sleeping (arroyo's clock, whose sleep a mocked clock turns
 into advancing time, is the model).
 
-- SystemClock: the real one.
+- Clock: the real one (SYSTEM_CLOCK).
 - ManualClock: frozen; moves only when told (`advance`) or when something waits on it: a
   wait advances it by the time waited, at once. For unit tests of decisions (backpressure,
   delayed retries, the breaker) and of the poller turn by turn.
@@ -23,104 +23,63 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
+_sleep = time.sleep
 
 
-class Clock(Protocol):
-    def monotonic(self) -> float:
-        """Seconds, for intervals."""
-        ...
+# What ends a wait early (it is asked again whenever the wait is woken), and the event that
+# wakes a wait on an event loop (asked for again each time: it may be replaced once set).
+Until = Callable[[], bool]
+Woken = Callable[[], asyncio.Event]
 
-    def time(self) -> float:
-        """Seconds since the epoch, for due times written into records."""
-        ...
+
+class Clock:
+    """The system's clock. ManualClock and VirtualClock stand in for it in tests."""
+
+    # Seconds, for intervals; seconds since the epoch, for due times written into records.
+    # The C functions themselves: the executors read the clock between stretches of calls.
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
 
     def sleep(self, seconds: float) -> None:
         """Let `seconds` pass."""
-        ...
+        _sleep(seconds)
 
     def wait(
-        self,
-        cond: threading.Condition,
-        until: Callable[[], bool],
-        seconds: float,
-        *,
-        stall: bool = False,
+        self, cond: threading.Condition, until: Until, seconds: float, *, stall: bool = False
     ) -> bool:
         """With `cond` held: wait until `until()` holds or `seconds` have passed; whether it
         holds. Whoever makes it hold notifies `cond`."""
-        ...
+        return cond.wait_for(until, seconds)
 
     async def wait_async(
-        self,
-        woken: Callable[[], asyncio.Event],
-        until: Callable[[], bool],
-        seconds: float,
-        *,
-        stall: bool = False,
+        self, woken: Woken, until: Until, seconds: float, *, stall: bool = False
     ) -> bool:
         """On an event loop: wait until `until()` holds or `seconds` have passed; whether it
-        holds. `woken()` is the event set when it may have come to hold (it may be replaced
-        after each setting, so it is asked for again)."""
-        ...
+        holds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not until():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(woken().wait(), remaining)
+            except TimeoutError:
+                return until()
+        return True
 
     def get(self, items: queue.SimpleQueue[T], seconds: float) -> T:
         """The next item, waiting up to `seconds` for it; queue.Empty when none came."""
-        ...
-
-
-async def _wait_on_loop(
-    woken: Callable[[], asyncio.Event], until: Callable[[], bool], seconds: float
-) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not until():
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return False
-        try:
-            await asyncio.wait_for(woken().wait(), remaining)
-        except TimeoutError:
-            return until()
-    return True
-
-
-class SystemClock:
-    monotonic = staticmethod(time.monotonic)
-    sleep = staticmethod(time.sleep)
-    time = staticmethod(time.time)
-
-    @staticmethod
-    def wait(
-        cond: threading.Condition,
-        until: Callable[[], bool],
-        seconds: float,
-        *,
-        stall: bool = False,
-    ) -> bool:
-        return cond.wait_for(until, seconds)
-
-    @staticmethod
-    async def wait_async(
-        woken: Callable[[], asyncio.Event],
-        until: Callable[[], bool],
-        seconds: float,
-        *,
-        stall: bool = False,
-    ) -> bool:
-        return await _wait_on_loop(woken, until, seconds)
-
-    @staticmethod
-    def get(items: queue.SimpleQueue[T], seconds: float) -> T:
         return items.get(timeout=seconds)
 
 
-SYSTEM_CLOCK = SystemClock()
+SYSTEM_CLOCK = Clock()
 
 
-class ManualClock:
+class ManualClock(Clock):
     """A frozen clock that moves only when told to (`advance`, from any thread) or waited on:
     a wait (but a stall's) advances it by the time waited, at once."""
 
@@ -144,29 +103,19 @@ class ManualClock:
         self.advance(seconds)
 
     def wait(
-        self,
-        cond: threading.Condition,
-        until: Callable[[], bool],
-        seconds: float,
-        *,
-        stall: bool = False,
+        self, cond: threading.Condition, until: Until, seconds: float, *, stall: bool = False
     ) -> bool:
         if stall:
-            return cond.wait_for(until, seconds)
+            return super().wait(cond, until, seconds)
         if not until():
             self.advance(seconds)
         return until()
 
     async def wait_async(
-        self,
-        woken: Callable[[], asyncio.Event],
-        until: Callable[[], bool],
-        seconds: float,
-        *,
-        stall: bool = False,
+        self, woken: Woken, until: Until, seconds: float, *, stall: bool = False
     ) -> bool:
         if stall:
-            return await _wait_on_loop(woken, until, seconds)
+            return await super().wait_async(woken, until, seconds)
         if not until():
             self.advance(seconds)
         return until()
@@ -185,7 +134,7 @@ class VirtualClock(ManualClock):
     wait for reports from threads (`get`) takes the real time it takes: the runtime's threads
     run in real time."""
 
-    get = staticmethod(SystemClock.get)
+    get = Clock.get
 
     def __init__(self) -> None:
         super().__init__(0.0, 0.0)  # the time skipped so far

@@ -14,7 +14,6 @@ import contextlib
 import queue
 import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from kafkaworker.handlers import HandlerSpec, is_async_callable
@@ -211,9 +210,7 @@ def build_handler(
             metrics=metrics,
             clock=clock,
         )
-    return HandlerRuntime(
-        spec, poller=poller, executor=executor, attempts=attempts, breaker=breaker, codec=codec
-    )
+    return HandlerRuntime(spec, poller, executor, attempts, breaker, codec)
 
 
 class AppRuntime:
@@ -257,31 +254,24 @@ class AppRuntime:
         return self._lifespan is not None and self._lifespan.shutdown_failed
 
     def __enter__(self) -> AppRuntime:
-        try:
-            self._build()
-        except BaseException:
-            self._stack.close()
-            raise
+        with contextlib.ExitStack() as stack:  # left at once if the build fails
+            self._build(stack)
+            self._stack = stack.pop_all()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         try:
             self.stop()
         finally:
             self._stack.close()
 
-    def _build(self) -> None:
+    def _build(self, stack: contextlib.ExitStack) -> None:
         hooks = [*self.app.startup_hooks, *self.app.shutdown_hooks]
         if any(spec.is_async for spec in self.specs) or any(map(is_async_callable, hooks)):
             # The process's event loop: async handlers and async hooks share it.
             self.loop = EventLoopThread(kind=self.settings.event_loop).start()
-            self._stack.callback(self.loop.close)
-        self._lifespan = self._stack.enter_context(
+            stack.callback(self.loop.close)
+        self._lifespan = stack.enter_context(
             self.app.lifespan(
                 self.settings,
                 run_async=self.loop.run if self.loop is not None else None,

@@ -4,6 +4,7 @@ the composition root (compose.py) wired them; it owns the poll thread and stops 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -17,29 +18,23 @@ from kafkaworker.serialization import Codec
 log = structlog.get_logger("kafkaworker.runtime")
 
 
+@dataclass(eq=False)
 class HandlerRuntime:
     """Owns one handler's poll thread, which owns the source and stops the executor.
-    `codec` encodes the handler's outputs (and the test client's sends)."""
+    `codec` encodes the handler's outputs (and the test client's sends); `error` is what ended
+    the poll thread, if anything did."""
 
-    def __init__(
-        self,
-        spec: HandlerSpec,
-        *,
-        poller: PollLoop,
-        executor: Executor,
-        attempts: Attempts,
-        breaker: CircuitBreaker | None,
-        codec: Codec,
-    ) -> None:
-        self.spec = spec
-        self.poller = poller
-        self.executor = executor
-        self.attempts = attempts
-        self.breaker = breaker
-        self.codec = codec
-        self.error: BaseException | None = None
+    spec: HandlerSpec
+    poller: PollLoop
+    executor: Executor
+    attempts: Attempts
+    breaker: CircuitBreaker | None
+    codec: Codec
+    error: BaseException | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
         self._thread = threading.Thread(
-            target=self._run_poller, name=f"kw-{spec.name}-poll", daemon=True
+            target=self._run_poller, name=f"kw-{self.spec.name}-poll", daemon=True
         )
 
     def start(self) -> None:

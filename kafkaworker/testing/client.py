@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 from kafkaworker import headers as kw_headers
@@ -121,30 +120,21 @@ class TestClient:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def __enter__(self) -> TestClient:
-        try:
-            self._start()
-        except BaseException:
-            self._stack.close()
-            raise
+        with contextlib.ExitStack() as stack:  # left at once if the start fails
+            self._start(stack)
+            self._stack = stack.pop_all()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._stack.close()
 
-    def _start(self) -> None:
-        sources = _MemorySources(
-            self.broker, self._sources, delivery_limit=self._delivery_limit, app=self.app.name
-        )
+    def _start(self, stack: contextlib.ExitStack) -> None:
+        sources = _MemorySources(self.broker, self._sources, self._delivery_limit, self.app.name)
         for spec in self.specs:
             for topic in self._subscribed(spec):
                 if not self.broker.partitions(topic):
                     self.broker.create_topic(topic, self._partitions)
-        runtime = self._stack.enter_context(
+        runtime = stack.enter_context(
             AppRuntime(
                 self.app,
                 self.settings,
@@ -378,32 +368,23 @@ class _Observer:
             self._wake.notify_all()
 
 
+@dataclass
 class _MemorySources:
     """The test client's sources: a member of an in-memory consumer group or share group per
     handler, over its MemoryBroker; kept by handler name in `by_handler`."""
 
-    def __init__(
-        self,
-        broker: MemoryBroker,
-        by_handler: dict[str, MemorySource | MemoryShareSource],
-        *,
-        delivery_limit: int,
-        app: str,
-    ) -> None:
-        self._broker = broker
-        self._by_handler = by_handler
-        self._delivery_limit = delivery_limit
-        self._app = app
+    broker: MemoryBroker
+    by_handler: dict[str, MemorySource | MemoryShareSource]
+    delivery_limit: int
+    app: str
 
     def stream(self, spec: HandlerSpec) -> Source:
-        source = self._by_handler[spec.name] = MemorySource(broker=self._broker)
+        source = self.by_handler[spec.name] = MemorySource(broker=self.broker)
         return source
 
     def queue(self, spec: HandlerSpec) -> tuple[ShareSource, ShareGroupConfig]:
         source = MemoryShareSource(
-            broker=self._broker,
-            delivery_limit=self._delivery_limit,
-            group=spec.group or self._app,
+            broker=self.broker, delivery_limit=self.delivery_limit, group=spec.group or self.app
         )
-        self._by_handler[spec.name] = source
+        self.by_handler[spec.name] = source
         return source, source.config

@@ -11,9 +11,9 @@ from typing import Any
 import confluent_kafka
 import orjson
 from confluent_kafka import TIMESTAMP_CREATE_TIME
+from typing_extensions import Unpack
 
-from kafkaworker.producer import HeaderList, ProduceError, Producer, _encode
-from kafkaworker.serialization import Codec
+from kafkaworker.producer import ProduceError, Producer, SendOptions, _encode
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,10 @@ class MemoryProducer(Producer):
         self.records: list[ProducedRecord] = []
 
     def send(
-        self,
-        topic: str,
-        value: Any,
-        *,
-        key: bytes | str | None = None,
-        headers: HeaderList | None = None,
-        partition: int | None = None,
-        codec: str | Codec | None = None,
-        timeout: float = 30.0,
+        self, topic: str, value: Any, **options: Unpack[SendOptions]
     ) -> Future[confluent_kafka.Message]:
+        key, headers = options.get("key"), options.get("headers")
+        partition, codec = options.get("partition"), options.get("codec")
         if self._closed.is_set():
             raise ProduceError(f"the producer is closed; cannot send to {topic!r}")
         payload = _encode(topic, value, codec)

@@ -33,7 +33,8 @@ from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.execute.batches import BatchRunner
-from kafkaworker.runtime.execute.steps import Idle
+from kafkaworker.runtime.execute.outputs import Outputs
+from kafkaworker.runtime.execute.steps import Emit, Idle, Sleep, Write
 from kafkaworker.runtime.handoff import (
     Completion,
     CompletionQueue,
@@ -460,6 +461,42 @@ class ExecutorCore:
                 break
             yield Idle(min(remaining, 0.01), lambda: bool(lane.queue))
         return list(chunk)
+
+
+class Driver:
+    """What the two drivers share beside the core: the Executor's view of the core's
+    timings, and how each step is carried out, by its type (`_carry`: the driver's methods,
+    which block on a thread and await on the loop: the only thing in which they differ)."""
+
+    def __init__(self, core: ExecutorCore, outputs: Outputs | None) -> None:
+        self.core = core
+        self._outputs = outputs
+        self._clock = core.clock
+        self._carry: dict[type, Callable[[Any], Any]] = {
+            Emit: self._emit,
+            Write: self._write,
+            Sleep: self._sleep,
+            Idle: self._idle,
+        }
+
+    @property
+    def recent_handler_seconds(self) -> float:
+        return self.core.recent_handler_seconds
+
+    def handler_seconds_p99(self, window: float = 60.0) -> float | None:
+        return self.core.handler_seconds_p99(window)
+
+    def _emit(self, step: Emit) -> Any:
+        raise NotImplementedError
+
+    def _write(self, step: Write) -> Any:
+        raise NotImplementedError
+
+    def _sleep(self, step: Sleep) -> Any:
+        raise NotImplementedError
+
+    def _idle(self, step: Idle) -> Any:
+        raise NotImplementedError
 
 
 # -- lanes ----------------------------------------------------------------------------------

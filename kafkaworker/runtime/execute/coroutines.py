@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import structlog
 
-from kafkaworker.runtime.execute.core import REPORT_AFTER, REPORT_EVERY, ExecutorCore, Lane, Work
+from kafkaworker.runtime.execute.core import (
+    REPORT_AFTER,
+    REPORT_EVERY,
+    Driver,
+    ExecutorCore,
+    Lane,
+    Work,
+)
 from kafkaworker.runtime.execute.event_loop import EventLoopThread, cancelling
 from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.execute.steps import Emit, Idle, Sleep, Write
@@ -26,15 +33,13 @@ from kafkaworker.runtime.handoff import Dispatched, Lease, Run
 log = structlog.get_logger("kafkaworker.aio")
 
 
-class AsyncPool:
+class AsyncPool(Driver):
     """Up to `concurrency` coroutines running one handler's lanes on the event loop."""
 
     def __init__(
         self, core: ExecutorCore, *, loop: EventLoopThread, outputs: Outputs | None = None
     ) -> None:
-        self.core = core
-        self._outputs = outputs
-        self._clock = core.clock
+        super().__init__(core, outputs)
         self._loop_thread = loop
         self._loop = loop.loop
         core.flush_later = self._flush_later
@@ -42,22 +47,7 @@ class AsyncPool:
         self._running: dict[asyncio.Task[None], Collection[Lease]] = {}
         self._revoked = asyncio.Event()  # set (and replaced) on every revoke
         self._never = asyncio.Event()  # a batch fill polls: nothing sets it
-        # How each step is carried out: awaiting. An async handler's call is yielded as its
-        # awaitable, which is awaited as it is.
-        self._carry: dict[type, Callable[[Any], Any]] = {
-            Emit: self._emit,
-            Write: self._write,
-            Sleep: self._sleep,
-            Idle: self._idle,
-        }
         loop.watch(core.spec.name, core.spec.func)
-
-    @property
-    def recent_handler_seconds(self) -> float:
-        return self.core.recent_handler_seconds
-
-    def handler_seconds_p99(self, window: float = 60.0) -> float | None:
-        return self.core.handler_seconds_p99(window)
 
     def start(self) -> None:
         """Nothing to start: the loop runs already."""

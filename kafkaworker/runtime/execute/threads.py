@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
-from kafkaworker.runtime.execute.core import ExecutorCore, Lane, Work
+from kafkaworker.runtime.execute.core import Driver, ExecutorCore, Lane, Work
 from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.execute.steps import Emit, Idle, Sleep, Write
 from kafkaworker.runtime.handoff import Dispatched, Lease, Run
@@ -23,32 +23,16 @@ from kafkaworker.runtime.handoff import Dispatched, Lease, Run
 log = structlog.get_logger("kafkaworker.pool")
 
 
-class WorkerPool:
+class WorkerPool(Driver):
     """`concurrency` worker threads draining one handler's lanes."""
 
     def __init__(self, core: ExecutorCore, *, name: str, outputs: Outputs | None = None) -> None:
-        self.core = core
-        self._outputs = outputs
-        self._clock = core.clock
+        super().__init__(core, outputs)
         self._cond = threading.Condition(core.lock)
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(core.spec.concurrency)
         ]
-        # How each step is carried out: blocking.
-        self._carry: dict[type, Callable[[Any], Any]] = {
-            Emit: self._emit,
-            Write: self._write,
-            Sleep: self._sleep,
-            Idle: self._idle,
-        }
-
-    @property
-    def recent_handler_seconds(self) -> float:
-        return self.core.recent_handler_seconds
-
-    def handler_seconds_p99(self, window: float = 60.0) -> float | None:
-        return self.core.handler_seconds_p99(window)
 
     def start(self) -> None:
         for thread in self._threads:

@@ -11,7 +11,7 @@ finished: only failures are decided.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from enum import Enum
 
 from kafkaworker.errors import DeadLetter, DeserializationError, SchemaRegistryUnavailable, Skip
@@ -70,28 +70,21 @@ def is_fatal(error: BaseException) -> bool:
     return isinstance(error, ValidationError)
 
 
+@dataclass(eq=False)
 class FailurePolicy:
     """One handler's failure policy: `retries` with `backoff` for errors in `retry_on`, then
-    the next delayed retry topic, the DLQ, or `on_exhausted` ("stall" or "skip")."""
+    the next delayed retry topic, the DLQ, or `on_exhausted` ("stall" or "skip").
+    `can_publish`: whether failed messages can be written anywhere (a producer for the DLQ and
+    the retry topics): without it they stall or are skipped. `delivery_limit` (queue mode):
+    the share group's delivery count limit, once the source has read it."""
 
-    def __init__(
-        self,
-        spec: HandlerSpec,
-        *,
-        routes: RetryRoutes | None = None,
-        can_publish: bool = False,
-        breaker: CircuitBreaker | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.spec = spec
-        self.routes = routes
-        # Whether failed messages can be written anywhere (a producer for the DLQ and the
-        # retry topics): without it they stall or are skipped.
-        self.can_publish = can_publish
-        self.breaker = breaker
-        self._rng = rng
-        # Queue mode: the share group's delivery count limit, once the source has read it.
-        self.delivery_limit: int | None = None
+    spec: HandlerSpec
+    _: KW_ONLY
+    routes: RetryRoutes | None = None
+    can_publish: bool = False
+    breaker: CircuitBreaker | None = None
+    rng: random.Random | None = None
+    delivery_limit: int | None = None
 
     def decide(self, topic: str, error: BaseException, failures: int) -> Decision:
         """What to do after the `failures`-th failed call (1-based) of a message of `topic`."""
@@ -101,10 +94,10 @@ class FailurePolicy:
         if isinstance(error, SchemaRegistryUnavailable):
             # The Schema Registry did not answer: no fault of the record, so it is neither
             # dead-lettered nor skipped, whatever `retries` says; it waits with backoff.
-            return Decision(Action.RETRY, delay=spec.backoff.delay(failures, self._rng))
+            return Decision(Action.RETRY, delay=spec.backoff.delay(failures, self.rng))
         fatal = is_fatal(error) or not isinstance(error, spec.retry_on)
         if not fatal and failures <= spec.retries:
-            return Decision(Action.RETRY, delay=spec.backoff.delay(failures, self._rng))
+            return Decision(Action.RETRY, delay=spec.backoff.delay(failures, self.rng))
         breaker = self.breaker
         if breaker is not None and breaker.open:
             # Most messages are failing (a bad deploy?): hold this one rather than fill the
@@ -175,4 +168,4 @@ class FailurePolicy:
     def write_retry_delay(self, failures: int) -> float:
         """How long to wait before writing to a retry topic or the DLQ again, after `failures`
         failed writes: the handler's backoff, at least 50 ms."""
-        return max(0.05, self.spec.backoff.delay(failures, self._rng))
+        return max(0.05, self.spec.backoff.delay(failures, self.rng))

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Collection
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.poll.partitions import PartitionState
-from kafkaworker.runtime.source import Source
+from kafkaworker.runtime.source import ShareSource, Source
 
 REFRESH_EVERY = 1.0
 
@@ -33,7 +33,12 @@ class PartitionRow(NamedTuple):
 
 class PollGauges:
     def __init__(
-        self, metrics: Metrics, handler: str, source: Source, *, clock: Clock = SYSTEM_CLOCK
+        self,
+        metrics: Metrics,
+        handler: str,
+        source: Source | ShareSource,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._metrics = metrics
         self._handler = handler
@@ -73,14 +78,16 @@ class PollGauges:
         metrics.paused_partitions.labels(handler).set(sum(1 for s in partitions if s.paused))
         wall = self._clock.time()
         rows = []
+        # Partitions come with a consumer group's source only (a share group has none).
+        source = cast(Source, self._source)
         for state in partitions:
-            end = self._source.log_end(state.topic_partition)
+            end = source.log_end(state.topic_partition)
             unfinished = state.offsets.lowest_unfinished()
             position = unfinished
             if position is None:
                 position = state.offsets.committable
             if position is None:  # nothing fetched in this assignment yet
-                position = self._source.position(state.topic_partition)
+                position = source.position(state.topic_partition)
             lag = age = None
             if end is not None and position is not None:
                 lag = end - position

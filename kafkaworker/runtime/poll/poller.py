@@ -43,7 +43,7 @@ from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.gauges import PartitionRow, PollGauges
 from kafkaworker.runtime.poll.partitions import Intake, PartitionState
 from kafkaworker.runtime.poll.pausing import Pausing
-from kafkaworker.runtime.source import Partition, Record, Source
+from kafkaworker.runtime.source import Partition, Record, ShareSource, Source
 from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings
 
@@ -68,20 +68,23 @@ class PollLoop(ABC):
         self,
         spec: HandlerSpec,
         settings: Settings,
+        source: Source | ShareSource,
         executor: Executor,
         completions: CompletionQueue,
         *,
-        gauges: PollGauges,
-        metrics: Metrics,
+        metrics: Metrics | None,
         clock: Clock,
     ) -> None:
         self.spec = spec
         self.settings = settings
         self._executor = executor
         self._completions = completions
-        self._gauges = gauges
-        self._metrics = metrics
+        self._source = source
+        self._metrics = metrics = metrics or Metrics()
         self._clock = clock
+        self._gauges = PollGauges(metrics, spec.name, source, clock=clock)
+        self._consumed = metrics.consumed.labels(spec.name)
+        self._finished = metrics.finished.labels(spec.name)
         self._stopping = threading.Event()
         # When a shutdown's drain gives up on running handlers (infinity until it starts).
         self._shutdown_deadline = float("inf")
@@ -206,6 +209,8 @@ class Poller(PollLoop):
     """Drives one source for one handler; owns the source and its stop path. It is also the
     source's AssignmentListener: rebalance callbacks run on this thread, inside fetch()."""
 
+    _source: Source
+
     def __init__(
         self,
         spec: HandlerSpec,
@@ -222,17 +227,9 @@ class Poller(PollLoop):
         metrics: Metrics | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        metrics = metrics or Metrics()
         super().__init__(
-            spec,
-            settings,
-            executor,
-            completions,
-            gauges=PollGauges(metrics, spec.name, source, clock=clock),
-            metrics=metrics,
-            clock=clock,
+            spec, settings, source, executor, completions, metrics=metrics, clock=clock
         )
-        self._source = source
         self._committer = committer
         self._topics = list(topics)
         self._delayed = delayed
@@ -241,7 +238,7 @@ class Poller(PollLoop):
             settings.max_pending, settings.max_pending_per_partition, clock=clock
         )
         self._pausing = Pausing(
-            self._backpressure, delayed, breaker, metrics=metrics, handler=spec.name
+            self._backpressure, delayed, breaker, metrics=self._metrics, handler=spec.name
         )
         self._partitions: dict[Partition, PartitionState] = {}
         # The leases held now, to their partitions: a completion whose lease is not here is
@@ -259,8 +256,6 @@ class Poller(PollLoop):
         self._in_flight = 0
         self._changed = False
         self.stats = PollerStats()
-        self._consumed = metrics.consumed.labels(spec.name)
-        self._finished = metrics.finished.labels(spec.name)
 
     @property
     def partitions(self) -> list[PartitionState]:

@@ -37,7 +37,6 @@ from kafkaworker.runtime.handoff import (
     Outcome,
     Run,
 )
-from kafkaworker.runtime.poll.gauges import PollGauges
 from kafkaworker.runtime.poll.poller import PollLoop
 from kafkaworker.runtime.source import Partition, Record, ShareSource
 from kafkaworker.runtime.source.share_group import ACK_NAMES, LOCK_DURATION_MS, ShareGroupConfig
@@ -63,6 +62,8 @@ _DELIVERY_BUCKETS = 10
 class SharePoller(PollLoop):
     """Drives one share consumer for one handler; owns it and its stop path."""
 
+    _source: ShareSource
+
     def __init__(
         self,
         spec: HandlerSpec,
@@ -76,20 +77,12 @@ class SharePoller(PollLoop):
         metrics: Metrics | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        metrics = metrics or Metrics()
-        super().__init__(
-            spec,
-            settings,
-            executor,
-            completions,
-            # No per-partition lag: a share group's state is the broker's (`kafkaworker lag`).
-            gauges=PollGauges(metrics, spec.name, source, clock=clock),  # type: ignore[arg-type]
-            metrics=metrics,
-            clock=clock,
-        )
-        self._source = source
         self._codec = codec
         self._group = group
+        # No per-partition lag in its gauges: a share group's state is the broker's.
+        super().__init__(
+            spec, settings, source, executor, completions, metrics=metrics, clock=clock
+        )
         # A lease per partition records came from: what the executor's lanes and reports are
         # keyed by; revoked only at shutdown (a share group has no assignment to revoke).
         self._leases_by_partition: dict[Partition, Lease] = {}
@@ -102,12 +95,11 @@ class SharePoller(PollLoop):
         self._acks_sent_at = 0.0
         self.acknowledged: Counter[str] = Counter()  # by type, for tests
         name = spec.name
-        self._consumed = metrics.consumed.labels(name)
-        self._finished = metrics.finished.labels(name)
         self._ack_counters = {
-            kind: metrics.acknowledgements.labels(name, label) for kind, label in ACK_NAMES.items()
+            kind: self._metrics.acknowledgements.labels(name, label)
+            for kind, label in ACK_NAMES.items()
         }
-        self._lock_expiries = metrics.lock_expiries.labels(name)
+        self._lock_expiries = self._metrics.lock_expiries.labels(name)
 
     @property
     def in_flight(self) -> int:

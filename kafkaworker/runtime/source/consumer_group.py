@@ -324,20 +324,18 @@ class ConsumerGroupSource:
         return [starts.get((tp.topic, tp.partition), tp) for tp in partitions]
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if consumer is not self._consumer:
-            return  # a consumer replaced by _rejoin(), closing
-        assert self._listener is not None
-        revoked = _partitions(partitions)
-        self._revoked.update(revoked)
-        self._listener.on_revoke(revoked)
+        self._let_go(consumer, partitions, lost=False)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._let_go(consumer, partitions, lost=True)
+
+    def _let_go(self, consumer: Consumer, partitions: list[TopicPartition], *, lost: bool) -> None:
         if consumer is not self._consumer:
             return  # a consumer replaced by _rejoin(), closing
         assert self._listener is not None
-        lost = _partitions(partitions)
-        self._revoked.update(lost)
-        self._listener.on_lost(lost)
+        gone = _partitions(partitions)
+        self._revoked.update(gone)
+        (self._listener.on_lost if lost else self._listener.on_revoke)(gone)
 
     def _on_statistics(self, generation: int, statistics: str) -> None:
         """How long the brokers serving this consumer have owed it an answer; and, under

@@ -35,6 +35,14 @@ class MemoryBroker:
         for topic, partitions in (topics or {}).items():
             self.create_topic(topic, partitions)
 
+    @classmethod
+    def given(cls, broker: MemoryBroker | None, topics: Mapping[str, int] | None) -> MemoryBroker:
+        """`broker` (a new one when None) with `topics` created in it."""
+        broker = broker if broker is not None else cls()
+        for topic, partitions in (topics or {}).items():
+            broker.create_topic(topic, partitions)
+        return broker
+
     def create_topic(self, topic: str, partitions: int = 1) -> None:
         with self.cond:
             for index in range(partitions):
@@ -93,9 +101,7 @@ class MemorySource:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._clock = clock
-        self.broker = broker if broker is not None else MemoryBroker()
-        for topic, partitions in (topics or {}).items():
-            self.broker.create_topic(topic, partitions)
+        self.broker = MemoryBroker.given(broker, topics)
         self._cond = self.broker.cond
         self._logs = self.broker.logs
         self._auto_assign = auto_assign

@@ -42,9 +42,7 @@ class MemoryShareSource:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._clock = clock
-        self.broker = broker if broker is not None else MemoryBroker()
-        for topic, partitions in (topics or {}).items():
-            self.broker.create_topic(topic, partitions)
+        self.broker = MemoryBroker.given(broker, topics)
         self.config = ShareGroupConfig(
             group=group,
             delivery_limit=delivery_limit,
