@@ -25,17 +25,14 @@ from kafkaworker.runtime.execute.batches import BatchRunner
 from kafkaworker.runtime.execute.core import ExecutorCore
 from kafkaworker.runtime.execute.coroutines import AsyncPool
 from kafkaworker.runtime.execute.event_loop import EventLoopThread
-from kafkaworker.runtime.execute.outputs import Outputs
+from kafkaworker.runtime.execute.outputs import FailureRecords, Outputs
 from kafkaworker.runtime.execute.threads import WorkerPool
-from kafkaworker.runtime.failures.breaker import CircuitBreaker
-from kafkaworker.runtime.failures.deadletter import FailureRecords
-from kafkaworker.runtime.failures.policy import FailurePolicy
+from kafkaworker.runtime.failures.policy import CircuitBreaker, FailurePolicy
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
 from kafkaworker.runtime.handoff import Completion, Executor
-from kafkaworker.runtime.poll.commit import StoredOffsetCommit
 from kafkaworker.runtime.poll.delayed import DelayedRetries
-from kafkaworker.runtime.poll.poller import Poller, PollLoop
+from kafkaworker.runtime.poll.poller import Poller, PollLoop, StoredOffsetCommit
 from kafkaworker.runtime.poll.share_poller import SharePoller
 from kafkaworker.runtime.source import ShareSource, Source
 from kafkaworker.runtime.source.share_group import ShareGroupConfig

@@ -10,7 +10,7 @@ import structlog
 
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.runtime.execute.attempts import Attempts
-from kafkaworker.runtime.failures.breaker import CircuitBreaker
+from kafkaworker.runtime.failures.policy import CircuitBreaker
 from kafkaworker.runtime.handoff import Executor
 from kafkaworker.runtime.poll.poller import PollLoop
 from kafkaworker.serialization import Codec

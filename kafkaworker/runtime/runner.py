@@ -119,7 +119,12 @@ class Runner:
         )
         with runtime:
             self.handlers = runtime.handlers
-            self.status.attach(self.handlers)
+            # The dashboard reads the recent failures: on the metrics port, or from a supervised
+            # child's status file.
+            shown = self.settings.dashboard.enabled and (
+                self.settings.metrics.port is not None or bool(os.environ.get(MULTIPROC_ENV))
+            )
+            self.status.attach(self.handlers, failures=shown)
             self._install_signal_handlers()
             runtime.start()
             log.info(

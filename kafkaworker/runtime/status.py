@@ -47,9 +47,13 @@ class ProcessStatus:
         self._started = time.time()
         self._index = os.environ.get("KAFKAWORKER_PROCESS_INDEX")
 
-    def attach(self, handlers: Sequence[HandlerRuntime]) -> None:
-        for runtime in handlers:
-            runtime.attempts.failure_sink = self.failures.sink(runtime.spec.name, runtime.spec.dlq)
+    def attach(self, handlers: Sequence[HandlerRuntime], *, failures: bool = True) -> None:
+        """Show these handlers; with `failures`, keep their recent failures too (formatting a
+        traceback per failure is wasted when nothing reads them)."""
+        if failures:
+            for runtime in handlers:
+                sink = self.failures.sink(runtime.spec.name, runtime.spec.dlq)
+                runtime.attempts.failure_sink = sink
         self.handlers = handlers
 
     def status(self) -> dict[str, Any]:

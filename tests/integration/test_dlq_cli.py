@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from kafkaworker import Message
 from kafkaworker.cli import cli
 from kafkaworker.producer import Producer
-from kafkaworker.runtime.failures.deadletter import FailureRecords
+from kafkaworker.runtime.execute.outputs import FailureRecords
 from tests.conftest import TopicFactory
 from tests.support import end_offsets, make_settings, read_topic
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kafkaworker.runtime.failures.breaker import CircuitBreaker
+from kafkaworker.runtime.failures.policy import CircuitBreaker
 
 
 class Clock:

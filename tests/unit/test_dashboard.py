@@ -14,8 +14,7 @@ from prometheus_client import CollectorRegistry
 from kafkaworker.errors import ConfigError
 from kafkaworker.message import Message
 from kafkaworker.observability.dashboard import Dashboard
-from kafkaworker.runtime.failures.breaker import CircuitBreaker
-from kafkaworker.runtime.failures.policy import Action, Decision
+from kafkaworker.runtime.failures.policy import Action, CircuitBreaker, Decision
 from kafkaworker.runtime.failures.recent import RecentFailures
 from kafkaworker.settings import DashboardSettings, Settings
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kafkaworker import Message
-from kafkaworker.runtime.failures.deadletter import TRACEBACK_LIMIT, failure_headers
+from kafkaworker.runtime.execute.outputs import TRACEBACK_LIMIT, failure_headers
 
 
 def raised(error: BaseException) -> BaseException:

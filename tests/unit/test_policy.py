@@ -14,8 +14,13 @@ from kafkaworker import App, Backoff, DeadLetter, DeserializationError, Message,
 from kafkaworker.errors import SchemaRegistryUnavailable
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.runtime.clock import ManualClock
-from kafkaworker.runtime.failures.breaker import CircuitBreaker
-from kafkaworker.runtime.failures.policy import QUEUE_WAIT_MAX, Action, Decision, FailurePolicy
+from kafkaworker.runtime.failures.policy import (
+    QUEUE_WAIT_MAX,
+    Action,
+    CircuitBreaker,
+    Decision,
+    FailurePolicy,
+)
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 
 

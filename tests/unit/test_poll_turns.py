@@ -16,7 +16,7 @@ from kafkaworker import App, Message
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.clock import ManualClock
-from kafkaworker.runtime.failures.breaker import CircuitBreaker
+from kafkaworker.runtime.failures.policy import CircuitBreaker
 from kafkaworker.runtime.handoff import (
     Completion,
     CompletionQueue,
@@ -26,9 +26,8 @@ from kafkaworker.runtime.handoff import (
     Run,
 )
 from kafkaworker.runtime.poll.backpressure import WITHHOLD
-from kafkaworker.runtime.poll.commit import StoredOffsetCommit
 from kafkaworker.runtime.poll.delayed import DelayedRetries
-from kafkaworker.runtime.poll.poller import Poller
+from kafkaworker.runtime.poll.poller import Poller, StoredOffsetCommit
 from kafkaworker.runtime.poll.share_poller import ACK_FLUSH, SharePoller
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource

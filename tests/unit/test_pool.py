@@ -24,9 +24,8 @@ from kafkaworker.runtime.execute.batches import BatchRunner
 from kafkaworker.runtime.execute.core import SLOW_HANDLER, ExecutorCore
 from kafkaworker.runtime.execute.coroutines import AsyncPool
 from kafkaworker.runtime.execute.event_loop import EventLoopThread
-from kafkaworker.runtime.execute.outputs import Outputs
+from kafkaworker.runtime.execute.outputs import FailureRecords, Outputs
 from kafkaworker.runtime.execute.threads import WorkerPool
-from kafkaworker.runtime.failures.deadletter import FailureRecords
 from kafkaworker.runtime.failures.policy import Decision, FailurePolicy
 from kafkaworker.runtime.handoff import Completion, CompletionQueue, Executor, Outcome
 from kafkaworker.runtime.poll.partitions import PartitionState

@@ -20,8 +20,8 @@ from kafkaworker.message import DispatchedMessage
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.compose import AppRuntime, GivenSources
 from kafkaworker.runtime.execute.attempts import Attempts
+from kafkaworker.runtime.execute.outputs import FailureRecords
 from kafkaworker.runtime.execute.steps import Sleep, Write
-from kafkaworker.runtime.failures.deadletter import FailureRecords
 from kafkaworker.runtime.failures.policy import FailurePolicy
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
 from kafkaworker.runtime.handoff import Lease, Outcome

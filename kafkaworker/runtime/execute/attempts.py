@@ -21,8 +21,8 @@ from kafkaworker.errors import Skip
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
+from kafkaworker.runtime.execute.outputs import FailureRecords, error_type
 from kafkaworker.runtime.execute.steps import Emit, Sleep, Write
-from kafkaworker.runtime.failures.deadletter import FailureRecords, error_type
 from kafkaworker.runtime.failures.policy import Action, Decision, FailurePolicy
 from kafkaworker.runtime.handoff import Completion, Dispatched, Lease, Outcome, Run
 

@@ -19,7 +19,7 @@ from kafkaworker.errors import BatchFailures, Skip
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.execute.attempts import Attempts
-from kafkaworker.runtime.failures.deadletter import error_type
+from kafkaworker.runtime.execute.outputs import error_type
 from kafkaworker.runtime.failures.policy import Action
 from kafkaworker.runtime.handoff import Completion, Dispatched, Outcome
 

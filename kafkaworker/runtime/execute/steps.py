@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from kafkaworker.runtime.failures.deadletter import FailedRecord
+    from kafkaworker.runtime.execute.outputs import FailedRecord
     from kafkaworker.runtime.handoff import Dispatched, Lease
 
 

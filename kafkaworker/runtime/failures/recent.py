@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any
 
 from kafkaworker.message import Message
-from kafkaworker.runtime.failures.deadletter import error_type
+from kafkaworker.runtime.execute.outputs import error_type
 from kafkaworker.runtime.failures.policy import Decision
 
 KEEP = 100

@@ -12,7 +12,7 @@ from collections.abc import Collection
 import structlog
 
 from kafkaworker.observability.metrics import Metrics
-from kafkaworker.runtime.failures.breaker import CircuitBreaker
+from kafkaworker.runtime.failures.policy import CircuitBreaker
 from kafkaworker.runtime.poll.backpressure import Backpressure
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.partitions import PartitionState

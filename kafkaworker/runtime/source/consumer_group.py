@@ -29,7 +29,7 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
         "client.id": f"{app_name}.{spec.name}",
         # At-least-once: the poll thread stores positions below which every message is
         # finished, never what librdkafka merely handed out, and librdkafka commits what is
-        # stored every commit_interval (poll/commit.py).
+        # stored every commit_interval (poll/poller.py, Commits).
         "enable.auto.commit": True,
         "enable.auto.offset.store": False,
         "auto.commit.interval.ms": max(1, round(settings.commit_interval * 1000)),
