@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -368,6 +369,29 @@ class DashboardSettings(_Strict):
         return self
 
 
+class AlertSettings(_Strict):
+    """Thresholds of the Prometheus alerting rules (`kafkaworker alerts`, and the PrometheusRule
+    of `kafkaworker manifests`); durations in seconds. docs/alerts.md says what each alert
+    means and where to look."""
+
+    # The handler's lag rose over every 5-minute window for this long.
+    lag_growing_for: PositiveFloat = 900.0
+    # A partition's oldest unfinished record is older than this, for `time_lag_for`.
+    time_lag_seconds: PositiveFloat = 300.0
+    time_lag_for: NonNegativeFloat = 120.0
+    # Records dead-lettered per minute (averaged over 5 minutes), for `dead_letters_for`.
+    dead_letters_per_minute: PositiveFloat = 1.0
+    dead_letters_for: NonNegativeFloat = 60.0
+    # Messages past their retries (stalled at the maximum backoff) for this long.
+    stalled_for: NonNegativeFloat = 300.0
+    # A circuit breaker open for this long.
+    breaker_open_for: NonNegativeFloat = 300.0
+    # A handler's consumer out of its group (starting, rejoining, draining) for this long.
+    not_ready_for: NonNegativeFloat = 300.0
+    # A partition with records waiting whose committed position did not move for this long.
+    commits_stalled_for: PositiveFloat = 600.0
+
+
 class BatchSettings(_Strict):
     """A batch handler's batch size and wait (a handler declared without batch= has none)."""
 
@@ -419,6 +443,7 @@ class Settings(BaseSettings):
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     # How long graceful shutdown waits for in-flight messages before it commits and exits.
     shutdown_timeout: PositiveFloat = 30.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from kafkaworker import __version__
+from kafkaworker.cli.alerts import alerts
 from kafkaworker.cli.check import check
 from kafkaworker.cli.common import Group, load_app
 from kafkaworker.cli.dlq import dlq
@@ -33,6 +34,9 @@ def cli() -> None:
 
 
 for command in (run, routes, topics, offsets, lag, check, produce, dlq, manifests):
+    cli.add_command(command)
+# The alerting rules.
+for command in (alerts,):
     cli.add_command(command)
 
 
