@@ -12,6 +12,7 @@ from kafkaworker import __version__
 from kafkaworker.cli.alerts import alerts
 from kafkaworker.cli.check import check
 from kafkaworker.cli.common import Group, load_app
+from kafkaworker.cli.dashboard import dashboard
 from kafkaworker.cli.dlq import dlq
 from kafkaworker.cli.lag import lag
 from kafkaworker.cli.manifests import manifests
@@ -35,8 +36,8 @@ def cli() -> None:
 
 for command in (run, routes, topics, offsets, lag, check, produce, dlq, manifests):
     cli.add_command(command)
-# The alerting rules.
-for command in (alerts,):
+# The fleet: the standalone dashboard, and the alerting rules.
+for command in (dashboard, alerts):
     cli.add_command(command)
 
 
