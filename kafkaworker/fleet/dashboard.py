@@ -71,7 +71,7 @@ class FleetDashboard:
         token = settings.dashboard.token
         self._token = token.get_secret_value() if self._control and token else None
         self._topics = fleet_topics(settings.fleet)
-        self.view = FleetView()
+        self.view = FleetView(settings.fleet.retention)
         self.reader = FleetReader(settings, self.view, token=self._token, clock=clock)
         self.cluster = ClusterWatch(settings, lambda: self.view.groups(self._clock()), clock=clock)
         self._producer: Producer | None = None

@@ -142,25 +142,33 @@ class FleetReporter:
         next_report = self._clock()
         try:
             while not self._stopping.is_set():
-                now = self._clock()
-                status: dict[str, Any] | None = None
-                if self.control is not None:
-                    status = self._read_commands(max(0.0, min(TICK, next_report - now)))
-                else:
-                    self._stopping.wait(max(0.0, next_report - now))
-                now = self._clock()
-                if now >= next_report:
-                    status = status or self._status.status()
-                    self._publish(status, now)
-                    # On schedule, not drifting by the time a report takes; a late one (a
-                    # stalled machine) is not followed by a burst of catching up.
-                    next_report = max(next_report + self._interval, now + self._interval / 2)
-                assert self._producer is not None
-                self._producer.poll(0)
-        except Exception:  # the worker must not care; the dashboard shows it gone
-            log.exception("fleet reports stopped")
+                try:
+                    next_report = self._turn(next_report)
+                except Exception:  # the worker must not care: logged, tried again
+                    log.exception("fleet report or command failed")
+                    next_report = self._clock() + self._interval
+                    self._stopping.wait(TICK)
         finally:
             self._finish()
+
+    def _turn(self, next_report: float) -> float:
+        """Read commands (or wait) until the next report is due, then send it; when the one
+        after is due."""
+        now = self._clock()
+        status: dict[str, Any] | None = None
+        if self.control is not None:
+            status = self._read_commands(max(0.0, min(TICK, next_report - now)))
+        else:
+            self._stopping.wait(max(0.0, next_report - now))
+        now = self._clock()
+        if now >= next_report:
+            self._publish(status or self._status.status(), now)
+            # On schedule, not drifting by the time a report takes; a late one (a stalled
+            # machine) is not followed by a burst of catching up.
+            next_report = max(next_report + self._interval, now + self._interval / 2)
+        assert self._producer is not None
+        self._producer.poll(0)
+        return next_report
 
     def _read_commands(self, timeout: float) -> dict[str, Any] | None:
         """Read what commands arrived (waiting up to `timeout`) and carry them out; the status

@@ -34,7 +34,11 @@ _LIVE = frozenset({"starting", "ready", "draining"})
 
 
 class FleetView:
-    def __init__(self) -> None:
+    """`retention`: how long a process's last report is shown (fleet.retention: the reports
+    topic deletes it then too, so a dashboard started later would not show it either)."""
+
+    def __init__(self, retention: float = 3600.0) -> None:
+        self._retention = retention
         self._lock = threading.Lock()
         self._reports: dict[str, dict[str, Any]] = {}  # process id -> latest report
         self._seen: dict[str, float] = {}  # process id -> its broker timestamp
@@ -101,6 +105,7 @@ class FleetView:
     def fleet(self, now: float) -> dict[str, Any]:
         """GET /api/fleet: the apps, the processes, the partitions they own, the holds."""
         with self._lock:
+            self._forget_older_than(now - self._retention)
             reports = [(r, self._seen[p]) for p, r in self._reports.items()]
             history = {app: self._series(buckets, now) for app, buckets in self._history.items()}
             holds = self._standing.holds()
@@ -138,6 +143,14 @@ class FleetView:
             "holds": holds,
             "history_bucket_seconds": BUCKET,
         }
+
+    def _forget_older_than(self, oldest: float) -> None:
+        """A dashboard running for weeks must not keep every pod that ever was."""
+        for process in [p for p, seen in self._seen.items() if seen < oldest]:
+            del self._reports[process], self._seen[process]
+        live = {str(r.get("app")) for r in self._reports.values()}
+        for app in set(self._history) - live:
+            del self._history[app]
 
     def _series(
         self, buckets: dict[float, dict[str, list[float]]], now: float

@@ -195,6 +195,7 @@ class WorkerProcess(Process):
         topic: str,
         record: Path,
         broken: Path,
+        processes: int = 1,
     ) -> None:
         self.record = record
         env = {
@@ -210,7 +211,8 @@ class WorkerProcess(Process):
             "FLEET_RECORD": str(record),
             "FLEET_BROKEN": str(broken),
         }
-        super().__init__(["run", "tests.fleet.fleetapp:app"], env, f"worker-{app}")
+        args = ["run", "tests.fleet.fleetapp:app", "--processes", str(processes)]
+        super().__init__(args, env, f"worker-{app}")
 
     def handled(self, topic: str) -> list[str]:
         """The ids of the records of `topic` this process handled."""
@@ -228,12 +230,9 @@ class WorkerProcess(Process):
 def fleet_worker(kafka_bootstrap: str) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(
-        fleet: dict[str, Any], app: str, topic: str, record: Path, broken: Path
-    ) -> WorkerProcess:
-        one = WorkerProcess(
-            kafka_bootstrap, fleet, app=app, topic=topic, record=record, broken=broken
-        )
+    def start(fleet: dict[str, Any], **options: Any) -> WorkerProcess:
+        """`options`: WorkerProcess's (app, topic, record, broken, processes)."""
+        one = WorkerProcess(kafka_bootstrap, fleet, **options)
         started.append(one)
         return one
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -313,13 +314,59 @@ def test_the_cluster_s_lag_and_the_dlq_explorer_replaying_to_the_source(
         # Only a topic a handler declared as its DLQ: not a reader of any topic.
         assert get(one.port, f"/api/dlq/{topic}")[0] == 404
 
+        # The record has no key: replayed, it may go to either partition. Both run again.
+        one.command("resume", topic=topic, partition=0)
+        wait_until(lambda: recorder.count(topic) == 5, 30, "partition 0's records handled")
         recorder.failing.clear()  # the bug is fixed
         where = [record["dlq"]["partition"], record["dlq"]["offset"]]
         status, result = one.post("/api/dlq/replay", {"topic": dlq, "records": [where]})
         assert status == 200 and result["replayed"] == 1, result
-        wait_until(lambda: recorder.count(topic) == 1, 30, "the replayed record handled")
-        [(_, _, _, value, headers)] = recorder.handled
+        wait_until(lambda: recorder.count(topic) == 6, 30, "the replayed record handled")
+        [(_, _, _, value, headers)] = [h for h in recorder.handled if h[3]["id"] == 99]
         assert value == {"id": 99, "fail": True}
         assert ("kw.replayed_from", f"{dlq}[{where[0]}]@{where[1]}".encode()) in headers
     entries = one.api("/api/audit")["audit"]
-    assert [e["action"] for e in entries][:2] == ["replay", "pause"]
+    assert [e["action"] for e in entries][:3] == ["replay", "resume", "pause"]
+
+
+def test_every_child_of_a_supervisor_reports_itself(  # noqa: PLR0917 - fixtures
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    fleet_suffix: str,
+    dashboard: Any,
+    fleet_worker: Any,
+    tmp_path: Path,
+) -> None:
+    """Under --processes 2 each child is a process of the fleet (its own report, its own
+    partitions and counters, from its own metrics files), and each says stopped when the
+    supervisor stops them."""
+    fleet = fleet_settings(fleet_suffix)
+    topic = new_topic(2)
+    one = dashboard(fleet)
+    app = f"orders-{fleet_suffix}"
+    supervisor = fleet_worker(
+        fleet,
+        app=app,
+        topic=topic,
+        record=tmp_path / "handled",
+        broken=tmp_path / "no",
+        processes=2,
+    )
+
+    def children() -> list[dict[str, Any]] | None:
+        found = [p for p in processes(one, app=app, state="ready") if p["partitions"]]
+        return found if len(found) == 2 else None
+
+    found = wait_until(children, 90, "both children ready, each with a partition")
+    assert sorted(p["index"] for p in found) == [0, 1]
+    assert supervisor.pid not in {p["pid"] for p in found}  # the children, not the supervisor
+    send(kafka_bootstrap, topic, [{"id": i} for i in range(10)], partition=0)
+    send(kafka_bootstrap, topic, [{"id": i} for i in range(10, 30)], partition=1)
+
+    def finished() -> dict[int, int] | None:
+        counts = {p["index"]: p["handlers"][0]["finished"] for p in processes(one, app=app)}
+        return counts if sorted(counts.values()) == [10, 20] else None
+
+    wait_until(finished, 30, "each child's own count, 10 and 20")
+    supervisor.stop()
+    wait_until(lambda: len(processes(one, app=app, state="stopped")) == 2, 15, "both shown stopped")

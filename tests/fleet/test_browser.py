@@ -53,9 +53,9 @@ def test_the_fleet_page_shows_commands_and_replays_across_processes(  # noqa: PL
     broken.touch()  # billing has a bug: {"fail": true} orders fail until it is fixed
     one = dashboard(fleet)
     workers = [
-        fleet_worker(fleet, orders_app, orders, record, broken),
-        fleet_worker(fleet, orders_app, orders, record, broken),
-        fleet_worker(fleet, billing_app, billing, record, broken),
+        fleet_worker(fleet, app=orders_app, topic=orders, record=record, broken=broken),
+        fleet_worker(fleet, app=orders_app, topic=orders, record=record, broken=broken),
+        fleet_worker(fleet, app=billing_app, topic=billing, record=record, broken=broken),
     ]
 
     page.goto(f"http://127.0.0.1:{one.port}/")

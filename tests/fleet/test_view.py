@@ -103,3 +103,14 @@ def test_history_sums_processes_per_bucket_and_leaves_out_the_filling_one() -> N
     view.add_report(report("a1"), seen_at=start + BUCKET + 1)
     history = view.fleet(start + BUCKET + 2)["apps"][0]["history"]
     assert history == [[start, 8.0, 2.0, 0.0]]  # the second bucket is still filling
+
+
+def test_a_process_is_forgotten_after_the_retention_of_its_reports() -> None:
+    view = FleetView(retention=600.0)
+    view.add_report(report("a", state="stopped"), seen_at=100.0)
+    view.add_report(report("b", app="billing"), seen_at=100.0)
+    view.add_report(report("b", app="billing"), seen_at=650.0)
+    assert sorted(p["id"] for p in view.fleet(700.0)["processes"]) == ["a", "b"]
+    fleet = view.fleet(701.0)  # a's last report is 601 s old
+    assert [p["id"] for p in fleet["processes"]] == ["b"]
+    assert [a["name"] for a in fleet["apps"]] == ["billing"]
