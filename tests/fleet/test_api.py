@@ -325,8 +325,15 @@ def test_the_cluster_s_lag_and_the_dlq_explorer_replaying_to_the_source(
         [(_, _, _, value, headers)] = [h for h in recorder.handled if h[3]["id"] == 99]
         assert value == {"id": 99, "fail": True}
         assert ("kw.replayed_from", f"{dlq}[{where[0]}]@{where[1]}".encode()) in headers
+        # "All" is `dlq replay`: what its progress group has not replayed yet, once.
+        status, result = one.post("/api/dlq/replay", {"topic": dlq, "all": True})
+        assert (status, result["replayed"]) == (200, 1), result
+        wait_until(lambda: recorder.count(topic) == 7, 30, "replayed again, handled again")
+        status, result = one.post("/api/dlq/replay", {"topic": dlq, "all": True})
+        assert (status, result["replayed"], result["scanned"]) == (200, 0, 0), result
+        assert one.post("/api/dlq/replay", {"topic": dlq})[0] == 400
     entries = one.api("/api/audit")["audit"]
-    assert [e["action"] for e in entries][:3] == ["replay", "resume", "pause"]
+    assert [e["action"] for e in entries][:5] == ["replay"] * 3 + ["resume", "pause"]
 
 
 def test_every_child_of_a_supervisor_reports_itself(  # noqa: PLR0917 - fixtures
