@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 KAFKA_ARGS ?=
 
-.PHONY: install jars kafka-jars registry-jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools
+.PHONY: install jars kafka-jars registry-jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools prometheus-tools
 
 install: $(STAMP)
 
@@ -42,7 +42,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 # The whole suite, slow fault tests included, against a real broker the suite starts and stops.
-test: lint jars container-tools browser-tools
+test: lint jars container-tools browser-tools prometheus-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install jars
@@ -84,6 +84,11 @@ bench: jars
 # present.
 browser-tools: install
 	@$(PY) -m tools.install_chromium
+
+# CI set-up for the alert tests (tests/alerts): Debian's prometheus (the server and promtool)
+# via apt-get when missing (root); a no-op when present.
+prometheus-tools: install
+	@$(PY) -m tools.install_prometheus
 
 # A dev Schema Registry (Apicurio; the Confluent API at
 # http://127.0.0.1:8081/apis/ccompat/v7) in the foreground; Ctrl+C stops it.

@@ -25,8 +25,9 @@ from kafkaworker.handlers import BatchPolicy
 from kafkaworker.message import Message
 from kafkaworker.producer import ProduceError, Producer
 from kafkaworker.settings import Settings, load_settings
+from kafkaworker.version import VERSION
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "App",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import ssl
 import time
 import types
@@ -21,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -351,6 +353,69 @@ class DashboardSettings(_Strict):
         return self
 
 
+# What Kafka allows in a topic name (kafka.common.internals.Topic): checked at load, so that a
+# typo is one line naming the setting, not a failure of the first report.
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+class FleetSettings(_Strict):
+    """The fleet (kafkaworker/fleet/): each worker process reports its status to a compacted
+    topic every `interval`, its failures to a bounded topic, and (with `control`) acts on the
+    operators' commands from a commands topic; `kafkaworker dashboard` reads them all."""
+
+    # Off by default: a worker writes to no topic of kafkaworker's own unless asked.
+    enabled: bool = False
+    topic: str = "__kafkaworker.reports"  # compacted, keyed by process
+    errors_topic: str = "__kafkaworker.errors"
+    commands_topic: str = "__kafkaworker.commands"
+    audit_topic: str = "__kafkaworker.audit"
+    # Seconds between a process's reports; one silent for three of them is shown gone.
+    interval: PositiveFloat = 5.0
+    # How long the reports topic keeps a report (the last one of a stopped or gone process
+    # stays on the page this long); the errors topic keeps failures `errors_retention`, the
+    # commands and audit topics `audit_retention` (a fleet pause is remembered this long by
+    # processes that start later).
+    retention: PositiveFloat = 3600.0
+    errors_retention: PositiveFloat = 86_400.0
+    audit_retention: PositiveFloat = 30 * 86_400.0
+    replication_factor: PositiveInt | None = None  # of the topics created; None: the broker's
+    # Act on commands (pause and resume across the fleet, breakers, quiet, stop). Only those
+    # signed with dashboard.token are obeyed: writing to the commands topic is not enough.
+    control: bool = False
+
+    @field_validator("topic", "errors_topic", "commands_topic", "audit_topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        if not _TOPIC_NAME.fullmatch(value) or value in {".", ".."}:
+            raise ValueError(
+                "not a Kafka topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')"
+            )
+        return value
+
+
+class AlertSettings(_Strict):
+    """Thresholds of the Prometheus alerting rules (`kafkaworker alerts`, and the PrometheusRule
+    of `kafkaworker manifests`); durations in seconds. docs/alerts.md says what each alert
+    means and where to look."""
+
+    # The handler's lag rose over every 5-minute window for this long.
+    lag_growing_for: PositiveFloat = 900.0
+    # A partition's oldest unfinished record is older than this, for `time_lag_for`.
+    time_lag_seconds: PositiveFloat = 300.0
+    time_lag_for: NonNegativeFloat = 120.0
+    # Records dead-lettered per minute (averaged over 5 minutes), for `dead_letters_for`.
+    dead_letters_per_minute: PositiveFloat = 1.0
+    dead_letters_for: NonNegativeFloat = 60.0
+    # Messages past their retries (stalled at the maximum backoff) for this long.
+    stalled_for: NonNegativeFloat = 300.0
+    # A circuit breaker open for this long.
+    breaker_open_for: NonNegativeFloat = 300.0
+    # A handler's consumer out of its group (starting, rejoining, draining) for this long.
+    not_ready_for: NonNegativeFloat = 300.0
+    # A partition with records waiting whose committed position did not move for this long.
+    commits_stalled_for: PositiveFloat = 600.0
+
+
 class BatchSettings(_Strict):
     """A batch handler's batch size and wait (a handler declared without batch= has none)."""
 
@@ -402,6 +467,8 @@ class Settings(BaseSettings):
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     # How long graceful shutdown waits for in-flight messages before it commits and exits.
     shutdown_timeout: PositiveFloat = 30.0
@@ -455,6 +522,16 @@ class Settings(BaseSettings):
                 f"join_timeout ({self.join_timeout:g} s) must be longer than revoke_timeout "
                 f"({self.revoke_timeout:g} s), which a member may wait for another member's "
                 "revoke before it is joined: raise join_timeout"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fleet_control_needs_token(self) -> Settings:
+        token = self.dashboard.token
+        if self.fleet.control and not (token and token.get_secret_value()):
+            raise ValueError(
+                "fleet.control needs dashboard.token (a worker obeys only commands signed "
+                "with it): set KAFKAWORKER_DASHBOARD__TOKEN, or turn fleet.control off"
             )
         return self
 

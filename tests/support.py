@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
+import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from kafkaworker import App, Settings
@@ -50,6 +51,28 @@ def as_kind(kind: str, func: F) -> F:
 def of_kind(kind: str) -> Callable[[F], F]:
     """as_kind as a decorator, under @app.handler(...): `@of_kind(kind)`."""
     return functools.partial(as_kind, kind)  # type: ignore[return-value]
+
+
+IN_CI = os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
+T = TypeVar("T")
+
+
+def install_in_ci(found: T | None, install: Callable[[], T], what: str) -> T | None:
+    """`found`; or, when missing in CI as root, what `install()` installs (tools/install_*.py:
+    Debian packages); a failed install fails the test."""
+    if found is None and IN_CI and os.geteuid() == 0:
+        try:
+            return install()
+        except (SystemExit, OSError, subprocess.CalledProcessError) as exc:
+            pytest.fail(f"installing {what} failed: {exc}")
+    return found
+
+
+def unavailable(what: str, how: str) -> NoReturn:
+    """Skip, saying how to install `what`; in CI fail instead (CI must run every test)."""
+    if IN_CI:
+        pytest.fail(f"these tests need {what} in CI: {how}")
+    pytest.skip(how)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:

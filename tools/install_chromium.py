@@ -13,10 +13,9 @@ binary: /usr/bin/chromium is a shell wrapper that Playwright's launcher does not
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
+
+from tools.debian import apt_install, can_install, setup_step
 
 DEBIAN_BINARY = "/usr/lib/chromium/chromium"
 HOW = (
@@ -40,14 +39,9 @@ def install() -> str:
     found = chromium_path()
     if found is not None:
         return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+    if not can_install():
         raise SystemExit(f"no Chromium at {DEBIAN_BINARY}: {HOW}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    if subprocess.run(command, env=env, check=False).returncode != 0:
-        # A fresh image has no package lists yet.
-        subprocess.run(["apt-get", "update"], env=env, check=True)
-        subprocess.run(command, env=env, check=True)
+    apt_install("chromium")
     found = chromium_path()
     if found is None:
         raise SystemExit(f"apt-get installed chromium but {DEBIAN_BINARY} is missing")
@@ -57,15 +51,7 @@ def install() -> str:
 def main() -> int:
     """The CI set-up step: a missing browser that cannot be installed (not root, no apt-get)
     fails it only when CI is set; a developer's machine goes on and the browser tests skip."""
-    try:
-        print(install())
-    except SystemExit as exc:
-        print(f"install_chromium: {exc}", file=sys.stderr)
-        return 1 if os.environ.get("CI") else 0
-    except subprocess.CalledProcessError as exc:
-        print(f"install_chromium: {' '.join(exc.cmd)} exited {exc.returncode}", file=sys.stderr)
-        return 1
-    return 0
+    return setup_step("install_chromium", install)
 
 
 if __name__ == "__main__":

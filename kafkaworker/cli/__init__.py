@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import click
 
-from kafkaworker import __version__
+from kafkaworker.cli.alerts import alerts
 from kafkaworker.cli.check import check
 from kafkaworker.cli.common import Group, load_app
+from kafkaworker.cli.dashboard import dashboard
 from kafkaworker.cli.dlq import dlq
 from kafkaworker.cli.lag import lag
 from kafkaworker.cli.manifests import manifests
@@ -19,12 +20,13 @@ from kafkaworker.cli.produce import produce
 from kafkaworker.cli.run import routes, run
 from kafkaworker.cli.settings import settings
 from kafkaworker.cli.topics import topics
+from kafkaworker.version import VERSION
 
 __all__ = ["cli", "load_app", "main"]
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="kafkaworker")
+@click.version_option(VERSION, prog_name="kafkaworker")
 def cli() -> None:
     """Run and operate kafkaworker apps.
 
@@ -34,6 +36,9 @@ def cli() -> None:
 
 
 for command in (run, routes, topics, offsets, lag, check, produce, dlq, manifests, settings):
+    cli.add_command(command)
+# The fleet: the standalone dashboard, and the alerting rules.
+for command in (dashboard, alerts):
     cli.add_command(command)
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -22,10 +22,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from kafkaworker.errors import StartupError
 from kafkaworker.observability.health import Health
 
-if TYPE_CHECKING:
-    from kafkaworker.observability.dashboard import Dashboard
-
 log = structlog.get_logger("kafkaworker.metrics")
+
+
+class Pages(Protocol):
+    """What the server serves beside its own paths: the worker's dashboard
+    (observability/dashboard/), or the fleet's (fleet/dashboard.py). The server starts and
+    closes it with itself."""
+
+    def start(self) -> object: ...
+
+    def close(self) -> None: ...
+
+    def answer(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        read_body: Callable[[int], bytes],
+        client: str,
+    ) -> tuple[int, bytes, str] | None: ...
+
 
 _OWN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
@@ -37,7 +54,7 @@ class MetricsServer:
         port: int,
         registry: CollectorRegistry,
         health: Callable[[], Health],
-        dashboard: Dashboard | None = None,
+        dashboard: Pages | None = None,
     ) -> None:
         self.registry = registry
         self.health = health

@@ -2,7 +2,7 @@
 manifests`): per consumer group a Deployment, a PodDisruptionBudget, a Service and a
 ServiceMonitor for Prometheus, and a KEDA ScaledObject that scales the Deployment on the
 group's lag; with a secured cluster, a KEDA TriggerAuthentication reading the same Secret as
-the worker.
+the worker. Per app, a PrometheusRule with its alerts (kafkaworker/alerts.py).
 
 Pure: the caller resolves the handlers (`Route`s) and settings; nothing here talks to Kafka.
 """
@@ -138,6 +138,37 @@ def build(
         )
         for name, group in names.items()
     ]
+
+
+def prometheus_rule(
+    app_name: str, workloads: Sequence[Workload], settings: Settings, options: Options
+) -> Manifest:
+    """The app's alerting rules (kafkaworker/alerts.py, thresholds from `alerts:`) for the
+    Prometheus operator, reading only the app's series: its ServiceMonitors scrape its
+    Services, whose names the operator gives the series as `job`."""
+    from kafkaworker.alerts import rules  # noqa: PLC0415 - alerts imports settings only
+
+    jobs = "|".join(w.name for w in workloads)
+    selector = f'job=~"{jobs}"'
+    if options.namespace:
+        selector = f'namespace="{options.namespace}", {selector}'
+    metadata: Manifest = {"name": f"{dns_name(app_name)}-alerts"}
+    if options.namespace:
+        metadata["namespace"] = options.namespace
+    metadata["labels"] = {
+        "app.kubernetes.io/part-of": dns_name(app_name),
+        "app.kubernetes.io/managed-by": "kafkaworker",
+        **options.labels,
+    }
+    groups = rules(settings.alerts, selector)
+    for group in groups:
+        group["name"] = f"kafkaworker-{dns_name(app_name)}"
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": metadata,
+        "spec": {"groups": groups},
+    }
 
 
 def secret_name(app_name: str, options: Options) -> str:

@@ -96,6 +96,15 @@ class Runner:
             if status_dir and dashboard_settings.enabled:
                 # A supervised child: the supervisor's dashboard reads this process's status.
                 stack.enter_context(StatusFiles(status_dir, self.status))
+            if self.settings.fleet.enabled:
+                # Reports to the fleet's topics, and its commands (kafkaworker/fleet/): a thread
+                # and clients of its own, stopped after the handlers, with a final report.
+                from kafkaworker.fleet.reporter import FleetReporter  # noqa: PLC0415 - opt-in
+
+                reporter = FleetReporter(
+                    self.settings, self.status, self.metrics.registry, stop=self.stop
+                )
+                stack.enter_context(reporter)
             return self._run()
 
     def health(self) -> Health:
@@ -121,8 +130,10 @@ class Runner:
             self.handlers = runtime.handlers
             # The dashboard reads the recent failures: on the metrics port, or from a supervised
             # child's status file.
-            shown = self.settings.dashboard.enabled and (
-                self.settings.metrics.port is not None or bool(os.environ.get(MULTIPROC_ENV))
+            # The fleet's errors topic reads them too.
+            shown = self.settings.fleet.enabled or (
+                self.settings.dashboard.enabled
+                and (self.settings.metrics.port is not None or bool(os.environ.get(MULTIPROC_ENV)))
             )
             self.status.attach(self.handlers, failures=shown)
             self._install_signal_handlers()

@@ -12,6 +12,7 @@ leaves there for it; the supervisor's dashboard reads the files of its running c
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -46,15 +47,30 @@ class ProcessStatus:
         self._state = state
         self._started = time.time()
         self._index = os.environ.get("KAFKAWORKER_PROCESS_INDEX")
+        # Whether an operator holds (handler, group, partition) from its assignment on: the
+        # fleet's standing pauses (fleet/control.py), when the fleet takes commands.
+        self.holding: Callable[[str, str, Partition], bool] | None = None
 
     def attach(self, handlers: Sequence[HandlerRuntime], *, failures: bool = True) -> None:
         """Show these handlers; with `failures`, keep their recent failures too (formatting a
-        traceback per failure is wasted when nothing reads them)."""
-        if failures:
-            for runtime in handlers:
+        traceback per failure is wasted when nothing reads them). Their poll threads ask
+        `holding` whether a partition is held from its assignment on."""
+        from kafkaworker.runtime.poll.poller import Poller  # noqa: PLC0415 - see the imports
+
+        for runtime in handlers:
+            if failures:
                 sink = self.failures.sink(runtime.spec.name, runtime.spec.dlq)
                 runtime.attempts.failure_sink = sink
+            if isinstance(runtime.poller, Poller):
+                group = runtime.spec.group or self.app
+                runtime.poller.held_at_assignment = functools.partial(
+                    self._held, runtime.spec.name, group
+                )
         self.handlers = handlers
+
+    def _held(self, handler: str, group: str, partition: Partition) -> bool:
+        holding = self.holding
+        return holding is not None and holding(handler, group, partition)
 
     def status(self) -> dict[str, Any]:
         pid = os.getpid()
@@ -73,6 +89,10 @@ class ProcessStatus:
                     "ordering": spec.ordering,
                     "concurrency": spec.concurrency,
                     "dlq": spec.dlq,
+                    # For the fleet's report: what the handler promises, and how its records
+                    # decode (the DLQ explorer decodes them the same way).
+                    "guarantee": getattr(spec, "processing_guarantee", "at_least_once"),
+                    "codec": spec.codec if isinstance(spec.codec, str) else spec.codec.name,
                     "handler_seconds_p99": runtime.executor.handler_seconds_p99(),
                     "breaker": "none"
                     if breaker is None

@@ -28,11 +28,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.metrics_support import get
+from tests.support import install_in_ci, unavailable
 from tools.install_chromium import HOW, chromium_path, install
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BUILD = ROOT / "build" / "dashboard"
-IN_CI = os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -180,20 +180,13 @@ def chromium() -> Iterator[Any]:
     Per module, not per session: Playwright's sync API keeps an event loop running in the
     main thread while it is open, and every later test calling asyncio.run() failed with
     "cannot be called from a running event loop" (tests/unit runs after tests/dashboard)."""
-    path = chromium_path()
-    if path is None and IN_CI and os.geteuid() == 0:
-        try:
-            path = install()
-        except (SystemExit, OSError, subprocess.CalledProcessError) as exc:
-            pytest.fail(f"installing Chromium failed: {exc}")
+    path = install_in_ci(chromium_path(), install, "Chromium")
     try:
         from playwright.sync_api import sync_playwright  # noqa: PLC0415 - optional
     except ImportError:
         path = None
     if path is None:
-        if IN_CI:
-            pytest.fail(f"browser tests need Chromium and Playwright in CI: {HOW}")
-        pytest.skip(HOW)
+        unavailable("Chromium and Playwright", HOW)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=path)
         try:

@@ -21,7 +21,7 @@ def test_static_files_and_no_control_by_default(
     status, page = get(one.port, "/")
     assert status == 200 and b'<script src="dashboard.js"' in page
     assert b"https://" not in page  # no CDN
-    for path in ("/dashboard.js", "/dashboard.css"):
+    for path in ("/dashboard.js", "/common.js", "/dashboard.css"):
         assert get(one.port, path)[0] == 200
     assert get(one.port, "/nothing-here")[0] == 404
     assert get(one.port, "/metrics")[0] == 200  # the metrics server's own paths still work
@@ -34,6 +34,7 @@ def test_the_page_files_are_in_the_package() -> None:
 
     static = resources.files("kafkaworker.observability.dashboard").joinpath("static")
     names = sorted(p.name for p in static.iterdir())
-    assert names == ["dashboard.css", "dashboard.js", "index.html"]
-    script = static.joinpath("dashboard.js").read_text()
-    assert "innerHTML" not in script  # record data is written as text, never as HTML
+    assert names == ["common.js", "dashboard.css", "dashboard.js", "index.html"]
+    for script in ("common.js", "dashboard.js"):
+        # Record data is written as text, never as HTML.
+        assert "innerHTML" not in static.joinpath(script).read_text()

@@ -6,7 +6,7 @@ and what the executor was asked (runs, revokes, cancels). No thread runs but the
 from __future__ import annotations
 
 import queue
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -116,6 +116,7 @@ class Turns:
         spec: HandlerSpec | None = None,
         breaker_cooldown: float | None = None,
         retry_topic: str | None = None,
+        held: Callable[[Partition], bool] | None = None,
         **setting_values: Any,
     ) -> None:
         self.clock = ManualClock()
@@ -151,7 +152,11 @@ class Turns:
             metrics=self.metrics,
             clock=self.clock,
         )
+        self.poller.held_at_assignment = held
         self.poller.subscribe()
+        # The group of one assigns every partition inside this first fetch, which has nothing
+        # to take yet (as with librdkafka, the records come with the next fetch).
+        self.poller.turn()
 
     def append(self, count: int, partition: int = 0, **fields: Any) -> None:
         for i in range(count):
@@ -376,6 +381,16 @@ def test_an_operator_hold_pauses_until_released_whatever_backpressure_says() -> 
     assert turns.source.paused == set()
 
 
+def test_a_partition_held_at_its_assignment_is_paused_before_its_first_fetch() -> None:
+    turns = Turns(2, held=lambda partition: partition == P1)  # a fleet pause names P1
+    assert turns.source.paused == {P1}  # paused at the end of the turn that assigned it
+    turns.append(3, partition=0)
+    turns.append(3, partition=1)
+    turns.turn(2)
+    assert turns.dispatched(1) == [] and sorted(turns.dispatched(0)) == [0, 1, 2]
+    assert [s.pause_reason for s in turns.poller.partitions if s.partition == 1] == ["operator"]
+
+
 def test_shutdown_commits_what_finished_in_time_and_names_what_did_not() -> None:
     turns = Turns(1)
     turns.append(4)
@@ -402,12 +417,14 @@ def test_shutdown_leaves_running_work_uncommitted_when_its_time_runs_out() -> No
 
 def test_the_gauges_follow_the_clock_once_a_second() -> None:
     turns = Turns()
+    turns.clock.advance(1.0)  # the assignment's turn refreshed them: a second on
     turns.append(3)
-    turns.turn()  # the first refresh happens on the first turn
+    turns.turn()  # fetches 3 and refreshes: 3 in flight
     in_flight = turns.metrics.in_flight.labels("handle")
+    assert in_flight._value.get() == 3
     turns.executor.finish(0, [0, 1, 2])
     turns.turn()
-    assert in_flight._value.get() == 3
+    assert in_flight._value.get() == 3  # refreshed at most once a second
     turns.clock.advance(1.0)
     turns.turn()
     assert in_flight._value.get() == 0

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import structlog
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from kafkaworker.settings import DashboardSettings
 
@@ -58,6 +59,7 @@ _GAUGES = {
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/common.js": ("common.js", "text/javascript; charset=utf-8"),
     "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
 }
 
@@ -141,9 +143,9 @@ class Dashboard:
             body = resources.files(__package__).joinpath("static", name).read_bytes()
             return 200, body, kind
         if path == "/api/status":
-            return _json(200, self.status())
+            return json_reply(200, self.status())
         if path == "/api/failures":
-            return _json(200, self.failures())
+            return json_reply(200, self.failures())
         return None
 
     def status(self) -> dict[str, Any]:
@@ -201,23 +203,17 @@ class Dashboard:
         action = path.removeprefix("/api/control/")
         if self._control is None or action not in ACTIONS:
             # Off: the endpoints do not exist (the page shows no buttons either).
-            return _json(404, {"error": "not found"})
+            return json_reply(404, {"error": "not found"})
         if method != "POST":
-            return _json(405, {"error": "use POST"})
+            return json_reply(405, {"error": "use POST"})
         if not self._authorized(headers):
             log.warning("dashboard action refused: no valid token", action=action, client=client)
-            return _json(401, {"error": "a valid token is required (Authorization: Bearer)"})
+            return json_reply(401, {"error": "a valid token is required (Authorization: Bearer)"})
         try:
-            length = int(headers.get("content-length") or 0)
-            if length > _BODY_MAX:
-                raise ValueError("body too large")
-            request = orjson.loads(read_body(length) or b"{}")
-            if not isinstance(request, dict):
-                raise ValueError("the body must be a JSON object")
-            target = _target(action, request)
+            target = _target(action, json_body(headers, read_body))
         except (ValueError, orjson.JSONDecodeError) as exc:
-            return _json(400, {"error": str(exc)})
-        operator = headers.get("x-kafkaworker-operator", "")[:64] or None
+            return json_reply(400, {"error": str(exc)})
+        operator = operator_name(headers)
         status, body = self._control({"action": action, **target})
         # Who (the client, and the name the page asks for), what and when (the log's time);
         # never the token.
@@ -229,18 +225,38 @@ class Dashboard:
             result=status,
             **target,
         )
-        return _json(status, body)
+        return json_reply(status, body)
 
     def _authorized(self, headers: Mapping[str, str]) -> bool:
-        token = self.settings.token
-        if token is None:
-            return False
-        given = headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not value:
-            return False
-        # Constant time: the comparison must not tell how much of a guess was right.
-        return hmac.compare_digest(value.strip().encode(), token.get_secret_value().encode())
+        return authorized(self.settings.token, headers)
+
+
+def authorized(token: SecretStr | None, headers: Mapping[str, str]) -> bool:
+    """Whether the request carries `token` as `Authorization: Bearer <token>`."""
+    if token is None:
+        return False
+    given = headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not value:
+        return False
+    # Constant time: the comparison must not tell how much of a guess was right.
+    return hmac.compare_digest(value.strip().encode(), token.get_secret_value().encode())
+
+
+def json_body(headers: Mapping[str, str], read_body: Callable[[int], bytes]) -> dict[str, Any]:
+    """An action's JSON object body (a few fields); ValueError when it is not one."""
+    length = int(headers.get("content-length") or 0)
+    if length > _BODY_MAX:
+        raise ValueError("body too large")
+    request = orjson.loads(read_body(length) or b"{}")
+    if not isinstance(request, dict):
+        raise ValueError("the body must be a JSON object")
+    return request
+
+
+def operator_name(headers: Mapping[str, str]) -> str | None:
+    """The name the page asks the operator for (X-Kafkaworker-Operator), for the log."""
+    return headers.get("x-kafkaworker-operator", "")[:64] or None
 
 
 _PROCESS_FIELDS = ("pid", "index", "started_at", "uptime_seconds", "rss_bytes", "threads", "state")
@@ -337,5 +353,5 @@ def _per_minute(
     return max(0.0, _sum(history[-1][1], field) - _sum(then[1], field))
 
 
-def _json(status: int, body: Any) -> Reply:
+def json_reply(status: int, body: Any) -> Reply:
     return status, orjson.dumps(body), "application/json"

@@ -31,7 +31,7 @@ from __future__ import annotations
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -270,6 +270,9 @@ class Poller(PollLoop):
         self._in_flight = 0
         self._changed = False
         self.stats = PollerStats()
+        # Whether a partition is to be held by an operator from its assignment on (a fleet
+        # pause in force); set by ProcessStatus, read on this thread in on_assign.
+        self.held_at_assignment: Callable[[Partition], bool] | None = None
 
     @property
     def partitions(self) -> list[PartitionState]:
@@ -461,10 +464,16 @@ class Poller(PollLoop):
     def on_assign(self, partitions: list[Partition]) -> None:
         self._generation += 1
         now = self._clock.time()
+        held = self.held_at_assignment
         for partition in partitions:
             state = PartitionState(*partition, generation=self._generation, now=now)
             self._partitions[partition] = state
             self._leased[state.lease] = state
+            if held is not None and held(partition):
+                # Paused before its first fetch (at the end of this turn), not a reconcile
+                # later: a fleet pause that names it (or its topic) holds it from the start.
+                self._pausing.operator_held.add(partition)
+                self._changed = True
         self.stats.assigned += 1
         self._metrics.rebalances.labels(self.spec.name, "assigned").inc()
         self.on_joined()  # librdkafka's classic protocol calls this with no partitions too

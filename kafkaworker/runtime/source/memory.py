@@ -164,9 +164,12 @@ class MemorySource:
     def fetch(self, timeout: float, max_records: int) -> list[Record]:
         with self._cond:
             self._clock.wait(self._cond, lambda: bool(self._events) or self._available(), timeout)
+            before = set(self._positions)
         self._deliver_events()
         with self._cond:
-            return self._take(max_records)
+            # As with librdkafka, a partition assigned during this call has nothing fetched
+            # yet: its records come with the next fetch (after the listener could pause it).
+            return self._take(max_records, set(self._positions) - before)
 
     def pause(self, partitions: Sequence[Partition]) -> None:
         with self._cond:
@@ -254,9 +257,11 @@ class MemorySource:
                         self.paused.discard(partition)
                 self._cond.notify_all()
 
-    def _take(self, max_records: int) -> list[Record]:
+    def _take(self, max_records: int, new: set[Partition]) -> list[Record]:
         """Runs of one partition, in offset order, from a different partition each time."""
-        partitions = [p for p in sorted(self._positions) if p not in self.paused]
+        partitions = [
+            p for p in sorted(self._positions) if p not in self.paused and p not in new
+        ]
         if not partitions:
             return []
         start = self._next_partition % len(partitions)
