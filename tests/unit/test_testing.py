@@ -264,11 +264,36 @@ def test_the_kafka_broker_fixture_skips_without_java_or_maven(
     monkeypatch.setattr(broker, "ensure_jars", no_java)
     fixture = pytest_plugin.kafka_broker.__wrapped__
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(pytest_plugin.BOOTSTRAP_ENV, raising=False)
     with pytest.raises(pytest.skip.Exception, match="'java' is not on PATH"):
         next(fixture())
     monkeypatch.setenv("CI", "1")  # there it must fail, not skip
     with pytest.raises(BrokerError, match="'java' is not on PATH"):
         next(fixture())
+
+
+def test_the_kafka_broker_fixture_hands_out_the_broker_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a broker was started although one was named")
+
+    monkeypatch.setattr(broker, "Cluster", started)
+    monkeypatch.setenv(pytest_plugin.BOOTSTRAP_ENV, "broker-1:9092,broker-2:9092")
+    assert next(pytest_plugin.kafka_broker.__wrapped__()) == "broker-1:9092,broker-2:9092"
+
+
+def test_the_readmes_live_example_is_the_test_that_runs() -> None:
+    """The README shows tests/examples/test_orders_app_live.py below its docstring, verbatim:
+    what a reader copies is what the suite runs against a real broker."""
+    root = Path(__file__).resolve().parents[2]
+    code = (root / "tests" / "examples" / "test_orders_app_live.py").read_text()
+    body = code.split('"""', 2)[2].lstrip("\n")
+    readme = (root / "README.md").read_text()
+    section = readme.split("**Against a real broker**", 1)[1]
+    shown = section.split("```python\n", 1)[1].split("```\n", 1)[0]
+    assert shown == body
+    assert "tests.support" not in body and "admin" not in body
 
 
 def test_the_dlq_traceback_is_the_last_attempts_without_the_frameworks_frames(kind: str) -> None:
