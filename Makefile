@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 KAFKA_ARGS ?=
 
-.PHONY: install jars kafka-jars registry-jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools
+.PHONY: install jars kafka-jars registry-jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools asyncapi-tools
 
 install: $(STAMP)
 
@@ -42,10 +42,10 @@ format: install
 	$(VENV)/bin/ruff format .
 
 # The whole suite, slow fault tests included, against a real broker the suite starts and stops.
-test: lint jars container-tools browser-tools
+test: lint jars container-tools browser-tools asyncapi-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install jars
+test-fast: install jars asyncapi-tools
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
 
 # The fault suite alone (brokers killed and hung, members frozen...), then its table:
@@ -84,6 +84,12 @@ bench: jars
 # present.
 browser-tools: install
 	@$(PY) -m tools.install_chromium
+
+# The official AsyncAPI parser for the tests of `kafkaworker asyncapi`: the npm packages pinned
+# in tools/asyncapi/package-lock.json, installed once into the cache (node and npm from
+# Debian's packages when missing, as root); a no-op when present.
+asyncapi-tools: install
+	@$(PY) -m tools.asyncapi_parser >/dev/null
 
 # A dev Schema Registry (Apicurio; the Confluent API at
 # http://127.0.0.1:8081/apis/ccompat/v7) in the foreground; Ctrl+C stops it.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from kafkaworker import __version__
+from kafkaworker.cli.asyncapi import asyncapi
 from kafkaworker.cli.check import check
 from kafkaworker.cli.common import Group, load_app
 from kafkaworker.cli.dlq import dlq
@@ -33,7 +34,19 @@ def cli() -> None:
     """
 
 
-for command in (run, routes, topics, offsets, lag, check, produce, dlq, manifests, settings):
+for command in (
+    run,
+    routes,
+    topics,
+    offsets,
+    lag,
+    check,
+    produce,
+    dlq,
+    manifests,
+    settings,
+    asyncapi,
+):
     cli.add_command(command)
 
 
