@@ -1,7 +1,8 @@
 """The example app against a real broker, as a user writes it: the kafkaworker pytest plugin's
-fixtures and kafkaworker.testing's helpers, nothing else. The README and the docs site show
-this file (a test checks that the README's copy is this code)."""
+fixtures and kafkaworker.testing's helpers, nothing else. The docs site shows
+this file (docs/testing.md includes it), so what a reader copies is what runs."""
 
+# --8<-- [start:example]
 import pytest
 
 from apps.orders.app import app
@@ -29,3 +30,6 @@ def test_orders_are_accepted_end_to_end(
     [dead] = read_topic(kafka_broker, f"{orders}.dlq", count=1)
     assert dead.header("kw.error.message") == b"customer customer-13 is blocked"
     wait_for_commit(kafka_broker, "orders-service", orders)  # all 7 finished and committed
+
+
+# --8<-- [end:example]
