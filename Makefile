@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 KAFKA_ARGS ?=
 
-.PHONY: install jars kafka-jars registry-jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools prometheus-tools
+.PHONY: install jars kafka-jars registry-jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools prometheus-tools asyncapi-tools docs docs-serve
 
 install: $(STAMP)
 
@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "kafkaworker needs Python >= 3.11; set PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(PY) || { echo "creating the virtualenv $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@echo "installing kafkaworker (editable) and its dev tools into $(VENV)"
+	@echo "installing kafkaworker (editable), its dev tools and the docs site's into $(VENV)"
 	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev]'
+	@$(PY) -m pip install --quiet -e '.[dev,docs]'
 	@touch $(STAMP)
 
 # Each says where it fetches to only the first time (the cache honours $XDG_CACHE_HOME).
@@ -42,10 +42,20 @@ format: install
 	$(VENV)/bin/ruff format .
 
 # The whole suite, slow fault tests included, against a real broker the suite starts and stops.
-test: lint jars container-tools browser-tools prometheus-tools
+# It builds the docs site with --strict too (tests/unit/test_docs_site.py): a broken link, a
+# missing page or snippet, or a setting missing from the reference fails it.
+test: lint jars container-tools browser-tools prometheus-tools asyncapi-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install jars
+# The documentation site (mkdocs.yml) into build/site; docs-serve serves it on
+# http://127.0.0.1:8000 and rebuilds on every change.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
+test-fast: install jars asyncapi-tools
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
 
 # The fault suite alone (brokers killed and hung, members frozen...), then its table:
@@ -89,6 +99,12 @@ browser-tools: install
 # via apt-get when missing (root); a no-op when present.
 prometheus-tools: install
 	@$(PY) -m tools.install_prometheus
+
+# The official AsyncAPI parser for the tests of `kafkaworker asyncapi`: the npm packages pinned
+# in tools/asyncapi/package-lock.json, installed once into the cache (node and npm from
+# Debian's packages when missing, as root); a no-op when present.
+asyncapi-tools: install
+	@$(PY) -m tools.asyncapi_parser >/dev/null
 
 # A dev Schema Registry (Apicurio; the Confluent API at
 # http://127.0.0.1:8081/apis/ccompat/v7) in the foreground; Ctrl+C stops it.

@@ -309,7 +309,7 @@ def _payload_model(
         return None, False
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, True
-    if _is_protobuf_message(annotation):
+    if is_protobuf_message(annotation):
         return None, True  # the codec decodes into the class itself: nothing to validate
     if get_origin(annotation) is Message:
         (argument,) = get_args(annotation) or (None,)
@@ -318,7 +318,7 @@ def _payload_model(
     return None, False
 
 
-def _is_protobuf_message(annotation: Any) -> bool:
+def is_protobuf_message(annotation: Any) -> bool:
     """A generated Protobuf message class (without importing protobuf, an optional extra)."""
     if not isinstance(annotation, type):
         return False

@@ -36,21 +36,39 @@ REPLAYED_FROM = "kw.replayed_from"
 
 # Where a record first came from; a retry carries them forward to the DLQ.
 ORIGIN = (ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, ORIGINAL_TIMESTAMP)
+# The kw.* headers each kind of record carries (runtime/failures/deadletter.py writes them),
+# beside the original record's own headers.
+DEAD_LETTER = (
+    *ORIGIN,
+    GROUP,
+    HANDLER,
+    ATTEMPTS,
+    ERROR_TYPE,
+    ERROR_MESSAGE,
+    ERROR_TRACEBACK,
+    FAILED_AT,
+)
+RETRY = (*ORIGIN, ATTEMPTS, ERROR_TYPE, ERROR_MESSAGE, RETRY_DUE)
 # Written by the runtime, and removed before it writes a record again (to a retry topic, or
 # from a retry topic to the DLQ), so the user's own headers stay byte for byte.
-OWN = frozenset(
-    {
-        *ORIGIN,
-        GROUP,
-        HANDLER,
-        ATTEMPTS,
-        ERROR_TYPE,
-        ERROR_MESSAGE,
-        ERROR_TRACEBACK,
-        FAILED_AT,
-        RETRY_DUE,
-    }
-)
+OWN = frozenset({*DEAD_LETTER, *RETRY})
+
+# What each holds, for documents that describe the records (`kafkaworker asyncapi`).
+MEANING = {
+    ORIGINAL_TOPIC: "the topic the record was first consumed from",
+    ORIGINAL_PARTITION: "its partition there",
+    ORIGINAL_OFFSET: "its offset there",
+    ORIGINAL_TIMESTAMP: "its timestamp, milliseconds since the epoch; -1 when it had none",
+    GROUP: "the consumer group of the handler that gave up on it",
+    HANDLER: "that handler's name",
+    ATTEMPTS: "how many times the handler was called with it",
+    ERROR_TYPE: "the last error's module-qualified class, e.g. builtins.ValueError",
+    ERROR_MESSAGE: "the last error's message, at most 4 KiB",
+    ERROR_TRACEBACK: "the last attempt's traceback, its last 8 KiB",
+    FAILED_AT: "when it was given up on, ISO 8601 in UTC",
+    RETRY_DUE: "when the retry is due, milliseconds since the epoch",
+    REPLAYED_FROM: "the dead-letter record it was replayed from, topic[partition]@offset",
+}
 
 
 class Headered(Protocol):

@@ -744,7 +744,7 @@ def environment_problems(environ: Mapping[str, str] | None = None) -> list[str]:
         paths = _setting_paths(Settings, parts)
         known = ["KAFKAWORKER_" + "__".join(path).upper() for path in paths]
         close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "see the settings in the README"
+        hint = f"did you mean {close[0]}?" if close else "see docs/settings.md for every setting"
         problems.append(
             f"environment variable {name} matches no setting: {hint} (fix the name or unset it)"
         )

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -138,3 +139,18 @@ def leaves(
             yield from leaves(value, path)
         else:
             yield path, value
+
+
+def without_user_info(url: str) -> str:
+    """`url` without `user:password@` (each of a comma-separated list)."""
+    shown = []
+    for one in url.split(","):
+        parts = urlsplit(one.strip())
+        if not parts.scheme:
+            shown.append(one.strip())
+            continue
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        shown.append(urlunsplit((parts.scheme, host, parts.path, "", "")))
+    return ",".join(shown)

@@ -1,4 +1,4 @@
-"""The gRPC-to-Kafka bridge (README "gRPC bridge"): RPCs in, Kafka events out.
+"""The gRPC-to-Kafka bridge (docs/bridge.md): RPCs in, Kafka events out.
 
 - proto/bridge.proto: the service; the Python beside it is generated (codegen.py) and checked in
 - server.py: the process; Bridge owns the gRPC server, the producer, the admin client and the

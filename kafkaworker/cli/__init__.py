@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from kafkaworker.cli.alerts import alerts
+from kafkaworker.cli.asyncapi import asyncapi
 from kafkaworker.cli.check import check
 from kafkaworker.cli.common import Group, load_app
 from kafkaworker.cli.dashboard import dashboard
@@ -35,7 +36,19 @@ def cli() -> None:
     """
 
 
-for command in (run, routes, topics, offsets, lag, check, produce, dlq, manifests, settings):
+for command in (
+    run,
+    routes,
+    topics,
+    offsets,
+    lag,
+    check,
+    produce,
+    dlq,
+    manifests,
+    settings,
+    asyncapi,
+):
     cli.add_command(command)
 # The fleet: the standalone dashboard, and the alerting rules.
 for command in (dashboard, alerts):

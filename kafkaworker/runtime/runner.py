@@ -82,6 +82,7 @@ class Runner:
                         self.metrics.registry,
                         lambda: [self.status.status()],
                         control=self.status.control,
+                        asyncapi=self._asyncapi,
                     )
                 self.metrics_server = stack.enter_context(
                     MetricsServer(
@@ -106,6 +107,12 @@ class Runner:
                 )
                 stack.enter_context(reporter)
             return self._run()
+
+    def _asyncapi(self) -> str:
+        """The app's AsyncAPI document as this run runs it (made when the dashboard asks)."""
+        from kafkaworker.asyncapi import build, render  # noqa: PLC0415 - on request only
+
+        return render(build(self.app, self.settings, only=[spec.name for spec in self.specs]))
 
     def health(self) -> Health:
         return evaluate(self.metrics.registry, stale_after=stale_after(self.settings))

@@ -50,7 +50,8 @@ class AvroCodec(RegistryCodec):
 
     `writer_schema` (an Avro schema, JSON text) is what `encode_for` writes with; a pydantic
     model value is written as its `model_dump()`. See RegistryCodec for `subject_strategy`
-    and `auto_register`.
+    and `auto_register`. Both schemas stay readable as attributes (`kafkaworker asyncapi`
+    describes the payload with them).
     """
 
     name = "avro"
@@ -70,7 +71,8 @@ class AvroCodec(RegistryCodec):
         )
         # schema id -> (parsed writer schema, parsed reader schema or None): see _decode.
         self._parsed: dict[int, tuple[Any, Any]] = {}
-        self._writer_schema = writer_schema
+        self.reader_schema = reader_schema
+        self.writer_schema = writer_schema
         self._serializer = (
             AvroSerializer(self.registry, writer_schema, conf=self.serializer_conf())
             if writer_schema
@@ -115,10 +117,10 @@ class AvroCodec(RegistryCodec):
         return encoded
 
     def record_name(self, value: Any) -> str | None:
-        if not self._writer_schema:
+        if not self.writer_schema:
             return None
         try:
-            schema = orjson.loads(self._writer_schema)
+            schema = orjson.loads(self.writer_schema)
         except orjson.JSONDecodeError:
             return None
         if not isinstance(schema, dict) or "name" not in schema:

@@ -63,7 +63,8 @@ class JsonSchemaCodec(RegistryCodec):
     pydantic model value is written with its model's schema (one serializer, and one
     registration, per model class). Decodes to what the JSON says (dicts),
     after validating it against the writer's schema; a handler typed with a model gets the
-    model. See RegistryCodec for `subject_strategy` and `auto_register`.
+    model. See RegistryCodec for `subject_strategy` and `auto_register`. `schema` is the
+    given schema as text (None without one).
     """
 
     name = "json_schema"
@@ -77,11 +78,11 @@ class JsonSchemaCodec(RegistryCodec):
         auto_register: bool = True,
     ) -> None:
         super().__init__(registry, subject_strategy=subject_strategy, auto_register=auto_register)
-        self._schema = schema_text(schema) if schema is not None else None
+        self.schema = schema_text(schema) if schema is not None else None
         # A registry Schema goes to the serializer as it is: its references are registered
         # with it (text alone would lose them).
         self._writer: str | RegistrySchema | None = (
-            schema if isinstance(schema, RegistrySchema) else self._schema
+            schema if isinstance(schema, RegistrySchema) else self.schema
         )
         self._serializers: dict[object, JSONSerializer] = {}
         self._deserializer = JSONDeserializer(
@@ -96,7 +97,7 @@ class JsonSchemaCodec(RegistryCodec):
 
     def _serializer_for(self, value: Any) -> JSONSerializer:
         model = type(value) if isinstance(value, BaseModel) else None
-        key: object = model if self._schema is None else None
+        key: object = model if self.schema is None else None
         serializer = self._serializers.get(key)
         if serializer is None:
             text: str | RegistrySchema
@@ -126,7 +127,7 @@ class JsonSchemaCodec(RegistryCodec):
         # The record strategies name a JSON Schema by its title (a pydantic model's is its
         # class name).
         try:
-            text = self._schema or (
+            text = self.schema or (
                 schema_text(type(value)) if isinstance(value, BaseModel) else None
             )
             title = orjson.loads(text).get("title") if text else None

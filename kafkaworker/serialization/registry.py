@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from kafkaworker.errors import (
     ConfigError,
@@ -31,6 +31,7 @@ from kafkaworker.errors import (
     SchemaRegistryUnavailable,
     StartupError,
 )
+from kafkaworker.settings_sources import without_user_info
 
 if TYPE_CHECKING:
     from kafkaworker.handlers import HandlerSpec
@@ -122,14 +123,7 @@ def _conf(client: SchemaRegistryClient) -> Mapping[str, Any]:
 
 def safe_url(client: SchemaRegistryClient) -> str:
     """The registry's URL(s) for messages: user info (user:password@) never included."""
-    urls = []
-    for url in str(_conf(client).get("url", "the Schema Registry")).split(","):
-        parts = urlsplit(url.strip())
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        urls.append(urlunsplit((parts.scheme, host, parts.path, "", "")) if parts.scheme else url)
-    return ",".join(urls)
+    return without_user_info(str(_conf(client).get("url", "the Schema Registry")))
 
 
 def _scrub(client: SchemaRegistryClient, text: str) -> str:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from kafkaworker.app import App
 from kafkaworker.handlers import resolve_specs
 from kafkaworker.runtime.runner import Runner
 from kafkaworker.settings import Settings
+
+# The kafka_worker fixture: kafka_worker(app, settings=None) -> the running Runner.
+WorkerFactory = Callable[..., Runner]
 
 
 class WorkerFailedError(AssertionError):

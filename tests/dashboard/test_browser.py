@@ -91,3 +91,33 @@ def test_the_page_follows_the_worker_live(
     )
     expect(detail).to_have_count(1)
     assert page.evaluate("window.sameDocument") is True
+
+
+def test_the_page_links_the_asyncapi_document(page: Any) -> None:
+    """Given the app's AsyncAPI document, the page links it and the link serves it; a page
+    without one shows no link."""
+    from playwright.sync_api import expect  # noqa: PLC0415 - optional, see conftest
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from apps.orders.app import app  # noqa: PLC0415
+    from kafkaworker.asyncapi import build, render  # noqa: PLC0415
+    from kafkaworker.observability.dashboard import Dashboard  # noqa: PLC0415
+    from kafkaworker.observability.health import Health  # noqa: PLC0415
+    from kafkaworker.observability.server import MetricsServer  # noqa: PLC0415
+    from kafkaworker.settings import DashboardSettings, Settings  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    document = render(build(app, Settings.model_validate({})))
+    for given in (lambda: document, None):
+        board = Dashboard(DashboardSettings(), registry, lambda: [], asyncapi=given)
+        health = lambda: Health(True, True)  # noqa: E731
+        with MetricsServer("127.0.0.1", 0, registry, health, board) as server:
+            page.goto(f"http://127.0.0.1:{server.port}/")
+            expect(page.get_by_test_id("state")).not_to_have_text("…", timeout=SHOWN)
+            link = page.get_by_test_id("asyncapi")
+            if given is None:
+                expect(link).to_be_hidden()
+                continue
+            expect(link).to_be_visible()
+            served = page.request.get(str(link.evaluate("a => a.href")))
+            assert served.ok and served.text() == document

@@ -1,41 +1,35 @@
-"""The example app against a real broker, with the kafka_worker fixture of the kafkaworker
-pytest plugin, as a user with Java would write an end-to-end test."""
+"""The example app against a real broker, as a user writes it: the kafkaworker pytest plugin's
+fixtures and kafkaworker.testing's helpers, nothing else. The docs site shows
+this file (docs/testing.md includes it), so what a reader copies is what runs."""
 
-from __future__ import annotations
-
-from collections.abc import Iterator
-from typing import Any
-
-import orjson
+# --8<-- [start:example]
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from apps.orders.app import app
-from tests.support import produce, read_topic
+from kafkaworker.testing import TopicFactory, WorkerFactory, produce, read_topic, wait_for_commit
 
 pytestmark = pytest.mark.kafka
 
 
-@pytest.fixture
-def order_topics(admin: AdminClient) -> Iterator[None]:
-    topics = ["orders", "orders.accepted"]
-    for future in admin.create_topics([NewTopic(t, 2, 1) for t in topics]).values():
-        future.result(timeout=30)
-    yield
-    for future in admin.delete_topics([*topics, "orders.dlq"], operation_timeout=30).values():
-        future.exception(timeout=30)
-
-
 def test_orders_are_accepted_end_to_end(
-    kafka_broker: str, kafka_worker: Any, order_topics: None
+    kafka_broker: str, kafka_worker: WorkerFactory, kafka_topic: TopicFactory
 ) -> None:
-    kafka_worker(app, settings={"commit_interval": 0.2})
-    orders = [{"id": i, "customer": f"customer-{i % 3}", "amount": 10.0 + i} for i in range(6)]
-    produce(
-        kafka_broker,
-        "orders",
-        [orjson.dumps(o) for o in orders],
-        keys=[o["customer"].encode() for o in orders],
-    )
-    accepted = read_topic(kafka_broker, "orders.accepted", 6)
-    assert sorted(orjson.loads(r.value())["id"] for r in accepted) == list(range(6))
+    orders, accepted = kafka_topic(partitions=2), kafka_topic(partitions=2)
+    # The app's own topic names, swapped for this test's (as settings.yaml would).
+    topics = {"topics": [orders], "output": accepted, "dlq": f"{orders}.dlq"}
+    settings = {"handlers": {"accept_order": topics}, "commit_interval": 0.2}
+    kafka_worker(app, settings=settings)
+
+    sent = [{"id": i, "customer": f"customer-{i}", "amount": 10.0 + i} for i in range(6)]
+    sent.append({"id": 6, "customer": "customer-13", "amount": 5.0})  # blocked: to the DLQ
+    keys = [o["customer"] for o in sent]
+    produce(kafka_broker, orders, sent, keys=keys, app=app, settings=settings)  # app's codec
+
+    accepted_ids = [r.json()["id"] for r in read_topic(kafka_broker, accepted, count=6)]
+    assert sorted(accepted_ids) == list(range(6))
+    [dead] = read_topic(kafka_broker, f"{orders}.dlq", count=1)
+    assert dead.header("kw.error.message") == b"customer customer-13 is blocked"
+    wait_for_commit(kafka_broker, "orders-service", orders)  # all 7 finished and committed
+
+
+# --8<-- [end:example]

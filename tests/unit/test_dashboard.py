@@ -144,3 +144,46 @@ def test_the_metrics_server_serves_the_dashboard_only_when_given_one() -> None:
             assert status(server.port, "/api/control/pause", "POST") == 404
             assert status(server.port, "/metrics") == 200
             assert status(server.port, "/healthz") == 200
+
+
+def test_the_dashboard_serves_the_asyncapi_document_it_is_given() -> None:
+    """GET /asyncapi.yaml answers the document (made when asked for) and /api/status says
+    where it is, for the page's link; without one, 404 and null."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    import yaml  # noqa: PLC0415
+
+    from apps.orders.app import app  # noqa: PLC0415
+    from kafkaworker.asyncapi import build, render  # noqa: PLC0415
+    from kafkaworker.observability.health import Health  # noqa: PLC0415
+    from kafkaworker.observability.server import MetricsServer  # noqa: PLC0415
+
+    def get(port: int, path: str) -> tuple[int, str, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as reply:
+                return int(reply.status), reply.headers["Content-Type"], reply.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, "", b""
+
+    registry = CollectorRegistry()
+    made: list[int] = []
+
+    def document() -> str:
+        made.append(1)
+        return render(build(app, Settings.model_validate({})))
+
+    with_document = Dashboard(DashboardSettings(), registry, lambda: [], asyncapi=document)
+    without = Dashboard(DashboardSettings(), registry, lambda: [])
+    assert made == []  # nothing is made until asked for
+    for board, expected in ((with_document, "/asyncapi.yaml"), (without, None)):
+        health = lambda: Health(True, True)  # noqa: E731
+        with MetricsServer("127.0.0.1", 0, registry, health, board) as server:
+            status, kind, body = get(server.port, "/asyncapi.yaml")
+            assert orjson.loads(get(server.port, "/api/status")[2])["asyncapi"] == expected
+        if expected is None:
+            assert status == 404
+            continue
+        assert (status, kind) == (200, "application/yaml; charset=utf-8")
+        assert set(yaml.safe_load(body)["channels"]) == {"orders", "orders.dlq", "orders.accepted"}
+    assert made == [1]

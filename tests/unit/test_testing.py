@@ -264,11 +264,37 @@ def test_the_kafka_broker_fixture_skips_without_java_or_maven(
     monkeypatch.setattr(broker, "ensure_jars", no_java)
     fixture = pytest_plugin.kafka_broker.__wrapped__
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(pytest_plugin.BOOTSTRAP_ENV, raising=False)
     with pytest.raises(pytest.skip.Exception, match="'java' is not on PATH"):
         next(fixture())
     monkeypatch.setenv("CI", "1")  # there it must fail, not skip
     with pytest.raises(BrokerError, match="'java' is not on PATH"):
         next(fixture())
+
+
+def test_the_kafka_broker_fixture_hands_out_the_broker_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a broker was started although one was named")
+
+    monkeypatch.setattr(broker, "Cluster", started)
+    monkeypatch.setenv(pytest_plugin.BOOTSTRAP_ENV, "broker-1:9092,broker-2:9092")
+    assert next(pytest_plugin.kafka_broker.__wrapped__()) == "broker-1:9092,broker-2:9092"
+
+
+def test_the_documented_live_example_is_the_test_that_runs() -> None:
+    """docs/testing.md shows tests/examples/test_orders_app_live.py (a snippet the strict site
+    build fails without), all of it below the docstring: what a reader copies is what the
+    suite runs against a real broker, and it uses the public test kit alone."""
+    root = Path(__file__).resolve().parents[2]
+    code = (root / "tests" / "examples" / "test_orders_app_live.py").read_text()
+    shown = code.split("# --8<-- [start:example]\n", 1)[1].split("# --8<-- [end:example]\n")
+    assert shown[1] == ""  # nothing after the shown part
+    assert code.split('"""', 2)[2].strip().startswith("# --8<-- [start:example]")
+    page = (root / "docs" / "testing.md").read_text()
+    assert '--8<-- "tests/examples/test_orders_app_live.py:example"' in page
+    assert "tests.support" not in shown[0] and "admin" not in shown[0]
 
 
 def test_the_dlq_traceback_is_the_last_attempts_without_the_frameworks_frames(kind: str) -> None:

@@ -37,6 +37,9 @@ _BODY_MAX = 4096  # a control request is a few fields
 Statuses = Callable[[], list[dict[str, Any]]]
 # Carries out an operator action; (HTTP status, JSON body).
 Control = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+# The app's AsyncAPI document as YAML (kafkaworker.asyncapi), made when asked for.
+AsyncApi = Callable[[], str]
+ASYNCAPI_PATH = "/asyncapi.yaml"
 Reply = tuple[int, bytes, str]
 
 ACTIONS = ("pause", "resume", "open_breaker", "close_breaker")
@@ -89,10 +92,12 @@ class Dashboard:
         statuses: Statuses,
         *,
         control: Control | None = None,
+        asyncapi: AsyncApi | None = None,
         expected_processes: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self._asyncapi = asyncapi
         self._registry = registry
         self._statuses = statuses
         self._control = control if settings.control else None
@@ -146,6 +151,8 @@ class Dashboard:
             return json_reply(200, self.status())
         if path == "/api/failures":
             return json_reply(200, self.failures())
+        if path == ASYNCAPI_PATH and self._asyncapi is not None:
+            return 200, self._asyncapi().encode(), "application/yaml; charset=utf-8"
         return None
 
     def status(self) -> dict[str, Any]:
@@ -168,6 +175,8 @@ class Dashboard:
             "time": now,
             "state": state,
             "control": self._control is not None,
+            # Where the app's AsyncAPI document is served (a link on the page), or null.
+            "asyncapi": ASYNCAPI_PATH if self._asyncapi is not None else None,
             "processes": processes,
             "throughput": {
                 # msg/s over the latest interval (at most SAMPLE_EVERY seconds)

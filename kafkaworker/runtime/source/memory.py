@@ -259,9 +259,7 @@ class MemorySource:
 
     def _take(self, max_records: int, new: set[Partition]) -> list[Record]:
         """Runs of one partition, in offset order, from a different partition each time."""
-        partitions = [
-            p for p in sorted(self._positions) if p not in self.paused and p not in new
-        ]
+        partitions = [p for p in sorted(self._positions) if p not in self.paused and p not in new]
         if not partitions:
             return []
         start = self._next_partition % len(partitions)

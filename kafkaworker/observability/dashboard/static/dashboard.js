@@ -66,6 +66,10 @@ function renderStatus(status) {
   document.getElementById("errors").textContent = num(status.errors_per_minute);
   chart(status.throughput.history);
 
+  const asyncapi = document.getElementById("asyncapi");
+  asyncapi.hidden = !status.asyncapi;
+  if (status.asyncapi) asyncapi.href = status.asyncapi.replace(/^\//, "");
+
   control = status.control;
   document.getElementById("control").hidden = !control;
 
