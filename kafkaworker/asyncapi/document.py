@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kafkaworker import headers
-from kafkaworker.version import VERSION
 from kafkaworker.asyncapi.payloads import Payload, Schemas, input_payload, output_payload
 from kafkaworker.asyncapi.servers import KAFKA_BINDING, servers
 from kafkaworker.handlers import HandlerSpec, resolve_specs
 from kafkaworker.settings import Settings
+from kafkaworker.version import VERSION
 
 if TYPE_CHECKING:
     from kafkaworker.app import App

@@ -22,7 +22,7 @@ and, with control, a producer for commands, audit entries and replays; close() s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -43,6 +43,7 @@ from kafkaworker.observability.dashboard import (
     json_reply,
     operator_name,
 )
+from kafkaworker.observability.server import Request
 from kafkaworker.ops import KafkaAdmin
 from kafkaworker.producer import Producer
 from kafkaworker.settings import Settings
@@ -103,17 +104,13 @@ class FleetDashboard:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def answer(
-        self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        read_body: Callable[[int], bytes],
-        client: str,
-    ) -> Reply | None:
-        if method == "POST" and (path.startswith("/api/commands/") or path == "/api/dlq/replay"):
-            return self._act(path, headers, read_body, client)
-        if method != "GET":
+    def answer(self, request: Request) -> Reply | None:
+        path = request.path
+        if request.method == "POST" and (
+            path.startswith("/api/commands/") or path == "/api/dlq/replay"
+        ):
+            return self._act(request)
+        if request.method != "GET":
             return None
         if path in _STATIC:
             package, name, kind = _STATIC[path]
@@ -146,13 +143,8 @@ class FleetDashboard:
             return json_reply(502, {"error": str(exc)})
         return json_reply(200, {"topic": topic, "records": records})
 
-    def _act(
-        self,
-        path: str,
-        headers: Mapping[str, str],
-        read_body: Callable[[int], bytes],
-        client: str,
-    ) -> Reply:
+    def _act(self, request: Request) -> Reply:
+        path, headers, client = request.path, request.headers, request.client
         if not self._control or self._producer is None:
             return json_reply(404, {"error": "not found"})  # off: the endpoints do not exist
         what = (
@@ -163,7 +155,7 @@ class FleetDashboard:
             return json_reply(401, {"error": "a valid token is required (Authorization: Bearer)"})
         operator = operator_name(headers)
         try:
-            body = json_body(headers, read_body)
+            body = json_body(request)
             if what == "replay":
                 return self._replay(body, operator, client)
             issued = command(what, body, operator=operator, client=client, issued_at=self._clock())

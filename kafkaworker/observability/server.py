@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -34,14 +35,19 @@ class Pages(Protocol):
 
     def close(self) -> None: ...
 
-    def answer(
-        self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        read_body: Callable[[int], bytes],
-        client: str,
-    ) -> tuple[int, bytes, str] | None: ...
+    def answer(self, request: Request) -> tuple[int, bytes, str] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request as the pages see it: its headers by lower-case name, its body read on
+    demand (`read_body(n)`), and who sent it (host:port, for the audit lines)."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    read_body: Callable[[int], bytes]
+    client: str
 
 
 _OWN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
@@ -116,10 +122,14 @@ class MetricsServer:
             if request.command != "GET" or path not in _OWN_PATHS:
                 reply = None
                 if self.dashboard is not None:
-                    client = "{}:{}".format(*request.client_address[:2])
-                    headers = {name.lower(): value for name, value in request.headers.items()}
                     reply = self.dashboard.answer(
-                        request.command, path, headers, request.rfile.read, client
+                        Request(
+                            request.command,
+                            path,
+                            {name.lower(): value for name, value in request.headers.items()},
+                            request.rfile.read,
+                            "{}:{}".format(*request.client_address[:2]),
+                        )
                     )
                 if reply is not None:
                     self._send(request, *reply)

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from kafkaworker.errors import ConfigError
 from kafkaworker.message import Message
 from kafkaworker.observability.dashboard import Dashboard
+from kafkaworker.observability.server import Request
 from kafkaworker.runtime.failures.policy import Action, CircuitBreaker, Decision
 from kafkaworker.runtime.failures.recent import RecentFailures
 from kafkaworker.settings import DashboardSettings, Settings
@@ -74,7 +75,9 @@ def dashboard(control: bool, calls: list[dict[str, Any]]) -> Dashboard:
 def post(board: Dashboard, action: str, body: Any, **headers: str) -> tuple[int, Any]:
     data = orjson.dumps(body)
     headers = {"content-length": str(len(data)), **headers}
-    reply = board.answer("POST", f"/api/control/{action}", headers, lambda n: data, "1.2.3.4:5")
+    reply = board.answer(
+        Request("POST", f"/api/control/{action}", headers, lambda n: data, "1.2.3.4:5")
+    )
     assert reply is not None
     return reply[0], orjson.loads(reply[1])
 

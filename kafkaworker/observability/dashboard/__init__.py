@@ -25,6 +25,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from kafkaworker.observability.server import Request
 from kafkaworker.settings import DashboardSettings
 
 log = structlog.get_logger("kafkaworker.dashboard")
@@ -129,19 +130,12 @@ class Dashboard:
 
     # -- HTTP --------------------------------------------------------------------------------
 
-    def answer(
-        self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        read_body: Callable[[int], bytes],
-        client: str,
-    ) -> Reply | None:
-        """The reply for a dashboard path, or None when the path is not the dashboard's.
-        `headers`: the request's, by lower-case name."""
+    def answer(self, request: Request) -> Reply | None:
+        """The reply for a dashboard path, or None when the path is not the dashboard's."""
+        path = request.path
         if path.startswith("/api/control/"):
-            return self._control_request(method, path, headers, read_body, client)
-        if method != "GET":
+            return self._control_request(request)
+        if request.method != "GET":
             return None
         if path in _STATIC:
             name, kind = _STATIC[path]
@@ -201,25 +195,19 @@ class Dashboard:
             "total": sum(int(status.get("failures_total", 0)) for status in statuses),
         }
 
-    def _control_request(
-        self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        read_body: Callable[[int], bytes],
-        client: str,
-    ) -> Reply:
-        action = path.removeprefix("/api/control/")
+    def _control_request(self, request: Request) -> Reply:
+        action = request.path.removeprefix("/api/control/")
+        headers, client = request.headers, request.client
         if self._control is None or action not in ACTIONS:
             # Off: the endpoints do not exist (the page shows no buttons either).
             return json_reply(404, {"error": "not found"})
-        if method != "POST":
+        if request.method != "POST":
             return json_reply(405, {"error": "use POST"})
         if not self._authorized(headers):
             log.warning("dashboard action refused: no valid token", action=action, client=client)
             return json_reply(401, {"error": "a valid token is required (Authorization: Bearer)"})
         try:
-            target = _target(action, json_body(headers, read_body))
+            target = _target(action, json_body(request))
         except (ValueError, orjson.JSONDecodeError) as exc:
             return json_reply(400, {"error": str(exc)})
         operator = operator_name(headers)
@@ -252,8 +240,9 @@ def authorized(token: SecretStr | None, headers: Mapping[str, str]) -> bool:
     return hmac.compare_digest(value.strip().encode(), token.get_secret_value().encode())
 
 
-def json_body(headers: Mapping[str, str], read_body: Callable[[int], bytes]) -> dict[str, Any]:
+def json_body(request: Request) -> dict[str, Any]:
     """An action's JSON object body (a few fields); ValueError when it is not one."""
+    headers, read_body = request.headers, request.read_body
     length = int(headers.get("content-length") or 0)
     if length > _BODY_MAX:
         raise ValueError("body too large")
