@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -507,8 +508,16 @@ class Settings(BaseSettings):
     # asyncio is the default: with the poll thread beside it, uvloop handled fewer messages
     # here (see docs/architecture.md), though it runs bare sleeps faster.
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
-    # How often finished offsets are committed (librdkafka auto.commit.interval.ms).
-    commit_interval: PositiveFloat = 1.0
+    # How often finished offsets are committed, at most (a commit goes at once when the last
+    # one is older): a crash repeats what finished since the last commit, besides the
+    # messages in flight. Each commit is a request to the group coordinator and a record in
+    # __consumer_offsets (docs/architecture.md, Commits: duplicates against commits/s).
+    commit_interval: PositiveFloat = 0.1
+    # The brokers' offset.metadata.max.bytes (Kafka's default): the offset map of what is
+    # finished above a committed position (out-of-order completion) travels in the commit's
+    # metadata when it fits, so that a crash or a rebalance repeats only unfinished work;
+    # a map that does not fit is left out (the plain position, counted). 0: no maps.
+    offset_metadata_max_bytes: NonNegativeInt = 4096
     # Where a group with no committed offset starts. "earliest": a new worker processes what
     # is already there instead of silently skipping it.
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"

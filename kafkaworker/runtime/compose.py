@@ -32,7 +32,7 @@ from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
 from kafkaworker.runtime.handoff import Completion, Executor
 from kafkaworker.runtime.poll.delayed import DelayedRetries
-from kafkaworker.runtime.poll.poller import Poller, PollLoop, StoredOffsetCommit
+from kafkaworker.runtime.poll.poller import OffsetCommit, Poller, PollLoop
 from kafkaworker.runtime.poll.share_poller import SharePoller
 from kafkaworker.runtime.source import ShareSource, Source
 from kafkaworker.runtime.source.share_group import ShareGroupConfig
@@ -199,7 +199,14 @@ def build_handler(
             source,
             executor,
             completions,
-            committer=StoredOffsetCommit(source, handler=spec.name),
+            committer=OffsetCommit(
+                source,
+                handler=spec.name,
+                interval=settings.commit_interval,
+                max_metadata=settings.offset_metadata_max_bytes,
+                clock=clock,
+                metrics=metrics,
+            ),
             codec=value_codec,
             topics=topics,
             delayed=DelayedRetries(routes.retry_topics if routes else (), clock=clock),

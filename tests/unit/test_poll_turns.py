@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from confluent_kafka import AcknowledgeType
+from confluent_kafka import AcknowledgeType, KafkaError
 
 from kafkaworker import App, Message
 from kafkaworker.handlers import HandlerSpec
@@ -26,8 +26,9 @@ from kafkaworker.runtime.handoff import (
     Run,
 )
 from kafkaworker.runtime.poll.backpressure import WITHHOLD
+from kafkaworker.runtime.poll import offset_map
 from kafkaworker.runtime.poll.delayed import DelayedRetries
-from kafkaworker.runtime.poll.poller import Poller, StoredOffsetCommit
+from kafkaworker.runtime.poll.poller import OffsetCommit, Poller
 from kafkaworker.runtime.poll.share_poller import ACK_FLUSH, SharePoller
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
@@ -144,7 +145,14 @@ class Turns:
             self.source,
             self.executor,
             completions,
-            committer=StoredOffsetCommit(self.source, handler="handle"),
+            committer=OffsetCommit(
+                self.source,
+                handler="handle",
+                interval=settings.commit_interval,
+                max_metadata=settings.offset_metadata_max_bytes,
+                clock=self.clock,
+                metrics=self.metrics,
+            ),
             codec=CODECS["raw"],
             topics=list(topics),
             delayed=DelayedRetries([retry_topic] if retry_topic else [], clock=self.clock),
@@ -201,20 +209,142 @@ def test_a_fetch_takes_no_more_than_the_handler_budget_has_room_for() -> None:
 
 
 def test_what_finished_is_committed_up_to_the_first_unfinished_offset() -> None:
-    turns = Turns()
+    turns = Turns(commit_interval=1.0)
     turns.append(5)
     turns.turn()
     assert turns.source.committed == {P0: 0}  # the start, committed at assignment
     turns.executor.finish(0, [0, 1, 3])
-    turns.turn()
-    assert turns.source.committed == {P0: 2}  # offset 2 is still running
+    turns.turn()  # the first change after a quiet interval is committed at once
+    assert turns.source.committed == {P0: 2}  # offset 2 is still running...
+    assert offset_map.decode(turns.source.metadata[P0], 2) == [3]  # ...3 is finished
     turns.executor.finish(0, [2])
     turns.turn()
-    assert turns.source.committed == {P0: 4}
+    assert turns.source.committed == {P0: 2}  # not again within the commit interval
+    turns.clock.advance(1.0)
+    turns.turn()
+    assert turns.source.committed == {P0: 4} and turns.source.metadata[P0] == ""
     turns.executor.finish(0, [4])
+    turns.clock.advance(1.0)
     turns.turn()
     assert turns.source.committed == {P0: 5}
     assert turns.poller.stats.finished == 5
+
+
+def test_a_map_that_grows_while_the_position_stands_still_is_committed() -> None:
+    turns = Turns(commit_interval=0.1)
+    turns.append(4)
+    turns.turn()
+    turns.executor.finish(0, [1])
+    turns.turn()
+    turns.executor.finish(0, [3])  # offset 0 (a slow key, say) holds the position
+    turns.clock.advance(0.1)
+    turns.turn()
+    assert turns.source.commits[-1] == {P0: 0}
+    assert offset_map.decode(turns.source.metadata[P0], 0) == [1, 3]
+
+
+def test_a_failed_commit_is_sent_again_with_what_is_finished_then() -> None:
+    turns = Turns(commit_interval=0.1)
+    turns.append(3)
+    turns.turn()
+    turns.source.fail_commits[P0] = KafkaError.REBALANCE_IN_PROGRESS
+    turns.executor.finish(0, [0])
+    turns.turn()
+    assert turns.source.committed == {P0: 0}  # it failed
+    turns.clock.advance(0.1)
+    turns.turn()  # told of the failure: sent again, though nothing changed since
+    assert turns.source.committed == {P0: 1}
+    turns.clock.advance(0.1)
+    commits = len(turns.source.commits)
+    turns.turn(2)
+    assert len(turns.source.commits) == commits  # nothing new: nothing sent
+
+
+def test_an_assignment_skips_what_the_committed_offset_map_lists() -> None:
+    turns = Turns(2)
+    turns.append(8, partition=1)
+    turns.source.revoke([P1])
+    turns.turn()
+    # An earlier owner finished 3, 4 and 6 while 2 and 5 ran: its commit says so.
+    turns.source.committed[P1] = 2
+    turns.source.metadata[P1] = offset_map.encode(2, [3, 4, 6]) or ""
+    turns.source.assign([P1])
+    turns.turn(2)
+    assert turns.dispatched(1) == [2, 5, 7]  # only the unfinished
+    assert turns.poller.stats.skipped == 3
+    assert turns.metrics.offset_map_skipped.labels("handle")._value.get() == 3
+    turns.executor.finish(1, [2])
+    turns.turn()
+    assert turns.source.committed[P1] == 5  # past the skipped 3 and 4
+    assert offset_map.decode(turns.source.metadata[P1], 5) == [6]
+
+
+def test_a_map_lists_what_it_inherited_until_it_is_fetched() -> None:
+    turns = Turns(1, max_pending=3, poll_batch=3)
+    turns.append(6)
+    turns.source.revoke([P0])
+    turns.turn()
+    turns.source.metadata[P0] = offset_map.encode(0, [1, 4]) or ""
+    turns.source.assign([P0])
+    turns.turn(2)
+    assert turns.dispatched() == [0, 2]  # 1 skipped; 4 not fetched yet
+    turns.executor.finish(0, [0])
+    turns.turn()
+    # Committed at 2 (0 finished, 1 skipped): 4 is still listed, though never seen here.
+    assert turns.source.committed[P0] == 2
+    assert offset_map.decode(turns.source.metadata[P0], 2) == [4]
+
+
+def test_a_revoke_hands_the_map_to_the_next_owner() -> None:
+    turns = Turns(1)
+    turns.append(5)
+    turns.turn()
+    first = turns.lease()
+    running = turns.executor.queued.pop(0)  # offset 0 runs on...
+    turns.executor.finish(0, [1, 3])  # ...while others finish
+    turns.turn()
+    turns.source.revoke([P0])
+    turns.turn()  # revoke_timeout runs out with offset 0 still running: committed so far
+    assert first.revoked and running.offset == 0
+    assert turns.source.committed[P0] == 0
+    assert offset_map.decode(turns.source.metadata[P0], 0) == [1, 3]
+    turns.source.assign([P0])  # the next owner (here, this member again)
+    turns.turn(2)
+    assert turns.dispatched() == [0, 2, 4]  # nothing finished before the move runs again
+
+
+def test_a_map_too_large_for_the_metadata_limit_commits_the_plain_position() -> None:
+    turns = Turns(1, offset_metadata_max_bytes=24)
+    turns.append(40)
+    turns.turn()
+    turns.executor.finish(0, list(range(1, 40, 3)))  # scattered: a map of 30-odd characters
+    turns.turn()
+    assert turns.source.committed == {P0: 0} and turns.source.metadata[P0] == ""
+    assert turns.metrics.offset_map_fallbacks.labels("handle")._value.get() == 1
+    turns.executor.finish(0, [0])
+    turns.clock.advance(1.0)
+    turns.turn()
+    assert turns.source.committed == {P0: 2}  # finished offsets above it stay uncommitted
+
+
+def test_a_map_the_broker_refuses_is_committed_again_without_it_and_maps_shrink() -> None:
+    turns = Turns(1, commit_interval=0.1)
+    turns.source.offset_metadata_max_bytes = 24  # a broker set lower than the setting
+    turns.append(40)
+    turns.turn()
+    turns.executor.finish(0, list(range(1, 40, 3)))
+    turns.turn()  # refused (OFFSET_METADATA_TOO_LARGE)
+    assert turns.source.metadata.get(P0, "") == ""
+    turns.clock.advance(0.1)
+    turns.turn()
+    committer = turns.poller._committer
+    assert isinstance(committer, OffsetCommit) and committer.max_metadata < 24
+    assert turns.source.committed == {P0: 0} and turns.source.metadata[P0] == ""
+    assert turns.metrics.offset_map_fallbacks.labels("handle")._value.get() == 1
+    turns.executor.finish(0, [0])
+    turns.clock.advance(0.1)
+    turns.turn()
+    assert turns.source.committed == {P0: 2}
 
 
 def test_a_turn_without_reports_commits_nothing_new() -> None:

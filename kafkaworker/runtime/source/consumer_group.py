@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from kafkaworker import clients
 from kafkaworker.errors import StartupError
 from kafkaworker.handlers import HandlerSpec
-from kafkaworker.runtime.source import AssignmentListener, Partition, Record
+from kafkaworker.runtime.source import AssignmentListener, OffsetAndMetadata, Partition, Record
 from kafkaworker.settings import Settings
 
 log = structlog.get_logger("kafkaworker.source")
@@ -27,12 +27,14 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
         **clients.base_config(settings),
         "group.id": spec.group or app_name,
         "client.id": f"{app_name}.{spec.name}",
-        # At-least-once: the poll thread stores positions below which every message is
-        # finished, never what librdkafka merely handed out, and librdkafka commits what is
-        # stored every commit_interval (poll/poller.py, Commits).
-        "enable.auto.commit": True,
+        # At-least-once: the poll thread commits positions below which every message is
+        # finished, never what librdkafka merely handed out, with the offset map of what is
+        # finished above them in the metadata (poll/poller.py, OffsetCommit). Not
+        # librdkafka's auto-commit of its offset store: it commits a stored offset only when
+        # the offset moved, never a change of metadata alone (measured with 2.16), and the
+        # map grows while a slow key holds the position.
+        "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "auto.commit.interval.ms": max(1, round(settings.commit_interval * 1000)),
         "auto.offset.reset": settings.auto_offset_reset,
         "enable.partition.eof": False,
         # When the local queue is full librdkafka waits this long before fetching the
@@ -87,8 +89,13 @@ def _topic_partitions(partitions: Sequence[Partition]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition) for topic, partition in partitions]
 
 
-def _offsets(positions: Mapping[Partition, int]) -> list[TopicPartition]:
-    return [TopicPartition(p.topic, p.partition, offset) for p, offset in positions.items()]
+def _offsets(offsets: Mapping[Partition, OffsetAndMetadata]) -> list[TopicPartition]:
+    return [
+        TopicPartition(p.topic, p.partition, offset, metadata=metadata)
+        if metadata
+        else TopicPartition(p.topic, p.partition, offset)
+        for p, (offset, metadata) in offsets.items()
+    ]
 
 
 def _partitions(topic_partitions: list[TopicPartition]) -> list[Partition]:
@@ -104,6 +111,8 @@ class ConsumerGroupSource:
         self._topics: list[str] = []
         # Partitions revoked or lost since fetch() took its first record (see fetch()).
         self._revoked: set[Partition] = set()
+        # Asynchronous commits that failed, told by librdkafka's commit callback inside poll().
+        self._failed: list[tuple[Partition, int]] = []
         config = dict(config)
         self._group_protocol = config.get("group.protocol", "classic")
         config["on_commit"] = self._on_commit  # librdkafka's periodic commits report here
@@ -202,11 +211,17 @@ class ConsumerGroupSource:
     def resume(self, partitions: Sequence[Partition]) -> None:
         self._consumer.resume(_topic_partitions(partitions))
 
-    def store(self, positions: Mapping[Partition, int]) -> None:
-        self._consumer.store_offsets(offsets=_offsets(positions))
+    def commit(
+        self, offsets: Mapping[Partition, OffsetAndMetadata], *, asynchronous: bool = False
+    ) -> None:
+        if asynchronous:
+            self._consumer.commit(offsets=_offsets(offsets), asynchronous=True)
+        else:
+            self._commit_or_raise(self._consumer, _offsets(offsets))
 
-    def commit(self, positions: Mapping[Partition, int]) -> None:
-        self._commit_or_raise(self._consumer, _offsets(positions))
+    def failed_commits(self) -> list[tuple[Partition, int]]:
+        failed, self._failed = self._failed, []
+        return failed
 
     @staticmethod
     def _commit_or_raise(consumer: Consumer, offsets: list[TopicPartition]) -> None:
@@ -270,16 +285,23 @@ class ConsumerGroupSource:
             held_before=[f"{tp.topic}[{tp.partition}]" for tp in consumer.assignment()],
         )
         starts = self._commit_starts(consumer, partitions)
-        self._listener.on_assign(_partitions(partitions))
-        # Assigned here rather than by confluent-kafka after the callback: the partitions
-        # whose start was committed just now start exactly there.
+        committed = {
+            Partition(tp.topic, tp.partition): OffsetAndMetadata(tp.offset, tp.metadata or "")
+            for tp in starts
+            if tp.offset >= 0
+        }
+        self._listener.on_assign(_partitions(partitions), committed)
+        # Assigned here rather than by confluent-kafka after the callback, each at the offset
+        # read just now: the offset map the listener decoded is the one of the position
+        # fetching starts at, and a start committed just now is started at exactly.
         consumer.incremental_assign(starts)
 
     def _commit_starts(
         self, consumer: Consumer, partitions: list[TopicPartition]
     ) -> list[TopicPartition]:
-        """The partitions to assign, with a start offset for those the group had no committed
-        offset for, which is committed first: the position auto.offset.reset gives them now.
+        """The partitions to assign, each at its committed offset (with the commit's
+        metadata) where it was read; for those the group had no committed offset for, the
+        position auto.offset.reset gives them now, which is committed first.
 
         Without it, a member that stops before it finishes anything of such a partition leaves
         the next owner to apply auto.offset.reset again: with "latest", past the records that
@@ -289,18 +311,22 @@ class ConsumerGroupSource:
         KIP-848 runtime test's stall in CI, whose producer had left a partition empty).
         Only a group's first assignment of a partition pays for it (two requests); on any
         failure librdkafka resolves the start itself, as it would have."""
-        reset = _RESETS.get(str(self._config.get("auto.offset.reset", "latest")))
-        if not partitions or reset is None:
+        if not partitions:
             return partitions
+        reset = _RESETS.get(str(self._config.get("auto.offset.reset", "latest")))
         try:
-            committed = consumer.committed(partitions, _START_TIMEOUT)
+            read = consumer.committed(partitions, _START_TIMEOUT)
             missing = [
                 TopicPartition(tp.topic, tp.partition, reset)
-                for tp in committed
-                if tp.offset < 0 and tp.error is None
+                for tp in read
+                if tp.offset < 0 and tp.error is None and reset is not None
+            ]
+            # Where the read failed, librdkafka resolves the start itself.
+            committed = [
+                tp if tp.error is None else TopicPartition(tp.topic, tp.partition) for tp in read
             ]
             if not missing:
-                return partitions
+                return committed
             starts = {
                 (tp.topic, tp.partition): tp
                 for tp in consumer.offsets_for_times(missing, _START_TIMEOUT)
@@ -321,7 +347,7 @@ class ConsumerGroupSource:
             handler=self._handler,
             positions={f"{tp.topic}[{tp.partition}]": tp.offset for tp in starts.values()},
         )
-        return [starts.get((tp.topic, tp.partition), tp) for tp in partitions]
+        return [starts.get((tp.topic, tp.partition), tp) for tp in committed]
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._let_go(consumer, partitions, lost=False)
@@ -379,22 +405,24 @@ class ConsumerGroupSource:
         return self._silence
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Every commit's result (the asynchronous ones are what this is for), on the poll
+        thread inside poll()."""
         failed = [tp for tp in partitions if tp.error is not None]
         error = error or (failed[0].error if failed else None)
         if error is None:
-            log.debug(
-                "committed (periodic)",
-                handler=self._handler,
-                positions={f"{tp.topic}[{tp.partition}]": tp.offset for tp in partitions},
-            )
             return
         if error.code() == KafkaError._NO_OFFSET:
             return  # nothing to commit
-        # Not a delivery problem: what is stored is committed again at the next interval, and
-        # uncommitted work is delivered again, never skipped. During a rebalance it is routine.
+        self._failed.extend(
+            (Partition(tp.topic, tp.partition), (tp.error or error).code())
+            for tp in (failed or partitions)
+        )
+        # Not a delivery problem: the committer commits those partitions again at its next
+        # interval, with what is finished then, and uncommitted work is delivered again, never
+        # skipped. During a rebalance it is routine.
         routine = error.code() in _REBALANCING
         (log.debug if routine else log.warning)(
-            "periodic commit failed; retried at the next interval",
+            "commit failed; committed again at the next interval",
             handler=self._handler,
             error=error.str(),
             partitions=[f"{tp.topic}[{tp.partition}]" for tp in failed] or None,
