@@ -25,8 +25,8 @@ from kafkaworker.runtime.handoff import (
     Outcome,
     Run,
 )
-from kafkaworker.runtime.poll.backpressure import WITHHOLD
 from kafkaworker.runtime.poll import offset_map
+from kafkaworker.runtime.poll.backpressure import WITHHOLD
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.poller import OffsetCommit, Poller
 from kafkaworker.runtime.poll.share_poller import ACK_FLUSH, SharePoller
