@@ -49,6 +49,8 @@ RESERVED_CONSUMER_PROPERTIES = {
     "enable.auto.commit": "the runtime commits finished offsets periodically and on revoke",
     "group.id": "set the group with @app.handler(group=...) or handlers.<name>.group",
     "on_commit": "the runtime installs its own commit callback",
+    "group.instance.id": "set kafka.group_instance_id: each handler's consumer (and each "
+    "process under --processes) gets its own name from it",
 }
 
 
@@ -265,6 +267,15 @@ class KafkaSettings(_Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     # "classic" uses cooperative-sticky assignment; "consumer" is KIP-848's broker-side protocol.
     group_protocol: Literal["classic", "consumer"] = "classic"
+    # Static membership (KIP-345): this process's stable name in its consumer groups, e.g. a
+    # StatefulSet's pod name. A member restarted under the same name within
+    # session.timeout.ms gets its partitions back at once, and the others see no rebalance
+    # (under KIP-848 only after a clean stop: a killed member's name is free again when its
+    # session ends); but a member that stops for good keeps its partitions idle until that
+    # timeout (it does not leave its group). Each handler's consumer is "<name>.<handler>"
+    # (and "-<process>" under --processes). Not for queue mode (share groups have no static
+    # members). See docs/deployment.md, Restarts and static membership.
+    group_instance_id: str | None = Field(default=None, min_length=1, max_length=200)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     # Raw librdkafka properties, passed through: e.g. {"fetch.min.bytes": 1}. They win over
     # what kafkaworker sets (security included), for anything its settings do not cover.

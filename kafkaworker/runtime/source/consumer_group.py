@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,8 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
     }
     raw = settings.kafka.consumer
     kip848 = settings.kafka.group_protocol == "consumer" or raw.get("group.protocol") == "consumer"
+    if settings.kafka.group_instance_id:
+        config["group.instance.id"] = group_instance_id(settings.kafka.group_instance_id, spec)
     # librdkafka's statistics every second (parsed on the poll thread, ~20 KB of JSON): how
     # long the brokers have owed an answer (health), and under KIP-848 the group state
     # (readiness: no assign callback comes for a member given no partitions).
@@ -59,6 +62,14 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
         config["heartbeat.interval.ms"] = 1000
     config.update(raw)
     return config
+
+
+def group_instance_id(name: str, spec: HandlerSpec) -> str:
+    """A handler's consumer's static member name: unique per handler (two handlers may share
+    a group) and per process of `--processes N`, whose supervisor numbers its children.
+    Members of one group under one name fence each other (FENCED_INSTANCE_ID)."""
+    index = os.environ.get("KAFKAWORKER_PROCESS_INDEX")
+    return f"{name}.{spec.name}" + (f"-{index}" if index else "")
 
 
 def new_consumer(config: dict[str, Any]) -> Consumer:
@@ -126,6 +137,7 @@ class ConsumerGroupSource:
         self._out_since: float | None = None
         self._stuck_for = 0.0
         self._stuck_state = ""
+        self._failed_at: float | None = None  # when the consumer failed (a fatal error)
         self._generation = 0
         self._consumer = self._new_consumer()
 
@@ -151,13 +163,18 @@ class ConsumerGroupSource:
         )
 
     def fetch(self, timeout: float, max_records: int) -> list[Record]:
-        if self._stuck_for:
+        failed = self._failed_at is not None and time.monotonic() - self._failed_at > _FATAL_RETRY
+        if self._stuck_for or failed:
             self._rejoin()
         # poll() returns as soon as one record is there; consume(n, 0) then takes what is
         # already fetched without waiting (consume(n, t) would wait t for a full batch: up to
         # t of added latency at low rates).
         first = self._consumer.poll(timeout)
         if first is None:
+            return []
+        error = first.error()
+        if error is not None and error.code() == KafkaError._FATAL:
+            self._fatal(error)
             return []
         if max_records <= 1:
             return [first]
@@ -173,24 +190,41 @@ class ConsumerGroupSource:
         rest.insert(0, first)
         return rest
 
+    def _fatal(self, error: KafkaError) -> None:
+        """A fatal error: this consumer is unusable. It is replaced _FATAL_RETRY later. The
+        one seen here: a static member started again under KIP-848 while the broker still
+        holds its name for the killed one (UNRELEASED_INSTANCE_ID, until that one's session
+        times out: KIP-848 frees a static name only when its member leaves), which librdkafka
+        treats as fatal."""
+        if self._failed_at is None:
+            log.error(
+                "the consumer failed and is replaced with a fresh one in a few seconds",
+                handler=self._handler,
+                error=error.str(),
+                retry_seconds=_FATAL_RETRY,
+            )
+            self._failed_at = time.monotonic()
+
     def _rejoin(self) -> None:
-        """Replace a consumer stuck out of its group with a fresh one. What the old one still
-        held is lost (another member may own it by now): the listener drops its work and
-        commits nothing. The old consumer is closed on a thread of its own, which ends when
-        its close() returns: a stuck consumer's close can wait for the very requests that are
-        stuck, and the poll thread must not."""
+        """Replace a consumer stuck out of its group, or failed, with a fresh one. What the
+        old one still held is lost (another member may own it by now): the listener drops its
+        work and commits nothing. The old consumer is closed on a thread of its own, which
+        ends when its close() returns: a stuck consumer's close can wait for the very requests
+        that are stuck, and the poll thread must not."""
         assert self._listener is not None
         old = self._consumer
-        log.warning(
-            "the consumer has been out of its group for longer than join_timeout; "
-            "closing it and joining with a fresh one (a librdkafka join stall, "
-            "cf. librdkafka#3082; raise join_timeout if rebalances here take that long)",
-            handler=self._handler,
-            out_of_group_seconds=round(self._stuck_for, 1),
-            group_state=self._stuck_state,
-            join_timeout=self._join_timeout,
-        )
+        if self._stuck_for:
+            log.warning(
+                "the consumer has been out of its group for longer than join_timeout; "
+                "closing it and joining with a fresh one (a librdkafka join stall, "
+                "cf. librdkafka#3082; raise join_timeout if rebalances here take that long)",
+                handler=self._handler,
+                out_of_group_seconds=round(self._stuck_for, 1),
+                group_state=self._stuck_state,
+                join_timeout=self._join_timeout,
+            )
         self._stuck_for = 0.0
+        self._failed_at = None
         self._out_since = time.monotonic()
         try:
             held = _partitions(old.assignment())
@@ -437,6 +471,9 @@ _RESETS = {
 }
 # The start of newly assigned partitions is looked up and committed within this (each request).
 _START_TIMEOUT = 5.0
+# A consumer that failed (a fatal error) is replaced this long after: a static member whose
+# name the broker still holds for a killed predecessor tries again every few seconds.
+_FATAL_RETRY = 5.0
 # How long close() waits for a consumer out of its group (a LeaveGroup, normally milliseconds).
 _CLOSE_OUT_OF_GROUP = 10.0
 
