@@ -28,6 +28,7 @@ from kafkaworker.runtime.handoff import (
 from kafkaworker.runtime.poll import offset_map
 from kafkaworker.runtime.poll.backpressure import WITHHOLD
 from kafkaworker.runtime.poll.delayed import DelayedRetries
+from kafkaworker.runtime.poll.fairness import FAIR_WAIT, FIRST_QUOTA
 from kafkaworker.runtime.poll.poller import OffsetCommit, Poller
 from kafkaworker.runtime.poll.share_poller import ACK_FLUSH, SharePoller
 from kafkaworker.runtime.source import Partition
@@ -464,6 +465,50 @@ def test_a_partition_still_over_its_limit_after_withholding_is_paused_then_resum
     turns.executor.finish(0, [0, 1])  # down to half the limit
     turns.turn()
     assert turns.source.paused == set()
+
+
+def test_a_backlog_is_handed_over_a_fair_quota_of_each_partition_at_a_time() -> None:
+    turns = Turns(2, spec=handler(concurrency=2))
+    turns.executor.recent_handler_seconds = 0.01  # 10 ms a message, two workers
+    quota = int(FAIR_WAIT * 2 / (2 * 0.01))  # a quarter second of work for the two
+    turns.append(100, partition=0)
+    turns.append(100, partition=1)
+    turns.turn(2)
+    # Both partitions have their quota with the executor, in offset order; the rest waits.
+    assert turns.dispatched(0) == list(range(quota))
+    assert turns.dispatched(1) == list(range(quota))
+    assert turns.poller.stats.fetched == 200
+    turns.executor.finish(1, [0, 1, 2])
+    turns.turn()
+    assert turns.dispatched(1) == list(range(3, quota + 3))  # room for three more
+    assert turns.dispatched(0) == list(range(quota))
+    assert turns.source.committed[P1] == 3
+
+
+def test_a_handler_of_unknown_speed_starts_with_a_small_quota() -> None:
+    turns = Turns(2)
+    turns.append(100, partition=0)
+    turns.append(100, partition=1)
+    turns.turn()
+    assert len(turns.dispatched(0)) == len(turns.dispatched(1)) == FIRST_QUOTA
+
+
+def test_a_revoke_drops_the_backlog_unstarted_and_commits_nothing_past_it() -> None:
+    turns = Turns(2, spec=handler(concurrency=1))
+    turns.executor.recent_handler_seconds = 0.05
+    turns.append(20, partition=0)
+    turns.append(20, partition=1)
+    turns.turn()
+    waiting = 20 - len(turns.dispatched(0))
+    assert waiting > 0
+    turns.executor.finish(0, turns.dispatched(0))
+    turns.source.revoke([P0])
+    turns.turn()
+    assert turns.source.committed[P0] == 20 - waiting  # not past the backlog
+    assert turns.poller._fair.waiting == 20 - len(turns.dispatched(1))  # only P1's waits
+    turns.source.assign([P0])
+    turns.turn(2)
+    assert turns.dispatched(0)[0] == 20 - waiting  # fetched again, from the commit
 
 
 def test_a_retry_record_is_held_until_due_with_its_partition_paused() -> None:

@@ -29,7 +29,7 @@ import structlog
 from confluent_kafka import KafkaError
 
 from kafkaworker.message import DispatchedMessage
-from kafkaworker.runtime.handoff import Lease, Run
+from kafkaworker.runtime.handoff import Dispatched, Lease, Run
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.source import Partition, Record
 from kafkaworker.serialization import Codec
@@ -140,6 +140,7 @@ class PartitionState:
 
     __slots__ = (
         "assigned_at",
+        "backlog",
         "in_flight",
         "last_dispatched",
         "lease",
@@ -169,6 +170,8 @@ class PartitionState:
         self.offsets = PartitionOffsets(inherited)
         # Dispatched to the executor and not yet reported back (done or dropped).
         self.in_flight = 0
+        # Fetched, tracked and waiting for room under the fair quota (poll/fairness.py).
+        self.backlog: deque[Dispatched] = deque()
         # Highest offset dispatched in this assignment: a record fetched again is not re-run.
         self.last_dispatched = -1
         self.paused = False

@@ -56,6 +56,7 @@ from kafkaworker.runtime.handoff import (
 from kafkaworker.runtime.poll import offset_map
 from kafkaworker.runtime.poll.backpressure import Backpressure
 from kafkaworker.runtime.poll.delayed import DelayedRetries
+from kafkaworker.runtime.poll.fairness import FairDispatch
 from kafkaworker.runtime.poll.gauges import PartitionRow, PollGauges
 from kafkaworker.runtime.poll.partitions import Intake, PartitionOffsets, PartitionState
 from kafkaworker.runtime.poll.pausing import Pausing
@@ -263,6 +264,12 @@ class Poller(PollLoop):
             self._backpressure, delayed, breaker, metrics=self._metrics, handler=spec.name
         )
         self._partitions: dict[Partition, PartitionState] = {}
+        # How much of each partition the executor holds at once (fairness under a backlog).
+        self._fair = FairDispatch(
+            concurrency=spec.concurrency,
+            max_per_partition=settings.max_pending_per_partition,
+            min_quota=spec.batch.max_size if spec.batch else 1,
+        )
         # The leases held now, to their partitions: a completion whose lease is not here is
         # of an earlier assignment (the partition was let go), and is ignored.
         self._leased: dict[Lease, PartitionState] = {}
@@ -324,6 +331,8 @@ class Poller(PollLoop):
     def turn(self) -> None:
         backpressure = self._backpressure
         breaker = self._breaker
+        fair = self._fair
+        fair.update(len(self._partitions), self._executor.recent_handler_seconds)
         if backpressure.withholding:
             # Over a limit: take no records for now; finish what is out.
             self._collect(self._drain(timeout=_BUSY_POLL))
@@ -336,15 +345,16 @@ class Poller(PollLoop):
             )
             # No more than the handler's budget has room for: a large batch must not
             # overshoot a small max_pending.
-            take = max(
-                1, min(self.settings.poll_batch, self.settings.max_pending - self._in_flight)
-            )
+            room = self.settings.max_pending - self._in_flight - fair.waiting
+            take = max(1, min(self.settings.poll_batch, room))
             records = self._source.fetch(_BUSY_POLL if busy else _IDLE_POLL, take)
             if records:
                 self._dispatch(records)
             if self._delayed:
                 self._submit(self._delayed.due())
             self._collect(self._drain())
+        if fair.waiting:
+            self._hand_over(fair.release(list(self._partitions.values())))
         if self._changed or breaker is not None or backpressure.withholding:
             self._changed = False
             self._apply_pauses()
@@ -366,6 +376,12 @@ class Poller(PollLoop):
             raise KafkaException(taken.fatal)
 
     def _submit(self, runs: list[Run]) -> None:
+        """Hand runs to the executor as far as each partition's fair quota allows; the rest
+        waits in its backlog."""
+        if runs:
+            self._hand_over(self._fair.admit(runs, self._leased))
+
+    def _hand_over(self, runs: list[Run]) -> None:
         """Hand runs to the executor, counted in flight until they are reported back."""
         if not runs:
             return
@@ -498,6 +514,8 @@ class Poller(PollLoop):
                 # later: a fleet pause that names it (or its topic) holds it from the start.
                 self._pausing.operator_held.add(partition)
                 self._changed = True
+        # The records of a fresh assignment can come in the fetch that delivered it.
+        self._fair.update(len(self._partitions), self._executor.recent_handler_seconds)
         self.stats.assigned += 1
         self._metrics.rebalances.labels(self.spec.name, "assigned").inc()
         self.on_joined()  # librdkafka's classic protocol calls this with no partitions too
@@ -564,6 +582,7 @@ class Poller(PollLoop):
     def _stop_work(self, states: list[PartitionState]) -> None:
         for state in states:
             self._delayed.drop(state)  # never started: redelivered to the next owner
+        self._fair.drop(states)  # the same
         self._give_up_unstarted([s.lease for s in states])
 
     # -- shutdown (the skeleton is PollLoop's) --------------------------------------------------
