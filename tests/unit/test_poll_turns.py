@@ -611,15 +611,24 @@ def test_the_gauges_follow_the_clock_once_a_second() -> None:
 class ShareTurns:
     """A queue-mode poller over a MemoryShareSource, turned by hand."""
 
-    def __init__(self, *, max_records: int = 10, **setting_values: Any) -> None:
+    def __init__(
+        self,
+        *,
+        max_records: int = 10,
+        concurrency: int = 8,
+        source: MemoryShareSource | None = None,
+        **setting_values: Any,
+    ) -> None:
         self.clock = ManualClock()
-        self.source = MemoryShareSource({"t": 2}, max_records=max_records, clock=self.clock)
+        self.source = source or MemoryShareSource(
+            {"t": 2}, max_records=max_records, clock=self.clock
+        )
         completions: CompletionQueue = queue.SimpleQueue()
         self.executor = HandExecutor(completions)
         settings: Settings = runtime_settings(**setting_values)
         self.metrics = Metrics()
         self.poller = SharePoller(
-            handler(mode="queue"),
+            handler(mode="queue", concurrency=concurrency),
             settings,
             self.source,
             self.executor,
@@ -716,3 +725,67 @@ def test_share_shutdown_releases_what_never_started_and_what_still_runs() -> Non
     assert sorted(turns.acks()) == [(0, 0, "release"), (0, 1, "release"), (0, 2, "release")]
     assert turns.poller.unfinished_at_exit == {"share group memory-share-group": 1}
     assert turns.source.closed and turns.executor.closed
+
+
+def test_a_fetch_larger_than_asked_is_shared_out_a_slice_at_a_time() -> None:
+    """The broker acquires whole record batches: a fetch of 4 records can bring 30. The
+    member works on 4, keeps what its workers start within SHARE_HORIZON, and releases the
+    rest a slice at a time, at SHARE_PEERS times its own pace."""
+    turns = ShareTurns(
+        max_records=100, concurrency=1, kafka={"share_consumer": {"max.poll.records": 4}}
+    )
+    for i in range(30):
+        turns.source.broker.append("t", b"%d" % i, partition=0)
+    turns.poller.turn()
+    assert sorted(m.offset for m in turns.executor.queued) == [0, 1, 2, 3]
+    assert turns.poller.in_flight == 30  # all 30 acquired: 26 held, not started
+    turns.poller.turn()
+    assert turns.acks() == []  # the handler's pace is not known yet: nothing released
+    turns.executor.recent_handler_seconds = 0.1  # 10 a second on its one worker
+    turns.clock.advance(0.1)
+    turns.poller.turn()  # 2 x 10/s x 0.1 s: two may go; it keeps 10 (a second of work)
+    assert turns.acks() == [(0, 28, "release"), (0, 29, "release")]
+    turns.clock.advance(1.0)
+    turns.poller.turn()  # at most a fetch size at a time
+    assert turns.acks()[2:] == [(0, o, "release") for o in range(24, 28)]
+    turns.executor.finish(0, [0, 1])
+    turns.poller.turn()  # room for two: the next of the surplus, in order
+    assert sorted(m.offset for m in turns.executor.queued) == [2, 3, 4, 5]
+    for _ in range(10):
+        turns.clock.advance(1.0)
+        turns.poller.turn()
+    # Released down to what it keeps: a second of work beyond the fetch size's four.
+    assert turns.poller.shared_out == 30 - 4 - 2 - 10 == 14
+    assert turns.poller.in_flight == 14
+
+
+@pytest.mark.parametrize(("limit", "shared_until"), [(5, 2), (3, 1), (2, 0)])
+def test_a_record_is_released_unstarted_only_while_two_deliveries_are_left(
+    limit: int, shared_until: int
+) -> None:
+    """Every release unstarted costs a record a delivery (the broker counts acquisitions):
+    a record is shared out at its first or second delivery only, and only while at least two
+    deliveries are left after it (released at the limit, it would be archived unhandled)."""
+    sizes = {"share_consumer": {"max.poll.records": 2}}
+    source = MemoryShareSource({"t": 1}, max_records=100, delivery_limit=limit)
+    for i in range(6):
+        source.broker.append("t", b"%d" % i, partition=0)
+    for delivery in range(1, limit + 1):
+        turns = ShareTurns(source=source, kafka=sizes)
+        turns.poller.turn()
+        held = len(turns.poller._surplus)
+        assert held == (4 if delivery <= shared_until else 0), delivery
+        turns.poller.shutdown()  # all six back unstarted: their next delivery
+        source.closed = False
+        if delivery == limit - 1:
+            break
+
+
+def test_shutdown_releases_a_fetchs_surplus_with_what_never_started() -> None:
+    turns = ShareTurns(max_records=100, kafka={"share_consumer": {"max.poll.records": 2}})
+    for i in range(6):
+        turns.source.broker.append("t", b"%d" % i, partition=0)
+    turns.poller.turn()
+    turns.poller.shutdown()
+    assert sorted(turns.acks()) == [(0, o, "release") for o in range(6)]
+    assert turns.poller.unfinished_at_exit == {}
