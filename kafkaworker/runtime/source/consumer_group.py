@@ -108,6 +108,10 @@ class ConsumerGroupSource:
         self._group_protocol = config.get("group.protocol", "classic")
         config["on_commit"] = self._on_commit  # librdkafka's periodic commits report here
         self._kip848 = config.get("group.protocol") == "consumer"
+        # librdkafka refuses to mix cooperative and eager strategies: one names the protocol.
+        self._cooperative = self._kip848 or "cooperative" in str(
+            config.get("partition.assignment.strategy", "")
+        )
         self._silence = 0.0
         self._config = config
         # The join watchdog (see Settings.join_timeout): since when the member has been out
@@ -272,8 +276,12 @@ class ConsumerGroupSource:
         starts = self._commit_starts(consumer, partitions)
         self._listener.on_assign(_partitions(partitions))
         # Assigned here rather than by confluent-kafka after the callback: the partitions
-        # whose start was committed just now start exactly there.
-        consumer.incremental_assign(starts)
+        # whose start was committed just now start exactly there. An eager strategy (range,
+        # roundrobin) hands over the whole assignment each time, and takes assign().
+        if self._cooperative:
+            consumer.incremental_assign(starts)
+        else:
+            consumer.assign(starts)
 
     def _commit_starts(
         self, consumer: Consumer, partitions: list[TopicPartition]
