@@ -74,6 +74,9 @@ class Runner:
         port = self.settings.metrics.port
         dashboard_settings = self.settings.dashboard
         with contextlib.ExitStack() as stack:
+            if self.settings.tracing.enabled:
+                # Before the app's producer and handlers exist, flushed after they stopped.
+                stack.enter_context(self._tracing())
             if port is not None:
                 dashboard = None
                 if dashboard_settings.enabled:
@@ -107,6 +110,16 @@ class Runner:
                 )
                 stack.enter_context(reporter)
             return self._run()
+
+    def _tracing(self) -> contextlib.AbstractContextManager[object]:
+        """The OpenTelemetry SDK for this run (tracing.enabled); a one-line StartupError when
+        the extra is not installed."""
+        from kafkaworker.tracing import require  # noqa: PLC0415 - tracing on only
+
+        require()
+        from kafkaworker.tracing.sdk import TracingSdk  # noqa: PLC0415 - the otel extra
+
+        return TracingSdk(self.app.name, metrics=self.settings.tracing.metrics)
 
     def _asyncapi(self) -> str:
         """The app's AsyncAPI document as this run runs it (made when the dashboard asks)."""
