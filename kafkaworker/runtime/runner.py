@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from kafkaworker import tracing
 from kafkaworker.errors import StartupError
 from kafkaworker.handlers import HandlerSpec, resolve_specs
 from kafkaworker.observability import logging as kw_logging
@@ -76,7 +77,9 @@ class Runner:
         with contextlib.ExitStack() as stack:
             if self.settings.tracing.enabled:
                 # Before the app's producer and handlers exist, flushed after they stopped.
-                stack.enter_context(self._tracing())
+                stack.enter_context(
+                    tracing.sdk(self.app.name, metrics=self.settings.tracing.metrics)
+                )
             if port is not None:
                 dashboard = None
                 if dashboard_settings.enabled:
@@ -110,16 +113,6 @@ class Runner:
                 )
                 stack.enter_context(reporter)
             return self._run()
-
-    def _tracing(self) -> contextlib.AbstractContextManager[object]:
-        """The OpenTelemetry SDK for this run (tracing.enabled); a one-line StartupError when
-        the extra is not installed."""
-        from kafkaworker.tracing import require  # noqa: PLC0415 - tracing on only
-
-        require()
-        from kafkaworker.tracing.sdk import TracingSdk  # noqa: PLC0415 - the otel extra
-
-        return TracingSdk(self.app.name, metrics=self.settings.tracing.metrics)
 
     def _asyncapi(self) -> str:
         """The app's AsyncAPI document as this run runs it (made when the dashboard asks)."""

@@ -11,6 +11,7 @@ asks whether tracing is on or not: is the extra installed (`require`), which tra
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from collections.abc import Iterable
@@ -37,6 +38,16 @@ def require() -> None:
                 f"tracing.enabled needs the OpenTelemetry SDK and its OTLP exporter "
                 f"({module} is not installed): {INSTALL}"
             )
+
+
+def sdk(service_name: str, *, metrics: bool = False) -> contextlib.AbstractContextManager[object]:
+    """The OpenTelemetry SDK for a run (kafkaworker run, dlq replay) with tracing on: set up on
+    entry unless the app installed its own, flushed on exit (sdk.py). A one-line StartupError
+    when the extra is not installed."""
+    require()
+    from kafkaworker.tracing.sdk import TracingSdk  # noqa: PLC0415 - the otel extra
+
+    return TracingSdk(service_name, metrics=metrics)
 
 
 def current_ids() -> tuple[str, str] | None:

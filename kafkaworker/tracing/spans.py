@@ -18,8 +18,9 @@ joins the trace.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -150,6 +151,16 @@ class ProcessSpans:
             current = otel_context.set_value(_PROCESSING, processing, current)
         processing.token = otel_context.attach(current)
         return processing
+
+    @contextlib.contextmanager
+    def processing(self, msg: Message[Any]) -> Iterator[Processing]:
+        """start() and end() around a block (a tool's, not the runtime's: its generators
+        cannot use a with block across their yields)."""
+        processing = self.start(msg)
+        try:
+            yield processing
+        finally:
+            self.end(processing)
 
     def start_batch(self, messages: Sequence[Message[Any]]) -> Processing:
         """Open the span of a batch handler's call: a new trace, linked to each message's

@@ -4,6 +4,8 @@ chain is a process (and a service) of its own.
 Configured by environment (topics): TRACED_ORDERS (input of `orders`, which outputs to
 TRACED_SHIPMENTS), TRACED_SHIPMENTS (input of `shipments`), TRACED_FAILING (input of
 `failing`: a record whose value has "fail" true fails, retried once, then to TRACED_DLQ),
+TRACED_RETRIED (input of `retried`, which fails the same way: to a retry topic, then to
+TRACED_RETRIED_DLQ),
 TRACED_LINKED (input of `linked`, trace_parent="link"), TRACED_BATCH (input of the batch
 handler `batched`). TRACED_ASYNC=1: the handlers are async def. Each handler logs a line
 (kafkaworker's logger, so it is written as the worker's lines are) with the value's id.
@@ -71,6 +73,9 @@ app.handler(_env("TRACED_SHIPMENTS"), name="shipments")(_kind(shipments))
 app.handler(_env("TRACED_FAILING"), retries=1, dlq=_env("TRACED_DLQ"), name="failing")(
     _kind(failing)
 )
+app.handler(
+    _env("TRACED_RETRIED"), retry_topics=[0.2], dlq=_env("TRACED_RETRIED_DLQ"), name="retried"
+)(_kind(failing))
 app.handler(_env("TRACED_LINKED"), trace_parent="link", name="linked")(_kind(linked))
 app.handler(_env("TRACED_BATCH"), batch=BatchPolicy(max_size=10, max_wait=0.2), name="batched")(
     _kind(batched)

@@ -84,6 +84,11 @@ class Span:
         return self.tags.get("span.kind")
 
 
+def named(spans: list[Span], name: str, service: str | None = None) -> Span | None:
+    """The span called `name` (of `service`, when given), if the trace has one."""
+    return next((s for s in spans if s.name == name and service in (None, s.service)), None)
+
+
 class Jaeger:
     def __init__(self, binary: Path, workdir: Path) -> None:
         self.binary = binary

@@ -12,13 +12,9 @@ import pytest
 
 from tests.conftest import TopicFactory
 from tests.tracing.conftest import TracedProducer, Workers
-from tests.tracing.jaeger import Jaeger, Span
+from tests.tracing.jaeger import Jaeger, Span, named
 
 pytestmark = pytest.mark.kafka
-
-
-def _named(spans: list[Span], name: str, service: str) -> Span | None:
-    return next((s for s in spans if s.name == name and s.service == service), None)
 
 
 def test_one_trace_from_the_producer_through_a_worker_and_its_output_to_the_next(
@@ -38,15 +34,15 @@ def test_one_trace_from_the_producer_through_a_worker_and_its_output_to_the_next
 
     def complete(spans: list[Span]) -> bool:
         return (
-            _named(spans, f"process {shipments}", "shipments-worker") is not None
-            and _named(spans, f"send {shipments}", "orders-worker") is not None
-            and _named(spans, f"process {orders}", "orders-worker") is not None
+            named(spans, f"process {shipments}", "shipments-worker") is not None
+            and named(spans, f"send {shipments}", "orders-worker") is not None
+            and named(spans, f"process {orders}", "orders-worker") is not None
         )
 
     spans = jaeger.wait_spans(trace_id, complete, "the process and send spans of both workers")
-    process = _named(spans, f"process {orders}", "orders-worker")
-    output = _named(spans, f"send {shipments}", "orders-worker")
-    downstream = _named(spans, f"process {shipments}", "shipments-worker")
+    process = named(spans, f"process {orders}", "orders-worker")
+    output = named(spans, f"send {shipments}", "orders-worker")
+    downstream = named(spans, f"process {shipments}", "shipments-worker")
     assert process is not None and output is not None and downstream is not None
     # One trace: each span the child of the one before it, across Kafka and processes.
     assert process.parent == sent_id
