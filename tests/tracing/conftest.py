@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from kafkaworker.tracing.carrier import inject
+from tests.conftest import TopicFactory
 from tests.support import ROOT, unavailable
 from tests.tracing.jaeger import Jaeger
 from tools.jaeger import HOW, binary
@@ -164,3 +166,23 @@ def traced_workers(
 
 def sorted_by_name(spans: Sequence[Any]) -> dict[str, Any]:
     return {span.name: span for span in spans}
+
+
+@dataclass
+class Traced:
+    """What a tracing test works with: the Jaeger, the records' producer, workers, topics."""
+
+    jaeger: Jaeger
+    producer: TracedProducer
+    workers: Callable[[dict[str, str]], Workers]
+    topic: TopicFactory
+
+
+@pytest.fixture
+def traced(
+    jaeger: Jaeger,
+    traced_producer: TracedProducer,
+    traced_workers: Callable[[dict[str, str]], Workers],
+    new_topic: TopicFactory,
+) -> Traced:
+    return Traced(jaeger, traced_producer, traced_workers, new_topic)

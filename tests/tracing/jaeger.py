@@ -78,6 +78,7 @@ class Span:
     parent: str | None  # the span id of its CHILD_OF reference
     links: list[tuple[str, str]]  # (trace id, span id) of its FOLLOWS_FROM references
     events: list[dict[str, Any]]
+    resource: dict[str, Any]  # its process's tags: process.pid, service.instance.id...
 
     @property
     def kind(self) -> str | None:
@@ -142,6 +143,10 @@ class Jaeger:
         spans: list[Span] = []
         for trace in found["data"]:
             services = {k: p["serviceName"] for k, p in trace["processes"].items()}
+            resources = {
+                k: {t["key"]: t["value"] for t in p.get("tags") or []}
+                for k, p in trace["processes"].items()
+            }
             for span in trace["spans"]:
                 references = span.get("references") or []
                 parent = next((r["spanID"] for r in references if r["refType"] == "CHILD_OF"), None)
@@ -163,6 +168,7 @@ class Jaeger:
                             {f["key"]: f["value"] for f in log["fields"]}
                             for log in span.get("logs") or []
                         ],
+                        resource=resources[span["processID"]],
                     )
                 )
         return spans

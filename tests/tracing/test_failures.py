@@ -9,17 +9,15 @@ import json
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 
 from kafkaworker.testing.jvm import free_port
-from tests.conftest import TopicFactory
 from tests.support import ROOT, read_topic, wait_until
-from tests.tracing.conftest import TracedProducer, Workers
-from tests.tracing.jaeger import Jaeger, Span, named
+from tests.tracing.conftest import Traced
+from tests.tracing.jaeger import Span, named
 
 pytestmark = pytest.mark.kafka
 
@@ -32,23 +30,19 @@ def _traceparent(record: Any) -> tuple[str, str]:
 
 
 def test_a_dead_lettered_message_carries_its_trace_to_the_dlq_and_a_replay_links_back(
-    jaeger: Jaeger,
-    traced_producer: TracedProducer,
-    traced_workers: Callable[[dict[str, str]], Workers],
-    new_topic: TopicFactory,
-    kafka_bootstrap: str,
+    traced: Traced, kafka_bootstrap: str
 ) -> None:
-    failing, dlq = new_topic(prefix="failing"), new_topic(prefix="failing-dlq")
-    workers = traced_workers({"failing": failing, "dlq": dlq})
+    failing, dlq = traced.topic(prefix="failing"), traced.topic(prefix="failing-dlq")
+    workers = traced.workers({"failing": failing, "dlq": dlq})
     port = free_port()
     workers.start("failing", "failing-worker", "--metrics-port", str(port))
 
-    trace_id, sent_id = traced_producer.send(failing, orjson.dumps({"id": 9, "fail": True}))
+    trace_id, sent_id = traced.producer.send(failing, orjson.dumps({"id": 9, "fail": True}))
 
     def dead_lettered(spans: list[Span]) -> bool:
         return named(spans, f"send {dlq}", "failing-worker") is not None
 
-    spans = jaeger.wait_spans(trace_id, dead_lettered, "the DLQ record's send span")
+    spans = traced.jaeger.wait_spans(trace_id, dead_lettered, "the DLQ record's send span")
     process = named(spans, f"process {failing}", "failing-worker")
     sent = named(spans, f"send {dlq}", "failing-worker")
     assert process is not None and sent is not None
@@ -102,7 +96,7 @@ def test_a_dead_lettered_message_carries_its_trace_to_the_dlq_and_a_replay_links
     def replayed(spans: list[Span]) -> bool:
         return named(spans, f"process {failing}", "failing-worker") is not None
 
-    spans = jaeger.wait_spans(replay_trace, replayed, "the replayed record's process span")
+    spans = traced.jaeger.wait_spans(replay_trace, replayed, "the replayed record's process span")
     replaying = named(spans, f"process {dlq}", "replayer")
     resent = named(spans, f"send {failing}", "replayer")
     reprocessed = named(spans, f"process {failing}", "failing-worker")
@@ -113,23 +107,18 @@ def test_a_dead_lettered_message_carries_its_trace_to_the_dlq_and_a_replay_links
     assert reprocessed.parent == resent.span_id
 
 
-def test_a_retry_topic_delivery_goes_on_in_the_same_trace(
-    jaeger: Jaeger,
-    traced_producer: TracedProducer,
-    traced_workers: Callable[[dict[str, str]], Workers],
-    new_topic: TopicFactory,
-) -> None:
-    retried, dlq = new_topic(prefix="retried"), new_topic(prefix="retried-dlq")
-    workers = traced_workers({"retried": retried, "retried_dlq": dlq})
+def test_a_retry_topic_delivery_goes_on_in_the_same_trace(traced: Traced) -> None:
+    retried, dlq = traced.topic(prefix="retried"), traced.topic(prefix="retried-dlq")
+    workers = traced.workers({"retried": retried, "retried_dlq": dlq})
     workers.start("retried", "retried-worker")
     retry_topic = f"{retried}.retry.0.2s"
 
-    trace_id, sent_id = traced_producer.send(retried, orjson.dumps({"id": 5, "fail": True}))
+    trace_id, sent_id = traced.producer.send(retried, orjson.dumps({"id": 5, "fail": True}))
 
     def done(spans: list[Span]) -> bool:
         return named(spans, f"send {dlq}") is not None
 
-    spans = jaeger.wait_spans(trace_id, done, "the DLQ send span after the retry topic")
+    spans = traced.jaeger.wait_spans(trace_id, done, "the DLQ send span after the retry topic")
     first = named(spans, f"process {retried}")
     to_retry = named(spans, f"send {retry_topic}")
     second = named(spans, f"process {retry_topic}")

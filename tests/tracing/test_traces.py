@@ -4,33 +4,28 @@ the handler's span."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.conftest import TopicFactory
-from tests.tracing.conftest import TracedProducer, Workers
-from tests.tracing.jaeger import Jaeger, Span, named
+from tests.support import wait_until
+from tests.tracing.conftest import Traced, Workers
+from tests.tracing.jaeger import Span, named
 
 pytestmark = pytest.mark.kafka
 
 
 def test_one_trace_from_the_producer_through_a_worker_and_its_output_to_the_next(
-    jaeger: Jaeger,
-    traced_producer: TracedProducer,
-    traced_workers: Callable[[dict[str, str]], Workers],
-    new_topic: TopicFactory,
-    kind: str,
+    traced: Traced, kind: str
 ) -> None:
-    orders, shipments = new_topic(prefix="orders"), new_topic(prefix="shipments")
-    workers = traced_workers({"orders": orders, "shipments": shipments})
+    orders, shipments = traced.topic(prefix="orders"), traced.topic(prefix="shipments")
+    workers = traced.workers({"orders": orders, "shipments": shipments})
     async_env = {"TRACED_ASYNC": "1"} if kind == "async" else {}
     workers.start("orders", "orders-worker", **async_env)
     workers.start("shipments", "shipments-worker", **async_env)
 
-    trace_id, sent_id = traced_producer.send(orders, orjson.dumps({"id": 7}), key=b"order-7")
+    trace_id, sent_id = traced.producer.send(orders, orjson.dumps({"id": 7}), key=b"order-7")
 
     def complete(spans: list[Span]) -> bool:
         return (
@@ -39,7 +34,9 @@ def test_one_trace_from_the_producer_through_a_worker_and_its_output_to_the_next
             and named(spans, f"process {orders}", "orders-worker") is not None
         )
 
-    spans = jaeger.wait_spans(trace_id, complete, "the process and send spans of both workers")
+    spans = traced.jaeger.wait_spans(
+        trace_id, complete, "the process and send spans of both workers"
+    )
     process = named(spans, f"process {orders}", "orders-worker")
     output = named(spans, f"send {shipments}", "orders-worker")
     downstream = named(spans, f"process {shipments}", "shipments-worker")
@@ -75,3 +72,64 @@ def test_one_trace_from_the_producer_through_a_worker_and_its_output_to_the_next
     assert [(line["trace_id"], line["span_id"]) for line in handled] == [
         (trace_id, process.span_id)
     ]
+
+
+def _logged_trace(workers: Workers, service: str, event: str) -> tuple[str, str]:
+    """(trace id, span id) of the first log line `event` of the service's processes."""
+    line = wait_until(
+        lambda: next((x for x in workers.lines(service) if x["event"] == event), None),
+        60,
+        f"{event!r} in the log of {service}",
+    )
+    return line["trace_id"], line["span_id"]
+
+
+def test_trace_parent_link_starts_a_new_trace_that_links_to_the_producer(traced: Traced) -> None:
+    linked = traced.topic(prefix="linked")
+    workers = traced.workers({"linked": linked})
+    workers.start("linked", "linked-worker")
+    trace_id, sent_id = traced.producer.send(linked, orjson.dumps({"id": 1}))
+    own_trace, span_id = _logged_trace(workers, "linked-worker", "linked handled")
+    assert own_trace != trace_id
+    spans = traced.jaeger.wait_spans(own_trace, bool, "the linked process span")
+    (process,) = spans
+    assert (process.name, process.span_id, process.parent) == (f"process {linked}", span_id, None)
+    assert process.links == [(trace_id, sent_id)]
+
+
+def test_a_batch_handler_span_links_each_message(traced: Traced) -> None:
+    batch = traced.topic(prefix="batch")
+    # Produced before the worker starts: its first fetch takes the three as one batch.
+    sent = [traced.producer.send(batch, orjson.dumps({"id": i})) for i in range(3)]
+    workers = traced.workers({"batch": batch})
+    workers.start("batched", "batch-worker")
+    own_trace, span_id = _logged_trace(workers, "batch-worker", "batch handled")
+    (process,) = traced.jaeger.wait_spans(own_trace, bool, "the batch's process span")
+    assert (process.name, process.span_id, process.parent) == (f"process {batch}", span_id, None)
+    assert process.tags["messaging.batch.message_count"] == 3
+    assert process.links == sent
+    assert process.kind == "consumer"
+
+
+def test_each_of_processes_n_continues_the_traces_of_the_records_it_handles(traced: Traced) -> None:
+    orders, shipments = traced.topic(2, prefix="orders"), traced.topic(prefix="shipments")
+    workers = traced.workers({"orders": orders, "shipments": shipments})
+    workers.start("orders", "orders-worker", "--processes", "2")
+    pids: set[int] = set()
+    # Keys spread over both partitions, so over both processes once both have joined.
+    for i in range(40):
+        trace_id, sent_id = traced.producer.send(orders, orjson.dumps({"id": i}), f"k{i}".encode())
+
+        def processed(spans: list[Span]) -> bool:
+            return named(spans, f"send {shipments}") is not None
+
+        spans = traced.jaeger.wait_spans(trace_id, processed, "the worker's output span")
+        process = named(spans, f"process {orders}")
+        output = named(spans, f"send {shipments}")
+        assert process is not None and output is not None
+        assert process.parent == sent_id and output.parent == process.span_id
+        assert process.resource["process.pid"] == output.resource["process.pid"]
+        pids.add(process.resource["process.pid"])
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, pids
