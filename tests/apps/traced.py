@@ -7,7 +7,9 @@ TRACED_SHIPMENTS), TRACED_SHIPMENTS (input of `shipments`), TRACED_FAILING (inpu
 TRACED_RETRIED (input of `retried`, which fails the same way: to a retry topic, then to
 TRACED_RETRIED_DLQ),
 TRACED_LINKED (input of `linked`, trace_parent="link"), TRACED_BATCH (input of the batch
-handler `batched`). TRACED_ASYNC=1: the handlers are async def. Each handler logs a line
+handler `batched`). TRACED_ASYNC=1: the handlers are async def. TRACED_OWN_PROVIDER=1: the
+app installs a TracerProvider of its own at import (service.name "own-provider"), which
+kafkaworker must use rather than set up one. Each handler logs a line
 (kafkaworker's logger, so it is written as the worker's lines are) with the value's id.
 """
 
@@ -20,6 +22,17 @@ from typing import Any
 import structlog
 
 from kafkaworker import App, BatchPolicy, Message
+
+if os.environ.get("TRACED_OWN_PROVIDER") == "1":
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "own-provider"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
 
 app = App("traced")
 log = structlog.get_logger("tests.traced")

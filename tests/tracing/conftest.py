@@ -26,10 +26,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from kafkaworker.testing.jaeger import Jaeger
 from kafkaworker.tracing.carrier import inject
 from tests.conftest import TopicFactory
 from tests.support import ROOT, unavailable
-from tests.tracing.jaeger import Jaeger
 from tools.jaeger import HOW, binary
 
 LOG_DIR = ROOT / "build" / "test-logs" / "tracing"
@@ -102,13 +102,17 @@ class Workers:
         self.log_dir = log_dir
         self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, handler: str, service: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, handler: str, service: str, *args: str, prefix: Sequence[str] = (), **env: str
+    ) -> subprocess.Popen[bytes]:
+        """`kafkaworker run` of one handler as the service `service` (OTEL_SERVICE_NAME);
+        `prefix`: what runs it (opentelemetry-instrument), else this Python."""
         log = self.log_dir / f"{service}.{len(self.processes)}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 [
-                    sys.executable,
-                    *("-m", "kafkaworker", "run", "tests.apps.traced:app"),
+                    *(prefix or (sys.executable, "-m")),
+                    *("kafkaworker", "run", "tests.apps.traced:app"),
                     *("--only", handler, *args),
                 ],
                 cwd=ROOT,

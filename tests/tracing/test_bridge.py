@@ -6,13 +6,15 @@ from __future__ import annotations
 import grpc
 import orjson
 import pytest
+from confluent_kafka.admin import AdminClient
 from opentelemetry import trace
 
 from apps.bridge.proto import bridge_pb2, bridge_pb2_grpc
+from kafkaworker.testing.jaeger import Span, named
 from kafkaworker.tracing.carrier import inject
 from tests.bridge.conftest import BridgeProcess
+from tests.bridge.test_bridge import in_metadata
 from tests.tracing.conftest import Traced
-from tests.tracing.jaeger import Span, named
 
 pytestmark = pytest.mark.kafka
 
@@ -21,6 +23,8 @@ def test_one_trace_from_a_grpc_client_through_the_bridge_to_the_next_worker(
     traced: Traced, kafka_bootstrap: str
 ) -> None:
     orders, shipments = traced.topic(prefix="orders"), traced.topic(prefix="shipments")
+    # The bridge answers NOT_FOUND for a topic not in the broker's metadata yet.
+    in_metadata(AdminClient({"bootstrap.servers": kafka_bootstrap}), orders, shipments)
     workers = traced.workers({"orders": orders, "shipments": shipments})
     workers.start("orders", "orders-worker")
     workers.start("shipments", "shipments-worker")

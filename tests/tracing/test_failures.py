@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 import pytest
 
+from kafkaworker.testing.jaeger import Span, named
 from kafkaworker.testing.jvm import free_port
 from tests.support import ROOT, read_topic, wait_until
 from tests.tracing.conftest import Traced
-from tests.tracing.jaeger import Span, named
 
 pytestmark = pytest.mark.kafka
 

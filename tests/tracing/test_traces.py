@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
+from kafkaworker.testing.jaeger import Span, named
 from tests.support import wait_until
 from tests.tracing.conftest import Traced, Workers
-from tests.tracing.jaeger import Span, named
 
 pytestmark = pytest.mark.kafka
 

@@ -1,10 +1,12 @@
-"""A real Jaeger v2 (all-in-one, in-memory storage) on free ports, for the tracing tests.
+"""A real Jaeger v2 (all-in-one, in-memory storage) on free ports: for this project's tracing
+tests (tests/tracing), the tracing benchmark rows and the docs' screenshot.
 
-The binary is the one tools/jaeger.py builds from the Go module proxy. Its ports are fixed
-unless a config file says otherwise, so each start writes one: the OTLP/HTTP receiver (traces
-and metrics), the query service (HTTP API and UI; gRPC), and a Prometheus exporter that the
-metrics pipeline writes to, so that the OpenTelemetry metrics a worker sends can be read back
-too. Traces are read through the query API: GET /api/traces/{trace id}.
+The binary is the one tools/jaeger.py builds from the Go module proxy (the Go module embeds
+no UI: `ui_assets` points the query service at a built jaeger-ui, for the screenshot). Its
+ports are fixed unless a config file says otherwise, so each start writes one: the OTLP/HTTP
+receiver (traces and metrics), the query service (HTTP API and UI; gRPC), and a Prometheus
+exporter that the metrics pipeline writes to, so that the OpenTelemetry metrics a worker
+sends can be read back too. Traces are read through the query API: GET /api/traces/{id}.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ extensions:
       endpoint: 127.0.0.1:{query}
     grpc:
       endpoint: 127.0.0.1:{query_grpc}
-  jaeger_storage:
+{ui}  jaeger_storage:
     backends:
       memstore:
         memory:
@@ -91,9 +93,10 @@ def named(spans: list[Span], name: str, service: str | None = None) -> Span | No
 
 
 class Jaeger:
-    def __init__(self, binary: Path, workdir: Path) -> None:
+    def __init__(self, binary: Path, workdir: Path, *, ui_assets: Path | None = None) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.ui_assets = ui_assets
         self.log = workdir / "jaeger.log"
         self.ports = {name: free_port() for name in ("otlp", "query", "query_grpc", "prometheus")}
         self.process: subprocess.Popen[bytes] | None = None
@@ -109,7 +112,8 @@ class Jaeger:
 
     def start(self, timeout: float = 30.0) -> Jaeger:
         config = self.workdir / "jaeger.yaml"
-        config.write_text(_CONFIG.format(**self.ports))
+        ui = f"    ui:\n      assets_path: {self.ui_assets}\n" if self.ui_assets else ""
+        config.write_text(_CONFIG.format(ui=ui, **self.ports))
         self.process = spawn([str(self.binary), "--config", f"file:{config}"], self.log)
         deadline = time.monotonic() + timeout
         while self._get("/api/services") is None:
