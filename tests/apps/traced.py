@@ -7,7 +7,8 @@ TRACED_SHIPMENTS), TRACED_SHIPMENTS (input of `shipments`), TRACED_FAILING (inpu
 TRACED_RETRIED (input of `retried`, which fails the same way: to a retry topic, then to
 TRACED_RETRIED_DLQ),
 TRACED_LINKED (input of `linked`, trace_parent="link"), TRACED_BATCH (input of the batch
-handler `batched`). TRACED_ASYNC=1: the handlers are async def. TRACED_OWN_PROVIDER=1: the
+handler `batched`), TRACED_QUEUE (input of `queued`, in queue mode: the share group
+TRACED_QUEUE_GROUP). TRACED_ASYNC=1: the handlers are async def. TRACED_OWN_PROVIDER=1: the
 app installs a TracerProvider of its own at import (service.name "own-provider"), which
 kafkaworker must use rather than set up one. Each handler logs a line
 (kafkaworker's logger, so it is written as the worker's lines are) with the value's id.
@@ -62,6 +63,10 @@ def linked(msg: Message[dict[str, Any]]) -> None:
     log.info("linked handled", order=msg.value["id"])
 
 
+def queued(msg: Message[dict[str, Any]]) -> None:
+    log.info("queued handled", order=msg.value["id"])
+
+
 def batched(messages: list[Message[dict[str, Any]]]) -> None:
     log.info("batch handled", orders=[m.value["id"] for m in messages])
 
@@ -93,3 +98,9 @@ app.handler(_env("TRACED_LINKED"), trace_parent="link", name="linked")(_kind(lin
 app.handler(_env("TRACED_BATCH"), batch=BatchPolicy(max_size=10, max_wait=0.2), name="batched")(
     _kind(batched)
 )
+app.handler(
+    _env("TRACED_QUEUE"),
+    mode="queue",
+    group=os.environ.get("TRACED_QUEUE_GROUP", "traced-queue"),
+    name="queued",
+)(_kind(queued))

@@ -133,3 +133,19 @@ def test_each_of_processes_n_continues_the_traces_of_the_records_it_handles(trac
         if len(pids) == 2:
             break
     assert len(pids) == 2, pids
+
+
+def test_a_queue_mode_handler_continues_the_producers_trace(traced: Traced, kind: str) -> None:
+    queue = traced.topic(prefix="queue")
+    group = f"{queue}-share"
+    workers = traced.workers({"queue": queue, "queue_group": group})
+    workers.start("queued", "queue-worker", **({"TRACED_ASYNC": "1"} if kind == "async" else {}))
+    trace_id, sent_id = traced.producer.send(queue, orjson.dumps({"id": 4}))
+    spans = traced.jaeger.wait_spans(
+        trace_id, lambda s: named(s, f"process {queue}") is not None, "the share group's span"
+    )
+    process = named(spans, f"process {queue}", "queue-worker")
+    assert process is not None
+    assert (process.parent, process.kind) == (sent_id, "consumer")
+    assert process.tags["messaging.consumer.group.name"] == group
+    assert process.tags["messaging.kafka.offset"] == 0
