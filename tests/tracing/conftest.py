@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Producer
+from opentelemetry import baggage as otel_baggage
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -57,11 +58,22 @@ class TracedProducer:
         self.tracer = self.provider.get_tracer("tests")
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None) -> tuple[str, str]:
-        """Produce a record in a `send {topic}` span; its (trace id, span id)."""
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        *,
+        baggage: dict[str, str] | None = None,
+    ) -> tuple[str, str]:
+        """Produce a record in a `send {topic}` span (with `baggage` in its context too); its
+        (trace id, span id)."""
         span = self.tracer.start_span(f"send {topic}", kind=trace.SpanKind.PRODUCER)
         try:
-            headers = inject([], trace.set_span_in_context(span))
+            context = trace.set_span_in_context(span)
+            for name, value_ in (baggage or {}).items():
+                context = otel_baggage.set_baggage(name, value_, context)
+            headers = inject([], context)
             self.producer.produce(topic, value, key=key, headers=headers)
             assert self.producer.flush(30) == 0
         finally:

@@ -4,20 +4,21 @@ the handler's span."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import orjson
 import pytest
 
 from kafkaworker.testing.jaeger import Span, named
-from tests.support import wait_until
+from tests.support import read_topic, wait_until
 from tests.tracing.conftest import Traced, Workers
 
 pytestmark = pytest.mark.kafka
 
 
 def test_one_trace_from_the_producer_through_a_worker_and_its_output_to_the_next(
-    traced: Traced, kind: str
+    traced: Traced, kind: str, kafka_bootstrap: str
 ) -> None:
     orders, shipments = traced.topic(prefix="orders"), traced.topic(prefix="shipments")
     workers = traced.workers({"orders": orders, "shipments": shipments})
@@ -25,7 +26,9 @@ def test_one_trace_from_the_producer_through_a_worker_and_its_output_to_the_next
     workers.start("orders", "orders-worker", **async_env)
     workers.start("shipments", "shipments-worker", **async_env)
 
-    trace_id, sent_id = traced.producer.send(orders, orjson.dumps({"id": 7}), key=b"order-7")
+    trace_id, sent_id = traced.producer.send(
+        orders, orjson.dumps({"id": 7}), key=b"order-7", baggage={"tenant": "acme"}
+    )
 
     def complete(spans: list[Span]) -> bool:
         return (
@@ -72,6 +75,34 @@ def test_one_trace_from_the_producer_through_a_worker_and_its_output_to_the_next
     assert [(line["trace_id"], line["span_id"]) for line in handled] == [
         (trace_id, process.span_id)
     ]
+    # The output carries the output's span, and the producer's baggage on.
+    (record,) = read_topic(kafka_bootstrap, shipments, 1)
+    headers = dict(record.headers())
+    version, carried_trace, carried_span, flags = headers["traceparent"].decode().split("-")
+    assert (version, carried_trace, carried_span) == ("00", trace_id, output.span_id)
+    assert int(flags, 16) & 1  # sampled (W3C level 2 may set the random bit too)
+    assert headers["baggage"] == b"tenant=acme"
+
+
+def test_the_spans_of_the_last_messages_are_flushed_when_the_worker_stops(
+    traced: Traced,
+) -> None:
+    shipments = traced.topic(prefix="shipments")
+    workers = traced.workers({"shipments": shipments})
+    # The batch processor would wait a minute: only the flush at shutdown sends the span.
+    worker = workers.start("shipments", "flushed-worker", OTEL_BSP_SCHEDULE_DELAY="60000")
+    trace_id, sent_id = traced.producer.send(shipments, orjson.dumps({"id": 8}))
+    _logged_trace(workers, "flushed-worker", "shipment handled")
+    assert traced.jaeger.spans(trace_id) == [] or all(
+        s.service != "flushed-worker" for s in traced.jaeger.spans(trace_id)
+    )
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0
+    spans = traced.jaeger.wait_spans(
+        trace_id, lambda s: named(s, f"process {shipments}") is not None, "the flushed span", 10
+    )
+    process = named(spans, f"process {shipments}", "flushed-worker")
+    assert process is not None and process.parent == sent_id
 
 
 def _logged_trace(workers: Workers, service: str, event: str) -> tuple[str, str]:
