@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 KAFKA_ARGS ?=
 
-.PHONY: install jars kafka-jars registry-jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools prometheus-tools asyncapi-tools docs docs-serve
+.PHONY: install jars kafka-jars registry-jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools prometheus-tools asyncapi-tools jaeger-tools docs docs-serve
 
 install: $(STAMP)
 
@@ -44,7 +44,7 @@ format: install
 # The whole suite, slow fault tests included, against a real broker the suite starts and stops.
 # It builds the docs site with --strict too (tests/unit/test_docs_site.py): a broken link, a
 # missing page or snippet, or a setting missing from the reference fails it.
-test: lint jars container-tools browser-tools prometheus-tools asyncapi-tools
+test: lint jars container-tools browser-tools prometheus-tools asyncapi-tools jaeger-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The documentation site (mkdocs.yml) into build/site; docs-serve serves it on
@@ -105,6 +105,12 @@ prometheus-tools: install
 # Debian's packages when missing, as root); a no-op when present.
 asyncapi-tools: install
 	@$(PY) -m tools.asyncapi_parser >/dev/null
+
+# Jaeger v2 for the tracing tests (tests/tracing): built from the Go module proxy at the
+# version pinned in tools/jaeger/go.mod and go.sum, once, into the cache (about 8 minutes on 2
+# cores); a no-op when built. Needs Go >= 1.24.
+jaeger-tools: install
+	@$(PY) -m tools.jaeger >/dev/null
 
 # A dev Schema Registry (Apicurio; the Confluent API at
 # http://127.0.0.1:8081/apis/ccompat/v7) in the foreground; Ctrl+C stops it.

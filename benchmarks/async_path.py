@@ -59,8 +59,14 @@ def run(messages: int, concurrency: int) -> dict[str, Any]:
         key = i % KEYS
         value = orjson.dumps({"id": i, "ts": 0.0, "customer": f"c-{key}", "pad": "x" * 40})
         source.broker.append("t", value, key=b"%d" % key, partition=key % PARTITIONS)
-    partitions = [Partition("t", p) for p in range(PARTITIONS)]
     settings = Settings.model_validate({"log_level": "WARNING"})
+    return drain(app, source, settings, messages)
+
+
+def drain(app: App, source: MemorySource, settings: Settings, messages: int) -> dict[str, Any]:
+    """Run the app's handler "h" over `source` until all of topic "t" is committed: msg/s and
+    each busy thread's CPU per message."""
+    partitions = [Partition("t", p) for p in range(PARTITIONS)]
     runtime = AppRuntime(
         app, settings, [app.handlers["h"]], sources=GivenSources({"h": source})
     ).__enter__()

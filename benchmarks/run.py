@@ -219,6 +219,48 @@ def run_contender(
     return result
 
 
+@contextlib.contextmanager
+def jaeger_for(log: Callable[[str], None]) -> Iterator[str | None]:
+    """A Jaeger for S1's traced rows (its OTLP endpoint), when tools/jaeger.py built one;
+    None (the rows are left out) when not."""
+    from tools.jaeger import binary  # noqa: PLC0415 - only S1 needs it
+
+    found = binary()
+    if found is None:
+        log("S1: no Jaeger built (make jaeger-tools): the traced rows are left out")
+        yield None
+        return
+    from kafkaworker.testing.jaeger import Jaeger  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="bench-jaeger-") as workdir:
+        jaeger = Jaeger(found, Path(workdir)).start()
+        try:
+            yield jaeger.otlp_endpoint
+        finally:
+            jaeger.stop()
+
+
+def traced(otlp: str | None) -> list[Contender]:
+    """kafkaworker's S1 row with tracing on, exporting to a real Jaeger: every span sampled,
+    and the parent-based 10% ratio (S1's records carry no traceparent: a root span each,
+    one in ten sampled)."""
+    if otlp is None:
+        return []
+    python = sys.executable
+    return [
+        Contender(
+            f"kafkaworker traced, {label}",
+            "kafkaworker_app.py",
+            python,
+            {"tracing": sampler, "otlp": otlp},
+        )
+        for label, sampler in (
+            ("100%", "always_on"),
+            ("parent-based 10%", "parentbased_traceidratio:0.1"),
+        )
+    ]
+
+
 def scenario_s1(
     bootstrap: str, contenders: list[Contender], messages: int, log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
@@ -822,6 +864,24 @@ def _latency(result: dict[str, Any]) -> str:
     return f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms"
 
 
+def _traced_ratios(s1: list[dict[str, Any]]) -> list[str]:
+    """The traced rows against kafkaworker with tracing off, in one line."""
+    off = next((r for r in s1 if r["contender"] == "kafkaworker" and "error" not in r), None)
+    rows = [r for r in s1 if r["contender"].startswith("kafkaworker traced") and "error" not in r]
+    if off is None or not rows:
+        return []
+    ratios = ", ".join(
+        f"{r['contender'].removeprefix('kafkaworker traced, ')} "
+        f"{r['msgs_per_s'] / off['msgs_per_s']:.2f}x"
+        for r in rows
+    )
+    return [
+        "Tracing on (spans exported to a real Jaeger over OTLP/HTTP), against kafkaworker with "
+        f"it off: {ratios} (docs/tracing.md, Cost).",
+        "",
+    ]
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# kafkaworker benchmarks ({report['when']})",
@@ -853,6 +913,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['cpu_s_per_million']:.1f} | {r['rss_max_mb']:.0f} |"
             )
         lines.append("")
+        lines += _traced_ratios(s1)
     s2 = report.get("s2")
     if s2:
         lines += [
@@ -1032,10 +1093,13 @@ def main(argv: list[str] | None = None) -> int:
         "broker": "external" if args.bootstrap else "a fresh one per scenario",
     }
     if "s1" in scenarios:
-        with broker_for(args.bootstrap) as (bootstrap, _):
+        with broker_for(args.bootstrap) as (bootstrap, _), jaeger_for(log) as otlp:
             untuned = Contender("raw confluent-kafka, librdkafka defaults", "raw.py", python, {})
             report["s1"] = scenario_s1(
-                bootstrap, [contenders[0], untuned, *contenders[1:]], args.messages, log
+                bootstrap,
+                [contenders[0], untuned, *contenders[1:3], *traced(otlp), *contenders[3:]],
+                args.messages,
+                log,
             )
     if "s2" in scenarios:
         with broker_for(args.bootstrap) as (bootstrap, _):

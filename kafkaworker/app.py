@@ -13,7 +13,15 @@ import structlog
 
 from kafkaworker.backoff import Backoff
 from kafkaworker.errors import ConfigError
-from kafkaworker.handlers import AckMode, BatchPolicy, HandlerSpec, Mode, OnExhausted, Ordering
+from kafkaworker.handlers import (
+    AckMode,
+    BatchPolicy,
+    HandlerSpec,
+    Mode,
+    OnExhausted,
+    Ordering,
+    TraceParent,
+)
 from kafkaworker.producer import Producer
 from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings, load_settings
@@ -81,6 +89,7 @@ class App:
         output: str | None = None,
         batch: BatchPolicy | None = None,
         mode: Mode = "stream",
+        trace_parent: TraceParent = "parent",
     ) -> Callable[[F], F]:
         """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
         if callable(topics) and not isinstance(topics, str):
@@ -117,6 +126,7 @@ class App:
                 output=output,
                 batch=batch,
                 mode=mode,
+                trace_parent=trace_parent,
             )
             return func
 

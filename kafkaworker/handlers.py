@@ -26,10 +26,15 @@ AckMode = Literal["auto", "manual"]
 # share group (KIP-932: records handed out one by one, acknowledged ACCEPT/RELEASE/REJECT).
 Mode = Literal["stream", "queue"]
 OnExhausted = Literal["stall", "skip"]
+# With tracing on, how a message's process span joins the producer's trace: as its child (one
+# trace in the APM), or as the root of a new trace with a link to it (a handler whose messages
+# fan in from many traces, or whose producer's trace would grow without bound).
+TraceParent = Literal["parent", "link"]
 ORDERINGS: tuple[str, ...] = get_args(Ordering)
 ACK_MODES: tuple[str, ...] = get_args(AckMode)
 ON_EXHAUSTED: tuple[str, ...] = get_args(OnExhausted)
 MODES: tuple[str, ...] = get_args(Mode)
+TRACE_PARENTS: tuple[str, ...] = get_args(TraceParent)
 # Kafka's own rule (kafka.common.internals.Topic): legal characters and at most 249 of them.
 _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 # Threads for a def handler; coroutines in flight for an async def one.
@@ -90,6 +95,7 @@ class HandlerSpec:
     # Batch handlers take list[Message]; None: one Message at a time.
     batch: BatchPolicy | None = None
     mode: Mode = "stream"
+    trace_parent: TraceParent = "parent"
     ordering_defaulted: bool = field(init=False, default=False, repr=False)
     # Derived from the handler's signature: the pydantic model its messages are validated
     # as, and whether it takes the model itself rather than a Message.
@@ -135,6 +141,8 @@ class HandlerSpec:
             raise bad("concurrency", self.concurrency, f"an integer from 1 to {most} ({kind})")
         if self.mode not in MODES:
             raise bad("mode", self.mode, f"allowed are {', '.join(MODES)}")
+        if self.trace_parent not in TRACE_PARENTS:
+            raise bad("trace_parent", self.trace_parent, f"allowed are {', '.join(TRACE_PARENTS)}")
         object.__setattr__(self, "ordering_defaulted", self.ordering is None)
         if self.ordering is None:
             object.__setattr__(self, "ordering", "none" if self.mode == "queue" else "partition")

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import confluent_kafka
 import structlog
@@ -24,6 +24,9 @@ from kafkaworker import clients
 from kafkaworker.errors import KafkaWorkerError, StartupError
 from kafkaworker.serialization import RUNTIME_CODECS, Codec, get_codec
 from kafkaworker.settings import Settings
+
+if TYPE_CHECKING:
+    from kafkaworker.tracing.spans import SendSpans
 
 HeaderList = Sequence[tuple[str, bytes | str | None]]
 
@@ -94,6 +97,13 @@ class Producer:
             self._producer = confluent_kafka.Producer(config)
         except (KafkaException, ValueError, TypeError) as exc:
             raise StartupError(f"the producer configuration was rejected: {exc}") from None
+        # With tracing on, a `send {topic}` span per record, its context in the record's
+        # traceparent header.
+        self._spans: SendSpans | None = None
+        if settings.tracing.enabled:
+            self._spans = _send_spans(
+                str(config.get("client.id", "rdkafka")), metrics=settings.tracing.metrics
+            )
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="kw-producer", daemon=True)
         self._thread.start()
@@ -123,8 +133,16 @@ class Producer:
             codec = self._registry_codec(codec)
         payload = _encode(topic, value, codec)
         future: Future[confluent_kafka.Message] = Future()
+        spans = self._spans
+        if spans is not None:
+            sending, headers = spans.start(topic, key, headers or (), tombstone=payload is None)
 
         def on_delivery(error: KafkaError | None, record: confluent_kafka.Message) -> None:
+            if spans is not None:
+                if error is None:
+                    spans.delivered(sending, record.partition(), record.offset())  # type: ignore[arg-type]
+                else:
+                    spans.failed(sending, error.name(), error.str())
             if error is not None:
                 log.error("delivery failed", topic=topic, key=key, error=error.str())
             if not future.set_running_or_notify_cancel():
@@ -147,19 +165,25 @@ class Producer:
         if partition is not None:
             kwargs["partition"] = partition
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._producer.produce(topic, payload, **kwargs)
-                return future
-            except BufferError:
-                # The local queue is full: the serving thread is draining it.
-                if time.monotonic() > deadline:
-                    raise _QueueFullError(
-                        f"librdkafka's queue stayed full for {timeout:g}s sending to {topic!r}"
-                    ) from None
-                time.sleep(0.005)
-            except KafkaException as exc:
-                raise ProduceError(f"cannot send to {topic!r}: {exc}", exc.args[0]) from None
+        try:
+            while True:
+                try:
+                    self._producer.produce(topic, payload, **kwargs)
+                    return future
+                except BufferError:
+                    # The local queue is full: the serving thread is draining it.
+                    if time.monotonic() > deadline:
+                        raise _QueueFullError(
+                            f"librdkafka's queue stayed full for {timeout:g}s sending to {topic!r}"
+                        ) from None
+                    time.sleep(0.005)
+                except KafkaException as exc:
+                    raise ProduceError(f"cannot send to {topic!r}: {exc}", exc.args[0]) from None
+        except ProduceError as exc:
+            if spans is not None:  # never queued: no delivery will end its span
+                reason = exc.kafka_error.name() if exc.kafka_error is not None else "_QUEUE_FULL"
+                spans.failed(sending, reason, str(exc))
+            raise
 
     def send_sync(
         self, topic: str, value: Any, **options: Unpack[SendOptions]
@@ -246,6 +270,17 @@ class Producer:
         self._closed.set()
         self._thread.join(1.0)
         return remaining
+
+
+def _send_spans(client_id: str, *, metrics: bool) -> SendSpans:
+    # Imported here: the OpenTelemetry SDK is an extra, needed only with tracing on.
+    from kafkaworker.tracing import require  # noqa: PLC0415
+
+    require()
+    from kafkaworker.tracing.meters import messaging_meters  # noqa: PLC0415
+    from kafkaworker.tracing.spans import SendSpans  # noqa: PLC0415
+
+    return SendSpans(client_id=client_id, meters=messaging_meters() if metrics else None)
 
 
 def _encode(topic: str, value: Any, codec: str | Codec | None) -> bytes | None:

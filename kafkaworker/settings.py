@@ -428,6 +428,25 @@ class AlertSettings(_Strict):
     commits_stalled_for: PositiveFloat = 600.0
 
 
+class TracingSettings(_Strict):
+    """OpenTelemetry tracing (docs/tracing.md): a `process {topic}` span per handler call and a
+    `send {topic}` span per record written, the W3C `traceparent` carried in the records'
+    headers. Needs `pip install 'kafkaworker[otel]'`. The SDK is set up from the standard
+    OTEL_* variables (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER...)
+    unless the app installed a TracerProvider of its own, which then wins."""
+
+    # Off by default: each traced message costs the SDK's span (docs/tracing.md, Cost).
+    enabled: bool = False
+    # Links of a batch handler's span, one per message up to this many (the SDK keeps 128
+    # by default: OTEL_SPAN_LINK_COUNT_LIMIT).
+    batch_links: PositiveInt = 128
+    # The messaging metrics through the OpenTelemetry meter as well (Prometheus' stay as they
+    # are): messaging.process.duration, messaging.client.operation.duration,
+    # messaging.client.sent.messages, messaging.client.consumed.messages. Off by default: a
+    # measurement per message is what the SDK charges most for (docs/tracing.md, Cost).
+    metrics: bool = False
+
+
 class BatchSettings(_Strict):
     """A batch handler's batch size and wait (a handler declared without batch= has none)."""
 
@@ -455,6 +474,7 @@ class HandlerSettings(_Strict):
     output: str | None = None
     batch: BatchSettings | None = None
     circuit_breaker: CircuitBreakerSettings | None = None
+    trace_parent: Literal["parent", "link"] | None = None
 
     @field_validator("topics", mode="before")
     @classmethod
@@ -481,6 +501,7 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     # How long graceful shutdown waits for in-flight messages before it commits and exits.
     shutdown_timeout: PositiveFloat = 30.0

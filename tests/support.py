@@ -103,7 +103,14 @@ def produce(
             kwargs["key"] = keys[i]
         if partitions is not None:
             kwargs["partition"] = partitions[i]
-        producer.produce(topic, value, on_delivery=lambda e, _m: e and errors.append(e), **kwargs)
+        while True:
+            try:
+                producer.produce(
+                    topic, value, on_delivery=lambda e, _m: e and errors.append(e), **kwargs
+                )
+                break
+            except BufferError:  # librdkafka's queue is full (a loaded machine): drain some
+                producer.poll(0.1)
         if i % 10_000 == 0:
             producer.poll(0)
     assert producer.flush(60) == 0

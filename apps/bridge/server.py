@@ -32,7 +32,7 @@ from apps.bridge.publisher import Publisher, TopicCatalog
 from apps.bridge.service import OrderBridgeService
 from apps.bridge.standard import HEALTH_SERVICE, OVERALL, Health, enable_reflection
 from apps.bridge.transactions import TransactionalProducer, producer_settings
-from kafkaworker import KafkaWorkerError, Settings, StartupError, load_settings
+from kafkaworker import KafkaWorkerError, Settings, StartupError, load_settings, tracing
 from kafkaworker.observability.logging import configure
 from kafkaworker.ops import KafkaAdmin
 from kafkaworker.producer import producer_config
@@ -172,8 +172,13 @@ class Bridge:
             timeout=options.publish_timeout,
             bootstrap=self.settings.kafka.bootstrap_servers,
         )
+        spans = None
+        if settings.tracing.enabled:
+            from apps.bridge.tracing import RpcSpans  # noqa: PLC0415 - the otel extra
+
+            spans = RpcSpans(SERVICE)
         self._service = OrderBridgeService(
-            publisher, orders_topic=options.orders_topic, fmt=options.format
+            publisher, orders_topic=options.orders_topic, fmt=options.format, spans=spans
         )
         bridge_pb2_grpc.add_OrderBridgeServicer_to_server(self._service, self._server)
         enable_reflection([SERVICE, HEALTH_SERVICE], self._server)
@@ -286,10 +291,15 @@ async def serve(settings: Settings, options: BridgeOptions) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    bridge = Bridge(settings, options)
-    await bridge.start()
-    await stop.wait()
-    return 1 if await bridge.stop() else 0
+    # Traced (tracing.enabled): set up before the bridge, flushed after it stopped.
+    traced = (
+        tracing.sdk("kafkaworker-bridge") if settings.tracing.enabled else contextlib.nullcontext()
+    )
+    with traced:
+        bridge = Bridge(settings, options)
+        await bridge.start()
+        await stop.wait()
+        return 1 if await bridge.stop() else 0
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[BridgeOptions, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -13,13 +13,25 @@ from apps.bridge.events import Format, InvalidFieldError, encode, order_from_req
 from apps.bridge.proto import bridge_pb2, bridge_pb2_grpc
 from apps.bridge.publisher import Publisher, PublishError
 
+if TYPE_CHECKING:
+    from apps.bridge.tracing import RpcSpans
+
 log = structlog.get_logger("bridge")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class OrderBridgeService(bridge_pb2_grpc.OrderBridgeServicer):
-    def __init__(self, publisher: Publisher, *, orders_topic: str, fmt: Format) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        orders_topic: str,
+        fmt: Format,
+        spans: RpcSpans | None = None,
+    ) -> None:
         self._publisher = publisher
+        # With tracing on: a span per RPC, the caller's trace going on into the record.
+        self._spans = spans
         self._orders_topic = orders_topic
         self._format = fmt
         self.refusing = False  # set by Bridge.stop(): RPCs not started yet are UNAVAILABLE
@@ -44,7 +56,12 @@ class OrderBridgeService(bridge_pb2_grpc.OrderBridgeServicer):
         # is in flight.
         log.debug("rpc received", rpc="PlaceOrder", order=order.order_id)
         return await self._publish(
-            context, self._orders_topic, value, key=order.customer_id.encode(), headers=headers
+            context,
+            "PlaceOrder",
+            self._orders_topic,
+            value,
+            key=order.customer_id.encode(),
+            headers=headers,
         )
 
     async def Publish(  # noqa: N802 - the RPC's name
@@ -61,6 +78,7 @@ class OrderBridgeService(bridge_pb2_grpc.OrderBridgeServicer):
         log.debug("rpc received", rpc="Publish", topic=request.topic)
         return await self._publish(
             context,
+            "Publish",
             request.topic,
             request.value if request.HasField("value") else None,
             key=request.key if request.HasField("key") else None,
@@ -70,13 +88,25 @@ class OrderBridgeService(bridge_pb2_grpc.OrderBridgeServicer):
     async def _publish(
         self,
         context: Context,
+        rpc: str,
         topic: str,
         value: bytes | None,
         *,
         key: bytes | None,
         headers: Sequence[tuple[str, bytes | None]],
     ) -> bridge_pb2.PublishReply:
-        try:
-            return await self._publisher.publish(topic, value, key=key, headers=headers)
-        except PublishError as exc:
-            await context.abort(exc.code, str(exc))
+        spans = self._spans
+        if spans is None:
+            try:
+                return await self._publisher.publish(topic, value, key=key, headers=headers)
+            except PublishError as exc:
+                await context.abort(exc.code, str(exc))
+        with spans.server(rpc, context.invocation_metadata()):
+            sending, headers = spans.send(topic, key, headers, value)
+            try:
+                reply = await self._publisher.publish(topic, value, key=key, headers=headers)
+            except PublishError as exc:
+                spans.sends.failed(sending, exc.code.name, str(exc))
+                await context.abort(exc.code, str(exc))
+            spans.sends.delivered(sending, reply.partition, reply.offset)
+            return reply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -56,8 +57,21 @@ def main() -> None:
                 time.sleep(sleep)
             meter.hit(1, value.get("ts"))
 
+    traced: dict[str, Any] = {}
+    if "tracing" in a:
+        # --tracing SAMPLER[:ARGUMENT] --otlp ENDPOINT: tracing on, set up as `kafkaworker run`
+        # does from the standard variables, exporting to a real collector.
+        sampler, _, argument = a["tracing"].partition(":")
+        os.environ.update(
+            OTEL_TRACES_SAMPLER=sampler,
+            OTEL_TRACES_SAMPLER_ARG=argument,
+            OTEL_EXPORTER_OTLP_ENDPOINT=a["otlp"],
+            OTEL_SERVICE_NAME="bench",
+        )
+        traced = {"tracing": {"enabled": True}}
     settings = Settings.model_validate(
         {
+            **traced,
             "kafka": {"bootstrap_servers": a["bootstrap"]},
             "log_level": "WARNING",
             **({"event_loop": a["event_loop"]} if "event_loop" in a else {}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from datetime import datetime
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import click
 import orjson
 
+from kafkaworker import tracing
 from kafkaworker.cli.common import SETTINGS_OPTION, IsoDateTime, one_line, settings_from
 from kafkaworker.ops import dlq as dlq_tools
 
@@ -49,6 +51,8 @@ def inspect(topic: str, limit: int | None, as_json: bool, settings_path: str | N
             )
             click.echo(f"  {f.get('error.type', '?')}: {f.get('error.message', '')}")
             click.echo(f"  key={_preview(record.key)} value={_preview(record.value)}")
+            if record.trace_id is not None:
+                click.echo(f"  trace {record.trace_id}")
         if not as_json:
             if limit is not None and shown == limit:
                 click.echo(f"the first {shown} record(s) of {topic} (--limit {limit})", err=True)
@@ -116,19 +120,26 @@ def replay(  # noqa: PLR0917 - click passes every option by position
                 else:
                     sent.append(f"sent {line}")  # told once the broker acknowledged them
 
+        # Traced (tracing.enabled): its spans are flushed before the command exits.
+        tracing_sdk = (
+            tracing.sdk("kafkaworker-dlq-replay")
+            if settings.tracing.enabled and not dry_run
+            else contextlib.nullcontext()
+        )
         try:
-            result = dlq_tools.replay(
-                settings,
-                topic,
-                to=to,
-                selection=selection,
-                limit=limit,
-                rate=rate,
-                dry_run=dry_run,
-                group=group,
-                on_record=on_record,
-                on_total=on_total,
-            )
+            with tracing_sdk:
+                result = dlq_tools.replay(
+                    settings,
+                    topic,
+                    to=to,
+                    selection=selection,
+                    limit=limit,
+                    rate=rate,
+                    dry_run=dry_run,
+                    group=group,
+                    on_record=on_record,
+                    on_total=on_total,
+                )
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)

@@ -14,6 +14,8 @@ from typing import Literal
 
 import structlog
 
+from kafkaworker.tracing import current_ids
+
 LIBRDKAFKA_LOGGER = "kafkaworker.librdkafka"
 
 
@@ -22,6 +24,18 @@ def _add_pid(
 ) -> structlog.typing.EventDict:
     # With --processes N, lines from N processes interleave: say which one wrote each.
     event.setdefault("pid", os.getpid())
+    return event
+
+
+def _add_trace(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    # A line written in a span (a handler's call, with tracing on) says which: the trace_id
+    # finds it in the tracing backend, and the trace's log lines by it.
+    ids = current_ids()
+    if ids is not None:
+        event.setdefault("trace_id", ids[0])
+        event.setdefault("span_id", ids[1])
     return event
 
 
@@ -98,6 +112,7 @@ def configure(level: str = "INFO", fmt: Literal["console", "json"] = "console") 
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         _add_pid,
+        _add_trace,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     # Refilled in place: a logger cached on first use keeps the list it was built with, and

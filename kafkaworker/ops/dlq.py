@@ -11,6 +11,7 @@ Progress is committed only after the broker acknowledged the replayed records.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import sys
 import time
@@ -18,16 +19,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from kafkaworker import clients
 from kafkaworker.errors import KafkaWorkerError
 from kafkaworker.headers import PREFIX, REPLAYED_FROM
+from kafkaworker.message import Message
 from kafkaworker.ops.admin import KafkaAdmin
 from kafkaworker.producer import Producer
 from kafkaworker.settings import Settings
+from kafkaworker.tracing import trace_id_of
+
+if TYPE_CHECKING:
+    from kafkaworker.tracing.spans import ProcessSpans
+
+REPLAY_CLIENT_ID = "kafkaworker.replay"
 
 
 class DlqError(KafkaWorkerError):
@@ -51,6 +59,12 @@ class DeadLetterRecord:
         return f"{f.get('original.topic', '?')}[{f.get('original.partition', '?')}]@" + (
             f.get("original.offset", "?")
         )
+
+    @property
+    def trace_id(self) -> str | None:
+        """The trace the record carries (its traceparent: the DLQ write's, in the trace of
+        the failed message when the worker traced), to look it up in the tracing backend."""
+        return trace_id_of(self.headers)
 
     @property
     def failed_at(self) -> datetime | None:
@@ -79,6 +93,7 @@ class DeadLetterRecord:
             "failed_at": self.failure.get("failed_at"),
             # Set when the record had been replayed from a DLQ before it failed again.
             "replayed_from": self.failure.get("replayed_from"),
+            "trace_id": self.trace_id,
             "key": _text_or_base64(self.key),
             "value": _text_or_base64(self.value),
             "headers": [[k, _text_or_base64(v)] for k, v in self.headers],
@@ -271,7 +286,8 @@ def replay(
         span = reader.span(from_group=True)
         # Once the cluster answered: an unreachable one is told in one line, not in the
         # producer's connection errors.
-        producer = None if dry_run else Producer(settings, client_id="kafkaworker.replay")
+        producer = None if dry_run else Producer(settings, client_id=REPLAY_CLIENT_ID)
+        spans = _replay_spans(group) if producer is not None and settings.tracing.enabled else None
         if on_total is not None:
             on_total(sum(end - start for start, end in span.values()))
         pending = []
@@ -292,20 +308,28 @@ def replay(
                     time.sleep(max(0.0, next_at - time.monotonic()))
                 if producer is not None:
                     assert target is not None
-                    pending.append(
-                        producer.send(
-                            target,
-                            record.value,
-                            key=record.key,
-                            headers=[
-                                *record.headers,
-                                (
-                                    REPLAYED_FROM,
-                                    f"{topic}[{record.partition}]@{record.offset}".encode(),
-                                ),
-                            ],
-                        )
+                    # Traced: the replay is a new trace that links to the failed one (the DLQ
+                    # record's traceparent), and the replayed record carries the new one.
+                    traced = (
+                        spans.processing(_as_message(topic, record))
+                        if spans is not None
+                        else contextlib.nullcontext()
                     )
+                    with traced:
+                        pending.append(
+                            producer.send(
+                                target,
+                                record.value,
+                                key=record.key,
+                                headers=[
+                                    *record.headers,
+                                    (
+                                        REPLAYED_FROM,
+                                        f"{topic}[{record.partition}]@{record.offset}".encode(),
+                                    ),
+                                ],
+                            )
+                        )
                 result.replayed += 1
             positions[record.partition] = record.offset + 1
             if on_record is not None:
@@ -321,6 +345,24 @@ def replay(
         if producer is not None:
             producer.close()
     return result
+
+
+def _replay_spans(group: str) -> ProcessSpans:
+    """Replay's process spans: each a new trace linked to the DLQ record's (tracing on)."""
+    from kafkaworker.tracing.spans import ProcessSpans  # noqa: PLC0415 - the otel extra
+
+    return ProcessSpans(handler="dlq replay", group=group, client_id=REPLAY_CLIENT_ID, link=True)
+
+
+def _as_message(topic: str, record: DeadLetterRecord) -> Message[Any]:
+    return Message(
+        topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        raw_value=record.value,
+        headers=record.headers,
+    )
 
 
 def _settle(pending: list[Any]) -> None:

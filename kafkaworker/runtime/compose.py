@@ -42,6 +42,7 @@ from kafkaworker.settings import Settings
 
 if TYPE_CHECKING:
     from kafkaworker.app import App, Lifespan
+    from kafkaworker.tracing.spans import ProcessSpans
 
 
 class Sources(Protocol):
@@ -155,8 +156,12 @@ def build_handler(
     completions: queue.SimpleQueue[list[Completion]] = queue.SimpleQueue()
     policy = FailurePolicy(spec, routes=routes, can_publish=records is not None, breaker=breaker)
     attempts = Attempts(spec, policy, metrics=metrics, records=records)
-    batches = BatchRunner(spec, attempts, metrics=metrics) if spec.batch else None
-    core = ExecutorCore(spec, attempts, completions, metrics=metrics, batches=batches, clock=clock)
+    spans = process_spans(app_name, spec, settings) if settings.tracing.enabled else None
+    attempts.spans = spans
+    batches = BatchRunner(spec, attempts, metrics=metrics, spans=spans) if spec.batch else None
+    core = ExecutorCore(
+        spec, attempts, completions, metrics=metrics, batches=batches, clock=clock, spans=spans
+    )
     outputs = None
     if producer is not None:
         outputs = Outputs(
@@ -215,6 +220,28 @@ def build_handler(
             clock=clock,
         )
     return HandlerRuntime(spec, poller, executor, attempts, breaker, codec)
+
+
+def process_spans(app_name: str, spec: HandlerSpec, settings: Settings) -> ProcessSpans:
+    """The handler's process spans (tracing.enabled): named as its consumer is, with its
+    group's name."""
+    # Imported here: the OpenTelemetry SDK is an extra, needed only with tracing on.
+    from kafkaworker.tracing import require  # noqa: PLC0415
+
+    require()
+    from kafkaworker.tracing.meters import messaging_meters  # noqa: PLC0415
+    from kafkaworker.tracing.spans import ProcessSpans  # noqa: PLC0415
+
+    kafka = settings.kafka
+    consumer = kafka.share_consumer if spec.mode == "queue" else kafka.consumer
+    return ProcessSpans(
+        handler=spec.name,
+        group=spec.group or app_name,
+        client_id=str(consumer.get("client.id", f"{app_name}.{spec.name}")),
+        link=spec.trace_parent == "link",
+        batch_links=settings.tracing.batch_links,
+        meters=messaging_meters() if settings.tracing.metrics else None,
+    )
 
 
 class AppRuntime:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from kafkaworker import tracing
 from kafkaworker.errors import StartupError
 from kafkaworker.handlers import HandlerSpec, resolve_specs
 from kafkaworker.observability import logging as kw_logging
@@ -74,6 +75,11 @@ class Runner:
         port = self.settings.metrics.port
         dashboard_settings = self.settings.dashboard
         with contextlib.ExitStack() as stack:
+            if self.settings.tracing.enabled:
+                # Before the app's producer and handlers exist, flushed after they stopped.
+                stack.enter_context(
+                    tracing.sdk(self.app.name, metrics=self.settings.tracing.metrics)
+                )
             if port is not None:
                 dashboard = None
                 if dashboard_settings.enabled:

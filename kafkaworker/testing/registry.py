@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        if args.command == "jvm.fetch":
+        if args.command == "fetch":
             what = f"Apicurio Registry {registry_version()} (~150 MB)"
             return jvm.fetch(cache_dir(), what, ensure_registry)
         registry = SchemaRegistry(port=args.port)

@@ -39,7 +39,8 @@ def test_off_by_default_and_on_from_the_environment(monkeypatch: pytest.MonkeyPa
     [
         (
             {"KAFKAWORKER_FLEET__TOPIC": "reports with spaces"},
-            "setting fleet.topic='reports with spaces' is invalid: not a Kafka topic name",
+            "setting fleet.topic='reports with spaces' is invalid (environment "
+            "KAFKAWORKER_FLEET__TOPIC): not a Kafka topic name",
         ),
         (
             {"KAFKAWORKER_FLEET__CONTROL": "true"},

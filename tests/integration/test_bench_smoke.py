@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.run import main
+from tools.jaeger import binary
 
 pytestmark = pytest.mark.kafka
 
@@ -30,11 +31,16 @@ def test_the_benchmark_suite_runs_end_to_end(kafka_bootstrap: str, tmp_path: Pat
     assert code == 0
     report = json.loads((tmp_path / "smoke.json").read_text())
     s1 = {r["contender"]: r for r in report["s1"]}
+    # With Jaeger built (make jaeger-tools, as `make test` does), S1 runs kafkaworker traced too.
+    traced = (
+        {"kafkaworker traced, 100%", "kafkaworker traced, parent-based 10%"} if binary() else set()
+    )
     assert set(s1) == {
         "raw confluent-kafka",
         "raw confluent-kafka, librdkafka defaults",
         "kafkaworker",
         "kafkaworker async",
+        *traced,
     }
     assert all(r["processed"] >= 5000 and r["msgs_per_s"] > 0 for r in s1.values())
     # raw, kafkaworker's 3 orderings x 3 concurrencies, and its async handler at 3 concurrencies
@@ -46,4 +52,6 @@ def test_the_benchmark_suite_runs_end_to_end(kafka_bootstrap: str, tmp_path: Pat
         "kafkaworker async",
     }
     assert all(r["latency_ms"]["p50"] >= 0 for r in report["s4"])
-    assert "## S1 throughput" in (tmp_path / "smoke.md").read_text()
+    written = (tmp_path / "smoke.md").read_text()
+    assert "## S1 throughput" in written
+    assert ("Tracing on (spans exported to a real Jaeger" in written) == bool(traced)

@@ -164,3 +164,18 @@ def test_dev_broker_says_where_its_data_goes_and_keeps_it_with_data(tmp_path: Pa
     assert proc.wait(timeout=60) == 0
     assert "deleted when it stops; --data DIR keeps it across runs" in banner[1]
     assert not Path(banner[0].split("data ", 1)[1].split(")", 1)[0]).exists()
+
+
+@pytest.mark.parametrize("module", ["kafkaworker.testing.broker", "kafkaworker.testing.registry"])
+def test_fetch_prints_where_the_cached_server_is(module: str) -> None:
+    """`make jars` runs these: the cache is filled before the suite starts, so a fetch only
+    says where (a broken command line failed CI before any test ran)."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, "fetch"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).exists()

@@ -412,7 +412,7 @@ def test_kip848_consumer_protocol_processes_everything(
     }
 
 
-@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+@pytest.mark.parametrize("protocol", ["classic", "consumer", "eager"])
 def test_a_partition_that_receives_nothing_has_its_start_committed(
     kafka_bootstrap: str, new_topic: TopicFactory, protocol: str
 ) -> None:
@@ -430,9 +430,12 @@ def test_a_partition_that_receives_nothing_has_its_start_committed(
     def handle(msg: Message[bytes]) -> None:
         done.leave(msg)
 
-    settings = make_settings(
-        kafka_bootstrap, kafka={"bootstrap_servers": kafka_bootstrap, "group_protocol": protocol}
-    )
+    kafka: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
+    if protocol == "eager":  # the classic protocol with an eager strategy: assign(), not
+        kafka["consumer"] = {"partition.assignment.strategy": "range"}  # incremental_assign()
+    else:
+        kafka["group_protocol"] = protocol
+    settings = make_settings(kafka_bootstrap, kafka=kafka)
     with running(app, settings):
         wait_until(lambda: done.count() >= 40, 30, "every message handled")
         wait_until(

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import ROOT
 
 
@@ -86,3 +88,16 @@ def test_no_module_of_kafkaworker_imports_itself_back() -> None:
     for module in sorted(graph):
         walk(module, [])
     assert cycles == [], "\n".join(" -> ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize(("side", "other"), [("execute", "poll"), ("poll", "execute")])
+def test_the_poll_and_execute_sides_share_only_the_hand_off(side: str, other: str) -> None:
+    package = ROOT / "kafkaworker"
+    forbidden = f"kafkaworker.runtime.{other}"
+    found = {
+        (path.name, name)
+        for path in (package / "runtime" / side).rglob("*.py")
+        for name in _imports(ast.parse(path.read_text()), "", package)
+        if name == forbidden or name.startswith(forbidden + ".")
+    }
+    assert found == set()

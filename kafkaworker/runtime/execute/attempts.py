@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Generator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -25,6 +25,9 @@ from kafkaworker.runtime.execute.outputs import FailureRecords, error_type
 from kafkaworker.runtime.execute.steps import Emit, Sleep, Write
 from kafkaworker.runtime.failures.policy import Action, Decision, FailurePolicy
 from kafkaworker.runtime.handoff import Completion, Dispatched, Lease, Outcome, Run
+
+if TYPE_CHECKING:
+    from kafkaworker.tracing.spans import ProcessSpans
 
 log = structlog.get_logger("kafkaworker.pool")
 
@@ -67,6 +70,9 @@ class Attempts:
         # The dashboard's recent-failures buffer. Not an observer: observers are also told of
         # every report, and this needs failures only, so successes pay nothing for it.
         self.failure_sink: Callable[[Message[Any], BaseException, Decision], None] | None = None
+        # With tracing on: each failure is an event of the current process span (set by the
+        # composition root, like the sink: the failure path only).
+        self.spans: ProcessSpans | None = None
         self._manual = spec.ack == "manual"
         self._queue = spec.mode == "queue"
         name = spec.name
@@ -158,6 +164,15 @@ class Attempts:
             msg.attempt += 1
 
     def observe(self, msg: Message[Any], error: BaseException, decision: Decision) -> None:
+        if self.spans is not None:
+            self.spans.failed(
+                error,
+                error_type(error),
+                attempt=msg.attempt,
+                decision=decision.action.value,
+                # Settled by a failure: not a Skip the handler raised on purpose.
+                final=decision.final and not isinstance(error, Skip),
+            )
         if self.failure_sink is not None:
             self.failure_sink(msg, error, decision)
         for observer in self.observers:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -23,6 +23,9 @@ from kafkaworker.runtime.execute.outputs import error_type
 from kafkaworker.runtime.failures.policy import Action
 from kafkaworker.runtime.handoff import Completion, Dispatched, Outcome
 
+if TYPE_CHECKING:
+    from kafkaworker.tracing.spans import ProcessSpans
+
 log = structlog.get_logger("kafkaworker.pool")
 
 NOT_FINISHED, FINISHED = Outcome.NOT_FINISHED, Outcome.FINISHED
@@ -33,9 +36,18 @@ BatchSteps = Generator[Any, Any, tuple[list[Outcome], float]]
 
 
 class BatchRunner:
-    def __init__(self, spec: HandlerSpec, attempts: Attempts, *, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        attempts: Attempts,
+        *,
+        metrics: Metrics,
+        spans: ProcessSpans | None = None,
+    ) -> None:
         assert spec.batch is not None
         self.spec = spec
+        # With tracing on, each batch runs in a process span linking its messages.
+        self._spans = spans
         self.max_size = spec.batch.max_size
         self._attempts = attempts
         self._handler_seconds = metrics.handler_seconds.labels(spec.name)
@@ -57,8 +69,9 @@ class BatchRunner:
             done = [Completion(m.lease, [m.offset], NOT_FINISHED) for m in batch if m.lease.revoked]
             live = [m for m in batch if not m.lease.revoked]
             if live:
+                execute = self.execute if self._spans is None else self._traced
                 try:
-                    outcomes, seconds = yield from self.execute(live)
+                    outcomes, seconds = yield from execute(live)
                 except Exception:  # not GeneratorExit: closed early, nothing is reported here
                     log.exception("failed to run the batch handler", handler=self.spec.name)
                     outcomes, seconds = [NOT_FINISHED] * len(live), 0.0
@@ -137,6 +150,16 @@ class BatchRunner:
             for msg in remaining:
                 msg.attempt += 1
         return [outcome.get(id(m), NOT_FINISHED) for m in batch], seconds
+
+    def _traced(self, batch: list[Dispatched]) -> BatchSteps:
+        """`execute` in the batch's process span, the current context meanwhile."""
+        spans = self._spans
+        assert spans is not None
+        processing = spans.start_batch(batch)
+        try:
+            return (yield from self.execute(batch))
+        finally:
+            spans.end(processing)
 
     def _errors(
         self, batch: list[Dispatched], error: BaseException | None

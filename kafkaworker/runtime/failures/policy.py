@@ -22,7 +22,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from enum import Enum
 from typing import Literal
 
@@ -182,26 +182,24 @@ class FailurePolicy:
         return max(0.05, self.spec.backoff.delay(failures, self.rng))
 
 
+@dataclass(eq=False, kw_only=True)
 class CircuitBreaker:
-    def __init__(
-        self,
-        *,
-        threshold: float,
-        window: int,
-        min_messages: int,
-        cooldown: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.threshold = threshold
-        self.min_messages = min_messages
-        self.cooldown = cooldown
-        self._clock = clock
-        self._outcomes: deque[bool] = deque(maxlen=window)
+    """A handler's breaker: open while more than `threshold` of the last `window` finished
+    messages were dead-lettered (with at least `min_messages` seen), for `cooldown` seconds."""
+
+    threshold: float
+    window: int
+    min_messages: int
+    cooldown: float
+    clock: Callable[[], float] = time.monotonic
+    open: bool = field(default=False, init=False)
+    # Opened by an operator (the dashboard): stays open until an operator closes it.
+    held: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._outcomes: deque[bool] = deque(maxlen=self.window)
         self._dead_lettered = 0
         self._opened_at = 0.0
-        self.open = False
-        # Opened by an operator (the dashboard): stays open until an operator closes it.
-        self.held = False
 
     def record(self, dead_lettered: bool, count: int = 1) -> None:
         """`count` finished messages with the same outcome (workers report runs)."""
@@ -226,7 +224,7 @@ class CircuitBreaker:
         it is closed."""
         if not self.open:
             return 0.0
-        return max(0.0, self._opened_at + self.cooldown - self._clock())
+        return max(0.0, self._opened_at + self.cooldown - self.clock())
 
     def force(self, open_: bool) -> Literal["opened", "closed"] | None:
         """An operator's decision: open (held until closed by an operator) or close now
@@ -236,7 +234,7 @@ class CircuitBreaker:
         if open_:
             if not was_open:
                 self.open = True
-                self._opened_at = self._clock()
+                self._opened_at = self.clock()
                 return "opened"
             return None
         self.open = False
@@ -249,7 +247,7 @@ class CircuitBreaker:
         if self.held:
             return None
         if self.open:
-            if self._clock() - self._opened_at >= self.cooldown:
+            if self.clock() - self._opened_at >= self.cooldown:
                 self.open = False
                 self._outcomes.clear()
                 self._dead_lettered = 0
@@ -257,6 +255,6 @@ class CircuitBreaker:
             return None
         if len(self._outcomes) >= self.min_messages and self.share > self.threshold:
             self.open = True
-            self._opened_at = self._clock()
+            self._opened_at = self.clock()
             return "opened"
         return None

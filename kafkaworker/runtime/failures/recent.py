@@ -17,6 +17,7 @@ from typing import Any
 from kafkaworker.message import Message
 from kafkaworker.runtime.execute.outputs import error_type
 from kafkaworker.runtime.failures.policy import Decision
+from kafkaworker.tracing import current_ids
 
 KEEP = 100
 # Bounds per entry: a failure flood with large keys or deep stacks stays a few MB at most.
@@ -50,6 +51,8 @@ class RecentFailures:
         decision: Decision,
     ) -> None:
         lines = traceback.format_exception(type(error), error, error.__traceback__)
+        # Called in the failed message's process span (tracing on): the trace to look it up by.
+        ids = current_ids()
         entry = {
             "time": time.time(),
             "pid": os.getpid(),
@@ -66,6 +69,7 @@ class RecentFailures:
             "traceback": _clip("".join(lines), _TRACEBACK_MAX),
             "headers": [[name, _text(value)] for name, value in msg.headers[:_HEADERS_MAX]],
             "dlq": decision.topic if decision.topic else dlq,
+            "trace_id": ids[0] if ids is not None else None,
         }
         with self._lock:
             self._entries.append(entry)

@@ -128,6 +128,10 @@ class ConsumerGroupSource:
         self._group_protocol = config.get("group.protocol", "classic")
         config["on_commit"] = self._on_commit  # librdkafka's periodic commits report here
         self._kip848 = config.get("group.protocol") == "consumer"
+        # librdkafka refuses to mix cooperative and eager strategies: one names the protocol.
+        self._cooperative = self._kip848 or "cooperative" in str(
+            config.get("partition.assignment.strategy", "")
+        )
         self._silence = 0.0
         self._config = config
         # The join watchdog (see Settings.join_timeout): since when the member has been out
@@ -327,8 +331,13 @@ class ConsumerGroupSource:
         self._listener.on_assign(_partitions(partitions), committed)
         # Assigned here rather than by confluent-kafka after the callback, each at the offset
         # read just now: the offset map the listener decoded is the one of the position
-        # fetching starts at, and a start committed just now is started at exactly.
-        consumer.incremental_assign(starts)
+        # fetching starts at, and a start committed just now is started at exactly. An eager
+        # strategy (range, roundrobin) hands over the whole assignment each time, and takes
+        # assign().
+        if self._cooperative:
+            consumer.incremental_assign(starts)
+        else:
+            consumer.assign(starts)
 
     def _commit_starts(
         self, consumer: Consumer, partitions: list[TopicPartition]

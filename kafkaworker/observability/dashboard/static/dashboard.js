@@ -135,9 +135,12 @@ function renderFailures(data) {
       const inspect = f.dlq && f.decision === "dead_letter"
         ? el("p", {}, "inspect: ", el("code", {}, `kafkaworker dlq inspect ${f.dlq}`))
         : null;
+      const trace = f.trace_id
+        ? el("p", {}, "trace: ", el("code", { "data-field": "trace_id" }, f.trace_id))
+        : null;
       rows.push(el("tr", { class: "detail", "data-detail": record },
         el("td", { colspan: 7 },
-          el("div", {}, `${f.error_type} (pid ${f.pid})`),
+          el("div", {}, `${f.error_type} (pid ${f.pid})`), trace,
           el("pre", { "data-field": "traceback" }, f.traceback),
           el("div", {}, "headers"), headers, inspect)));
     }

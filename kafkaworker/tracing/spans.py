@@ -1,0 +1,300 @@
+"""The spans: `process {topic}` (CONSUMER) around a handler's work on a message or a batch,
+`send {topic}` (PRODUCER) around every record written, each injecting its context into the
+record's headers.
+
+A process span covers one delivery of a message to a handler: every attempt of it here (each
+failed attempt is an `exception` event on the span, with its number and the policy's
+decision), the outputs it produced and the retry or DLQ record written for it, whose send
+spans are its children. A message that fails for good (dead-lettered, sent to a retry topic,
+rejected) ends its span with `error.type` and an error status; one that succeeds at a retry
+does not. A delivery from a retry topic is a new process span, the child of the retry
+record's send span: the trace goes on.
+
+The runtime (execute/core.py, execute/batches.py) starts and ends the spans; while one is
+open its context is the current one, in the worker thread or in the event loop's task that
+runs the handler, so that what the handler does (its log lines, its own spans, its sends)
+joins the trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+from kafkaworker.message import Message
+from kafkaworker.tracing import conventions as sc
+from kafkaworker.tracing.carrier import extract, inject
+from kafkaworker.tracing.meters import MessagingMeters
+from kafkaworker.version import VERSION
+
+_SCOPE = "kafkaworker"
+_EMPTY = Context()
+_STATUS_MAX = 512  # characters of an error's message in a span's status
+_PROCESSING = otel_context.create_key("kafkaworker.processing")
+
+
+def tracer() -> trace.Tracer:
+    """kafkaworker's tracer, from the global TracerProvider (a proxy until one is set)."""
+    return trace.get_tracer(_SCOPE, VERSION)
+
+
+class _Names:
+    """Spans of one operation: the name and the attributes given at the start (the sampler
+    sees them) per topic, built once per topic (a client has few)."""
+
+    def __init__(self, operation: str, static: dict[str, Any]) -> None:
+        self.operation = operation
+        self.static: dict[str, Any] = {
+            sc.SYSTEM: sc.KAFKA,
+            sc.OPERATION_NAME: operation,
+            sc.OPERATION_TYPE: operation,
+            **static,
+        }
+        self._topics: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def __call__(self, topic: str) -> tuple[str, dict[str, Any]]:
+        found = self._topics.get(topic)
+        if found is None:
+            found = self._topics[topic] = (
+                f"{self.operation} {topic}",
+                {**self.static, sc.DESTINATION: topic},
+            )
+        return found
+
+
+class Processing:
+    """An open process span: the span, the token of its context attached, when it started,
+    and (for the metrics) its attributes and the error type it ended with."""
+
+    __slots__ = ("attributes", "error_type", "span", "started", "token")
+
+    def __init__(self, span: Span, attributes: dict[str, Any]) -> None:
+        self.span = span
+        self.attributes = attributes
+        self.started = time.monotonic()
+        self.error_type: str | None = None
+        self.token: object = None
+
+
+class ProcessSpans:
+    """A handler's process spans. `link`: a message's span starts a new trace with a link to
+    the producer's context, instead of being its child (trace_parent="link")."""
+
+    def __init__(
+        self,
+        *,
+        handler: str,
+        group: str,
+        client_id: str,
+        link: bool = False,
+        batch_links: int = 128,
+        meters: MessagingMeters | None = None,
+    ) -> None:
+        self._tracer = tracer()
+        self._handler = handler
+        self._link = link
+        self._batch_links = batch_links
+        self._meters = meters
+        self._topic = _Names(
+            sc.PROCESS, {sc.CONSUMER_GROUP: group, sc.CLIENT_ID: client_id, sc.HANDLER: handler}
+        )
+
+    def start(self, msg: Message[Any]) -> Processing:
+        """Open the span of one message's delivery and make it the current one."""
+        record = msg.record
+        name, attributes = self._topic(record.topic())  # type: ignore[arg-type]
+        headers = msg.headers
+        # A record without headers carries no context: nothing to extract (a fifth of the
+        # span's cost when sampled out, measured).
+        carried = extract(headers) if headers else _EMPTY
+        if self._link:
+            remote = trace.get_current_span(carried).get_span_context()
+            links = (Link(remote),) if remote.is_valid else ()
+            parent = trace.set_span_in_context(trace.INVALID_SPAN, carried)  # baggage kept
+            span = self._tracer.start_span(
+                name, parent, SpanKind.CONSUMER, attributes, links, record_exception=False
+            )
+        else:
+            span = self._tracer.start_span(
+                name, carried, SpanKind.CONSUMER, attributes, record_exception=False
+            )
+        if span.is_recording():
+            # Set once sampled in: the sampler decides on the topic's attributes alone.
+            per_message: dict[str, Any] = {
+                sc.PARTITION: str(record.partition()),
+                sc.OFFSET: msg.offset,
+            }
+            key = sc.text_key(record.key())
+            if key is not None:
+                per_message[sc.KEY] = key
+            if record.value() is None:
+                per_message[sc.TOMBSTONE] = True
+            span.set_attributes(per_message)
+        return self._open(span, attributes, carried, 1)
+
+    def _open(
+        self, span: Span, attributes: dict[str, Any], carried: Context, messages: int
+    ) -> Processing:
+        processing = Processing(span, attributes)
+        current = trace.set_span_in_context(span, carried)
+        meters = self._meters
+        if meters is not None:
+            meters.consumed.add(messages, attributes)
+            # Where failed() finds it, for the error type of the duration's measurement.
+            current = otel_context.set_value(_PROCESSING, processing, current)
+        processing.token = otel_context.attach(current)
+        return processing
+
+    @contextlib.contextmanager
+    def processing(self, msg: Message[Any]) -> Iterator[Processing]:
+        """start() and end() around a block (a tool's, not the runtime's: its generators
+        cannot use a with block across their yields)."""
+        processing = self.start(msg)
+        try:
+            yield processing
+        finally:
+            self.end(processing)
+
+    def start_batch(self, messages: Sequence[Message[Any]]) -> Processing:
+        """Open the span of a batch handler's call: a new trace, linked to each message's
+        context (at most tracing.batch_links of them), as the conventions have it for
+        batches; the current one until it ends."""
+        topics = {m.topic for m in messages}
+        attributes = {**self._topic.static, sc.BATCH_COUNT: len(messages)}
+        name = sc.PROCESS
+        if len(topics) == 1:
+            (topic,) = topics
+            name, static = self._topic(topic)
+            attributes.update(static)
+            partitions = {m.partition for m in messages}
+            if len(partitions) == 1:
+                attributes[sc.PARTITION] = str(next(iter(partitions)))
+        links: list[Link] = []
+        for msg in messages:
+            if len(links) >= self._batch_links:
+                break
+            headers = msg.headers
+            if not headers:
+                continue
+            remote = trace.get_current_span(extract(headers)).get_span_context()
+            if remote.is_valid:
+                links.append(Link(remote, {sc.OFFSET: msg.offset}))
+        span = self._tracer.start_span(
+            name, _EMPTY, SpanKind.CONSUMER, attributes, links, record_exception=False
+        )
+        processing = self._open(span, attributes, _EMPTY, len(messages))
+        # A metric's attributes stay few: no per-batch count.
+        processing.attributes = {k: v for k, v in attributes.items() if k != sc.BATCH_COUNT}
+        return processing
+
+    def end(self, processing: Processing) -> None:
+        """Close the span, giving the current context back."""
+        span = processing.span
+        try:
+            otel_context.detach(processing.token)  # type: ignore[arg-type]
+        finally:
+            meters = self._meters
+            if meters is not None:
+                attributes = processing.attributes
+                if processing.error_type is not None:
+                    attributes = {**attributes, sc.ERROR_TYPE: processing.error_type}
+                meters.process_duration.record(time.monotonic() - processing.started, attributes)
+            span.end()
+
+    def failed(
+        self, error: BaseException, error_type: str, *, attempt: int, decision: str, final: bool
+    ) -> None:
+        """A handler call failed under the current process span: an exception event with the
+        attempt's number and the decision; when the decision settles the message (a retry
+        topic, the DLQ, a rejection, a skip on exhaustion), the span's error.type and an error
+        status as well."""
+        if final and self._meters is not None:
+            processing = otel_context.get_value(_PROCESSING)
+            if isinstance(processing, Processing):
+                processing.error_type = error_type
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        span.record_exception(error, {sc.ATTEMPT: attempt, sc.DECISION: decision})
+        if final:
+            span.set_attribute(sc.ERROR_TYPE, error_type)
+            span.set_status(Status(StatusCode.ERROR, f"{error_type}: {error}"[:_STATUS_MAX]))
+
+
+class Sending:
+    """An open send span, ended when the broker acknowledges the record (or refuses it)."""
+
+    __slots__ = ("attributes", "span", "started")
+
+    def __init__(self, span: Span, started: float, attributes: dict[str, Any]) -> None:
+        self.span = span
+        self.started = started
+        self.attributes = attributes
+
+
+class SendSpans:
+    """A producer's send spans: each record written (outputs, DLQ and retry records,
+    app.producer.send*) gets a `send {topic}` span, a child of the current context (the
+    process span of the message being handled, or the caller's own), and carries its context
+    in its headers."""
+
+    def __init__(self, *, client_id: str, meters: MessagingMeters | None = None) -> None:
+        self._tracer = tracer()
+        self._meters = meters
+        self._topic = _Names(sc.SEND, {sc.CLIENT_ID: client_id})
+
+    def start(
+        self,
+        topic: str,
+        key: bytes | str | None,
+        headers: Sequence[tuple[str, Any]],
+        *,
+        tombstone: bool,
+        links: Sequence[Link] = (),
+    ) -> tuple[Sending, list[Any]]:
+        """Open a send span for a record to `topic`; the record's headers with its context."""
+        name, attributes = self._topic(topic)
+        span = self._tracer.start_span(
+            name, None, SpanKind.PRODUCER, attributes, links, record_exception=False
+        )
+        if span.is_recording():
+            key_text = sc.text_key(key)
+            if key_text is not None:
+                span.set_attribute(sc.KEY, key_text)
+            if tombstone:
+                span.set_attribute(sc.TOMBSTONE, True)
+        written = inject(headers, trace.set_span_in_context(span))
+        return Sending(span, time.monotonic(), attributes), written
+
+    def delivered(self, sending: Sending, partition: int, offset: int) -> None:
+        span = sending.span
+        if span.is_recording():
+            span.set_attributes({sc.PARTITION: str(partition), sc.OFFSET: offset})
+        span.end()
+        self._measure(sending, None)
+
+    def failed(self, sending: Sending, error_type: str, message: str) -> None:
+        """The record was not written (refused, timed out, could not be queued)."""
+        span = sending.span
+        if span.is_recording():
+            span.set_attribute(sc.ERROR_TYPE, error_type)
+            span.set_status(Status(StatusCode.ERROR, message[:_STATUS_MAX]))
+        span.end()
+        self._measure(sending, error_type)
+
+    def _measure(self, sending: Sending, error_type: str | None) -> None:
+        meters = self._meters
+        if meters is None:
+            return
+        attributes = sending.attributes
+        if error_type is not None:
+            attributes = {**attributes, sc.ERROR_TYPE: error_type}
+        meters.sent.add(1, attributes)
+        meters.operation_duration.record(time.monotonic() - sending.started, attributes)
