@@ -161,6 +161,11 @@ def test_kill_9_at_several_points_then_restart_repeats_only_uncommitted_work(
         assert kill.again <= kill.uncommitted, sorted(kill.again - kill.uncommitted)[:20]
     duplicates = len(records) - len(expected)
     assert duplicates == sum(len(kill.again) for kill in kills)
+    # Before the offset map these kills repeated ~1,100 (any order) to ~1,700 (key order);
+    # now some tens (37-104 in 8 runs, sync and async: a tenth of 1,100 or less). What a kill
+    # repeats is the rate times the commit's latency, which a loaded 2-core machine
+    # stretches: the gate is a fifth, the exact bound per kill is the assertion above.
+    assert duplicates <= 1100 / 5, duplicates
     print(
         f"\n{kind}: duplicates {duplicates}; per kill (again, in flight, finished and not "
         f"committed): {[(len(k.again), k.in_flight, len(k.uncommitted)) for k in kills]}"
