@@ -124,6 +124,7 @@ class ConsumerGroupSource:
         self._revoked: set[Partition] = set()
         # Asynchronous commits that failed, told by librdkafka's commit callback inside poll().
         self._failed: list[tuple[Partition, int]] = []
+        self._synchronous = False  # inside a synchronous commit (revoke, shutdown, starts)
         config = dict(config)
         self._group_protocol = config.get("group.protocol", "classic")
         config["on_commit"] = self._on_commit  # librdkafka's periodic commits report here
@@ -254,17 +255,22 @@ class ConsumerGroupSource:
     ) -> None:
         if asynchronous:
             self._consumer.commit(offsets=_offsets(offsets), asynchronous=True)
-        else:
-            self._commit_or_raise(self._consumer, _offsets(offsets))
+            return
+        self._commit_or_raise(self._consumer, _offsets(offsets))
 
     def failed_commits(self) -> list[tuple[Partition, int]]:
         failed, self._failed = self._failed, []
         return failed
 
-    @staticmethod
-    def _commit_or_raise(consumer: Consumer, offsets: list[TopicPartition]) -> None:
-        # It raises for the request; a partition's own failure is in its result.
-        for tp in consumer.commit(offsets=offsets, asynchronous=False):
+    def _commit_or_raise(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        # It raises for the request; a partition's own failure is in its result. The commit
+        # callback librdkafka may serve meanwhile is not the periodic commit's.
+        self._synchronous = True
+        try:
+            results = consumer.commit(offsets=offsets, asynchronous=False)
+        finally:
+            self._synchronous = False
+        for tp in results:
             if tp.error is not None:
                 raise KafkaException(tp.error)
 
@@ -453,6 +459,13 @@ class ConsumerGroupSource:
         failed = [tp for tp in partitions if tp.error is not None]
         error = error or (failed[0].error if failed else None)
         if error is None:
+            if not self._synchronous:
+                log.debug(
+                    "committed (periodic)",
+                    handler=self._handler,
+                    positions={f"{tp.topic}[{tp.partition}]": tp.offset for tp in partitions},
+                    offset_maps=sum(1 for tp in partitions if tp.metadata) or None,
+                )
             return
         if error.code() == KafkaError._NO_OFFSET:
             return  # nothing to commit
