@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import confluent_kafka
@@ -42,6 +43,14 @@ class SendOptions(TypedDict, total=False):
 
 
 log = structlog.get_logger("kafkaworker.producer")
+
+# The name of the exactly_once handler whose worker thread or event-loop task this is (set
+# once per thread or task by the executors). A record sent from there with app.producer would
+# bypass the handler's transaction, so be written again after a crash: refused, loudly, until
+# the transaction carries such sends too.
+EXACTLY_ONCE_HANDLER: ContextVar[str | None] = ContextVar(
+    "kafkaworker_exactly_once_handler", default=None
+)
 
 
 class ProduceError(KafkaWorkerError):
@@ -129,6 +138,12 @@ class Producer:
         timeout = options.get("timeout", 30.0)
         if self._closed.is_set():
             raise ProduceError(f"the producer is closed; cannot send to {topic!r}")
+        if (handler := EXACTLY_ONCE_HANDLER.get()) is not None:
+            raise ProduceError(
+                f"app.producer cannot send to {topic!r} from exactly_once handler {handler!r} "
+                "yet (the record would not be in its transaction): return it as an output= "
+                "value, or use at_least_once"
+            )
         if isinstance(codec, str) and codec in RUNTIME_CODECS:
             codec = self._registry_codec(codec)
         payload = _encode(topic, value, codec)

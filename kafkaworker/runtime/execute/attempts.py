@@ -303,7 +303,7 @@ class Attempts:
         else:
             record = records.dead_letter(msg, error)
         failures = 0
-        while (failure := (yield Write(record))) is not None:
+        while (failure := (yield Write(record, msg))) is not None:
             failures += 1
             self._write_failures.inc()
             delay = self.policy.write_retry_delay(failures)

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from kafkaworker.producer import EXACTLY_ONCE_HANDLER
 from kafkaworker.runtime.execute.core import (
     REPORT_AFTER,
     REPORT_EVERY,
@@ -123,6 +124,8 @@ class AsyncPool(Driver):
         assert task is not None
         clock = self._clock.monotonic
         yielded = clock()
+        if core.spec.processing_guarantee == "exactly_once":
+            EXACTLY_ONCE_HANDLER.set(core.spec.name)  # this task's context only
         try:
             while True:
                 try:
@@ -185,7 +188,7 @@ class AsyncPool(Driver):
 
     async def _write(self, step: Write) -> BaseException | None:
         assert self._outputs is not None
-        return await self._outputs.write_async(step.record)
+        return await self._outputs.write_async(step.record, step.msg)
 
     async def _sleep(self, step: Sleep) -> bool:
         leases = step.leases

@@ -21,10 +21,11 @@ from typing import Any, NamedTuple
 
 from kafkaworker import headers
 from kafkaworker.message import Message
-from kafkaworker.producer import Producer, _QueueFullError
+from kafkaworker.producer import Producer, _encode, _QueueFullError
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.execute.event_loop import cancelling
 from kafkaworker.runtime.failures.retrytopics import Stage
+from kafkaworker.runtime.handoff import Dispatched, HeldRecord, HeldWrites
 from kafkaworker.serialization import Codec
 
 TRACEBACK_LIMIT = 8 * 1024
@@ -215,7 +216,7 @@ class Outputs:
             return exc
         return None
 
-    def write(self, record: FailedRecord) -> BaseException | None:
+    def write(self, record: FailedRecord, msg: Dispatched | None = None) -> BaseException | None:
         """Write a failed message's record and wait for the acknowledgement; the error."""
         topic, key, value, headers = record
         try:
@@ -226,7 +227,9 @@ class Outputs:
             return exc
         return None
 
-    async def write_async(self, record: FailedRecord) -> BaseException | None:
+    async def write_async(
+        self, record: FailedRecord, msg: Dispatched | None = None
+    ) -> BaseException | None:
         topic, key, value, headers = record
         try:
             await self.producer.send_async(
@@ -239,6 +242,63 @@ class Outputs:
     def _send(self, msg: Message[Any], item: Any, timeout: float) -> Future[Any]:
         assert self.topic is not None
         return self.producer.send(self.topic, item, key=msg.key, codec=self.codec, timeout=timeout)
+
+
+class HeldOutputs(Outputs):
+    """An exactly_once handler's outputs: encoded on the worker (its error goes to the failure
+    policy as an at-least-once output's would) and held with the message (HeldWrites) rather
+    than produced; the poll thread's transaction produces them once the message's offset is
+    committable. Nothing waits for the broker here: a delivery error surfaces at the
+    transaction's commit, which aborts it and delivers the messages again."""
+
+    def __init__(
+        self,
+        producer: Producer | None,
+        held: HeldWrites,
+        *,
+        topic: str | None,
+        codec: Codec | None,
+        produce_timeout: float,
+        write_timeout: float,
+    ) -> None:
+        super().__init__(
+            producer,  # type: ignore[arg-type]  # never called: nothing is produced here
+            topic=topic,
+            codec=codec,
+            produce_timeout=produce_timeout,
+            write_timeout=write_timeout,
+        )
+        self.held = held
+
+    def emit(self, msg: Message[Any], result: Any) -> BaseException | None:
+        topic = self.topic
+        assert topic is not None
+        key = msg.key
+        try:
+            records = [
+                HeldRecord(topic, key, _encode(topic, item, self.codec), [])
+                for item in _items(result)
+            ]
+        except BaseException as exc:  # noqa: BLE001 - handed to the failure policy
+            return exc
+        if records:
+            dispatched: Dispatched = msg  # type: ignore[assignment]  # the executor's messages
+            self.held.hold(dispatched.lease, dispatched.offset, records)
+        return None
+
+    async def emit_async(self, msg: Message[Any], result: Any) -> BaseException | None:
+        return self.emit(msg, result)
+
+    def write(self, record: FailedRecord, msg: Dispatched | None = None) -> BaseException | None:
+        assert msg is not None
+        topic, key, value, headers = record
+        self.held.hold(msg.lease, msg.offset, [HeldRecord(topic, key, value, headers)])
+        return None
+
+    async def write_async(
+        self, record: FailedRecord, msg: Dispatched | None = None
+    ) -> BaseException | None:
+        return self.write(record, msg)
 
 
 def _items(result: Any) -> list[Any]:

@@ -28,9 +28,11 @@ class Emit(NamedTuple):
 
 class Write(NamedTuple):
     """Write a failed message's record (to a retry topic or the DLQ) and wait for the broker's
-    acknowledgement. Reply: the error, or None."""
+    acknowledgement (exactly_once: hold it for the transaction that commits `msg`). Reply: the
+    error, or None."""
 
     record: FailedRecord
+    msg: Dispatched
 
 
 class Sleep(NamedTuple):
