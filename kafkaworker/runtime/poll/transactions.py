@@ -116,7 +116,15 @@ def transactional_config(app_name: str, spec: HandlerSpec, settings: Settings) -
     config = producer_config(settings)
     config["transactional.id"] = transactional_id(app_name, spec, settings)
     config.setdefault("client.id", f"{app_name}.{spec.name}.tx")
-    config.setdefault("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
+    given = settings.kafka.producer
+    if "transaction.timeout.ms" not in given:
+        # librdkafka refuses a delivery timeout longer than the transaction's: the producer's
+        # 30 s is cut to the transaction's 10 s unless the settings chose one.
+        delivery = int(config.get("delivery.timeout.ms", TRANSACTION_TIMEOUT_MS))
+        if "delivery.timeout.ms" not in given and "message.timeout.ms" not in given:
+            delivery = min(delivery, TRANSACTION_TIMEOUT_MS)
+            config["delivery.timeout.ms"] = delivery
+        config["transaction.timeout.ms"] = max(TRANSACTION_TIMEOUT_MS, delivery)
     return config
 
 

@@ -1,0 +1,164 @@
+"""exactly_once end to end, with real `kafkaworker run` processes on a real broker: workers
+killed with kill -9 mid-stream and restarted, members leaving and joining; a read_committed
+reader of the output topic must see every input's output exactly once, in each key's order.
+Modelled on Kafka's transactions system test (tests/kafkatest/tests/core/transactions_test.py):
+hard bounces of the clients, then a read_committed consumer checks set equality."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.conftest import TopicFactory
+from tests.support import ROOT, Feed, committed, end_offsets, report_fault, wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PARTITIONS = 4
+KEYS = 101
+
+
+def start(bootstrap: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "kafkaworker", "run", "tests.apps.eos_copier:app"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+                "KAFKAWORKER_KAFKA__CONSUMER": '{"session.timeout.ms": 6000}',
+                **env,
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def finished(bootstrap: str, group: str, topic: str) -> int:
+    """Inputs committed by the group (the sum of its positions)."""
+    return sum(max(0, offset) for offset in committed(bootstrap, group, topic, PARTITIONS).values())
+
+
+def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[int]:
+    """Every record of `topic` a read_committed consumer sees, up to the last stable offsets,
+    in each partition's order."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.monotonic_ns()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    records: list[int] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(at_end) < PARTITIONS:
+            assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout}s"
+            for record in consumer.consume(1000, timeout=0.5):
+                error = record.error()
+                if error is None:
+                    records.append(int(record.value()))
+                    at_end.discard(record.partition())
+                elif error.code() == error._PARTITION_EOF:
+                    at_end.add(record.partition())
+    finally:
+        consumer.close()
+    return records
+
+
+def check_exactly_once(outputs: list[int], total: int, scenario: str) -> None:
+    """Inputs 0..total-1 (Feed's values, keyed k{value % 64}) each output once, each key's
+    outputs in input order; the row goes to the fault table."""
+    counts = Counter(outputs)
+    lost = total - len(counts)
+    duplicates = sum(n - 1 for n in counts.values())
+    report_fault(scenario, total, lost, duplicates, None)
+    assert (lost, duplicates) == (0, 0), f"{lost} lost, {duplicates} duplicated"
+    assert set(counts) == set(range(total))
+    by_key: dict[int, list[int]] = {}
+    for output in outputs:  # a key's outputs are in one partition, read in its order
+        by_key.setdefault(output % 64, []).append(output)
+    assert all(ids == sorted(ids) for ids in by_key.values()), "a key's outputs out of order"
+
+
+def running(worker: subprocess.Popen[bytes], log: Path) -> bool:
+    assert worker.poll() is None, f"the worker exited: {log.read_text()[-2000:]}"
+    return True
+
+
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    worker.send_signal(signal.SIGTERM)
+    try:
+        assert worker.wait(45) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def test_kill_9_mid_stream_and_restart_output_each_input_exactly_once(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, kind: str
+) -> None:
+    source, output = new_topic(PARTITIONS), new_topic(PARTITIONS, prefix="out")
+    group = f"eos-{source}"
+    env = {
+        "EOS_TOPIC": source,
+        "EOS_OUTPUT": output,
+        "EOS_GROUP": group,
+        "EOS_ASYNC": "1" if kind == "async" else "0",
+        # The same identity across restarts: the restarted member fences its predecessor's
+        # open transaction at once (init_transactions).
+        "KAFKAWORKER_MEMBER": "m1",
+    }
+    log = tmp_path / "worker.log"
+    feed = Feed(kafka_bootstrap, source, rate=1500)
+    kills = 0
+    try:
+        for kill_at in (2000, 6000, 10000):
+            worker = start(kafka_bootstrap, env, log)
+            try:
+                wait_until(
+                    lambda n=kill_at, w=worker: (
+                        running(w, log) and finished(kafka_bootstrap, group, source) >= n
+                    ),
+                    120,
+                    f"{kill_at} inputs committed before kill -9",
+                )
+            finally:
+                worker.kill()  # SIGKILL: mid-stream, a transaction likely open or committing
+                worker.wait()
+                kills += 1
+    finally:
+        feed.stop()
+    total = len(feed.acked)
+    assert (feed.failed, feed.unplaced) == (0, 0), feed.status()
+    assert finished(kafka_bootstrap, group, source) < total, "killed after the end"
+    worker = start(kafka_bootstrap, env, log)
+    try:
+        ends = end_offsets(kafka_bootstrap, source, PARTITIONS)
+        wait_until(
+            lambda: (
+                running(worker, log)
+                and committed(kafka_bootstrap, group, source, PARTITIONS) == ends
+            ),
+            120,
+            "every input committed after the restarts",
+        )
+    finally:
+        stop(worker)
+    assert kills == 3
+    outputs = read_committed(kafka_bootstrap, output)
+    check_exactly_once(outputs, total, f"exactly_once copier, kill -9 x3 ({kind} def)")
+    assert "transactional producer was fenced" not in log.read_text()
