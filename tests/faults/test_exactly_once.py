@@ -162,3 +162,70 @@ def test_kill_9_mid_stream_and_restart_output_each_input_exactly_once(
     outputs = read_committed(kafka_bootstrap, output)
     check_exactly_once(outputs, total, f"exactly_once copier, kill -9 x3 ({kind} def)")
     assert "transactional producer was fenced" not in log.read_text()
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_members_joining_leaving_and_killed_output_each_input_exactly_once(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, protocol: str
+) -> None:
+    """Two members: a second joins (the first's revoke commits its committable work in a
+    transaction), the first leaves with SIGTERM (its shutdown commits) and comes back, the
+    second is killed with kill -9 (its open work is redone by the first)."""
+    source, output = new_topic(PARTITIONS), new_topic(PARTITIONS, prefix="out")
+    group = f"eos-{source}"
+    env = {
+        "EOS_TOPIC": source,
+        "EOS_OUTPUT": output,
+        "EOS_GROUP": group,
+        "KAFKAWORKER_KAFKA__GROUP_PROTOCOL": protocol,
+    }
+    if protocol == "consumer":
+        env["KAFKAWORKER_KAFKA__CONSUMER"] = "{}"  # KIP-848: session timeouts are broker-side
+    log = tmp_path / "workers.log"
+    feed = Feed(kafka_bootstrap, source, rate=1500)
+    workers: dict[str, subprocess.Popen[bytes]] = {}
+
+    def until(count: int, what: str) -> None:
+        wait_until(
+            lambda: (
+                all(running(w, log) for w in workers.values())
+                and finished(kafka_bootstrap, group, source) >= count
+            ),
+            120,
+            what,
+        )
+
+    try:
+        workers["a"] = start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": "a"}, log)
+        until(2000, "2000 inputs committed by the first member")
+        workers["b"] = start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": "b"}, log)
+        until(6000, "6000 inputs committed with a second member")
+        stop(workers.pop("a"))
+        until(9000, "9000 inputs committed after the first left")
+        workers["a"] = start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": "a"}, log)
+        until(13000, "13000 inputs committed after the first came back")
+        killed = workers.pop("b")
+        killed.kill()
+        killed.wait()
+        until(16000, "16000 inputs committed after the second was killed")
+        feed.stop()
+        total = len(feed.acked)
+        assert (feed.failed, feed.unplaced) == (0, 0), feed.status()
+        ends = end_offsets(kafka_bootstrap, source, PARTITIONS)
+        wait_until(
+            lambda: (
+                all(running(w, log) for w in workers.values())
+                and committed(kafka_bootstrap, group, source, PARTITIONS) == ends
+            ),
+            120,
+            "every input committed",
+        )
+    finally:
+        feed.stop()
+        for worker in workers.values():
+            stop(worker)
+    outputs = read_committed(kafka_bootstrap, output)
+    check_exactly_once(
+        outputs, total, f"exactly_once copier, 2 members: join, SIGTERM, kill -9 ({protocol})"
+    )
+    assert "transactional producer was fenced" not in log.read_text()
