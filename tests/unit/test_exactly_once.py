@@ -524,3 +524,51 @@ def test_a_running_handler_commits_every_output_exactly_once_in_key_order(
         by_key.setdefault(value % 37, []).append(value)
     assert all(values == sorted(values) for values in by_key.values())
     assert len(fake.committed) > 1  # many transactions, not one at the end
+
+
+# -- the TestClient ------------------------------------------------------------------------------
+
+
+def test_the_test_client_shows_an_exactly_once_handlers_committed_writes() -> None:
+    from kafkaworker.testing import TestClient  # noqa: PLC0415
+
+    app = App("svc")
+
+    @app.handler("in", output="out", dlq="in.dlq", processing_guarantee=EOS)
+    def accept(msg: Message[dict[str, Any]]) -> dict[str, Any]:
+        if msg.value["id"] < 0:
+            raise ValueError("negative")
+        return {"id": msg.value["id"], "ok": True}
+
+    @app.handler("side", processing_guarantee=EOS, on_exhausted="skip")
+    def side(msg: Message[Any]) -> None:
+        app.producer.send("elsewhere", b"x")
+
+    with TestClient(app) as client:
+        done = client.send("in", {"id": 1})
+        assert done.outcome == "finished"
+        assert [r.json() for r in done.records if r.topic == "out"] == [{"id": 1, "ok": True}]
+        failed = client.send("in", {"id": -1})
+        assert failed.outcome == "dead_lettered"
+        assert [r.topic for r in failed.records] == ["in.dlq"]
+        refused = client.send("side", 1)
+        assert refused.outcome == "skipped"
+        assert "exactly_once handler 'side'" in str(refused.errors[0])
+        assert client.records("elsewhere") == []
+        assert [r.topic for r in client.records()] == ["out", "in.dlq"]
+
+
+def test_a_retry_topic_record_commits_with_the_input_it_finishes() -> None:
+    from kafkaworker.testing import TestClient  # noqa: PLC0415
+
+    app = App("svc")
+
+    @app.handler("in", output="out", retry_topics=[5.0], processing_guarantee=EOS)
+    def flaky(msg: Message[dict[str, Any]]) -> dict[str, Any]:
+        raise ValueError("later")
+
+    with TestClient(app) as client:
+        delivery = client.send("in", {"id": 1})
+        assert delivery.outcome == "retry_topic"
+        [record] = client.records()
+        assert record.topic != "out" and record.json() == {"id": 1}
