@@ -47,7 +47,7 @@ def finished(bootstrap: str, group: str, topic: str) -> int:
     return sum(max(0, offset) for offset in committed(bootstrap, group, topic, PARTITIONS).values())
 
 
-def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[int]:
+def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[bytes]:
     """Every record of `topic` a read_committed consumer sees, up to the last stable offsets,
     in each partition's order."""
     consumer = Consumer(
@@ -60,7 +60,7 @@ def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[int]
         }
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-    records: list[int] = []
+    records: list[bytes] = []
     at_end: set[int] = set()
     deadline = time.monotonic() + timeout
     try:
@@ -69,7 +69,7 @@ def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[int]
             for record in consumer.consume(1000, timeout=0.5):
                 error = record.error()
                 if error is None:
-                    records.append(int(record.value()))
+                    records.append(record.value() or b"")
                     at_end.discard(record.partition())
                 elif error.code() == error._PARTITION_EOF:
                     at_end.add(record.partition())
@@ -159,7 +159,7 @@ def test_kill_9_mid_stream_and_restart_output_each_input_exactly_once(
     finally:
         stop(worker)
     assert kills == 3
-    outputs = read_committed(kafka_bootstrap, output)
+    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
     check_exactly_once(outputs, total, f"exactly_once copier, kill -9 x3 ({kind} def)")
     assert "transactional producer was fenced" not in log.read_text()
 
@@ -224,7 +224,7 @@ def test_members_joining_leaving_and_killed_output_each_input_exactly_once(
         feed.stop()
         for worker in workers.values():
             stop(worker)
-    outputs = read_committed(kafka_bootstrap, output)
+    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
     check_exactly_once(
         outputs, total, f"exactly_once copier, 2 members: join, SIGTERM, kill -9 ({protocol})"
     )

@@ -38,6 +38,7 @@ from typing import Protocol
 import structlog
 from confluent_kafka import KafkaException
 
+from kafkaworker.errors import KafkaWorkerError
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
@@ -526,8 +527,16 @@ class Poller(PollLoop):
         self._committer.discard(s.topic_partition for s in states)
         gone = [s.topic_partition for s in states]
         source: TransactionalSource = self._source  # type: ignore[assignment]
-        # Raises when the coordinator cannot tell: the poll thread stops, nothing is lost.
+        # Where they start over. When the coordinator cannot tell, or the consumer cannot seek,
+        # the poll thread stops (its process exits non-zero and is restarted): carrying on from
+        # the fetch position would commit past the aborted messages, i.e. lose them.
         positions = source.committed_positions(gone, self.settings.revoke_timeout)
+        missing = [str(p) for p in gone if p not in positions]
+        if missing:
+            raise KafkaWorkerError(
+                f"handler {self.spec.name!r} cannot rewind {', '.join(missing)} after an "
+                "aborted transaction: the group has no committed offset for them"
+            )
         self._generation += 1
         now = self._clock.time()
         for partition in gone:

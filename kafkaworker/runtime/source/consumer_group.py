@@ -235,7 +235,26 @@ class ConsumerGroupSource:
         self, partitions: Sequence[Partition], timeout: float
     ) -> dict[Partition, int]:
         found: dict[Partition, int] = {}
-        for tp in self._consumer.committed(_topic_partitions(partitions), timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                committed = self._consumer.committed(
+                    _topic_partitions(partitions), max(0.1, deadline - time.monotonic())
+                )
+                break
+            except KafkaException as exc:
+                # Right after an abort the coordinator may still hold the aborted offsets as
+                # pending (KIP-447: a read_committed member's offset fetch waits for them to
+                # settle, UNSTABLE_OFFSET_COMMIT, which librdkafka reports as a timeout).
+                error = exc.args[0]
+                retriable = isinstance(error, KafkaError) and (
+                    error.retriable() or error.code() == KafkaError._TIMED_OUT
+                )
+                if not retriable or time.monotonic() >= deadline:
+                    raise
+                log.debug("committed offsets not known yet; asking again", error=str(exc))
+                time.sleep(0.1)
+        for tp in committed:
             if tp.error is not None:
                 raise KafkaException(tp.error)
             # No committed offset (-1001) cannot happen for an assigned partition here: its
