@@ -229,3 +229,61 @@ def test_members_joining_leaving_and_killed_output_each_input_exactly_once(
         outputs, total, f"exactly_once copier, 2 members: join, SIGTERM, kill -9 ({protocol})"
     )
     assert "transactional producer was fenced" not in log.read_text()
+
+
+def test_a_zombie_thawed_after_its_session_commits_nothing(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    """A member frozen (SIGSTOP) past its session timeout while it holds finished work: the
+    group gives its partitions to the other member; thawed, its next transaction carries a
+    generation that is gone (KIP-447), so the broker refuses its offsets and it aborts. None of
+    its writes becomes visible, and it rejoins and carries on."""
+    source, output = new_topic(PARTITIONS), new_topic(PARTITIONS, prefix="out")
+    group = f"eos-{source}"
+    env = {"EOS_TOPIC": source, "EOS_OUTPUT": output, "EOS_GROUP": group}
+    logs = {name: tmp_path / f"{name}.log" for name in ("a", "b")}
+    feed = Feed(kafka_bootstrap, source, rate=800)
+    workers = {
+        name: start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": name}, logs[name])
+        for name in ("a", "b")
+    }
+
+    def until(count: int, what: str) -> None:
+        wait_until(
+            lambda: (
+                all(running(workers[n], logs[n]) for n in workers)
+                and finished(kafka_bootstrap, group, source) >= count
+            ),
+            120,
+            what,
+        )
+
+    try:
+        until(3000, "3000 inputs committed by two members")
+        workers["a"].send_signal(signal.SIGSTOP)
+        try:
+            until(6000, "6000 inputs committed while a is frozen")
+            time.sleep(7.0)  # the freeze must outlast the 6 s session timeout
+        finally:
+            workers["a"].send_signal(signal.SIGCONT)
+        until(9000, "9000 inputs committed after a thawed")
+        feed.stop()
+        total = len(feed.acked)
+        assert (feed.failed, feed.unplaced) == (0, 0), feed.status()
+        ends = end_offsets(kafka_bootstrap, source, PARTITIONS)
+        wait_until(
+            lambda: (
+                all(running(w, logs[n]) for n, w in workers.items())
+                and committed(kafka_bootstrap, group, source, PARTITIONS) == ends
+            ),
+            120,
+            "every input committed",
+        )
+    finally:
+        feed.stop()
+        for worker in workers.values():
+            stop(worker)
+    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
+    check_exactly_once(outputs, total, "exactly_once copier, a member frozen past its session")
+    thawed = logs["a"].read_text()
+    assert "partitions lost" in thawed or "transaction aborted" in thawed
