@@ -234,20 +234,6 @@ class HandlerSpec:
                 f"{guarantee} needs stream mode: a share group (KIP-932) has no transactions, "
                 "its acknowledgements cannot commit with the outputs",
             )
-        if self.batch is not None:
-            raise bad(
-                "batch",
-                self.batch,
-                f"{guarantee} is not supported for batch handlers yet: use one message per "
-                "call, or at_least_once",
-            )
-        if self.ack == "manual":
-            raise bad(
-                "ack",
-                self.ack,
-                f"{guarantee} is not supported with ack='manual' yet: a message acked after "
-                "its handler returned is not tied to a transaction",
-            )
 
     def _check_queue_mode(self, bad: Callable[[str, object, str], ConfigError]) -> None:
         """What a share group cannot honour is refused here, in one line each."""

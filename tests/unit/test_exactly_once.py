@@ -69,8 +69,6 @@ def test_the_guarantee_defaults_to_at_least_once() -> None:
     ("options", "says"),
     [
         ({"mode": "queue"}, "a share group (KIP-932) has no transactions"),
-        ({"batch": BatchPolicy()}, "not supported for batch handlers yet"),
-        ({"ack": "manual"}, "not supported with ack='manual' yet"),
         ({"processing_guarantee": "exactly-once"}, "allowed are at_least_once, exactly_once"),
     ],
 )
@@ -572,3 +570,90 @@ def test_a_retry_topic_record_commits_with_the_input_it_finishes() -> None:
         assert delivery.outcome == "retry_topic"
         [record] = client.records()
         assert record.topic != "out" and record.json() == {"id": 1}
+
+
+def test_a_batch_handlers_dead_letters_commit_once_with_the_offsets_they_finish() -> None:
+    source = MemorySource({"t": 2, "dlq": 1})
+    fake = FakeTransactions(source)
+    app = App("svc")
+
+    @app.handler(
+        "t",
+        dlq="dlq",
+        codec="json",
+        batch=BatchPolicy(max_size=50, max_wait=0.01),
+        retry_on=TimeoutError,
+        processing_guarantee=EOS,
+    )
+    def bulk(batch: list[Message[Any]]) -> None:
+        # A fatal error fails a batch whole; it runs again one message at a time, and only
+        # the bad ones are dead-lettered (execute/batches.py).
+        if any(m.value % 50 == 7 for m in batch):
+            raise ValueError("bad")
+
+    [spec] = app.handlers.values()
+    runtime = AppRuntime(
+        App("svc"),
+        runtime_settings(transaction_interval=0.02, circuit_breaker={"enabled": False}),
+        [spec],
+        sources=GivenSources({spec.name: source}),
+        transactions=lambda app_name, s, settings: fake,
+    )
+    total = 600
+    with runtime:
+        [handler] = runtime.handlers
+        handler.start()
+        for i in range(total):
+            source.broker.append("t", orjson.dumps(i), partition=i % 2)
+        partitions = [Partition("t", 0), Partition("t", 1)]
+        assert source.wait_for(
+            lambda s: all(s.committed.get(p) == s.log_size(p) for p in partitions), 30
+        ), "every input committed"
+        handler.request_stop()
+        assert handler.join(30)
+    dead = Counter(orjson.loads(v or b"") for v in fake.outputs())
+    assert dead == Counter(i for i in range(total) if i % 50 == 7)
+
+
+def test_manual_acks_and_nacks_after_the_handler_returned_commit_once() -> None:
+    source = MemorySource({"t": 2, "dlq": 1})
+    fake = FakeTransactions(source)
+    app = App("svc")
+    later: queue.SimpleQueue[Message[Any]] = queue.SimpleQueue()
+
+    @app.handler("t", dlq="dlq", codec="json", ack="manual", processing_guarantee=EOS)
+    def hand_over(msg: Message[Any]) -> None:
+        later.put(msg)  # acked or nacked by another thread, after the handler returned
+
+    def settle() -> None:
+        while (msg := later.get()) is not None:
+            if msg.value % 10 == 3:
+                msg.nack(ValueError("bad"))
+            else:
+                msg.ack()
+
+    [spec] = app.handlers.values()
+    runtime = AppRuntime(
+        App("svc"),
+        runtime_settings(transaction_interval=0.02, circuit_breaker={"enabled": False}),
+        [spec],
+        sources=GivenSources({spec.name: source}),
+        transactions=lambda app_name, s, settings: fake,
+    )
+    total = 300
+    settler = threading.Thread(target=settle, daemon=True)
+    settler.start()
+    with runtime:
+        [handler] = runtime.handlers
+        handler.start()
+        for i in range(total):
+            source.broker.append("t", orjson.dumps(i), partition=i % 2)
+        partitions = [Partition("t", 0), Partition("t", 1)]
+        assert source.wait_for(
+            lambda s: all(s.committed.get(p) == s.log_size(p) for p in partitions), 30
+        ), "every input committed"
+        handler.request_stop()
+        assert handler.join(30)
+    later.put(None)  # type: ignore[arg-type]
+    dead = Counter(orjson.loads(v or b"") for v in fake.outputs())
+    assert dead == Counter(i for i in range(total) if i % 10 == 3)
