@@ -44,12 +44,61 @@ class SendOptions(TypedDict, total=False):
 
 log = structlog.get_logger("kafkaworker.producer")
 
-# The name of the exactly_once handler whose worker thread or event-loop task this is (set
-# once per thread or task by the executors). A record sent from there with app.producer would
-# bypass the handler's transaction, so be written again after a crash: refused, loudly, until
-# the transaction carries such sends too.
-EXACTLY_ONCE_HANDLER: ContextVar[str | None] = ContextVar(
-    "kafkaworker_exactly_once_handler", default=None
+# A record app.producer keeps for an exactly_once handler's transaction: topic, key, value,
+# headers, partition (-1: the partitioner's choice).
+HeldSend = tuple[str, bytes | str | None, bytes | None, list[tuple[str, Any]], int]
+
+
+class TransactionScope:
+    """The exactly_once handler a worker thread or event-loop task runs for (set once per
+    thread or task by the executors, a context variable). During one of its calls, `sends`
+    collects what app.producer is asked to send: those records are held with the call's
+    message and produced in the transaction that commits its offset (dropped if the call
+    fails), so a crash can never write them twice. Outside a call (a batch handler, a thread
+    the handler started does not inherit the context) a send is refused: it would bypass the
+    transaction."""
+
+    __slots__ = ("handler", "sends")
+
+    def __init__(self, handler: str) -> None:
+        self.handler = handler
+        self.sends: list[HeldSend] | None = None
+
+    def send(
+        self,
+        topic: str,
+        payload: bytes | None,
+        key: bytes | str | None,
+        headers: HeaderList | None,
+        partition: int | None,
+    ) -> Future[confluent_kafka.Message]:
+        """Keep a record for the transaction; a Future resolved at once, to the record
+        without its partition and offset (None: known only once the transaction commits)."""
+        if self.sends is None:
+            raise ProduceError(
+                f"app.producer cannot send to {topic!r} here from exactly_once handler "
+                f"{self.handler!r} (only during a call of a handler that takes one message, "
+                "on its own thread or task): return it as an output= value, or use "
+                "at_least_once"
+            )
+        written = list(headers or ())
+        self.sends.append((topic, key, payload, written, -1 if partition is None else partition))
+        future: Future[confluent_kafka.Message] = Future()
+        future.set_result(
+            confluent_kafka.Message(
+                topic=topic,
+                partition=-1 if partition is None else partition,
+                offset=-1,
+                key=key.encode() if isinstance(key, str) else key,
+                value=payload,
+                headers=written,
+            )
+        )
+        return future
+
+
+TRANSACTION_SCOPE: ContextVar[TransactionScope | None] = ContextVar(
+    "kafkaworker_transaction_scope", default=None
 )
 
 
@@ -138,15 +187,11 @@ class Producer:
         timeout = options.get("timeout", 30.0)
         if self._closed.is_set():
             raise ProduceError(f"the producer is closed; cannot send to {topic!r}")
-        if (handler := EXACTLY_ONCE_HANDLER.get()) is not None:
-            raise ProduceError(
-                f"app.producer cannot send to {topic!r} from exactly_once handler {handler!r} "
-                "yet (the record would not be in its transaction): return it as an output= "
-                "value, or use at_least_once"
-            )
         if isinstance(codec, str) and codec in RUNTIME_CODECS:
             codec = self._registry_codec(codec)
         payload = _encode(topic, value, codec)
+        if (scope := TRANSACTION_SCOPE.get()) is not None:
+            return scope.send(topic, payload, key, headers, partition)
         future: Future[confluent_kafka.Message] = Future()
         spans = self._spans
         if spans is not None:

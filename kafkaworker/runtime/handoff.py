@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Collection, Sequence
 from enum import IntEnum
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kafkaworker.message import DispatchedMessage
 from kafkaworker.runtime.source import Partition
@@ -89,9 +89,10 @@ class HeldRecord(NamedTuple):
     """A record an exactly_once handler's message makes: encoded, not produced yet."""
 
     topic: str
-    key: bytes | None
+    key: bytes | str | None
     value: bytes | None
-    headers: list[tuple[str, bytes | None]]
+    headers: list[tuple[str, Any]]
+    partition: int = -1  # the partitioner's choice
 
 
 class HeldWrites:

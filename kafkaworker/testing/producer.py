@@ -14,7 +14,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME
 from typing_extensions import Unpack
 
 from kafkaworker.producer import (
-    EXACTLY_ONCE_HANDLER,
+    TRANSACTION_SCOPE,
     ProduceError,
     Producer,
     SendOptions,
@@ -64,13 +64,9 @@ class MemoryProducer(Producer):
         partition, codec = options.get("partition"), options.get("codec")
         if self._closed.is_set():
             raise ProduceError(f"the producer is closed; cannot send to {topic!r}")
-        if (handler := EXACTLY_ONCE_HANDLER.get()) is not None:
-            raise ProduceError(
-                f"app.producer cannot send to {topic!r} from exactly_once handler {handler!r} "
-                "yet (the record would not be in its transaction): return it as an output= "
-                "value, or use at_least_once"
-            )
         payload = _encode(topic, value, codec)
+        if (scope := TRANSACTION_SCOPE.get()) is not None:
+            return scope.send(topic, payload, key, headers, partition)
         raw_key = key.encode() if isinstance(key, str) else key
         written = list(headers or ())
         with self._lock:
@@ -129,7 +125,7 @@ class MemoryTransactions:
     def __init__(self, producer: MemoryProducer, source: MemorySource) -> None:
         self._producer = producer
         self._source = source
-        self._open: list[tuple[str, bytes | None, bytes | None, list[Any]]] | None = None
+        self._open: list[tuple[str, int, bytes | None, bytes | None, list[Any]]] | None = None
         self._offsets: dict[Partition, int] = {}
         self.aborted = 0
 
@@ -153,7 +149,7 @@ class MemoryTransactions:
         assert self._open is not None, "a record produced outside a transaction"
         raw_key = key.encode() if isinstance(key, str) else key
         raw_value = value.encode() if isinstance(value, str) else value
-        self._open.append((topic, raw_key, raw_value, list(headers or ())))
+        self._open.append((topic, partition, raw_key, raw_value, list(headers or ())))
 
     def poll(self, timeout: float = -1) -> int:
         return 0
@@ -169,8 +165,8 @@ class MemoryTransactions:
     def commit_transaction(self, timeout: float = -1) -> None:
         assert self._open is not None, "no transaction to commit"
         with self._producer._lock:
-            for topic, key, value, headers in self._open:
-                self._producer._append(topic, 0, key, value, headers)
+            for topic, partition, key, value, headers in self._open:
+                self._producer._append(topic, max(0, partition), key, value, headers)
         self._source.commit(self._offsets)
         self._open = None
 

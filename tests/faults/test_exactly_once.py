@@ -113,11 +113,13 @@ def test_kill_9_mid_stream_and_restart_output_each_input_exactly_once(
     kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, kind: str
 ) -> None:
     source, output = new_topic(PARTITIONS), new_topic(PARTITIONS, prefix="out")
+    side = new_topic(PARTITIONS, prefix="side")
     group = f"eos-{source}"
     env = {
         "EOS_TOPIC": source,
         "EOS_OUTPUT": output,
         "EOS_GROUP": group,
+        "EOS_SIDE": side,  # app.producer.send during the call: in the transaction too
         "EOS_ASYNC": "1" if kind == "async" else "0",
         # The same identity across restarts: the restarted member fences its predecessor's
         # open transaction at once (init_transactions).
@@ -162,6 +164,8 @@ def test_kill_9_mid_stream_and_restart_output_each_input_exactly_once(
     assert kills == 3
     outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
     check_exactly_once(outputs, total, f"{GUARANTEE} copier, kill -9 x3 ({kind} def)")
+    sent = [int(v) for v in read_committed(kafka_bootstrap, side)]
+    check_exactly_once(sent, total, f"{GUARANTEE} app.producer.send in the handler, kill -9 x3")
     assert "transactional producer was fenced" not in log.read_text()
 
 

@@ -19,7 +19,7 @@ from kafkaworker import App, Message
 from kafkaworker.errors import ConfigError
 from kafkaworker.handlers import BatchPolicy, HandlerSpec, resolve_specs
 from kafkaworker.observability.metrics import Metrics
-from kafkaworker.producer import EXACTLY_ONCE_HANDLER, ProduceError, Producer
+from kafkaworker.producer import TRANSACTION_SCOPE, ProduceError, Producer, TransactionScope
 from kafkaworker.runtime.clock import ManualClock
 from kafkaworker.runtime.compose import AppRuntime, GivenSources
 from kafkaworker.runtime.handoff import (
@@ -127,16 +127,20 @@ def test_settings_that_break_transactions_are_refused_at_load(
     resolved(settings)  # the same settings are fine at least once
 
 
-def test_app_producer_refuses_to_send_from_an_exactly_once_handler() -> None:
+def test_app_producer_keeps_an_exactly_once_calls_sends_and_refuses_others() -> None:
     producer = Producer(Settings.model_validate({"kafka": {"bootstrap_servers": "127.0.0.1:1"}}))
+    scope = TransactionScope("copy")
+    token = TRANSACTION_SCOPE.set(scope)
     try:
-        token = EXACTLY_ONCE_HANDLER.set("copy")
-        try:
-            with pytest.raises(ProduceError, match="exactly_once handler 'copy'"):
-                producer.send("out", b"x")
-        finally:
-            EXACTLY_ONCE_HANDLER.reset(token)
+        # Outside a call (a batch handler, say): refused, never sent around the transaction.
+        with pytest.raises(ProduceError, match="exactly_once handler 'copy'"):
+            producer.send("out", b"x")
+        scope.sends = []  # a call
+        sent = producer.send_sync("out", {"n": 1}, key="k", headers=[("h", b"1")])
+        assert (sent.topic(), sent.partition(), sent.offset()) == ("out", None, None)
+        assert scope.sends == [("out", "k", b'{"n":1}', [("h", b"1")], -1)]
     finally:
+        TRANSACTION_SCOPE.reset(token)
         producer.close(0)
 
 
@@ -538,9 +542,16 @@ def test_the_test_client_shows_an_exactly_once_handlers_committed_writes() -> No
             raise ValueError("negative")
         return {"id": msg.value["id"], "ok": True}
 
-    @app.handler("side", processing_guarantee=EOS, on_exhausted="skip")
-    def side(msg: Message[Any]) -> None:
-        app.producer.send("elsewhere", b"x")
+    calls: Counter[int] = Counter()
+
+    @app.handler("side", processing_guarantee=EOS, retries=1, output="out")
+    def side(msg: Message[Any]) -> dict[str, Any]:
+        calls[msg.value] += 1
+        app.producer.send("elsewhere", {"sent": msg.value, "call": calls[msg.value]})
+        app.producer.send_sync("elsewhere", {"also": msg.value, "call": calls[msg.value]})
+        if calls[msg.value] == 1:
+            raise ValueError("the first call fails after sending: its sends are dropped")
+        return {"side": msg.value}
 
     with TestClient(app) as client:
         done = client.send("in", {"id": 1})
@@ -549,11 +560,20 @@ def test_the_test_client_shows_an_exactly_once_handlers_committed_writes() -> No
         failed = client.send("in", {"id": -1})
         assert failed.outcome == "dead_lettered"
         assert [r.topic for r in failed.records] == ["in.dlq"]
-        refused = client.send("side", 1)
-        assert refused.outcome == "skipped"
-        assert "exactly_once handler 'side'" in str(refused.errors[0])
-        assert client.records("elsewhere") == []
-        assert [r.topic for r in client.records()] == ["out", "in.dlq"]
+        sent = client.send("side", 7)
+        assert sent.outcome == "finished" and sent.attempts == 2
+        # The second call's sends, before its output, in the order made; the first's never.
+        assert [r.json() for r in client.records("elsewhere")] == [
+            {"sent": 7, "call": 2},
+            {"also": 7, "call": 2},
+        ]
+        assert [r.topic for r in client.records()] == [
+            "out",
+            "in.dlq",
+            "elsewhere",
+            "elsewhere",
+            "out",
+        ]
 
 
 def test_a_retry_topic_record_commits_with_the_input_it_finishes() -> None:

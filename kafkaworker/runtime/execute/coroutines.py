@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from kafkaworker.producer import EXACTLY_ONCE_HANDLER
+from kafkaworker.producer import TRANSACTION_SCOPE, TransactionScope
 from kafkaworker.runtime.execute.core import (
     REPORT_AFTER,
     REPORT_EVERY,
@@ -125,7 +125,7 @@ class AsyncPool(Driver):
         clock = self._clock.monotonic
         yielded = clock()
         if core.spec.processing_guarantee == "exactly_once":
-            EXACTLY_ONCE_HANDLER.set(core.spec.name)  # this task's context only
+            TRANSACTION_SCOPE.set(TransactionScope(core.spec.name))  # this task's context only
         try:
             while True:
                 try:
@@ -184,7 +184,7 @@ class AsyncPool(Driver):
 
     async def _emit(self, step: Emit) -> BaseException | None:
         assert self._outputs is not None
-        return await self._outputs.emit_async(step.msg, step.result)
+        return await self._outputs.emit_async(step.msg, step.result, step.sends)
 
     async def _write(self, step: Write) -> BaseException | None:
         assert self._outputs is not None

@@ -177,7 +177,9 @@ class Outputs:
         self.produce_timeout = produce_timeout
         self.write_timeout = write_timeout  # dead_letter.timeout
 
-    def emit(self, msg: Message[Any], result: Any) -> BaseException | None:
+    def emit(
+        self, msg: Message[Any], result: Any, sends: list[Any] | None = None
+    ) -> BaseException | None:
         """Produce `result` (each item of a list, tuple or generator; None: nothing) and wait
         for the acknowledgements; the error, if one failed (encoding, delivery)."""
         try:
@@ -188,7 +190,9 @@ class Outputs:
             return exc
         return None
 
-    async def emit_async(self, msg: Message[Any], result: Any) -> BaseException | None:
+    async def emit_async(
+        self, msg: Message[Any], result: Any, sends: list[Any] | None = None
+    ) -> BaseException | None:
         """emit() on an event loop. A full librdkafka queue is waited out by awaiting, not in
         send(), whose wait would block the loop and with it every async handler; the records
         are still queued one after another, in order."""
@@ -270,24 +274,31 @@ class HeldOutputs(Outputs):
         )
         self.held = held
 
-    def emit(self, msg: Message[Any], result: Any) -> BaseException | None:
+    def emit(
+        self, msg: Message[Any], result: Any, sends: list[Any] | None = None
+    ) -> BaseException | None:
+        """Hold the call's outputs (when the handler has an output topic) after what it sent
+        with app.producer during the call (`sends`)."""
         topic = self.topic
-        assert topic is not None
         key = msg.key
-        try:
-            records = [
-                HeldRecord(topic, key, _encode(topic, item, self.codec), [])
-                for item in _items(result)
-            ]
-        except BaseException as exc:  # noqa: BLE001 - handed to the failure policy
-            return exc
+        records = [HeldRecord(*send) for send in sends or ()]
+        if topic is not None:
+            try:
+                records += [
+                    HeldRecord(topic, key, _encode(topic, item, self.codec), [])
+                    for item in _items(result)
+                ]
+            except BaseException as exc:  # noqa: BLE001 - handed to the failure policy
+                return exc
         if records:
             dispatched: Dispatched = msg  # type: ignore[assignment]  # the executor's messages
             self.held.hold(dispatched.lease, dispatched.offset, records)
         return None
 
-    async def emit_async(self, msg: Message[Any], result: Any) -> BaseException | None:
-        return self.emit(msg, result)
+    async def emit_async(
+        self, msg: Message[Any], result: Any, sends: list[Any] | None = None
+    ) -> BaseException | None:
+        return self.emit(msg, result, sends)
 
     def write(self, record: FailedRecord, msg: Dispatched | None = None) -> BaseException | None:
         assert msg is not None

@@ -24,6 +24,9 @@ class Emit(NamedTuple):
 
     msg: Dispatched
     result: Any
+    # exactly_once: what app.producer was asked to send during the call (producer.HeldSend),
+    # held with the outputs.
+    sends: list[Any] | None = None
 
 
 class Write(NamedTuple):

@@ -259,8 +259,8 @@ class TransactionalCommit:
         producer = self._producer
         try:
             self._call(producer.begin_transaction)
-            for topic, key, value, headers in records:
-                self._produce(topic, key, value, headers)
+            for record in records:
+                self._produce(record)
             metadata = self._source.group_metadata()
             self._call(
                 lambda: producer.send_offsets_to_transaction(offsets, metadata, self._api_timeout)
@@ -274,16 +274,11 @@ class TransactionalCommit:
         self._seconds.inc(time.monotonic() - started)
         return True
 
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes | None]],
-    ) -> None:
+    def _produce(self, record: HeldRecord) -> None:
+        topic, key, value, headers, partition = record
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers or None)
+                self._producer.produce(topic, value, key, partition, headers=headers or None)
                 return
             except BufferError:
                 # librdkafka's queue is full: serving it makes room (no delivery callbacks are
