@@ -677,3 +677,13 @@ def test_manual_acks_and_nacks_after_the_handler_returned_commit_once() -> None:
     later.put(None)  # type: ignore[arg-type]
     dead = Counter(orjson.loads(v or b"") for v in fake.outputs())
     assert dead == Counter(i for i in range(total) if i % 10 == 3)
+
+
+def test_routes_show_the_guarantee_of_exactly_once_handlers() -> None:
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from kafkaworker.cli import cli  # noqa: PLC0415
+
+    shown = CliRunner().invoke(cli, ["routes", "tests.apps.eos_copier:app"])
+    assert shown.exit_code == 0, shown.output
+    assert "GUARANTEE" in shown.output and "exactly_once" in shown.output
