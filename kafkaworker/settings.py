@@ -538,8 +538,8 @@ class Settings(BaseSettings):
     # under exactly_once_v2 is 100 ms too): outputs become visible to read_committed readers
     # up to this much later, and each transaction costs two round trips to the coordinator.
     transaction_interval: PositiveFloat = 0.1
-    # This worker process's stable identity in its groups, the end of its exactly_once
-    # handlers' transactional.id (default: the host name and the process index). Stable across
+    # This worker's stable identity in its groups, the end of its exactly_once handlers'
+    # transactional.id with the process index (default: the host name). Stable across
     # restarts, so a restarted member fences its predecessor's open transaction at once
     # (init_transactions) instead of readers waiting for transaction.timeout.ms; unique per
     # running process, or two processes fence each other.

@@ -687,3 +687,18 @@ def test_routes_show_the_guarantee_of_exactly_once_handlers() -> None:
     shown = CliRunner().invoke(cli, ["routes", "tests.apps.eos_copier:app"])
     assert shown.exit_code == 0, shown.output
     assert "GUARANTEE" in shown.output and "exactly_once" in shown.output
+
+
+def test_the_transactional_id_is_stable_per_group_handler_member_and_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kafkaworker.runtime.poll.transactions import transactional_config  # noqa: PLC0415
+
+    spec = declare(processing_guarantee=EOS, output="o")
+    settings = Settings.model_validate({"member": "pod-3"})
+    monkeypatch.setenv("KAFKAWORKER_PROCESS_INDEX", "2")
+    config = transactional_config("svc", spec, settings)
+    assert config["transactional.id"] == "svc.handle.pod-3.2"
+    # librdkafka refuses a delivery timeout above the transaction's: both 10 s by default.
+    assert config["transaction.timeout.ms"] == config["delivery.timeout.ms"] == 10_000
+    assert config["acks"] == "all" and config["enable.idempotence"] is True

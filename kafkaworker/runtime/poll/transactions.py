@@ -27,6 +27,7 @@ Errors, as librdkafka's INTRODUCTION.md ("Transactional Producer", error handlin
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -97,13 +98,11 @@ class TransactionalClient(Protocol):
 
 
 def member_identity(settings: Settings) -> str:
-    """This process's stable identity: the `member` setting, else the host name and the
-    supervisor's process index (a restarted process gets the same one)."""
-    if settings.member:
-        return settings.member
-    import os  # noqa: PLC0415 - only here
-
-    return f"{socket.gethostname()}.{os.environ.get('KAFKAWORKER_PROCESS_INDEX', '0')}"
+    """This process's stable identity: the `member` setting (else the host name) and the
+    supervisor's process index (`--processes N`: each child its own; a restarted child gets
+    its predecessor's)."""
+    index = os.environ.get("KAFKAWORKER_PROCESS_INDEX", "0")
+    return f"{settings.member or socket.gethostname()}.{index}"
 
 
 def transactional_id(app_name: str, spec: HandlerSpec, settings: Settings) -> str:
