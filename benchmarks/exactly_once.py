@@ -1,17 +1,19 @@
 """What exactly_once costs an output handler: S1-like throughput at_least_once vs exactly_once.
 
     python -m benchmarks.exactly_once [--bootstrap HOST:PORT] [--messages N] [--repeats R]
+                                      [--concurrency C]
 
 A backlog of S1's JSON records (8 partitions, keys i % 100) is copied by a handler with an
-output (decode, one output per input, ordering="key", concurrency 8), alternating the two
-guarantees, `--repeats` runs each, one process, one broker. Two rates per run, from the first
-handler call: to the last handler call ("handled"), and to the group's committed offsets
-reaching the log end ("committed": for exactly_once, the outputs are visible to read_committed
-readers then; for at_least_once, every output was acknowledged before its offset committed).
-Both guarantees commit every 100 ms (commit_interval 0.1 for at_least_once, the default
-transaction_interval for exactly_once), so the second rate compares like with like.
+output (decode, one output per input, ordering="key", concurrency 8 or `--concurrency`),
+alternating the two guarantees, `--repeats` runs each, one process, one broker. Two rates per
+run, from the first handler call: to the last handler call ("handled"), and to the group's
+committed offsets reaching the log end ("committed": for exactly_once, the outputs are visible
+to read_committed readers then; for at_least_once, every output was acknowledged before its
+offset committed). Both guarantees commit every 100 ms (commit_interval 0.1 for at_least_once,
+the default transaction_interval for exactly_once), so the second rate compares like with like.
 
-Results: benchmarks/results/exactly_once.md. Without --bootstrap, a broker is started.
+Results: benchmarks/results/exactly_once.md (exactly_once-c<C>.md with --concurrency).
+Without --bootstrap, a broker is started.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def committed_to_the_end(bootstrap: str, group: str, topic: str, ends: dict[int,
     return all(tp.offset == ends[tp.partition] for tp in tps)
 
 
-def once(bootstrap: str, topic: str, messages: int, guarantee: str) -> tuple[float, float]:
+def once(
+    bootstrap: str, topic: str, messages: int, guarantee: str, concurrency: int
+) -> tuple[float, float]:
     """One run: (handled msg/s, committed msg/s)."""
     [output] = topics(bootstrap, 1, PARTITIONS)
     group = f"eos-bench-{uuid.uuid4().hex[:8]}"
@@ -72,7 +76,7 @@ def once(bootstrap: str, topic: str, messages: int, guarantee: str) -> tuple[flo
         group=group,
         output=output,
         ordering="key",
-        concurrency=8,
+        concurrency=concurrency,
         processing_guarantee=guarantee,  # type: ignore[arg-type]
     )
     def copy(msg: Message[Any]) -> dict[str, Any]:
@@ -117,13 +121,16 @@ def main() -> None:
     parser.add_argument("--bootstrap")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=8)
     a = parser.parse_args()
     rates: dict[str, list[tuple[float, float]]] = {g: [] for g in GUARANTEES}
     with broker(a.bootstrap, None) as (bootstrap, _):
         topic = backlog(bootstrap, a.messages)
         for _ in range(a.repeats):
             for guarantee in GUARANTEES:
-                rates[guarantee].append(once(bootstrap, topic, a.messages, guarantee))
+                rates[guarantee].append(
+                    once(bootstrap, topic, a.messages, guarantee, a.concurrency)
+                )
                 print(guarantee, rates[guarantee][-1], flush=True)
 
     def median(guarantee: str, which: int) -> float:
@@ -132,7 +139,8 @@ def main() -> None:
     lines = [
         "# exactly_once vs at_least_once (benchmarks/exactly_once.py)",
         "",
-        f"S1-like output handler (decode, one output per input, ordering key, concurrency 8), "
+        "S1-like output handler (decode, one output per input, ordering key, concurrency "
+        f"{a.concurrency}), "
         f"{a.messages:,} records on {PARTITIONS} partitions, alternating, {a.repeats} runs "
         "each; msg/s from the first handler call to the last call (handled) and to the "
         "group's offsets committed to the log end (committed).",
@@ -150,7 +158,8 @@ def main() -> None:
         f"{median('exactly_once', 1) / median('at_least_once', 1):.2f}x",
     ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "exactly_once.md").write_text("\n".join(lines) + "\n")
+    name = "exactly_once.md" if a.concurrency == 8 else f"exactly_once-c{a.concurrency}.md"
+    (RESULTS / name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
