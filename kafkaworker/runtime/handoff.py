@@ -111,6 +111,13 @@ class HeldWrites:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_lease: dict[Lease, dict[int, list[HeldRecord]]] = {}
+        # Messages whose records the broker refused for themselves (too large, no such topic,
+        # not authorized), by partition and offset, with how often: each refusal counts as a
+        # failed attempt of the message, as a failed delivery does at least once. Delivered
+        # again after the abort, its first attempts fail with the error (HeldOutputs), so
+        # the failure policy retries it and, once the refusals outnumber its retries, sends
+        # it to the DLQ, instead of every transaction that holds its records aborting.
+        self._refused: dict[tuple[Partition, int], tuple[BaseException, int]] = {}
 
     def hold(self, lease: Lease, offset: int, records: list[HeldRecord]) -> None:
         """The records of the message at `offset` (a message holds once: a second hold of
@@ -121,15 +128,27 @@ class HeldWrites:
                 held = self._by_lease[lease] = {}
             held[offset] = records
 
-    def take(self, lease: Lease, below: int) -> list[HeldRecord]:
+    def take(self, lease: Lease, below: int) -> list[tuple[int, HeldRecord]]:
         """Remove and return the records of the lease's offsets below `below`, in offset
-        order."""
+        order, each with its message's offset."""
         with self._lock:
             held = self._by_lease.get(lease)
             if not held:
                 return []
             offsets = sorted(o for o in held if o < below)
-            return [record for offset in offsets for record in held.pop(offset)]
+            return [(offset, record) for offset in offsets for record in held.pop(offset)]
+
+    def refuse(self, partition: Partition, offset: int, error: BaseException) -> None:
+        with self._lock:
+            _, count = self._refused.get((partition, offset), (error, 0))
+            self._refused[(partition, offset)] = (error, count + 1)
+
+    def refusal(self, partition: Partition, offset: int) -> tuple[BaseException, int] | None:
+        """Why and how often the broker refused a record of this message, if it did."""
+        if not self._refused:  # the common case, without the lock
+            return None
+        with self._lock:
+            return self._refused.get((partition, offset))
 
     def drop(self, keep: Collection[Lease]) -> None:
         """Forget the writes of every lease not in `keep` (partitions let go, or assignments

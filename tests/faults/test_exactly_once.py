@@ -48,7 +48,9 @@ def finished(bootstrap: str, group: str, topic: str) -> int:
     return sum(max(0, offset) for offset in committed(bootstrap, group, topic, PARTITIONS).values())
 
 
-def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[bytes]:
+def read_committed(
+    bootstrap: str, topic: str, partitions: int = PARTITIONS, timeout: float = 60
+) -> list[bytes]:
     """Every record of `topic` a read_committed consumer sees, up to the last stable offsets,
     in each partition's order."""
     consumer = Consumer(
@@ -60,12 +62,12 @@ def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[byte
             "enable.partition.eof": True,
         }
     )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     records: list[bytes] = []
     at_end: set[int] = set()
     deadline = time.monotonic() + timeout
     try:
-        while len(at_end) < PARTITIONS:
+        while len(at_end) < partitions:
             assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout}s"
             for record in consumer.consume(1000, timeout=0.5):
                 error = record.error()

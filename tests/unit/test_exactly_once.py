@@ -702,3 +702,29 @@ def test_the_transactional_id_is_stable_per_group_handler_member_and_process(
     # librdkafka refuses a delivery timeout above the transaction's: both 10 s by default.
     assert config["transaction.timeout.ms"] == config["delivery.timeout.ms"] == 10_000
     assert config["acks"] == "all" and config["enable.idempotence"] is True
+
+
+def test_each_refusal_of_a_messages_record_counts_as_one_failed_attempt() -> None:
+    from confluent_kafka import Message as Record  # noqa: PLC0415
+
+    from kafkaworker.message import DispatchedMessage  # noqa: PLC0415
+    from kafkaworker.runtime.execute.outputs import HeldOutputs  # noqa: PLC0415
+
+    held = HeldWrites()
+    outputs = HeldOutputs(
+        None, held, topic="o", codec=CODECS["json"], produce_timeout=1, write_timeout=1
+    )
+    lease = Lease(P0)
+    [msg] = DispatchedMessage.run_of(
+        lease, [Record(topic="t", partition=0, offset=5, value=b"1")], [5], CODECS["json"]
+    )
+    refused = ProduceError("the broker refused a record: Message size too large")
+    held.refuse(P0, 5, refused)
+    held.refuse(P0, 5, refused)  # its records aborted two transactions
+    for attempt in (1, 2):
+        msg.attempt = attempt
+        assert outputs.emit(msg, {"big": True}) is refused
+        assert held.messages() == 0
+    msg.attempt = 3  # more attempts than refusals: held again (or, out of retries, the DLQ)
+    assert outputs.emit(msg, {"big": True}) is None
+    assert [r.value for _, r in held.take(lease, 6)] == [b'{"big":true}']

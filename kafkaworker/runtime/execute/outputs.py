@@ -279,6 +279,11 @@ class HeldOutputs(Outputs):
     ) -> BaseException | None:
         """Hold the call's outputs (when the handler has an output topic) after what it sent
         with app.producer during the call (`sends`)."""
+        dispatched: Dispatched = msg  # type: ignore[assignment]  # the executor's messages
+        refused = self.held.refusal(dispatched.lease.partition, dispatched.offset)
+        if refused is not None and msg.attempt <= refused[1]:
+            # Its records aborted a transaction (each time: one failed attempt).
+            return refused[0]
         topic = self.topic
         key = msg.key
         records = [HeldRecord(*send) for send in sends or ()]
@@ -291,7 +296,6 @@ class HeldOutputs(Outputs):
             except BaseException as exc:  # noqa: BLE001 - handed to the failure policy
                 return exc
         if records:
-            dispatched: Dispatched = msg  # type: ignore[assignment]  # the executor's messages
             self.held.hold(dispatched.lease, dispatched.offset, records)
         return None
 

@@ -40,7 +40,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from kafkaworker.errors import KafkaWorkerError, StartupError
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
-from kafkaworker.producer import producer_config
+from kafkaworker.producer import ProduceError, producer_config
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.handoff import HeldRecord, HeldWrites, Lease
 from kafkaworker.runtime.source import Partition, TransactionalSource
@@ -56,6 +56,19 @@ _QUEUE_FULL_WAIT = 0.01
 # coordinator aborts it: Kafka Streams sets 10 s under exactly-once for that reason, instead
 # of the producer's 60 s. A restarted member with the same transactional.id aborts it at once.
 TRANSACTION_TIMEOUT_MS = 10_000
+# Delivery errors that are a record's own (its size, its topic, the principal's rights), not
+# the cluster's health: its message fails instead of the transaction being retried for good.
+RECORD_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.INVALID_RECORD,
+    }
+)
 # Commit at once, whatever the interval, when this many messages' writes are held below
 # committable positions (bounds what a transaction carries under load).
 COMMIT_AT_HELD = 20_000
@@ -217,6 +230,7 @@ class TransactionalCommit:
         gone = set(partitions)
         for partition in gone:
             self._pending.pop(partition, None)
+        # Refusals are kept: a rewound partition's refused message is delivered again here.
         self._keep_current(gone)
 
     def close(self) -> None:
@@ -244,22 +258,23 @@ class TransactionalCommit:
         if self._fenced:
             return False
         started = time.monotonic()
-        records: list[HeldRecord] = []
+        records: list[tuple[Partition, int, HeldRecord]] = []
         offsets: list[TopicPartition] = []
         for partition, position in positions.items():
             lease = self.lease_of(partition)
             if lease is None:
                 continue  # let go meanwhile
-            records += self._held.take(lease, position)
+            records += [(partition, o, r) for o, r in self._held.take(lease, position)]
             offsets.append(TopicPartition(partition.topic, partition.partition, position))
         self._keep_current()
         if not offsets:
             return True
         producer = self._producer
+        refused: dict[tuple[Partition, int], KafkaError] = {}
         try:
             self._call(producer.begin_transaction)
-            for record in records:
-                self._produce(record)
+            for partition, offset, record in records:
+                self._produce(record, self._on_delivery(refused, partition, offset))
             metadata = self._source.group_metadata()
             self._call(
                 lambda: producer.send_offsets_to_transaction(offsets, metadata, self._api_timeout)
@@ -267,17 +282,53 @@ class TransactionalCommit:
             self._call(lambda: producer.commit_transaction(self._api_timeout))
         except KafkaException as exc:
             self._abort(exc, offsets, len(records))
+            self._refused(refused)
             return False
         self.commits += 1
         self._committed.inc()
         self._seconds.inc(time.monotonic() - started)
         return True
 
-    def _produce(self, record: HeldRecord) -> None:
+    @staticmethod
+    def _on_delivery(
+        refused: dict[tuple[Partition, int], KafkaError], partition: Partition, offset: int
+    ) -> Callable[[KafkaError | None, Any], None]:
+        """A record's delivery report (served inside commit_transaction's flush, on this
+        thread): a refusal that is the record's own is remembered with its message."""
+
+        def delivered(error: KafkaError | None, _record: Any) -> None:
+            if error is not None and error.code() in RECORD_ERRORS:
+                refused[(partition, offset)] = error
+
+        return delivered
+
+    def _refused(self, refused: Mapping[tuple[Partition, int], KafkaError]) -> None:
+        """After an abort: the messages whose records the broker refused for themselves fail
+        when delivered again (HeldOutputs), so the failure policy retries them and then sends
+        them to the DLQ, instead of every transaction that holds them aborting for good."""
+        for (partition, offset), error in refused.items():
+            log.error(
+                "the broker refused a record of this message; delivered again, the message "
+                "fails (retries, then the DLQ)",
+                handler=self._handler,
+                topic=partition.topic,
+                partition=partition.partition,
+                offset=offset,
+                error=error.str(),
+            )
+            self._held.refuse(
+                partition,
+                offset,
+                ProduceError(f"the broker refused a record: {error.str()}", error),
+            )
+
+    def _produce(self, record: HeldRecord, on_delivery: Callable[..., None]) -> None:
         topic, key, value, headers, partition = record
         while True:
             try:
-                self._producer.produce(topic, value, key, partition, headers=headers or None)
+                self._producer.produce(
+                    topic, value, key, partition, on_delivery=on_delivery, headers=headers or None
+                )
                 return
             except BufferError:
                 # librdkafka's queue is full: serving it makes room (no delivery callbacks are
@@ -320,8 +371,13 @@ class TransactionalCommit:
             )
             log.error(message)
             raise TransactionFencedError(message) from None
+        # The delivery reports of the failed transaction (a refused record's own error, the
+        # others' purges) are only served by poll(): serve them now, before and after the
+        # abort, so that a refusal is known when its message is delivered again.
+        self._producer.poll(0)
         try:
             self._call(lambda: self._producer.abort_transaction(self._api_timeout))
+            self._producer.poll(0)
         except KafkaException as abort_exc:
             self._fenced = True
             message = (
