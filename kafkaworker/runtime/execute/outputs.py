@@ -253,7 +253,9 @@ class HeldOutputs(Outputs):
     policy as an at-least-once output's would) and held with the message (HeldWrites) rather
     than produced; the poll thread's transaction produces them once the message's offset is
     committable. Nothing waits for the broker here: a delivery error surfaces at the
-    transaction's commit, which aborts it and delivers the messages again."""
+    transaction's commit, which aborts it and delivers the messages again; a record the broker
+    refused for itself makes its message's next attempts fail (HeldWrites.refuse), one per
+    refusal, so the failure policy retries it and then dead-letters it."""
 
     def __init__(
         self,
