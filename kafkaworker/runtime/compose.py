@@ -249,6 +249,7 @@ def build_handler(
                 api_timeout=settings.produce_timeout,
                 metrics=metrics,
                 clock=clock,
+                renew=lambda: transactions(app_name, spec, settings),
             )
         else:
             committer = StoredOffsetCommit(source, handler=spec.name)

@@ -209,6 +209,7 @@ class FakeTransactions:
         self.open = None
 
     def abort_transaction(self, timeout: float = -1) -> None:
+        self._maybe_fail("abort")
         self.open = None
         self.aborted += 1
 
@@ -244,8 +245,9 @@ class EosTurns:
 
     INTERVAL = 0.1
 
-    def __init__(self, partitions: int = 1) -> None:
+    def __init__(self, partitions: int = 1, *, renewable: bool = False) -> None:
         self.clock = ManualClock()
+        self.renewed = 0
         self.source = MemorySource({"t": partitions}, clock=self.clock)
         completions: CompletionQueue = queue.SimpleQueue()
         self.executor = ReportingExecutor(completions)
@@ -262,6 +264,7 @@ class EosTurns:
             api_timeout=1.0,
             metrics=self.metrics,
             clock=self.clock,
+            renew=self._renew if renewable else None,
         )
         self.poller = Poller(
             declare(processing_guarantee=EOS, output="o", codec="raw"),
@@ -279,6 +282,11 @@ class EosTurns:
         self.committer.lease_of = self.poller.lease_of
         self.poller.subscribe()
         self.poller.turn()  # the assignment
+
+    def _renew(self) -> TransactionalClient:
+        self.renewed += 1
+        self.producer.open = None
+        return self.producer
 
     def append(self, count: int, partition: int = 0) -> None:
         for i in range(count):
@@ -728,3 +736,29 @@ def test_each_refusal_of_a_messages_record_counts_as_one_failed_attempt() -> Non
     msg.attempt = 3  # more attempts than refusals: held again (or, out of retries, the DLQ)
     assert outputs.emit(msg, {"big": True}) is None
     assert [r.value for _, r in held.take(lease, 6)] == [b'{"big":true}']
+
+
+def test_a_producer_fenced_while_it_aborts_is_renewed_once_and_the_partitions_rewound() -> None:
+    turns = EosTurns(renewable=True)
+    turns.append(2)
+    turns.poller.turn()
+    turns.finish([0, 1])
+    turns.producer.fail["commit"] = abortable("a record was refused")
+    # The coordinator timed the transaction out during the abort and fenced the producer.
+    turns.producer.fail["abort"] = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+    turns.interval()
+    assert turns.renewed == 1
+    assert turns.source.position(P0) == 0  # rewound
+    turns.poller.turn()
+    turns.finish([0, 1])
+    turns.interval()
+    assert turns.producer.outputs() == [b"out-0-0", b"out-0-1"]
+    # A second fence within a minute: another process has this transactional.id. It stops.
+    turns.append(1)
+    turns.poller.turn()
+    turns.finish([2])
+    turns.producer.fail["commit"] = abortable()
+    turns.producer.fail["abort"] = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+    with pytest.raises(TransactionFencedError, match="could not be aborted"):
+        turns.interval()
+    assert turns.renewed == 1
