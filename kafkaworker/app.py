@@ -20,6 +20,7 @@ from kafkaworker.handlers import (
     Mode,
     OnExhausted,
     Ordering,
+    ProcessingGuarantee,
     TraceParent,
 )
 from kafkaworker.producer import Producer
@@ -90,6 +91,7 @@ class App:
         batch: BatchPolicy | None = None,
         mode: Mode = "stream",
         trace_parent: TraceParent = "parent",
+        processing_guarantee: ProcessingGuarantee | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
         if callable(topics) and not isinstance(topics, str):
@@ -127,6 +129,9 @@ class App:
                 batch=batch,
                 mode=mode,
                 trace_parent=trace_parent,
+                # None: at_least_once, unless the settings' app-wide processing_guarantee
+                # says otherwise.
+                processing_guarantee=processing_guarantee,  # type: ignore[arg-type]
             )
             return func
 

@@ -463,6 +463,7 @@ class HandlerSettings(_Strict):
     batch: BatchSettings | None = None
     circuit_breaker: CircuitBreakerSettings | None = None
     trace_parent: Literal["parent", "link"] | None = None
+    processing_guarantee: Literal["at_least_once", "exactly_once"] | None = None
 
     @field_validator("topics", mode="before")
     @classmethod
@@ -530,6 +531,19 @@ class Settings(BaseSettings):
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     # How often finished offsets are committed (librdkafka auto.commit.interval.ms).
     commit_interval: PositiveFloat = 1.0
+    # The processing guarantee of handlers that declare none (None: at_least_once);
+    # handlers.<name>.processing_guarantee overrides it for one handler.
+    processing_guarantee: Literal["at_least_once", "exactly_once"] | None = None
+    # exactly_once handlers commit a transaction this often (Kafka Streams' commit.interval.ms
+    # under exactly_once_v2 is 100 ms too): outputs become visible to read_committed readers
+    # up to this much later, and each transaction costs two round trips to the coordinator.
+    transaction_interval: PositiveFloat = 0.1
+    # This worker's stable identity in its groups, the end of its exactly_once handlers'
+    # transactional.id with the process index (default: the host name). Stable across
+    # restarts, so a restarted member fences its predecessor's open transaction at once
+    # (init_transactions) instead of readers waiting for transaction.timeout.ms; unique per
+    # running process, or two processes fence each other.
+    member: str | None = None
     # Where a group with no committed offset starts. "earliest": a new worker processes what
     # is already there instead of silently skipping it.
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"

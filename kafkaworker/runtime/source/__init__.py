@@ -91,6 +91,29 @@ class Source(Protocol):
         ...
 
 
+class TransactionalSource(Source, Protocol):
+    """A source an exactly_once handler's transactions can commit for (KIP-447): the
+    group's metadata for send_offsets_to_transaction, and a rewind to the committed
+    positions after a transaction was aborted."""
+
+    def group_metadata(self) -> object:
+        """The consumer's group metadata now (member, generation): the broker fences a
+        transaction whose offsets carry a generation that is not the group's any more."""
+        ...
+
+    def committed_positions(
+        self, partitions: Sequence[Partition], timeout: float
+    ) -> dict[Partition, int]:
+        """The group's committed positions of these partitions (a request); raises
+        KafkaException when it cannot tell."""
+        ...
+
+    def seek(self, positions: Mapping[Partition, int]) -> None:
+        """Fetch these assigned partitions from these positions next (records fetched
+        before are dropped)."""
+        ...
+
+
 class ShareSource(Protocol):
     """Queue mode: one handler's member of a share group (KIP-932). No assignments, offsets
     or pauses: records are acquired with a lock and acknowledged one by one. Used from the
@@ -126,4 +149,11 @@ class ShareSource(Protocol):
         ...
 
 
-__all__ = ["AssignmentListener", "Partition", "Record", "ShareSource", "Source"]
+__all__ = [
+    "AssignmentListener",
+    "Partition",
+    "Record",
+    "ShareSource",
+    "Source",
+    "TransactionalSource",
+]
