@@ -29,6 +29,8 @@ from kafkaworker.settings import Settings, load_settings
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from kafkaworker.inbox import Inbox
+
 F = TypeVar("F", bound=Callable[..., Any])
 # A lifecycle hook: a plain function, or an async def one (run on the process's event loop).
 Hook = Callable[[], Awaitable[None] | None]
@@ -90,6 +92,7 @@ class App:
         batch: BatchPolicy | None = None,
         mode: Mode = "stream",
         trace_parent: TraceParent = "parent",
+        inbox: Inbox | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
         if callable(topics) and not isinstance(topics, str):
@@ -127,6 +130,7 @@ class App:
                 batch=batch,
                 mode=mode,
                 trace_parent=trace_parent,
+                inbox=inbox,
             )
             return func
 

@@ -42,6 +42,7 @@ from kafkaworker.settings import Settings
 
 if TYPE_CHECKING:
     from kafkaworker.app import App, Lifespan
+    from kafkaworker.inbox import InboxCalls
     from kafkaworker.tracing.spans import ProcessSpans
 
 
@@ -136,8 +137,10 @@ def build_handler(
     codecs: Mapping[str, Codec] | None = None,
     loop: EventLoopThread | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    inbox: InboxCalls | None = None,
 ) -> HandlerRuntime:
-    """One handler's runtime: its failure path, executor, poll loop and source, wired."""
+    """One handler's runtime: its failure path, executor, poll loop and source, wired.
+    `inbox`: the handler's open inbox (spec.inbox), whose transaction wraps every call."""
     metrics = metrics or Metrics()
     group = spec.group or app_name
     routes = RetryRoutes(spec.topics, spec.retry_topics) if spec.retry_topics else None
@@ -156,6 +159,13 @@ def build_handler(
     completions: queue.SimpleQueue[list[Completion]] = queue.SimpleQueue()
     policy = FailurePolicy(spec, routes=routes, can_publish=records is not None, breaker=breaker)
     attempts = Attempts(spec, policy, metrics=metrics, records=records)
+    if spec.inbox is not None:
+        if inbox is None:
+            raise ValueError(f"handler {spec.name!r} has an inbox but it was not opened")
+        # The one handler call both the executor core's inline path and the failure path
+        # (Attempts, retries included) make: each attempt in a transaction of its own, rolled
+        # back before the policy's next step (a backoff, the DLQ write).
+        attempts.call = inbox.wrap(spec.call_with_connection())
     spans = process_spans(app_name, spec, settings) if settings.tracing.enabled else None
     attempts.spans = spans
     batches = BatchRunner(spec, attempts, metrics=metrics, spans=spans) if spec.batch else None
@@ -304,6 +314,15 @@ class AppRuntime:
         )
         writes = any(spec.dlq or spec.retry_topics or spec.output for spec in self.specs)
         producer = self.app.producer if writes else None
+        inboxes: dict[str, InboxCalls] = {}
+        for spec in self.specs:
+            if spec.inbox is not None:
+                # Each handler's own pool, sized to its concurrency; closed by the stack once
+                # the handlers are drained (stop() runs before it).
+                group = spec.group or self.app.name
+                calls = spec.inbox.open(spec, group=group, metrics=self.metrics)
+                stack.callback(calls.close)
+                inboxes[spec.name] = calls
         self.handlers = [
             build_handler(
                 self.app.name,
@@ -315,6 +334,7 @@ class AppRuntime:
                 codecs=self._codecs,
                 loop=self.loop,
                 clock=self.clock,
+                inbox=inboxes.get(spec.name),
             )
             for spec in self.specs
         ]

@@ -1,0 +1,277 @@
+"""The transactional inbox on PostgreSQL (psycopg 3): exactly-once effects in the database.
+
+    inbox = PostgresInbox("postgresql://app@db/shop")
+
+    @app.handler("payments", inbox=inbox, ordering="key", concurrency=16)
+    def pay(msg: Message, db: psycopg.Connection) -> None:
+        db.execute("insert into ledger ...")
+
+Each call runs in a transaction on a connection of a pool sized to the handler's concurrency
+(one per worker thread). In that transaction the runtime first records the message in the
+inbox table, then calls the handler with the connection, and commits when it returns; an error
+rolls both back, and the failure policy goes on as without an inbox (the DLQ write comes after
+the rollback). A message recorded already (delivered again after a crash or a rebalance) is
+finished at once without a call, and counted in `kafkaworker_deduplicated_total`.
+
+The inbox table (created at start-up when missing; see docs/inbox.md):
+
+    group_id text, topic text, partition integer, "offset" bigint, handled_at timestamptz,
+    primary key (group_id, topic, partition, "offset")
+
+Two guards, one cheap and one certain. The look-up: the offsets of a partition recorded at or
+above the first offset this assignment runs are read in one query when the assignment's first
+message runs (again only if a lane starts below that), so a replay after a crash costs no
+transaction per duplicate. The insert: `on conflict do nothing` in the call's own transaction
+is the guarantee, also against a member that still runs the message (a frozen one whose
+partitions moved): PostgreSQL makes the second insert wait for the first transaction, and
+finds the conflict once it commits.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError(
+        "kafkaworker.postgres needs psycopg 3: pip install 'kafkaworker[postgres]'"
+    ) from exc
+
+from kafkaworker.errors import ConfigError, DatabaseUnavailable, StartupError
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from kafkaworker.handlers import HandlerSpec
+    from kafkaworker.observability.metrics import Metrics
+
+__all__ = ["TABLE", "PostgresInbox"]
+
+TABLE = "kafkaworker_inbox"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# Start-up: how long the server may take to answer, and the pool to open all its connections.
+CONNECT_TIMEOUT = 10.0
+# How long a call waits for a pooled connection. Every worker thread has one of its own (the
+# pool is as large as the concurrency), so a wait this long means the server is not giving
+# connections back: the message then waits for the database like any outage (retried in
+# place).
+GETCONN_TIMEOUT = 30.0
+
+_SCHEMA = """
+create table if not exists {table} (
+    group_id   text        not null,
+    topic      text        not null,
+    partition  integer     not null,
+    "offset"   bigint      not null,
+    handled_at timestamptz not null default now(),
+    primary key (group_id, topic, partition, "offset")
+)
+"""
+_INSERT = (
+    'insert into {table} (group_id, topic, partition, "offset") values (%s, %s, %s, %s) '
+    "on conflict do nothing"
+)
+# The recorded offsets in [low, high) of one partition (high null: no upper bound), read
+# through the primary key's index.
+_RECORDED = (
+    'select "offset" from {table} where group_id = %s and topic = %s and partition = %s '
+    'and "offset" >= %s and (%s::bigint is null or "offset" < %s)'
+)
+
+
+class PostgresInbox:
+    """A handler's `inbox=`: records handled messages in a PostgreSQL table, in the handler's
+    own transaction. `url`: a postgresql:// URL or a libpq conninfo string. `table`: the inbox
+    table's name (one table serves many handlers and groups)."""
+
+    def __init__(self, url: str, *, table: str = TABLE) -> None:
+        if not isinstance(url, str):
+            raise ConfigError(f"PostgresInbox url={url!r}: a postgresql:// URL")
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError:
+            # Not the text itself: it may hold a password.
+            raise ConfigError(
+                "PostgresInbox url: not a postgresql:// URL or a libpq conninfo string"
+            ) from None
+        if not isinstance(table, str) or not _IDENTIFIER.fullmatch(table):
+            raise ConfigError(
+                f"PostgresInbox table={table!r}: an unquoted identifier ([A-Za-z_][A-Za-z0-9_]*)"
+            )
+        self.url = url
+        self.table = table
+        # What error lines name: never the password.
+        host = params.get("host") or params.get("hostaddr") or "localhost"
+        port = params.get("port") or "5432"
+        self.where = f"{host}:{port}, database {params.get('dbname') or '(default)'}"
+
+    def __repr__(self) -> str:
+        return f"PostgresInbox({self.where}, table={self.table})"
+
+    def open(self, spec: HandlerSpec, *, group: str, metrics: Metrics) -> PostgresInboxCalls:
+        """Check the server answers, create the table when missing, and open the handler's
+        pool (one connection per worker thread). StartupError, in one line, otherwise."""
+        try:
+            with (
+                psycopg.connect(self.url, connect_timeout=int(CONNECT_TIMEOUT)) as connection,
+                connection.transaction(),
+            ):
+                # Workers starting together would race on the catalog (a unique violation in
+                # pg_type): one creates, the others wait and find it.
+                connection.execute("select pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+                connection.execute(sql.SQL(_SCHEMA).format(table=sql.Identifier(self.table)))
+        except psycopg.Error as exc:
+            raise StartupError(
+                f"handler {spec.name!r}: cannot use the inbox's PostgreSQL at {self.where}: "
+                f"{_one_line(exc)}"
+            ) from None
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            self.url,
+            min_size=spec.concurrency,
+            max_size=spec.concurrency,
+            # Transactions are opened explicitly, per call (conn.transaction()); a look-up
+            # outside them is a statement of its own.
+            kwargs={"autocommit": True},
+            open=False,
+            name=f"kw-inbox-{spec.name}",
+            timeout=GETCONN_TIMEOUT,
+        )
+        try:
+            # All of them now: a server that cannot give the handler its concurrency in
+            # connections (max_connections) is a start-up error, not a stall under load.
+            pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+        except PoolTimeout:
+            pool.close()
+            raise StartupError(
+                f"handler {spec.name!r}: the inbox's PostgreSQL at {self.where} did not give "
+                f"{spec.concurrency} connections (the handler's concurrency) within "
+                f"{CONNECT_TIMEOUT:g} s: raise max_connections or lower the concurrency"
+            ) from None
+        return PostgresInboxCalls(
+            pool,
+            table=self.table,
+            group=group,
+            where=self.where,
+            deduplicated=metrics.deduplicated.labels(spec.name),
+        )
+
+
+class _Recorded:
+    """What the look-ups found for one partition's assignment: the recorded offsets not met
+    yet, at or above `floor`, the lowest offset looked up from."""
+
+    __slots__ = ("floor", "lock", "offsets")
+
+    def __init__(self) -> None:
+        self.floor: int | None = None
+        self.offsets: set[int] = set()
+        self.lock = threading.Lock()
+
+
+class PostgresInboxCalls:
+    """One handler's inbox while it runs: the owner of its connection pool, which `close()`
+    closes (the AppRuntime calls it after the handler's workers stopped)."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool[psycopg.Connection[Any]],
+        *,
+        table: str,
+        group: str,
+        where: str,
+        deduplicated: Counter,
+    ) -> None:
+        self._pool = pool
+        self._group = group
+        self._where = where
+        self._deduplicated = deduplicated
+        name = sql.Identifier(table)
+        self._insert = sql.SQL(_INSERT).format(table=name).as_string(None)
+        self._recorded_query = sql.SQL(_RECORDED).format(table=name).as_string(None)
+        # By lease (a partition's assignment, hashed by identity); revoked ones are dropped as
+        # new ones come.
+        self._leases: dict[Any, _Recorded] = {}
+        self._leases_lock = threading.Lock()
+        # Look-up queries made (under a lease's lock): what the tests hold to "one per
+        # assignment", not one per message.
+        self.lookups = 0
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def wrap(self, call: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+        pool, insert, group = self._pool, self._insert, self._group
+        recorded, deduplicated = self._recorded, self._deduplicated.inc
+
+        def inbox_call(msg: Any) -> Any:
+            # Whether an error came from the handler (its own SQL included: the policy
+            # decides) or from the runtime's own statements (the database: retried in place).
+            connection: psycopg.Connection[Any] | None = None
+            in_handler = False
+            try:
+                with pool.connection() as connection:
+                    if recorded(connection, msg):
+                        deduplicated()
+                        return None
+                    with connection.transaction():
+                        cursor = connection.execute(
+                            insert, (group, msg.topic, msg.partition, msg.offset)
+                        )
+                        if cursor.rowcount == 0:
+                            # Recorded meanwhile, by a member that ran it too (a frozen one
+                            # whose partitions moved): its transaction committed first.
+                            deduplicated()
+                            return None
+                        in_handler = True
+                        result = call(msg, connection)
+                        in_handler = False
+                    return result  # committed
+            except (psycopg.Error, PoolTimeout) as exc:
+                if in_handler and connection is not None and not connection.broken:
+                    raise  # the handler's own statement failed: the message's failure
+                raise DatabaseUnavailable(
+                    f"the inbox's PostgreSQL at {self._where}: {_one_line(exc)}"
+                ) from exc
+
+        return inbox_call
+
+    def _recorded(self, connection: psycopg.Connection[Any], msg: Any) -> bool:
+        """Whether the message is recorded already, from the look-ups of its assignment (one
+        query for the assignment's first message, another only for a lane that starts below
+        what was looked up). A hit is forgotten: the message is not met again."""
+        lease = msg.lease
+        state = self._leases.get(lease)
+        if state is None:
+            with self._leases_lock:
+                state = self._leases.get(lease)
+                if state is None:
+                    for old in [k for k in self._leases if k.revoked]:
+                        del self._leases[old]
+                    state = self._leases[lease] = _Recorded()
+        offset: int = msg.offset
+        if state.floor is None or offset < state.floor:
+            with state.lock:
+                floor = state.floor
+                if floor is None or offset < floor:
+                    rows = connection.execute(
+                        self._recorded_query,
+                        (self._group, msg.topic, msg.partition, offset, floor, floor),
+                    ).fetchall()
+                    state.offsets.update(row[0] for row in rows)
+                    state.floor = offset
+                    self.lookups += 1
+        if offset in state.offsets:
+            state.offsets.discard(offset)
+            return True
+        return False
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
