@@ -59,10 +59,11 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Start-up: how long the server may take to answer, and the pool to open all its connections.
 CONNECT_TIMEOUT = 10.0
 # How long a call waits for a pooled connection. Every worker thread has one of its own (the
-# pool is as large as the concurrency), so a wait this long means the server is not giving
-# connections back: the message then waits for the database like any outage (retried in
-# place).
-GETCONN_TIMEOUT = 30.0
+# pool is as large as the concurrency), so a wait means the pool is replacing broken ones (the
+# server restarted, or is down): the message then waits for the database like any outage
+# (retried in place with backoff). Short, so that a revoke or a shutdown is not held long by
+# a worker blocked here.
+GETCONN_TIMEOUT = 5.0
 
 _SCHEMA = """
 create table if not exists {table} (

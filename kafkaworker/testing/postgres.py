@@ -3,7 +3,10 @@
 initdb into a temporary directory, then `postgres` on a free port, listening on 127.0.0.1
 only, trust authentication, as the `postgres` user when this process is root (the server
 refuses to run as root). Its process group is stopped with it, and it dies with this process
-(setpriv's parent-death signal), so an interrupted run leaves no server behind.
+(setpriv's parent-death signal), so an interrupted run leaves no server behind. The user is
+switched with `setpriv`, which execs rather than forks (runuser waits in a process of its
+own): the postmaster is this process's own child, so a stop or a kill returns once it is gone,
+and a restart on the same data never finds its postmaster.pid still held.
 
     python -m kafkaworker.testing.postgres run --port 5432   # a dev server; Ctrl+C stops it
 
@@ -23,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kafkaworker.testing.jvm import free_port, signal_group, spawn, stop_group
+from kafkaworker.testing.jvm import free_port, spawn, stop_group
 
 # initdb takes about 0.6 s here, and the server is ready well under 1 s after it.
 START_TIMEOUT = 30.0
@@ -60,7 +63,16 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _as_user(self, command: list[str]) -> list[str]:
-        return ["runuser", "-u", self._user, "--", *command] if self._user else command
+        if self._user is None:
+            return command
+        return [
+            "setpriv",
+            f"--reuid={self._user}",
+            f"--regid={self._user}",
+            "--init-groups",
+            "--",
+            *command,
+        ]
 
     def start(self) -> PostgresServer:
         if self._bin is None:
@@ -108,7 +120,10 @@ class PostgresServer:
         offers no event to wait for)."""
         assert self._bin is not None
         deadline = time.monotonic() + START_TIMEOUT
-        ready = [str(self._bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        ready = [
+            *[str(self._bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            *["-U", "postgres", "-d", "postgres"],
+        ]
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
                 raise PostgresError(f"postgres exited; log:\n{self.log_tail()}")
@@ -123,8 +138,7 @@ class PostgresServer:
         self._process = None
 
     def stop(self) -> None:
-        # SIGTERM to the whole group: to runuser alone it leaves the server running.
-        signal_group(self._process, signal.SIGTERM)
+        # SIGTERM to the whole group (the postmaster and its backends): a smart shutdown.
         stop_group(self._process, timeout=10, kill=False)
         self._process = None
 

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from kafkaworker import App, Message
+from kafkaworker import App, Backoff, Message
 from kafkaworker.errors import ConfigError, DatabaseUnavailable, StartupError
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.postgres import PostgresInbox, PostgresInboxCalls
@@ -21,6 +21,7 @@ from kafkaworker.runtime.poll.partitions import PartitionState
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
 from kafkaworker.testing.jvm import free_port
+from kafkaworker.testing.postgres import PostgresServer
 from tests.support import wait_until
 from tests.unit.runtime_support import committed_to_the_end, messages, running, spec_for
 
@@ -399,3 +400,52 @@ def test_the_handlers_own_sql_error_is_its_failure_not_the_databases(
         assert inbox_rows(ledger_url) == []  # rolled back with it
     finally:
         calls.close()
+
+
+def test_postgresql_killed_and_restarted_mid_stream_loses_and_doubles_nothing() -> None:
+    """The server killed (SIGKILL) with the worker running, then restarted on its data: the
+    messages that met it down wait (DatabaseUnavailable, retried in place although retries=0
+    and on_exhausted="skip" would skip a failing message), and run once it is back."""
+    server = PostgresServer().start()
+    try:
+        url = server.url
+        with psycopg.connect(url) as db:
+            db.execute(LEDGER)
+        metrics = Metrics()
+        spec = spec_for(
+            write_ledger,
+            inbox=PostgresInbox(url),
+            ordering="key",
+            concurrency=3,
+            retries=0,
+            on_exhausted="skip",
+            backoff=Backoff(initial=0.05, max=0.2),
+        )
+        source = MemorySource({"t": 1})
+        partition = [Partition("t", 0)]
+        from kafkaworker.runtime.compose import AppRuntime, GivenSources  # noqa: PLC0415
+        from tests.unit.runtime_support import settings  # noqa: PLC0415
+
+        runtime = AppRuntime(
+            App("svc"),
+            settings(),
+            [spec],
+            sources=GivenSources({"handler": source}),
+            metrics=metrics,
+        )
+        failures = metrics.handler_failures.labels("handler")
+        with runtime:
+            runtime.start()
+            for i in range(20):
+                source.broker.append("t", b"%d" % i, key=b"k%d" % (i % 4))
+            assert source.wait_for(lambda s: committed_to_the_end(s, partition), 30)
+            server.kill()
+            for i in range(20, 40):
+                source.broker.append("t", b"%d" % i, key=b"k%d" % (i % 4))
+            wait_until(lambda: failures._value.get() >= 3, 30, "calls failing on the database")
+            server.start()
+            assert source.wait_for(lambda s: committed_to_the_end(s, partition), 60)
+        assert ledger_rows(url) == [(0, o) for o in range(40)]
+        assert metrics.skipped.labels("handler")._value.get() == 0
+    finally:
+        server.cleanup()
