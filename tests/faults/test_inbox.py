@@ -4,6 +4,8 @@ table without a unique constraint), and every message must be there exactly once
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -35,24 +37,46 @@ LEDGER = (
 
 
 class LedgerWorker(WorkerProcess):
-    """`kafkaworker run tests.apps.ledger:app`, with its metrics on a port of its own."""
+    """`kafkaworker run tests.apps.ledger:app [--processes N]`, with its metrics on a port of
+    its own (the supervisor's, summed over its children, with N > 1)."""
 
-    def __init__(self, bootstrap: str, topic: str, log: Path, **env: str) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, log: Path, *, processes: int = 1, **env: str
+    ) -> None:
         self.metrics_port = free_port()
+        self.processes = processes
         super().__init__(
             bootstrap, topic, log, KAFKAWORKER_METRICS__PORT=str(self.metrics_port), **env
         )
 
     def start(self) -> LedgerWorker:
+        command = [sys.executable, "-m", "kafkaworker", "run", "tests.apps.ledger:app"]
+        if self.processes > 1:
+            command += ["--processes", str(self.processes)]
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "kafkaworker", "run", "tests.apps.ledger:app"],
+                command,
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
         return self
+
+    def kill(self) -> None:
+        """kill -9 the worker, and with --processes its children first (they run in sessions
+        of their own and would outlive their supervisor): the whole host's worker dies."""
+        if self.process is not None and self.processes > 1:
+            listed = subprocess.run(
+                ["ps", "-o", "pid=", "--ppid", str(self.process.pid)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            for pid in listed.stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        super().kill()
 
     def deduplicated(self) -> int | None:
         """kafkaworker_deduplicated_total from its /metrics; None while it does not answer."""
@@ -100,8 +124,9 @@ def recorded_above(url: str, group: str, positions: dict[int, int]) -> int:
     )
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_kill_9_mid_stream_then_restart_every_ledger_row_exactly_once(
-    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str, tmp_path: Path
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str, tmp_path: Path, processes: int
 ) -> None:
     topic, partitions, total = new_topic(4), 4, 3000
     group = f"g-{topic}"
@@ -125,7 +150,7 @@ def test_kill_9_mid_stream_then_restart_every_ledger_row_exactly_once(
     expected_repeats = 0  # what the next worker must find recorded, summed
     repeats = None
     for kill_after in (500, 1300, 2100):
-        worker = LedgerWorker(kafka_bootstrap, topic, log, **env).start()
+        worker = LedgerWorker(kafka_bootstrap, topic, log, processes=processes, **env).start()
         try:
             wait_until(
                 lambda n=kill_after: count(postgres_url, rows) >= n,
@@ -146,7 +171,7 @@ def test_kill_9_mid_stream_then_restart_every_ledger_row_exactly_once(
         expected_repeats += repeats
         print(f"killed at {count(postgres_url, rows)} rows; committed {positions}; {repeats} above")
 
-    worker = LedgerWorker(kafka_bootstrap, topic, log, **env).start()
+    worker = LedgerWorker(kafka_bootstrap, topic, log, processes=processes, **env).start()
     try:
         wait_until(lambda: count(postgres_url, rows) >= total, 120, "every ledger row")
         wait_until(
@@ -177,7 +202,8 @@ def test_kill_9_mid_stream_then_restart_every_ledger_row_exactly_once(
     assert expected_repeats > 0
     assert final_repeats == repeats
     report_fault(
-        "inbox: worker killed (kill -9) three times, key order, concurrency 6",
+        f"inbox: worker killed (kill -9) three times, key order, concurrency 6, "
+        f"--processes {processes}",
         total,
         lost,
         duplicates,
