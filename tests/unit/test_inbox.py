@@ -449,3 +449,39 @@ def test_postgresql_killed_and_restarted_mid_stream_loses_and_doubles_nothing() 
         assert metrics.skipped.labels("handler")._value.get() == 0
     finally:
         server.cleanup()
+
+
+# -- the TestClient ---------------------------------------------------------------------------
+
+
+def test_the_test_client_runs_an_inbox_handler_in_the_given_database(ledger_url: str) -> None:
+    from kafkaworker.testing import TestClient  # noqa: PLC0415
+
+    app = App("svc")
+    calls: list[int] = []
+
+    @app.handler("t", inbox=PostgresInbox(ledger_url), codec="raw", retries=2)
+    def handle(msg: Message[bytes], db: psycopg.Connection) -> None:
+        calls.append(msg.offset)
+        write_ledger(msg, db)
+        if msg.value == b"flaky" and calls.count(msg.offset) == 1:
+            raise RuntimeError("rolled back, then retried")
+
+    with TestClient(app) as client:
+        assert client.send("t", raw_value=b"one").outcome == "finished"
+        flaky = client.send("t", raw_value=b"flaky")
+        assert (flaky.outcome, flaky.attempts) == ("finished", 2)
+    assert ledger_rows(ledger_url) == [(0, 0), (0, 1)]
+    assert inbox_rows(ledger_url) == [("t", 0, 0), ("t", 0, 1)]
+
+
+def test_the_test_client_without_a_database_is_one_line() -> None:
+    from kafkaworker.testing import TestClient  # noqa: PLC0415
+
+    app = App("svc")
+    url = f"postgresql://app:s3cret@127.0.0.1:{free_port()}/shop"
+    app.handler("t", inbox=PostgresInbox(url), codec="raw")(write_ledger)
+    with pytest.raises(StartupError) as error, TestClient(app):
+        pass
+    assert "database shop" in str(error.value) and "s3cret" not in str(error.value)
+    assert "\n" not in str(error.value)
