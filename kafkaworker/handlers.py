@@ -259,12 +259,19 @@ class HandlerSpec:
             )
         if not callable(getattr(self.inbox, "open", None)):
             raise bad("inbox", self.inbox, "a kafkaworker.postgres.PostgresInbox(url)")
-        if kind == "AsyncConnection" or self.is_async:
+        if self.is_async and kind == "Connection":
             raise bad(
-                "inbox",
-                self.inbox,
-                "async def handlers (psycopg.AsyncConnection) cannot have an inbox yet: "
-                "declare a def handler with a psycopg.Connection parameter",
+                connection or "func",
+                kind,
+                "an async def handler takes a psycopg.AsyncConnection (a psycopg.Connection "
+                "would block the event loop)",
+            )
+        if not self.is_async and kind == "AsyncConnection":
+            raise bad(
+                connection or "func",
+                kind,
+                "a def handler takes a psycopg.Connection (psycopg.AsyncConnection is for "
+                "async def handlers)",
             )
         unsupported = (
             ("mode", self.mode, self.mode == "queue", "queue mode (share groups)"),

@@ -8,12 +8,17 @@ worker without the `postgres` extra loads none of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     from kafkaworker.handlers import HandlerSpec
     from kafkaworker.observability.metrics import Metrics
+
+
+# Runs a coroutine on the process's event loop and returns its result (EventLoopThread.run):
+# an async def handler's inbox opens and closes its pool there.
+RunAsync: TypeAlias = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
 class InboxCalls(Protocol):
@@ -21,7 +26,8 @@ class InboxCalls(Protocol):
 
     def wrap(self, call: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
         """The handler call `call(msg, connection)` as the runtime makes it: in a transaction
-        that records the message, or not at all when it was recorded before."""
+        that records the message, or not at all when it was recorded before. For an async def
+        handler, both return awaitables."""
         ...
 
     def close(self) -> None: ...
@@ -30,7 +36,15 @@ class InboxCalls(Protocol):
 class Inbox(Protocol):
     """A handler's `inbox=`: where handled messages are recorded."""
 
-    def open(self, spec: HandlerSpec, *, group: str, metrics: Metrics) -> InboxCalls:
+    def open(
+        self,
+        spec: HandlerSpec,
+        *,
+        group: str,
+        metrics: Metrics,
+        run_async: RunAsync | None = None,
+    ) -> InboxCalls:
         """Connect (a pool sized to the handler's concurrency), create the inbox table when
-        missing, and return the handler's InboxCalls; raises StartupError in one line."""
+        missing, and return the handler's InboxCalls; raises StartupError in one line.
+        `run_async`: how to run on the event loop, for an async def handler."""
         ...

@@ -29,6 +29,7 @@ finds the conflict once it commits.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 from collections.abc import Callable
@@ -38,13 +39,14 @@ try:
     import psycopg
     from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict
-    from psycopg_pool import ConnectionPool, PoolTimeout
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError(
         "kafkaworker.postgres needs psycopg 3: pip install 'kafkaworker[postgres]'"
     ) from exc
 
 from kafkaworker.errors import ConfigError, DatabaseUnavailable, StartupError
+from kafkaworker.inbox import RunAsync
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
     from kafkaworker.handlers import HandlerSpec
     from kafkaworker.observability.metrics import Metrics
 
-__all__ = ["TABLE", "PostgresInbox"]
+__all__ = ["TABLE", "AsyncPostgresInboxCalls", "PostgresInbox", "PostgresInboxCalls"]
 
 TABLE = "kafkaworker_inbox"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -116,9 +118,17 @@ class PostgresInbox:
     def __repr__(self) -> str:
         return f"PostgresInbox({self.where}, table={self.table})"
 
-    def open(self, spec: HandlerSpec, *, group: str, metrics: Metrics) -> PostgresInboxCalls:
+    def open(
+        self,
+        spec: HandlerSpec,
+        *,
+        group: str,
+        metrics: Metrics,
+        run_async: RunAsync | None = None,
+    ) -> PostgresInboxCalls | AsyncPostgresInboxCalls:
         """Check the server answers, create the table when missing, and open the handler's
-        pool (one connection per worker thread). StartupError, in one line, otherwise."""
+        pool (a connection per worker thread, or per coroutine in flight: on the event loop,
+        through `run_async`). StartupError, in one line, otherwise."""
         try:
             with (
                 psycopg.connect(self.url, connect_timeout=int(CONNECT_TIMEOUT)) as connection,
@@ -133,35 +143,52 @@ class PostgresInbox:
                 f"handler {spec.name!r}: cannot use the inbox's PostgreSQL at {self.where}: "
                 f"{_one_line(exc)}"
             ) from None
-        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            self.url,
-            min_size=spec.concurrency,
-            max_size=spec.concurrency,
+        options: dict[str, Any] = {
+            "min_size": spec.concurrency,
+            "max_size": spec.concurrency,
             # Transactions are opened explicitly, per call (conn.transaction()); a look-up
             # outside them is a statement of its own.
-            kwargs={"autocommit": True},
-            open=False,
-            name=f"kw-inbox-{spec.name}",
-            timeout=GETCONN_TIMEOUT,
+            "kwargs": {"autocommit": True},
+            "open": False,
+            "name": f"kw-inbox-{spec.name}",
+            "timeout": GETCONN_TIMEOUT,
+        }
+        too_few = StartupError(
+            f"handler {spec.name!r}: the inbox's PostgreSQL at {self.where} did not give "
+            f"{spec.concurrency} connections (the handler's concurrency) within "
+            f"{CONNECT_TIMEOUT:g} s: raise max_connections or lower the concurrency"
         )
+        shared: dict[str, Any] = {
+            "table": self.table,
+            "group": group,
+            "where": self.where,
+            "deduplicated": metrics.deduplicated.labels(spec.name),
+        }
+        if spec.is_async:
+            if run_async is None:
+                raise ValueError(f"handler {spec.name!r} is async but no event loop was given")
+
+            async def open_async() -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+                # Made on the loop: its locks, tasks and connections belong to it.
+                pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+                pool = AsyncConnectionPool(self.url, **options)
+                try:
+                    await pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+                except PoolTimeout:
+                    await pool.close()
+                    raise too_few from None
+                return pool
+
+            return AsyncPostgresInboxCalls(run_async(open_async()), run_async, **shared)
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(self.url, **options)
         try:
             # All of them now: a server that cannot give the handler its concurrency in
             # connections (max_connections) is a start-up error, not a stall under load.
             pool.open(wait=True, timeout=CONNECT_TIMEOUT)
         except PoolTimeout:
             pool.close()
-            raise StartupError(
-                f"handler {spec.name!r}: the inbox's PostgreSQL at {self.where} did not give "
-                f"{spec.concurrency} connections (the handler's concurrency) within "
-                f"{CONNECT_TIMEOUT:g} s: raise max_connections or lower the concurrency"
-            ) from None
-        return PostgresInboxCalls(
-            pool,
-            table=self.table,
-            group=group,
-            where=self.where,
-            deduplicated=metrics.deduplicated.labels(spec.name),
-        )
+            raise too_few from None
+        return PostgresInboxCalls(pool, **shared)
 
 
 class _Recorded:
@@ -272,6 +299,106 @@ class PostgresInboxCalls:
             state.offsets.discard(offset)
             return True
         return False
+
+
+class AsyncPostgresInboxCalls:
+    """An async def handler's inbox while it runs: as PostgresInboxCalls, on the event loop
+    (psycopg.AsyncConnection, AsyncConnectionPool). The owner of its pool, which `close()`
+    closes on the loop."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+        run_async: RunAsync,
+        *,
+        table: str,
+        group: str,
+        where: str,
+        deduplicated: Counter,
+    ) -> None:
+        self._pool = pool
+        self._run_async = run_async
+        self._group = group
+        self._where = where
+        self._deduplicated = deduplicated
+        name = sql.Identifier(table)
+        self._insert = sql.SQL(_INSERT).format(table=name).as_string(None)
+        self._recorded_query = sql.SQL(_RECORDED).format(table=name).as_string(None)
+        # Only the loop touches these: no thread lock; a lease's asyncio lock keeps two of its
+        # coroutines from looking up the same range.
+        self._leases: dict[Any, _AsyncRecorded] = {}
+        self.lookups = 0
+
+    def close(self) -> None:
+        self._run_async(self._pool.close())
+
+    def wrap(self, call: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+        pool, insert, group = self._pool, self._insert, self._group
+        recorded, deduplicated = self._recorded, self._deduplicated.inc
+
+        async def inbox_call(msg: Any) -> Any:
+            connection: psycopg.AsyncConnection[Any] | None = None
+            in_handler = False
+            try:
+                async with pool.connection() as connection:
+                    if await recorded(connection, msg):
+                        deduplicated()
+                        return None
+                    async with connection.transaction():
+                        cursor = await connection.execute(
+                            insert, (group, msg.topic, msg.partition, msg.offset)
+                        )
+                        if cursor.rowcount == 0:
+                            deduplicated()  # recorded meanwhile by another member
+                            return None
+                        in_handler = True
+                        result = await call(msg, connection)
+                        in_handler = False
+                    return result  # committed
+            except (psycopg.Error, PoolTimeout) as exc:
+                if in_handler and connection is not None and not connection.broken:
+                    raise  # the handler's own statement failed: the message's failure
+                raise DatabaseUnavailable(
+                    f"the inbox's PostgreSQL at {self._where}: {_one_line(exc)}"
+                ) from exc
+
+        return inbox_call
+
+    async def _recorded(self, connection: psycopg.AsyncConnection[Any], msg: Any) -> bool:
+        """As PostgresInboxCalls._recorded, on the loop."""
+        lease = msg.lease
+        state = self._leases.get(lease)
+        if state is None:
+            for old in [k for k in self._leases if k.revoked]:
+                del self._leases[old]
+            state = self._leases[lease] = _AsyncRecorded()
+        offset: int = msg.offset
+        if state.floor is None or offset < state.floor:
+            async with state.lock:
+                floor = state.floor
+                if floor is None or offset < floor:
+                    cursor = await connection.execute(
+                        self._recorded_query,
+                        (self._group, msg.topic, msg.partition, offset, floor, floor),
+                    )
+                    state.offsets.update(row[0] for row in await cursor.fetchall())
+                    state.floor = offset
+                    self.lookups += 1
+        if offset in state.offsets:
+            state.offsets.discard(offset)
+            return True
+        return False
+
+
+class _AsyncRecorded:
+    """_Recorded for the loop: an asyncio lock."""
+
+    __slots__ = ("floor", "lock", "offsets")
+
+    def __init__(self) -> None:
+        self.floor: int | None = None
+        self.offsets: set[int] = set()
+        self.lock = asyncio.Lock()
 
 
 def _one_line(error: BaseException) -> str:

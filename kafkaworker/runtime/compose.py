@@ -320,7 +320,12 @@ class AppRuntime:
                 # Each handler's own pool, sized to its concurrency; closed by the stack once
                 # the handlers are drained (stop() runs before it).
                 group = spec.group or self.app.name
-                calls = spec.inbox.open(spec, group=group, metrics=self.metrics)
+                calls = spec.inbox.open(
+                    spec,
+                    group=group,
+                    metrics=self.metrics,
+                    run_async=self.loop.run if self.loop is not None else None,
+                )
                 stack.callback(calls.close)
                 inboxes[spec.name] = calls
         self.handlers = [

@@ -124,11 +124,13 @@ def recorded_above(url: str, group: str, positions: dict[int, int]) -> int:
     )
 
 
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("variant", ["sync", "async", "sync --processes 2"])
 def test_kill_9_mid_stream_then_restart_every_ledger_row_exactly_once(
-    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str, tmp_path: Path, processes: int
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str, tmp_path: Path, variant: str
 ) -> None:
-    topic, partitions, total = new_topic(4), 4, 3000
+    kind = variant.split(maxsplit=1)[0]
+    processes = 2 if "--processes 2" in variant else 1
+    topic, partitions, total = new_topic(4), 4, 4000
     group = f"g-{topic}"
     with psycopg.connect(postgres_url) as db:
         db.execute(LEDGER)
@@ -144,25 +146,25 @@ def test_kill_9_mid_stream_then_restart_every_ledger_row_exactly_once(
         "LEDGER_GROUP": group,
         "LEDGER_CONCURRENCY": "6",
         "LEDGER_SLEEP": "0.002",
+        "LEDGER_ASYNC": "1" if kind == "async" else "0",
     }
     rows = "select count(*) from ledger"
     log = tmp_path / "ledger.txt"
     expected_repeats = 0  # what the next worker must find recorded, summed
     repeats = None
-    for kill_after in (500, 1300, 2100):
+    for _ in range(3):
         worker = LedgerWorker(kafka_bootstrap, topic, log, processes=processes, **env).start()
         try:
-            wait_until(
-                lambda n=kill_after: count(postgres_url, rows) >= n,
-                120,
-                f"{kill_after} ledger rows before kill -9",
-            )
-            if repeats is not None:
-                # The messages recorded above the last kill's committed positions came back
-                # first (each partition's lanes start there) and were finished uncalled.
+            if repeats is None:
+                wait_until(lambda: count(postgres_url, rows) >= 500, 120, "500 ledger rows")
+            else:
+                # The messages recorded above the last kill's committed positions come back
+                # (each key's lane starts with its own) and are finished uncalled; the other
+                # lanes handle new messages meanwhile, so the kill comes mid-stream.
                 wait_until(
-                    lambda w=worker, r=repeats: w.deduplicated() == r, 30, f"{repeats} repeats"
+                    lambda w=worker, r=repeats: w.deduplicated() == r, 60, f"{repeats} repeats"
                 )
+            assert count(postgres_url, rows) < total, "killed after the end, not mid-stream"
         finally:
             worker.kill()  # SIGKILL: no drain, no commit, no leaving the group
         wait_until(lambda: no_client_left(postgres_url), 30, "the killed worker's connections")
@@ -202,7 +204,7 @@ def test_kill_9_mid_stream_then_restart_every_ledger_row_exactly_once(
     assert expected_repeats > 0
     assert final_repeats == repeats
     report_fault(
-        f"inbox: worker killed (kill -9) three times, key order, concurrency 6, "
+        f"inbox: worker killed (kill -9) three times, key order, concurrency 6, {kind} handler, "
         f"--processes {processes}",
         total,
         lost,

@@ -87,12 +87,12 @@ def test_a_connection_parameter_is_found_and_gets_the_connection() -> None:
         spec_for(lambda msg, db: None, inbox=INBOX)
 
 
-async def async_handler(msg: Message[bytes], db: psycopg.AsyncConnection) -> None:
+async def async_blocking(msg: Message[bytes], db: psycopg.Connection) -> None:
     del msg, db
 
 
-async def async_plain(msg: Message[bytes]) -> None:
-    del msg
+def sync_with_async(msg: Message[bytes], db: psycopg.AsyncConnection) -> None:
+    del msg, db
 
 
 def plain(msg: Message[bytes]) -> None:
@@ -103,8 +103,8 @@ def plain(msg: Message[bytes]) -> None:
     ("func", "options", "refused"),
     [
         (write_ledger, {}, "a psycopg connection parameter needs an inbox"),
-        (async_handler, {"inbox": INBOX}, "async def handlers"),
-        (async_plain, {"inbox": INBOX}, "async def handlers"),
+        (async_blocking, {"inbox": INBOX}, "takes a psycopg.AsyncConnection"),
+        (sync_with_async, {"inbox": INBOX}, "a def handler takes a psycopg.Connection"),
         (plain, {"inbox": INBOX, "mode": "queue"}, "queue mode"),
         (plain, {"inbox": INBOX, "ack": "manual"}, 'ack="manual"'),
         (plain, {"inbox": INBOX, "output": "out"}, "outputs"),
@@ -120,6 +120,18 @@ def test_what_the_inbox_does_not_support_yet_is_refused_in_one_line(
     assert refused in str(error.value)
     assert "\n" not in str(error.value)
     assert "s3cret" not in str(error.value)
+
+
+async def write_ledger_async(msg: Message[bytes], db: psycopg.AsyncConnection) -> None:
+    await db.execute(
+        'insert into ledger (topic, partition, "offset", value) values (%s, %s, %s, %s)',
+        (msg.topic, msg.partition, msg.offset, msg.value.decode()),
+    )
+
+
+def test_an_async_handler_gets_an_async_connection() -> None:
+    spec = spec_for(write_ledger_async, inbox=INBOX)
+    assert spec.connection == "db" and spec.is_async
 
 
 def test_batch_handlers_with_an_inbox_are_refused() -> None:
@@ -485,3 +497,55 @@ def test_the_test_client_without_a_database_is_one_line() -> None:
         pass
     assert "database shop" in str(error.value) and "s3cret" not in str(error.value)
     assert "\n" not in str(error.value)
+
+
+# -- async def handlers ------------------------------------------------------------------------
+
+
+def test_an_async_handler_runs_in_a_transaction_on_the_loop_and_skips_what_is_recorded(
+    ledger_url: str,
+) -> None:
+    from kafkaworker.runtime.compose import AppRuntime, GivenSources  # noqa: PLC0415
+    from tests.unit.runtime_support import settings  # noqa: PLC0415
+
+    inbox = PostgresInbox(ledger_url)
+    inbox.open(spec_for(plain, inbox=inbox, concurrency=1), group="svc", metrics=Metrics()).close()
+    with psycopg.connect(ledger_url) as db:
+        for offset in (3, 4):  # handled before a crash
+            db.execute(
+                'insert into kafkaworker_inbox (group_id, topic, partition, "offset") '
+                "values ('svc', 't', 1, %s)",
+                (offset,),
+            )
+            db.execute("insert into ledger values ('t', 1, %s, 'before')", (offset,))
+    attempts: list[tuple[int, int]] = []
+
+    async def handler(msg: Message[bytes], db: psycopg.AsyncConnection) -> None:
+        attempts.append((msg.partition, msg.offset))
+        await write_ledger_async(msg, db)
+        if msg.offset == 7 and attempts.count((msg.partition, 7)) == 1:
+            raise RuntimeError("rolled back, then retried")
+
+    metrics = Metrics()
+    spec = spec_for(
+        handler,
+        inbox=inbox,
+        ordering="key",
+        concurrency=4,
+        retries=1,
+        backoff=Backoff(initial=0.01, max=0.01),
+    )
+    source = MemorySource({"t": 2})
+    for i in range(24):
+        source.broker.append("t", b"%d" % i, key=b"k%d" % (i % 3), partition=i % 2)
+    runtime = AppRuntime(
+        App("svc"), settings(), [spec], sources=GivenSources({"handler": source}), metrics=metrics
+    )
+    partitions = [Partition("t", 0), Partition("t", 1)]
+    with runtime:
+        runtime.start()
+        assert source.wait_for(lambda s: committed_to_the_end(s, partitions), 30)
+    assert ledger_rows(ledger_url) == [(p, o) for p in (0, 1) for o in range(12)]
+    assert (1, 3) not in attempts and (1, 4) not in attempts
+    assert attempts.count((0, 7)) == 2 and attempts.count((1, 7)) == 2
+    assert deduplicated(metrics) == 2
