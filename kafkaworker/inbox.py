@@ -8,17 +8,29 @@ worker without the `postgres` extra loads none of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     from kafkaworker.handlers import HandlerSpec
     from kafkaworker.observability.metrics import Metrics
+    from kafkaworker.settings import Settings
 
 
 # Runs a coroutine on the process's event loop and returns its result (EventLoopThread.run):
 # an async def handler's inbox opens and closes its pool there.
 RunAsync: TypeAlias = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+class CommittedOffsets(Protocol):
+    """A consumer group's committed offsets, as the inbox's cleanup reads them; its owner (the
+    cleanup's thread) closes it."""
+
+    def read(self) -> Mapping[tuple[str, int], int]:
+        """(topic, partition) -> the group's committed offset, where it has one."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class InboxCalls(Protocol):
@@ -30,7 +42,14 @@ class InboxCalls(Protocol):
         handler, both return awaitables."""
         ...
 
-    def close(self) -> None: ...
+    def start_cleanup(self, committed: CommittedOffsets) -> None:
+        """Delete, in the background, the rows below the group's committed offsets (when the
+        inbox has a cleanup); takes `committed` over, closing it when the cleanup stops."""
+        ...
+
+    def close(self) -> None:
+        """Stop the cleanup, then close the pool."""
+        ...
 
 
 class Inbox(Protocol):
@@ -48,3 +67,39 @@ class Inbox(Protocol):
         missing, and return the handler's InboxCalls; raises StartupError in one line.
         `run_async`: how to run on the event loop, for an async def handler."""
         ...
+
+
+class GroupCommitted:
+    """A consumer group's committed offsets for its topics, read from Kafka with a consumer
+    of its own that joins no group (it only asks the group coordinator). Made by the
+    composition root for `kafkaworker run`; owned by the inbox cleanup's thread, which alone
+    uses it and closes it."""
+
+    def __init__(self, settings: Settings, group: str, topics: Sequence[str]) -> None:
+        from confluent_kafka import Consumer  # noqa: PLC0415 - a client, made when used
+
+        from kafkaworker.clients import connection_config  # noqa: PLC0415
+
+        self._consumer = Consumer(
+            {**connection_config(settings), "group.id": group, "enable.auto.commit": False}
+        )
+        self._topics = tuple(topics)
+
+    def read(self) -> Mapping[tuple[str, int], int]:
+        from confluent_kafka import TopicPartition  # noqa: PLC0415
+
+        partitions = []
+        for topic in self._topics:
+            described = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if described is not None and described.error is None:
+                partitions += [TopicPartition(topic, p) for p in described.partitions]
+        if not partitions:
+            return {}
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self._consumer.committed(partitions, timeout=10)
+            if tp.error is None
+        }
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -25,6 +25,10 @@ transaction per duplicate. The insert: `on conflict do nothing` in the call's ow
 is the guarantee, also against a member that still runs the message (a frozen one whose
 partitions moved): PostgreSQL makes the second insert wait for the first transaction, and
 finds the conflict once it commits.
+
+Under `kafkaworker run` a thread of the handler's inbox deletes, every `cleanup_every` seconds,
+the group's rows below its committed offsets that are older than `cleanup_after`, so the table
+stays bounded (docs/inbox.md says why the age).
 """
 
 from __future__ import annotations
@@ -45,14 +49,19 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
         "kafkaworker.postgres needs psycopg 3: pip install 'kafkaworker[postgres]'"
     ) from exc
 
+import structlog
+
 from kafkaworker.errors import ConfigError, DatabaseUnavailable, StartupError
-from kafkaworker.inbox import RunAsync
+from kafkaworker.inbox import CommittedOffsets, RunAsync
+from kafkaworker.owned_thread import OwnedThread
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
     from kafkaworker.handlers import HandlerSpec
     from kafkaworker.observability.metrics import Metrics
+
+log = structlog.get_logger("kafkaworker.inbox")
 
 __all__ = ["TABLE", "AsyncPostgresInboxCalls", "PostgresInbox", "PostgresInboxCalls"]
 
@@ -66,6 +75,15 @@ CONNECT_TIMEOUT = 10.0
 # (retried in place with backoff). Short, so that a revoke or a shutdown is not held long by
 # a worker blocked here.
 GETCONN_TIMEOUT = 5.0
+
+# The cleanup: how often it runs, how old a row below the committed offset must be before it
+# goes, and how many rows one statement deletes (short transactions, no long lock on the
+# index). The age is the margin for a member frozen between fetching a message and recording
+# it (its partitions long given to another member, which committed past it): its late insert
+# must still meet the row and conflict, not find it deleted and run the handler again.
+CLEANUP_EVERY = 60.0
+CLEANUP_AFTER = 3600.0
+CLEANUP_BATCH = 5000
 
 _SCHEMA = """
 create table if not exists {table} (
@@ -81,6 +99,11 @@ _INSERT = (
     'insert into {table} (group_id, topic, partition, "offset") values (%s, %s, %s, %s) '
     "on conflict do nothing"
 )
+_DELETE = (
+    "delete from {table} where ctid in (select ctid from {table} where group_id = %s and "
+    'topic = %s and partition = %s and "offset" < %s '
+    "and handled_at < now() - make_interval(secs => %s) limit %s)"
+)
 # The recorded offsets in [low, high) of one partition (high null: no upper bound), read
 # through the primary key's index.
 _RECORDED = (
@@ -92,9 +115,18 @@ _RECORDED = (
 class PostgresInbox:
     """A handler's `inbox=`: records handled messages in a PostgreSQL table, in the handler's
     own transaction. `url`: a postgresql:// URL or a libpq conninfo string. `table`: the inbox
-    table's name (one table serves many handlers and groups)."""
+    table's name (one table serves many handlers and groups). `cleanup_every`: how often (s)
+    the worker deletes the rows below its group's committed offsets that are older than
+    `cleanup_after` (s); None: never (`kafkaworker run` only: the TestClient has no group)."""
 
-    def __init__(self, url: str, *, table: str = TABLE) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        table: str = TABLE,
+        cleanup_every: float | None = CLEANUP_EVERY,
+        cleanup_after: float = CLEANUP_AFTER,
+    ) -> None:
         if not isinstance(url, str):
             raise ConfigError(f"PostgresInbox url={url!r}: a postgresql:// URL")
         try:
@@ -108,8 +140,18 @@ class PostgresInbox:
             raise ConfigError(
                 f"PostgresInbox table={table!r}: an unquoted identifier ([A-Za-z_][A-Za-z0-9_]*)"
             )
+        if cleanup_every is not None and not (
+            isinstance(cleanup_every, int | float) and cleanup_every > 0
+        ):
+            raise ConfigError(
+                f"PostgresInbox cleanup_every={cleanup_every!r}: seconds > 0, or None (no cleanup)"
+            )
+        if not isinstance(cleanup_after, int | float) or cleanup_after < 0:
+            raise ConfigError(f"PostgresInbox cleanup_after={cleanup_after!r}: seconds >= 0")
         self.url = url
         self.table = table
+        self.cleanup_every = cleanup_every
+        self.cleanup_after = cleanup_after
         # What error lines name: never the password.
         host = params.get("host") or params.get("hostaddr") or "localhost"
         port = params.get("port") or "5432"
@@ -163,6 +205,7 @@ class PostgresInbox:
             "group": group,
             "where": self.where,
             "deduplicated": metrics.deduplicated.labels(spec.name),
+            "cleanup": _Cleanup.factory(self, group, spec.name),
         }
         if spec.is_async:
             if run_async is None:
@@ -215,8 +258,11 @@ class PostgresInboxCalls:
         group: str,
         where: str,
         deduplicated: Counter,
+        cleanup: Callable[[CommittedOffsets], _Cleanup] | None = None,
     ) -> None:
         self._pool = pool
+        self._cleanup_factory = cleanup
+        self._cleanup: _Cleanup | None = None
         self._group = group
         self._where = where
         self._deduplicated = deduplicated
@@ -231,7 +277,12 @@ class PostgresInboxCalls:
         # assignment", not one per message.
         self.lookups = 0
 
+    def start_cleanup(self, committed: CommittedOffsets) -> None:
+        self._cleanup = _Cleanup.started(self._cleanup_factory, committed)
+
     def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup.stop()
         self._pool.close()
 
     def wrap(self, call: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
@@ -315,8 +366,11 @@ class AsyncPostgresInboxCalls:
         group: str,
         where: str,
         deduplicated: Counter,
+        cleanup: Callable[[CommittedOffsets], _Cleanup] | None = None,
     ) -> None:
         self._pool = pool
+        self._cleanup_factory = cleanup
+        self._cleanup: _Cleanup | None = None
         self._run_async = run_async
         self._group = group
         self._where = where
@@ -329,7 +383,12 @@ class AsyncPostgresInboxCalls:
         self._leases: dict[Any, _AsyncRecorded] = {}
         self.lookups = 0
 
+    def start_cleanup(self, committed: CommittedOffsets) -> None:
+        self._cleanup = _Cleanup.started(self._cleanup_factory, committed)
+
     def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup.stop()
         self._run_async(self._pool.close())
 
     def wrap(self, call: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
@@ -399,6 +458,93 @@ class _AsyncRecorded:
         self.floor: int | None = None
         self.offsets: set[int] = set()
         self.lock = asyncio.Lock()
+
+
+class _Cleanup:
+    """Deletes, every `every` seconds, the inbox rows of one group below its committed offsets
+    (and older than `after`): those offsets are never delivered to the group again, so their
+    rows are never looked up. Its thread owns `committed` (closed when it ends) and opens a
+    connection of its own per round, not one of the workers' pool."""
+
+    def __init__(
+        self,
+        inbox: PostgresInbox,
+        group: str,
+        handler: str,
+        committed: CommittedOffsets,
+        every: float,
+    ) -> None:
+        self._url = inbox.url
+        self._where = inbox.where
+        self._after = inbox.cleanup_after
+        self._every = every
+        self._group = group
+        self._handler = handler
+        self._committed = committed
+        self._delete = sql.SQL(_DELETE).format(table=sql.Identifier(inbox.table)).as_string(None)
+        self._thread = OwnedThread(self._run, name=f"kw-inbox-cleanup-{handler}")
+        self.deleted = 0  # rows deleted so far (read by the tests)
+        self.rounds = 0  # rounds done
+
+    @staticmethod
+    def factory(
+        inbox: PostgresInbox, group: str, handler: str
+    ) -> Callable[[CommittedOffsets], _Cleanup] | None:
+        every = inbox.cleanup_every
+        if every is None:
+            return None
+        return lambda committed: _Cleanup(inbox, group, handler, committed, every)
+
+    @staticmethod
+    def started(
+        factory: Callable[[CommittedOffsets], _Cleanup] | None, committed: CommittedOffsets
+    ) -> _Cleanup | None:
+        if factory is None:
+            committed.close()  # taken over: closed by its owner, which is here
+            return None
+        cleanup = factory(committed)
+        cleanup._thread.start()
+        return cleanup
+
+    def stop(self) -> None:
+        self._thread.stop(timeout=15.0)
+
+    def _run(self) -> None:
+        try:
+            while not self._thread.stopping.wait(self._every):
+                try:
+                    self.deleted += self.once()
+                except Exception as exc:  # noqa: BLE001 - the next round tries again
+                    log.warning(
+                        "inbox cleanup failed; the next round tries again",
+                        handler=self._handler,
+                        database=self._where,
+                        error=_one_line(exc),
+                        retry_in=self._every,
+                    )
+                self.rounds += 1
+        finally:
+            self._committed.close()
+
+    def once(self) -> int:
+        """One round: the rows deleted."""
+        positions = self._committed.read()
+        deleted = 0
+        with psycopg.connect(
+            self._url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT)
+        ) as connection:
+            for (topic, partition), offset in sorted(positions.items()):
+                if offset <= 0:
+                    continue  # nothing committed (librdkafka's -1001), or nothing below 0
+                while not self._thread.stopping.is_set():
+                    cursor = connection.execute(
+                        self._delete,
+                        (self._group, topic, partition, offset, self._after, CLEANUP_BATCH),
+                    )
+                    deleted += max(cursor.rowcount, 0)
+                    if cursor.rowcount < CLEANUP_BATCH:
+                        break
+        return deleted
 
 
 def _one_line(error: BaseException) -> str:

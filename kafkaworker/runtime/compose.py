@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from kafkaworker.handlers import HandlerSpec, is_async_callable
+from kafkaworker.inbox import GroupCommitted
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.producer import Producer
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
@@ -328,6 +329,10 @@ class AppRuntime:
                 )
                 stack.callback(calls.close)
                 inboxes[spec.name] = calls
+                if isinstance(self.sources, KafkaSources):
+                    # The cleanup reads the group's committed offsets from Kafka: with the
+                    # cluster's groups only (not the TestClient's in-memory ones).
+                    calls.start_cleanup(GroupCommitted(self.settings, group, spec.topics))
         self.handlers = [
             build_handler(
                 self.app.name,
