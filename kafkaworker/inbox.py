@@ -62,10 +62,12 @@ class Inbox(Protocol):
         group: str,
         metrics: Metrics,
         run_async: RunAsync | None = None,
+        settings: Settings | None = None,
     ) -> InboxCalls:
         """Connect (a pool sized to the handler's concurrency), create the inbox table when
         missing, and return the handler's InboxCalls; raises StartupError in one line.
-        `run_async`: how to run on the event loop, for an async def handler."""
+        `run_async`: how to run on the event loop, for an async def handler. `settings`: the
+        run's (postgres.url, for an inbox declared without a URL)."""
         ...
 
 

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
     from kafkaworker.handlers import HandlerSpec
     from kafkaworker.observability.metrics import Metrics
+    from kafkaworker.settings import Settings
 
 log = structlog.get_logger("kafkaworker.inbox")
 
@@ -121,21 +122,16 @@ class PostgresInbox:
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         *,
         table: str = TABLE,
         cleanup_every: float | None = CLEANUP_EVERY,
         cleanup_after: float = CLEANUP_AFTER,
     ) -> None:
-        if not isinstance(url, str):
+        if url is not None and not isinstance(url, str):
             raise ConfigError(f"PostgresInbox url={url!r}: a postgresql:// URL")
-        try:
-            params = conninfo_to_dict(url)
-        except psycopg.ProgrammingError:
-            # Not the text itself: it may hold a password.
-            raise ConfigError(
-                "PostgresInbox url: not a postgresql:// URL or a libpq conninfo string"
-            ) from None
+        # Checked now when given (a typo is a declaration error); None: the settings' at open.
+        self.where = _where(url, "PostgresInbox url") if url is not None else None
         if not isinstance(table, str) or not _IDENTIFIER.fullmatch(table):
             raise ConfigError(
                 f"PostgresInbox table={table!r}: an unquoted identifier ([A-Za-z_][A-Za-z0-9_]*)"
@@ -152,13 +148,9 @@ class PostgresInbox:
         self.table = table
         self.cleanup_every = cleanup_every
         self.cleanup_after = cleanup_after
-        # What error lines name: never the password.
-        host = params.get("host") or params.get("hostaddr") or "localhost"
-        port = params.get("port") or "5432"
-        self.where = f"{host}:{port}, database {params.get('dbname') or '(default)'}"
 
     def __repr__(self) -> str:
-        return f"PostgresInbox({self.where}, table={self.table})"
+        return f"PostgresInbox({self.where or 'postgres.url of the settings'}, table={self.table})"
 
     def open(
         self,
@@ -167,13 +159,15 @@ class PostgresInbox:
         group: str,
         metrics: Metrics,
         run_async: RunAsync | None = None,
+        settings: Settings | None = None,
     ) -> PostgresInboxCalls | AsyncPostgresInboxCalls:
         """Check the server answers, create the table when missing, and open the handler's
         pool (a connection per worker thread, or per coroutine in flight: on the event loop,
         through `run_async`). StartupError, in one line, otherwise."""
+        url, where = self._resolved(spec, settings)
         try:
             with (
-                psycopg.connect(self.url, connect_timeout=int(CONNECT_TIMEOUT)) as connection,
+                psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT)) as connection,
                 connection.transaction(),
             ):
                 # Workers starting together would race on the catalog (a unique violation in
@@ -182,7 +176,7 @@ class PostgresInbox:
                 connection.execute(sql.SQL(_SCHEMA).format(table=sql.Identifier(self.table)))
         except psycopg.Error as exc:
             raise StartupError(
-                f"handler {spec.name!r}: cannot use the inbox's PostgreSQL at {self.where}: "
+                f"handler {spec.name!r}: cannot use the inbox's PostgreSQL at {where}: "
                 f"{_one_line(exc)}"
             ) from None
         options: dict[str, Any] = {
@@ -196,16 +190,16 @@ class PostgresInbox:
             "timeout": GETCONN_TIMEOUT,
         }
         too_few = StartupError(
-            f"handler {spec.name!r}: the inbox's PostgreSQL at {self.where} did not give "
+            f"handler {spec.name!r}: the inbox's PostgreSQL at {where} did not give "
             f"{spec.concurrency} connections (the handler's concurrency) within "
             f"{CONNECT_TIMEOUT:g} s: raise max_connections or lower the concurrency"
         )
         shared: dict[str, Any] = {
             "table": self.table,
             "group": group,
-            "where": self.where,
+            "where": where,
             "deduplicated": metrics.deduplicated.labels(spec.name),
-            "cleanup": _Cleanup.factory(self, group, spec.name),
+            "cleanup": _Cleanup.factory(self, url, where, group, spec.name),
         }
         if spec.is_async:
             if run_async is None:
@@ -214,7 +208,7 @@ class PostgresInbox:
             async def open_async() -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
                 # Made on the loop: its locks, tasks and connections belong to it.
                 pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
-                pool = AsyncConnectionPool(self.url, **options)
+                pool = AsyncConnectionPool(url, **options)
                 try:
                     await pool.open(wait=True, timeout=CONNECT_TIMEOUT)
                 except PoolTimeout:
@@ -223,7 +217,7 @@ class PostgresInbox:
                 return pool
 
             return AsyncPostgresInboxCalls(run_async(open_async()), run_async, **shared)
-        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(self.url, **options)
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(url, **options)
         try:
             # All of them now: a server that cannot give the handler its concurrency in
             # connections (max_connections) is a start-up error, not a stall under load.
@@ -232,6 +226,22 @@ class PostgresInbox:
             pool.close()
             raise too_few from None
         return PostgresInboxCalls(pool, **shared)
+
+    def _resolved(self, spec: HandlerSpec, settings: Settings | None) -> tuple[str, str]:
+        """The URL (given, or postgres.url of the settings) and where it points, for lines."""
+        if self.url is not None and self.where is not None:
+            return self.url, self.where
+        secret = settings.postgres.url if settings is not None else None
+        if secret is None:
+            raise StartupError(
+                f"handler {spec.name!r}: PostgresInbox() was given no URL and postgres.url is "
+                "not set: set it (env KAFKAWORKER_POSTGRES__URL) or give PostgresInbox(url)"
+            )
+        url = secret.get_secret_value()
+        try:
+            return url, _where(url, "settings postgres.url")
+        except ConfigError as exc:
+            raise StartupError(f"handler {spec.name!r}: {exc}") from None
 
 
 class _Recorded:
@@ -469,13 +479,16 @@ class _Cleanup:
     def __init__(
         self,
         inbox: PostgresInbox,
+        *,
+        url: str,
+        where: str,
         group: str,
         handler: str,
         committed: CommittedOffsets,
         every: float,
     ) -> None:
-        self._url = inbox.url
-        self._where = inbox.where
+        self._url = url
+        self._where = where
         self._after = inbox.cleanup_after
         self._every = every
         self._group = group
@@ -488,12 +501,20 @@ class _Cleanup:
 
     @staticmethod
     def factory(
-        inbox: PostgresInbox, group: str, handler: str
+        inbox: PostgresInbox, url: str, where: str, group: str, handler: str
     ) -> Callable[[CommittedOffsets], _Cleanup] | None:
         every = inbox.cleanup_every
         if every is None:
             return None
-        return lambda committed: _Cleanup(inbox, group, handler, committed, every)
+        return lambda committed: _Cleanup(
+            inbox,
+            url=url,
+            where=where,
+            group=group,
+            handler=handler,
+            committed=committed,
+            every=every,
+        )
 
     @staticmethod
     def started(
@@ -545,6 +566,18 @@ class _Cleanup:
                     if cursor.rowcount < CLEANUP_BATCH:
                         break
         return deleted
+
+
+def _where(url: str, what: str) -> str:
+    """Where a URL points, as error lines name it (host:port, database): never the password.
+    ConfigError naming `what` when it is no URL (without the text: it may hold a password)."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise ConfigError(f"{what}: not a postgresql:// URL or a libpq conninfo string") from None
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}, database {params.get('dbname') or '(default)'}"
 
 
 def _one_line(error: BaseException) -> str:

@@ -326,6 +326,7 @@ class AppRuntime:
                     group=group,
                     metrics=self.metrics,
                     run_async=self.loop.run if self.loop is not None else None,
+                    settings=self.settings,
                 )
                 stack.callback(calls.close)
                 inboxes[spec.name] = calls

@@ -549,3 +549,45 @@ def test_an_async_handler_runs_in_a_transaction_on_the_loop_and_skips_what_is_re
     assert (1, 3) not in attempts and (1, 4) not in attempts
     assert attempts.count((0, 7)) == 2 and attempts.count((1, 7)) == 2
     assert deduplicated(metrics) == 2
+
+
+# -- the URL from the settings ----------------------------------------------------------------
+
+
+def test_an_inbox_without_a_url_takes_postgres_url_from_the_settings(ledger_url: str) -> None:
+    from kafkaworker.runtime.compose import AppRuntime, GivenSources  # noqa: PLC0415
+    from tests.unit.runtime_support import settings  # noqa: PLC0415
+
+    spec = spec_for(write_ledger, inbox=PostgresInbox())
+    assert (
+        repr(spec.inbox) == "PostgresInbox(postgres.url of the settings, table=kafkaworker_inbox)"
+    )
+    source = MemorySource({"t": 1})
+    source.broker.append("t", b"0")
+    configured = settings(postgres={"url": ledger_url})
+    assert ledger_url not in repr(configured)  # a secret: it may hold a password
+    runtime = AppRuntime(App("svc"), configured, [spec], sources=GivenSources({"handler": source}))
+    with runtime:
+        runtime.start()
+        assert source.wait_for(lambda s: committed_to_the_end(s, [Partition("t", 0)]), 30)
+    assert ledger_rows(ledger_url) == [(0, 0)]
+
+
+def test_an_inbox_without_any_url_is_one_start_up_line() -> None:
+    from kafkaworker.runtime.compose import AppRuntime, GivenSources  # noqa: PLC0415
+    from tests.unit.runtime_support import settings  # noqa: PLC0415
+
+    spec = spec_for(write_ledger, inbox=PostgresInbox())
+    runtime = AppRuntime(
+        App("svc"), settings(), [spec], sources=GivenSources({"handler": MemorySource({"t": 1})})
+    )
+    with pytest.raises(StartupError, match="KAFKAWORKER_POSTGRES__URL") as error, runtime:
+        pass
+    assert "\n" not in str(error.value)
+    bad = settings(postgres={"url": "postgresql://app:s3cret@db/shop?nonsense=1"})
+    runtime = AppRuntime(
+        App("svc"), bad, [spec], sources=GivenSources({"handler": MemorySource({"t": 1})})
+    )
+    with pytest.raises(StartupError, match=r"settings postgres\.url") as error, runtime:
+        pass
+    assert "s3cret" not in str(error.value)
