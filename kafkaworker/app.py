@@ -30,6 +30,8 @@ from kafkaworker.settings import Settings, load_settings
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from kafkaworker.inbox import Inbox
+
 F = TypeVar("F", bound=Callable[..., Any])
 # A lifecycle hook: a plain function, or an async def one (run on the process's event loop).
 Hook = Callable[[], Awaitable[None] | None]
@@ -92,6 +94,7 @@ class App:
         mode: Mode = "stream",
         trace_parent: TraceParent = "parent",
         processing_guarantee: ProcessingGuarantee | None = None,
+        inbox: Inbox | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
         if callable(topics) and not isinstance(topics, str):
@@ -132,6 +135,7 @@ class App:
                 # None: at_least_once, unless the settings' app-wide processing_guarantee
                 # says otherwise.
                 processing_guarantee=processing_guarantee,  # type: ignore[arg-type]
+                inbox=inbox,
             )
             return func
 

@@ -19,6 +19,7 @@ from kafkaworker.settings import Settings
 
 if TYPE_CHECKING:
     from kafkaworker.app import App
+    from kafkaworker.inbox import Inbox
 
 Ordering = Literal["partition", "key", "none"]
 AckMode = Literal["auto", "manual"]
@@ -104,6 +105,9 @@ class HandlerSpec:
     # Declared None, it is made "at_least_once" in __post_init__; `guarantee_defaulted`
     # remembers it, so that the settings' app-wide `processing_guarantee` applies to it.
     processing_guarantee: ProcessingGuarantee = None  # type: ignore[assignment]
+    # Where handled messages are recorded, in the transaction the handler's psycopg.Connection
+    # parameter runs in (kafkaworker.postgres.PostgresInbox); None: no inbox.
+    inbox: Inbox | None = None
     ordering_defaulted: bool = field(init=False, default=False, repr=False)
     guarantee_defaulted: bool = field(init=False, default=False, repr=False)
     # Derived from the handler's signature: the pydantic model its messages are validated
@@ -113,6 +117,9 @@ class HandlerSpec:
     # An async def handler (or a callable object whose __call__ is one): it runs on the event
     # loop, and concurrency counts coroutines.
     is_async: bool = field(init=False, default=False, repr=False)
+    # The parameter annotated psycopg.Connection, which gets the inbox transaction's
+    # connection; None when the handler takes none.
+    connection: str | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         def bad(option: str, value: object, allowed: str) -> ConfigError:
@@ -218,7 +225,11 @@ class HandlerSpec:
             self._check_exactly_once(bad)
         if self.mode == "queue":
             self._check_queue_mode(bad)
-        _check_signature(self.name, self.func)
+        connection, kind = _connection_parameter(self.func)
+        object.__setattr__(self, "connection", connection)
+        if self.inbox is not None or connection is not None:
+            self._check_inbox(bad, connection, kind)
+        _check_signature(self.name, self.func, connection)
         model, takes_value = _payload_model(self.func, batch=self.batch is not None)
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "takes_value", takes_value)
@@ -266,6 +277,64 @@ class HandlerSpec:
                 "batch handlers are for stream mode",
             )
 
+    def _check_inbox(
+        self, bad: Callable[[str, object, str], ConfigError], connection: str | None, kind: str
+    ) -> None:
+        """What the inbox does not support yet is refused here, in one line each, rather than
+        run without its guarantee."""
+        if self.inbox is None:
+            raise bad(
+                connection or "func",
+                kind,
+                "a psycopg connection parameter needs an inbox: "
+                "@app.handler(..., inbox=PostgresInbox(url)) (kafkaworker.postgres)",
+            )
+        if not callable(getattr(self.inbox, "open", None)):
+            raise bad("inbox", self.inbox, "a kafkaworker.postgres.PostgresInbox(url)")
+        if self.is_async and kind == "Connection":
+            raise bad(
+                connection or "func",
+                kind,
+                "an async def handler takes a psycopg.AsyncConnection (a psycopg.Connection "
+                "would block the event loop)",
+            )
+        if not self.is_async and kind == "AsyncConnection":
+            raise bad(
+                connection or "func",
+                kind,
+                "a def handler takes a psycopg.Connection (psycopg.AsyncConnection is for "
+                "async def handlers)",
+            )
+        unsupported = (
+            ("mode", self.mode, self.mode == "queue", "queue mode (share groups)"),
+            ("batch", self.batch, self.batch is not None, "batch handlers"),
+            ("ack", self.ack, self.ack == "manual", 'ack="manual"'),
+            (
+                "output",
+                self.output,
+                self.output is not None,
+                "outputs (the return value would be produced outside the database "
+                "transaction; the outbox will do this)",
+            ),
+            (
+                "retry_topics",
+                list(self.retry_topics),
+                bool(self.retry_topics),
+                "delayed retry topics (a copy in a retry topic is another record to the "
+                "inbox, so it could be handled twice)",
+            ),
+            (
+                "processing_guarantee",
+                self.processing_guarantee,
+                self.processing_guarantee == "exactly_once",
+                "processing_guarantee='exactly_once' (a Kafka transaction and the database's "
+                "cannot commit as one; the inbox is the database's exactly-once)",
+            ),
+        )
+        for option, value, used, what in unsupported:
+            if used:
+                raise bad(option, value, f"{what} cannot have an inbox yet")
+
     def value_codec(self, runtime_codecs: Mapping[str, Codec] | None = None) -> Codec:
         """The codec of the handler's values (without model validation).
 
@@ -287,6 +356,16 @@ class HandlerSpec:
         if self.takes_value:
             return lambda msg: func(msg.value)
         return func
+
+    def call_with_connection(self) -> Callable[[Message[Any], Any], Any]:
+        """The call of a handler with an inbox: `call(msg, connection)`, the connection passed
+        as the handler's psycopg.Connection parameter (when it has one)."""
+        func, name, plain = self.func, self.connection, self.call()
+        if name is None:
+            return lambda msg, _connection: plain(msg)
+        if self.takes_value:
+            return lambda msg, connection: func(msg.value, **{name: connection})
+        return lambda msg, connection: func(msg, **{name: connection})
 
     def replace(self, **changes: Any) -> HandlerSpec:
         """A copy with `changes` applied (None values ignored), validated again."""
@@ -387,16 +466,17 @@ def _is_async_generator(func: Callable[..., Any]) -> bool:
     )
 
 
-def _check_signature(name: str, func: Callable[..., Any]) -> None:
+def _check_signature(name: str, func: Callable[..., Any], connection: str | None = None) -> None:
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):
         return  # builtins and C callables: trust them
     try:
-        signature.bind(object())
+        signature.bind(object(), **({connection: object()} if connection else {}))
     except TypeError:
+        also = f" and its {connection!r} connection" if connection else ""
         raise ConfigError(
-            f"handler {name!r}: {func!r} must accept exactly one argument (the Message), "
+            f"handler {name!r}: {func!r} must accept exactly one argument (the Message){also}, "
             f"but its signature is {signature}"
         ) from None
 
@@ -437,6 +517,25 @@ def check_exactly_once_settings(spec: HandlerSpec, settings: Settings) -> None:
             f"{where}: tracing is not supported with exactly_once yet (its send spans are "
             "the shared producer's): turn tracing.enabled off for this app"
         )
+
+
+def _connection_parameter(func: Callable[..., Any]) -> tuple[str | None, str]:
+    """The parameter (after the first) annotated with a psycopg connection, and which class
+    ("Connection" or "AsyncConnection"); (None, "") when there is none. Read from the
+    annotations without importing psycopg, an optional extra."""
+    try:
+        parameters = list(inspect.signature(func).parameters.values())[1:]
+        hints = get_type_hints(func)
+    except Exception:  # noqa: BLE001 - no signature, or unresolvable annotations: none
+        return None, ""
+    for parameter in parameters:
+        annotation = hints.get(parameter.name)
+        annotation = get_origin(annotation) or annotation  # psycopg.Connection[TupleRow]
+        module = getattr(annotation, "__module__", "") or ""
+        kind = getattr(annotation, "__name__", "")
+        if module.split(".")[0] == "psycopg" and kind in ("Connection", "AsyncConnection"):
+            return parameter.name, kind
+    return None, ""
 
 
 def resolve_specs(app: App, settings: Settings, only: Sequence[str] = ()) -> list[HandlerSpec]:

@@ -416,6 +416,14 @@ class AlertSettings(_Strict):
     commits_stalled_for: PositiveFloat = 600.0
 
 
+class PostgresSettings(_Strict):
+    """The database of an inbox declared without a URL (`PostgresInbox()`, docs/inbox.md): a
+    postgresql:// URL or a libpq conninfo string, kept secret (it may hold a password: shown
+    masked, never logged)."""
+
+    url: SecretStr | None = None
+
+
 class TracingSettings(_Strict):
     """OpenTelemetry tracing (docs/tracing.md): a `process {topic}` span per handler call and a
     `send {topic}` span per record written, the W3C `traceparent` carried in the records'
@@ -491,6 +499,7 @@ class Settings(BaseSettings):
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
 
     # How long graceful shutdown waits for in-flight messages before it commits and exits.
     shutdown_timeout: PositiveFloat = 30.0

@@ -160,6 +160,14 @@ class Metrics:
             labels,
             registry=reg,
         )
+        # Counted by the inbox (kafkaworker.postgres) as it finds a message recorded already.
+        self.deduplicated = Counter(
+            "kafkaworker_deduplicated",
+            "Inbox: messages delivered again but recorded as handled already, finished "
+            "without running the handler",
+            labels,
+            registry=reg,
+        )
         self.stalled = Gauge(
             "kafkaworker_stalled_messages",
             "Messages past their retries, retried at the maximum backoff",

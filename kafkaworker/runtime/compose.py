@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from kafkaworker.handlers import HandlerSpec, is_async_callable
+from kafkaworker.inbox import GroupCommitted
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.producer import Producer
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
@@ -43,6 +44,7 @@ from kafkaworker.settings import Settings
 
 if TYPE_CHECKING:
     from kafkaworker.app import App, Lifespan
+    from kafkaworker.inbox import InboxCalls
     from kafkaworker.runtime.poll.transactions import TransactionalClient
     from kafkaworker.tracing.spans import ProcessSpans
 
@@ -159,9 +161,11 @@ def build_handler(
     loop: EventLoopThread | None = None,
     clock: Clock = SYSTEM_CLOCK,
     transactions: Transactions = kafka_transactions,
+    inbox: InboxCalls | None = None,
 ) -> HandlerRuntime:
     """One handler's runtime: its failure path, executor, poll loop and source, wired.
-    `transactions`: how an exactly_once handler's transactional producer is made."""
+    `transactions`: how an exactly_once handler's transactional producer is made; `inbox`:
+    the handler's open inbox (spec.inbox), whose transaction wraps every call."""
     metrics = metrics or Metrics()
     exactly_once = spec.processing_guarantee == "exactly_once"
     group = spec.group or app_name
@@ -182,6 +186,13 @@ def build_handler(
     completions: queue.SimpleQueue[list[Completion]] = queue.SimpleQueue()
     policy = FailurePolicy(spec, routes=routes, can_publish=records is not None, breaker=breaker)
     attempts = Attempts(spec, policy, metrics=metrics, records=records)
+    if spec.inbox is not None:
+        if inbox is None:
+            raise ValueError(f"handler {spec.name!r} has an inbox but it was not opened")
+        # The one handler call both the executor core's inline path and the failure path
+        # (Attempts, retries included) make: each attempt in a transaction of its own, rolled
+        # back before the policy's next step (a backoff, the DLQ write).
+        attempts.call = inbox.wrap(spec.call_with_connection())
     spans = process_spans(app_name, spec, settings) if settings.tracing.enabled else None
     attempts.spans = spans
     batches = BatchRunner(spec, attempts, metrics=metrics, spans=spans) if spec.batch else None
@@ -369,6 +380,25 @@ class AppRuntime:
             if spec.processing_guarantee != "exactly_once"
         )
         producer = self.app.producer if writes else None
+        inboxes: dict[str, InboxCalls] = {}
+        for spec in self.specs:
+            if spec.inbox is not None:
+                # Each handler's own pool, sized to its concurrency; closed by the stack once
+                # the handlers are drained (stop() runs before it).
+                group = spec.group or self.app.name
+                calls = spec.inbox.open(
+                    spec,
+                    group=group,
+                    metrics=self.metrics,
+                    run_async=self.loop.run if self.loop is not None else None,
+                    settings=self.settings,
+                )
+                stack.callback(calls.close)
+                inboxes[spec.name] = calls
+                if isinstance(self.sources, KafkaSources):
+                    # The cleanup reads the group's committed offsets from Kafka: with the
+                    # cluster's groups only (not the TestClient's in-memory ones).
+                    calls.start_cleanup(GroupCommitted(self.settings, group, spec.topics))
         self.handlers = [
             build_handler(
                 self.app.name,
@@ -381,6 +411,7 @@ class AppRuntime:
                 loop=self.loop,
                 clock=self.clock,
                 transactions=self._transactions,
+                inbox=inboxes.get(spec.name),
             )
             for spec in self.specs
         ]
