@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 KAFKA_ARGS ?=
 
-.PHONY: install jars kafka-jars registry-jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools prometheus-tools asyncapi-tools jaeger-tools docs docs-serve
+.PHONY: install jars kafka-jars registry-jars lint format test test-fast faults kafka run bench clean image container-tools registry soak run-bridge browser-tools prometheus-tools asyncapi-tools jaeger-tools postgres-tools postgres docs docs-serve
 
 install: $(STAMP)
 
@@ -44,7 +44,7 @@ format: install
 # The whole suite, slow fault tests included, against a real broker the suite starts and stops.
 # It builds the docs site with --strict too (tests/unit/test_docs_site.py): a broken link, a
 # missing page or snippet, or a setting missing from the reference fails it.
-test: lint jars container-tools browser-tools prometheus-tools asyncapi-tools jaeger-tools
+test: lint jars container-tools browser-tools prometheus-tools asyncapi-tools jaeger-tools postgres-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The documentation site (mkdocs.yml) into build/site; docs-serve serves it on
@@ -55,12 +55,12 @@ docs: install
 docs-serve: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
-test-fast: install jars asyncapi-tools
+test-fast: install jars asyncapi-tools postgres-tools
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
 
 # The fault suite alone (brokers killed and hung, members frozen...), then its table:
 # scenario, messages, lost, duplicates, recovery (saved as build/faults.md).
-faults: install jars
+faults: install jars postgres-tools
 	@rm -f build/faults.jsonl
 	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
 	@$(PY) -m tools.faults
@@ -99,6 +99,17 @@ browser-tools: install
 # via apt-get when missing (root); a no-op when present.
 prometheus-tools: install
 	@$(PY) -m tools.install_prometheus
+
+# CI set-up for the inbox tests (tests/unit/test_inbox.py, tests/faults/test_inbox.py):
+# Debian's postgresql via apt-get when missing (root); a no-op when present. The tests' fixture
+# runs the same step, so a single test file works on a fresh machine too.
+postgres-tools: install
+	@$(PY) -m tools.install_postgres
+
+# A dev PostgreSQL in the foreground on 127.0.0.1:5432 (user postgres, trust auth, data in a
+# temporary directory deleted on Ctrl+C).
+postgres: postgres-tools
+	$(PY) -m kafkaworker.testing.postgres run --port 5432
 
 # The official AsyncAPI parser for the tests of `kafkaworker asyncapi`: the npm packages pinned
 # in tools/asyncapi/package-lock.json, installed once into the cache (node and npm from

@@ -14,7 +14,7 @@ as the OTLP/HTTP exporter does (protobuf) and sends it nowhere: the worker's who
 span but the network's. Prints msg/s and CPU per message by thread; for instruction counts
 run it under callgrind (docs/tracing.md, Cost):
 
-    python -m benchmarks.tracing_cost [--mode off|on|ratio] [--messages N]
+    python -m benchmarks.tracing_cost [--mode off|on|ratio] [--messages N] [--work-us US]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,14 +66,21 @@ def _install_sdk(mode: str) -> None:
     trace.set_tracer_provider(provider)
 
 
-def run(messages: int, mode: str) -> dict[str, Any]:
+def run(messages: int, mode: str, work_us: float = 0.0) -> dict[str, Any]:
     if mode in SAMPLERS:
         _install_sdk(mode)
     app = App("tracing-cost")
+    work = work_us / 1e6
 
     @app.handler("t", name="h")
     def handle(msg: Message[Any]) -> None:
         msg.value  # noqa: B018 - decoded, as S1's handler does
+        if work:
+            # CPU-bound work holding the GIL: the case where tracing's own CPU shows most
+            # (an I/O-bound handler hides it in its waits).
+            deadline = time.perf_counter() + work
+            while time.perf_counter() < deadline:
+                pass
 
     source = MemorySource({"t": PARTITIONS})
     for i in range(messages):
@@ -89,9 +97,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--mode", choices=["off", "on", "ratio", "noop"], default="off")
+    parser.add_argument(
+        "--work-us", type=float, default=0.0, help="CPU microseconds the handler spends per message"
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    result = run(args.messages, args.mode)
+    result = run(args.messages, args.mode, args.work_us)
     print(
         f"{args.mode}: {result['msgs_per_s']:,.0f} msg/s; CPU us per message by thread: "
         f"{result['cpu_us_per_message']}"

@@ -20,6 +20,7 @@ from kafkaworker.handlers import (
     Mode,
     OnExhausted,
     Ordering,
+    ProcessingGuarantee,
     TraceParent,
 )
 from kafkaworker.producer import Producer
@@ -28,6 +29,8 @@ from kafkaworker.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from kafkaworker.inbox import Inbox
 
 F = TypeVar("F", bound=Callable[..., Any])
 # A lifecycle hook: a plain function, or an async def one (run on the process's event loop).
@@ -90,6 +93,8 @@ class App:
         batch: BatchPolicy | None = None,
         mode: Mode = "stream",
         trace_parent: TraceParent = "parent",
+        processing_guarantee: ProcessingGuarantee | None = None,
+        inbox: Inbox | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for `topics`; returns the function unchanged (unit-testable)."""
         if callable(topics) and not isinstance(topics, str):
@@ -127,6 +132,10 @@ class App:
                 batch=batch,
                 mode=mode,
                 trace_parent=trace_parent,
+                # None: at_least_once, unless the settings' app-wide processing_guarantee
+                # says otherwise.
+                processing_guarantee=processing_guarantee,  # type: ignore[arg-type]
+                inbox=inbox,
             )
             return func
 

@@ -54,6 +54,13 @@ class SchemaRegistryUnavailable(KafkaWorkerError):  # noqa: N818 - a state, as k
     schema id or a malformed record, which no retry can fix."""
 
 
+class DatabaseUnavailable(KafkaWorkerError):  # noqa: N818 - a state, as kw.error.type names it
+    """An inbox's database did not answer or dropped the connection (the pool had no
+    connection in time, the server went away, the commit failed). No fault of the message: it
+    is retried in place with backoff whatever `retries` says, never dead-lettered nor skipped,
+    as when the Schema Registry does not answer."""
+
+
 class SchemaRefused(KafkaWorkerError):  # noqa: N818 - what happened to the schema
     """The Schema Registry refused to register a schema (an incompatible change under the
     subject's compatibility rule, or an invalid schema): names the subject and the rule."""

@@ -19,6 +19,7 @@ from kafkaworker.settings import Settings
 
 if TYPE_CHECKING:
     from kafkaworker.app import App
+    from kafkaworker.inbox import Inbox
 
 Ordering = Literal["partition", "key", "none"]
 AckMode = Literal["auto", "manual"]
@@ -30,11 +31,16 @@ OnExhausted = Literal["stall", "skip"]
 # trace in the APM), or as the root of a new trace with a link to it (a handler whose messages
 # fan in from many traces, or whose producer's trace would grow without bound).
 TraceParent = Literal["parent", "link"]
+# What a crash, a rebalance or a fenced zombie may do to a handler's writes: "at_least_once"
+# (outputs may be written again, never lost) or "exactly_once" (a Kafka transaction commits
+# the writes of finished messages with their offsets: docs/exactly-once.md).
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 ORDERINGS: tuple[str, ...] = get_args(Ordering)
 ACK_MODES: tuple[str, ...] = get_args(AckMode)
 ON_EXHAUSTED: tuple[str, ...] = get_args(OnExhausted)
 MODES: tuple[str, ...] = get_args(Mode)
 TRACE_PARENTS: tuple[str, ...] = get_args(TraceParent)
+PROCESSING_GUARANTEES: tuple[str, ...] = get_args(ProcessingGuarantee)
 # Kafka's own rule (kafka.common.internals.Topic): legal characters and at most 249 of them.
 _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 # Threads for a def handler; coroutines in flight for an async def one.
@@ -96,7 +102,14 @@ class HandlerSpec:
     batch: BatchPolicy | None = None
     mode: Mode = "stream"
     trace_parent: TraceParent = "parent"
+    # Declared None, it is made "at_least_once" in __post_init__; `guarantee_defaulted`
+    # remembers it, so that the settings' app-wide `processing_guarantee` applies to it.
+    processing_guarantee: ProcessingGuarantee = None  # type: ignore[assignment]
+    # Where handled messages are recorded, in the transaction the handler's psycopg.Connection
+    # parameter runs in (kafkaworker.postgres.PostgresInbox); None: no inbox.
+    inbox: Inbox | None = None
     ordering_defaulted: bool = field(init=False, default=False, repr=False)
+    guarantee_defaulted: bool = field(init=False, default=False, repr=False)
     # Derived from the handler's signature: the pydantic model its messages are validated
     # as, and whether it takes the model itself rather than a Message.
     model: type[BaseModel] | None = field(init=False, default=None, repr=False)
@@ -104,6 +117,9 @@ class HandlerSpec:
     # An async def handler (or a callable object whose __call__ is one): it runs on the event
     # loop, and concurrency counts coroutines.
     is_async: bool = field(init=False, default=False, repr=False)
+    # The parameter annotated psycopg.Connection, which gets the inbox transaction's
+    # connection; None when the handler takes none.
+    connection: str | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         def bad(option: str, value: object, allowed: str) -> ConfigError:
@@ -196,12 +212,39 @@ class HandlerSpec:
                 raise bad("batch", self.batch, "a kafkaworker.BatchPolicy(...) or None")
             if self.ack == "manual" or self.output is not None:
                 raise bad("batch", self.batch, "batch handlers need ack='auto' and no output")
+        object.__setattr__(self, "guarantee_defaulted", self.processing_guarantee is None)
+        if self.processing_guarantee is None:
+            object.__setattr__(self, "processing_guarantee", "at_least_once")
+        if self.processing_guarantee not in PROCESSING_GUARANTEES:
+            raise bad(
+                "processing_guarantee",
+                self.processing_guarantee,
+                f"allowed are {', '.join(PROCESSING_GUARANTEES)}",
+            )
+        if self.processing_guarantee == "exactly_once":
+            self._check_exactly_once(bad)
         if self.mode == "queue":
             self._check_queue_mode(bad)
-        _check_signature(self.name, self.func)
+        connection, kind = _connection_parameter(self.func)
+        object.__setattr__(self, "connection", connection)
+        if self.inbox is not None or connection is not None:
+            self._check_inbox(bad, connection, kind)
+        _check_signature(self.name, self.func, connection)
         model, takes_value = _payload_model(self.func, batch=self.batch is not None)
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "takes_value", takes_value)
+
+    def _check_exactly_once(self, bad: Callable[[str, object, str], ConfigError]) -> None:
+        """What exactly-once cannot honour (yet) is refused here, in one line each: never
+        run silently at-least-once."""
+        guarantee = "processing_guarantee='exactly_once'"
+        if self.mode == "queue":
+            raise bad(
+                "mode",
+                self.mode,
+                f"{guarantee} needs stream mode: a share group (KIP-932) has no transactions, "
+                "its acknowledgements cannot commit with the outputs",
+            )
 
     def _check_queue_mode(self, bad: Callable[[str, object, str], ConfigError]) -> None:
         """What a share group cannot honour is refused here, in one line each."""
@@ -234,6 +277,64 @@ class HandlerSpec:
                 "batch handlers are for stream mode",
             )
 
+    def _check_inbox(
+        self, bad: Callable[[str, object, str], ConfigError], connection: str | None, kind: str
+    ) -> None:
+        """What the inbox does not support yet is refused here, in one line each, rather than
+        run without its guarantee."""
+        if self.inbox is None:
+            raise bad(
+                connection or "func",
+                kind,
+                "a psycopg connection parameter needs an inbox: "
+                "@app.handler(..., inbox=PostgresInbox(url)) (kafkaworker.postgres)",
+            )
+        if not callable(getattr(self.inbox, "open", None)):
+            raise bad("inbox", self.inbox, "a kafkaworker.postgres.PostgresInbox(url)")
+        if self.is_async and kind == "Connection":
+            raise bad(
+                connection or "func",
+                kind,
+                "an async def handler takes a psycopg.AsyncConnection (a psycopg.Connection "
+                "would block the event loop)",
+            )
+        if not self.is_async and kind == "AsyncConnection":
+            raise bad(
+                connection or "func",
+                kind,
+                "a def handler takes a psycopg.Connection (psycopg.AsyncConnection is for "
+                "async def handlers)",
+            )
+        unsupported = (
+            ("mode", self.mode, self.mode == "queue", "queue mode (share groups)"),
+            ("batch", self.batch, self.batch is not None, "batch handlers"),
+            ("ack", self.ack, self.ack == "manual", 'ack="manual"'),
+            (
+                "output",
+                self.output,
+                self.output is not None,
+                "outputs (the return value would be produced outside the database "
+                "transaction; the outbox will do this)",
+            ),
+            (
+                "retry_topics",
+                list(self.retry_topics),
+                bool(self.retry_topics),
+                "delayed retry topics (a copy in a retry topic is another record to the "
+                "inbox, so it could be handled twice)",
+            ),
+            (
+                "processing_guarantee",
+                self.processing_guarantee,
+                self.processing_guarantee == "exactly_once",
+                "processing_guarantee='exactly_once' (a Kafka transaction and the database's "
+                "cannot commit as one; the inbox is the database's exactly-once)",
+            ),
+        )
+        for option, value, used, what in unsupported:
+            if used:
+                raise bad(option, value, f"{what} cannot have an inbox yet")
+
     def value_codec(self, runtime_codecs: Mapping[str, Codec] | None = None) -> Codec:
         """The codec of the handler's values (without model validation).
 
@@ -256,6 +357,16 @@ class HandlerSpec:
             return lambda msg: func(msg.value)
         return func
 
+    def call_with_connection(self) -> Callable[[Message[Any], Any], Any]:
+        """The call of a handler with an inbox: `call(msg, connection)`, the connection passed
+        as the handler's psycopg.Connection parameter (when it has one)."""
+        func, name, plain = self.func, self.connection, self.call()
+        if name is None:
+            return lambda msg, _connection: plain(msg)
+        if self.takes_value:
+            return lambda msg, connection: func(msg.value, **{name: connection})
+        return lambda msg, connection: func(msg, **{name: connection})
+
     def replace(self, **changes: Any) -> HandlerSpec:
         """A copy with `changes` applied (None values ignored), validated again."""
         known = {f.name for f in dataclasses.fields(self) if f.init}
@@ -265,6 +376,8 @@ class HandlerSpec:
         given = {k: v for k, v in changes.items() if v is not None}
         if self.ordering_defaulted and "ordering" not in given:
             given["ordering"] = None  # the default of the (maybe new) mode
+        if self.guarantee_defaulted and "processing_guarantee" not in given:
+            given["processing_guarantee"] = None  # still the default (the app-wide setting's)
         return dataclasses.replace(self, **given)
 
     def describe(self) -> dict[str, Any]:
@@ -288,6 +401,7 @@ class HandlerSpec:
                 else None
             ),
             "ack": self.ack,
+            "processing_guarantee": self.processing_guarantee,
         }
 
 
@@ -352,18 +466,76 @@ def _is_async_generator(func: Callable[..., Any]) -> bool:
     )
 
 
-def _check_signature(name: str, func: Callable[..., Any]) -> None:
+def _check_signature(name: str, func: Callable[..., Any], connection: str | None = None) -> None:
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):
         return  # builtins and C callables: trust them
     try:
-        signature.bind(object())
+        signature.bind(object(), **({connection: object()} if connection else {}))
     except TypeError:
+        also = f" and its {connection!r} connection" if connection else ""
         raise ConfigError(
-            f"handler {name!r}: {func!r} must accept exactly one argument (the Message), "
+            f"handler {name!r}: {func!r} must accept exactly one argument (the Message){also}, "
             f"but its signature is {signature}"
         ) from None
+
+
+def check_exactly_once_settings(spec: HandlerSpec, settings: Settings) -> None:
+    """Refuse, in one line, the settings that would break an exactly_once handler's
+    transactions (librdkafka's transactional producer needs idempotence and acks=all; its
+    transactional.id is the runtime's, see runtime/poll/transactions.py)."""
+    where = f"handler {spec.name!r} (processing_guarantee='exactly_once')"
+    producer = settings.kafka.producer
+    consumer = settings.kafka.consumer
+    if "transactional.id" in producer:
+        raise ConfigError(
+            f"{where}: remove kafka.producer.transactional.id; the runtime gives each "
+            "handler and member its own (group.handler.member)"
+        )
+    if str(producer.get("enable.idempotence", True)).lower() in ("false", "0"):
+        raise ConfigError(
+            f"{where}: kafka.producer.enable.idempotence=false breaks transactions "
+            "(a transactional producer is idempotent): remove it"
+        )
+    if str(producer.get("acks", "all")).lower() not in ("all", "-1"):
+        raise ConfigError(
+            f"{where}: kafka.producer.acks={producer['acks']!r}: transactions need acks=all"
+        )
+    if str(consumer.get("isolation.level", "read_committed")) != "read_committed":
+        raise ConfigError(
+            f"{where}: kafka.consumer.isolation.level must be read_committed: an aborted "
+            "transaction's records must never be handled"
+        )
+    if str(consumer.get("enable.auto.commit", False)).lower() in ("true", "1"):
+        raise ConfigError(
+            f"{where}: remove kafka.consumer.enable.auto.commit: offsets commit inside the "
+            "transactions, never on their own"
+        )
+    if settings.tracing.enabled:
+        raise ConfigError(
+            f"{where}: tracing is not supported with exactly_once yet (its send spans are "
+            "the shared producer's): turn tracing.enabled off for this app"
+        )
+
+
+def _connection_parameter(func: Callable[..., Any]) -> tuple[str | None, str]:
+    """The parameter (after the first) annotated with a psycopg connection, and which class
+    ("Connection" or "AsyncConnection"); (None, "") when there is none. Read from the
+    annotations without importing psycopg, an optional extra."""
+    try:
+        parameters = list(inspect.signature(func).parameters.values())[1:]
+        hints = get_type_hints(func)
+    except Exception:  # noqa: BLE001 - no signature, or unresolvable annotations: none
+        return None, ""
+    for parameter in parameters:
+        annotation = hints.get(parameter.name)
+        annotation = get_origin(annotation) or annotation  # psycopg.Connection[TupleRow]
+        module = getattr(annotation, "__module__", "") or ""
+        kind = getattr(annotation, "__name__", "")
+        if module.split(".")[0] == "psycopg" and kind in ("Connection", "AsyncConnection"):
+            return parameter.name, kind
+    return None, ""
 
 
 def resolve_specs(app: App, settings: Settings, only: Sequence[str] = ()) -> list[HandlerSpec]:
@@ -410,6 +582,13 @@ def resolve_specs(app: App, settings: Settings, only: Sequence[str] = ()) -> lis
                     }
                 )
             spec = spec.replace(**changes)
+        app_wide = settings.processing_guarantee
+        if app_wide is not None and spec.guarantee_defaulted:
+            # The app-wide setting is the default of handlers that declare none; a handler's
+            # own declaration, and handlers.<name>.processing_guarantee, win over it.
+            spec = spec.replace(processing_guarantee=app_wide)
+        if spec.processing_guarantee == "exactly_once":
+            check_exactly_once_settings(spec, settings)
         specs.append(spec)
     if not specs:
         raise ConfigError(f"app {app.name!r} has no handlers: declare one with @app.handler(...)")

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import confluent_kafka
@@ -42,6 +43,63 @@ class SendOptions(TypedDict, total=False):
 
 
 log = structlog.get_logger("kafkaworker.producer")
+
+# A record app.producer keeps for an exactly_once handler's transaction: topic, key, value,
+# headers, partition (-1: the partitioner's choice).
+HeldSend = tuple[str, bytes | str | None, bytes | None, list[tuple[str, Any]], int]
+
+
+class TransactionScope:
+    """The exactly_once handler a worker thread or event-loop task runs for (set once per
+    thread or task by the executors, a context variable). During one of its calls, `sends`
+    collects what app.producer is asked to send: those records are held with the call's
+    message and produced in the transaction that commits its offset (dropped if the call
+    fails), so a crash can never write them twice. Outside a call (a batch handler, a thread
+    the handler started does not inherit the context) a send is refused: it would bypass the
+    transaction."""
+
+    __slots__ = ("handler", "sends")
+
+    def __init__(self, handler: str) -> None:
+        self.handler = handler
+        self.sends: list[HeldSend] | None = None
+
+    def send(
+        self,
+        topic: str,
+        payload: bytes | None,
+        key: bytes | str | None,
+        headers: HeaderList | None,
+        partition: int | None,
+    ) -> Future[confluent_kafka.Message]:
+        """Keep a record for the transaction; a Future resolved at once, to the record
+        without its partition and offset (None: known only once the transaction commits)."""
+        if self.sends is None:
+            raise ProduceError(
+                f"app.producer cannot send to {topic!r} here from exactly_once handler "
+                f"{self.handler!r} (only during a call of a handler that takes one message, "
+                "on its own thread or task): return it as an output= value, or use "
+                "at_least_once"
+            )
+        written = list(headers or ())
+        self.sends.append((topic, key, payload, written, -1 if partition is None else partition))
+        future: Future[confluent_kafka.Message] = Future()
+        future.set_result(
+            confluent_kafka.Message(
+                topic=topic,
+                partition=-1 if partition is None else partition,
+                offset=-1,
+                key=key.encode() if isinstance(key, str) else key,
+                value=payload,
+                headers=written,
+            )
+        )
+        return future
+
+
+TRANSACTION_SCOPE: ContextVar[TransactionScope | None] = ContextVar(
+    "kafkaworker_transaction_scope", default=None
+)
 
 
 class ProduceError(KafkaWorkerError):
@@ -132,6 +190,8 @@ class Producer:
         if isinstance(codec, str) and codec in RUNTIME_CODECS:
             codec = self._registry_codec(codec)
         payload = _encode(topic, value, codec)
+        if (scope := TRANSACTION_SCOPE.get()) is not None:
+            return scope.send(topic, payload, key, headers, partition)
         future: Future[confluent_kafka.Message] = Future()
         spans = self._spans
         if spans is not None:

@@ -428,6 +428,14 @@ class AlertSettings(_Strict):
     commits_stalled_for: PositiveFloat = 600.0
 
 
+class PostgresSettings(_Strict):
+    """The database of an inbox declared without a URL (`PostgresInbox()`, docs/inbox.md): a
+    postgresql:// URL or a libpq conninfo string, kept secret (it may hold a password: shown
+    masked, never logged)."""
+
+    url: SecretStr | None = None
+
+
 class TracingSettings(_Strict):
     """OpenTelemetry tracing (docs/tracing.md): a `process {topic}` span per handler call and a
     `send {topic}` span per record written, the W3C `traceparent` carried in the records'
@@ -475,6 +483,7 @@ class HandlerSettings(_Strict):
     batch: BatchSettings | None = None
     circuit_breaker: CircuitBreakerSettings | None = None
     trace_parent: Literal["parent", "link"] | None = None
+    processing_guarantee: Literal["at_least_once", "exactly_once"] | None = None
 
     @field_validator("topics", mode="before")
     @classmethod
@@ -502,6 +511,7 @@ class Settings(BaseSettings):
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
 
     # How long graceful shutdown waits for in-flight messages before it commits and exits.
     shutdown_timeout: PositiveFloat = 30.0
@@ -549,7 +559,21 @@ class Settings(BaseSettings):
     # finished above a committed position (out-of-order completion) travels in the commit's
     # metadata when it fits, so that a crash or a rebalance repeats only unfinished work;
     # a map that does not fit is left out (the plain position, counted). 0: no maps.
+    # at_least_once handlers only: exactly_once transactions commit the plain position.
     offset_metadata_max_bytes: NonNegativeInt = 4096
+    # The processing guarantee of handlers that declare none (None: at_least_once);
+    # handlers.<name>.processing_guarantee overrides it for one handler.
+    processing_guarantee: Literal["at_least_once", "exactly_once"] | None = None
+    # exactly_once handlers commit a transaction this often (Kafka Streams' commit.interval.ms
+    # under exactly_once_v2 is 100 ms too): outputs become visible to read_committed readers
+    # up to this much later, and each transaction costs two round trips to the coordinator.
+    transaction_interval: PositiveFloat = 0.1
+    # This worker's stable identity in its groups, the end of its exactly_once handlers'
+    # transactional.id with the process index (default: the host name). Stable across
+    # restarts, so a restarted member fences its predecessor's open transaction at once
+    # (init_transactions) instead of readers waiting for transaction.timeout.ms; unique per
+    # running process, or two processes fence each other.
+    member: str | None = None
     # Where a group with no committed offset starts. "earliest": a new worker processes what
     # is already there instead of silently skipping it.
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"

@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafkaworker.testing.broker import BrokerError, Cluster, Secured
+from kafkaworker.testing.postgres import PostgresError, PostgresServer
 
 LOG_DIR = Path(__file__).resolve().parent.parent / "build" / "test-logs"
 _clusters: list[tuple[str, Cluster]] = []
@@ -119,3 +120,37 @@ def new_topic(admin: AdminClient) -> Iterator[TopicFactory]:
     if created:
         for future in admin.delete_topics(created, operation_timeout=30).values():
             future.exception(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL (Debian's; kafkaworker.testing.postgres) for the session,
+    started at the first test that asks for it. The package is installed first when missing
+    and this is root (tools.install_postgres, as `make postgres-tools`); elsewhere the tests
+    that use it skip, or fail when CI is set."""
+    from tools import install_postgres  # noqa: PLC0415 - only where a test needs the server
+
+    try:
+        install_postgres.install()
+        server = PostgresServer().start()
+    except (SystemExit, PostgresError) as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no PostgreSQL: {exc}")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A database of its own for one test (created, then dropped), on the session's server."""
+    import psycopg  # noqa: PLC0415 - the postgres extra, needed by these tests only
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin_db:
+        admin_db.execute(f"create database {name}")
+    yield postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin_db:
+        admin_db.execute(f"drop database {name} with (force)")

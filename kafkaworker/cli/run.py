@@ -107,8 +107,8 @@ def _supervise(  # noqa: PLR0917
 @JSON_OPTION
 def routes(app_ref: str, only: tuple[str, ...], settings_path: str | None, as_json: bool) -> None:
     """List the handlers of MODULE:APP as they will run: mode (when some handler is in queue
-    mode), topics, group, concurrency, ordering, retries, DLQ, output, codec (settings file
-    and environment applied)."""
+    mode), topics, group, concurrency, ordering, retries, DLQ, output, codec, the processing
+    guarantee (when some handler is exactly_once) (settings file and environment applied)."""
 
     with one_line():
         app = load_app(app_ref)
@@ -124,6 +124,8 @@ def routes(app_ref: str, only: tuple[str, ...], settings_path: str | None, as_js
     # Only where some handler has one: a column of dashes would only cost width.
     columns += [c for c in ("retry_topics", "output", "batch") if any(r[c] for r in shown)]
     columns += ["codec"]
+    if any(r["processing_guarantee"] == "exactly_once" for r in rows):
+        columns += ["guarantee"]
     click.echo(table(shown, columns, right=["concurrency", "retries"]))
 
 
@@ -135,4 +137,5 @@ def _shown(row: dict[str, Any]) -> dict[str, Any]:
         "topics": ",".join(row["topics"]),
         "retry_topics": ",".join(f"{d:g}s" for d in row["retry_topics"]) or None,
         "batch": f"{batch['max_size']}/{batch['max_wait']:g}s" if batch else None,
+        "guarantee": row["processing_guarantee"],
     }

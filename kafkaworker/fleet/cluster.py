@@ -21,6 +21,7 @@ import structlog
 
 from kafkaworker.errors import KafkaWorkerError
 from kafkaworker.ops import KafkaAdmin
+from kafkaworker.owned_thread import OwnedThread
 from kafkaworker.settings import Settings
 
 log = structlog.get_logger("kafkaworker.fleet")
@@ -44,18 +45,15 @@ class ClusterWatch:
         self._lock = threading.Lock()
         self._found: dict[str, dict[str, Any]] = {}
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kw-fleet-cluster", daemon=True)
+        self._thread = OwnedThread(self._run, "kw-fleet-cluster")
 
     def start(self) -> ClusterWatch:
         self._thread.start()
         return self
 
     def close(self) -> None:
-        self._stop.set()
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(self._settings.startup_timeout + 15)
+        self._thread.stop(self._settings.startup_timeout + 15)
 
     def refresh(self) -> None:
         """Ask again now (a command changed what the groups do)."""
@@ -68,10 +66,10 @@ class ClusterWatch:
     def _run(self) -> None:
         admin = KafkaAdmin(self._settings)
         try:
-            while not self._stop.is_set():
+            while not self._thread.stopping.is_set():
                 wanted = self._groups()
                 for group in wanted:
-                    if self._stop.is_set():
+                    if self._thread.stopping.is_set():
                         break
                     self._describe(admin, group)
                 with self._lock:

@@ -27,6 +27,7 @@ from kafkaworker import clients
 from kafkaworker.fleet.commands import verify
 from kafkaworker.fleet.topics import AUDIT, COMMANDS, ERRORS, REPORTS, fleet_topics
 from kafkaworker.fleet.view import FleetView
+from kafkaworker.owned_thread import OwnedThread
 from kafkaworker.settings import Settings
 
 log = structlog.get_logger("kafkaworker.fleet")
@@ -54,8 +55,7 @@ class FleetReader:
         self._consumer: confluent_kafka.Consumer | None = None
         self._reports_end: dict[int, int] = {}
         self.caught_up = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kw-fleet-reader", daemon=True)
+        self._thread = OwnedThread(self._run, "kw-fleet-reader")
 
     def start(self) -> FleetReader:
         consumer = confluent_kafka.Consumer(
@@ -83,15 +83,13 @@ class FleetReader:
         return self
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
+        self._thread.stop()
         if self._consumer is not None:
             self._consumer.close()
 
     def _run(self) -> None:
         assert self._consumer is not None
-        while not self._stop.is_set():
+        while not self._thread.stopping.is_set():
             try:
                 for record in self._consumer.consume(500, 0.5):
                     if record.error() is None:
@@ -100,7 +98,7 @@ class FleetReader:
                     self._check_caught_up()
             except Exception:  # one bad record must not stop the page
                 log.exception("reading the fleet's topics")
-                self._stop.wait(1.0)
+                self._thread.stopping.wait(1.0)
 
     def _add(self, record: confluent_kafka.Message) -> None:
         role = self._roles.get(record.topic() or "")

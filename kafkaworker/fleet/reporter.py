@@ -16,7 +16,6 @@ nothing is added to the message path.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from kafkaworker.fleet.control import FleetControl
 from kafkaworker.fleet.topics import COMMANDS, ERRORS, REPORTS, ensure, fleet_topics
 from kafkaworker.observability.dashboard import totals
 from kafkaworker.ops import KafkaAdmin
+from kafkaworker.owned_thread import OwnedThread
 from kafkaworker.producer import producer_config
 from kafkaworker.settings import Settings
 from kafkaworker.version import VERSION
@@ -82,8 +82,7 @@ class FleetReporter:
         self._errors_dropped = 0
         self.reports_sent = 0
         self.bytes_sent = 0  # report values, for the cost figure
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kw-fleet", daemon=True)
+        self._thread = OwnedThread(self._run, "kw-fleet")
 
     # -- lifecycle (the Runner's) ---------------------------------------------------------
 
@@ -115,8 +114,7 @@ class FleetReporter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stopping.set()
-        self._thread.join(FINAL_FLUSH + 5)
+        self._thread.stop(FINAL_FLUSH + 5)
 
     def _commands_consumer(self) -> confluent_kafka.Consumer:
         """Every partition of the commands topic, from the start, in no group (every process
@@ -144,13 +142,13 @@ class FleetReporter:
     def _run(self) -> None:
         next_report = self._clock()
         try:
-            while not self._stopping.is_set():
+            while not self._thread.stopping.is_set():
                 try:
                     next_report = self._turn(next_report)
                 except Exception:  # the worker must not care: logged, tried again
                     log.exception("fleet report or command failed")
                     next_report = self._clock() + self._interval
-                    self._stopping.wait(TICK)
+                    self._thread.stopping.wait(TICK)
         finally:
             self._finish()
 
@@ -162,7 +160,7 @@ class FleetReporter:
         if self.control is not None:
             status = self._read_commands(max(0.0, min(TICK, next_report - now)))
         else:
-            self._stopping.wait(max(0.0, next_report - now))
+            self._thread.stopping.wait(max(0.0, next_report - now))
         now = self._clock()
         if now >= next_report:
             self._publish(status or self._status.status(), now)

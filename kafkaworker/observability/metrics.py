@@ -89,6 +89,19 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self.transactions = Counter(
+            "kafkaworker_transactions",
+            "exactly_once handlers' transactions by outcome (committed, aborted)",
+            [*labels, "outcome"],
+            registry=reg,
+        )
+        self.transaction_seconds = Counter(
+            "kafkaworker_transaction_seconds",
+            "Seconds exactly_once handlers' poll threads spent in committed transactions "
+            "(begin to commit; divided by the committed count: the mean)",
+            labels,
+            registry=reg,
+        )
         self.rebalances = Counter(
             "kafkaworker_rebalances",
             "Rebalance callbacks by event (assigned, revoked, lost)",
@@ -164,6 +177,14 @@ class Metrics:
         self.skipped = Counter(
             "kafkaworker_skipped",
             "Messages finished without handling (Skip, on_exhausted=skip)",
+            labels,
+            registry=reg,
+        )
+        # Counted by the inbox (kafkaworker.postgres) as it finds a message recorded already.
+        self.deduplicated = Counter(
+            "kafkaworker_deduplicated",
+            "Inbox: messages delivered again but recorded as handled already, finished "
+            "without running the handler",
             labels,
             registry=reg,
         )

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from kafkaworker.handlers import HandlerSpec, is_async_callable
+from kafkaworker.inbox import GroupCommitted
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.producer import Producer
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
@@ -25,15 +26,16 @@ from kafkaworker.runtime.execute.batches import BatchRunner
 from kafkaworker.runtime.execute.core import ExecutorCore
 from kafkaworker.runtime.execute.coroutines import AsyncPool
 from kafkaworker.runtime.execute.event_loop import EventLoopThread
-from kafkaworker.runtime.execute.outputs import FailureRecords, Outputs
+from kafkaworker.runtime.execute.outputs import FailureRecords, HeldOutputs, Outputs
 from kafkaworker.runtime.execute.threads import WorkerPool
 from kafkaworker.runtime.failures.policy import CircuitBreaker, FailurePolicy
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
-from kafkaworker.runtime.handoff import Completion, Executor
+from kafkaworker.runtime.handoff import Completion, Executor, HeldWrites
 from kafkaworker.runtime.poll.delayed import DelayedRetries
-from kafkaworker.runtime.poll.poller import OffsetCommit, Poller, PollLoop
+from kafkaworker.runtime.poll.poller import Committer, OffsetCommit, Poller, PollLoop
 from kafkaworker.runtime.poll.share_poller import SharePoller
+from kafkaworker.runtime.poll.transactions import TransactionalCommit
 from kafkaworker.runtime.source import ShareSource, Source
 from kafkaworker.runtime.source.share_group import ShareGroupConfig
 from kafkaworker.serialization import Codec
@@ -42,7 +44,29 @@ from kafkaworker.settings import Settings
 
 if TYPE_CHECKING:
     from kafkaworker.app import App, Lifespan
+    from kafkaworker.inbox import InboxCalls
+    from kafkaworker.runtime.poll.transactions import TransactionalClient
     from kafkaworker.tracing.spans import ProcessSpans
+
+
+class Transactions(Protocol):
+    """Makes an exactly_once handler's transactional producer, initialised."""
+
+    def __call__(
+        self, app_name: str, spec: HandlerSpec, settings: Settings
+    ) -> TransactionalClient: ...
+
+
+def kafka_transactions(app_name: str, spec: HandlerSpec, settings: Settings) -> TransactionalClient:
+    """The cluster's: a confluent-kafka transactional producer per handler and process."""
+    from kafkaworker.runtime.poll.transactions import (  # noqa: PLC0415 - a client
+        new_transactional_client,
+        transactional_config,
+    )
+
+    return new_transactional_client(
+        transactional_config(app_name, spec, settings), timeout=settings.startup_timeout
+    )
 
 
 class Sources(Protocol):
@@ -136,12 +160,18 @@ def build_handler(
     codecs: Mapping[str, Codec] | None = None,
     loop: EventLoopThread | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    transactions: Transactions = kafka_transactions,
+    inbox: InboxCalls | None = None,
 ) -> HandlerRuntime:
-    """One handler's runtime: its failure path, executor, poll loop and source, wired."""
+    """One handler's runtime: its failure path, executor, poll loop and source, wired.
+    `transactions`: how an exactly_once handler's transactional producer is made; `inbox`:
+    the handler's open inbox (spec.inbox), whose transaction wraps every call."""
     metrics = metrics or Metrics()
+    exactly_once = spec.processing_guarantee == "exactly_once"
     group = spec.group or app_name
     routes = RetryRoutes(spec.topics, spec.retry_topics) if spec.retry_topics else None
-    if (spec.dlq is not None or routes is not None or spec.output is not None) and not producer:
+    writes = spec.dlq is not None or routes is not None or spec.output is not None
+    if writes and not producer and not exactly_once:
         raise ValueError(f"handler {spec.name!r} writes records but has no producer")
     records = None
     if spec.dlq is not None or routes is not None:
@@ -156,14 +186,34 @@ def build_handler(
     completions: queue.SimpleQueue[list[Completion]] = queue.SimpleQueue()
     policy = FailurePolicy(spec, routes=routes, can_publish=records is not None, breaker=breaker)
     attempts = Attempts(spec, policy, metrics=metrics, records=records)
+    if spec.inbox is not None:
+        if inbox is None:
+            raise ValueError(f"handler {spec.name!r} has an inbox but it was not opened")
+        # The one handler call both the executor core's inline path and the failure path
+        # (Attempts, retries included) make: each attempt in a transaction of its own, rolled
+        # back before the policy's next step (a backoff, the DLQ write).
+        attempts.call = inbox.wrap(spec.call_with_connection())
     spans = process_spans(app_name, spec, settings) if settings.tracing.enabled else None
     attempts.spans = spans
     batches = BatchRunner(spec, attempts, metrics=metrics, spans=spans) if spec.batch else None
     core = ExecutorCore(
         spec, attempts, completions, metrics=metrics, batches=batches, clock=clock, spans=spans
     )
-    outputs = None
-    if producer is not None:
+    outputs: Outputs | None = None
+    held: HeldWrites | None = None
+    if exactly_once:
+        # The writes of finished messages are held for the poll thread's transaction (the
+        # hand-off rule: runtime/handoff.py, HeldWrites), never produced by the workers.
+        held = HeldWrites()
+        outputs = HeldOutputs(
+            producer,
+            held,
+            topic=spec.output,
+            codec=codec,
+            produce_timeout=settings.produce_timeout,
+            write_timeout=settings.dead_letter.timeout,
+        )
+    elif producer is not None:
         outputs = Outputs(
             producer,
             topic=spec.output,
@@ -198,20 +248,36 @@ def build_handler(
     else:
         source = sources.stream(spec)
         topics = [*spec.topics, *(s.topic for s in routes.stages)] if routes else spec.topics
-        poller = Poller(
-            spec,
-            settings,
-            source,
-            executor,
-            completions,
-            committer=OffsetCommit(
+        committer: Committer
+        transactional: TransactionalCommit | None = None
+        if held is not None:
+            transactional = committer = TransactionalCommit(
+                transactions(app_name, spec, settings),
+                source,  # type: ignore[arg-type]  # the sources of stream mode are
+                held,
+                handler=spec.name,
+                interval=settings.transaction_interval,
+                api_timeout=settings.produce_timeout,
+                metrics=metrics,
+                clock=clock,
+                renew=lambda: transactions(app_name, spec, settings),
+            )
+        else:
+            committer = OffsetCommit(
                 source,
                 handler=spec.name,
                 interval=settings.commit_interval,
                 max_metadata=settings.offset_metadata_max_bytes,
                 clock=clock,
                 metrics=metrics,
-            ),
+            )
+        poller = Poller(
+            spec,
+            settings,
+            source,
+            executor,
+            completions,
+            committer=committer,
             codec=value_codec,
             topics=topics,
             delayed=DelayedRetries(routes.retry_topics if routes else (), clock=clock),
@@ -219,6 +285,8 @@ def build_handler(
             metrics=metrics,
             clock=clock,
         )
+        if transactional is not None:
+            transactional.lease_of = poller.lease_of
     return HandlerRuntime(spec, poller, executor, attempts, breaker, codec)
 
 
@@ -252,6 +320,7 @@ class AppRuntime:
 
     `producer`: app.producer for the run (default: built from the settings, eagerly when a
     handler writes records). `codecs`: codecs built for the run by name (the Schema Registry's).
+    `transactions`: makes exactly_once handlers' transactional producers (the cluster's).
     """
 
     def __init__(
@@ -265,8 +334,10 @@ class AppRuntime:
         producer: Producer | None = None,
         codecs: Mapping[str, Codec] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        transactions: Transactions = kafka_transactions,
     ) -> None:
         self.app = app
+        self._transactions = transactions
         self.settings = settings
         self.specs = list(specs)
         self.sources = sources
@@ -309,8 +380,32 @@ class AppRuntime:
                 producer=self._producer,
             )
         )
-        writes = any(spec.dlq or spec.retry_topics or spec.output for spec in self.specs)
+        # exactly_once handlers write through their own transactional producers.
+        writes = any(
+            spec.dlq or spec.retry_topics or spec.output
+            for spec in self.specs
+            if spec.processing_guarantee != "exactly_once"
+        )
         producer = self.app.producer if writes else None
+        inboxes: dict[str, InboxCalls] = {}
+        for spec in self.specs:
+            if spec.inbox is not None:
+                # Each handler's own pool, sized to its concurrency; closed by the stack once
+                # the handlers are drained (stop() runs before it).
+                group = spec.group or self.app.name
+                calls = spec.inbox.open(
+                    spec,
+                    group=group,
+                    metrics=self.metrics,
+                    run_async=self.loop.run if self.loop is not None else None,
+                    settings=self.settings,
+                )
+                stack.callback(calls.close)
+                inboxes[spec.name] = calls
+                if isinstance(self.sources, KafkaSources):
+                    # The cleanup reads the group's committed offsets from Kafka: with the
+                    # cluster's groups only (not the TestClient's in-memory ones).
+                    calls.start_cleanup(GroupCommitted(self.settings, group, spec.topics))
         self.handlers = [
             build_handler(
                 self.app.name,
@@ -322,6 +417,8 @@ class AppRuntime:
                 codecs=self._codecs,
                 loop=self.loop,
                 clock=self.clock,
+                transactions=self._transactions,
+                inbox=inboxes.get(spec.name),
             )
             for spec in self.specs
         ]

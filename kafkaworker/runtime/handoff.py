@@ -11,9 +11,10 @@ waits on it); the execute side only reads it.
 from __future__ import annotations
 
 import queue
-from collections.abc import Sequence
+import threading
+from collections.abc import Collection, Sequence
 from enum import IntEnum
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kafkaworker.message import DispatchedMessage
 from kafkaworker.runtime.source import Partition
@@ -84,6 +85,88 @@ def not_finished(messages: Sequence[Dispatched]) -> list[Completion]:
     return [Completion(lease, sorted(o), Outcome.NOT_FINISHED) for lease, o in by_lease.items()]
 
 
+class HeldRecord(NamedTuple):
+    """A record an exactly_once handler's message makes: encoded, not produced yet."""
+
+    topic: str
+    key: bytes | str | None
+    value: bytes | None
+    headers: list[tuple[str, Any]]
+    partition: int = -1  # the partitioner's choice
+
+
+class HeldWrites:
+    """The writes of an exactly_once handler's finished messages, held from the execute side
+    (which adds a message's records before it reports the message finished) to the poll
+    thread's transaction (which takes them once the message's offset is committable).
+
+    The hand-off rule of exactly-once: a transaction only ever holds writes of messages whose
+    offsets it commits. A message finished above its partition's contiguous position keeps
+    its writes here until the position passes it, however long the message below it runs;
+    then they go into the transaction that commits that position, in offset order (which
+    keeps each key's order). Writes are held by lease: those of an earlier assignment of a
+    partition (a call that outlived its revoke) are never taken for the next one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_lease: dict[Lease, dict[int, list[HeldRecord]]] = {}
+        # Messages whose records the broker refused for themselves (too large, no such topic,
+        # not authorized), by partition and offset, with how often: each refusal counts as a
+        # failed attempt of the message, as a failed delivery does at least once. Delivered
+        # again after the abort, its first attempts fail with the error (HeldOutputs), so
+        # the failure policy retries it and, once the refusals outnumber its retries, sends
+        # it to the DLQ, instead of every transaction that holds its records aborting.
+        self._refused: dict[tuple[Partition, int], tuple[BaseException, int]] = {}
+
+    def hold(self, lease: Lease, offset: int, records: list[HeldRecord]) -> None:
+        """The records of the message at `offset` (a message holds once: a second hold of
+        the same offset replaces the first)."""
+        with self._lock:
+            held = self._by_lease.get(lease)
+            if held is None:
+                held = self._by_lease[lease] = {}
+            held[offset] = records
+
+    def take(self, lease: Lease, below: int) -> list[tuple[int, HeldRecord]]:
+        """Remove and return the records of the lease's offsets below `below`, in offset
+        order, each with its message's offset."""
+        with self._lock:
+            held = self._by_lease.get(lease)
+            if not held:
+                return []
+            offsets = sorted(o for o in held if o < below)
+            return [(offset, record) for offset in offsets for record in held.pop(offset)]
+
+    def refuse(self, partition: Partition, offset: int, error: BaseException) -> None:
+        with self._lock:
+            _, count = self._refused.get((partition, offset), (error, 0))
+            self._refused[(partition, offset)] = (error, count + 1)
+
+    def refusal(self, partition: Partition, offset: int) -> tuple[BaseException, int] | None:
+        """Why and how often the broker refused a record of this message, if it did."""
+        if not self._refused:  # the common case, without the lock
+            return None
+        with self._lock:
+            return self._refused.get((partition, offset))
+
+    def drop(self, keep: Collection[Lease]) -> None:
+        """Forget the writes of every lease not in `keep` (partitions let go, or assignments
+        rewound)."""
+        with self._lock:
+            for lease in [lease for lease in self._by_lease if lease not in keep]:
+                del self._by_lease[lease]
+
+    def leases(self) -> list[Lease]:
+        with self._lock:
+            return list(self._by_lease)
+
+    def messages(self) -> int:
+        """Messages whose writes are held."""
+        with self._lock:
+            return sum(map(len, self._by_lease.values()))
+
+
 class Executor(Protocol):
     """The execute side, as the poll thread drives it. Every message submitted is reported
     back exactly once on the completion queue (finished, dead-lettered, not finished...),
@@ -127,6 +210,8 @@ __all__ = [
     "CompletionQueue",
     "Dispatched",
     "Executor",
+    "HeldRecord",
+    "HeldWrites",
     "Lease",
     "Outcome",
     "Run",

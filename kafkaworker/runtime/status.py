@@ -25,6 +25,7 @@ import orjson
 import structlog
 
 from kafkaworker.observability.metrics import Metrics
+from kafkaworker.owned_thread import OwnedThread
 from kafkaworker.runtime.failures.recent import RecentFailures
 from kafkaworker.runtime.source import Partition
 
@@ -217,21 +218,19 @@ class StatusFiles:
         self._directory = directory
         self._status = status
         self._pid = os.getpid()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kw-status", daemon=True)
+        self._thread = OwnedThread(self._run, "kw-status")
 
     def __enter__(self) -> StatusFiles:
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        self._thread.stop()
 
     def _run(self) -> None:
         path = status_path(self._directory, self._pid)
         tmp = path.with_suffix(".tmp")
-        while not self._stop.wait(STATUS_EVERY):
+        while not self._thread.stopping.wait(STATUS_EVERY):
             try:
                 for action in sorted(
                     Path(self._directory).glob(f"dashboard-action-{self._pid}-*.json")

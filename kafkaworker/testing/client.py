@@ -46,7 +46,7 @@ from kafkaworker.runtime.source.memory import MemoryBroker, MemorySource
 from kafkaworker.runtime.source.memory_share import MemoryShareSource
 from kafkaworker.runtime.source.share_group import ShareGroupConfig
 from kafkaworker.settings import Settings, settings_for_run
-from kafkaworker.testing.producer import MemoryProducer, ProducedRecord
+from kafkaworker.testing.producer import MemoryProducer, MemoryTransactions, ProducedRecord
 
 Outcome = Literal[
     "finished", "dead_lettered", "retry_topic", "skipped", "stalled", "awaiting_ack", "rejected"
@@ -142,6 +142,7 @@ class TestClient:
                 sources=sources,
                 producer=self.producer,
                 clock=self.clock,
+                transactions=self._transactions,
             )
         )
         for handler in runtime.handlers:
@@ -151,6 +152,15 @@ class TestClient:
             self._runtimes[spec.name] = handler
             self._observed[spec.name] = observer
         runtime.start()
+
+    def _transactions(
+        self, app_name: str, spec: HandlerSpec, settings: Settings
+    ) -> MemoryTransactions:
+        """An exactly_once handler's transactional producer: its committed records join
+        `records()`, its offsets commit to its in-memory source."""
+        source = self._sources[spec.name]
+        assert isinstance(source, MemorySource)
+        return MemoryTransactions(self.producer, source)
 
     @staticmethod
     def _subscribed(spec: HandlerSpec) -> list[str]:
@@ -259,6 +269,13 @@ class TestClient:
                 if runtime.error is not None:
                     raise runtime.error
             errors, decisions, stopped, completed = observer.take()
+            if spec.processing_guarantee == "exactly_once" and stopped is None:
+                # Its records are visible once the transaction that commits its offset has
+                # (within transaction_interval, virtual time included).
+                source.wait_for(
+                    lambda s: isinstance(s, MemorySource) and s.committed.get(where, 0) > offset,
+                    max(0.0, deadline - time.monotonic()),
+                )
         outcome: Outcome
         if stopped == "awaiting_ack" and completed is not None:
             stopped = None  # acked after all (by another thread, as the handler returned)

@@ -56,7 +56,9 @@ def test_hour_long_backoffs_take_no_time_then_the_dlq(kind: str) -> None:
     with TestClient(app) as client:
         before = client.clock.time()
         delivery = client.send("orders", {"id": 1})
-        assert client.clock.time() - before == pytest.approx(4 * 3600)  # virtual
+        # Virtual: the four backoffs skipped, plus the real time the calls took (a loaded
+        # machine took 16 ms of it once: the tolerance is a second, not a relative 1e-6).
+        assert client.clock.time() - before == pytest.approx(4 * 3600, abs=1.0)
     assert time.monotonic() - started < 10  # not four hours
     assert (delivery.outcome, delivery.attempts) == ("dead_lettered", 5)
     assert [type(e) for e in delivery.errors] == [Down] * 5

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import itertools
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from kafkaworker.observability.server import Request
+from kafkaworker.owned_thread import OwnedThread
 from kafkaworker.settings import DashboardSettings
 
 log = structlog.get_logger("kafkaworker.dashboard")
@@ -106,8 +106,7 @@ class Dashboard:
         self._clock = clock
         # (time, {handler: totals}); appended by the sampler thread, read by requests.
         self._history: deque[tuple[float, dict[str, dict[str, float]]]] = deque(maxlen=HISTORY)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="kw-dashboard", daemon=True)
+        self._thread = OwnedThread(self._sample, "kw-dashboard")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -117,12 +116,10 @@ class Dashboard:
         return self
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
+        self._thread.stop()
 
     def _sample(self) -> None:
-        while not self._stop.wait(SAMPLE_EVERY):
+        while not self._thread.stopping.wait(SAMPLE_EVERY):
             try:
                 self._history.append((self._clock(), totals(self._registry)))
             except Exception:  # a bad sample must not end the chart for good

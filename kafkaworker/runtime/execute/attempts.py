@@ -21,6 +21,7 @@ from kafkaworker.errors import Skip
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.message import Message
 from kafkaworker.observability.metrics import Metrics
+from kafkaworker.producer import TRANSACTION_SCOPE, HeldSend
 from kafkaworker.runtime.execute.outputs import FailureRecords, error_type
 from kafkaworker.runtime.execute.steps import Emit, Sleep, Write
 from kafkaworker.runtime.failures.policy import Action, Decision, FailurePolicy
@@ -61,6 +62,9 @@ class Attempts:
         self.awaiting = spec.is_async
         self._records = records
         self._emits = spec.output is not None  # the handler's return value is produced
+        # exactly_once: app.producer's sends during a call are collected (producer.py,
+        # TransactionScope) and held with the call's outputs.
+        self._exactly_once = spec.processing_guarantee == "exactly_once"
         # Set by the executor: how completions are reported (a manual ack reports itself), and
         # how a message nacked after its handler returned goes back to the executor.
         self.report: Callable[[list[Completion]], None] | None = None
@@ -104,6 +108,9 @@ class Attempts:
         (a backoff, a DLQ write), so that the executor reports what it finished before."""
         lease = msg.lease
         manual = self._manual
+        # The worker thread's or task's scope (set by the executors); None at least once.
+        scope = TRANSACTION_SCOPE.get() if self._exactly_once else None
+        sends: list[HeldSend] | None = None
         failures = 0
         seconds = 0.0  # in handler calls
         nacks: list[BaseException] = []  # nacks during the handler call
@@ -119,18 +126,24 @@ class Attempts:
                 if manual:
                     calls.calling = True
                 started = time.monotonic()
+                if scope is not None:
+                    scope.sends = []
                 try:
                     result = yield from self.calling(self.call, msg)
                 except GeneratorExit:
                     raise
                 except BaseException as exc:  # noqa: BLE001 - the failure policy decides
                     error = exc
+                finally:
+                    if scope is not None:
+                        # A failed call's sends are dropped: its retry sends them again.
+                        sends, scope.sends = scope.sends, None
                 seconds += time.monotonic() - started
                 if manual and error is None:
                     with calls.lock:  # nacked during the call: no outputs for it
                         error = nacks[0] if nacks else None
-                if error is None and self._emits:
-                    error = yield Emit(msg, result)
+                if error is None and (self._emits or sends):
+                    error = yield Emit(msg, result, sends)
                 if manual:
                     with calls.lock:
                         calls.calling = False
@@ -303,7 +316,7 @@ class Attempts:
         else:
             record = records.dead_letter(msg, error)
         failures = 0
-        while (failure := (yield Write(record))) is not None:
+        while (failure := (yield Write(record, msg))) is not None:
             failures += 1
             self._write_failures.inc()
             delay = self.policy.write_retry_delay(failures)

@@ -270,7 +270,14 @@ class ExecutorCore:
         # span: chosen here, once per chunk, so that tracing off costs the loop nothing
         # (callgrind, broker-less S1: 44.2-45.3k instructions a message with this choice,
         # 44.3-45.5k without it; docs/tracing.md, Cost).
-        plain = not self._manual and self.spec.output is None and self._spans is None
+        # exactly_once takes Attempts' path too: app.producer's sends during a call are
+        # collected there and held with the message.
+        plain = (
+            not self._manual
+            and self.spec.output is None
+            and self._spans is None
+            and self.spec.processing_guarantee != "exactly_once"
+        )
         attempt = self._attempt if self._spans is None else self._traced
         call = self.attempts.call
         timed = self._timed.append

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from kafkaworker.producer import TRANSACTION_SCOPE, TransactionScope
 from kafkaworker.runtime.execute.core import (
     REPORT_AFTER,
     REPORT_EVERY,
@@ -123,6 +124,8 @@ class AsyncPool(Driver):
         assert task is not None
         clock = self._clock.monotonic
         yielded = clock()
+        if core.spec.processing_guarantee == "exactly_once":
+            TRANSACTION_SCOPE.set(TransactionScope(core.spec.name))  # this task's context only
         try:
             while True:
                 try:
@@ -181,11 +184,11 @@ class AsyncPool(Driver):
 
     async def _emit(self, step: Emit) -> BaseException | None:
         assert self._outputs is not None
-        return await self._outputs.emit_async(step.msg, step.result)
+        return await self._outputs.emit_async(step.msg, step.result, step.sends)
 
     async def _write(self, step: Write) -> BaseException | None:
         assert self._outputs is not None
-        return await self._outputs.write_async(step.record)
+        return await self._outputs.write_async(step.record, step.msg)
 
     async def _sleep(self, step: Sleep) -> bool:
         leases = step.leases

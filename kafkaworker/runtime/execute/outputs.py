@@ -21,10 +21,11 @@ from typing import Any, NamedTuple
 
 from kafkaworker import headers
 from kafkaworker.message import Message
-from kafkaworker.producer import Producer, _QueueFullError
+from kafkaworker.producer import Producer, _encode, _QueueFullError
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.execute.event_loop import cancelling
 from kafkaworker.runtime.failures.retrytopics import Stage
+from kafkaworker.runtime.handoff import Dispatched, HeldRecord, HeldWrites
 from kafkaworker.serialization import Codec
 
 TRACEBACK_LIMIT = 8 * 1024
@@ -176,7 +177,9 @@ class Outputs:
         self.produce_timeout = produce_timeout
         self.write_timeout = write_timeout  # dead_letter.timeout
 
-    def emit(self, msg: Message[Any], result: Any) -> BaseException | None:
+    def emit(
+        self, msg: Message[Any], result: Any, sends: list[Any] | None = None
+    ) -> BaseException | None:
         """Produce `result` (each item of a list, tuple or generator; None: nothing) and wait
         for the acknowledgements; the error, if one failed (encoding, delivery)."""
         try:
@@ -187,7 +190,9 @@ class Outputs:
             return exc
         return None
 
-    async def emit_async(self, msg: Message[Any], result: Any) -> BaseException | None:
+    async def emit_async(
+        self, msg: Message[Any], result: Any, sends: list[Any] | None = None
+    ) -> BaseException | None:
         """emit() on an event loop. A full librdkafka queue is waited out by awaiting, not in
         send(), whose wait would block the loop and with it every async handler; the records
         are still queued one after another, in order."""
@@ -215,7 +220,7 @@ class Outputs:
             return exc
         return None
 
-    def write(self, record: FailedRecord) -> BaseException | None:
+    def write(self, record: FailedRecord, msg: Dispatched | None = None) -> BaseException | None:
         """Write a failed message's record and wait for the acknowledgement; the error."""
         topic, key, value, headers = record
         try:
@@ -226,7 +231,9 @@ class Outputs:
             return exc
         return None
 
-    async def write_async(self, record: FailedRecord) -> BaseException | None:
+    async def write_async(
+        self, record: FailedRecord, msg: Dispatched | None = None
+    ) -> BaseException | None:
         topic, key, value, headers = record
         try:
             await self.producer.send_async(
@@ -239,6 +246,76 @@ class Outputs:
     def _send(self, msg: Message[Any], item: Any, timeout: float) -> Future[Any]:
         assert self.topic is not None
         return self.producer.send(self.topic, item, key=msg.key, codec=self.codec, timeout=timeout)
+
+
+class HeldOutputs(Outputs):
+    """An exactly_once handler's outputs: encoded on the worker (its error goes to the failure
+    policy as an at-least-once output's would) and held with the message (HeldWrites) rather
+    than produced; the poll thread's transaction produces them once the message's offset is
+    committable. Nothing waits for the broker here: a delivery error surfaces at the
+    transaction's commit, which aborts it and delivers the messages again; a record the broker
+    refused for itself makes its message's next attempts fail (HeldWrites.refuse), one per
+    refusal, so the failure policy retries it and then dead-letters it."""
+
+    def __init__(
+        self,
+        producer: Producer | None,
+        held: HeldWrites,
+        *,
+        topic: str | None,
+        codec: Codec | None,
+        produce_timeout: float,
+        write_timeout: float,
+    ) -> None:
+        super().__init__(
+            producer,  # type: ignore[arg-type]  # never called: nothing is produced here
+            topic=topic,
+            codec=codec,
+            produce_timeout=produce_timeout,
+            write_timeout=write_timeout,
+        )
+        self.held = held
+
+    def emit(
+        self, msg: Message[Any], result: Any, sends: list[Any] | None = None
+    ) -> BaseException | None:
+        """Hold the call's outputs (when the handler has an output topic) after what it sent
+        with app.producer during the call (`sends`)."""
+        dispatched: Dispatched = msg  # type: ignore[assignment]  # the executor's messages
+        refused = self.held.refusal(dispatched.lease.partition, dispatched.offset)
+        if refused is not None and msg.attempt <= refused[1]:
+            # Its records aborted a transaction (each time: one failed attempt).
+            return refused[0]
+        topic = self.topic
+        key = msg.key
+        records = [HeldRecord(*send) for send in sends or ()]
+        if topic is not None:
+            try:
+                records += [
+                    HeldRecord(topic, key, _encode(topic, item, self.codec), [])
+                    for item in _items(result)
+                ]
+            except BaseException as exc:  # noqa: BLE001 - handed to the failure policy
+                return exc
+        if records:
+            self.held.hold(dispatched.lease, dispatched.offset, records)
+        return None
+
+    async def emit_async(
+        self, msg: Message[Any], result: Any, sends: list[Any] | None = None
+    ) -> BaseException | None:
+        return self.emit(msg, result, sends)
+
+    def write(self, record: FailedRecord, msg: Dispatched | None = None) -> BaseException | None:
+        assert msg is not None
+        topic, key, value, headers = record
+        self.held.hold(msg.lease, msg.offset, [HeldRecord(topic, key, value, headers)])
+        return None
+
+    async def write_async(
+        self, record: FailedRecord, msg: Dispatched | None = None
+    ) -> BaseException | None:
+        return self.write(record, msg)
 
 
 def _items(result: Any) -> list[Any]:

@@ -24,13 +24,18 @@ class Emit(NamedTuple):
 
     msg: Dispatched
     result: Any
+    # exactly_once: what app.producer was asked to send during the call (producer.HeldSend),
+    # held with the outputs.
+    sends: list[Any] | None = None
 
 
 class Write(NamedTuple):
     """Write a failed message's record (to a retry topic or the DLQ) and wait for the broker's
-    acknowledgement. Reply: the error, or None."""
+    acknowledgement (exactly_once: hold it for the transaction that commits `msg`). Reply: the
+    error, or None."""
 
     record: FailedRecord
+    msg: Dispatched
 
 
 class Sleep(NamedTuple):

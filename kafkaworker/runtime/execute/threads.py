@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from kafkaworker.producer import TRANSACTION_SCOPE, TransactionScope
 from kafkaworker.runtime.execute.core import Driver, ExecutorCore, Lane, Work
 from kafkaworker.runtime.execute.outputs import Outputs
 from kafkaworker.runtime.execute.steps import Emit, Idle, Sleep, Write
@@ -84,6 +85,10 @@ class WorkerPool(Driver):
                 self._cond.notify()
 
     def _work(self) -> None:
+        if self.core.spec.processing_guarantee == "exactly_once":
+            TRANSACTION_SCOPE.set(
+                TransactionScope(self.core.spec.name)
+            )  # this thread's context only
         while (taken := self._take()) is not None:
             lane, chunk = taken
             try:
@@ -108,11 +113,11 @@ class WorkerPool(Driver):
 
     def _emit(self, step: Emit) -> BaseException | None:
         assert self._outputs is not None
-        return self._outputs.emit(step.msg, step.result)
+        return self._outputs.emit(step.msg, step.result, step.sends)
 
     def _write(self, step: Write) -> BaseException | None:
         assert self._outputs is not None
-        return self._outputs.write(step.record)
+        return self._outputs.write(step.record, step.msg)
 
     def _sleep(self, step: Sleep) -> bool:
         leases = step.leases

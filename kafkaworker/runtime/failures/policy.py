@@ -26,7 +26,13 @@ from dataclasses import KW_ONLY, dataclass, field
 from enum import Enum
 from typing import Literal
 
-from kafkaworker.errors import DeadLetter, DeserializationError, SchemaRegistryUnavailable, Skip
+from kafkaworker.errors import (
+    DatabaseUnavailable,
+    DeadLetter,
+    DeserializationError,
+    SchemaRegistryUnavailable,
+    Skip,
+)
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.runtime.failures.retrytopics import RetryRoutes, Stage
 
@@ -102,9 +108,10 @@ class FailurePolicy:
         spec = self.spec
         if isinstance(error, Skip):
             return Decision(Action.SKIP, fatal=True)
-        if isinstance(error, SchemaRegistryUnavailable):
-            # The Schema Registry did not answer: no fault of the record, so it is neither
-            # dead-lettered nor skipped, whatever `retries` says; it waits with backoff.
+        if isinstance(error, SchemaRegistryUnavailable | DatabaseUnavailable):
+            # The Schema Registry or an inbox's database did not answer: no fault of the
+            # record, so it is neither dead-lettered nor skipped, whatever `retries` says; it
+            # waits with backoff.
             return Decision(Action.RETRY, delay=spec.backoff.delay(failures, self.rng))
         fatal = is_fatal(error) or not isinstance(error, spec.retry_on)
         if not fatal and failures <= spec.retries:

@@ -1,8 +1,9 @@
 """The offset map: the offsets finished above a committed position, carried in the commit's
 metadata (Confluent Parallel Consumer's idea), so that after a crash or a rebalance only the
-truly unfinished records run again. Pure: no client, no clock; the committers
-(poll/poller.py's OffsetCommit, a producer transaction's later) encode with it, the poll
-thread decodes the map of every partition it is assigned.
+truly unfinished records run again. Pure: no client, no clock; the at-least-once committer
+(poll/poller.py's OffsetCommit) encodes with it, the poll thread decodes the map of every
+partition it is assigned. exactly_once's transactions commit no map (poll/transactions.py
+says why).
 
 The text is `kw1:<position>:<base64>`. The base64 is a zlib-compressed bitmap, bit i (least
 significant first) saying whether offset position + i is finished; bit 0, the position

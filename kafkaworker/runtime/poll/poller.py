@@ -24,8 +24,12 @@ committed from the poll thread without that retry let a partition that received 
 keep an old position until its next revoke (a fault test caught it). Not librdkafka's
 auto-commit of its offset store, which retries by itself: it commits a stored offset only
 when the offset moved, never a change of metadata alone, and under key ordering the map
-grows while one slow key holds the position. A producer transaction carrying the offsets is
-the other way the Committer seam is filled, with the same offset map.
+grows while one slow key holds the position. The other way the Committer seam is filled is
+exactly_once's (poll/transactions.py, TransactionalCommit): a producer transaction commits
+the plain contiguous position with the writes of the messages below it, no offset map (a
+message finished above the position has its writes held, so a map must not list it; the
+reasons are written there). Its tick() may give back partitions to rewind (an aborted
+transaction); OffsetCommit's never does.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Protocol
 import structlog
 from confluent_kafka import KafkaError, KafkaException
 
+from kafkaworker.errors import KafkaWorkerError
 from kafkaworker.handlers import HandlerSpec
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
@@ -60,7 +65,14 @@ from kafkaworker.runtime.poll.fairness import FairDispatch
 from kafkaworker.runtime.poll.gauges import PartitionRow, PollGauges
 from kafkaworker.runtime.poll.partitions import Intake, PartitionOffsets, PartitionState
 from kafkaworker.runtime.poll.pausing import Pausing
-from kafkaworker.runtime.source import OffsetAndMetadata, Partition, Record, ShareSource, Source
+from kafkaworker.runtime.source import (
+    OffsetAndMetadata,
+    Partition,
+    Record,
+    ShareSource,
+    Source,
+    TransactionalSource,
+)
 from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings
 
@@ -358,7 +370,9 @@ class Poller(PollLoop):
         if self._changed or breaker is not None or backpressure.withholding:
             self._changed = False
             self._apply_pauses()
-        self._committer.tick()
+        rewind = self._committer.tick()
+        if rewind:
+            self._rewind(rewind)
         self._gauges.refresh(self._partitions.values(), self._in_flight)
 
     def _dispatch(self, batch: list[Record]) -> None:
@@ -541,6 +555,69 @@ class Poller(PollLoop):
         self._metrics.rebalances.labels(self.spec.name, "lost").inc()
         self._let_go(partitions, commit=False)
 
+    def lease_of(self, partition: Partition) -> Lease | None:
+        """The partition's lease now (None when it is not assigned here)."""
+        state = self._partitions.get(partition)
+        return state.lease if state is not None else None
+
+    def _rewind(self, partitions: list[Partition]) -> None:
+        """A transaction was aborted (exactly_once): its writes are gone, and the offsets it
+        would have committed are not. The partitions start over from their committed
+        positions, as if assigned again: their work stops (what runs is waited for, bounded
+        by revoke_timeout, so that a key never runs twice at once), their state and lease are
+        new (so that late reports and held writes of the old one are ignored), and the
+        consumer fetches them again from there (librdkafka INTRODUCTION.md: "rewind the
+        consumer to the last committed offsets")."""
+        states = [s for p in partitions if (s := self._partitions.get(p))]
+        if not states:
+            return
+        self._stop_work(states)
+        self._wait_in_flight(states, self.settings.revoke_timeout)
+        if any(s.in_flight for s in states):
+            self._executor.cancel([s.lease for s in states])
+        self._forget(states)
+        self._committer.discard(s.topic_partition for s in states)
+        gone = [s.topic_partition for s in states]
+        source: TransactionalSource = self._source  # type: ignore[assignment]
+        # Where they start over. When the coordinator cannot tell, or the consumer cannot seek,
+        # the poll thread stops (its process exits non-zero and is restarted): carrying on from
+        # the fetch position would commit past the aborted messages, i.e. lose them.
+        positions = source.committed_positions(gone, self.settings.revoke_timeout)
+        missing = [str(p) for p in gone if p not in positions]
+        if missing:
+            raise KafkaWorkerError(
+                f"handler {self.spec.name!r} cannot rewind {', '.join(missing)} after an "
+                "aborted transaction: the group has no committed offset for them"
+            )
+        self._generation += 1
+        now = self._clock.time()
+        for partition in gone:
+            state = PartitionState(*partition, generation=self._generation, now=now)
+            self._partitions[partition] = state
+            self._leased[state.lease] = state
+        source.seek(positions)
+        self._changed = True
+        log.info(
+            "partitions rewound to their committed positions after an aborted transaction",
+            handler=self.spec.name,
+            positions={str(p): offset for p, offset in positions.items()},
+        )
+
+    def _forget(self, states: list[PartitionState]) -> None:
+        """Drop the poll side's state of partitions whose work was stopped."""
+        paused = [s.topic_partition for s in states if s.paused]
+        if paused:
+            # librdkafka keeps a partition's pause flag across unassign and reassign.
+            self._source.resume(paused)
+        for state in states:
+            del self._partitions[state.topic_partition]
+            del self._leased[state.lease]
+            self._gauges.forget(state)
+            self._in_flight -= state.in_flight  # their reports will be ignored from now on
+        self._backpressure.forget(states)
+        # An operator's hold ends with the assignment: the next owner does not know of it.
+        self._pausing.operator_held.difference_update(s.topic_partition for s in states)
+
     def _let_go(self, partitions: list[Partition], *, commit: bool) -> None:
         """Stop dispatching, drop unstarted, wait (bounded) for in-flight, commit, forget."""
         states = [s for p in partitions if (s := self._partitions.get(p))]
@@ -561,18 +638,7 @@ class Poller(PollLoop):
                 handler=self.spec.name,
                 in_flight=still,
             )
-        paused = [s.topic_partition for s in states if s.paused]
-        if paused:
-            # librdkafka keeps a partition's pause flag across unassign and reassign.
-            self._source.resume(paused)
-        for state in states:
-            del self._partitions[state.topic_partition]
-            del self._leased[state.lease]
-            self._gauges.forget(state)
-            self._in_flight -= state.in_flight  # their reports will be ignored from now on
-        self._backpressure.forget(states)
-        # An operator's hold ends with the assignment: the next owner does not know of it.
-        self._pausing.operator_held.difference_update(s.topic_partition for s in states)
+        self._forget(states)
         log.info(
             "partitions revoked" if commit else "partitions lost",
             handler=self.spec.name,
@@ -626,7 +692,10 @@ class Poller(PollLoop):
         self._closed_out = True
 
     def _close(self) -> None:
-        self._source.close()
+        try:
+            self._source.close()
+        finally:
+            self._committer.close()
 
 
 def _names(partitions: Iterable[PartitionState | Partition]) -> list[str]:
@@ -644,8 +713,9 @@ class Committer(Protocol):
         finished), or what is finished above it."""
         ...
 
-    def tick(self) -> None:
-        """Called every turn of the poll thread."""
+    def tick(self) -> list[Partition]:
+        """Called every turn of the poll thread; the partitions to rewind to their committed
+        positions (their uncommitted work was given up: an aborted transaction)."""
         ...
 
     def commit_now(self, partitions: Mapping[Partition, PartitionOffsets]) -> None:
@@ -654,6 +724,10 @@ class Committer(Protocol):
 
     def discard(self, partitions: Iterable[Partition]) -> None:
         """Forget what is staged for these (the partitions are gone)."""
+        ...
+
+    def close(self) -> None:
+        """The poll thread is done (after the source closed)."""
         ...
 
 
@@ -700,21 +774,21 @@ class OffsetCommit:
         self._changed[partition] = offsets
         self._tracked[partition] = offsets
 
-    def tick(self) -> None:
+    def tick(self) -> list[Partition]:
         """Called every turn of the poll thread: commit what changed once the interval is
-        over."""
+        over. Nothing to rewind, ever: an at-least-once commit gives up no work."""
         failed = self._source.failed_commits()
         if failed:
             self._failed(failed)
         if not self._changed:
-            return
+            return []
         now = self._clock.monotonic()
         if now < self._due:
-            return
+            return []
         changed, self._changed = self._changed, {}
         offsets = self._offsets(changed, unchanged=False)
         if not offsets:
-            return
+            return []
         self._due = now + self._interval
         try:
             self._source.commit(offsets, asynchronous=True)
@@ -722,9 +796,10 @@ class OffsetCommit:
             commit_log.warning("commit failed", handler=self._handler, error=str(exc))
             for partition in offsets:
                 self._sent.pop(partition, None)
-            return
+            return []
         self.async_commits += 1
         self._commits.inc()
+        return []
 
     def commit_now(self, partitions: Mapping[Partition, PartitionOffsets]) -> None:
         """Commit synchronously (revoke, shutdown)."""
@@ -760,6 +835,9 @@ class OffsetCommit:
             self._tracked.pop(partition, None)
             self._sent.pop(partition, None)
             self._overflowing.discard(partition)
+
+    def close(self) -> None:
+        """Nothing of its own to close: the source's client is closed before."""
 
     def _offsets(
         self, partitions: Mapping[Partition, PartitionOffsets], *, unchanged: bool

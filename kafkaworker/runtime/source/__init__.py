@@ -63,7 +63,8 @@ class Source(Protocol):
 
     Every partition it assigns has a committed position: where the group had none, the source
     commits the position auto.offset.reset gives it at assignment, and starts there. Commits
-    are the poll thread's (poll/poller.py, OffsetCommit): the client commits nothing itself."""
+    are the poll thread's (poll/poller.py, OffsetCommit; exactly_once handlers' go in their
+    producer transactions instead): the client commits nothing itself."""
 
     def subscribe(self, topics: Sequence[str], listener: AssignmentListener) -> None: ...
 
@@ -109,6 +110,29 @@ class Source(Protocol):
         ...
 
 
+class TransactionalSource(Source, Protocol):
+    """A source an exactly_once handler's transactions can commit for (KIP-447): the
+    group's metadata for send_offsets_to_transaction, and a rewind to the committed
+    positions after a transaction was aborted."""
+
+    def group_metadata(self) -> object:
+        """The consumer's group metadata now (member, generation): the broker fences a
+        transaction whose offsets carry a generation that is not the group's any more."""
+        ...
+
+    def committed_positions(
+        self, partitions: Sequence[Partition], timeout: float
+    ) -> dict[Partition, int]:
+        """The group's committed positions of these partitions (a request); raises
+        KafkaException when it cannot tell."""
+        ...
+
+    def seek(self, positions: Mapping[Partition, int]) -> None:
+        """Fetch these assigned partitions from these positions next (records fetched
+        before are dropped)."""
+        ...
+
+
 class ShareSource(Protocol):
     """Queue mode: one handler's member of a share group (KIP-932). No assignments, offsets
     or pauses: records are acquired with a lock and acknowledged one by one. Used from the
@@ -151,4 +175,5 @@ __all__ = [
     "Record",
     "ShareSource",
     "Source",
+    "TransactionalSource",
 ]

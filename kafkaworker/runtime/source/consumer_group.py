@@ -61,6 +61,13 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
         # small request a second per member. (KIP-848: the broker sets the interval.)
         config["heartbeat.interval.ms"] = 1000
     config.update(raw)
+    if spec.processing_guarantee == "exactly_once":
+        # Offsets commit inside the handler's transactions (send_offsets_to_transaction), never
+        # on their own; and an aborted transaction's records must never be handled
+        # (read_committed is librdkafka's default: said here so that nothing overrides it;
+        # the settings that would are refused at load, handlers.check_exactly_once_settings).
+        config["enable.auto.commit"] = False
+        config["isolation.level"] = "read_committed"
     return config
 
 
@@ -273,6 +280,50 @@ class ConsumerGroupSource:
         for tp in results:
             if tp.error is not None:
                 raise KafkaException(tp.error)
+
+    # -- what exactly_once handlers' transactions need (TransactionalSource) ------------
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    def committed_positions(
+        self, partitions: Sequence[Partition], timeout: float
+    ) -> dict[Partition, int]:
+        found: dict[Partition, int] = {}
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                committed = self._consumer.committed(
+                    _topic_partitions(partitions), max(0.1, deadline - time.monotonic())
+                )
+                break
+            except KafkaException as exc:
+                # Right after an abort the coordinator may still hold the aborted offsets as
+                # pending (KIP-447: a read_committed member's offset fetch waits for them to
+                # settle, UNSTABLE_OFFSET_COMMIT, which librdkafka reports as a timeout).
+                error = exc.args[0]
+                retriable = isinstance(error, KafkaError) and (
+                    error.retriable() or error.code() == KafkaError._TIMED_OUT
+                )
+                if not retriable or time.monotonic() >= deadline:
+                    raise
+                log.debug("committed offsets not known yet; asking again", error=str(exc))
+                time.sleep(0.1)
+        for tp in committed:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            # No committed offset (-1001) cannot happen for an assigned partition here: its
+            # start is committed at assignment (_commit_starts); left to librdkafka if so.
+            if tp.offset >= 0:
+                found[Partition(tp.topic, tp.partition)] = tp.offset
+        return found
+
+    def seek(self, positions: Mapping[Partition, int]) -> None:
+        # librdkafka's seek drops what was fetched for the partition before it (its fetch
+        # version moves on), so no record of the aborted stretch is handed out again from
+        # the local queue.
+        for partition, offset in positions.items():
+            self._consumer.seek(TopicPartition(partition.topic, partition.partition, offset))
 
     def log_end(self, partition: Partition) -> int | None:
         try:

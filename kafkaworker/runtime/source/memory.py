@@ -229,6 +229,24 @@ class MemorySource:
     def silence(self) -> float:
         return 0.0  # the in-memory broker always answers
 
+    # -- TransactionalSource: exactly_once handlers' transactions commit through commit() ---
+
+    def group_metadata(self) -> object:
+        return ("memory-group", id(self))
+
+    def committed_positions(
+        self, partitions: Sequence[Partition], timeout: float
+    ) -> dict[Partition, int]:
+        with self._cond:
+            return {p: self.committed[p] for p in partitions if p in self.committed}
+
+    def seek(self, positions: Mapping[Partition, int]) -> None:
+        with self._cond:
+            for partition, position in positions.items():
+                if partition in self._positions:
+                    self._positions[partition] = position
+            self._cond.notify_all()
+
     def close(self) -> None:
         self._deliver_events()
         with self._cond:

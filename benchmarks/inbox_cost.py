@@ -1,0 +1,125 @@
+"""The inbox's cost, broker-less: the in-memory source, the real poll thread and worker
+threads, 8 partitions, key order over 1,000 keys, concurrency 16, one ledger row per message
+into a throwaway PostgreSQL (kafkaworker.testing.postgres). Two handlers, run one after the
+other on the same server: the inbox (its transaction records the message with the row), and
+the same insert through a connection of the handler's own, at least once (a pool of its own,
+autocommit: one transaction per row, as the inbox's). Prints msg/s of each and their ratio
+(issue 27's S9 asks for >= 0.8 of the at-least-once figure).
+
+    python -m benchmarks.inbox_cost [--messages N] [--concurrency N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg_pool import ConnectionPool
+
+from kafkaworker import App, Message, Settings
+from kafkaworker.postgres import PostgresInbox
+from kafkaworker.runtime.compose import AppRuntime, GivenSources
+from kafkaworker.runtime.source import Partition
+from kafkaworker.runtime.source.memory import MemorySource
+from kafkaworker.testing.postgres import PostgresServer
+
+PARTITIONS = 8
+KEYS = 1000
+INSERT = 'insert into ledger (partition, "offset", key) values (%s, %s, %s)'
+
+
+def _source(messages: int) -> MemorySource:
+    source = MemorySource({"t": PARTITIONS})
+    for i in range(messages):
+        key = b"c-%d" % (i % KEYS)
+        source.broker.append("t", b"%d" % i, key=key, partition=i % PARTITIONS)
+    return source
+
+
+def _timed(app: App, source: MemorySource, messages: int) -> float:
+    """msg/s from the runtime's start until every partition is committed to its end."""
+    settings = Settings.model_validate({"log_level": "WARNING", "commit_interval": 0.05})
+    partitions = [Partition("t", p) for p in range(PARTITIONS)]
+    runtime = AppRuntime(
+        app,
+        settings,
+        list(app.handlers.values()),
+        sources=GivenSources({name: source for name in app.handlers}),
+    )
+    with runtime:
+        started = time.perf_counter()
+        runtime.start()
+        # The source's condition is notified on every commit: waited on, not polled.
+        assert source.wait_for(
+            lambda s: all(s.committed.get(p) == s.log_size(p) for p in partitions), 600
+        )
+        elapsed = time.perf_counter() - started
+    return messages / elapsed
+
+
+def run(messages: int, concurrency: int) -> dict[str, Any]:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    server = PostgresServer().start()
+    try:
+        with psycopg.connect(server.url) as db:
+            db.execute('create table ledger (partition int, "offset" bigint, key text)')
+
+        inbox_app = App("inbox-cost")
+
+        @inbox_app.handler(
+            "t",
+            name="h",
+            codec="raw",
+            ordering="key",
+            concurrency=concurrency,
+            inbox=PostgresInbox(server.url),
+        )
+        def with_inbox(msg: Message[bytes], db: psycopg.Connection) -> None:
+            db.execute(INSERT, (msg.partition, msg.offset, msg.key))
+
+        inbox_rate = _timed(inbox_app, _source(messages), messages)
+
+        own_app = App("own-cost")
+        # The at-least-once baseline's own pool, owned (and closed) here.
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            server.url,
+            min_size=concurrency,
+            max_size=concurrency,
+            kwargs={"autocommit": True},
+            open=True,
+        )
+        try:
+
+            @own_app.handler("t", name="h", codec="raw", ordering="key", concurrency=concurrency)
+            def own_connection(msg: Message[bytes]) -> None:
+                with pool.connection() as db:
+                    db.execute(INSERT, (msg.partition, msg.offset, msg.key))
+
+            own_rate = _timed(own_app, _source(messages), messages)
+        finally:
+            pool.close()
+    finally:
+        server.cleanup()
+    return {
+        "messages": messages,
+        "concurrency": concurrency,
+        "inbox_msg_s": round(inbox_rate),
+        "own_connection_msg_s": round(own_rate),
+        "ratio": round(inbox_rate / own_rate, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    print(run(args.messages, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,584 @@
+"""The transactional inbox on PostgreSQL (psycopg 3): exactly-once effects in the database.
+
+    inbox = PostgresInbox("postgresql://app@db/shop")
+
+    @app.handler("payments", inbox=inbox, ordering="key", concurrency=16)
+    def pay(msg: Message, db: psycopg.Connection) -> None:
+        db.execute("insert into ledger ...")
+
+Each call runs in a transaction on a connection of a pool sized to the handler's concurrency
+(one per worker thread). In that transaction the runtime first records the message in the
+inbox table, then calls the handler with the connection, and commits when it returns; an error
+rolls both back, and the failure policy goes on as without an inbox (the DLQ write comes after
+the rollback). A message recorded already (delivered again after a crash or a rebalance) is
+finished at once without a call, and counted in `kafkaworker_deduplicated_total`.
+
+The inbox table (created at start-up when missing; see docs/inbox.md):
+
+    group_id text, topic text, partition integer, "offset" bigint, handled_at timestamptz,
+    primary key (group_id, topic, partition, "offset")
+
+Two guards, one cheap and one certain. The look-up: the offsets of a partition recorded at or
+above the first offset this assignment runs are read in one query when the assignment's first
+message runs (again only if a lane starts below that), so a replay after a crash costs no
+transaction per duplicate. The insert: `on conflict do nothing` in the call's own transaction
+is the guarantee, also against a member that still runs the message (a frozen one whose
+partitions moved): PostgreSQL makes the second insert wait for the first transaction, and
+finds the conflict once it commits.
+
+Under `kafkaworker run` a thread of the handler's inbox deletes, every `cleanup_every` seconds,
+the group's rows below its committed offsets that are older than `cleanup_after`, so the table
+stays bounded (docs/inbox.md says why the age).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError(
+        "kafkaworker.postgres needs psycopg 3: pip install 'kafkaworker[postgres]'"
+    ) from exc
+
+import structlog
+
+from kafkaworker.errors import ConfigError, DatabaseUnavailable, StartupError
+from kafkaworker.inbox import CommittedOffsets, RunAsync
+from kafkaworker.owned_thread import OwnedThread
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from kafkaworker.handlers import HandlerSpec
+    from kafkaworker.observability.metrics import Metrics
+    from kafkaworker.settings import Settings
+
+log = structlog.get_logger("kafkaworker.inbox")
+
+__all__ = ["TABLE", "AsyncPostgresInboxCalls", "PostgresInbox", "PostgresInboxCalls"]
+
+TABLE = "kafkaworker_inbox"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# Start-up: how long the server may take to answer, and the pool to open all its connections.
+CONNECT_TIMEOUT = 10.0
+# How long a call waits for a pooled connection. Every worker thread has one of its own (the
+# pool is as large as the concurrency), so a wait means the pool is replacing broken ones (the
+# server restarted, or is down): the message then waits for the database like any outage
+# (retried in place with backoff). Short, so that a revoke or a shutdown is not held long by
+# a worker blocked here.
+GETCONN_TIMEOUT = 5.0
+
+# The cleanup: how often it runs, how old a row below the committed offset must be before it
+# goes, and how many rows one statement deletes (short transactions, no long lock on the
+# index). The age is the margin for a member frozen between fetching a message and recording
+# it (its partitions long given to another member, which committed past it): its late insert
+# must still meet the row and conflict, not find it deleted and run the handler again.
+CLEANUP_EVERY = 60.0
+CLEANUP_AFTER = 3600.0
+CLEANUP_BATCH = 5000
+
+_SCHEMA = """
+create table if not exists {table} (
+    group_id   text        not null,
+    topic      text        not null,
+    partition  integer     not null,
+    "offset"   bigint      not null,
+    handled_at timestamptz not null default now(),
+    primary key (group_id, topic, partition, "offset")
+)
+"""
+_INSERT = (
+    'insert into {table} (group_id, topic, partition, "offset") values (%s, %s, %s, %s) '
+    "on conflict do nothing"
+)
+_DELETE = (
+    "delete from {table} where ctid in (select ctid from {table} where group_id = %s and "
+    'topic = %s and partition = %s and "offset" < %s '
+    "and handled_at < now() - make_interval(secs => %s) limit %s)"
+)
+# The recorded offsets in [low, high) of one partition (high null: no upper bound), read
+# through the primary key's index.
+_RECORDED = (
+    'select "offset" from {table} where group_id = %s and topic = %s and partition = %s '
+    'and "offset" >= %s and (%s::bigint is null or "offset" < %s)'
+)
+
+
+class PostgresInbox:
+    """A handler's `inbox=`: records handled messages in a PostgreSQL table, in the handler's
+    own transaction. `url`: a postgresql:// URL or a libpq conninfo string. `table`: the inbox
+    table's name (one table serves many handlers and groups). `cleanup_every`: how often (s)
+    the worker deletes the rows below its group's committed offsets that are older than
+    `cleanup_after` (s); None: never (`kafkaworker run` only: the TestClient has no group)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        table: str = TABLE,
+        cleanup_every: float | None = CLEANUP_EVERY,
+        cleanup_after: float = CLEANUP_AFTER,
+    ) -> None:
+        if url is not None and not isinstance(url, str):
+            raise ConfigError(f"PostgresInbox url={url!r}: a postgresql:// URL")
+        # Checked now when given (a typo is a declaration error); None: the settings' at open.
+        self.where = _where(url, "PostgresInbox url") if url is not None else None
+        if not isinstance(table, str) or not _IDENTIFIER.fullmatch(table):
+            raise ConfigError(
+                f"PostgresInbox table={table!r}: an unquoted identifier ([A-Za-z_][A-Za-z0-9_]*)"
+            )
+        if cleanup_every is not None and not (
+            isinstance(cleanup_every, int | float) and cleanup_every > 0
+        ):
+            raise ConfigError(
+                f"PostgresInbox cleanup_every={cleanup_every!r}: seconds > 0, or None (no cleanup)"
+            )
+        if not isinstance(cleanup_after, int | float) or cleanup_after < 0:
+            raise ConfigError(f"PostgresInbox cleanup_after={cleanup_after!r}: seconds >= 0")
+        self.url = url
+        self.table = table
+        self.cleanup_every = cleanup_every
+        self.cleanup_after = cleanup_after
+
+    def __repr__(self) -> str:
+        return f"PostgresInbox({self.where or 'postgres.url of the settings'}, table={self.table})"
+
+    def open(
+        self,
+        spec: HandlerSpec,
+        *,
+        group: str,
+        metrics: Metrics,
+        run_async: RunAsync | None = None,
+        settings: Settings | None = None,
+    ) -> PostgresInboxCalls | AsyncPostgresInboxCalls:
+        """Check the server answers, create the table when missing, and open the handler's
+        pool (a connection per worker thread, or per coroutine in flight: on the event loop,
+        through `run_async`). StartupError, in one line, otherwise."""
+        url, where = self._resolved(spec, settings)
+        try:
+            with (
+                psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT)) as connection,
+                connection.transaction(),
+            ):
+                # Workers starting together would race on the catalog (a unique violation in
+                # pg_type): one creates, the others wait and find it.
+                connection.execute("select pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+                connection.execute(sql.SQL(_SCHEMA).format(table=sql.Identifier(self.table)))
+        except psycopg.Error as exc:
+            raise StartupError(
+                f"handler {spec.name!r}: cannot use the inbox's PostgreSQL at {where}: "
+                f"{_one_line(exc)}"
+            ) from None
+        options: dict[str, Any] = {
+            "min_size": spec.concurrency,
+            "max_size": spec.concurrency,
+            # Transactions are opened explicitly, per call (conn.transaction()); a look-up
+            # outside them is a statement of its own.
+            "kwargs": {"autocommit": True},
+            "open": False,
+            "name": f"kw-inbox-{spec.name}",
+            "timeout": GETCONN_TIMEOUT,
+        }
+        too_few = StartupError(
+            f"handler {spec.name!r}: the inbox's PostgreSQL at {where} did not give "
+            f"{spec.concurrency} connections (the handler's concurrency) within "
+            f"{CONNECT_TIMEOUT:g} s: raise max_connections or lower the concurrency"
+        )
+        shared: dict[str, Any] = {
+            "table": self.table,
+            "group": group,
+            "where": where,
+            "deduplicated": metrics.deduplicated.labels(spec.name),
+            "cleanup": _Cleanup.factory(self, url, where, group, spec.name),
+        }
+        if spec.is_async:
+            if run_async is None:
+                raise ValueError(f"handler {spec.name!r} is async but no event loop was given")
+
+            async def open_async() -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+                # Made on the loop: its locks, tasks and connections belong to it.
+                pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+                pool = AsyncConnectionPool(url, **options)
+                try:
+                    await pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+                except PoolTimeout:
+                    await pool.close()
+                    raise too_few from None
+                return pool
+
+            return AsyncPostgresInboxCalls(run_async(open_async()), run_async, **shared)
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(url, **options)
+        try:
+            # All of them now: a server that cannot give the handler its concurrency in
+            # connections (max_connections) is a start-up error, not a stall under load.
+            pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+        except PoolTimeout:
+            pool.close()
+            raise too_few from None
+        return PostgresInboxCalls(pool, **shared)
+
+    def _resolved(self, spec: HandlerSpec, settings: Settings | None) -> tuple[str, str]:
+        """The URL (given, or postgres.url of the settings) and where it points, for lines."""
+        if self.url is not None and self.where is not None:
+            return self.url, self.where
+        secret = settings.postgres.url if settings is not None else None
+        if secret is None:
+            raise StartupError(
+                f"handler {spec.name!r}: PostgresInbox() was given no URL and postgres.url is "
+                "not set: set it (env KAFKAWORKER_POSTGRES__URL) or give PostgresInbox(url)"
+            )
+        url = secret.get_secret_value()
+        try:
+            return url, _where(url, "settings postgres.url")
+        except ConfigError as exc:
+            raise StartupError(f"handler {spec.name!r}: {exc}") from None
+
+
+class _Recorded:
+    """What the look-ups found for one partition's assignment: the recorded offsets not met
+    yet, at or above `floor`, the lowest offset looked up from."""
+
+    __slots__ = ("floor", "lock", "offsets")
+
+    def __init__(self) -> None:
+        self.floor: int | None = None
+        self.offsets: set[int] = set()
+        self.lock = threading.Lock()
+
+
+class PostgresInboxCalls:
+    """One handler's inbox while it runs: the owner of its connection pool, which `close()`
+    closes (the AppRuntime calls it after the handler's workers stopped)."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool[psycopg.Connection[Any]],
+        *,
+        table: str,
+        group: str,
+        where: str,
+        deduplicated: Counter,
+        cleanup: Callable[[CommittedOffsets], _Cleanup] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._cleanup_factory = cleanup
+        self._cleanup: _Cleanup | None = None
+        self._group = group
+        self._where = where
+        self._deduplicated = deduplicated
+        name = sql.Identifier(table)
+        self._insert = sql.SQL(_INSERT).format(table=name).as_string(None)
+        self._recorded_query = sql.SQL(_RECORDED).format(table=name).as_string(None)
+        # By lease (a partition's assignment, hashed by identity); revoked ones are dropped as
+        # new ones come.
+        self._leases: dict[Any, _Recorded] = {}
+        self._leases_lock = threading.Lock()
+        # Look-up queries made (under a lease's lock): what the tests hold to "one per
+        # assignment", not one per message.
+        self.lookups = 0
+
+    def start_cleanup(self, committed: CommittedOffsets) -> None:
+        self._cleanup = _Cleanup.started(self._cleanup_factory, committed)
+
+    def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup.stop()
+        self._pool.close()
+
+    def wrap(self, call: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+        pool, insert, group = self._pool, self._insert, self._group
+        recorded, deduplicated = self._recorded, self._deduplicated.inc
+
+        def inbox_call(msg: Any) -> Any:
+            # Whether an error came from the handler (its own SQL included: the policy
+            # decides) or from the runtime's own statements (the database: retried in place).
+            connection: psycopg.Connection[Any] | None = None
+            in_handler = False
+            try:
+                with pool.connection() as connection:
+                    if recorded(connection, msg):
+                        deduplicated()
+                        return None
+                    with connection.transaction():
+                        cursor = connection.execute(
+                            insert, (group, msg.topic, msg.partition, msg.offset)
+                        )
+                        if cursor.rowcount == 0:
+                            # Recorded meanwhile, by a member that ran it too (a frozen one
+                            # whose partitions moved): its transaction committed first.
+                            deduplicated()
+                            return None
+                        in_handler = True
+                        result = call(msg, connection)
+                        in_handler = False
+                    return result  # committed
+            except (psycopg.Error, PoolTimeout) as exc:
+                if in_handler and connection is not None and not connection.broken:
+                    raise  # the handler's own statement failed: the message's failure
+                raise DatabaseUnavailable(
+                    f"the inbox's PostgreSQL at {self._where}: {_one_line(exc)}"
+                ) from exc
+
+        return inbox_call
+
+    def _recorded(self, connection: psycopg.Connection[Any], msg: Any) -> bool:
+        """Whether the message is recorded already, from the look-ups of its assignment (one
+        query for the assignment's first message, another only for a lane that starts below
+        what was looked up). A hit is forgotten: the message is not met again."""
+        lease = msg.lease
+        state = self._leases.get(lease)
+        if state is None:
+            with self._leases_lock:
+                state = self._leases.get(lease)
+                if state is None:
+                    for old in [k for k in self._leases if k.revoked]:
+                        del self._leases[old]
+                    state = self._leases[lease] = _Recorded()
+        offset: int = msg.offset
+        if state.floor is None or offset < state.floor:
+            with state.lock:
+                floor = state.floor
+                if floor is None or offset < floor:
+                    rows = connection.execute(
+                        self._recorded_query,
+                        (self._group, msg.topic, msg.partition, offset, floor, floor),
+                    ).fetchall()
+                    state.offsets.update(row[0] for row in rows)
+                    state.floor = offset
+                    self.lookups += 1
+        if offset in state.offsets:
+            state.offsets.discard(offset)
+            return True
+        return False
+
+
+class AsyncPostgresInboxCalls:
+    """An async def handler's inbox while it runs: as PostgresInboxCalls, on the event loop
+    (psycopg.AsyncConnection, AsyncConnectionPool). The owner of its pool, which `close()`
+    closes on the loop."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+        run_async: RunAsync,
+        *,
+        table: str,
+        group: str,
+        where: str,
+        deduplicated: Counter,
+        cleanup: Callable[[CommittedOffsets], _Cleanup] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._cleanup_factory = cleanup
+        self._cleanup: _Cleanup | None = None
+        self._run_async = run_async
+        self._group = group
+        self._where = where
+        self._deduplicated = deduplicated
+        name = sql.Identifier(table)
+        self._insert = sql.SQL(_INSERT).format(table=name).as_string(None)
+        self._recorded_query = sql.SQL(_RECORDED).format(table=name).as_string(None)
+        # Only the loop touches these: no thread lock; a lease's asyncio lock keeps two of its
+        # coroutines from looking up the same range.
+        self._leases: dict[Any, _AsyncRecorded] = {}
+        self.lookups = 0
+
+    def start_cleanup(self, committed: CommittedOffsets) -> None:
+        self._cleanup = _Cleanup.started(self._cleanup_factory, committed)
+
+    def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup.stop()
+        self._run_async(self._pool.close())
+
+    def wrap(self, call: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+        pool, insert, group = self._pool, self._insert, self._group
+        recorded, deduplicated = self._recorded, self._deduplicated.inc
+
+        async def inbox_call(msg: Any) -> Any:
+            connection: psycopg.AsyncConnection[Any] | None = None
+            in_handler = False
+            try:
+                async with pool.connection() as connection:
+                    if await recorded(connection, msg):
+                        deduplicated()
+                        return None
+                    async with connection.transaction():
+                        cursor = await connection.execute(
+                            insert, (group, msg.topic, msg.partition, msg.offset)
+                        )
+                        if cursor.rowcount == 0:
+                            deduplicated()  # recorded meanwhile by another member
+                            return None
+                        in_handler = True
+                        result = await call(msg, connection)
+                        in_handler = False
+                    return result  # committed
+            except (psycopg.Error, PoolTimeout) as exc:
+                if in_handler and connection is not None and not connection.broken:
+                    raise  # the handler's own statement failed: the message's failure
+                raise DatabaseUnavailable(
+                    f"the inbox's PostgreSQL at {self._where}: {_one_line(exc)}"
+                ) from exc
+
+        return inbox_call
+
+    async def _recorded(self, connection: psycopg.AsyncConnection[Any], msg: Any) -> bool:
+        """As PostgresInboxCalls._recorded, on the loop."""
+        lease = msg.lease
+        state = self._leases.get(lease)
+        if state is None:
+            for old in [k for k in self._leases if k.revoked]:
+                del self._leases[old]
+            state = self._leases[lease] = _AsyncRecorded()
+        offset: int = msg.offset
+        if state.floor is None or offset < state.floor:
+            async with state.lock:
+                floor = state.floor
+                if floor is None or offset < floor:
+                    cursor = await connection.execute(
+                        self._recorded_query,
+                        (self._group, msg.topic, msg.partition, offset, floor, floor),
+                    )
+                    state.offsets.update(row[0] for row in await cursor.fetchall())
+                    state.floor = offset
+                    self.lookups += 1
+        if offset in state.offsets:
+            state.offsets.discard(offset)
+            return True
+        return False
+
+
+class _AsyncRecorded:
+    """_Recorded for the loop: an asyncio lock."""
+
+    __slots__ = ("floor", "lock", "offsets")
+
+    def __init__(self) -> None:
+        self.floor: int | None = None
+        self.offsets: set[int] = set()
+        self.lock = asyncio.Lock()
+
+
+class _Cleanup:
+    """Deletes, every `every` seconds, the inbox rows of one group below its committed offsets
+    (and older than `after`): those offsets are never delivered to the group again, so their
+    rows are never looked up. Its thread owns `committed` (closed when it ends) and opens a
+    connection of its own per round, not one of the workers' pool."""
+
+    def __init__(
+        self,
+        inbox: PostgresInbox,
+        *,
+        url: str,
+        where: str,
+        group: str,
+        handler: str,
+        committed: CommittedOffsets,
+        every: float,
+    ) -> None:
+        self._url = url
+        self._where = where
+        self._after = inbox.cleanup_after
+        self._every = every
+        self._group = group
+        self._handler = handler
+        self._committed = committed
+        self._delete = sql.SQL(_DELETE).format(table=sql.Identifier(inbox.table)).as_string(None)
+        self._thread = OwnedThread(self._run, name=f"kw-inbox-cleanup-{handler}")
+        self.deleted = 0  # rows deleted so far (read by the tests)
+        self.rounds = 0  # rounds done
+
+    @staticmethod
+    def factory(
+        inbox: PostgresInbox, url: str, where: str, group: str, handler: str
+    ) -> Callable[[CommittedOffsets], _Cleanup] | None:
+        every = inbox.cleanup_every
+        if every is None:
+            return None
+        return lambda committed: _Cleanup(
+            inbox,
+            url=url,
+            where=where,
+            group=group,
+            handler=handler,
+            committed=committed,
+            every=every,
+        )
+
+    @staticmethod
+    def started(
+        factory: Callable[[CommittedOffsets], _Cleanup] | None, committed: CommittedOffsets
+    ) -> _Cleanup | None:
+        if factory is None:
+            committed.close()  # taken over: closed by its owner, which is here
+            return None
+        cleanup = factory(committed)
+        cleanup._thread.start()
+        return cleanup
+
+    def stop(self) -> None:
+        self._thread.stop(timeout=15.0)
+
+    def _run(self) -> None:
+        try:
+            while not self._thread.stopping.wait(self._every):
+                try:
+                    self.deleted += self.once()
+                except Exception as exc:  # noqa: BLE001 - the next round tries again
+                    log.warning(
+                        "inbox cleanup failed; the next round tries again",
+                        handler=self._handler,
+                        database=self._where,
+                        error=_one_line(exc),
+                        retry_in=self._every,
+                    )
+                self.rounds += 1
+        finally:
+            self._committed.close()
+
+    def once(self) -> int:
+        """One round: the rows deleted."""
+        positions = self._committed.read()
+        deleted = 0
+        with psycopg.connect(
+            self._url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT)
+        ) as connection:
+            for (topic, partition), offset in sorted(positions.items()):
+                if offset <= 0:
+                    continue  # nothing committed (librdkafka's -1001), or nothing below 0
+                while not self._thread.stopping.is_set():
+                    cursor = connection.execute(
+                        self._delete,
+                        (self._group, topic, partition, offset, self._after, CLEANUP_BATCH),
+                    )
+                    deleted += max(cursor.rowcount, 0)
+                    if cursor.rowcount < CLEANUP_BATCH:
+                        break
+        return deleted
+
+
+def _where(url: str, what: str) -> str:
+    """Where a URL points, as error lines name it (host:port, database): never the password.
+    ConfigError naming `what` when it is no URL (without the text: it may hold a password)."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise ConfigError(f"{what}: not a postgresql:// URL or a libpq conninfo string") from None
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}, database {params.get('dbname') or '(default)'}"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

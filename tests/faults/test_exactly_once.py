@@ -1,0 +1,296 @@
+"""exactly_once end to end, with real `kafkaworker run` processes on a real broker: workers
+killed with kill -9 mid-stream and restarted, members leaving and joining; a read_committed
+reader of the output topic must see every input's output exactly once, in each key's order.
+Modelled on Kafka's transactions system test (tests/kafkatest/tests/core/transactions_test.py):
+hard bounces of the clients, then a read_committed consumer checks set equality."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.conftest import TopicFactory
+from tests.support import ROOT, Feed, committed, end_offsets, report_fault, wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PARTITIONS = 4
+# EOS_GUARANTEE=at_least_once runs the same tests at least once: they must fail (duplicates).
+GUARANTEE = os.environ.get("EOS_GUARANTEE", "exactly_once")
+
+
+def start(bootstrap: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "kafkaworker", "run", "tests.apps.eos_copier:app"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+                "KAFKAWORKER_KAFKA__CONSUMER": '{"session.timeout.ms": 6000}',
+                **env,
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def finished(bootstrap: str, group: str, topic: str) -> int:
+    """Inputs committed by the group (the sum of its positions)."""
+    return sum(max(0, offset) for offset in committed(bootstrap, group, topic, PARTITIONS).values())
+
+
+def read_committed(
+    bootstrap: str, topic: str, partitions: int = PARTITIONS, timeout: float = 60
+) -> list[bytes]:
+    """Every record of `topic` a read_committed consumer sees, up to the last stable offsets,
+    in each partition's order."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.monotonic_ns()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records: list[bytes] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(at_end) < partitions:
+            assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout}s"
+            for record in consumer.consume(1000, timeout=0.5):
+                error = record.error()
+                if error is None:
+                    records.append(record.value() or b"")
+                    at_end.discard(record.partition())
+                elif error.code() == error._PARTITION_EOF:
+                    at_end.add(record.partition())
+    finally:
+        consumer.close()
+    return records
+
+
+def check_exactly_once(outputs: list[int], total: int, scenario: str) -> None:
+    """Inputs 0..total-1 (Feed's values, keyed k{value % 64}) each output once, each key's
+    outputs in input order; the row goes to the fault table."""
+    counts = Counter(outputs)
+    lost = total - len(counts)
+    duplicates = sum(n - 1 for n in counts.values())
+    report_fault(scenario, total, lost, duplicates, None)
+    assert (lost, duplicates) == (0, 0), f"{lost} lost, {duplicates} duplicated"
+    assert set(counts) == set(range(total))
+    by_key: dict[int, list[int]] = {}
+    for output in outputs:  # a key's outputs are in one partition, read in its order
+        by_key.setdefault(output % 64, []).append(output)
+    assert all(ids == sorted(ids) for ids in by_key.values()), "a key's outputs out of order"
+
+
+def running(worker: subprocess.Popen[bytes], log: Path) -> bool:
+    assert worker.poll() is None, f"the worker exited: {log.read_text()[-2000:]}"
+    return True
+
+
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    worker.send_signal(signal.SIGTERM)
+    try:
+        assert worker.wait(45) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def test_kill_9_mid_stream_and_restart_output_each_input_exactly_once(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, kind: str
+) -> None:
+    source, output = new_topic(PARTITIONS), new_topic(PARTITIONS, prefix="out")
+    side = new_topic(PARTITIONS, prefix="side")
+    group = f"eos-{source}"
+    env = {
+        "EOS_TOPIC": source,
+        "EOS_OUTPUT": output,
+        "EOS_GROUP": group,
+        "EOS_SIDE": side,  # app.producer.send during the call: in the transaction too
+        "EOS_ASYNC": "1" if kind == "async" else "0",
+        # The same identity across restarts: the restarted member fences its predecessor's
+        # open transaction at once (init_transactions).
+        "KAFKAWORKER_MEMBER": "m1",
+    }
+    log = tmp_path / "worker.log"
+    feed = Feed(kafka_bootstrap, source, rate=1500)
+    kills = 0
+    try:
+        for kill_at in (2000, 6000, 10000):
+            worker = start(kafka_bootstrap, env, log)
+            try:
+                wait_until(
+                    lambda n=kill_at, w=worker: (
+                        running(w, log) and finished(kafka_bootstrap, group, source) >= n
+                    ),
+                    120,
+                    f"{kill_at} inputs committed before kill -9",
+                )
+            finally:
+                worker.kill()  # SIGKILL: mid-stream, a transaction likely open or committing
+                worker.wait()
+                kills += 1
+    finally:
+        feed.stop()
+    total = len(feed.acked)
+    assert (feed.failed, feed.unplaced) == (0, 0), feed.status()
+    assert finished(kafka_bootstrap, group, source) < total, "killed after the end"
+    worker = start(kafka_bootstrap, env, log)
+    try:
+        ends = end_offsets(kafka_bootstrap, source, PARTITIONS)
+        wait_until(
+            lambda: (
+                running(worker, log)
+                and committed(kafka_bootstrap, group, source, PARTITIONS) == ends
+            ),
+            120,
+            "every input committed after the restarts",
+        )
+    finally:
+        stop(worker)
+    assert kills == 3
+    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
+    check_exactly_once(outputs, total, f"{GUARANTEE} copier, kill -9 x3 ({kind} def)")
+    sent = [int(v) for v in read_committed(kafka_bootstrap, side)]
+    check_exactly_once(sent, total, f"{GUARANTEE} app.producer.send in the handler, kill -9 x3")
+    assert "transactional producer was fenced" not in log.read_text()
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_members_joining_leaving_and_killed_output_each_input_exactly_once(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, protocol: str
+) -> None:
+    """Two members: a second joins (the first's revoke commits its committable work in a
+    transaction), the first leaves with SIGTERM (its shutdown commits) and comes back, the
+    second is killed with kill -9 (its open work is redone by the first)."""
+    source, output = new_topic(PARTITIONS), new_topic(PARTITIONS, prefix="out")
+    group = f"eos-{source}"
+    env = {
+        "EOS_TOPIC": source,
+        "EOS_OUTPUT": output,
+        "EOS_GROUP": group,
+        "KAFKAWORKER_KAFKA__GROUP_PROTOCOL": protocol,
+    }
+    if protocol == "consumer":
+        env["KAFKAWORKER_KAFKA__CONSUMER"] = "{}"  # KIP-848: session timeouts are broker-side
+    log = tmp_path / "workers.log"
+    feed = Feed(kafka_bootstrap, source, rate=1500)
+    workers: dict[str, subprocess.Popen[bytes]] = {}
+
+    def until(count: int, what: str) -> None:
+        wait_until(
+            lambda: (
+                all(running(w, log) for w in workers.values())
+                and finished(kafka_bootstrap, group, source) >= count
+            ),
+            120,
+            what,
+        )
+
+    try:
+        workers["a"] = start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": "a"}, log)
+        until(2000, "2000 inputs committed by the first member")
+        workers["b"] = start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": "b"}, log)
+        until(6000, "6000 inputs committed with a second member")
+        stop(workers.pop("a"))
+        until(9000, "9000 inputs committed after the first left")
+        workers["a"] = start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": "a"}, log)
+        until(13000, "13000 inputs committed after the first came back")
+        killed = workers.pop("b")
+        killed.kill()
+        killed.wait()
+        until(16000, "16000 inputs committed after the second was killed")
+        feed.stop()
+        total = len(feed.acked)
+        assert (feed.failed, feed.unplaced) == (0, 0), feed.status()
+        ends = end_offsets(kafka_bootstrap, source, PARTITIONS)
+        wait_until(
+            lambda: (
+                all(running(w, log) for w in workers.values())
+                and committed(kafka_bootstrap, group, source, PARTITIONS) == ends
+            ),
+            120,
+            "every input committed",
+        )
+    finally:
+        feed.stop()
+        for worker in workers.values():
+            stop(worker)
+    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
+    check_exactly_once(
+        outputs, total, f"{GUARANTEE} copier, 2 members: join, SIGTERM, kill -9 ({protocol})"
+    )
+    assert "transactional producer was fenced" not in log.read_text()
+
+
+def test_a_zombie_thawed_after_its_session_commits_nothing(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    """A member frozen (SIGSTOP) past its session timeout while it holds finished work: the
+    group gives its partitions to the other member; thawed, its next transaction carries a
+    generation that is gone (KIP-447), so the broker refuses its offsets and it aborts. None of
+    its writes becomes visible, and it rejoins and carries on."""
+    source, output = new_topic(PARTITIONS), new_topic(PARTITIONS, prefix="out")
+    group = f"eos-{source}"
+    env = {"EOS_TOPIC": source, "EOS_OUTPUT": output, "EOS_GROUP": group}
+    logs = {name: tmp_path / f"{name}.log" for name in ("a", "b")}
+    feed = Feed(kafka_bootstrap, source, rate=800)
+    workers = {
+        name: start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": name}, logs[name])
+        for name in ("a", "b")
+    }
+
+    def until(count: int, what: str) -> None:
+        wait_until(
+            lambda: (
+                all(running(workers[n], logs[n]) for n in workers)
+                and finished(kafka_bootstrap, group, source) >= count
+            ),
+            120,
+            what,
+        )
+
+    try:
+        until(3000, "3000 inputs committed by two members")
+        workers["a"].send_signal(signal.SIGSTOP)
+        try:
+            until(6000, "6000 inputs committed while a is frozen")
+            time.sleep(7.0)  # the freeze must outlast the 6 s session timeout
+        finally:
+            workers["a"].send_signal(signal.SIGCONT)
+        until(9000, "9000 inputs committed after a thawed")
+        feed.stop()
+        total = len(feed.acked)
+        assert (feed.failed, feed.unplaced) == (0, 0), feed.status()
+        ends = end_offsets(kafka_bootstrap, source, PARTITIONS)
+        wait_until(
+            lambda: (
+                all(running(w, logs[n]) for n, w in workers.items())
+                and committed(kafka_bootstrap, group, source, PARTITIONS) == ends
+            ),
+            120,
+            "every input committed",
+        )
+    finally:
+        feed.stop()
+        for worker in workers.values():
+            stop(worker)
+    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
+    check_exactly_once(outputs, total, f"{GUARANTEE} copier, a member frozen past its session")
+    thawed = logs["a"].read_text()
+    assert "partitions lost" in thawed or "transaction aborted" in thawed

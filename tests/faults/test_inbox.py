@@ -1,0 +1,220 @@
+"""The inbox under kill -9, with real `kafkaworker run` processes, a real broker and a real
+PostgreSQL: a key-ordered handler with concurrency > 1 writes one ledger row per message (a
+table without a unique constraint), and every message must be there exactly once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from kafkaworker.runtime.poll import offset_map
+from kafkaworker.testing.jvm import free_port
+from tests.conftest import TopicFactory
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    commits,
+    committed,
+    end_offsets,
+    produce,
+    report_fault,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+LEDGER = (
+    'create table ledger (partition int, "offset" bigint, key text, value text, pid int, '
+    "at timestamptz default clock_timestamp())"
+)
+
+
+class LedgerWorker(WorkerProcess):
+    """`kafkaworker run tests.apps.ledger:app [--processes N]`, with its metrics on a port of
+    its own (the supervisor's, summed over its children, with N > 1)."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, log: Path, *, processes: int = 1, **env: str
+    ) -> None:
+        self.metrics_port = free_port()
+        self.processes = processes
+        super().__init__(
+            bootstrap, topic, log, KAFKAWORKER_METRICS__PORT=str(self.metrics_port), **env
+        )
+
+    def start(self) -> LedgerWorker:
+        command = [sys.executable, "-m", "kafkaworker", "run", "tests.apps.ledger:app"]
+        if self.processes > 1:
+            command += ["--processes", str(self.processes)]
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def kill(self) -> None:
+        """kill -9 the worker, and with --processes its children first (they run in sessions
+        of their own and would outlive their supervisor): the whole host's worker dies."""
+        if self.process is not None and self.processes > 1:
+            listed = subprocess.run(
+                ["ps", "-o", "pid=", "--ppid", str(self.process.pid)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            for pid in listed.stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        super().kill()
+
+    def deduplicated(self) -> int | None:
+        """kafkaworker_deduplicated_total from its /metrics; None while it does not answer."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+            ) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        found = re.search(r'^kafkaworker_deduplicated_total\{handler="ledger"\} (\S+)$', text, re.M)
+        return int(float(found.group(1))) if found else None
+
+
+def count(url: str, query: str, args: tuple[object, ...] = ()) -> int:
+    with psycopg.connect(url) as db:
+        row = db.execute(query, args).fetchone()
+    return int(row[0]) if row else 0
+
+
+def no_client_left(url: str) -> bool:
+    """No connection of a worker is left on the server: whatever a killed worker committed is
+    committed, and nothing of it is still on its way."""
+    return (
+        count(
+            url,
+            "select count(*) from pg_stat_activity where datname = current_database() "
+            "and backend_type = 'client backend' and pid <> pg_backend_pid()",
+        )
+        == 0
+    )
+
+
+def recorded_above(url: str, group: str, positions: dict[int, tuple[int, str | None]]) -> int:
+    """Inbox rows at or above the group's committed positions and not listed in the commits'
+    offset maps: the messages the next member gets again and must finish without handling
+    them (those a map lists are skipped before the inbox sees them)."""
+    again = 0
+    with psycopg.connect(url) as db:
+        for partition, (position, metadata) in positions.items():
+            finished = set(offset_map.decode(metadata, position))
+            recorded = db.execute(
+                'select "offset" from kafkaworker_inbox where group_id = %s and partition = %s '
+                'and "offset" >= %s',
+                (group, partition, max(position, 0)),
+            ).fetchall()
+            again += sum(1 for (offset,) in recorded if offset not in finished)
+    return again
+
+
+@pytest.mark.parametrize("variant", ["sync", "async", "sync --processes 2"])
+def test_kill_9_mid_stream_then_restart_every_ledger_row_exactly_once(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str, tmp_path: Path, variant: str
+) -> None:
+    kind = variant.split(maxsplit=1)[0]
+    processes = 2 if "--processes 2" in variant else 1
+    topic, partitions, total = new_topic(4), 4, 4000
+    group = f"g-{topic}"
+    with psycopg.connect(postgres_url) as db:
+        db.execute(LEDGER)
+    produce(
+        kafka_bootstrap,
+        topic,
+        [b"%d" % i for i in range(total)],
+        keys=[b"k%d" % (i % 40) for i in range(total)],
+    )
+    env = {
+        "LEDGER_URL": postgres_url,
+        "LEDGER_TOPIC": topic,
+        "LEDGER_GROUP": group,
+        "LEDGER_CONCURRENCY": "6",
+        "LEDGER_SLEEP": "0.002",
+        "LEDGER_ASYNC": "1" if kind == "async" else "0",
+    }
+    rows = "select count(*) from ledger"
+    log = tmp_path / "ledger.txt"
+    expected_repeats = 0  # what the next worker must find recorded, summed
+    repeats = None
+    for _ in range(3):
+        worker = LedgerWorker(kafka_bootstrap, topic, log, processes=processes, **env).start()
+        try:
+            if repeats is None:
+                wait_until(lambda: count(postgres_url, rows) >= 500, 120, "500 ledger rows")
+            else:
+                # The messages recorded above the last kill's committed positions come back
+                # (each key's lane starts with its own) and are finished uncalled; the other
+                # lanes handle new messages meanwhile, so the kill comes mid-stream.
+                wait_until(
+                    lambda w=worker, r=repeats: w.deduplicated() == r, 60, f"{repeats} repeats"
+                )
+            assert count(postgres_url, rows) < total, "killed after the end, not mid-stream"
+        finally:
+            worker.kill()  # SIGKILL: no drain, no commit, no leaving the group
+        wait_until(lambda: no_client_left(postgres_url), 30, "the killed worker's connections")
+        at_kill = commits(kafka_bootstrap, group, topic, partitions)
+        positions = {p: offset for p, (offset, _) in at_kill.items()}
+        repeats = recorded_above(postgres_url, group, at_kill)
+        expected_repeats += repeats
+        print(f"killed at {count(postgres_url, rows)} rows; committed {positions}; {repeats} above")
+
+    worker = LedgerWorker(kafka_bootstrap, topic, log, processes=processes, **env).start()
+    try:
+        wait_until(lambda: count(postgres_url, rows) >= total, 120, "every ledger row")
+        wait_until(
+            lambda: (
+                committed(kafka_bootstrap, group, topic, partitions)
+                == end_offsets(kafka_bootstrap, topic, partitions)
+            ),
+            60,
+            "offsets committed to the end",
+        )
+        wait_until(lambda: worker.deduplicated() == repeats, 30, f"the last {repeats} repeats")
+        final_repeats = worker.deduplicated()
+    finally:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(45) == 0, worker.output()[-3000:]
+
+    lost = count(
+        postgres_url,
+        'select %s - count(distinct (partition, "offset")) from ledger',
+        (total,),
+    )
+    duplicates = count(
+        postgres_url, 'select count(*) - count(distinct (partition, "offset")) from ledger'
+    )
+    assert (lost, duplicates) == (0, 0)
+    assert count(postgres_url, rows) == total
+    # The kills left messages recorded but not committed in Kafka, and the restarts found them.
+    assert expected_repeats > 0
+    assert final_repeats == repeats
+    report_fault(
+        f"inbox: worker killed (kill -9) three times, key order, concurrency 6, {kind} handler, "
+        f"--processes {processes}",
+        total,
+        lost,
+        duplicates,
+        None,
+    )
+    print(f"repeats finished uncalled after the kills: {expected_repeats}")

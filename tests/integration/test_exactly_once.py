@@ -1,0 +1,133 @@
+"""exactly_once against a real broker, in process: an abortable error (a record the broker
+refuses) aborts the transaction, the partitions are rewound to their committed positions and
+their messages delivered again; a read_committed reader never sees the aborted writes. A
+record the broker always refuses ends in the DLQ, not in a loop of aborts."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kafkaworker import App, Backoff, Message
+from tests.conftest import TopicFactory
+from tests.faults.test_exactly_once import read_committed
+from tests.support import committed, make_settings, produce, running, wait_until
+
+pytestmark = pytest.mark.kafka
+
+
+def finished(bootstrap: str, group: str, topic: str, partitions: int = 4) -> int:
+    """Inputs committed by the group; 0 while an open transaction holds its offsets (a
+    read_committed offset fetch waits for them to settle, KIP-447, and times out)."""
+    try:
+        return sum(committed(bootstrap, group, topic, partitions).values())
+    except KafkaException:
+        return 0
+
+
+def test_an_aborted_transaction_is_rewound_and_delivered_again_exactly_once(
+    kafka_bootstrap: str, admin: AdminClient, new_topic: TopicFactory
+) -> None:
+    source = new_topic(4)
+    # Record batches over 16 KB are refused by the broker (MESSAGE_TOO_LARGE): in a
+    # transaction, an abortable error (librdkafka INTRODUCTION.md). The producer's batches
+    # stay under 8 KB (batch.size), so only a batch with the 30 KB record is refused.
+    output = f"out-{uuid.uuid4().hex[:12]}"
+    small = {"max.message.bytes": "16000"}
+    admin.create_topics([NewTopic(output, 4, 1, config=small)])[output].result(timeout=30)
+    total = 400
+    produce(
+        kafka_bootstrap,
+        source,
+        [orjson.dumps({"id": i}) for i in range(total)],
+        keys=[b"k%d" % (i % 13) for i in range(total)],
+    )
+    app = App("eos-abort")
+    seen: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    @app.handler(
+        source,
+        output=output,
+        ordering="key",
+        concurrency=4,
+        retries=1,  # the refusal counts as a failed attempt: the retry's output commits
+        backoff=Backoff(initial=0.01),
+        processing_guarantee="exactly_once",
+    )
+    def copy(msg: Message[dict[str, Any]]) -> dict[str, Any]:
+        number = msg.value["id"]
+        with lock:
+            seen[number] += 1
+            first = seen[number] == 1
+        # Input 150's first output is too large: its transaction aborts, and the redelivery's
+        # output (and everything else the aborted transaction held) commits later.
+        return {"id": number, "pad": "x" * (30_000 if number == 150 and first else 10)}
+
+    settings = make_settings(
+        kafka_bootstrap,
+        kafka={"bootstrap_servers": kafka_bootstrap, "producer": {"batch.size": 8000}},
+    )
+    with running(app, settings) as runner:
+        wait_until(
+            lambda: finished(kafka_bootstrap, "eos-abort", source) == total,
+            90,
+            "every input committed",
+        )
+        aborted = runner.metrics.transactions.labels("copy", "aborted")._value.get()
+    outputs = [o["id"] for o in map(orjson.loads, read_committed(kafka_bootstrap, output))]
+    assert Counter(outputs) == Counter(range(total))  # each once, the aborted ones never
+    assert aborted >= 1
+    assert seen[150] >= 2  # delivered again after the abort
+
+
+def test_a_record_the_broker_always_refuses_ends_in_the_dlq_not_in_a_loop_of_aborts(
+    kafka_bootstrap: str, admin: AdminClient, new_topic: TopicFactory
+) -> None:
+    source, dlq = new_topic(2), new_topic(1, prefix="dlq")
+    output = f"out-{uuid.uuid4().hex[:12]}"
+    small = {"max.message.bytes": "16000"}
+    admin.create_topics([NewTopic(output, 2, 1, config=small)])[output].result(timeout=30)
+    total = 200
+    produce(kafka_bootstrap, source, [orjson.dumps({"id": i}) for i in range(total)])
+    app = App("eos-poison")
+
+    @app.handler(
+        source,
+        output=output,
+        dlq=dlq,
+        retries=2,
+        backoff=Backoff(initial=0.01),
+        processing_guarantee="exactly_once",
+    )
+    def copy(msg: Message[dict[str, Any]]) -> dict[str, Any]:
+        number = msg.value["id"]
+        return {"id": number, "pad": "x" * (30_000 if number == 77 else 10)}
+
+    settings = make_settings(
+        kafka_bootstrap,
+        kafka={"bootstrap_servers": kafka_bootstrap, "producer": {"batch.size": 8000}},
+        circuit_breaker={"enabled": False},
+    )
+    with running(app, settings) as runner:
+        wait_until(
+            lambda: finished(kafka_bootstrap, "eos-poison", source, 2) == total,
+            120,
+            "every input committed",
+        )
+        aborted = runner.metrics.transactions.labels("copy", "aborted")._value.get()
+    outputs = [o["id"] for o in map(orjson.loads, read_committed(kafka_bootstrap, output, 2))]
+    assert Counter(outputs) == Counter(i for i in range(total) if i != 77)
+    dead = [orjson.loads(v) for v in read_committed(kafka_bootstrap, dlq, 1)]
+    assert dead == [{"id": 77}]
+    # Each refusal counts as one failed attempt: the first three deliveries' transactions
+    # abort (the last attempt of each holds the record again), the fourth delivery fails all
+    # three attempts (retries=2) without producing, and the message goes to the DLQ.
+    assert aborted == 3
