@@ -256,7 +256,36 @@ class _Recorded:
         self.lock = threading.Lock()
 
 
-class PostgresInboxCalls:
+class _InboxCalls:
+    """What the def and async def handlers' inboxes share: the group, the statements for the
+    table, the counter of messages not handled again, and the background clean-up."""
+
+    def __init__(
+        self,
+        *,
+        table: str,
+        group: str,
+        where: str,
+        deduplicated: Counter,
+        cleanup: Callable[[CommittedOffsets], _Cleanup] | None,
+    ) -> None:
+        self._cleanup_factory = cleanup
+        self._cleanup: _Cleanup | None = None
+        self._group = group
+        self._where = where
+        self._deduplicated = deduplicated
+        name = sql.Identifier(table)
+        self._insert = sql.SQL(_INSERT).format(table=name).as_string(None)
+        self._recorded_query = sql.SQL(_RECORDED).format(table=name).as_string(None)
+        # Look-up queries made: what the tests hold to "one per assignment", not one per
+        # message.
+        self.lookups = 0
+
+    def start_cleanup(self, committed: CommittedOffsets) -> None:
+        self._cleanup = _Cleanup.started(self._cleanup_factory, committed)
+
+
+class PostgresInboxCalls(_InboxCalls):
     """One handler's inbox while it runs: the owner of its connection pool, which `close()`
     closes (the AppRuntime calls it after the handler's workers stopped)."""
 
@@ -270,25 +299,14 @@ class PostgresInboxCalls:
         deduplicated: Counter,
         cleanup: Callable[[CommittedOffsets], _Cleanup] | None = None,
     ) -> None:
+        super().__init__(
+            table=table, group=group, where=where, deduplicated=deduplicated, cleanup=cleanup
+        )
         self._pool = pool
-        self._cleanup_factory = cleanup
-        self._cleanup: _Cleanup | None = None
-        self._group = group
-        self._where = where
-        self._deduplicated = deduplicated
-        name = sql.Identifier(table)
-        self._insert = sql.SQL(_INSERT).format(table=name).as_string(None)
-        self._recorded_query = sql.SQL(_RECORDED).format(table=name).as_string(None)
         # By lease (a partition's assignment, hashed by identity); revoked ones are dropped as
         # new ones come.
         self._leases: dict[Any, _Recorded] = {}
-        self._leases_lock = threading.Lock()
-        # Look-up queries made (under a lease's lock): what the tests hold to "one per
-        # assignment", not one per message.
-        self.lookups = 0
-
-    def start_cleanup(self, committed: CommittedOffsets) -> None:
-        self._cleanup = _Cleanup.started(self._cleanup_factory, committed)
+        self._leases_lock = threading.Lock()  # a lease's look-ups are made under its lock
 
     def close(self) -> None:
         if self._cleanup is not None:
@@ -362,7 +380,7 @@ class PostgresInboxCalls:
         return False
 
 
-class AsyncPostgresInboxCalls:
+class AsyncPostgresInboxCalls(_InboxCalls):
     """An async def handler's inbox while it runs: as PostgresInboxCalls, on the event loop
     (psycopg.AsyncConnection, AsyncConnectionPool). The owner of its pool, which `close()`
     closes on the loop."""
@@ -378,23 +396,14 @@ class AsyncPostgresInboxCalls:
         deduplicated: Counter,
         cleanup: Callable[[CommittedOffsets], _Cleanup] | None = None,
     ) -> None:
+        super().__init__(
+            table=table, group=group, where=where, deduplicated=deduplicated, cleanup=cleanup
+        )
         self._pool = pool
-        self._cleanup_factory = cleanup
-        self._cleanup: _Cleanup | None = None
         self._run_async = run_async
-        self._group = group
-        self._where = where
-        self._deduplicated = deduplicated
-        name = sql.Identifier(table)
-        self._insert = sql.SQL(_INSERT).format(table=name).as_string(None)
-        self._recorded_query = sql.SQL(_RECORDED).format(table=name).as_string(None)
         # Only the loop touches these: no thread lock; a lease's asyncio lock keeps two of its
         # coroutines from looking up the same range.
         self._leases: dict[Any, _AsyncRecorded] = {}
-        self.lookups = 0
-
-    def start_cleanup(self, committed: CommittedOffsets) -> None:
-        self._cleanup = _Cleanup.started(self._cleanup_factory, committed)
 
     def close(self) -> None:
         if self._cleanup is not None:

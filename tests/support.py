@@ -151,7 +151,9 @@ def commits(
 ) -> dict[int, tuple[int, str | None]]:
     """The group's committed offset and its metadata per partition (-1001 where none)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    deadline = time.monotonic() + 15
+    # Past a transaction's timeout (10 s under exactly_once) and the broker's clean-up of it
+    # (transaction.abort.timed.out.transaction.cleanup.interval.ms, 10 s).
+    deadline = time.monotonic() + 30
     try:
         while True:
             try:
@@ -159,12 +161,16 @@ def commits(
                 break
             except KafkaException as exc:
                 # The group coordinator may be loading or moving (fresh broker): retriable.
+                # _TIMED_OUT: offsets a transaction left pending (a member frozen between
+                # sending them and committing) hold a stable read (KIP-447's require_stable)
+                # until the broker aborts that transaction.
                 if (
                     not exc.args[0].retriable()
                     and exc.args[0].code()
                     not in (
                         KafkaError.NOT_COORDINATOR,
                         KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                        KafkaError._TIMED_OUT,
                     )
                 ) or time.monotonic() > deadline:
                     raise

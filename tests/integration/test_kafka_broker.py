@@ -39,8 +39,13 @@ def produce(bootstrap: str, topic: str, values: list[bytes], **conf: str) -> Non
 def test_admin_creates_and_deletes_topics(admin: AdminClient) -> None:
     name = f"admin-{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(name, 3, 1)])[name].result(timeout=30)
-    metadata = admin.list_topics(topic=name, timeout=10)
-    assert len(metadata.topics[name].partitions) == 3
+    # The controller acknowledges the creation before every broker's metadata has the topic:
+    # a loaded machine answered UNKNOWN_TOPIC_OR_PART once right after it (fresh-clone CI).
+    deadline = time.monotonic() + 30
+    while (found := admin.list_topics(topic=name, timeout=10).topics[name]).error is not None:
+        assert time.monotonic() < deadline, f"{name} not in the metadata 30s after creation"
+        time.sleep(0.2)
+    assert len(found.partitions) == 3
 
     admin.delete_topics([name], operation_timeout=30)[name].result(timeout=30)
     deadline = time.monotonic() + 30
