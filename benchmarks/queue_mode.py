@@ -6,8 +6,10 @@ throughput of both on 8 partitions. One run each; real `kafkaworker run` process
 Rows (a 2 ms handler, one partition): stream mode, 1 process (partition ordering: one record
 at a time); queue mode with 1, 2 and 4 processes x 8 threads. Throughput is counted from the
 first to the last record handled, over every process (each appends a fixed-width line per
-record). Records are produced in small record batches (the broker hands a share group whole
-record batches: a backlog written in batches of thousands would go to one member).
+record). Records are produced in small record batches once every member has joined. The
+backlog rows produce them first, in record batches of thousands, and start the members after:
+the broker hands a share group whole record batches, and the first member to fetch shares
+out what it would not start soon (poll/share_poller.py).
 Results: benchmarks/results/queue_mode.{json,md}.
 """
 
@@ -22,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,31 @@ def produce(bootstrap: str, topic: str, count: int, *, batch: int, partitions: i
     assert producer.flush(60) == 0
 
 
+def _warm_then_produce(
+    bootstrap: str,
+    topic: str,
+    *,
+    mode: str,
+    processes: int,
+    partitions: int,
+    counts: Callable[[], list[int]],
+) -> tuple[list[int], float]:
+    """Wait until every member has joined and handled something; the counts then, and the
+    time the measured records start to be produced."""
+    warm = 16 * processes
+    produce(bootstrap, topic, warm, batch=2, partitions=partitions)
+    deadline = time.monotonic() + 90
+    while sum(counts()) < warm or (mode == "queue" and min(counts()) == 0):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"warm-up did not finish: {counts()} of {warm}")
+        time.sleep(0.1)
+        if sum(counts()) >= warm and mode == "queue" and min(counts()) == 0:
+            produce(bootstrap, topic, processes, batch=1, partitions=partitions)
+            warm += processes
+    time.sleep(1.0)
+    return list(counts()), time.time()
+
+
 def run_row(
     bootstrap: str,
     *,
@@ -69,7 +97,9 @@ def run_row(
     partitions: int,
     batch: int,
     concurrency: int = 8,
+    backlog: bool = False,
 ) -> dict[str, Any]:
+    """One row; `backlog`: the records are produced before the members start."""
     topic = new_topic(bootstrap, partitions)
     group = f"s7-{mode}-{uuid.uuid4().hex[:6]}"
     workdir = Path(tempfile.mkdtemp(prefix="s7-"))
@@ -84,6 +114,8 @@ def run_row(
         "BENCH_CONCURRENCY": str(concurrency),
         "BENCH_SLEEP_MS": str(sleep_ms),
     }
+    if backlog:
+        produce(bootstrap, topic, messages, batch=batch, partitions=partitions)
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "kafkaworker", "run", "benchmarks.contenders.queue_app:app"],
@@ -99,22 +131,18 @@ def run_row(
         return [p.stat().st_size // LINE if p.exists() else 0 for p in files]
 
     try:
-        # Warm-up: every member has joined (and handled something) before the measured
-        # backlog, so that the first to join does not take the lot.
-        warm = 16 * processes
-        produce(bootstrap, topic, warm, batch=2, partitions=partitions)
-        deadline = time.monotonic() + 90
-        while sum(counts()) < warm or (mode == "queue" and min(counts()) == 0):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"warm-up did not finish: {counts()} of {warm}")
-            time.sleep(0.1)
-            if sum(counts()) >= warm and mode == "queue" and min(counts()) == 0:
-                produce(bootstrap, topic, processes, batch=1, partitions=partitions)
-                warm += processes
-        time.sleep(1.0)
-        before = [c for c in counts()]
-        started = time.time()
-        produce(bootstrap, topic, messages, batch=batch, partitions=partitions)
+        if backlog:
+            before, started = [0] * processes, time.time()
+        else:
+            before, started = _warm_then_produce(
+                bootstrap,
+                topic,
+                mode=mode,
+                processes=processes,
+                partitions=partitions,
+                counts=counts,
+            )
+            produce(bootstrap, topic, messages, batch=batch, partitions=partitions)
         deadline = time.monotonic() + 600
         while sum(counts()) - sum(before) < messages:
             if time.monotonic() > deadline:
@@ -148,6 +176,7 @@ def run_row(
         "seconds": round(seconds, 3),
         "per_second": round(messages / seconds),
         "per_process": per_process,
+        "backlog": backlog,
     }
 
 
@@ -167,6 +196,19 @@ def main() -> None:
     )
     for processes in (1, 2, 4):
         rows.append(run_row(a.bootstrap, mode="queue", processes=processes, **common))
+    # A backlog produced before the members start, in record batches of thousands; five
+    # times as many records, so that the members' start-up (they join up to a second apart
+    # here) weighs less against a second of work.
+    for processes in (1, 2, 4):
+        rows.append(
+            run_row(
+                a.bootstrap,
+                mode="queue",
+                processes=processes,
+                backlog=True,
+                **{**common, "batch": 10_000, "messages": 5 * a.messages},
+            )
+        )
     for row in rows:
         print(json.dumps(row), flush=True)
     decode = []
@@ -194,8 +236,9 @@ def main() -> None:
     ]
     for row in rows:
         ideal = one * row["processes"]
+        mode = f"{row['mode']}, backlog first" if row["backlog"] else row["mode"]
         lines.append(
-            f"| {row['mode']} | {row['processes']} x {row['threads']} | {row['per_second']} | "
+            f"| {mode} | {row['processes']} x {row['threads']} | {row['per_second']} | "
             f"{row['per_second'] / stream:.1f}x | "
             + (f"{row['per_second'] / ideal:.2f}" if row["mode"] == "queue" else "-")
             + f" | {row['per_process']} |"

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -48,6 +49,8 @@ RESERVED_CONSUMER_PROPERTIES = {
     "enable.auto.commit": "the runtime commits finished offsets periodically and on revoke",
     "group.id": "set the group with @app.handler(group=...) or handlers.<name>.group",
     "on_commit": "the runtime installs its own commit callback",
+    "group.instance.id": "set kafka.group_instance_id: each handler's consumer (and each "
+    "process under --processes) gets its own name from it",
 }
 
 
@@ -264,6 +267,15 @@ class KafkaSettings(_Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     # "classic" uses cooperative-sticky assignment; "consumer" is KIP-848's broker-side protocol.
     group_protocol: Literal["classic", "consumer"] = "classic"
+    # Static membership (KIP-345): this process's stable name in its consumer groups, e.g. a
+    # StatefulSet's pod name. A member restarted under the same name within
+    # session.timeout.ms gets its partitions back at once, and the others see no rebalance
+    # (under KIP-848 only after a clean stop: a killed member's name is free again when its
+    # session ends); but a member that stops for good keeps its partitions idle until that
+    # timeout (it does not leave its group). Each handler's consumer is "<name>.<handler>"
+    # (and "-<process>" under --processes). Not for queue mode (share groups have no static
+    # members). See docs/deployment.md, Restarts and static membership.
+    group_instance_id: str | None = Field(default=None, min_length=1, max_length=200)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     # Raw librdkafka properties, passed through: e.g. {"fetch.min.bytes": 1}. They win over
     # what kafkaworker sets (security included), for anything its settings do not cover.
@@ -538,8 +550,17 @@ class Settings(BaseSettings):
     # asyncio is the default: with the poll thread beside it, uvloop handled fewer messages
     # here (see docs/architecture.md), though it runs bare sleeps faster.
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
-    # How often finished offsets are committed (librdkafka auto.commit.interval.ms).
-    commit_interval: PositiveFloat = 1.0
+    # How often finished offsets are committed, at most (a commit goes at once when the last
+    # one is older): a crash repeats what finished since the last commit, besides the
+    # messages in flight. Each commit is a request to the group coordinator and a record in
+    # __consumer_offsets (docs/architecture.md, Commits: duplicates against commits/s).
+    commit_interval: PositiveFloat = 0.1
+    # The brokers' offset.metadata.max.bytes (Kafka's default): the offset map of what is
+    # finished above a committed position (out-of-order completion) travels in the commit's
+    # metadata when it fits, so that a crash or a rebalance repeats only unfinished work;
+    # a map that does not fit is left out (the plain position, counted). 0: no maps.
+    # at_least_once handlers only: exactly_once transactions commit the plain position.
+    offset_metadata_max_bytes: NonNegativeInt = 4096
     # The processing guarantee of handlers that declare none (None: at_least_once);
     # handlers.<name>.processing_guarantee overrides it for one handler.
     processing_guarantee: Literal["at_least_once", "exactly_once"] | None = None

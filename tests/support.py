@@ -143,6 +143,13 @@ def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30) -> l
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offset per partition (-1001 where none)."""
+    return {p: offset for p, (offset, _) in commits(bootstrap, group, topic, partitions).items()}
+
+
+def commits(
+    bootstrap: str, group: str, topic: str, partitions: int
+) -> dict[int, tuple[int, str | None]]:
+    """The group's committed offset and its metadata per partition (-1001 where none)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     # Past a transaction's timeout (10 s under exactly_once) and the broker's clean-up of it
     # (transaction.abort.timed.out.transaction.cleanup.interval.ms, 10 s).
@@ -170,7 +177,7 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
                 time.sleep(0.2)
     finally:
         consumer.close()
-    return {tp.partition: tp.offset for tp in tps}
+    return {tp.partition: (tp.offset, tp.metadata) for tp in tps}
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
@@ -409,10 +416,18 @@ FAULTS_REPORT = ROOT / "build" / "faults.jsonl"
 
 
 def report_fault(
-    scenario: str, messages: int, lost: int, duplicates: int, recovery: float | None
+    scenario: str,
+    messages: int,
+    lost: int,
+    duplicates: int,
+    recovery: float | None,
+    *,
+    per_kill: Sequence[tuple[int, int, int]] | None = None,
 ) -> None:
     """One row of the fault table (`make faults` prints it; docs/reliability.md keeps the
-    latest): appended as a JSON line, so concurrent test processes never interleave."""
+    latest): appended as a JSON line, so concurrent test processes never interleave.
+    `per_kill`: for each kill -9, (duplicates, messages in flight, finished and not
+    committed)."""
     FAULTS_REPORT.parent.mkdir(parents=True, exist_ok=True)
     row = {
         "scenario": scenario,
@@ -420,6 +435,7 @@ def report_fault(
         "lost": lost,
         "duplicates": duplicates,
         "recovery_s": None if recovery is None else round(recovery, 1),
+        "per_kill": None if per_kill is None else [list(kill) for kill in per_kill],
     }
     with open(FAULTS_REPORT, "a") as out:
         out.write(json.dumps(row) + "\n")

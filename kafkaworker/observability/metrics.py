@@ -108,6 +108,26 @@ class Metrics:
             [*labels, "event"],
             registry=reg,
         )
+        self.commits = Counter(
+            "kafkaworker_offset_commits",
+            "Offset commits sent (each of one or more partitions): periodic and on revoke",
+            labels,
+            registry=reg,
+        )
+        self.offset_map_fallbacks = Counter(
+            "kafkaworker_offset_map_fallbacks",
+            "Partition commits of a plain position because the offset map of what is finished "
+            "above it did not fit offset.metadata.max.bytes (a crash then repeats that work)",
+            labels,
+            registry=reg,
+        )
+        self.offset_map_skipped = Counter(
+            "kafkaworker_offset_map_skipped",
+            "Records not handled again at assignment because the committed offset map lists "
+            "them as finished",
+            labels,
+            registry=reg,
+        )
         self.ready = Gauge(
             "kafkaworker_ready",
             "1 once the handler's consumer joined its group, 0 while starting or stopping",

@@ -1,8 +1,9 @@
 """Kubernetes manifests for an app, built from its handlers and settings (`kafkaworker
-manifests`): per consumer group a Deployment, a PodDisruptionBudget, a Service and a
-ServiceMonitor for Prometheus, and a KEDA ScaledObject that scales the Deployment on the
-group's lag; with a secured cluster, a KEDA TriggerAuthentication reading the same Secret as
-the worker. Per app, a PrometheusRule with its alerts (kafkaworker/alerts.py).
+manifests`): per consumer group a Deployment (a StatefulSet with static membership), a
+PodDisruptionBudget, a Service and a ServiceMonitor for Prometheus, and a KEDA ScaledObject
+that scales the workload on the group's lag; with a secured cluster, a KEDA
+TriggerAuthentication reading the same Secret as the worker. Per app, a PrometheusRule with
+its alerts (kafkaworker/alerts.py).
 
 Pure: the caller resolves the handlers (`Route`s) and settings; nothing here talks to Kafka.
 """
@@ -91,6 +92,10 @@ class Options:
     memory_request: str = "256Mi"
     memory_limit: str = "512Mi"
     labels: dict[str, str] = field(default_factory=dict)
+    # A StatefulSet whose pod names (stable: NAME-0, NAME-1...) are the members' static names
+    # (kafka.group_instance_id): a restarted pod takes its partitions back without a
+    # rebalance; a pod removed for good leaves its partitions idle for session.timeout.ms.
+    static_membership: bool = False
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,9 @@ class _Group:
     def manifests(self, security: _Security) -> list[Manifest]:
         selector, port = self.selector, self.port
         manifests = [
-            self.deployment(security),
+            self.stateful_set(security)
+            if self.options.static_membership
+            else self.deployment(security),
             {
                 "apiVersion": "policy/v1",
                 "kind": "PodDisruptionBudget",
@@ -257,6 +264,48 @@ class _Group:
 
     def deployment(self, security: _Security) -> Manifest:
         metadata, annotations, selector = self.meta(), self.annotations, self.selector
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {**metadata, "annotations": annotations},
+            # No replicas: the ScaledObject's HPA owns the count, and a re-apply must not reset it.
+            "spec": {
+                "selector": {"matchLabels": selector},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    # One member leaves (drains, commits) before the next one joins: fewer
+                    # rebalances during a rollout.
+                    "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+                },
+                "template": self.pod_template(security, static=False),
+            },
+        }
+
+    def stateful_set(self, security: _Security) -> Manifest:
+        """Static membership: a pod's name, stable across its restarts, is its members' name
+        in the group. Its partitions wait for it while it restarts (up to session.timeout.ms)
+        instead of moving twice, and no other member stops."""
+        metadata, annotations, selector = self.meta(), self.annotations, self.selector
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {**metadata, "annotations": annotations},
+            # No replicas: the ScaledObject's HPA owns the count, and a re-apply must not reset it.
+            "spec": {
+                "selector": {"matchLabels": selector},
+                # The metrics Service; no per-pod DNS is needed, only the stable names.
+                "serviceName": self.name,
+                # Started and stopped together, not one by one: the members do not depend on
+                # each other, and ordered start-up would hold the group's assignment back.
+                "podManagementPolicy": "Parallel",
+                # One pod at a time, each back under its name within its session: no rebalance.
+                "updateStrategy": {"type": "RollingUpdate"},
+                "template": self.pod_template(security, static=True),
+            },
+        }
+
+    def pod_template(self, security: _Security, *, static: bool) -> Manifest:
+        metadata, annotations = self.meta(), self.annotations
         routes, settings, options = self.routes, self.settings, self.options
         port, bootstrap = self.port, self.bootstrap
         args = ["run", options.app_ref]
@@ -271,6 +320,13 @@ class _Group:
             {"name": f"{_ENV}LOG_FORMAT", "value": "json"},
             *security.worker_env(),
         ]
+        if static:
+            env.append(
+                {
+                    "name": f"{_ENV}KAFKA__GROUP_INSTANCE_ID",
+                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                }
+            )
         volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
         mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
         if security.files:
@@ -328,34 +384,19 @@ class _Group:
         }
         grace = math.ceil(settings.shutdown_timeout) + GRACE_MARGIN
         return {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {**metadata, "annotations": annotations},
-            # No replicas: the ScaledObject's HPA owns the count, and a re-apply must not reset it.
+            "metadata": {"labels": dict(metadata["labels"]), "annotations": annotations},
             "spec": {
-                "selector": {"matchLabels": selector},
-                "strategy": {
-                    "type": "RollingUpdate",
-                    # One member leaves (drains, commits) before the next one joins: fewer
-                    # rebalances during a rollout.
-                    "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+                # SIGTERM drains in-flight messages within shutdown_timeout, then commits.
+                "terminationGracePeriodSeconds": grace,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": IMAGE_UID,
+                    "runAsGroup": IMAGE_UID,
+                    "fsGroup": IMAGE_UID,
+                    "seccompProfile": {"type": "RuntimeDefault"},
                 },
-                "template": {
-                    "metadata": {"labels": dict(metadata["labels"]), "annotations": annotations},
-                    "spec": {
-                        # SIGTERM drains in-flight messages within shutdown_timeout, then commits.
-                        "terminationGracePeriodSeconds": grace,
-                        "securityContext": {
-                            "runAsNonRoot": True,
-                            "runAsUser": IMAGE_UID,
-                            "runAsGroup": IMAGE_UID,
-                            "fsGroup": IMAGE_UID,
-                            "seccompProfile": {"type": "RuntimeDefault"},
-                        },
-                        "containers": [container],
-                        "volumes": volumes,
-                    },
-                },
+                "containers": [container],
+                "volumes": volumes,
             },
         }
 
@@ -388,7 +429,11 @@ class _Group:
             "kind": "ScaledObject",
             "metadata": metadata,
             "spec": {
-                "scaleTargetRef": {"name": name},
+                "scaleTargetRef": (
+                    {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name}
+                    if options.static_membership
+                    else {"name": name}
+                ),
                 "minReplicaCount": options.min_replicas,
                 "maxReplicaCount": options.max_replicas,
                 "pollingInterval": 15,

@@ -33,7 +33,7 @@ from kafkaworker.runtime.failures.retrytopics import RetryRoutes
 from kafkaworker.runtime.handler_runtime import HandlerRuntime
 from kafkaworker.runtime.handoff import Completion, Executor, HeldWrites
 from kafkaworker.runtime.poll.delayed import DelayedRetries
-from kafkaworker.runtime.poll.poller import Committer, Poller, PollLoop, StoredOffsetCommit
+from kafkaworker.runtime.poll.poller import Committer, OffsetCommit, Poller, PollLoop
 from kafkaworker.runtime.poll.share_poller import SharePoller
 from kafkaworker.runtime.poll.transactions import TransactionalCommit
 from kafkaworker.runtime.source import ShareSource, Source
@@ -263,7 +263,14 @@ def build_handler(
                 renew=lambda: transactions(app_name, spec, settings),
             )
         else:
-            committer = StoredOffsetCommit(source, handler=spec.name)
+            committer = OffsetCommit(
+                source,
+                handler=spec.name,
+                interval=settings.commit_interval,
+                max_metadata=settings.offset_metadata_max_bytes,
+                clock=clock,
+                metrics=metrics,
+            )
         poller = Poller(
             spec,
             settings,

@@ -20,7 +20,7 @@ from kafkaworker.producer import (
     SendOptions,
     _encode,
 )
-from kafkaworker.runtime.source import Partition
+from kafkaworker.runtime.source import OffsetAndMetadata, Partition
 from kafkaworker.runtime.source.memory import MemorySource
 
 
@@ -126,7 +126,7 @@ class MemoryTransactions:
         self._producer = producer
         self._source = source
         self._open: list[tuple[str, int, bytes | None, bytes | None, list[Any]]] | None = None
-        self._offsets: dict[Partition, int] = {}
+        self._offsets: dict[Partition, OffsetAndMetadata] = {}
         self.aborted = 0
 
     def init_transactions(self, timeout: float = -1) -> None:
@@ -160,7 +160,10 @@ class MemoryTransactions:
         group_metadata: Any,
         timeout: float = -1,
     ) -> None:
-        self._offsets = {Partition(tp.topic, tp.partition): tp.offset for tp in positions}
+        self._offsets = {
+            Partition(tp.topic, tp.partition): OffsetAndMetadata(tp.offset, tp.metadata or "")
+            for tp in positions
+        }
 
     def commit_transaction(self, timeout: float = -1) -> None:
         assert self._open is not None, "no transaction to commit"

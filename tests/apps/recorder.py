@@ -5,7 +5,10 @@ RECORDER_ORDERING, RECORDER_CONCURRENCY, RECORDER_GROUP, RECORDER_STARTS (a file
 RECORDER_ASYNC=1 (the handler is an `async def` that awaits asyncio.sleep), RECORDER_OUTPUT (a
 topic: each message's value is produced there, acks=all, before the message counts as finished),
 RECORDER_DLQ with RECORDER_FAIL_EVERY=N (a message whose value is a multiple of N fails, and is
-dead-lettered at once: not recorded).
+dead-lettered at once: not recorded), RECORDER_HOLD_KEY with RECORDER_HOLD_FILE (messages of
+that key wait until the file exists: a key that holds its partition's position back while the
+others finish), RECORDER_SLOW_KEYS (comma-separated) with RECORDER_SLOW_SLEEP (those keys'
+messages take longer).
 Each finished message appends one line, "pid partition offset key started finished", with one
 write on an O_APPEND descriptor, so lines from several processes never interleave.
 """
@@ -29,6 +32,19 @@ _pid = os.getpid()
 _OUTPUT = os.environ.get("RECORDER_OUTPUT") or None
 _DLQ = os.environ.get("RECORDER_DLQ") or None
 _FAIL_EVERY = int(os.environ.get("RECORDER_FAIL_EVERY", "0"))
+_HOLD_KEY = (os.environ.get("RECORDER_HOLD_KEY") or "").encode() or None
+_HOLD_FILE = os.environ.get("RECORDER_HOLD_FILE", "")
+_SLOW_KEYS = {k.encode() for k in (os.environ.get("RECORDER_SLOW_KEYS") or "").split(",") if k}
+_SLOW_SLEEP = float(os.environ.get("RECORDER_SLOW_SLEEP", "0"))
+
+
+def _sleep_for(msg: Message[bytes]) -> float:
+    if _HOLD_KEY is not None and msg.key == _HOLD_KEY:
+        while not os.path.exists(_HOLD_FILE):
+            time.sleep(0.05)
+    if msg.key in _SLOW_KEYS:
+        return _SLOW_SLEEP
+    return _SLEEP
 
 
 class PoisonError(Exception):
@@ -55,8 +71,8 @@ def _finished(msg: Message[bytes], started: float) -> None:
 def record(msg: Message[bytes]) -> bytes | None:
     started = _started(msg)
     _check(msg)
-    if _SLEEP:
-        time.sleep(_SLEEP)
+    if seconds := _sleep_for(msg):
+        time.sleep(seconds)
     # Recorded when the handler is done; with an output, the message is finished only once
     # the output is acknowledged (so a recorded message may be delivered again: counted as
     # a duplicate, never as lost).

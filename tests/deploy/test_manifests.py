@@ -184,6 +184,32 @@ def test_grace_period_group_per_deployment_and_offset_policy() -> None:
     assert {t["metadata"]["offsetResetPolicy"] for t in triggers} == {"latest"}
 
 
+def test_static_membership_is_a_stateful_set_whose_pod_names_are_the_members_names(
+    tmp_path: Path,
+) -> None:
+    docs = generate(*EXAMPLE_ARGS, "--static-membership", out=tmp_path)
+    assert "Deployment" not in docs
+    [stateful] = docs["StatefulSet"]
+    kubernetes_validate.validate(stateful, kubernetes_validate.latest_version(), strict=True)
+    spec = stateful["spec"]
+    assert "replicas" not in spec, "the HPA owns the replica count"
+    assert spec["serviceName"] in {service["metadata"]["name"] for service in docs["Service"]}
+    assert spec["podManagementPolicy"] == "Parallel"
+    [container] = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KAFKAWORKER_KAFKA__GROUP_INSTANCE_ID"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.name"}
+    }
+    [scaled] = docs["ScaledObject"]
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": stateful["metadata"]["name"],
+    }
+    header = (tmp_path / "orders-service.yaml").read_text()
+    assert "--static-membership" in header and "session.timeout.ms" in header
+
+
 def test_secured_cluster_credentials_come_from_one_secret(tmp_path: Path) -> None:
     authority = CertificateAuthority(tmp_path)
     client = authority.client_cert("app", key_password="key-secret-1")

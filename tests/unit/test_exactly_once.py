@@ -36,7 +36,7 @@ from kafkaworker.runtime.poll.transactions import (
     TransactionalCommit,
     TransactionFencedError,
 )
-from kafkaworker.runtime.source import Partition
+from kafkaworker.runtime.source import OffsetAndMetadata, Partition
 from kafkaworker.runtime.source.memory import MemorySource
 from kafkaworker.serialization import CODECS
 from kafkaworker.settings import Settings
@@ -155,6 +155,7 @@ class FakeTransactions:
         self.source = source
         self.open: list[tuple[str, bytes | None, bytes | None]] | None = None
         self.offsets: dict[Partition, int] = {}
+        self.metadata: dict[Partition, str] = {}  # the offsets' metadata (offset maps)
         self.committed: list[
             tuple[list[tuple[str, bytes | None, bytes | None]], dict[Partition, int]]
         ] = []
@@ -199,13 +200,16 @@ class FakeTransactions:
         assert self.open is not None and group_metadata is not None
         self._maybe_fail("send_offsets")
         self.offsets = {Partition(tp.topic, tp.partition): tp.offset for tp in positions}
+        self.metadata = {Partition(tp.topic, tp.partition): tp.metadata or "" for tp in positions}
 
     def commit_transaction(self, timeout: float = -1) -> None:
         assert self.open is not None
         self._maybe_fail("commit")
         with self.lock:
             self.committed.append((self.open, self.offsets))
-        self.source.commit(self.offsets)
+        self.source.commit(
+            {p: OffsetAndMetadata(offset, self.metadata[p]) for p, offset in self.offsets.items()}
+        )
         self.open = None
 
     def abort_transaction(self, timeout: float = -1) -> None:
@@ -361,6 +365,29 @@ def test_a_transaction_holds_only_writes_of_messages_whose_offsets_it_commits() 
     ]
     assert offsets == {P0: 4, P1: 3}
     assert turns.producer.aborted == 0
+
+
+def test_a_transaction_commits_the_plain_position_never_an_offset_map() -> None:
+    # The hold rule: a message finished above the position has its writes held, so no map may
+    # list it (a new owner would skip a message whose outputs were never committed).
+    turns = EosTurns()
+    turns.append(5)
+    turns.poller.turn()
+    turns.finish([0, 2, 3])  # 1 still runs
+    turns.interval()
+    [(_, offsets)] = turns.producer.committed
+    assert offsets == {P0: 1} and turns.producer.metadata == {P0: ""}
+    assert turns.source.metadata[P0] == ""
+    # Finishing more above the position moves no position: no transaction for it.
+    turns.finish([4])
+    turns.interval()
+    assert len(turns.producer.committed) == 1
+    assert turns.held.messages() == 3
+    turns.finish([1])
+    turns.interval()
+    assert turns.producer.committed[-1][1] == {P0: 5}
+    assert turns.producer.metadata == {P0: ""}
+    assert turns.producer.outputs() == [b"out-0-%d" % i for i in range(5)]
 
 
 def test_transactions_wait_for_the_interval() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from confluent_kafka import AcknowledgeType
+from confluent_kafka import AcknowledgeType, KafkaError
 
 from kafkaworker import App, Message
 from kafkaworker.handlers import HandlerSpec
@@ -25,9 +25,11 @@ from kafkaworker.runtime.handoff import (
     Outcome,
     Run,
 )
+from kafkaworker.runtime.poll import offset_map
 from kafkaworker.runtime.poll.backpressure import WITHHOLD
 from kafkaworker.runtime.poll.delayed import DelayedRetries
-from kafkaworker.runtime.poll.poller import Poller, StoredOffsetCommit
+from kafkaworker.runtime.poll.fairness import FAIR_WAIT, FIRST_QUOTA
+from kafkaworker.runtime.poll.poller import OffsetCommit, Poller
 from kafkaworker.runtime.poll.share_poller import ACK_FLUSH, SharePoller
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
@@ -144,7 +146,14 @@ class Turns:
             self.source,
             self.executor,
             completions,
-            committer=StoredOffsetCommit(self.source, handler="handle"),
+            committer=OffsetCommit(
+                self.source,
+                handler="handle",
+                interval=settings.commit_interval,
+                max_metadata=settings.offset_metadata_max_bytes,
+                clock=self.clock,
+                metrics=self.metrics,
+            ),
             codec=CODECS["raw"],
             topics=list(topics),
             delayed=DelayedRetries([retry_topic] if retry_topic else [], clock=self.clock),
@@ -201,20 +210,142 @@ def test_a_fetch_takes_no_more_than_the_handler_budget_has_room_for() -> None:
 
 
 def test_what_finished_is_committed_up_to_the_first_unfinished_offset() -> None:
-    turns = Turns()
+    turns = Turns(commit_interval=1.0)
     turns.append(5)
     turns.turn()
     assert turns.source.committed == {P0: 0}  # the start, committed at assignment
     turns.executor.finish(0, [0, 1, 3])
-    turns.turn()
-    assert turns.source.committed == {P0: 2}  # offset 2 is still running
+    turns.turn()  # the first change after a quiet interval is committed at once
+    assert turns.source.committed == {P0: 2}  # offset 2 is still running...
+    assert offset_map.decode(turns.source.metadata[P0], 2) == [3]  # ...3 is finished
     turns.executor.finish(0, [2])
     turns.turn()
-    assert turns.source.committed == {P0: 4}
+    assert turns.source.committed == {P0: 2}  # not again within the commit interval
+    turns.clock.advance(1.0)
+    turns.turn()
+    assert turns.source.committed == {P0: 4} and turns.source.metadata[P0] == ""
     turns.executor.finish(0, [4])
+    turns.clock.advance(1.0)
     turns.turn()
     assert turns.source.committed == {P0: 5}
     assert turns.poller.stats.finished == 5
+
+
+def test_a_map_that_grows_while_the_position_stands_still_is_committed() -> None:
+    turns = Turns(commit_interval=0.1)
+    turns.append(4)
+    turns.turn()
+    turns.executor.finish(0, [1])
+    turns.turn()
+    turns.executor.finish(0, [3])  # offset 0 (a slow key, say) holds the position
+    turns.clock.advance(0.1)
+    turns.turn()
+    assert turns.source.commits[-1] == {P0: 0}
+    assert offset_map.decode(turns.source.metadata[P0], 0) == [1, 3]
+
+
+def test_a_failed_commit_is_sent_again_with_what_is_finished_then() -> None:
+    turns = Turns(commit_interval=0.1)
+    turns.append(3)
+    turns.turn()
+    turns.source.fail_commits[P0] = KafkaError.REBALANCE_IN_PROGRESS
+    turns.executor.finish(0, [0])
+    turns.turn()
+    assert turns.source.committed == {P0: 0}  # it failed
+    turns.clock.advance(0.1)
+    turns.turn()  # told of the failure: sent again, though nothing changed since
+    assert turns.source.committed == {P0: 1}
+    turns.clock.advance(0.1)
+    commits = len(turns.source.commits)
+    turns.turn(2)
+    assert len(turns.source.commits) == commits  # nothing new: nothing sent
+
+
+def test_an_assignment_skips_what_the_committed_offset_map_lists() -> None:
+    turns = Turns(2)
+    turns.append(8, partition=1)
+    turns.source.revoke([P1])
+    turns.turn()
+    # An earlier owner finished 3, 4 and 6 while 2 and 5 ran: its commit says so.
+    turns.source.committed[P1] = 2
+    turns.source.metadata[P1] = offset_map.encode(2, [3, 4, 6]) or ""
+    turns.source.assign([P1])
+    turns.turn(2)
+    assert turns.dispatched(1) == [2, 5, 7]  # only the unfinished
+    assert turns.poller.stats.skipped == 3
+    assert turns.metrics.offset_map_skipped.labels("handle")._value.get() == 3
+    turns.executor.finish(1, [2])
+    turns.turn()
+    assert turns.source.committed[P1] == 5  # past the skipped 3 and 4
+    assert offset_map.decode(turns.source.metadata[P1], 5) == [6]
+
+
+def test_a_map_lists_what_it_inherited_until_it_is_fetched() -> None:
+    turns = Turns(1, max_pending=3, poll_batch=3)
+    turns.append(6)
+    turns.source.revoke([P0])
+    turns.turn()
+    turns.source.metadata[P0] = offset_map.encode(0, [1, 4]) or ""
+    turns.source.assign([P0])
+    turns.turn(2)
+    assert turns.dispatched() == [0, 2]  # 1 skipped; 4 not fetched yet
+    turns.executor.finish(0, [0])
+    turns.turn()
+    # Committed at 2 (0 finished, 1 skipped): 4 is still listed, though never seen here.
+    assert turns.source.committed[P0] == 2
+    assert offset_map.decode(turns.source.metadata[P0], 2) == [4]
+
+
+def test_a_revoke_hands_the_map_to_the_next_owner() -> None:
+    turns = Turns(1)
+    turns.append(5)
+    turns.turn()
+    first = turns.lease()
+    running = turns.executor.queued.pop(0)  # offset 0 runs on...
+    turns.executor.finish(0, [1, 3])  # ...while others finish
+    turns.turn()
+    turns.source.revoke([P0])
+    turns.turn()  # revoke_timeout runs out with offset 0 still running: committed so far
+    assert first.revoked and running.offset == 0
+    assert turns.source.committed[P0] == 0
+    assert offset_map.decode(turns.source.metadata[P0], 0) == [1, 3]
+    turns.source.assign([P0])  # the next owner (here, this member again)
+    turns.turn(2)
+    assert turns.dispatched() == [0, 2, 4]  # nothing finished before the move runs again
+
+
+def test_a_map_too_large_for_the_metadata_limit_commits_the_plain_position() -> None:
+    turns = Turns(1, offset_metadata_max_bytes=24)
+    turns.append(40)
+    turns.turn()
+    turns.executor.finish(0, list(range(1, 40, 3)))  # scattered: a map of 30-odd characters
+    turns.turn()
+    assert turns.source.committed == {P0: 0} and turns.source.metadata[P0] == ""
+    assert turns.metrics.offset_map_fallbacks.labels("handle")._value.get() == 1
+    turns.executor.finish(0, [0])
+    turns.clock.advance(1.0)
+    turns.turn()
+    assert turns.source.committed == {P0: 2}  # finished offsets above it stay uncommitted
+
+
+def test_a_map_the_broker_refuses_is_committed_again_without_it_and_maps_shrink() -> None:
+    turns = Turns(1, commit_interval=0.1)
+    turns.source.offset_metadata_max_bytes = 24  # a broker set lower than the setting
+    turns.append(40)
+    turns.turn()
+    turns.executor.finish(0, list(range(1, 40, 3)))
+    turns.turn()  # refused (OFFSET_METADATA_TOO_LARGE)
+    assert turns.source.metadata.get(P0, "") == ""
+    turns.clock.advance(0.1)
+    turns.turn()
+    committer = turns.poller._committer
+    assert isinstance(committer, OffsetCommit) and committer.max_metadata < 24
+    assert turns.source.committed == {P0: 0} and turns.source.metadata[P0] == ""
+    assert turns.metrics.offset_map_fallbacks.labels("handle")._value.get() == 1
+    turns.executor.finish(0, [0])
+    turns.clock.advance(0.1)
+    turns.turn()
+    assert turns.source.committed == {P0: 2}
 
 
 def test_a_turn_without_reports_commits_nothing_new() -> None:
@@ -336,6 +467,55 @@ def test_a_partition_still_over_its_limit_after_withholding_is_paused_then_resum
     assert turns.source.paused == set()
 
 
+def test_a_backlog_is_handed_over_a_fair_quota_of_each_partition_at_a_time() -> None:
+    turns = Turns(2, spec=handler(concurrency=2))
+    turns.executor.recent_handler_seconds = 0.01  # 10 ms a message, two workers
+    quota = int(FAIR_WAIT * 2 / (2 * 0.01))  # a quarter second of work for the two
+    turns.append(100, partition=0)
+    turns.append(100, partition=1)
+    turns.turn(2)
+    # Both partitions have their quota with the executor, in offset order; the rest waits.
+    assert turns.dispatched(0) == list(range(quota))
+    assert turns.dispatched(1) == list(range(quota))
+    assert turns.poller.stats.fetched == 200
+    turns.executor.finish(1, [0, 1, 2])
+    turns.turn()
+    # Three finished: not topped up yet (runs of a handful cost the executor per run).
+    assert turns.dispatched(1) == list(range(3, quota))
+    assert turns.source.committed[P1] == 3
+    half = quota // 2
+    turns.executor.finish(1, list(range(3, half)))
+    turns.turn()
+    assert turns.dispatched(1) == list(range(half, quota + half))  # half the quota at once
+    assert turns.dispatched(0) == list(range(quota))
+
+
+def test_a_handler_of_unknown_speed_starts_with_a_small_quota() -> None:
+    turns = Turns(2)
+    turns.append(100, partition=0)
+    turns.append(100, partition=1)
+    turns.turn()
+    assert len(turns.dispatched(0)) == len(turns.dispatched(1)) == FIRST_QUOTA
+
+
+def test_a_revoke_drops_the_backlog_unstarted_and_commits_nothing_past_it() -> None:
+    turns = Turns(2, spec=handler(concurrency=1))
+    turns.executor.recent_handler_seconds = 0.05
+    turns.append(20, partition=0)
+    turns.append(20, partition=1)
+    turns.turn()
+    waiting = 20 - len(turns.dispatched(0))
+    assert waiting > 0
+    turns.executor.finish(0, turns.dispatched(0))
+    turns.source.revoke([P0])
+    turns.turn()
+    assert turns.source.committed[P0] == 20 - waiting  # not past the backlog
+    assert turns.poller._fair.waiting == 20 - len(turns.dispatched(1))  # only P1's waits
+    turns.source.assign([P0])
+    turns.turn(2)
+    assert turns.dispatched(0)[0] == 20 - waiting  # fetched again, from the commit
+
+
 def test_a_retry_record_is_held_until_due_with_its_partition_paused() -> None:
     retry = "t.retry.5s"
     turns = Turns(1, spec=handler(retry_topics=[5.0], dlq="t.dlq"), retry_topic=retry)
@@ -436,15 +616,24 @@ def test_the_gauges_follow_the_clock_once_a_second() -> None:
 class ShareTurns:
     """A queue-mode poller over a MemoryShareSource, turned by hand."""
 
-    def __init__(self, *, max_records: int = 10, **setting_values: Any) -> None:
+    def __init__(
+        self,
+        *,
+        max_records: int = 10,
+        concurrency: int = 8,
+        source: MemoryShareSource | None = None,
+        **setting_values: Any,
+    ) -> None:
         self.clock = ManualClock()
-        self.source = MemoryShareSource({"t": 2}, max_records=max_records, clock=self.clock)
+        self.source = source or MemoryShareSource(
+            {"t": 2}, max_records=max_records, clock=self.clock
+        )
         completions: CompletionQueue = queue.SimpleQueue()
         self.executor = HandExecutor(completions)
         settings: Settings = runtime_settings(**setting_values)
         self.metrics = Metrics()
         self.poller = SharePoller(
-            handler(mode="queue"),
+            handler(mode="queue", concurrency=concurrency),
             settings,
             self.source,
             self.executor,
@@ -541,3 +730,67 @@ def test_share_shutdown_releases_what_never_started_and_what_still_runs() -> Non
     assert sorted(turns.acks()) == [(0, 0, "release"), (0, 1, "release"), (0, 2, "release")]
     assert turns.poller.unfinished_at_exit == {"share group memory-share-group": 1}
     assert turns.source.closed and turns.executor.closed
+
+
+def test_a_fetch_larger_than_asked_is_shared_out_a_slice_at_a_time() -> None:
+    """The broker acquires whole record batches: a fetch of 4 records can bring 30. The
+    member works on 4, keeps what its workers start within SHARE_HORIZON, and releases the
+    rest a slice at a time, at SHARE_PEERS times its own pace."""
+    turns = ShareTurns(
+        max_records=100, concurrency=1, kafka={"share_consumer": {"max.poll.records": 4}}
+    )
+    for i in range(30):
+        turns.source.broker.append("t", b"%d" % i, partition=0)
+    turns.poller.turn()
+    assert sorted(m.offset for m in turns.executor.queued) == [0, 1, 2, 3]
+    assert turns.poller.in_flight == 30  # all 30 acquired: 26 held, not started
+    turns.poller.turn()
+    assert turns.acks() == []  # the handler's pace is not known yet: nothing released
+    turns.executor.recent_handler_seconds = 0.1  # 10 a second on its one worker
+    turns.clock.advance(0.1)
+    turns.poller.turn()  # 2 x 10/s x 0.1 s: two may go; it keeps 10 (a second of work)
+    assert turns.acks() == [(0, 28, "release"), (0, 29, "release")]
+    turns.clock.advance(1.0)
+    turns.poller.turn()  # at most a fetch size at a time
+    assert turns.acks()[2:] == [(0, o, "release") for o in range(24, 28)]
+    turns.executor.finish(0, [0, 1])
+    turns.poller.turn()  # room for two: the next of the surplus, in order
+    assert sorted(m.offset for m in turns.executor.queued) == [2, 3, 4, 5]
+    for _ in range(10):
+        turns.clock.advance(1.0)
+        turns.poller.turn()
+    # Released down to what it keeps: a second of work beyond the fetch size's four.
+    assert turns.poller.shared_out == 30 - 4 - 2 - 10 == 14
+    assert turns.poller.in_flight == 14
+
+
+@pytest.mark.parametrize(("limit", "shared_until"), [(5, 2), (3, 1), (2, 0)])
+def test_a_record_is_released_unstarted_only_while_two_deliveries_are_left(
+    limit: int, shared_until: int
+) -> None:
+    """Every release unstarted costs a record a delivery (the broker counts acquisitions):
+    a record is shared out at its first or second delivery only, and only while at least two
+    deliveries are left after it (released at the limit, it would be archived unhandled)."""
+    sizes = {"share_consumer": {"max.poll.records": 2}}
+    source = MemoryShareSource({"t": 1}, max_records=100, delivery_limit=limit)
+    for i in range(6):
+        source.broker.append("t", b"%d" % i, partition=0)
+    for delivery in range(1, limit + 1):
+        turns = ShareTurns(source=source, kafka=sizes)
+        turns.poller.turn()
+        held = len(turns.poller._surplus)
+        assert held == (4 if delivery <= shared_until else 0), delivery
+        turns.poller.shutdown()  # all six back unstarted: their next delivery
+        source.closed = False
+        if delivery == limit - 1:
+            break
+
+
+def test_shutdown_releases_a_fetchs_surplus_with_what_never_started() -> None:
+    turns = ShareTurns(max_records=100, kafka={"share_consumer": {"max.poll.records": 2}})
+    for i in range(6):
+        turns.source.broker.append("t", b"%d" % i, partition=0)
+    turns.poller.turn()
+    turns.poller.shutdown()
+    assert sorted(turns.acks()) == [(0, o, "release") for o in range(6)]
+    assert turns.poller.unfinished_at_exit == {}

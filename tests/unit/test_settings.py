@@ -93,7 +93,7 @@ def test_backoff_override_merges_with_the_decorator() -> None:
             "kafka:\n  bootstrap_server: x\n",
             "unknown setting 'kafka.bootstrap_server' (settings file 'settings.yaml')"
             ": did you mean 'bootstrap_servers'? allowed keys are "
-            "bootstrap_servers, group_protocol, security, consumer, producer",
+            "bootstrap_servers, group_protocol, group_instance_id, security, consumer, producer",
         ),
         (
             "handlers:\n  h:\n    retrys: 3\n",
@@ -178,6 +178,20 @@ def test_consumer_config_heartbeats_every_second_on_classic_and_raw_keys_win() -
     raw848 = load_settings(kafka={"consumer": {"group.protocol": "consumer"}})
     assert "heartbeat.interval.ms" not in consumer_config("svc", spec, raw848)
     assert "partition.assignment.strategy" not in consumer_config("svc", spec, raw848)
+
+
+def test_a_static_member_name_is_made_per_handler_and_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = resolve_specs(app_with_handler(), load_settings())[0]
+    assert "group.instance.id" not in consumer_config("svc", spec, load_settings())
+    static = load_settings(kafka={"group_instance_id": "orders-0"})
+    # Two handlers of one app share its group: each consumer needs a name of its own.
+    assert consumer_config("svc", spec, static)["group.instance.id"] == "orders-0.handle"
+    monkeypatch.setenv("KAFKAWORKER_PROCESS_INDEX", "2")  # a child of --processes N
+    assert consumer_config("svc", spec, static)["group.instance.id"] == "orders-0.handle-2"
+    with pytest.raises(ConfigError, match=r"group\.instance\.id is managed by kafkaworker"):
+        load_settings(kafka={"consumer": {"group.instance.id": "x"}})
 
 
 def test_cli_overrides_merge_into_the_apps_own_settings_key_by_key(

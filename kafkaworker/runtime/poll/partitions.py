@@ -22,14 +22,14 @@ takes the record-by-record way.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import structlog
 from confluent_kafka import KafkaError
 
 from kafkaworker.message import DispatchedMessage
-from kafkaworker.runtime.handoff import Lease, Run
+from kafkaworker.runtime.handoff import Dispatched, Lease, Run
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.source import Partition, Record
 from kafkaworker.serialization import Codec
@@ -47,17 +47,21 @@ class PartitionOffsets:
     with one slice comparison, in C, instead of one step per offset.
     """
 
-    __slots__ = ("_done", "_head", "_offsets", "committable")
+    __slots__ = ("_done", "_head", "_inherited_last", "_offsets", "committable", "inherited")
 
     # Finished offsets at the head are dropped from the list in blocks of at least this many.
     _COMPACT_AFTER = 4096
 
-    def __init__(self) -> None:
+    def __init__(self, inherited: Iterable[int] = ()) -> None:
         self._offsets: list[int] = []
         self._head = 0  # offsets before it are finished and committable
         self._done: set[int] = set()  # finished, but behind an unfinished one
         # The position to commit: every offset below it is finished. None until one finishes.
         self.committable: int | None = None
+        # Finished before this assignment (the committed offset map lists them) and not
+        # fetched yet: skipped when fetched, and listed in every map until then.
+        self.inherited: set[int] = set(inherited)
+        self._inherited_last = max(self.inherited, default=-1)
 
     def __len__(self) -> int:
         """Offsets dispatched and not yet committable: the partition's outstanding work."""
@@ -98,6 +102,35 @@ class PartitionOffsets:
         head = self._head
         return self._offsets[head] if head < len(self._offsets) else None
 
+    def skip_inherited(self, offsets: list[int]) -> list[int]:
+        """Of a run just added, the offsets an earlier owner finished, now marked finished
+        here (advance() then moves past them); the rest are to be handed to the executor."""
+        inherited = self.inherited
+        skipped = [o for o in offsets if o in inherited]
+        if skipped:
+            inherited.difference_update(skipped)
+            self._done.update(skipped)
+        if offsets[-1] >= self._inherited_last:
+            inherited.clear()  # those left are not in the log (compaction, retention)
+        return skipped
+
+    def position(self) -> int | None:
+        """The position to commit now: `committable`, or before anything finished the first
+        offset fetched (everything below it was finished or is not in the log); None before
+        the first fetch."""
+        if self.committable is not None:
+            return self.committable
+        return self._offsets[0] if self._offsets else None
+
+    def finished_above(self) -> list[int]:
+        """The finished offsets above `position()`, ascending: the offset map's content."""
+        if not self.inherited:
+            return sorted(self._done)
+        position = self.position()
+        return sorted(
+            o for o in self._done.union(self.inherited) if position is None or o > position
+        )
+
 
 class PartitionState:
     """Per-assignment state, the poll thread's alone. The execute side sees the partition
@@ -107,6 +140,7 @@ class PartitionState:
 
     __slots__ = (
         "assigned_at",
+        "backlog",
         "in_flight",
         "last_dispatched",
         "lease",
@@ -120,15 +154,24 @@ class PartitionState:
     )
 
     def __init__(
-        self, topic: str, partition: int, *, generation: int = 0, now: float = 0.0
+        self,
+        topic: str,
+        partition: int,
+        *,
+        generation: int = 0,
+        now: float = 0.0,
+        inherited: Iterable[int] = (),
     ) -> None:
         self.topic = topic
         self.partition = partition
         self.topic_partition = Partition(topic, partition)
         self.lease = Lease(self.topic_partition, generation)
-        self.offsets = PartitionOffsets()
+        # `inherited`: what the committed offset map says is finished already.
+        self.offsets = PartitionOffsets(inherited)
         # Dispatched to the executor and not yet reported back (done or dropped).
         self.in_flight = 0
+        # Fetched, tracked and waiting for room under the fair quota (poll/fairness.py).
+        self.backlog: deque[Dispatched] = deque()
         # Highest offset dispatched in this assignment: a record fetched again is not re-run.
         self.last_dispatched = -1
         self.paused = False
@@ -152,6 +195,9 @@ class Taken(NamedTuple):
     tracked: int  # records whose offsets are now tracked (handed over or held)
     held: bool  # some were held until due: their partitions must be paused now
     fatal: KafkaError | None  # the consumer is unusable
+    # Partitions where records were skipped (finished before, says the offset map): their
+    # position may have moved without a report.
+    skipped: list[PartitionState] | None = None
 
 
 class Intake:
@@ -170,6 +216,9 @@ class Intake:
         self._codec = codec
         self._delayed = delayed
         self._handler = handler
+        # Records skipped as finished by an offset map: in all, and this take's partitions.
+        self.skipped = 0
+        self._skipped: list[PartitionState] | None = None
 
     def take(self, batch: list[Record]) -> Taken:
         if self._topic is not None and not any(map(_error, batch)):
@@ -189,6 +238,7 @@ class Intake:
         runs: list[Run] = []
         tracked = 0
         held = False
+        self._skipped = None
         start, size = 0, len(batch)
         while start < size:
             rest = by_partition[start:]
@@ -199,16 +249,22 @@ class Intake:
                 offsets: list[int] = list(map(_offset, records))  # type: ignore[arg-type]
                 if offsets[0] <= state.last_dispatched or sorted(offsets) != offsets:
                     # Fetched twice, or out of order: sorted out record by record.
-                    taken = self._take_one_by_one(batch[start:])
+                    taken = self._take_one_by_one(batch[start:], reset=False)
                     return Taken(
-                        runs + taken.runs, tracked + taken.tracked, held or taken.held, None
+                        runs + taken.runs,
+                        tracked + taken.tracked,
+                        held or taken.held,
+                        None,
+                        self._skipped,
                     )
                 tracked += len(offsets)
                 held |= self._add_run(runs, state, records, offsets)
             start = end
-        return Taken(runs, tracked, held, None)
+        return Taken(runs, tracked, held, None, self._skipped)
 
-    def _take_one_by_one(self, batch: list[Record]) -> Taken:
+    def _take_one_by_one(self, batch: list[Record], *, reset: bool = True) -> Taken:
+        if reset:
+            self._skipped = None
         partitions = self._partitions
         runs: list[Run] = []
         fatal: KafkaError | None = None
@@ -254,17 +310,28 @@ class Intake:
         if records:
             tracked += len(records)
             held |= self._add_run(runs, state, records, offsets)  # type: ignore[arg-type]
-        return Taken(runs, tracked, held, fatal)
+        return Taken(runs, tracked, held, fatal, self._skipped)
 
     def _add_run(
         self, runs: list[Run], state: PartitionState, records: list[Record], offsets: list[int]
     ) -> bool:
         """Track a run and queue its messages; whether some were held until due."""
         state.last_dispatched = offsets[-1]
-        state.offsets.add_run(offsets)
+        tracker = state.offsets
+        tracker.add_run(offsets)
         kind, millis = records[0].timestamp()
         if kind:  # else TIMESTAMP_NOT_AVAILABLE
             state.stamps.append((offsets[0], millis))
+        if tracker.inherited:  # only while an earlier owner's offset map is being passed
+            skipped = tracker.skip_inherited(offsets)
+            if skipped:
+                self._skip(state, len(skipped))
+                done = set(skipped)
+                kept = [i for i, offset in enumerate(offsets) if offset not in done]
+                if not kept:
+                    return False
+                records = [records[i] for i in kept]
+                offsets = [offsets[i] for i in kept]
         messages = DispatchedMessage.run_of(state.lease, records, offsets, self._codec)
         held = False
         if state.topic in self._delayed.topics:
@@ -282,6 +349,13 @@ class Intake:
         if messages:
             runs.append((state.lease, messages))
         return held
+
+    def _skip(self, state: PartitionState, count: int) -> None:
+        if self._skipped is None:
+            self._skipped = []
+        if state not in self._skipped:
+            self._skipped.append(state)
+        self.skipped += count
 
     def on_error(self, error: KafkaError) -> KafkaError | None:
         """Log a consumer error; return it when it is fatal (the consumer is unusable)."""

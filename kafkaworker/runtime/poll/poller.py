@@ -12,18 +12,24 @@ hands the positions that became committable to the committer, and pauses or resu
 partitions for backpressure. It keeps polling while partitions are paused, so a slow handler
 never costs the group membership (`max.poll.interval.ms`).
 
-Commits: the poll thread hands the committer the positions that moved (every offset below each
-is finished). StoredOffsetCommit, the default, stores them once a turn with the source's
-client, which commits what is stored every `commit_interval` on its own thread (librdkafka's
-auto-commit over its offset store, with `enable.auto.offset.store=false` so that only these
-positions are ever stored; a commit that fails is retried at the next interval with whatever
-is stored then). Revoke and shutdown commit synchronously. Only positions that
-PartitionOffsets reports are ever stored or committed, never what the client merely handed
-out. Why not commit asynchronously from the poll thread: a failed commit (a rebalance in
-progress, a coordinator moving) then needs its own retry bookkeeping, or the position of a
-partition that receives nothing more stays uncommitted until the next revoke; a first version
-did exactly that and a fault test caught it (a killed member's rebalance ate the last commit).
-A producer transaction carrying the offsets is the other way the Committer seam is filled.
+Commits: the poll thread hands the committer the partitions whose finished offsets changed
+(their position, every offset below which is finished, or what is finished above it).
+OffsetCommit, the default, commits each one's position with the offset map of what is
+finished above it in the commit's metadata (poll/offset_map.py), asynchronously, at most once
+per `commit_interval`; revoke and shutdown commit synchronously. Only positions that
+PartitionOffsets reports are ever committed, never what the client merely handed out. A
+commit that fails (a rebalance in progress, a coordinator moving) is told back by the source
+and committed again at the next interval with what is finished then: a first version that
+committed from the poll thread without that retry let a partition that received nothing more
+keep an old position until its next revoke (a fault test caught it). Not librdkafka's
+auto-commit of its offset store, which retries by itself: it commits a stored offset only
+when the offset moved, never a change of metadata alone, and under key ordering the map
+grows while one slow key holds the position. The other way the Committer seam is filled is
+exactly_once's (poll/transactions.py, TransactionalCommit): a producer transaction commits
+the plain contiguous position with the writes of the messages below it, no offset map (a
+message finished above the position has its writes held, so a map must not list it; the
+reasons are written there). Its tick() may give back partitions to rewind (an aborted
+transaction); OffsetCommit's never does.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from kafkaworker.errors import KafkaWorkerError
 from kafkaworker.handlers import HandlerSpec
@@ -52,12 +58,15 @@ from kafkaworker.runtime.handoff import (
     Run,
     not_finished,
 )
+from kafkaworker.runtime.poll import offset_map
 from kafkaworker.runtime.poll.backpressure import Backpressure
 from kafkaworker.runtime.poll.delayed import DelayedRetries
+from kafkaworker.runtime.poll.fairness import FairDispatch
 from kafkaworker.runtime.poll.gauges import PartitionRow, PollGauges
-from kafkaworker.runtime.poll.partitions import Intake, PartitionState
+from kafkaworker.runtime.poll.partitions import Intake, PartitionOffsets, PartitionState
 from kafkaworker.runtime.poll.pausing import Pausing
 from kafkaworker.runtime.source import (
+    OffsetAndMetadata,
     Partition,
     Record,
     ShareSource,
@@ -73,9 +82,13 @@ commit_log = structlog.get_logger("kafkaworker.commit")
 NOT_FINISHED, DEAD_LETTERED = Outcome.NOT_FINISHED, Outcome.DEAD_LETTERED
 
 # How long one fetch waits when there is no work out. With work out, completions must be
-# picked up promptly (commits, resuming paused partitions), so it waits less.
+# picked up promptly (commits, resuming paused partitions), so it waits less: a completion
+# waits for the end of the fetch's wait, and its commit with it. At 20 ms, kill -9 under a
+# backlog repeated 1.8x what it did at 5 ms (commit_interval 0.01 s: 132 against 71 of
+# 4,000, three runs each, tests/faults/test_delivery.py), for one more wake-up of the poll
+# thread every 5 ms while handlers run and no record arrives.
 _IDLE_POLL = 0.2
-_BUSY_POLL = 0.02
+_BUSY_POLL = 0.005
 
 
 # How long a shutdown's drain waits for reports at a time, serving the group in between.
@@ -224,6 +237,7 @@ class PollerStats:
     lost: int = 0
     pauses: int = 0
     withheld: int = 0  # times the poll thread stopped taking records for a limit
+    skipped: int = 0  # records an offset map said were finished: not handled again
 
 
 class Poller(PollLoop):
@@ -262,6 +276,12 @@ class Poller(PollLoop):
             self._backpressure, delayed, breaker, metrics=self._metrics, handler=spec.name
         )
         self._partitions: dict[Partition, PartitionState] = {}
+        # How much of each partition the executor holds at once (fairness under a backlog).
+        self._fair = FairDispatch(
+            concurrency=spec.concurrency,
+            max_per_partition=settings.max_pending_per_partition,
+            min_quota=spec.batch.max_size if spec.batch else 1,
+        )
         # The leases held now, to their partitions: a completion whose lease is not here is
         # of an earlier assignment (the partition was let go), and is ignored.
         self._leased: dict[Lease, PartitionState] = {}
@@ -323,6 +343,8 @@ class Poller(PollLoop):
     def turn(self) -> None:
         backpressure = self._backpressure
         breaker = self._breaker
+        fair = self._fair
+        fair.update(len(self._partitions), self._executor.recent_handler_seconds)
         if backpressure.withholding:
             # Over a limit: take no records for now; finish what is out.
             self._collect(self._drain(timeout=_BUSY_POLL))
@@ -335,15 +357,16 @@ class Poller(PollLoop):
             )
             # No more than the handler's budget has room for: a large batch must not
             # overshoot a small max_pending.
-            take = max(
-                1, min(self.settings.poll_batch, self.settings.max_pending - self._in_flight)
-            )
+            room = self.settings.max_pending - self._in_flight - fair.waiting
+            take = max(1, min(self.settings.poll_batch, room))
             records = self._source.fetch(_BUSY_POLL if busy else _IDLE_POLL, take)
             if records:
                 self._dispatch(records)
             if self._delayed:
                 self._submit(self._delayed.due())
             self._collect(self._drain())
+        if fair.waiting:
+            self._hand_over(fair.release(list(self._partitions.values())))
         if self._changed or breaker is not None or backpressure.withholding:
             self._changed = False
             self._apply_pauses()
@@ -359,12 +382,20 @@ class Poller(PollLoop):
             self._consumed.inc(taken.tracked)
         if taken.held:
             self._changed = True  # their partitions must be paused now
+        if taken.skipped:
+            self._skipped(taken.skipped)
         # Hand over what was counted in flight before raising, or shutdown would wait for it.
         self._submit(taken.runs)
         if taken.fatal is not None:
             raise KafkaException(taken.fatal)
 
     def _submit(self, runs: list[Run]) -> None:
+        """Hand runs to the executor as far as each partition's fair quota allows; the rest
+        waits in its backlog."""
+        if runs:
+            self._hand_over(self._fair.admit(runs, self._leased))
+
+    def _hand_over(self, runs: list[Run]) -> None:
         """Hand runs to the executor, counted in flight until they are reported back."""
         if not runs:
             return
@@ -405,18 +436,22 @@ class Poller(PollLoop):
             self._in_flight -= returned
             self._changed = True
         for state in touched:
-            position = state.offsets.advance()
-            if position is not None:
-                self._committer.stage(state.topic_partition, position)
+            # Staged whether or not the position moved: what is finished above it did.
+            state.offsets.advance()
+            self._committer.stage(state.topic_partition, state.offsets)
+
+    def _skipped(self, states: list[PartitionState]) -> None:
+        """Records skipped at intake, finished before this assignment (the offset map)."""
+        skipped = self._intake.skipped - self.stats.skipped
+        self.stats.skipped = self._intake.skipped
+        self._metrics.offset_map_skipped.labels(self.spec.name).inc(skipped)
+        for state in states:
+            # The map is the one committed: only a position moved past a gap is news.
+            if state.offsets.advance() is not None:
+                self._committer.stage(state.topic_partition, state.offsets)
 
     def _commit_now(self, states: Iterable[PartitionState]) -> None:
-        self._committer.commit_now(
-            {
-                s.topic_partition: s.offsets.committable
-                for s in states
-                if s.offsets.committable is not None
-            }
-        )
+        self._committer.commit_now({s.topic_partition: s.offsets for s in states})
 
     def _wait_in_flight(self, states: list[PartitionState], timeout: float) -> None:
         deadline = self._clock.monotonic() + timeout
@@ -470,12 +505,22 @@ class Poller(PollLoop):
 
     # -- rebalances: the AssignmentListener, called on this thread inside fetch() ----------
 
-    def on_assign(self, partitions: list[Partition]) -> None:
+    def on_assign(
+        self, partitions: list[Partition], committed: Mapping[Partition, OffsetAndMetadata]
+    ) -> None:
         self._generation += 1
         now = self._clock.time()
         held = self.held_at_assignment
+        inherited: dict[str, int] = {}
         for partition in partitions:
-            state = PartitionState(*partition, generation=self._generation, now=now)
+            # What an earlier owner finished above the committed position: skipped at intake.
+            start = committed.get(partition)
+            finished = offset_map.decode(start.metadata, start.offset) if start else []
+            if finished:
+                inherited[str(partition)] = len(finished)
+            state = PartitionState(
+                *partition, generation=self._generation, now=now, inherited=finished
+            )
             self._partitions[partition] = state
             self._leased[state.lease] = state
             if held is not None and held(partition):
@@ -483,10 +528,17 @@ class Poller(PollLoop):
                 # later: a fleet pause that names it (or its topic) holds it from the start.
                 self._pausing.operator_held.add(partition)
                 self._changed = True
+        # The records of a fresh assignment can come in the fetch that delivered it.
+        self._fair.update(len(self._partitions), self._executor.recent_handler_seconds)
         self.stats.assigned += 1
         self._metrics.rebalances.labels(self.spec.name, "assigned").inc()
         self.on_joined()  # librdkafka's classic protocol calls this with no partitions too
-        log.info("partitions assigned", handler=self.spec.name, partitions=_names(partitions))
+        log.info(
+            "partitions assigned",
+            handler=self.spec.name,
+            partitions=_names(partitions),
+            **({"finished_above_committed": inherited} if inherited else {}),
+        )
 
     def on_joined(self) -> None:
         if not self._stopping.is_set():
@@ -596,6 +648,7 @@ class Poller(PollLoop):
     def _stop_work(self, states: list[PartitionState]) -> None:
         for state in states:
             self._delayed.drop(state)  # never started: redelivered to the next owner
+        self._fair.drop(states)  # the same
         self._give_up_unstarted([s.lease for s in states])
 
     # -- shutdown (the skeleton is PollLoop's) --------------------------------------------------
@@ -655,8 +708,9 @@ def _names(partitions: Iterable[PartitionState | Partition]) -> list[str]:
 class Committer(Protocol):
     """The poll loop's view of commits."""
 
-    def stage(self, partition: Partition, position: int) -> None:
-        """`position` is finished up to (every offset below it is finished)."""
+    def stage(self, partition: Partition, offsets: PartitionOffsets) -> None:
+        """The partition's finished offsets changed: its position (every offset below it is
+        finished), or what is finished above it."""
         ...
 
     def tick(self) -> list[Partition]:
@@ -664,8 +718,8 @@ class Committer(Protocol):
         positions (their uncommitted work was given up: an aborted transaction)."""
         ...
 
-    def commit_now(self, positions: Mapping[Partition, int]) -> None:
-        """Make these durable before returning (revoke, shutdown)."""
+    def commit_now(self, partitions: Mapping[Partition, PartitionOffsets]) -> None:
+        """Make what is finished in these durable before returning (revoke, shutdown)."""
         ...
 
     def discard(self, partitions: Iterable[Partition]) -> None:
@@ -677,55 +731,181 @@ class Committer(Protocol):
         ...
 
 
-class StoredOffsetCommit:
-    """Stores finished positions every turn; the client commits them periodically."""
+class OffsetCommit:
+    """Commits each staged partition's position with its offset map, asynchronously, at most
+    once per `interval`: the first change after a quiet interval at once, later ones
+    together when the interval is over. The maps are built then, per commit, never per
+    message. A commit the source says failed is sent again, with what is finished then, at
+    the next interval.
 
-    def __init__(self, source: Source, *, handler: str) -> None:
+    `max_metadata`: the broker's `offset.metadata.max.bytes`; a map longer than that is left
+    out (the plain position is committed and counted). A broker with a lower limit refuses
+    the commit (OFFSET_METADATA_TOO_LARGE): the limit is lowered below the refused map's
+    length and the partition committed again. 0: no maps."""
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        handler: str,
+        interval: float = 1.0,
+        max_metadata: int = offset_map.DEFAULT_MAX_CHARS,
+        clock: Clock = SYSTEM_CLOCK,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._source = source
         self._handler = handler
-        self._pending: dict[Partition, int] = {}  # moved since the last store
+        self._interval = interval
+        self.max_metadata = max_metadata
+        self._clock = clock
+        metrics = metrics or Metrics()
+        self._fallbacks = metrics.offset_map_fallbacks.labels(handler)
+        self._commits = metrics.commits.labels(handler)
+        self._changed: dict[Partition, PartitionOffsets] = {}  # since the last commit
+        # Every partition staged since its assignment: a failed commit is sent again from it.
+        self._tracked: dict[Partition, PartitionOffsets] = {}
+        self._sent: dict[Partition, OffsetAndMetadata] = {}  # the latest commit of each
+        self._overflowing: set[Partition] = set()  # maps that did not fit, for the log
+        self._due = float("-inf")  # no asynchronous commit before this (monotonic)
         self.commits = 0  # synchronous commits (revoke, shutdown)
+        self.async_commits = 0
 
-    def stage(self, partition: Partition, position: int) -> None:
-        """`position` is finished up to (every offset below it is finished)."""
-        self._pending[partition] = position
+    def stage(self, partition: Partition, offsets: PartitionOffsets) -> None:
+        self._changed[partition] = offsets
+        self._tracked[partition] = offsets
 
     def tick(self) -> list[Partition]:
-        """Called every turn of the poll thread: store what moved."""
-        if not self._pending:
+        """Called every turn of the poll thread: commit what changed once the interval is
+        over. Nothing to rewind, ever: an at-least-once commit gives up no work."""
+        failed = self._source.failed_commits()
+        if failed:
+            self._failed(failed)
+        if not self._changed:
             return []
-        pending, self._pending = self._pending, {}
+        now = self._clock.monotonic()
+        if now < self._due:
+            return []
+        changed, self._changed = self._changed, {}
+        offsets = self._offsets(changed, unchanged=False)
+        if not offsets:
+            return []
+        self._due = now + self._interval
         try:
-            self._source.store(pending)
+            self._source.commit(offsets, asynchronous=True)
         except KafkaException as exc:  # e.g. a partition unassigned meanwhile
-            commit_log.warning("storing offsets failed", handler=self._handler, error=str(exc))
+            commit_log.warning("commit failed", handler=self._handler, error=str(exc))
+            for partition in offsets:
+                self._sent.pop(partition, None)
+            return []
+        self.async_commits += 1
+        self._commits.inc()
         return []
 
-    def commit_now(self, positions: Mapping[Partition, int]) -> None:
+    def commit_now(self, partitions: Mapping[Partition, PartitionOffsets]) -> None:
         """Commit synchronously (revoke, shutdown)."""
-        self.discard(positions)
-        if not positions:
+        self.discard(partitions)
+        offsets = self._offsets(partitions, unchanged=True)
+        if not offsets:
             return
         try:
-            # Stored too: librdkafka commits what is stored when it lets partitions go (on
-            # unassign and close), and an older stored position would then move the
-            # committed one back (a fault test saw a drained worker's restart repeat work).
-            self._source.store(positions)
-            self._source.commit(positions)
+            try:
+                self._source.commit(offsets)
+            except KafkaException as exc:
+                if _code(exc) != KafkaError.OFFSET_METADATA_TOO_LARGE:
+                    raise
+                # Now is no time to find the broker's limit: the plain positions.
+                self._refused(max(len(o.metadata) for o in offsets.values()))
+                self._fallbacks.inc(sum(1 for o in offsets.values() if o.metadata))
+                self._source.commit({p: OffsetAndMetadata(o.offset) for p, o in offsets.items()})
             self.commits += 1
+            self._commits.inc()
             commit_log.debug(
                 "committed",
                 handler=self._handler,
-                positions={str(p): offset for p, offset in positions.items()},
+                positions={str(p): o.offset for p, o in offsets.items()},
             )
         except KafkaException as exc:
             # Not a delivery problem: uncommitted work is delivered again, never skipped.
             commit_log.warning("commit failed", handler=self._handler, error=str(exc))
 
     def discard(self, partitions: Iterable[Partition]) -> None:
-        """Forget positions not stored yet (the partitions are gone, or committed now)."""
+        """Forget what is staged for these (the partitions are gone, or committed now)."""
         for partition in partitions:
-            self._pending.pop(partition, None)
+            self._changed.pop(partition, None)
+            self._tracked.pop(partition, None)
+            self._sent.pop(partition, None)
+            self._overflowing.discard(partition)
 
     def close(self) -> None:
-        """Nothing of its own to close: the source's client commits."""
+        """Nothing of its own to close: the source's client is closed before."""
+
+    def _offsets(
+        self, partitions: Mapping[Partition, PartitionOffsets], *, unchanged: bool
+    ) -> dict[Partition, OffsetAndMetadata]:
+        """Each partition's position and offset map; `unchanged`: also those equal to the
+        latest commit sent."""
+        offsets: dict[Partition, OffsetAndMetadata] = {}
+        sent = self._sent
+        for partition, tracker in partitions.items():
+            position = tracker.position()
+            if position is None:
+                continue  # nothing fetched yet: its committed position stands
+            metadata = ""
+            if self.max_metadata:
+                finished = tracker.finished_above()
+                encoded = offset_map.encode(position, finished, self.max_metadata)
+                if encoded is None:
+                    self._overflow(partition, position, len(finished))
+                else:
+                    metadata = encoded
+                    self._overflowing.discard(partition)
+            commit = OffsetAndMetadata(position, metadata)
+            if unchanged or sent.get(partition) != commit:
+                offsets[partition] = sent[partition] = commit
+        return offsets
+
+    def _overflow(self, partition: Partition, position: int, finished: int) -> None:
+        self._fallbacks.inc()
+        if partition in self._overflowing:
+            return
+        self._overflowing.add(partition)
+        commit_log.warning(
+            "the offset map does not fit the commit's metadata: committing the plain "
+            "position, so a crash now would run the finished offsets above it again",
+            handler=self._handler,
+            partition=str(partition),
+            position=position,
+            finished_above=finished,
+            offset_metadata_max_bytes=self.max_metadata,
+        )
+
+    def _failed(self, failed: list[tuple[Partition, int]]) -> None:
+        for partition, code in failed:
+            tracker = self._tracked.get(partition)
+            sent = self._sent.pop(partition, None)
+            if tracker is None:
+                continue  # let go meanwhile
+            if code == KafkaError.OFFSET_METADATA_TOO_LARGE and sent is not None:
+                self._refused(len(sent.metadata))
+            self._changed[partition] = tracker
+
+    def _refused(self, length: int) -> None:
+        """The broker refused metadata this long: its offset.metadata.max.bytes is lower
+        than the setting says. Halved rather than cut by one: a few refusals find a limit
+        that fits, at the cost of maps shorter than the broker would take."""
+        limit = length // 2
+        if limit < self.max_metadata:
+            commit_log.warning(
+                "the broker refused an offset map as too large (OFFSET_METADATA_TOO_LARGE): "
+                "its offset.metadata.max.bytes is lower than offset_metadata_max_bytes; "
+                "keeping maps shorter from now on",
+                handler=self._handler,
+                refused_length=length,
+                offset_metadata_max_bytes=self.max_metadata,
+            )
+            self.max_metadata = limit
+
+
+def _code(exc: KafkaException) -> int | None:
+    error = exc.args[0] if exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None

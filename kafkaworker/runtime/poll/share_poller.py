@@ -14,11 +14,25 @@ Acknowledgements travel with the next fetch; while a fetch is still being worked
 are also sent every ACK_FLUSH seconds (commit_async), so that a released record reaches
 another member without waiting for the slowest record of the fetch. There are no offsets to
 track: the broker keeps each record's state.
+
+A fetch can bring far more than the fetch size asked (max.poll.records): the broker acquires
+whole record batches (its batch_optimized mode; librdkafka 2.16 cannot ask for record_limit,
+KIP-1206, nor does group config share.partition.max.record.locks cap one acquisition), so a
+backlog produced in large batches went whole to the first member that fetched: 6,000 records,
+three members, one handled all 6,000. The surplus of a fetch, records at their first delivery
+beyond the fetch size, is shared out: the poller works through it as its workers free up, and
+whatever its workers would not start within SHARE_HORIZON it RELEASEs, a fetch size at a turn,
+for the other members' fetches to acquire. Releasing it all at once did not work: the next
+fetch acquired the released remainder whole again, released it again, and every release
+counts a delivery (the broker counts acquisitions): 5,680 of 6,000 records reached their
+fifth delivery, one from being archived unhandled. A released slice is only what another
+member's one fetch takes, and a record is released unstarted at its first or second delivery
+only (SHARE_MAX_DELIVERIES), never so late that fewer than two deliveries are left.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 
 import structlog
@@ -39,7 +53,12 @@ from kafkaworker.runtime.handoff import (
 )
 from kafkaworker.runtime.poll.poller import PollLoop
 from kafkaworker.runtime.source import Partition, Record, ShareSource
-from kafkaworker.runtime.source.share_group import ACK_NAMES, LOCK_DURATION_MS, ShareGroupConfig
+from kafkaworker.runtime.source.share_group import (
+    ACK_NAMES,
+    LOCK_DURATION_MS,
+    ShareGroupConfig,
+    fetch_size,
+)
 from kafkaworker.serialization import Codec
 from kafkaworker.settings import Settings
 
@@ -57,6 +76,19 @@ _IDLE_POLL = 0.2  # a fetch's wait when nothing is out
 _BUSY_WAIT = 0.02  # a wait for reports while a fetch is out
 ACK_FLUSH = 0.1  # acknowledgements made while a fetch is out are sent at least this often
 _DELIVERY_BUCKETS = 10
+# Of a fetch's surplus, a member keeps what its workers start within this many seconds (by the
+# handler's recent time per record), at least a fetch size; it releases the rest, at SHARE_PEERS
+# times its own workers' pace. Released faster, released records piled up and the next member
+# to fetch took them all at once (kept: at their second delivery they are not released again):
+# 6,000 records over three members went 880 / 2,304 / 2,816; slower, the others wait.
+SHARE_HORIZON = 1.0
+SHARE_PEERS = 2
+# A record at its first or second delivery may be shared out. Not only the first: a member
+# killed while sharing out a backlog hands back everything it held at once (the broker ends
+# its share session), the next fetch acquires it whole, and that member, keeping it all,
+# worked alone for 14 s of a 15 s lock while another sat idle.
+SHARE_MAX_DELIVERIES = 2
+_RELEASE_TIMEOUT = 5.0
 
 
 class SharePoller(PollLoop):
@@ -88,6 +120,17 @@ class SharePoller(PollLoop):
         self._leases_by_partition: dict[Partition, Lease] = {}
         # Records of the current fetch not acknowledged yet: (lease, offset).
         self._outstanding_records: set[tuple[Lease, int]] = set()
+        self._fetch_size = fetch_size(spec, settings)
+        # A fetch's surplus: first deliveries beyond the fetch size, acquired and not started
+        # (handed to the executor as room frees, or released to the group).
+        self._surplus: deque[Dispatched] = deque()
+        self.shared_out = 0  # surplus records released to the group, for tests
+        # The deliveries up to which a record may be released unstarted: twice at most, and
+        # never so late that fewer than two deliveries are left (a release at the limit would
+        # archive it unhandled).
+        self._share_max = min(SHARE_MAX_DELIVERIES, group.delivery_limit - 2)
+        self._allowance = 0.0  # surplus records that may be released now
+        self._shared_at = 0.0  # when the allowance last grew (monotonic)
         self._fetched_at = 0.0
         self._lock_warned = False
         self._slow_fetch_quiet_until = 0.0
@@ -122,6 +165,8 @@ class SharePoller(PollLoop):
                 self._dispatch(records)
         else:
             self._collect(self._drain(_BUSY_WAIT))
+            if self._surplus:
+                self._share_out()
             self._watch_locks()
         self._flush_acks()
         self._gauges.refresh((), len(self._outstanding_records))
@@ -150,12 +195,16 @@ class SharePoller(PollLoop):
             # member. A retry is a redelivery, so this is the attempt.
             msg.attempt = count = record.delivery_count() or 1
             deliveries[min(count, _DELIVERY_BUCKETS)] += 1
-            by_lease.setdefault(lease, []).append(msg)
             outstanding.add((lease, offset))
+            if count <= self._share_max and len(outstanding) > self._fetch_size:
+                self._surplus.append(msg)  # shared out turn by turn
+            else:
+                by_lease.setdefault(lease, []).append(msg)
         runs: list[Run] = list(by_lease.items())
         taken = len(outstanding)
         if taken:
-            self._fetched_at = self._clock.monotonic()
+            self._fetched_at = self._shared_at = self._clock.monotonic()
+            self._allowance = 0.0
             self._lock_warned = False
             self._consumed.inc(taken)
             for count, n in deliveries.items():
@@ -164,6 +213,48 @@ class SharePoller(PollLoop):
             self._executor.submit(runs)
         if fatal is not None:
             raise KafkaException(fatal)
+
+    def _share_out(self) -> None:
+        """Work through a fetch's surplus: hand the executor what its workers have room for,
+        and release what they would not start within SHARE_HORIZON, a slice at a time, at
+        SHARE_PEERS times the pace of this member's own workers."""
+        surplus = self._surplus
+        running = len(self._outstanding_records) - len(surplus)
+        room = self._fetch_size - running
+        if room > 0:
+            taken = [surplus.popleft() for _ in range(min(room, len(surplus)))]
+            by_lease: dict[Lease, list[Dispatched]] = {}
+            for msg in taken:
+                by_lease.setdefault(msg.lease, []).append(msg)
+            self._executor.submit(list(by_lease.items()))
+        seconds = self._executor.recent_handler_seconds
+        now = self._clock.monotonic()
+        elapsed, self._shared_at = now - self._shared_at, now
+        if seconds <= 0:
+            return  # the pace is not known before the first report
+        pace = self.spec.concurrency / seconds  # this member's records per second
+        self._allowance = min(self._fetch_size, self._allowance + SHARE_PEERS * pace * elapsed)
+        keep = max(self._fetch_size, int(SHARE_HORIZON * pace))
+        extra = min(int(self._allowance), len(surplus) - keep)
+        if extra <= 0:
+            return
+        self._allowance -= extra
+        # Acknowledged in ascending offsets, and sent on their own (commit_sync): releases
+        # sent with commit_async joined the acknowledgements of the turns before in one
+        # request, out of offset order, which the broker refused as a whole
+        # (INVALID_REQUEST): those records came back only when their locks ran out.
+        released = [surplus.pop() for _ in range(extra)][::-1]
+        self._collect(Completion(m.lease, [m.offset], Outcome.NOT_FINISHED) for m in released)
+        self._source.commit_sync(_RELEASE_TIMEOUT)
+        self._acks_pending = False
+        self._acks_sent_at = now
+        self.shared_out += extra
+        log.debug(
+            "released part of a fetch this member would not start soon, for other members",
+            handler=self.spec.name,
+            released=extra,
+            kept=len(surplus),
+        )
 
     # -- reports -> acknowledgements --------------------------------------------------------
 
@@ -255,7 +346,9 @@ class SharePoller(PollLoop):
 
     def _stop_taking(self) -> None:
         """Release what was not started: another member takes it at once, not after its lock."""
-        released = self._give_up_unstarted(self._leases())
+        surplus, self._surplus = list(self._surplus), deque()
+        self._collect(Completion(m.lease, [m.offset], Outcome.NOT_FINISHED) for m in surplus)
+        released = len(surplus) + self._give_up_unstarted(self._leases())
         if released:
             self._source.commit()
             self._acks_pending = False

@@ -31,7 +31,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import confluent_kafka
 import structlog
@@ -45,6 +45,9 @@ from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.handoff import HeldRecord, HeldWrites, Lease
 from kafkaworker.runtime.source import Partition, TransactionalSource
 from kafkaworker.settings import Settings
+
+if TYPE_CHECKING:
+    from kafkaworker.runtime.poll.partitions import PartitionOffsets
 
 log = structlog.get_logger("kafkaworker.transactions")
 
@@ -190,6 +193,9 @@ class TransactionalCommit:
         self._api_timeout = api_timeout  # retriable errors are retried this long per call
         self._clock = clock
         self._pending: dict[Partition, int] = {}  # moved since the last transaction
+        # The latest position staged of each partition: staging that only changed what is
+        # finished above it (the poll loop stages that too, for offset maps) is no news here.
+        self._staged: dict[Partition, int] = {}
         self._last = clock.monotonic()
         # The poll loop's current lease of a partition (set by compose: Poller.lease_of).
         self.lease_of: Callable[[Partition], Lease | None] = lambda _: None
@@ -203,7 +209,28 @@ class TransactionalCommit:
 
     # -- Committer -------------------------------------------------------------------------
 
-    def stage(self, partition: Partition, position: int) -> None:
+    # No offset map in a transaction's commit, only the plain contiguous position (a map
+    # already in the group's commits, left by an at_least_once run, is still honoured at
+    # assignment: the messages it lists were finished and their writes produced). Why: the
+    # hold rule above. A message finished above the position has its writes held until the
+    # position passes it, so listing it in the map would let a restarted or a new owner skip
+    # a message whose outputs were never committed: lost. A map would be right only if the
+    # same transaction also committed those messages' writes, and that takes more than this
+    # seam: HeldWrites.take() takes the writes below a position only; after an abort, the
+    # rewind (Poller._rewind) starts from committed_positions(), which carries no metadata, so
+    # it would run the messages a committed map lists again and write their outputs twice;
+    # and a map the broker refuses (OFFSET_METADATA_TOO_LARGE) fails the whole transaction,
+    # where OffsetCommit just commits the plain position. Until those are done and proved by
+    # the fault tests, exactly_once commits what issue 26 proved: positions below which every
+    # message is finished and its writes are in the same or an earlier transaction.
+
+    def stage(self, partition: Partition, offsets: PartitionOffsets) -> None:
+        """The partition's finished offsets changed; only a moved contiguous position is
+        committed (see above)."""
+        position = offsets.committable
+        if position is None or self._staged.get(partition) == position:
+            return
+        self._staged[partition] = position
         self._pending[partition] = position
 
     def tick(self) -> list[Partition]:
@@ -220,20 +247,26 @@ class TransactionalCommit:
             return []
         return list(pending)
 
-    def commit_now(self, positions: Mapping[Partition, int]) -> None:
-        """Revoke and shutdown: commit these positions with their writes now. An abort here
-        needs no rewind: the partitions are let go, their next owner delivers again from the
-        committed positions."""
-        for partition in positions:
+    def commit_now(self, partitions: Mapping[Partition, PartitionOffsets]) -> None:
+        """Revoke and shutdown: commit these partitions' positions with their writes now. An
+        abort here needs no rewind: the partitions are let go, their next owner delivers again
+        from the committed positions."""
+        positions = {
+            partition: offsets.committable
+            for partition, offsets in partitions.items()
+            if offsets.committable is not None
+        }
+        for partition in partitions:
             self._pending.pop(partition, None)
         if positions:
-            self._transaction(dict(positions))
+            self._transaction(positions)
 
     def discard(self, partitions: Iterable[Partition]) -> None:
         """Forget these partitions' staged positions and held writes (they are let go)."""
         gone = set(partitions)
         for partition in gone:
             self._pending.pop(partition, None)
+            self._staged.pop(partition, None)
         # Refusals are kept: a rewound partition's refused message is delivered again here.
         self._keep_current(gone)
 

@@ -27,10 +27,23 @@ class Partition(NamedTuple):
         return f"{self.topic}[{self.partition}]"
 
 
+class OffsetAndMetadata(NamedTuple):
+    """A committed position (every offset below it is finished) and the commit's metadata:
+    kafkaworker's offset map of the offsets finished above it (poll/offset_map.py), or ""."""
+
+    offset: int
+    metadata: str = ""
+
+
 class AssignmentListener(Protocol):
     """Told of assignment changes, on the poll thread, from inside `Source.fetch()`."""
 
-    def on_assign(self, partitions: list[Partition]) -> None: ...
+    def on_assign(
+        self, partitions: list[Partition], committed: Mapping[Partition, OffsetAndMetadata]
+    ) -> None:
+        """`committed`: what the group has committed for them, where it was read (fetching
+        starts at that offset): the new owner skips what its offset map lists."""
+        ...
 
     def on_revoke(self, partitions: list[Partition]) -> None:
         """Partitions leave in good order: finish or give up their work, then commit."""
@@ -49,7 +62,9 @@ class Source(Protocol):
     """One handler's records. Used from the poll thread only.
 
     Every partition it assigns has a committed position: where the group had none, the source
-    commits the position auto.offset.reset gives it at assignment, and starts there."""
+    commits the position auto.offset.reset gives it at assignment, and starts there. Commits
+    are the poll thread's (poll/poller.py, OffsetCommit; exactly_once handlers' go in their
+    producer transactions instead): the client commits nothing itself."""
 
     def subscribe(self, topics: Sequence[str], listener: AssignmentListener) -> None: ...
 
@@ -64,13 +79,17 @@ class Source(Protocol):
 
     def resume(self, partitions: Sequence[Partition]) -> None: ...
 
-    def store(self, positions: Mapping[Partition, int]) -> None:
-        """Positions to commit soon (the client commits stored positions periodically):
-        every offset below each is finished."""
+    def commit(
+        self, offsets: Mapping[Partition, OffsetAndMetadata], *, asynchronous: bool = False
+    ) -> None:
+        """Commit positions (every offset below each is finished) with their metadata.
+        Synchronously: raises KafkaException when it fails. Asynchronously: returns at once,
+        and a partition whose commit failed is told by `failed_commits()`."""
         ...
 
-    def commit(self, positions: Mapping[Partition, int]) -> None:
-        """Commit positions now, synchronously; raises KafkaException when it fails."""
+    def failed_commits(self) -> list[tuple[Partition, int]]:
+        """Partitions whose asynchronous commit failed since last asked, with the error code
+        (confluent_kafka.KafkaError's): to be committed again with what is finished then."""
         ...
 
     def log_end(self, partition: Partition) -> int | None:
@@ -151,6 +170,7 @@ class ShareSource(Protocol):
 
 __all__ = [
     "AssignmentListener",
+    "OffsetAndMetadata",
     "Partition",
     "Record",
     "ShareSource",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from kafkaworker import clients
 from kafkaworker.errors import StartupError
 from kafkaworker.handlers import HandlerSpec
-from kafkaworker.runtime.source import AssignmentListener, Partition, Record
+from kafkaworker.runtime.source import AssignmentListener, OffsetAndMetadata, Partition, Record
 from kafkaworker.settings import Settings
 
 log = structlog.get_logger("kafkaworker.source")
@@ -27,12 +28,14 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
         **clients.base_config(settings),
         "group.id": spec.group or app_name,
         "client.id": f"{app_name}.{spec.name}",
-        # At-least-once: the poll thread stores positions below which every message is
-        # finished, never what librdkafka merely handed out, and librdkafka commits what is
-        # stored every commit_interval (poll/poller.py, Commits).
-        "enable.auto.commit": True,
+        # At-least-once: the poll thread commits positions below which every message is
+        # finished, never what librdkafka merely handed out, with the offset map of what is
+        # finished above them in the metadata (poll/poller.py, OffsetCommit). Not
+        # librdkafka's auto-commit of its offset store: it commits a stored offset only when
+        # the offset moved, never a change of metadata alone (measured with 2.16), and the
+        # map grows while a slow key holds the position.
+        "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "auto.commit.interval.ms": max(1, round(settings.commit_interval * 1000)),
         "auto.offset.reset": settings.auto_offset_reset,
         "enable.partition.eof": False,
         # When the local queue is full librdkafka waits this long before fetching the
@@ -42,6 +45,8 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
     }
     raw = settings.kafka.consumer
     kip848 = settings.kafka.group_protocol == "consumer" or raw.get("group.protocol") == "consumer"
+    if settings.kafka.group_instance_id:
+        config["group.instance.id"] = group_instance_id(settings.kafka.group_instance_id, spec)
     # librdkafka's statistics every second (parsed on the poll thread, ~20 KB of JSON): how
     # long the brokers have owed an answer (health), and under KIP-848 the group state
     # (readiness: no assign callback comes for a member given no partitions).
@@ -64,6 +69,14 @@ def consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dic
         config["enable.auto.commit"] = False
         config["isolation.level"] = "read_committed"
     return config
+
+
+def group_instance_id(name: str, spec: HandlerSpec) -> str:
+    """A handler's consumer's static member name: unique per handler (two handlers may share
+    a group) and per process of `--processes N`, whose supervisor numbers its children.
+    Members of one group under one name fence each other (FENCED_INSTANCE_ID)."""
+    index = os.environ.get("KAFKAWORKER_PROCESS_INDEX")
+    return f"{name}.{spec.name}" + (f"-{index}" if index else "")
 
 
 def new_consumer(config: dict[str, Any]) -> Consumer:
@@ -94,8 +107,13 @@ def _topic_partitions(partitions: Sequence[Partition]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition) for topic, partition in partitions]
 
 
-def _offsets(positions: Mapping[Partition, int]) -> list[TopicPartition]:
-    return [TopicPartition(p.topic, p.partition, offset) for p, offset in positions.items()]
+def _offsets(offsets: Mapping[Partition, OffsetAndMetadata]) -> list[TopicPartition]:
+    return [
+        TopicPartition(p.topic, p.partition, offset, metadata=metadata)
+        if metadata
+        else TopicPartition(p.topic, p.partition, offset)
+        for p, (offset, metadata) in offsets.items()
+    ]
 
 
 def _partitions(topic_partitions: list[TopicPartition]) -> list[Partition]:
@@ -111,6 +129,9 @@ class ConsumerGroupSource:
         self._topics: list[str] = []
         # Partitions revoked or lost since fetch() took its first record (see fetch()).
         self._revoked: set[Partition] = set()
+        # Asynchronous commits that failed, told by librdkafka's commit callback inside poll().
+        self._failed: list[tuple[Partition, int]] = []
+        self._synchronous = False  # inside a synchronous commit (revoke, shutdown, starts)
         config = dict(config)
         self._group_protocol = config.get("group.protocol", "classic")
         config["on_commit"] = self._on_commit  # librdkafka's periodic commits report here
@@ -128,6 +149,7 @@ class ConsumerGroupSource:
         self._out_since: float | None = None
         self._stuck_for = 0.0
         self._stuck_state = ""
+        self._failed_at: float | None = None  # when the consumer failed (a fatal error)
         self._generation = 0
         self._consumer = self._new_consumer()
 
@@ -153,13 +175,18 @@ class ConsumerGroupSource:
         )
 
     def fetch(self, timeout: float, max_records: int) -> list[Record]:
-        if self._stuck_for:
+        failed = self._failed_at is not None and time.monotonic() - self._failed_at > _FATAL_RETRY
+        if self._stuck_for or failed:
             self._rejoin()
         # poll() returns as soon as one record is there; consume(n, 0) then takes what is
         # already fetched without waiting (consume(n, t) would wait t for a full batch: up to
         # t of added latency at low rates).
         first = self._consumer.poll(timeout)
         if first is None:
+            return []
+        error = first.error()
+        if error is not None and error.code() == KafkaError._FATAL:
+            self._fatal(error)
             return []
         if max_records <= 1:
             return [first]
@@ -175,24 +202,41 @@ class ConsumerGroupSource:
         rest.insert(0, first)
         return rest
 
+    def _fatal(self, error: KafkaError) -> None:
+        """A fatal error: this consumer is unusable. It is replaced _FATAL_RETRY later. The
+        one seen here: a static member started again under KIP-848 while the broker still
+        holds its name for the killed one (UNRELEASED_INSTANCE_ID, until that one's session
+        times out: KIP-848 frees a static name only when its member leaves), which librdkafka
+        treats as fatal."""
+        if self._failed_at is None:
+            log.error(
+                "the consumer failed and is replaced with a fresh one in a few seconds",
+                handler=self._handler,
+                error=error.str(),
+                retry_seconds=_FATAL_RETRY,
+            )
+            self._failed_at = time.monotonic()
+
     def _rejoin(self) -> None:
-        """Replace a consumer stuck out of its group with a fresh one. What the old one still
-        held is lost (another member may own it by now): the listener drops its work and
-        commits nothing. The old consumer is closed on a thread of its own, which ends when
-        its close() returns: a stuck consumer's close can wait for the very requests that are
-        stuck, and the poll thread must not."""
+        """Replace a consumer stuck out of its group, or failed, with a fresh one. What the
+        old one still held is lost (another member may own it by now): the listener drops its
+        work and commits nothing. The old consumer is closed on a thread of its own, which
+        ends when its close() returns: a stuck consumer's close can wait for the very requests
+        that are stuck, and the poll thread must not."""
         assert self._listener is not None
         old = self._consumer
-        log.warning(
-            "the consumer has been out of its group for longer than join_timeout; "
-            "closing it and joining with a fresh one (a librdkafka join stall, "
-            "cf. librdkafka#3082; raise join_timeout if rebalances here take that long)",
-            handler=self._handler,
-            out_of_group_seconds=round(self._stuck_for, 1),
-            group_state=self._stuck_state,
-            join_timeout=self._join_timeout,
-        )
+        if self._stuck_for:
+            log.warning(
+                "the consumer has been out of its group for longer than join_timeout; "
+                "closing it and joining with a fresh one (a librdkafka join stall, "
+                "cf. librdkafka#3082; raise join_timeout if rebalances here take that long)",
+                handler=self._handler,
+                out_of_group_seconds=round(self._stuck_for, 1),
+                group_state=self._stuck_state,
+                join_timeout=self._join_timeout,
+            )
         self._stuck_for = 0.0
+        self._failed_at = None
         self._out_since = time.monotonic()
         try:
             held = _partitions(old.assignment())
@@ -213,16 +257,27 @@ class ConsumerGroupSource:
     def resume(self, partitions: Sequence[Partition]) -> None:
         self._consumer.resume(_topic_partitions(partitions))
 
-    def store(self, positions: Mapping[Partition, int]) -> None:
-        self._consumer.store_offsets(offsets=_offsets(positions))
+    def commit(
+        self, offsets: Mapping[Partition, OffsetAndMetadata], *, asynchronous: bool = False
+    ) -> None:
+        if asynchronous:
+            self._consumer.commit(offsets=_offsets(offsets), asynchronous=True)
+            return
+        self._commit_or_raise(self._consumer, _offsets(offsets))
 
-    def commit(self, positions: Mapping[Partition, int]) -> None:
-        self._commit_or_raise(self._consumer, _offsets(positions))
+    def failed_commits(self) -> list[tuple[Partition, int]]:
+        failed, self._failed = self._failed, []
+        return failed
 
-    @staticmethod
-    def _commit_or_raise(consumer: Consumer, offsets: list[TopicPartition]) -> None:
-        # It raises for the request; a partition's own failure is in its result.
-        for tp in consumer.commit(offsets=offsets, asynchronous=False):
+    def _commit_or_raise(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        # It raises for the request; a partition's own failure is in its result. The commit
+        # callback librdkafka may serve meanwhile is not the periodic commit's.
+        self._synchronous = True
+        try:
+            results = consumer.commit(offsets=offsets, asynchronous=False)
+        finally:
+            self._synchronous = False
+        for tp in results:
             if tp.error is not None:
                 raise KafkaException(tp.error)
 
@@ -267,8 +322,8 @@ class ConsumerGroupSource:
         # librdkafka's seek drops what was fetched for the partition before it (its fetch
         # version moves on), so no record of the aborted stretch is handed out again from
         # the local queue.
-        for tp in _offsets(positions):
-            self._consumer.seek(tp)
+        for partition, offset in positions.items():
+            self._consumer.seek(TopicPartition(partition.topic, partition.partition, offset))
 
     def log_end(self, partition: Partition) -> int | None:
         try:
@@ -325,10 +380,17 @@ class ConsumerGroupSource:
             held_before=[f"{tp.topic}[{tp.partition}]" for tp in consumer.assignment()],
         )
         starts = self._commit_starts(consumer, partitions)
-        self._listener.on_assign(_partitions(partitions))
-        # Assigned here rather than by confluent-kafka after the callback: the partitions
-        # whose start was committed just now start exactly there. An eager strategy (range,
-        # roundrobin) hands over the whole assignment each time, and takes assign().
+        committed = {
+            Partition(tp.topic, tp.partition): OffsetAndMetadata(tp.offset, tp.metadata or "")
+            for tp in starts
+            if tp.offset >= 0
+        }
+        self._listener.on_assign(_partitions(partitions), committed)
+        # Assigned here rather than by confluent-kafka after the callback, each at the offset
+        # read just now: the offset map the listener decoded is the one of the position
+        # fetching starts at, and a start committed just now is started at exactly. An eager
+        # strategy (range, roundrobin) hands over the whole assignment each time, and takes
+        # assign().
         if self._cooperative:
             consumer.incremental_assign(starts)
         else:
@@ -337,8 +399,9 @@ class ConsumerGroupSource:
     def _commit_starts(
         self, consumer: Consumer, partitions: list[TopicPartition]
     ) -> list[TopicPartition]:
-        """The partitions to assign, with a start offset for those the group had no committed
-        offset for, which is committed first: the position auto.offset.reset gives them now.
+        """The partitions to assign, each at its committed offset (with the commit's
+        metadata) where it was read; for those the group had no committed offset for, the
+        position auto.offset.reset gives them now, which is committed first.
 
         Without it, a member that stops before it finishes anything of such a partition leaves
         the next owner to apply auto.offset.reset again: with "latest", past the records that
@@ -348,18 +411,22 @@ class ConsumerGroupSource:
         KIP-848 runtime test's stall in CI, whose producer had left a partition empty).
         Only a group's first assignment of a partition pays for it (two requests); on any
         failure librdkafka resolves the start itself, as it would have."""
-        reset = _RESETS.get(str(self._config.get("auto.offset.reset", "latest")))
-        if not partitions or reset is None:
+        if not partitions:
             return partitions
+        reset = _RESETS.get(str(self._config.get("auto.offset.reset", "latest")))
         try:
-            committed = consumer.committed(partitions, _START_TIMEOUT)
+            read = consumer.committed(partitions, _START_TIMEOUT)
             missing = [
                 TopicPartition(tp.topic, tp.partition, reset)
-                for tp in committed
-                if tp.offset < 0 and tp.error is None
+                for tp in read
+                if tp.offset < 0 and tp.error is None and reset is not None
+            ]
+            # Where the read failed, librdkafka resolves the start itself.
+            committed = [
+                tp if tp.error is None else TopicPartition(tp.topic, tp.partition) for tp in read
             ]
             if not missing:
-                return partitions
+                return committed
             starts = {
                 (tp.topic, tp.partition): tp
                 for tp in consumer.offsets_for_times(missing, _START_TIMEOUT)
@@ -380,7 +447,7 @@ class ConsumerGroupSource:
             handler=self._handler,
             positions={f"{tp.topic}[{tp.partition}]": tp.offset for tp in starts.values()},
         )
-        return [starts.get((tp.topic, tp.partition), tp) for tp in partitions]
+        return [starts.get((tp.topic, tp.partition), tp) for tp in committed]
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._let_go(consumer, partitions, lost=False)
@@ -438,22 +505,31 @@ class ConsumerGroupSource:
         return self._silence
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Every commit's result (the asynchronous ones are what this is for), on the poll
+        thread inside poll()."""
         failed = [tp for tp in partitions if tp.error is not None]
         error = error or (failed[0].error if failed else None)
         if error is None:
-            log.debug(
-                "committed (periodic)",
-                handler=self._handler,
-                positions={f"{tp.topic}[{tp.partition}]": tp.offset for tp in partitions},
-            )
+            if not self._synchronous:
+                log.debug(
+                    "committed (periodic)",
+                    handler=self._handler,
+                    positions={f"{tp.topic}[{tp.partition}]": tp.offset for tp in partitions},
+                    offset_maps=sum(1 for tp in partitions if tp.metadata) or None,
+                )
             return
         if error.code() == KafkaError._NO_OFFSET:
             return  # nothing to commit
-        # Not a delivery problem: what is stored is committed again at the next interval, and
-        # uncommitted work is delivered again, never skipped. During a rebalance it is routine.
+        self._failed.extend(
+            (Partition(tp.topic, tp.partition), (tp.error or error).code())
+            for tp in (failed or partitions)
+        )
+        # Not a delivery problem: the committer commits those partitions again at its next
+        # interval, with what is finished then, and uncommitted work is delivered again, never
+        # skipped. During a rebalance it is routine.
         routine = error.code() in _REBALANCING
         (log.debug if routine else log.warning)(
-            "periodic commit failed; retried at the next interval",
+            "commit failed; committed again at the next interval",
             handler=self._handler,
             error=error.str(),
             partitions=[f"{tp.topic}[{tp.partition}]" for tp in failed] or None,
@@ -468,6 +544,9 @@ _RESETS = {
 }
 # The start of newly assigned partitions is looked up and committed within this (each request).
 _START_TIMEOUT = 5.0
+# A consumer that failed (a fatal error) is replaced this long after: a static member whose
+# name the broker still holds for a killed predecessor tries again every few seconds.
+_FATAL_RETRY = 5.0
 # How long close() waits for a consumer out of its group (a LeaveGroup, normally milliseconds).
 _CLOSE_OUT_OF_GROUP = 10.0
 

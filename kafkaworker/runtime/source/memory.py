@@ -1,7 +1,7 @@
 """MemorySource: an in-memory partitioned log standing in for a consumer group, for tests.
 
 Records are appended by hand; assignments change when a test says so; pauses and commits are
-recorded where the test can see them (a stored position counts as committed at once). As
+recorded where the test can see them (a commit, asynchronous or not, lands at once). As
 with librdkafka, assignment changes reach the listener on the poll thread, from inside
 fetch(), and a revoked partition is still assigned while the listener's on_revoke runs (it
 may commit).
@@ -17,10 +17,10 @@ import threading
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 
-from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message
 
 from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
-from kafkaworker.runtime.source import AssignmentListener, Partition, Record
+from kafkaworker.runtime.source import AssignmentListener, OffsetAndMetadata, Partition, Record
 
 Headers = Sequence[tuple[str, bytes | None]]
 
@@ -99,8 +99,11 @@ class MemorySource:
         broker: MemoryBroker | None = None,
         auto_assign: bool = True,
         clock: Clock = SYSTEM_CLOCK,
+        offset_metadata_max_bytes: int = 4096,
     ) -> None:
         self._clock = clock
+        # The broker's limit: a commit with longer metadata is refused, as Kafka refuses it.
+        self.offset_metadata_max_bytes = offset_metadata_max_bytes
         self.broker = MemoryBroker.given(broker, topics)
         self._cond = self.broker.cond
         self._logs = self.broker.logs
@@ -113,7 +116,12 @@ class MemorySource:
         self._next_partition = 0  # fetch() starts at a different partition each time
         self.paused: set[Partition] = set()
         self.committed: dict[Partition, int] = {}
+        self.metadata: dict[Partition, str] = {}  # committed with `committed`
         self.commits: list[dict[Partition, int]] = []  # every commit, in order
+        # Set by a test: the next commits of these partitions fail with this error code (an
+        # asynchronous one told by failed_commits()), as a commit during a rebalance does.
+        self.fail_commits: dict[Partition, int] = {}
+        self._failed: list[tuple[Partition, int]] = []
         self.closed = False
 
     # -- the test's side (records go in through `broker`) ---------------------------------
@@ -181,18 +189,33 @@ class MemorySource:
             self.paused.difference_update(partitions)
             self._cond.notify_all()
 
-    def store(self, positions: Mapping[Partition, int]) -> None:
-        """Stored positions count as committed at once: no commit interval here."""
-        self.commit(positions)
-
-    def commit(self, positions: Mapping[Partition, int]) -> None:
+    def commit(
+        self, offsets: Mapping[Partition, OffsetAndMetadata], *, asynchronous: bool = False
+    ) -> None:
+        """Committed at once, asynchronous or not (no broker in between)."""
         with self._cond:
-            for partition in positions:
+            for partition in offsets:
                 if partition not in self._positions:
                     raise AssertionError(f"commit of {partition}, which is not assigned")
-            self.committed.update(positions)
-            self.commits.append(dict(positions))
+            failing = {p: self.fail_commits.pop(p) for p in offsets if p in self.fail_commits}
+            failing.update(
+                (p, KafkaError.OFFSET_METADATA_TOO_LARGE)
+                for p, (_, metadata) in offsets.items()
+                if len(metadata) > self.offset_metadata_max_bytes
+            )
+            if failing and not asynchronous:
+                raise KafkaException(KafkaError(next(iter(failing.values()))))
+            self._failed.extend(failing.items())
+            offsets = {p: o for p, o in offsets.items() if p not in failing}
+            self.committed.update((p, offset) for p, (offset, _) in offsets.items())
+            self.metadata.update((p, metadata) for p, (_, metadata) in offsets.items())
+            self.commits.append({p: offset for p, (offset, _) in offsets.items()})
             self._cond.notify_all()
+
+    def failed_commits(self) -> list[tuple[Partition, int]]:
+        with self._cond:
+            failed, self._failed = self._failed, []
+            return failed
 
     def log_end(self, partition: Partition) -> int | None:
         with self._cond:
@@ -261,10 +284,14 @@ class MemorySource:
                         self.commits.append(starts)
                     for partition in partitions:
                         self._positions[partition] = self.committed[partition]
+                    committed = {
+                        p: OffsetAndMetadata(self.committed[p], self.metadata.get(p, ""))
+                        for p in partitions
+                    }
                 else:
                     partitions = [p for p in partitions if p in self._positions]
             if kind == "assign":
-                listener.on_assign(partitions)
+                listener.on_assign(partitions, committed)
                 listener.on_joined()
             elif partitions:
                 (listener.on_revoke if kind == "revoke" else listener.on_lost)(partitions)

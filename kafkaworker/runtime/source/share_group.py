@@ -69,6 +69,16 @@ class ShareGroupConfig:
     reset_to_write: str | None = None
 
 
+def fetch_size(spec: HandlerSpec, settings: Settings) -> int:
+    """Records a fetch should bring: `kafka.share_consumer.max.poll.records`, else
+    ROUNDS_PER_FETCH rounds of the workers (at most poll_batch). The broker may bring more
+    (whole record batches): the poller shares out the rest (poll/share_poller.py)."""
+    configured = settings.kafka.share_consumer.get("max.poll.records")
+    if configured is not None:
+        return max(1, int(configured))
+    return max(1, min(settings.poll_batch, spec.concurrency * ROUNDS_PER_FETCH))
+
+
 def share_consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) -> dict[str, Any]:
     """librdkafka configuration of a queue-mode handler's share consumer: the connection part
     of `kafka.consumer` (a share consumer refuses consumer-group properties such as
@@ -80,7 +90,7 @@ def share_consumer_config(app_name: str, spec: HandlerSpec, settings: Settings) 
         # Nothing is acknowledged before its handler is done (the implicit mode would ACCEPT
         # a whole fetch at the next poll, handled or not).
         "share.acknowledgement.mode": "explicit",
-        "max.poll.records": max(1, min(settings.poll_batch, spec.concurrency * ROUNDS_PER_FETCH)),
+        "max.poll.records": fetch_size(spec, settings),
         # The group state ("up"), read from the statistics for readiness.
         "statistics.interval.ms": 1000,
     }
