@@ -40,9 +40,10 @@ _STATUS_MAX = 512  # characters of an error's message in a span's status
 _PROCESSING = otel_context.create_key("kafkaworker.processing")
 
 
-def tracer() -> trace.Tracer:
-    """kafkaworker's tracer, from the global TracerProvider (a proxy until one is set)."""
-    return trace.get_tracer(_SCOPE, VERSION)
+def tracer(provider: trace.TracerProvider | None = None) -> trace.Tracer:
+    """kafkaworker's tracer, from `provider` (tests) or the global TracerProvider (a proxy
+    until one is set)."""
+    return trace.get_tracer(_SCOPE, VERSION, tracer_provider=provider)
 
 
 class _Names:
@@ -245,8 +246,14 @@ class SendSpans:
     process span of the message being handled, or the caller's own), and carries its context
     in its headers."""
 
-    def __init__(self, *, client_id: str, meters: MessagingMeters | None = None) -> None:
-        self._tracer = tracer()
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        meters: MessagingMeters | None = None,
+        provider: trace.TracerProvider | None = None,
+    ) -> None:
+        self._tracer = tracer(provider)
         self._meters = meters
         self._topic = _Names(sc.SEND, {sc.CLIENT_ID: client_id})
 
@@ -298,3 +305,69 @@ class SendSpans:
             attributes = {**attributes, sc.ERROR_TYPE: error_type}
         meters.sent.add(1, attributes)
         meters.operation_duration.record(time.monotonic() - sending.started, attributes)
+
+
+class TransactionSpans:
+    """An exactly_once handler's spans (runtime/poll/transactions.py). Its records are held
+    on the worker and produced later by the poll thread's transaction, so:
+
+    - a record's `send {topic}` span starts when its message's call holds it, on the worker,
+      a child of the message's process span (its context goes into the record's headers
+      there), and ends when the transactional producer reports the record's delivery;
+    - each transaction is a span of its own on the poll thread, `commit` (CLIENT, operation
+      type `settle`), renamed `abort` with `error.type` when it is aborted; it carries the
+      number of offsets and records it commits and links to the send spans of its records
+      (at most `links`), which is how an APM gets from a message's trace to the transaction
+      that made its writes visible. A root span: a transaction commits many messages'
+      offsets, of as many traces.
+    """
+
+    def __init__(
+        self,
+        *,
+        handler: str,
+        group: str,
+        client_id: str,
+        links: int = 128,
+        meters: MessagingMeters | None = None,
+        provider: trace.TracerProvider | None = None,
+    ) -> None:
+        self.sends = SendSpans(client_id=client_id, meters=meters, provider=provider)
+        self._tracer = tracer(provider)
+        self._links = links
+        self._attributes: dict[str, Any] = {
+            sc.SYSTEM: sc.KAFKA,
+            sc.OPERATION_NAME: sc.COMMIT,
+            sc.OPERATION_TYPE: sc.SETTLE,
+            sc.CONSUMER_GROUP: group,
+            sc.CLIENT_ID: client_id,
+            sc.HANDLER: handler,
+        }
+
+    def start_commit(self, offsets: int, records: Sequence[Sending | None]) -> Span:
+        """Open the span of one transaction: `offsets` partitions' positions, `records` the
+        open send spans of the records it produces (None: held without tracing)."""
+        links: list[Link] = []
+        for sending in records:
+            if len(links) >= self._links:
+                break
+            if sending is not None:
+                context = sending.span.get_span_context()
+                if context.is_valid:
+                    links.append(Link(context))
+        attributes = {
+            **self._attributes,
+            sc.TRANSACTION_OFFSETS: offsets,
+            sc.TRANSACTION_RECORDS: len(records),
+        }
+        return self._tracer.start_span(
+            sc.COMMIT, _EMPTY, SpanKind.CLIENT, attributes, links, record_exception=False
+        )
+
+    @staticmethod
+    def aborted(span: Span, error_type: str, message: str) -> None:
+        if span.is_recording():
+            span.update_name(sc.ABORT)
+            span.set_attributes({sc.OPERATION_NAME: sc.ABORT, sc.ERROR_TYPE: error_type})
+            span.set_status(Status(StatusCode.ERROR, message[:_STATUS_MAX]))
+        span.end()
