@@ -69,8 +69,9 @@ def _w3c_only() -> bool:
 def _traceparent_only(headers: Headers) -> Context | None:
     """The context of headers that carry a plain traceparent and neither tracestate nor
     baggage, as the W3C propagator would extract it; None for anything else. The propagator
-    costs ~8 us a record here (its getter, a regex search, the baggage propagator's pass),
-    which a traced worker pays for every message, sampled or not; this costs ~1.5 us."""
+    costs 44,700 instructions a record (callgrind; its getter, a regex search, the baggage
+    propagator's pass), which a traced worker pays for every message, sampled or not; this
+    23,600, most of it the API's SpanContext and context objects."""
     value: Any = None
     for name, found in headers:
         if name == "traceparent":

@@ -80,9 +80,10 @@ class _Unsampled:
     """Spans the SDK would drop, made without it: for a parent that is not sampled, when the
     SDK's sampler is sure to drop its children (_drops_unsampled_parents), a non-recording
     span in the parent's trace with a span id of its own, which is what start_span returns
-    and what the context written into outputs carries. The SDK's start_span costs ~6 us for
-    it (the sampler's decision, objects for a span nobody sees); this ~1 us. Looked up at
-    the first span: the SDK is set up after the handlers are built."""
+    and what the context written into outputs carries. The SDK's start_span costs 46,600
+    instructions for it (callgrind: the sampler's decision, objects for a span nobody sees);
+    this 15,100. Looked up at the first span: the SDK is set up after the handlers are
+    built."""
 
     __slots__ = ("_new_span_id", "_provider")
 
