@@ -497,11 +497,15 @@ def copier(**options: Any) -> HandlerSpec:
 
 @contextmanager
 def copying(
-    fake: FakeTransactions, concurrency: int = 8, **setting_values: Any
+    fake: FakeTransactions,
+    concurrency: int = 8,
+    spec: HandlerSpec | None = None,
+    **setting_values: Any,
 ) -> Iterator[tuple[MemorySource, FakeTransactions]]:
-    """A running exactly_once copier over `fake`'s in-memory source; stopped on exit."""
+    """A running exactly_once copier (or `spec`) over `fake`'s in-memory source; stopped on
+    exit."""
     source = fake.source
-    spec = copier(processing_guarantee=EOS, ordering="key", concurrency=concurrency)
+    spec = spec or copier(processing_guarantee=EOS, ordering="key", concurrency=concurrency)
     runtime = AppRuntime(
         App("svc"),
         runtime_settings(transaction_interval=0.02, **setting_values),

@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
+from kafkaworker import App, Message
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
 from tests.memory_spans import (
@@ -154,3 +155,43 @@ def test_an_aborted_transaction_is_an_abort_span_with_its_error_type(
     failed = [s for s in _named(finished, "send o") if (s.attributes or {}).get("error.type")]
     assert len(failed) == aborted.attributes["kafkaworker.transaction.records"]
     assert len(fake.outputs()) == INPUTS  # each input's output committed once
+
+
+def test_a_dead_letter_and_app_producer_sends_carry_the_trace_through_the_transaction() -> None:
+    exporter = spans()
+    app = App("svc")
+
+    @app.handler(
+        "t",
+        name="copy",
+        output="o",
+        codec="raw",
+        retries=0,
+        dlq="t.dlq",
+        processing_guarantee=EOS,
+    )
+    def copy(msg: Message[bytes]) -> bytes:
+        app.producer.send("side", msg.value, key=msg.key)
+        if msg.value == b"fail":
+            raise ValueError("cannot")
+        return msg.value
+
+    spec = app.handlers["copy"]
+    fake = DeliveringTransactions(MemorySource({"t": 1, "o": 1, "side": 1, "t.dlq": 1}))
+    with copying(fake, spec=spec, tracing={"enabled": True}) as (source, _):
+        for value in (b"ok", b"fail"):
+            source.broker.append("t", value, headers=[("traceparent", TRACEPARENT)])
+        assert source.wait_for(lambda s: s.committed.get(Partition("t", 0)) == 2, 30)
+    finished = list(exporter.get_finished_spans())
+    processes = {hex_ids(s)[1]: s for s in finished if s.name == "process t"}
+    sends = {hex_ids(s): s for s in finished if s.name.startswith("send ")}
+    # ok: its side record and output; fail: its side record is dropped with the failed
+    # call, its dead letter is held and committed.
+    assert sorted(s.name for s in sends.values()) == ["send o", "send side", "send t.dlq"]
+    assert len(fake.written) == 3
+    for headers in fake.written:
+        send = sends[traceparent(headers)]
+        assert parent_id(send) in processes
+    [dead] = [s for s in sends.values() if s.name == "send t.dlq"]
+    failed = processes[parent_id(dead) or ""]
+    assert (failed.attributes or {})["error.type"] == "builtins.ValueError"
