@@ -17,10 +17,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import NonRecordingSpan
 
+from kafkaworker import App, Backoff
 from kafkaworker.message import Message
+from kafkaworker.runtime.source import Partition
+from kafkaworker.runtime.source.memory import MemorySource
 from kafkaworker.tracing.carrier import GETTER, extract
 from kafkaworker.tracing.spans import ProcessSpans, SendSpans
-from tests.memory_spans import PARENT_SPAN, PARENT_TRACE, traceparent
+from tests.memory_spans import PARENT_SPAN, PARENT_TRACE, hex_ids, parent_id, traceparent
+from tests.memory_spans import spans as memory_spans
+from tests.unit.runtime_support import running
 
 UNSAMPLED = f"00-{PARENT_TRACE}-{PARENT_SPAN}-00".encode()
 SAMPLED = f"00-{PARENT_TRACE}-{PARENT_SPAN}-01".encode()
@@ -138,3 +143,31 @@ def test_a_sampler_that_is_not_parent_based_still_decides_through_the_sdk() -> N
     span, _ = _handle(provider, UNSAMPLED)
     assert span.get_span_context().trace_flags.sampled
     assert [s.name for s in exporter.get_finished_spans()] == ["send o", "process t"]
+
+
+def test_a_def_handler_called_inline_runs_each_message_in_one_span_with_its_retries() -> None:
+    """Traced, a def handler without outputs is called inline (the executor's fast path);
+    a message that fails stays in its span through its retries."""
+    exporter = memory_spans()
+    app = App("svc")
+    current: dict[bytes, str] = {}
+    failed: set[bytes] = set()
+
+    @app.handler("t", name="h", codec="raw", retries=1, backoff=Backoff(initial=0.001))
+    def handle(msg: Message[bytes]) -> None:
+        current[msg.value] = f"{trace.get_current_span().get_span_context().span_id:016x}"
+        if msg.value == b"retry" and msg.value not in failed:
+            failed.add(msg.value)
+            raise ValueError("once")
+
+    source = MemorySource({"t": 1})
+    with running(app.handlers["h"], source, tracing={"enabled": True}):
+        for value in (b"ok", b"retry", b"ok2"):
+            source.broker.append("t", value, headers=[("traceparent", SAMPLED)])
+        assert source.wait_for(lambda s: s.committed.get(Partition("t", 0)) == 3, 30)
+    processes = {hex_ids(s)[1]: s for s in exporter.get_finished_spans()}
+    assert sorted(processes) == sorted(current.values())  # one span a message, current in it
+    assert {parent_id(s) for s in processes.values()} == {PARENT_SPAN}
+    retried = processes[current[b"retry"]]
+    assert [e.name for e in retried.events] == ["exception"]
+    assert "error.type" not in (retried.attributes or {})  # it succeeded at its retry
