@@ -151,6 +151,7 @@ def test_an_aborted_transaction_is_an_abort_span_with_its_error_type(
     assert aborted.attributes["error.type"] == "_STATE"
     assert aborted.attributes["messaging.operation.name"] == "abort"
     assert aborted.status.status_code is StatusCode.ERROR
+    assert aborted.status.description == "a delivery failed"  # librdkafka's message, not a repr
     # Its records' send spans ended failed (purged); the redelivered messages' sends did not.
     failed = [s for s in _named(finished, "send o") if (s.attributes or {}).get("error.type")]
     assert len(failed) == aborted.attributes["kafkaworker.transaction.records"]

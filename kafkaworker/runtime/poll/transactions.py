@@ -300,8 +300,10 @@ class TransactionalCommit:
             finally:
                 if spans is not None and span is not None:
                     error = exc.args[0]
-                    kind = error.name() if isinstance(error, KafkaError) else type(exc).__name__
-                    spans.aborted(span, kind, str(error))
+                    if isinstance(error, KafkaError):
+                        spans.aborted(span, error.name(), error.str())
+                    else:
+                        spans.aborted(span, type(exc).__name__, str(exc))
             self._refused(refused)
             return False
         if span is not None:
