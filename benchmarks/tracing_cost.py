@@ -2,7 +2,9 @@
 
 The in-memory source, the real poll thread and worker threads, a def handler that decodes its
 value (S1's), 8 partitions; records carry no traceparent (S1's producer has no tracing), so
-each message's span is a root the sampler decides on. Modes:
+each message's span is a root the sampler decides on; with `--parent unsampled` each record
+carries the traceparent of a producer that sampled it out (flags 00, a trace of its own),
+the case of sampling at the producer. Modes:
 
     off       tracing.enabled false (the default): nothing of OpenTelemetry is imported
     on        tracing on, every span sampled (OTEL_TRACES_SAMPLER=always_on)
@@ -14,7 +16,8 @@ as the OTLP/HTTP exporter does (protobuf) and sends it nowhere: the worker's who
 span but the network's. Prints msg/s and CPU per message by thread; for instruction counts
 run it under callgrind (docs/tracing.md, Cost):
 
-    python -m benchmarks.tracing_cost [--mode off|on|ratio] [--messages N] [--work-us US]
+    python -m benchmarks.tracing_cost [--mode off|on|ratio|noop] [--messages N] [--work-us US]
+        [--parent none|unsampled]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -66,7 +70,7 @@ def _install_sdk(mode: str) -> None:
     trace.set_tracer_provider(provider)
 
 
-def run(messages: int, mode: str, work_us: float = 0.0) -> dict[str, Any]:
+def run(messages: int, mode: str, work_us: float = 0.0, parent: str = "none") -> dict[str, Any]:
     if mode in SAMPLERS:
         _install_sdk(mode)
     app = App("tracing-cost")
@@ -85,7 +89,11 @@ def run(messages: int, mode: str, work_us: float = 0.0) -> dict[str, Any]:
     source = MemorySource({"t": PARTITIONS})
     for i in range(messages):
         value = orjson.dumps({"id": i, "ts": 0.0, "customer": f"c-{i % 1000}", "pad": "x" * 40})
-        source.broker.append("t", value, partition=i % PARTITIONS)
+        headers = None
+        if parent == "unsampled":
+            context = f"00-{random.getrandbits(128):032x}-{random.getrandbits(64) | 1:016x}-00"
+            headers = [("traceparent", context.encode())]
+        source.broker.append("t", value, partition=i % PARTITIONS, headers=headers)
     # Off leaves the tracing settings out: the same run on a tree without them (kafkaworker
     # before tracing) is the baseline of the instruction counts.
     traced = {"tracing": {"enabled": True}} if mode != "off" else {}
@@ -100,12 +108,18 @@ def main() -> None:
     parser.add_argument(
         "--work-us", type=float, default=0.0, help="CPU microseconds the handler spends per message"
     )
+    parser.add_argument(
+        "--parent",
+        choices=["none", "unsampled"],
+        default="none",
+        help="what context the records carry: none, or a producer's that sampled them out",
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    result = run(args.messages, args.mode, args.work_us)
+    result = run(args.messages, args.mode, args.work_us, args.parent)
     print(
-        f"{args.mode}: {result['msgs_per_s']:,.0f} msg/s; CPU us per message by thread: "
-        f"{result['cpu_us_per_message']}"
+        f"{args.mode} (parent {args.parent}): {result['msgs_per_s']:,.0f} msg/s; "
+        f"CPU us per message by thread: {result['cpu_us_per_message']}"
     )
 
 

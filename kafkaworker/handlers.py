@@ -512,11 +512,6 @@ def check_exactly_once_settings(spec: HandlerSpec, settings: Settings) -> None:
             f"{where}: remove kafka.consumer.enable.auto.commit: offsets commit inside the "
             "transactions, never on their own"
         )
-    if settings.tracing.enabled:
-        raise ConfigError(
-            f"{where}: tracing is not supported with exactly_once yet (its send spans are "
-            "the shared producer's): turn tracing.enabled off for this app"
-        )
 
 
 def _connection_parameter(func: Callable[..., Any]) -> tuple[str | None, str]:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from kafkaworker.app import App, Lifespan
     from kafkaworker.inbox import InboxCalls
     from kafkaworker.runtime.poll.transactions import TransactionalClient
-    from kafkaworker.tracing.spans import ProcessSpans
+    from kafkaworker.tracing.spans import ProcessSpans, TransactionSpans
 
 
 class Transactions(Protocol):
@@ -201,10 +201,13 @@ def build_handler(
     )
     outputs: Outputs | None = None
     held: HeldWrites | None = None
+    transaction_spans: TransactionSpans | None = None
     if exactly_once:
         # The writes of finished messages are held for the poll thread's transaction (the
         # hand-off rule: runtime/handoff.py, HeldWrites), never produced by the workers.
         held = HeldWrites()
+        if settings.tracing.enabled:
+            transaction_spans = new_transaction_spans(app_name, spec, settings)
         outputs = HeldOutputs(
             producer,
             held,
@@ -212,6 +215,7 @@ def build_handler(
             codec=codec,
             produce_timeout=settings.produce_timeout,
             write_timeout=settings.dead_letter.timeout,
+            spans=transaction_spans.sends if transaction_spans is not None else None,
         )
     elif producer is not None:
         outputs = Outputs(
@@ -261,6 +265,7 @@ def build_handler(
                 metrics=metrics,
                 clock=clock,
                 renew=lambda: transactions(app_name, spec, settings),
+                spans=transaction_spans,
             )
         else:
             committer = OffsetCommit(
@@ -308,6 +313,21 @@ def process_spans(app_name: str, spec: HandlerSpec, settings: Settings) -> Proce
         client_id=str(consumer.get("client.id", f"{app_name}.{spec.name}")),
         link=spec.trace_parent == "link",
         batch_links=settings.tracing.batch_links,
+        meters=messaging_meters() if settings.tracing.metrics else None,
+    )
+
+
+def new_transaction_spans(app_name: str, spec: HandlerSpec, settings: Settings) -> TransactionSpans:
+    """An exactly_once handler's send and commit spans (tracing.enabled), named after its
+    transactional producer (runtime/poll/transactions.py, transactional_config)."""
+    from kafkaworker.tracing.meters import messaging_meters  # noqa: PLC0415 - the otel extra
+    from kafkaworker.tracing.spans import TransactionSpans  # noqa: PLC0415
+
+    return TransactionSpans(
+        handler=spec.name,
+        group=spec.group or app_name,
+        client_id=str(settings.kafka.producer.get("client.id", f"{app_name}.{spec.name}.tx")),
+        links=settings.tracing.batch_links,
         meters=messaging_meters() if settings.tracing.metrics else None,
     )
 

@@ -93,6 +93,9 @@ class HeldRecord(NamedTuple):
     value: bytes | None
     headers: list[tuple[str, Any]]
     partition: int = -1  # the partitioner's choice
+    # Its open `send {topic}` span (tracing.enabled: tracing/spans.py, TransactionSpans),
+    # ended when the transaction's producer reports the record's delivery.
+    sending: Any = None
 
 
 class HeldWrites:

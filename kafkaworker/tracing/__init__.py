@@ -2,7 +2,7 @@
 every worker, retry and dead letter.
 
 This module imports nothing of OpenTelemetry, so that the core runs without the `otel` extra:
-what needs the SDK is in the package's other modules (sdk.py, spans.py, carrier.py,
+what needs the SDK is in the package's other modules (_sdk.py, spans.py, carrier.py,
 meters.py), imported only where tracing is on. What is here is what the rest of kafkaworker
 asks whether tracing is on or not: is the extra installed (`require`), which trace is current
 (`current_ids`, for log lines and the dashboard), and which trace a record carries
@@ -42,10 +42,12 @@ def require() -> None:
 
 def sdk(service_name: str, *, metrics: bool = False) -> contextlib.AbstractContextManager[object]:
     """The OpenTelemetry SDK for a run (kafkaworker run, dlq replay) with tracing on: set up on
-    entry unless the app installed its own, flushed on exit (sdk.py). A one-line StartupError
-    when the extra is not installed."""
+    entry unless the app installed its own, flushed on exit (_sdk.py). A one-line StartupError
+    when the extra is not installed. The module is private so that importing it never
+    replaces this function as the package's `sdk` attribute (a second traced run in one
+    process, the in-process tests', found `tracing.sdk` a module)."""
     require()
-    from kafkaworker.tracing.sdk import TracingSdk  # noqa: PLC0415 - the otel extra
+    from kafkaworker.tracing._sdk import TracingSdk  # noqa: PLC0415 - the otel extra
 
     return TracingSdk(service_name, metrics=metrics)
 

@@ -25,12 +25,19 @@ ERROR_TYPE = "error.type"
 KAFKA = "kafka"
 PROCESS = "process"
 SEND = "send"
+# A transaction's commit settles (operation type) the offsets of the messages it commits.
+COMMIT = "commit"
+ABORT = "abort"
+SETTLE = "settle"
 
 # kafkaworker's own, beside the conventions': the handler that ran, and on each failed
 # attempt's exception event its number and what the failure policy decided.
 HANDLER = "kafkaworker.handler"
 ATTEMPT = "kafkaworker.attempt"
 DECISION = "kafkaworker.decision"
+# On an exactly_once handler's commit span: how many partitions' offsets and records it held.
+TRANSACTION_OFFSETS = "kafkaworker.transaction.offsets"
+TRANSACTION_RECORDS = "kafkaworker.transaction.records"
 
 # The metrics of the conventions (the OpenTelemetry meter, tracing.metrics: true).
 PROCESS_DURATION = "messaging.process.duration"

@@ -9,6 +9,7 @@ import queue
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -115,7 +116,6 @@ def test_the_settings_set_the_guarantee_app_wide_and_per_handler() -> None:
             "must be read_committed",
         ),
         ({"kafka": {"consumer": {"enable.auto.commit": True}}}, "enable.auto.commit"),
-        ({"tracing": {"enabled": True}}, "tracing is not supported with exactly_once yet"),
     ],
 )
 def test_settings_that_break_transactions_are_refused_at_load(
@@ -161,6 +161,8 @@ class FakeTransactions:
         ] = []
         self.aborted = 0
         self.fail: dict[str, KafkaError] = {}
+        # Each record's delivery callback and headers, in the order produced.
+        self.produced: list[tuple[Any, list[tuple[str, bytes | None]]]] = []
         self.lock = threading.Lock()
 
     def _maybe_fail(self, api: str) -> None:
@@ -190,6 +192,7 @@ class FakeTransactions:
         assert self.open is not None, "produce outside a transaction"
         assert not isinstance(value, str) and not isinstance(key, str)
         self.open.append((topic, key, value))
+        self.produced.append((on_delivery, list(headers or ())))
 
     def poll(self, timeout: float = -1) -> int:
         return 0
@@ -519,14 +522,20 @@ def copier(**options: Any) -> HandlerSpec:
     return app.handlers["copy"]
 
 
-@pytest.fixture
-def running_copier() -> Iterator[tuple[MemorySource, FakeTransactions]]:
-    source = MemorySource({"t": 4, "o": 1})
-    fake = FakeTransactions(source)
-    spec = copier(processing_guarantee=EOS, ordering="key", concurrency=8)
+@contextmanager
+def copying(
+    fake: FakeTransactions,
+    concurrency: int = 8,
+    spec: HandlerSpec | None = None,
+    **setting_values: Any,
+) -> Iterator[tuple[MemorySource, FakeTransactions]]:
+    """A running exactly_once copier (or `spec`) over `fake`'s in-memory source; stopped on
+    exit."""
+    source = fake.source
+    spec = spec or copier(processing_guarantee=EOS, ordering="key", concurrency=concurrency)
     runtime = AppRuntime(
         App("svc"),
-        runtime_settings(transaction_interval=0.02),
+        runtime_settings(transaction_interval=0.02, **setting_values),
         [spec],
         sources=GivenSources({spec.name: source}),
         transactions=lambda app, s, settings: fake,
@@ -538,6 +547,12 @@ def running_copier() -> Iterator[tuple[MemorySource, FakeTransactions]]:
         handler.request_stop()
         assert handler.join(30), "the poll thread did not stop"
         assert handler.error is None, handler.error
+
+
+@pytest.fixture
+def running_copier() -> Iterator[tuple[MemorySource, FakeTransactions]]:
+    with copying(FakeTransactions(MemorySource({"t": 4, "o": 1}))) as running:
+        yield running
 
 
 def test_a_running_handler_commits_every_output_exactly_once_in_key_order(

@@ -47,11 +47,16 @@ from kafkaworker.runtime.handoff import (
 from kafkaworker.runtime.source import Record
 
 if TYPE_CHECKING:
-    from kafkaworker.tracing.spans import ProcessSpans
+    from kafkaworker.tracing.spans import Processing, ProcessSpans
 
 log = structlog.get_logger("kafkaworker.pool")
 
 LaneKey: TypeAlias = Hashable
+# A message under the failure policy: its outcome and the seconds of its handler calls.
+_Attempt: TypeAlias = Callable[
+    [Dispatched, BaseException | None, Callable[[], None]],
+    Generator[Any, Any, tuple[Outcome, float]],
+]
 _RECORD = attrgetter("record")  # a Message's confluent-kafka record
 _KEY = Record.key
 
@@ -266,20 +271,26 @@ class ExecutorCore:
         awaiting = self._awaiting
         unreported, key, entry = self._unreported, id(run), (lease, run)
         # The common case (auto ack, no output, no tracing) calls the handler inline; Attempts
-        # takes over only once it raises. Traced, each message takes Attempts' path in its
-        # span: chosen here, once per chunk, so that tracing off costs the loop nothing
+        # takes over only once it raises. Traced, a def handler is called inline in its span
+        # too (_traced_inline), an async def one takes Attempts' path in its span (the span
+        # must cover the await): chosen here, once per chunk, so that tracing off costs the
+        # loop nothing
         # (callgrind, broker-less S1: 44.2-45.3k instructions a message with this choice,
         # 44.3-45.5k without it; docs/tracing.md, Cost).
         # exactly_once takes Attempts' path too: app.producer's sends during a call are
         # collected there and held with the message.
-        plain = (
+        inline = (
             not self._manual
             and self.spec.output is None
-            and self._spans is None
             and self.spec.processing_guarantee != "exactly_once"
         )
-        attempt = self._attempt if self._spans is None else self._traced
+        plain = inline and self._spans is None
+        attempt: _Attempt = self._attempt if self._spans is None else self._traced
         call = self.attempts.call
+        if inline and not plain and not awaiting:
+            # Traced, a def handler is called inline too, in its span (_traced_inline).
+            plain = True
+            call, attempt = self._traced_inline(call)
         timed = self._timed.append
         msg: Dispatched | None = None
 
@@ -441,6 +452,39 @@ class ExecutorCore:
             return (yield from self._attempt(msg, failed, flush))
         finally:
             spans.end(processing)
+
+    def _traced_inline(self, call: Callable[[Any], Any]) -> tuple[Callable[[Any], Any], _Attempt]:
+        """The handler call and the failure path of a traced chunk of a def handler that the
+        loop calls inline: the call opens the message's span and ends it when the call
+        returns; when it raises, the span stays open and current, and the failure path that
+        follows at once on this thread (its attempts, backoffs, DLQ write) runs in it and
+        ends it, as _traced does. Attempts' path for every message cost ~2 us of the sampled-
+        out message's ~9 us (docs/tracing.md, Cost); chosen once per chunk, so tracing off
+        still calls the handler as before."""
+        spans = self._spans
+        assert spans is not None
+        raised: list[Processing] = []  # the span of the call that raised, at most one
+
+        def traced_call(msg: Dispatched) -> Any:
+            processing = spans.start(msg)
+            try:
+                result = call(msg)
+            except BaseException:
+                raised.append(processing)
+                raise
+            spans.end(processing)
+            return result
+
+        def failure_path(
+            msg: Dispatched, failed: BaseException | None, flush: Callable[[], None]
+        ) -> Generator[Any, Any, tuple[Outcome, float]]:
+            processing = raised.pop() if raised else spans.start(msg)
+            try:
+                return (yield from self._attempt(msg, failed, flush))
+            finally:
+                spans.end(processing)
+
+        return traced_call, failure_path
 
     def _settle(
         self, msg: Dispatched, outcome: Outcome, run: list[int], report: list[Completion]

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kafkaworker import headers
 from kafkaworker.message import Message
@@ -27,6 +27,9 @@ from kafkaworker.runtime.execute.event_loop import cancelling
 from kafkaworker.runtime.failures.retrytopics import Stage
 from kafkaworker.runtime.handoff import Dispatched, HeldRecord, HeldWrites
 from kafkaworker.serialization import Codec
+
+if TYPE_CHECKING:
+    from kafkaworker.tracing.spans import SendSpans
 
 TRACEBACK_LIMIT = 8 * 1024
 MESSAGE_LIMIT = 4 * 1024
@@ -266,6 +269,7 @@ class HeldOutputs(Outputs):
         codec: Codec | None,
         produce_timeout: float,
         write_timeout: float,
+        spans: SendSpans | None = None,
     ) -> None:
         super().__init__(
             producer,  # type: ignore[arg-type]  # never called: nothing is produced here
@@ -275,6 +279,21 @@ class HeldOutputs(Outputs):
             write_timeout=write_timeout,
         )
         self.held = held
+        self._spans = spans
+
+    def _hold(self, msg: Dispatched, records: list[HeldRecord]) -> None:
+        """Hold a message's records; traced, each in a send span opened now, in the message's
+        process span (the current context: the executor runs emit and write in it), its
+        context written into the record's headers; the transaction ends it."""
+        spans = self._spans
+        if spans is not None:
+            traced = []
+            for record in records:
+                topic, key, value, record_headers, partition, _ = record
+                sending, written = spans.start(topic, key, record_headers, tombstone=value is None)
+                traced.append(HeldRecord(topic, key, value, written, partition, sending))
+            records = traced
+        self.held.hold(msg.lease, msg.offset, records)
 
     def emit(
         self, msg: Message[Any], result: Any, sends: list[Any] | None = None
@@ -298,7 +317,7 @@ class HeldOutputs(Outputs):
             except BaseException as exc:  # noqa: BLE001 - handed to the failure policy
                 return exc
         if records:
-            self.held.hold(dispatched.lease, dispatched.offset, records)
+            self._hold(dispatched, records)
         return None
 
     async def emit_async(
@@ -309,7 +328,7 @@ class HeldOutputs(Outputs):
     def write(self, record: FailedRecord, msg: Dispatched | None = None) -> BaseException | None:
         assert msg is not None
         topic, key, value, headers = record
-        self.held.hold(msg.lease, msg.offset, [HeldRecord(topic, key, value, headers)])
+        self._hold(msg, [HeldRecord(topic, key, value, headers)])
         return None
 
     async def write_async(

@@ -48,6 +48,7 @@ from kafkaworker.settings import Settings
 
 if TYPE_CHECKING:
     from kafkaworker.runtime.poll.partitions import PartitionOffsets
+    from kafkaworker.tracing.spans import TransactionSpans
 
 log = structlog.get_logger("kafkaworker.transactions")
 
@@ -181,8 +182,11 @@ class TransactionalCommit:
         metrics: Metrics | None = None,
         clock: Clock = SYSTEM_CLOCK,
         renew: Callable[[], TransactionalClient] | None = None,
+        spans: TransactionSpans | None = None,
     ) -> None:
         self._producer = producer
+        # tracing.enabled: a span per transaction; the held records' send spans end here.
+        self._spans = spans
         # Makes a fresh producer of the same transactional.id (see _renewed); None: never.
         self._renew = renew
         self._renewed_at = float("-inf")
@@ -308,34 +312,58 @@ class TransactionalCommit:
             return True
         producer = self._producer
         refused: dict[tuple[Partition, int], KafkaError] = {}
+        spans = self._spans
+        span = None
+        if spans is not None:
+            span = spans.start_commit(len(offsets), [record.sending for _, _, record in records])
         try:
             self._call(producer.begin_transaction)
             for partition, offset, record in records:
-                self._produce(record, self._on_delivery(refused, partition, offset))
+                self._produce(record, self._on_delivery(refused, partition, offset, record))
             metadata = self._source.group_metadata()
             self._call(
                 lambda: producer.send_offsets_to_transaction(offsets, metadata, self._api_timeout)
             )
             self._call(lambda: producer.commit_transaction(self._api_timeout))
         except KafkaException as exc:
-            self._abort(exc, offsets, len(records))
+            try:
+                self._abort(exc, offsets, len(records))
+            finally:
+                if spans is not None and span is not None:
+                    error = exc.args[0]
+                    if isinstance(error, KafkaError):
+                        spans.aborted(span, error.name(), error.str())
+                    else:
+                        spans.aborted(span, type(exc).__name__, str(exc))
             self._refused(refused)
             return False
+        if span is not None:
+            span.end()
         self.commits += 1
         self._committed.inc()
         self._seconds.inc(time.monotonic() - started)
         return True
 
-    @staticmethod
     def _on_delivery(
-        refused: dict[tuple[Partition, int], KafkaError], partition: Partition, offset: int
+        self,
+        refused: dict[tuple[Partition, int], KafkaError],
+        partition: Partition,
+        offset: int,
+        held: HeldRecord,
     ) -> Callable[[KafkaError | None, Any], None]:
         """A record's delivery report (served inside commit_transaction's flush, on this
-        thread): a refusal that is the record's own is remembered with its message."""
+        thread, or by the abort's polls): a refusal that is the record's own is remembered
+        with its message; the record's send span (traced) ends with it."""
+        sending, spans = held.sending, self._spans
 
-        def delivered(error: KafkaError | None, _record: Any) -> None:
+        def delivered(error: KafkaError | None, record: Any) -> None:
             if error is not None and error.code() in RECORD_ERRORS:
                 refused[(partition, offset)] = error
+            if sending is not None and spans is not None:
+                if error is None:
+                    spans.sends.delivered(sending, record.partition(), record.offset())
+                else:
+                    spans.sends.failed(sending, error.name(), error.str())
 
         return delivered
 
@@ -360,7 +388,7 @@ class TransactionalCommit:
             )
 
     def _produce(self, record: HeldRecord, on_delivery: Callable[..., None]) -> None:
-        topic, key, value, headers, partition = record
+        topic, key, value, headers, partition, _ = record
         while True:
             try:
                 self._producer.produce(
