@@ -42,14 +42,16 @@ for each statement execute function slow_mark()
 """
 
 
+RELAY_APP = "tests.apps.outbox_relay:app"
+
+
 class RelayProcess(WorkerProcess):
     """`kafkaworker outbox relay tests.apps.outbox_relay:app`."""
 
     def start(self) -> RelayProcess:
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "kafkaworker", "outbox", "relay"]
-                + ["tests.apps.outbox_relay:app"],
+                [sys.executable, "-m", "kafkaworker", "outbox", "relay", RELAY_APP],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,
@@ -110,8 +112,10 @@ def test_relay_killed_3_times_every_row_published_in_key_order_applied_once_down
                 # Killed while it marks a round the broker acknowledged (its update in the
                 # slow trigger): that round is published again by the next relay.
                 wait_until(
-                    lambda k=kill: count(postgres_url, PUBLISHED) >= k * 1000
-                    and count(postgres_url, MARKING) > 0,
+                    lambda k=kill: (
+                        count(postgres_url, PUBLISHED) >= k * 1000
+                        and count(postgres_url, MARKING) > 0
+                    ),
                     60,
                     f"{kill * 1000} rows published, and a round being marked",
                     step=0.005,
@@ -144,7 +148,8 @@ def test_relay_killed_3_times_every_row_published_in_key_order_applied_once_down
     lost = ROWS - len(by_id)
     in_order = all(seen == list(range(ROWS // KEYS)) for seen in firsts.values())
     ledger_rows = count(postgres_url, "select count(*) from ledger")
-    applied_twice = ledger_rows - count(postgres_url, "select count(distinct outbox_id) from ledger")
+    applied = count(postgres_url, "select count(distinct outbox_id) from ledger")
+    applied_twice = ledger_rows - applied
     print(f"{len(records)} records for {ROWS} rows: {repeats} published again")
     assert (lost, in_order, len(firsts)) == (0, True, KEYS)
     assert (ledger_rows, applied_twice) == (ROWS, 0)
