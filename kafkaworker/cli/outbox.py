@@ -30,8 +30,7 @@ def relay(app_ref: str, settings_path: str | None) -> None:
         declared = app.declared_outbox
         if declared is None:
             raise StartupError(
-                f"app {app.name!r} declares no outbox: app.outbox(PostgresOutbox(url)) "
-                "(pip install 'kafkaworker[postgres]')"
+                f"app {app.name!r} declares no outbox: app.outbox(PostgresOutbox(url))"
             )
         running = declared.relay(settings_from(settings_path, app), client_id=f"{app.name}.outbox")
 

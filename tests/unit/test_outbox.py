@@ -67,8 +67,7 @@ def test_outbox_relay_of_an_app_without_an_outbox_is_one_line(
     result = CliRunner().invoke(cli, ["outbox", "relay", "plain_app:app"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: app 'plain' declares no outbox: app.outbox(PostgresOutbox(url)) "
-        "(pip install 'kafkaworker[postgres]')"
+        "Error: app 'plain' declares no outbox: app.outbox(PostgresOutbox(url))"
     ]
 
 
