@@ -5,6 +5,7 @@ and a standby relay takes over when the active one stops."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -150,3 +151,27 @@ def test_one_relay_is_active_and_a_standby_takes_over_when_it_stops(
     assert [r.value() for r in records] == [b"before", b"after"]
     print(f"the standby took over {took_over:.2f} s after the active relay stopped")
     assert took_over < 3.0
+
+
+def test_add_async_writes_in_the_async_connections_transaction(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    topic = new_topic(1)
+    outbox = PostgresOutbox(postgres_url)
+
+    async def add() -> None:
+        async with await psycopg.AsyncConnection.connect(postgres_url) as db:
+            with contextlib.suppress(RuntimeError):
+                async with db.transaction():
+                    await outbox.add_async(db, topic, {"n": 0}, key="a")
+                    raise RuntimeError("rolled back")
+            async with db.transaction():
+                await outbox.add_async(db, topic, {"n": 1}, key="a", headers=[("h", "v")])
+
+    asyncio.run(add())  # before any relay: the first add creates the table
+    with relaying(outbox, kafka_bootstrap):
+        (record,) = read_topic(kafka_bootstrap, topic, 1)
+        wait_until(lambda: published(postgres_url) == 1, 10, "marked published")
+    assert record.value() == b'{"n":1}'
+    assert record.headers() == [("h", b"v"), ("kw.outbox.id", str(outbox_id(record)).encode())]
+    assert len(read_topic(kafka_bootstrap, topic, 1, timeout=2)) == 1
