@@ -84,7 +84,7 @@ create index if not exists {unpublished} on {table} (id) where published_at is n
 """
 _INSERT = (
     "insert into {table} (topic, key, value, header_names, header_values) "
-    "values (%s, %s, %s, %s, %s)"
+    "values (%s, %s, %s, %s, %s) returning id"
 )
 _PENDING = (
     "select id, topic, key, value, header_names, header_values from {table} "
@@ -152,10 +152,10 @@ class PostgresOutbox(PostgresTable):
 
     def add(
         self, db: psycopg.Connection[Any], topic: str, value: Any, **options: Unpack[AddOptions]
-    ) -> None:
+    ) -> int:
         """Write a record for `topic` in `db`'s current transaction: published once it
         commits, never if it rolls back. On an autocommit connection outside a transaction,
-        the insert is a transaction of its own."""
+        the insert is a transaction of its own. Returns the row's id: its kw.outbox.id."""
         row = self._row(topic, value, options)
         if not self._known:
             found = db.execute("select to_regclass(%s)", (self.table,)).fetchone()
@@ -163,9 +163,10 @@ class PostgresOutbox(PostgresTable):
                 self._create(db)
             else:
                 self._known = True
-        db.execute(self._insert, row)
+        found = db.execute(self._insert, row).fetchone()
         # Delivered by PostgreSQL at commit, and once per transaction however many adds.
         db.execute("select pg_notify(%s, '')", (self.channel,))
+        return _row_id(found)
 
     async def add_async(
         self,
@@ -173,7 +174,7 @@ class PostgresOutbox(PostgresTable):
         topic: str,
         value: Any,
         **options: Unpack[AddOptions],
-    ) -> None:
+    ) -> int:
         """`add` for a psycopg.AsyncConnection (an async def handler's)."""
         row = self._row(topic, value, options)
         if not self._known:
@@ -184,8 +185,10 @@ class PostgresOutbox(PostgresTable):
                 await db.execute(self._schema)
             else:
                 self._known = True
-        await db.execute(self._insert, row)
+        cursor = await db.execute(self._insert, row)
+        found = await cursor.fetchone()
         await db.execute("select pg_notify(%s, '')", (self.channel,))
+        return _row_id(found)
 
     def _create(self, db: psycopg.Connection[Any]) -> None:
         """The table, in `db`'s transaction (not marked known: that transaction may roll
@@ -209,6 +212,11 @@ class PostgresOutbox(PostgresTable):
                 f"the outbox's relay: cannot use PostgreSQL at {where}: {_one_line(exc)}"
             ) from None
         return OutboxRelay(self, url, where, settings, client_id=client_id)
+
+
+def _row_id(found: tuple[Any, ...] | None) -> int:
+    assert found is not None  # insert ... returning: one row
+    return int(found[0])
 
 
 class OutboxRelay:
