@@ -119,6 +119,8 @@ class Relay(Protocol):
 class Outbox(Protocol):
     """What `app.outbox(...)` declares (kafkaworker.postgres.PostgresOutbox)."""
 
-    def relay(self, settings: Settings, *, client_id: str = ...) -> Relay:
+    def relay(
+        self, settings: Settings, *, client_id: str = ..., metrics: Metrics | None = ...
+    ) -> Relay:
         """The relay, not started; StartupError in one line when it cannot work."""
         ...

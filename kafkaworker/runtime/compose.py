@@ -405,7 +405,9 @@ class AppRuntime:
             # `kafkaworker run`: the relay beside the handlers (the TestClient has no
             # cluster to publish to). Stopped after the handlers drained: a handler's last
             # transaction may add to the outbox.
-            self._relay = outbox.relay(self.settings, client_id=f"{self.app.name}.outbox")
+            self._relay = outbox.relay(
+                self.settings, client_id=f"{self.app.name}.outbox", metrics=self.metrics
+            )
             stack.callback(self._relay.stop)
         self.handlers = [
             build_handler(

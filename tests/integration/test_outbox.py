@@ -17,7 +17,9 @@ import pytest
 from kafkaworker import App, Message
 from kafkaworker.outbox import OutboxRelay
 from kafkaworker.postgres import PostgresInbox, PostgresOutbox
+from kafkaworker.testing.jvm import free_port
 from tests.conftest import TopicFactory
+from tests.metrics_support import samples, total
 from tests.support import make_settings, produce, read_topic, running, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -175,3 +177,44 @@ def test_add_async_writes_in_the_async_connections_transaction(
     assert record.value() == b'{"n":1}'
     assert record.headers() == [("h", b"v"), ("kw.outbox.id", str(outbox_id(record)).encode())]
     assert len(read_topic(kafka_bootstrap, topic, 1, timeout=2)) == 1
+
+
+def test_the_relays_metrics_are_on_the_workers_metrics_endpoint(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    orders, events, port = new_topic(1), new_topic(2), free_port()
+    outbox = PostgresOutbox(postgres_url)
+    app = App("relay-metrics")
+    app.outbox(outbox)
+
+    @app.handler(orders, codec="raw")
+    def idle(msg: Message[bytes]) -> None:
+        pass
+
+    def value(name: str) -> float:
+        return total(port, name, table="kafkaworker_outbox")
+
+    settings = make_settings(kafka_bootstrap, metrics={"port": port, "host": "127.0.0.1"})
+    with running(app, settings):
+        wait_until(lambda: value("kafkaworker_outbox_relay_active") == 1, 30, "relay active")
+        with psycopg.connect(postgres_url) as db, db.transaction():
+            db.execute("select pg_sleep(0.05)")  # the rows' transaction lasts 50 ms at least
+            for i in range(50):
+                outbox.add(db, events, i, key=str(i % 5))
+        read_topic(kafka_bootstrap, events, 50)
+        wait_until(
+            lambda: value("kafkaworker_outbox_published_total") == 50, 10, "50 counted published"
+        )
+        assert value("kafkaworker_outbox_publish_seconds_count") == 50
+        # Each row's latency includes its transaction's 50 ms: the histogram has them all above.
+        assert value("kafkaworker_outbox_publish_seconds_sum") >= 50 * 0.05
+        below = samples(port)["kafkaworker_outbox_publish_seconds_bucket"]
+        assert dict((s[0]["le"], s[1]) for s in below)["0.05"] == 0
+        wait_until(
+            lambda: (
+                "kafkaworker_outbox_backlog" in samples(port)
+                and value("kafkaworker_outbox_backlog") == 0
+            ),
+            10,
+            "the backlog counted back to 0",
+        )
