@@ -62,9 +62,6 @@ ID_HEADER = "kw.outbox.id"
 # at most this plus the time PostgreSQL takes to end a dead session (at once for a killed
 # process: its socket closes).
 LOCK_RETRY = 1.0
-POLL_INTERVAL = 1.0
-BATCH = 2000
-RETENTION = 3600.0
 # How long a batch may wait for its acknowledgements: the producer's delivery.timeout.ms
 # (30 s, producer_config) plus a margin.
 FLUSH_TIMEOUT = 40.0
@@ -118,25 +115,26 @@ class PostgresOutbox(PostgresTable):
     """Records to publish, written in the caller's transaction. `url`: the relay's database
     (None: postgres.url of the settings). `table`: the outbox table. `poll_interval` (s): how
     often the relay looks for rows without a notification. `retention` (s): how long published
-    rows are kept. `batch`: rows per publication round."""
+    rows are kept. `batch`: rows per publication round. Those three left None are the
+    settings' postgres.outbox.* (1 s, 3,600 s, 2,000 by default) when the relay starts."""
 
     def __init__(
         self,
         url: str | None = None,
         *,
         table: str = OUTBOX_TABLE,
-        poll_interval: float = POLL_INTERVAL,
-        retention: float = RETENTION,
-        batch: int = BATCH,
+        poll_interval: float | None = None,
+        retention: float | None = None,
+        batch: int | None = None,
     ) -> None:
         super().__init__(url, table)
         for name, number in (("poll_interval", poll_interval), ("retention", retention)):
-            if not isinstance(number, int | float) or number <= 0:
+            if number is not None and (not isinstance(number, int | float) or number <= 0):
                 raise ConfigError(f"PostgresOutbox {name}={number!r}: seconds > 0")
-        if not isinstance(batch, int) or batch < 1:
+        if batch is not None and (not isinstance(batch, int) or batch < 1):
             raise ConfigError(f"PostgresOutbox batch={batch!r}: an integer >= 1")
-        self.poll_interval = float(poll_interval)
-        self.retention = float(retention)
+        self.poll_interval = None if poll_interval is None else float(poll_interval)
+        self.retention = None if retention is None else float(retention)
         self.batch = batch
         self.channel = table  # the NOTIFY channel: the table's name
         identifier = sql.Identifier(table)
@@ -251,6 +249,11 @@ class OutboxRelay:
         from kafkaworker.producer import producer_config  # noqa: PLC0415
 
         self.outbox = outbox
+        given = settings.postgres.outbox
+        # What the declaration gave, else the settings' (postgres.outbox.*).
+        self.poll_interval = outbox.poll_interval or given.poll_interval
+        self.retention = outbox.retention or given.retention
+        self.batch = outbox.batch or given.batch
         self._url = url
         self._where = where
         self._config = {**producer_config(settings), "client.id": client_id}
@@ -332,18 +335,18 @@ class OutboxRelay:
         purged_at = counted_at = 0.0
         try:
             while not stopping.is_set():
-                if time.monotonic() - purged_at > min(outbox.retention, 60.0):
-                    connection.execute(self._purge, (outbox.retention,))
+                if time.monotonic() - purged_at > min(self.retention, 60.0):
+                    connection.execute(self._purge, (self.retention,))
                     purged_at = time.monotonic()
                 if self._metrics is not None and time.monotonic() - counted_at > BACKLOG_INTERVAL:
                     counted = connection.execute(self._backlog).fetchone()
                     backlog = int(counted[0]) if counted is not None else 0
                     self._metrics.outbox_backlog.labels(outbox.table).set(backlog)
                     counted_at = time.monotonic()
-                rows = connection.execute(self._pending, (outbox.batch,)).fetchall()
+                rows = connection.execute(self._pending, (self.batch,)).fetchall()
                 if rows:
                     self._publish(connection, producer, rows)
-                    if len(rows) == outbox.batch:
+                    if len(rows) == self.batch:
                         continue  # more waiting: no pause
                 self._wait(connection)
         finally:
@@ -352,7 +355,7 @@ class OutboxRelay:
     def _wait(self, connection: psycopg.Connection[Any]) -> None:
         """Until a notification, the polling interval, or stop (in short slices: a long
         polling interval must not hold a stop)."""
-        deadline = time.monotonic() + self.outbox.poll_interval
+        deadline = time.monotonic() + self.poll_interval
         while not self._thread.stopping.is_set():
             left = deadline - time.monotonic()
             if left <= 0:

@@ -13,8 +13,9 @@ from kafkaworker import App
 from kafkaworker.cli import cli
 from kafkaworker.errors import ConfigError, StartupError
 from kafkaworker.message import Message
+from kafkaworker.outbox import OutboxRelay
 from kafkaworker.postgres import PostgresOutbox, outbox_row
-from kafkaworker.settings import Settings
+from kafkaworker.settings import Settings, load_settings
 
 
 @pytest.mark.parametrize(
@@ -76,3 +77,30 @@ def test_the_inbox_records_a_records_outbox_id_beside_its_offset() -> None:
     assert outbox_row("g", with_id) == ("g", "t", -1, 42)
     assert outbox_row("g", Message("t", {}, offset=8)) is None
     assert outbox_row("g", Message("t", {}, headers=[("kw.outbox.id", b"x")])) is None
+
+
+def test_the_relays_settings_come_from_the_file_and_env_unless_declared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "settings.yaml"
+    path.write_text("postgres:\n  outbox:\n    poll_interval: 0.25\n    retention: 60\n")
+    monkeypatch.setenv("KAFKAWORKER_POSTGRES__OUTBOX__BATCH", "500")
+    settings = load_settings(path)
+    url = "postgresql://app@db/shop"
+
+    def relay(outbox: PostgresOutbox) -> OutboxRelay:
+        return OutboxRelay(outbox, url, "db:5432", settings, client_id="t")  # not started
+
+    found = relay(PostgresOutbox(url))
+    assert (found.poll_interval, found.retention, found.batch) == (0.25, 60.0, 500)
+    declared = relay(PostgresOutbox(url, poll_interval=2, retention=10, batch=7))
+    assert (declared.poll_interval, declared.retention, declared.batch) == (2.0, 10.0, 7)
+    monkeypatch.delenv("KAFKAWORKER_POSTGRES__OUTBOX__BATCH")
+    defaults = OutboxRelay(PostgresOutbox(url), url, "db:5432", Settings(), client_id="t")
+    assert (defaults.poll_interval, defaults.retention, defaults.batch) == (1.0, 3600.0, 2000)
+
+
+def test_a_bad_outbox_setting_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKAWORKER_POSTGRES__OUTBOX__BATCH", "0")
+    with pytest.raises(ConfigError, match=r"postgres\.outbox\.batch"):
+        load_settings()
