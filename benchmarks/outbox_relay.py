@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+import uuid
+from typing import Any
 
 import psycopg
 import structlog
@@ -96,6 +98,30 @@ def latency(
     return waits[len(waits) // 2], waits[int(len(waits) * 0.99)], len(waits)
 
 
+def measure(
+    bootstrap: str, url: str, *, rows: int, batch: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    """Both figures on a topic of its own (8 partitions): `make bench`'s S9 relay row."""
+    topic = f"outbox-bench-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
+    settings = Settings.model_validate(
+        {"kafka": {"bootstrap_servers": bootstrap}, "log_level": "WARNING"}
+    )
+    outbox = PostgresOutbox(url, batch=batch)
+    records_per_s = throughput(outbox, url, settings, topic, rows)
+    p50, p99, n = latency(outbox, url, settings, topic, rate=rate, seconds=seconds)
+    return {
+        "rows": rows,
+        "batch": batch,
+        "records_per_s": records_per_s,
+        "rate": rate,
+        "latency_rows": n,
+        "commit_to_ack_p50_ms": p50 * 1000,
+        "commit_to_ack_p99_ms": p99 * 1000,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=100_000)
@@ -107,21 +133,22 @@ def main() -> int:
     server = PostgresServer().start()
     try:
         with Cluster(1) as cluster:
-            topic = "outbox-bench"
-            admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
-            admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
-            settings = Settings.model_validate(
-                {"kafka": {"bootstrap_servers": cluster.bootstrap}, "log_level": "WARNING"}
-            )
-            outbox = PostgresOutbox(server.url, batch=args.batch)
-            rate = throughput(outbox, server.url, settings, topic, args.rows)
-            print(f"throughput: {args.rows} rows, batch {args.batch}: {rate:,.0f} records/s")
-            p50, p99, n = latency(
-                outbox, server.url, settings, topic, rate=args.rate, seconds=args.seconds
+            r = measure(
+                cluster.bootstrap,
+                server.url,
+                rows=args.rows,
+                batch=args.batch,
+                rate=args.rate,
+                seconds=args.seconds,
             )
             print(
-                f"latency at {args.rate:g} rows/s ({n} rows): commit -> acknowledged and "
-                f"marked p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
+                f"throughput: {args.rows} rows, batch {args.batch}: "
+                f"{r['records_per_s']:,.0f} records/s"
+            )
+            print(
+                f"latency at {args.rate:g} rows/s ({r['latency_rows']} rows): commit -> "
+                f"acknowledged and marked p50 {r['commit_to_ack_p50_ms']:.1f} ms, "
+                f"p99 {r['commit_to_ack_p99_ms']:.1f} ms"
             )
     finally:
         server.cleanup()
