@@ -30,7 +30,7 @@ from kafkaworker.settings import Settings, load_settings
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from kafkaworker.inbox import Inbox
+    from kafkaworker.inbox import Inbox, Outbox
 
 F = TypeVar("F", bound=Callable[..., Any])
 # A lifecycle hook: a plain function, or an async def one (run on the process's event loop).
@@ -68,6 +68,8 @@ class App:
         self.schema_registry: Any = None
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
+        # The outbox whose relay `kafkaworker run` runs beside the handlers (app.outbox).
+        self.declared_outbox: Outbox | None = None
 
     @property
     def handlers(self) -> Mapping[str, HandlerSpec]:
@@ -200,6 +202,17 @@ class App:
                 undelivered = producer.close(timeout=10)
                 if undelivered:
                     log.warning("producer closed with undelivered records", count=undelivered)
+
+    def outbox(self, outbox: Outbox) -> Outbox:
+        """Declare the app's outbox (kafkaworker.postgres.PostgresOutbox): `kafkaworker run`
+        runs its relay beside the handlers (one relay active per outbox table, whatever the
+        number of workers), and `kafkaworker outbox relay MODULE:APP` runs it alone."""
+        if not callable(getattr(outbox, "relay", None)):
+            raise ConfigError(f"app.outbox({outbox!r}): a PostgresOutbox")
+        if self.declared_outbox is not None:
+            raise ConfigError(f"app {self.name!r} declares an outbox already")
+        self.declared_outbox = outbox
+        return outbox
 
     def on_startup(self, func: Hook) -> Hook:
         """Run `func` once before any consumer starts (e.g. open a connection pool); an

@@ -105,3 +105,22 @@ class GroupCommitted:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+class Relay(Protocol):
+    """An outbox's relay while it runs (kafkaworker.outbox.OutboxRelay): a thread of its own,
+    which stop() ends."""
+
+    def start(self) -> Relay: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+class Outbox(Protocol):
+    """What `app.outbox(...)` declares (kafkaworker.postgres.PostgresOutbox)."""
+
+    def relay(
+        self, settings: Settings, *, client_id: str = ..., metrics: Metrics | None = ...
+    ) -> Relay:
+        """The relay, not started; StartupError in one line when it cannot work."""
+        ...

@@ -34,7 +34,6 @@ stays bounded (docs/inbox.md says why the age).
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -42,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 try:
     import psycopg
     from psycopg import sql
-    from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError(
@@ -53,7 +51,10 @@ import structlog
 
 from kafkaworker.errors import ConfigError, DatabaseUnavailable, StartupError
 from kafkaworker.inbox import CommittedOffsets, RunAsync
+from kafkaworker.outbox import ID_HEADER, OutboxRelay, PostgresOutbox
 from kafkaworker.owned_thread import OwnedThread
+from kafkaworker.postgres_table import PostgresTable
+from kafkaworker.postgres_table import one_line as _one_line
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -64,10 +65,16 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("kafkaworker.inbox")
 
-__all__ = ["TABLE", "AsyncPostgresInboxCalls", "PostgresInbox", "PostgresInboxCalls"]
+__all__ = [
+    "TABLE",
+    "AsyncPostgresInboxCalls",
+    "OutboxRelay",
+    "PostgresInbox",
+    "PostgresInboxCalls",
+    "PostgresOutbox",
+]
 
 TABLE = "kafkaworker_inbox"
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Start-up: how long the server may take to answer, and the pool to open all its connections.
 CONNECT_TIMEOUT = 10.0
 # How long a call waits for a pooled connection. Every worker thread has one of its own (the
@@ -85,6 +92,9 @@ GETCONN_TIMEOUT = 5.0
 CLEANUP_EVERY = 60.0
 CLEANUP_AFTER = 3600.0
 CLEANUP_BATCH = 5000
+# The inbox rows recording outbox records by their kw.outbox.id (outbox_row): deleted by the
+# cleanup once older than cleanup_after, as the committed offsets say nothing of them.
+OUTBOX_PARTITION = -1
 
 _SCHEMA = """
 create table if not exists {table} (
@@ -105,6 +115,11 @@ _DELETE = (
     'topic = %s and partition = %s and "offset" < %s '
     "and handled_at < now() - make_interval(secs => %s) limit %s)"
 )
+# The outbox ids recorded (OUTBOX_PARTITION): by age alone.
+_DELETE_IDS = (
+    "delete from {table} where ctid in (select ctid from {table} where group_id = %s and "
+    "partition = -1 and handled_at < now() - make_interval(secs => %s) limit %s)"
+)
 # The recorded offsets in [low, high) of one partition (high null: no upper bound), read
 # through the primary key's index.
 _RECORDED = (
@@ -113,7 +128,7 @@ _RECORDED = (
 )
 
 
-class PostgresInbox:
+class PostgresInbox(PostgresTable):
     """A handler's `inbox=`: records handled messages in a PostgreSQL table, in the handler's
     own transaction. `url`: a postgresql:// URL or a libpq conninfo string. `table`: the inbox
     table's name (one table serves many handlers and groups). `cleanup_every`: how often (s)
@@ -128,14 +143,7 @@ class PostgresInbox:
         cleanup_every: float | None = CLEANUP_EVERY,
         cleanup_after: float = CLEANUP_AFTER,
     ) -> None:
-        if url is not None and not isinstance(url, str):
-            raise ConfigError(f"PostgresInbox url={url!r}: a postgresql:// URL")
-        # Checked now when given (a typo is a declaration error); None: the settings' at open.
-        self.where = _where(url, "PostgresInbox url") if url is not None else None
-        if not isinstance(table, str) or not _IDENTIFIER.fullmatch(table):
-            raise ConfigError(
-                f"PostgresInbox table={table!r}: an unquoted identifier ([A-Za-z_][A-Za-z0-9_]*)"
-            )
+        super().__init__(url, table)
         if cleanup_every is not None and not (
             isinstance(cleanup_every, int | float) and cleanup_every > 0
         ):
@@ -144,13 +152,8 @@ class PostgresInbox:
             )
         if not isinstance(cleanup_after, int | float) or cleanup_after < 0:
             raise ConfigError(f"PostgresInbox cleanup_after={cleanup_after!r}: seconds >= 0")
-        self.url = url
-        self.table = table
         self.cleanup_every = cleanup_every
         self.cleanup_after = cleanup_after
-
-    def __repr__(self) -> str:
-        return f"PostgresInbox({self.where or 'postgres.url of the settings'}, table={self.table})"
 
     def open(
         self,
@@ -164,7 +167,7 @@ class PostgresInbox:
         """Check the server answers, create the table when missing, and open the handler's
         pool (a connection per worker thread, or per coroutine in flight: on the event loop,
         through `run_async`). StartupError, in one line, otherwise."""
-        url, where = self._resolved(spec, settings)
+        url, where = self.resolved(f"handler {spec.name!r}", settings)
         try:
             with (
                 psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT)) as connection,
@@ -226,22 +229,6 @@ class PostgresInbox:
             pool.close()
             raise too_few from None
         return PostgresInboxCalls(pool, **shared)
-
-    def _resolved(self, spec: HandlerSpec, settings: Settings | None) -> tuple[str, str]:
-        """The URL (given, or postgres.url of the settings) and where it points, for lines."""
-        if self.url is not None and self.where is not None:
-            return self.url, self.where
-        secret = settings.postgres.url if settings is not None else None
-        if secret is None:
-            raise StartupError(
-                f"handler {spec.name!r}: PostgresInbox() was given no URL and postgres.url is "
-                "not set: set it (env KAFKAWORKER_POSTGRES__URL) or give PostgresInbox(url)"
-            )
-        url = secret.get_secret_value()
-        try:
-            return url, _where(url, "settings postgres.url")
-        except ConfigError as exc:
-            raise StartupError(f"handler {spec.name!r}: {exc}") from None
 
 
 class _Recorded:
@@ -331,9 +318,14 @@ class PostgresInboxCalls(_InboxCalls):
                         cursor = connection.execute(
                             insert, (group, msg.topic, msg.partition, msg.offset)
                         )
-                        if cursor.rowcount == 0:
+                        repeat = cursor.rowcount == 0
+                        if not repeat and (by_id := outbox_row(group, msg)) is not None:
+                            repeat = connection.execute(insert, by_id).rowcount == 0
+                        if repeat:
                             # Recorded meanwhile, by a member that ran it too (a frozen one
-                            # whose partitions moved): its transaction committed first.
+                            # whose partitions moved): its transaction committed first. Or
+                            # an outbox's record published again (a new offset, the same
+                            # kw.outbox.id): its offset is recorded, its handler not called.
                             deduplicated()
                             return None
                         in_handler = True
@@ -426,8 +418,11 @@ class AsyncPostgresInboxCalls(_InboxCalls):
                         cursor = await connection.execute(
                             insert, (group, msg.topic, msg.partition, msg.offset)
                         )
-                        if cursor.rowcount == 0:
-                            deduplicated()  # recorded meanwhile by another member
+                        repeat = cursor.rowcount == 0
+                        if not repeat and (by_id := outbox_row(group, msg)) is not None:
+                            repeat = (await connection.execute(insert, by_id)).rowcount == 0
+                        if repeat:
+                            deduplicated()  # recorded meanwhile, or an outbox's repeat
                             return None
                         in_handler = True
                         result = await call(msg, connection)
@@ -504,6 +499,9 @@ class _Cleanup:
         self._handler = handler
         self._committed = committed
         self._delete = sql.SQL(_DELETE).format(table=sql.Identifier(inbox.table)).as_string(None)
+        self._delete_ids = (
+            sql.SQL(_DELETE_IDS).format(table=sql.Identifier(inbox.table)).as_string(None)
+        )
         self._thread = OwnedThread(self._run, name=f"kw-inbox-cleanup-{handler}")
         self.deleted = 0  # rows deleted so far (read by the tests)
         self.rounds = 0  # rounds done
@@ -574,20 +572,25 @@ class _Cleanup:
                     deleted += max(cursor.rowcount, 0)
                     if cursor.rowcount < CLEANUP_BATCH:
                         break
+            while not self._thread.stopping.is_set():
+                cursor = connection.execute(
+                    self._delete_ids, (self._group, self._after, CLEANUP_BATCH)
+                )
+                deleted += max(cursor.rowcount, 0)
+                if cursor.rowcount < CLEANUP_BATCH:
+                    break
         return deleted
 
 
-def _where(url: str, what: str) -> str:
-    """Where a URL points, as error lines name it (host:port, database): never the password.
-    ConfigError naming `what` when it is no URL (without the text: it may hold a password)."""
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        raise ConfigError(f"{what}: not a postgresql:// URL or a libpq conninfo string") from None
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = params.get("port") or "5432"
-    return f"{host}:{port}, database {params.get('dbname') or '(default)'}"
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+def outbox_row(group: str, msg: Any) -> tuple[str, str, int, int] | None:
+    """The inbox row that records an outbox's record by its `kw.outbox.id` header, beside its
+    offset's: the relay publishes a record again (a new offset) when it died between the
+    broker's acknowledgement and marking the row, and this row makes the repeat a duplicate.
+    Partition -1 (no partition's), the id as the offset; None without the header (or for a
+    batch, which has no headers of its own)."""
+    headers = getattr(msg, "headers", None)
+    if headers:
+        for name, value in headers:
+            if name == ID_HEADER and value and value.isdigit():
+                return (group, msg.topic, OUTBOX_PARTITION, int(value))
+    return None

@@ -428,12 +428,25 @@ class AlertSettings(_Strict):
     commits_stalled_for: PositiveFloat = 600.0
 
 
+class OutboxSettings(_Strict):
+    """The relay of an outbox declared without them (`PostgresOutbox()`, docs/outbox.md);
+    what the constructor is given wins."""
+
+    # How often the relay looks for rows written without a notification (seconds).
+    poll_interval: PositiveFloat = 1.0
+    # How long published rows are kept before the relay deletes them (seconds).
+    retention: PositiveFloat = 3600.0
+    # Rows per publication round: each round waits for all its acknowledgements.
+    batch: PositiveInt = 2000
+
+
 class PostgresSettings(_Strict):
-    """The database of an inbox declared without a URL (`PostgresInbox()`, docs/inbox.md): a
-    postgresql:// URL or a libpq conninfo string, kept secret (it may hold a password: shown
-    masked, never logged)."""
+    """The database of an inbox or outbox declared without a URL (`PostgresInbox()`,
+    docs/inbox.md): a postgresql:// URL or a libpq conninfo string, kept secret (it may hold a
+    password: shown masked, never logged); and the outbox relay's settings."""
 
     url: SecretStr | None = None
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
 
 
 class TracingSettings(_Strict):

@@ -8,6 +8,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import grpc
 from confluent_kafka import KafkaError
@@ -121,6 +122,33 @@ def check_topic(topic: str) -> None:
         )
 
 
+async def check_exists(topics: TopicCatalog, topic: str, bootstrap: str) -> None:
+    """PublishError unless `topic` is a name Kafka accepts and exists on the cluster."""
+    check_topic(topic)
+    try:
+        exists = await topics.exists(topic)
+    except KafkaWorkerError as exc:  # the cluster did not answer the metadata request
+        raise PublishError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+    if not exists:
+        raise PublishError(
+            grpc.StatusCode.NOT_FOUND, f"topic {topic!r} does not exist on {bootstrap}"
+        )
+
+
+class Publishes(Protocol):
+    """What the RPCs publish through: the transactional Publisher, or the OutboxPublisher
+    (apps/bridge/outbox.py) with --outbox."""
+
+    async def publish(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]],
+    ) -> bridge_pb2.PublishReply: ...
+
+
 class Publisher:
     """Sends a record in a transaction and answers with where the broker wrote it, or raises
     PublishError with a status that says whether it may have been written."""
@@ -146,16 +174,7 @@ class Publisher:
         key: bytes | None,
         headers: Sequence[tuple[str, bytes | None]],
     ) -> bridge_pb2.PublishReply:
-        check_topic(topic)
-        try:
-            exists = await self._topics.exists(topic)
-        except KafkaWorkerError as exc:  # the cluster did not answer the metadata request
-            raise PublishError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
-        if not exists:
-            raise PublishError(
-                grpc.StatusCode.NOT_FOUND,
-                f"topic {topic!r} does not exist on {self._bootstrap}",
-            )
+        await check_exists(self._topics, topic, self._bootstrap)
         record = self._producer.submit(
             topic, value, key=key, headers=headers, deadline=time.monotonic() + self._timeout
         )

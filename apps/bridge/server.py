@@ -20,6 +20,7 @@ import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import confluent_kafka
 import grpc
@@ -28,7 +29,7 @@ from confluent_kafka import KafkaException
 
 from apps.bridge.events import Format
 from apps.bridge.proto import bridge_pb2, bridge_pb2_grpc
-from apps.bridge.publisher import Publisher, TopicCatalog
+from apps.bridge.publisher import Publisher, Publishes, TopicCatalog
 from apps.bridge.service import OrderBridgeService
 from apps.bridge.standard import HEALTH_SERVICE, OVERALL, Health, enable_reflection
 from apps.bridge.transactions import TransactionalProducer, producer_settings
@@ -36,6 +37,9 @@ from kafkaworker import KafkaWorkerError, Settings, StartupError, load_settings,
 from kafkaworker.observability.logging import configure
 from kafkaworker.ops import KafkaAdmin
 from kafkaworker.producer import producer_config
+
+if TYPE_CHECKING:
+    from apps.bridge.outbox import OutboxPublisher
 
 log = structlog.get_logger("bridge")
 SERVICE = bridge_pb2.DESCRIPTOR.services_by_name["OrderBridge"].full_name
@@ -75,6 +79,10 @@ class BridgeOptions:
     # each other). None: kafkaworker-bridge-HOST-PORT, stable across restarts of an instance,
     # so that a restarted bridge fences its previous run and settles its open transaction.
     transactional_id: str | None = None
+    # Publish through the PostgreSQL outbox at postgres.url (apps/bridge/outbox.py): an RPC
+    # is answered once its record is committed to the database, and the bridge's relay
+    # publishes it; no transactional producer.
+    outbox: bool = False
 
     @property
     def tls(self) -> str:
@@ -166,12 +174,21 @@ class Bridge:
             init_timeout=options.metadata_timeout,
         )
         topics = TopicCatalog(lambda: {t.name for t in self._admin.topics()})
-        publisher = Publisher(
-            self._producer,
-            topics,
-            timeout=options.publish_timeout,
-            bootstrap=self.settings.kafka.bootstrap_servers,
-        )
+        publisher: Publishes
+        self._outbox: OutboxPublisher | None = None
+        if options.outbox:
+            from apps.bridge.outbox import OutboxPublisher  # noqa: PLC0415 - the postgres extra
+
+            publisher = self._outbox = OutboxPublisher(
+                settings, topics, timeout=options.publish_timeout
+            )
+        else:
+            publisher = Publisher(
+                self._producer,
+                topics,
+                timeout=options.publish_timeout,
+                bootstrap=self.settings.kafka.bootstrap_servers,
+            )
         spans = None
         if settings.tracing.enabled:
             from apps.bridge.tracing import RpcSpans  # noqa: PLC0415 - the otel extra
@@ -205,7 +222,8 @@ class Bridge:
                 self.port = self._server.add_insecure_port(address)
             else:
                 self.port = self._server.add_secure_port(address, self._credentials)
-            self._producer.start()  # a configuration librdkafka refuses stops the start here
+            if self._outbox is None:
+                self._producer.start()  # a configuration librdkafka refuses stops it here
         except RuntimeError as exc:  # grpc's whole message is "Failed to bind to address"
             self._admin.close()
             raise StartupError(f"cannot listen on {address} (in use?): {exc}") from None
@@ -213,10 +231,14 @@ class Bridge:
             self._admin.close()
             raise
         try:
+            if self._outbox is not None:
+                await self._outbox.open()
             await self._check_brokers()
             await self._server.start()
         except BaseException:
             await asyncio.to_thread(self._producer.close, 0)
+            if self._outbox is not None:
+                await self._outbox.close()
             self._admin.close()
             raise
         self._watch = asyncio.create_task(self._watch_brokers(), name="bridge-broker-watch")
@@ -227,7 +249,8 @@ class Bridge:
             orders_topic=self.options.orders_topic,
             format=self.options.format.value,
             tls=self.options.tls,
-            transactional_id=self.transactional_id,
+            transactional_id=None if self._outbox is not None else self.transactional_id,
+            outbox=self._outbox is not None,
         )
         return self.port
 
@@ -272,6 +295,8 @@ class Bridge:
         if self._watch is not None:
             await self._watch  # its probe is a thread: let it end before the clients do
         remaining = await asyncio.to_thread(self._producer.close, self.options.flush_timeout)
+        if self._outbox is not None:
+            await self._outbox.close()
         self._admin.close()
         log.info("bridge stopped", undelivered=remaining)
         return remaining
@@ -330,6 +355,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BridgeOptions, str]:
         help="the producer's transactional.id, one per bridge instance "
         "(default: kafkaworker-bridge-HOST-PORT)",
     )
+    parser.add_argument(
+        "--outbox",
+        action="store_true",
+        help="publish through the PostgreSQL outbox at postgres.url (KAFKAWORKER_POSTGRES__URL):"
+        " OK once the record is committed there; the bridge runs the relay",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     options = BridgeOptions(
@@ -346,6 +377,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BridgeOptions, str]:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         transactional_id=args.transactional_id,
+        outbox=args.outbox,
     )
     return options, str(args.log_level)
 

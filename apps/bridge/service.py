@@ -11,7 +11,7 @@ import structlog
 
 from apps.bridge.events import Format, InvalidFieldError, encode, order_from_request
 from apps.bridge.proto import bridge_pb2, bridge_pb2_grpc
-from apps.bridge.publisher import Publisher, PublishError
+from apps.bridge.publisher import PublishError, Publishes
 
 if TYPE_CHECKING:
     from apps.bridge.tracing import RpcSpans
@@ -23,7 +23,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class OrderBridgeService(bridge_pb2_grpc.OrderBridgeServicer):
     def __init__(
         self,
-        publisher: Publisher,
+        publisher: Publishes,
         *,
         orders_topic: str,
         fmt: Format,

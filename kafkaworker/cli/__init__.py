@@ -17,6 +17,7 @@ from kafkaworker.cli.dlq import dlq
 from kafkaworker.cli.lag import lag
 from kafkaworker.cli.manifests import manifests
 from kafkaworker.cli.offsets import offsets
+from kafkaworker.cli.outbox import outbox
 from kafkaworker.cli.produce import produce
 from kafkaworker.cli.run import routes, run
 from kafkaworker.cli.settings import settings
@@ -48,6 +49,7 @@ for command in (
     manifests,
     settings,
     asyncapi,
+    outbox,
 ):
     cli.add_command(command)
 # The fleet: the standalone dashboard, and the alerting rules.

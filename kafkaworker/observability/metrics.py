@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -231,6 +231,41 @@ class Metrics:
             "open_breaker, close_breaker)",
             [*labels, "action"],
             registry=reg,
+        )
+
+        # The outbox relay (kafkaworker.outbox), labelled by its table. Observed once per
+        # publication round (up to postgres.outbox.batch rows), never per produce call.
+        table = ["table"]
+        self.outbox_published = Counter(
+            "kafkaworker_outbox_published",
+            "Outbox rows the broker acknowledged and the relay marked published",
+            table,
+            registry=reg,
+        )
+        self.outbox_publish_seconds = Histogram(
+            "kafkaworker_outbox_publish_seconds",
+            "Outbox rows from their transaction's start (created_at, the commit's upper "
+            "bound for short transactions) to the broker's acknowledgement and the mark, by "
+            "the database's clock",
+            table,
+            registry=reg,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+        self.outbox_relay_active = Gauge(
+            "kafkaworker_outbox_relay_active",
+            "1 while this process's relay holds the outbox table's lock (0: standing by); "
+            "summed over a fleet it is 1",
+            table,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.outbox_backlog = Gauge(
+            "kafkaworker_outbox_backlog",
+            "Outbox rows not yet published, as the active relay last counted them (at most "
+            "once a second)",
+            table,
+            registry=reg,
+            multiprocess_mode="livemax",
         )
 
     def value(self, name: str, **labels: str) -> float:

@@ -44,7 +44,7 @@ from kafkaworker.settings import Settings
 
 if TYPE_CHECKING:
     from kafkaworker.app import App, Lifespan
-    from kafkaworker.inbox import InboxCalls
+    from kafkaworker.inbox import InboxCalls, Relay
     from kafkaworker.runtime.poll.transactions import TransactionalClient
     from kafkaworker.tracing.spans import ProcessSpans, TransactionSpans
 
@@ -369,6 +369,7 @@ class AppRuntime:
         self.loop: EventLoopThread | None = None
         self._lifespan: Lifespan | None = None
         self._stack = contextlib.ExitStack()
+        self._relay: Relay | None = None
 
     @property
     def shutdown_failed(self) -> bool:
@@ -426,6 +427,15 @@ class AppRuntime:
                     # The cleanup reads the group's committed offsets from Kafka: with the
                     # cluster's groups only (not the TestClient's in-memory ones).
                     calls.start_cleanup(GroupCommitted(self.settings, group, spec.topics))
+        outbox = self.app.declared_outbox
+        if outbox is not None and isinstance(self.sources, KafkaSources):
+            # `kafkaworker run`: the relay beside the handlers (the TestClient has no
+            # cluster to publish to). Stopped after the handlers drained: a handler's last
+            # transaction may add to the outbox.
+            self._relay = outbox.relay(
+                self.settings, client_id=f"{self.app.name}.outbox", metrics=self.metrics
+            )
+            stack.callback(self._relay.stop)
         self.handlers = [
             build_handler(
                 self.app.name,
@@ -444,6 +454,8 @@ class AppRuntime:
         ]
 
     def start(self) -> None:
+        if self._relay is not None:
+            self._relay.start()
         for handler in self.handlers:
             handler.start()
 

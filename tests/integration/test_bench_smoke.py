@@ -55,3 +55,17 @@ def test_the_benchmark_suite_runs_end_to_end(kafka_bootstrap: str, tmp_path: Pat
     written = (tmp_path / "smoke.md").read_text()
     assert "## S1 throughput" in written
     assert ("Tracing on (spans exported to a real Jaeger" in written) == bool(traced)
+
+
+def test_the_outbox_relay_row_s9_runs(
+    kafka_bootstrap: str, postgres_server: object, tmp_path: Path
+) -> None:
+    """S9 with its own throwaway PostgreSQL (postgres_server: installed and startable here)."""
+    code = main(
+        ["--smoke", "--scenarios", "s9", "--bootstrap", kafka_bootstrap, "--out", str(tmp_path)]
+    )
+    assert code == 0
+    s9 = json.loads((tmp_path / "smoke.json").read_text())["s9"]
+    assert "error" not in s9, s9
+    assert s9["rows"] == 2000 and s9["records_per_s"] > 0 and s9["latency_rows"] > 0
+    assert "## S9 outbox relay" in (tmp_path / "smoke.md").read_text()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61pps/bridge/proto/bridge.proto\x12\x15kafkaworker.bridge.v1\"D\n\tOrderLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\"}\n\x11PlaceOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12/\n\x05lines\x18\x03 \x03(\x0b\x32 .kafkaworker.bridge.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"\xa2\x01\n\x0bOrderPlaced\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12/\n\x05lines\x18\x03 \x03(\x0b\x32 .kafkaworker.bridge.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x13\n\x0btotal_cents\x18\x05 \x01(\x03\x12\x14\n\x0cplaced_at_ms\x18\x06 \x01(\x03\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x87\x01\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x03key\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12.\n\x07headers\x18\x04 \x03(\x0b\x32\x1d.kafkaworker.bridge.v1.HeaderB\x06\n\x04_keyB\x08\n\x06_value\"V\n\x0cPublishReply\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x32\xc1\x01\n\x0bOrderBridge\x12[\n\nPlaceOrder\x12(.kafkaworker.bridge.v1.PlaceOrderRequest\x1a#.kafkaworker.bridge.v1.PublishReply\x12U\n\x07Publish\x12%.kafkaworker.bridge.v1.PublishRequest\x1a#.kafkaworker.bridge.v1.PublishReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61pps/bridge/proto/bridge.proto\x12\x15kafkaworker.bridge.v1\"D\n\tOrderLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\"}\n\x11PlaceOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12/\n\x05lines\x18\x03 \x03(\x0b\x32 .kafkaworker.bridge.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"\xa2\x01\n\x0bOrderPlaced\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12/\n\x05lines\x18\x03 \x03(\x0b\x32 .kafkaworker.bridge.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x13\n\x0btotal_cents\x18\x05 \x01(\x03\x12\x14\n\x0cplaced_at_ms\x18\x06 \x01(\x03\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x87\x01\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x03key\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12.\n\x07headers\x18\x04 \x03(\x0b\x32\x1d.kafkaworker.bridge.v1.HeaderB\x06\n\x04_keyB\x08\n\x06_value\"i\n\x0cPublishReply\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x11\n\toutbox_id\x18\x05 \x01(\x03\x32\xc1\x01\n\x0bOrderBridge\x12[\n\nPlaceOrder\x12(.kafkaworker.bridge.v1.PlaceOrderRequest\x1a#.kafkaworker.bridge.v1.PublishReply\x12U\n\x07Publish\x12%.kafkaworker.bridge.v1.PublishRequest\x1a#.kafkaworker.bridge.v1.PublishReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,7 +42,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHREQUEST']._serialized_start=459
   _globals['_PUBLISHREQUEST']._serialized_end=594
   _globals['_PUBLISHREPLY']._serialized_start=596
-  _globals['_PUBLISHREPLY']._serialized_end=682
-  _globals['_ORDERBRIDGE']._serialized_start=685
-  _globals['_ORDERBRIDGE']._serialized_end=878
+  _globals['_PUBLISHREPLY']._serialized_end=701
+  _globals['_ORDERBRIDGE']._serialized_start=704
+  _globals['_ORDERBRIDGE']._serialized_end=897
 # @@protoc_insertion_point(module_scope)

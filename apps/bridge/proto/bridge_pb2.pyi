@@ -195,11 +195,17 @@ class PublishReply(_message.Message):
     PARTITION_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
+    OUTBOX_ID_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     partition: _builtins.int
     offset: _builtins.int
     timestamp_ms: _builtins.int
     """the record's timestamp as the broker stored it"""
+    outbox_id: _builtins.int
+    """With --outbox: the outbox row's id, the record's kw.outbox.id header once the relay
+    publishes it; partition and offset are then -1 (not known yet) and timestamp_ms is the
+    database commit's time. 0 without --outbox.
+    """
     def __init__(
         self,
         *,
@@ -207,10 +213,11 @@ class PublishReply(_message.Message):
         partition: _builtins.int = ...,
         offset: _builtins.int = ...,
         timestamp_ms: _builtins.int = ...,
+        outbox_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition", "timestamp_ms", b"timestamp_ms", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "outbox_id", b"outbox_id", "partition", b"partition", "timestamp_ms", b"timestamp_ms", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

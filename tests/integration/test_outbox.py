@@ -1,0 +1,220 @@
+"""The outbox with a real PostgreSQL and a real broker, in-process: what a committed
+transaction adds is published with its kw.outbox.id, what a rolled-back one adds never is, a
+key's records keep their order, a NOTIFY wakes the relay long before its polling interval,
+and a standby relay takes over when the active one stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from kafkaworker import App, Message
+from kafkaworker.outbox import OutboxRelay
+from kafkaworker.postgres import PostgresInbox, PostgresOutbox
+from kafkaworker.testing.jvm import free_port
+from tests.conftest import TopicFactory
+from tests.metrics_support import samples, total
+from tests.support import make_settings, produce, read_topic, running, wait_until
+
+pytestmark = pytest.mark.kafka
+
+
+def published(url: str) -> int:
+    with psycopg.connect(url) as db:
+        row = db.execute(
+            "select count(*) from kafkaworker_outbox where published_at is not null"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def outbox_id(record: Any) -> int:
+    return int(dict(record.headers() or [])["kw.outbox.id"])
+
+
+@contextlib.contextmanager
+def relaying(outbox: PostgresOutbox, bootstrap: str) -> Iterator[OutboxRelay]:
+    relay = outbox.relay(make_settings(bootstrap)).start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+def test_a_handler_with_an_inbox_adds_to_the_outbox_and_kafkaworker_run_relays_it(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    orders, events = new_topic(1), new_topic(1)
+    outbox = PostgresOutbox(postgres_url)
+    app = App("shop")
+    app.outbox(outbox)
+
+    @app.handler(orders, inbox=PostgresInbox(postgres_url), codec="raw")
+    def paid(msg: Message[bytes], db: psycopg.Connection) -> None:
+        outbox.add(db, events, {"order": int(msg.value), "state": "paid"}, key=msg.value)
+
+    produce(kafka_bootstrap, orders, [b"1", b"2"])
+    with running(app, make_settings(kafka_bootstrap)):
+        # A request's transaction that fails: its record is never published.
+        with psycopg.connect(postgres_url) as db:
+            with contextlib.suppress(RuntimeError), db.transaction():
+                outbox.add(db, events, {"order": 99, "state": "paid"}, key="99")
+                raise RuntimeError("the request failed")
+            with db.transaction():
+                outbox.add(db, events, {"order": 3, "state": "paid"}, key="3")
+        records = read_topic(kafka_bootstrap, events, 3)
+        wait_until(lambda: published(postgres_url) == 3, 10, "3 rows marked published")
+    assert sorted(record.value() for record in records) == [
+        b'{"order":1,"state":"paid"}',
+        b'{"order":2,"state":"paid"}',
+        b'{"order":3,"state":"paid"}',
+    ]
+    with psycopg.connect(postgres_url) as db:
+        rows = db.execute(
+            "select id, key from kafkaworker_outbox where published_at is not null order by id"
+        ).fetchall()
+        assert db.execute("select count(*) from kafkaworker_outbox").fetchone() == (3,)
+    assert sorted((outbox_id(r), r.key()) for r in records) == [(i, bytes(k)) for i, k in rows]
+    # Nothing more comes: the rolled-back record is not on the topic.
+    assert len(read_topic(kafka_bootstrap, events, 3, timeout=2)) == 3
+
+
+def test_each_keys_records_keep_their_order(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    topic, keys, per_key = new_topic(4), 20, 50
+    outbox = PostgresOutbox(postgres_url, batch=97)  # rounds that cut through the keys
+    with relaying(outbox, kafka_bootstrap) as relay:
+        wait_until(relay.active.is_set, 10, "the relay active")
+        with psycopg.connect(postgres_url) as db:
+            for n in range(per_key):
+                with db.transaction():  # a transaction per round of keys
+                    for k in range(keys):
+                        outbox.add(db, topic, b"%d" % n, key=f"k{k}")
+        records = read_topic(kafka_bootstrap, topic, keys * per_key)
+    by_key: dict[bytes, list[int]] = {}
+    for record in records:
+        by_key.setdefault(record.key(), []).append(int(record.value()))
+    assert len(by_key) == keys
+    assert all(seen == list(range(per_key)) for seen in by_key.values())
+
+
+def test_a_notify_wakes_the_relay_in_milliseconds_not_its_polling_interval(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    topic = new_topic(1)
+    outbox = PostgresOutbox(postgres_url, poll_interval=60)
+    latencies = []
+    with relaying(outbox, kafka_bootstrap) as relay:
+        wait_until(relay.active.is_set, 10, "the relay active")
+        for n in range(5):
+            with psycopg.connect(postgres_url) as db:
+                outbox.add(db, topic, b"%d" % n)
+            started = time.monotonic()
+            wait_until(lambda n=n: published(postgres_url) == n + 1, 10, "published", step=0.002)
+            latencies.append(time.monotonic() - started)
+        with psycopg.connect(postgres_url) as db:
+            row = db.execute(
+                "select max(extract(epoch from published_at - created_at)) from kafkaworker_outbox"
+            ).fetchone()
+    print(f"commit -> marked published: {[round(s * 1000) for s in latencies]} ms, db max {row}")
+    # Well below the 60 s polling interval; milliseconds on an idle machine.
+    assert max(latencies) < 2.0
+
+
+def test_one_relay_is_active_and_a_standby_takes_over_when_it_stops(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    topic = new_topic(1)
+    outbox = PostgresOutbox(postgres_url)
+    with relaying(outbox, kafka_bootstrap) as first, relaying(outbox, kafka_bootstrap) as second:
+        wait_until(lambda: first.active.is_set() or second.active.is_set(), 10, "one active")
+        active, standby = (first, second) if first.active.is_set() else (second, first)
+        time.sleep(2.5)  # two of the standby's lock attempts: it must still stand by
+        assert not standby.active.is_set()
+        with psycopg.connect(postgres_url) as db:
+            outbox.add(db, topic, b"before")
+        wait_until(lambda: published(postgres_url) == 1, 10, "published by the active relay")
+        assert (active.published, standby.published) == (1, 0)
+        stopped = time.monotonic()
+        active.stop()
+        wait_until(standby.active.is_set, 10, "the standby taking over")
+        took_over = time.monotonic() - stopped
+        with psycopg.connect(postgres_url) as db:
+            outbox.add(db, topic, b"after")
+        wait_until(lambda: published(postgres_url) == 2, 10, "published by the new active one")
+        assert standby.published == 1
+    records = read_topic(kafka_bootstrap, topic, 2)
+    assert [r.value() for r in records] == [b"before", b"after"]
+    print(f"the standby took over {took_over:.2f} s after the active relay stopped")
+    assert took_over < 3.0
+
+
+def test_add_async_writes_in_the_async_connections_transaction(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    topic = new_topic(1)
+    outbox = PostgresOutbox(postgres_url)
+
+    async def add() -> None:
+        async with await psycopg.AsyncConnection.connect(postgres_url) as db:
+            with contextlib.suppress(RuntimeError):
+                async with db.transaction():
+                    await outbox.add_async(db, topic, {"n": 0}, key="a")
+                    raise RuntimeError("rolled back")
+            async with db.transaction():
+                await outbox.add_async(db, topic, {"n": 1}, key="a", headers=[("h", "v")])
+
+    asyncio.run(add())  # before any relay: the first add creates the table
+    with relaying(outbox, kafka_bootstrap):
+        (record,) = read_topic(kafka_bootstrap, topic, 1)
+        wait_until(lambda: published(postgres_url) == 1, 10, "marked published")
+    assert record.value() == b'{"n":1}'
+    assert record.headers() == [("h", b"v"), ("kw.outbox.id", str(outbox_id(record)).encode())]
+    assert len(read_topic(kafka_bootstrap, topic, 1, timeout=2)) == 1
+
+
+def test_the_relays_metrics_are_on_the_workers_metrics_endpoint(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    orders, events, port = new_topic(1), new_topic(2), free_port()
+    outbox = PostgresOutbox(postgres_url)
+    app = App("relay-metrics")
+    app.outbox(outbox)
+
+    @app.handler(orders, codec="raw")
+    def idle(msg: Message[bytes]) -> None:
+        pass
+
+    def value(name: str) -> float:
+        return total(port, name, table="kafkaworker_outbox")
+
+    settings = make_settings(kafka_bootstrap, metrics={"port": port, "host": "127.0.0.1"})
+    with running(app, settings):
+        wait_until(lambda: value("kafkaworker_outbox_relay_active") == 1, 30, "relay active")
+        with psycopg.connect(postgres_url) as db, db.transaction():
+            db.execute("select pg_sleep(0.05)")  # the rows' transaction lasts 50 ms at least
+            for i in range(50):
+                outbox.add(db, events, i, key=str(i % 5))
+        read_topic(kafka_bootstrap, events, 50)
+        wait_until(
+            lambda: value("kafkaworker_outbox_published_total") == 50, 10, "50 counted published"
+        )
+        assert value("kafkaworker_outbox_publish_seconds_count") == 50
+        # Each row's latency includes its transaction's 50 ms: the histogram has them all above.
+        assert value("kafkaworker_outbox_publish_seconds_sum") >= 50 * 0.05
+        below = samples(port)["kafkaworker_outbox_publish_seconds_bucket"]
+        assert dict((s[0]["le"], s[1]) for s in below)["0.05"] == 0
+        wait_until(
+            lambda: (
+                "kafkaworker_outbox_backlog" in samples(port)
+                and value("kafkaworker_outbox_backlog") == 0
+            ),
+            10,
+            "the backlog counted back to 0",
+        )
