@@ -1,6 +1,6 @@
 """`make bench`: kafkaworker side by side with the raw client (and peers), same broker, one run.
 
-    python -m benchmarks.run [--smoke] [--scenarios s1,s2,s3,s4,s6,s7,s9]
+    python -m benchmarks.run [--smoke] [--scenarios s1,s2,s3,s4,s6,s7,s8,s9]
                              [--peers none|all|a,b]
                              [--messages N] [--s2-messages N] [--s3-messages N]
                              [--repeats R] [--rates A,B] [--bootstrap HOST:PORT] [--out DIR]
@@ -1096,7 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="tiny datasets, no peers")
-    parser.add_argument("--scenarios", default="s1,s2,s3,s4,s6,s7,s9")
+    parser.add_argument("--scenarios", default="s1,s2,s3,s4,s6,s7,s8,s9")
     parser.add_argument("--peers", default="all", help="none, all, or a comma list")
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--s2-messages", type=int, default=40_000, help="S2's (smoke: 2000)")
@@ -1174,6 +1174,13 @@ def main(argv: list[str] | None = None) -> int:
                 + (smoke if args.smoke else []),
                 check=True,
             )
+    if "s8" in scenarios:  # exactly_once vs at_least_once: results/exactly_once.md
+        small = ["--messages", "1000", "--repeats", "1", "--seconds", "1"]
+        quix = args.peers == "all" or "quixstreams" in args.peers.split(",")
+        with broker_for(args.bootstrap) as (bootstrap, _):
+            command = [sys.executable, "-m", "benchmarks.exactly_once", "--bootstrap", bootstrap]
+            command += ["--out", str(args.out), "--peers", "quixstreams" if quix else "none"]
+            subprocess.run(command + (small if args.smoke else []), check=True)
     if "s4" in scenarios:
         rates = [int(r) for r in args.rates.split(",")]
         rates, seconds = (rates[:1], 2.0) if args.smoke else (rates, 10.0)
