@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,31 @@ def check_exactly_once(outputs: list[int], total: int, scenario: str) -> None:
     assert all(ids == sorted(ids) for ids in by_key.values()), "a key's outputs out of order"
 
 
+def copier(new_topic: TopicFactory, **env: str) -> tuple[str, str, str, dict[str, str]]:
+    """A source and an output topic, the group, and the copier's environment with `env`."""
+    source, output = new_topic(PARTITIONS), new_topic(PARTITIONS, prefix="out")
+    group = f"eos-{source}"
+    env = {"EOS_TOPIC": source, "EOS_OUTPUT": output, "EOS_GROUP": group, **env}
+    return source, output, group, env
+
+
+def fed(feed: Feed) -> int:
+    """Stop the feed: the inputs the broker acknowledged (all it was given)."""
+    feed.stop()
+    assert (feed.failed, feed.unplaced) == (0, 0), feed.status()
+    return len(feed.acked)
+
+
+def await_committed_to_end(
+    bootstrap: str, group: str, topic: str, alive: Callable[[], bool], what: str
+) -> None:
+    """Until the group committed every input of `topic`, its members `alive` meanwhile."""
+    ends = end_offsets(bootstrap, topic, PARTITIONS)
+    wait_until(
+        lambda: alive() and committed(bootstrap, group, topic, PARTITIONS) == ends, 120, what
+    )
+
+
 def running(worker: subprocess.Popen[bytes], log: Path) -> bool:
     assert worker.poll() is None, f"the worker exited: {log.read_text()[-2000:]}"
     return True
@@ -114,19 +140,15 @@ def stop(worker: subprocess.Popen[bytes]) -> None:
 def test_kill_9_mid_stream_and_restart_output_each_input_exactly_once(
     kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, kind: str
 ) -> None:
-    source, output = new_topic(PARTITIONS), new_topic(PARTITIONS, prefix="out")
     side = new_topic(PARTITIONS, prefix="side")
-    group = f"eos-{source}"
-    env = {
-        "EOS_TOPIC": source,
-        "EOS_OUTPUT": output,
-        "EOS_GROUP": group,
-        "EOS_SIDE": side,  # app.producer.send during the call: in the transaction too
-        "EOS_ASYNC": "1" if kind == "async" else "0",
+    source, output, group, env = copier(
+        new_topic,
+        EOS_SIDE=side,  # app.producer.send during the call: in the transaction too
+        EOS_ASYNC="1" if kind == "async" else "0",
         # The same identity across restarts: the restarted member fences its predecessor's
         # open transaction at once (init_transactions).
-        "KAFKAWORKER_MEMBER": "m1",
-    }
+        KAFKAWORKER_MEMBER="m1",
+    )
     log = tmp_path / "worker.log"
     feed = Feed(kafka_bootstrap, source, rate=1500)
     kills = 0
@@ -146,19 +168,15 @@ def test_kill_9_mid_stream_and_restart_output_each_input_exactly_once(
                 worker.wait()
                 kills += 1
     finally:
-        feed.stop()
-    total = len(feed.acked)
-    assert (feed.failed, feed.unplaced) == (0, 0), feed.status()
+        total = fed(feed)
     assert finished(kafka_bootstrap, group, source) < total, "killed after the end"
     worker = start(kafka_bootstrap, env, log)
     try:
-        ends = end_offsets(kafka_bootstrap, source, PARTITIONS)
-        wait_until(
-            lambda: (
-                running(worker, log)
-                and committed(kafka_bootstrap, group, source, PARTITIONS) == ends
-            ),
-            120,
+        await_committed_to_end(
+            kafka_bootstrap,
+            group,
+            source,
+            lambda: running(worker, log),
             "every input committed after the restarts",
         )
     finally:
@@ -178,14 +196,7 @@ def test_members_joining_leaving_and_killed_output_each_input_exactly_once(
     """Two members: a second joins (the first's revoke commits its committable work in a
     transaction), the first leaves with SIGTERM (its shutdown commits) and comes back, the
     second is killed with kill -9 (its open work is redone by the first)."""
-    source, output = new_topic(PARTITIONS), new_topic(PARTITIONS, prefix="out")
-    group = f"eos-{source}"
-    env = {
-        "EOS_TOPIC": source,
-        "EOS_OUTPUT": output,
-        "EOS_GROUP": group,
-        "KAFKAWORKER_KAFKA__GROUP_PROTOCOL": protocol,
-    }
+    source, output, group, env = copier(new_topic, KAFKAWORKER_KAFKA__GROUP_PROTOCOL=protocol)
     if protocol == "consumer":
         env["KAFKAWORKER_KAFKA__CONSUMER"] = "{}"  # KIP-848: session timeouts are broker-side
     log = tmp_path / "workers.log"
@@ -215,16 +226,12 @@ def test_members_joining_leaving_and_killed_output_each_input_exactly_once(
         killed.kill()
         killed.wait()
         until(16000, "16000 inputs committed after the second was killed")
-        feed.stop()
-        total = len(feed.acked)
-        assert (feed.failed, feed.unplaced) == (0, 0), feed.status()
-        ends = end_offsets(kafka_bootstrap, source, PARTITIONS)
-        wait_until(
-            lambda: (
-                all(running(w, log) for w in workers.values())
-                and committed(kafka_bootstrap, group, source, PARTITIONS) == ends
-            ),
-            120,
+        total = fed(feed)
+        await_committed_to_end(
+            kafka_bootstrap,
+            group,
+            source,
+            lambda: all(running(w, log) for w in workers.values()),
             "every input committed",
         )
     finally:
@@ -245,9 +252,7 @@ def test_a_zombie_thawed_after_its_session_commits_nothing(
     group gives its partitions to the other member; thawed, its next transaction carries a
     generation that is gone (KIP-447), so the broker refuses its offsets and it aborts. None of
     its writes becomes visible, and it rejoins and carries on."""
-    source, output = new_topic(PARTITIONS), new_topic(PARTITIONS, prefix="out")
-    group = f"eos-{source}"
-    env = {"EOS_TOPIC": source, "EOS_OUTPUT": output, "EOS_GROUP": group}
+    source, output, group, env = copier(new_topic)
     logs = {name: tmp_path / f"{name}.log" for name in ("a", "b")}
     feed = Feed(kafka_bootstrap, source, rate=800)
     workers = {
@@ -274,16 +279,12 @@ def test_a_zombie_thawed_after_its_session_commits_nothing(
         finally:
             workers["a"].send_signal(signal.SIGCONT)
         until(9000, "9000 inputs committed after a thawed")
-        feed.stop()
-        total = len(feed.acked)
-        assert (feed.failed, feed.unplaced) == (0, 0), feed.status()
-        ends = end_offsets(kafka_bootstrap, source, PARTITIONS)
-        wait_until(
-            lambda: (
-                all(running(w, logs[n]) for n, w in workers.items())
-                and committed(kafka_bootstrap, group, source, PARTITIONS) == ends
-            ),
-            120,
+        total = fed(feed)
+        await_committed_to_end(
+            kafka_bootstrap,
+            group,
+            source,
+            lambda: all(running(w, logs[n]) for n, w in workers.items()),
             "every input committed",
         )
     finally:
@@ -294,3 +295,54 @@ def test_a_zombie_thawed_after_its_session_commits_nothing(
     check_exactly_once(outputs, total, f"{GUARANTEE} copier, a member frozen past its session")
     thawed = logs["a"].read_text()
     assert "partitions lost" in thawed or "transaction aborted" in thawed
+
+
+def aborted(log: Path) -> int:
+    """Transactions the worker aborted (its log: one line each, renewed producers included)."""
+    text = log.read_text()
+    return text.count("transaction aborted") + text.count("starting a fresh one")
+
+
+def test_a_handler_stalled_past_the_transaction_timeout_outputs_each_input_exactly_once(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    """librdkafka's trap (a handler stalled past transaction.timeout.ms, here 3 s: the
+    coordinator aborts a transaction open that long and fences its producer's epoch) cannot
+    bite: no transaction is open while handlers run, the stalled message's partition only
+    holds its committable position, and the later messages' writes wait in HeldWrites. Six
+    inputs stall 5 s each (their keys' successors wait behind them); every transaction commits
+    (none aborted) and each input is output once. A runtime that opened its transaction with
+    the first write of a message still running would see it aborted by the broker and fail."""
+    source, output, group, env = copier(
+        new_topic,
+        EOS_STALL_EVERY="1000",
+        EOS_STALL="5",
+        KAFKAWORKER_MEMBER="m1",
+        # librdkafka refuses a delivery timeout longer than the transaction's.
+        KAFKAWORKER_KAFKA__PRODUCER='{"transaction.timeout.ms": 3000, "delivery.timeout.ms": 3000}',
+    )
+    log = tmp_path / "worker.log"
+    worker = start(kafka_bootstrap, env, log)
+    feed = Feed(kafka_bootstrap, source, rate=1500)
+    try:
+        wait_until(
+            lambda: running(worker, log) and len(feed.acked) >= 6000,
+            60,
+            "6000 inputs produced (six of them stall)",
+        )
+        total = fed(feed)
+        await_committed_to_end(
+            kafka_bootstrap, group, source, lambda: running(worker, log), "every input committed"
+        )
+    finally:
+        feed.stop()
+        stop(worker)
+    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
+    aborts = aborted(log)
+    check_exactly_once(
+        outputs,
+        total,
+        f"{GUARANTEE} copier, {total // 1000} handler calls stalled 5 s past a 3 s "
+        f"transaction.timeout.ms ({aborts} transactions aborted)",
+    )
+    assert aborts == 0, log.read_text()[-3000:]
