@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from tests.conftest import TopicFactory
 from tests.support import ROOT, Feed, committed, end_offsets, report_fault, wait_until
@@ -49,11 +50,32 @@ def finished(bootstrap: str, group: str, topic: str) -> int:
     return sum(max(0, offset) for offset in committed(bootstrap, group, topic, PARTITIONS).values())
 
 
+def settled(bootstrap: str, topic: str, partitions: int, timeout: float) -> None:
+    """Until each partition's last stable offset is its log end: a killed member's open
+    transaction holds it until the next producer of its transactional.id fences it, or the
+    coordinator aborts it (transaction.timeout.ms, then its clean-up pass: 10 s + 10 s here)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+
+    def ends(isolation: IsolationLevel) -> dict[int, int]:
+        request = {tp: OffsetSpec.latest() for tp in tps}
+        found = admin.list_offsets(request, isolation_level=isolation, request_timeout=10)
+        return {tp.partition: future.result().offset for tp, future in found.items()}
+
+    wait_until(
+        lambda: ends(IsolationLevel.READ_COMMITTED) == ends(IsolationLevel.READ_UNCOMMITTED),
+        timeout,
+        f"no transaction open on {topic}",
+    )
+
+
 def read_committed(
     bootstrap: str, topic: str, partitions: int = PARTITIONS, timeout: float = 60
 ) -> list[bytes]:
-    """Every record of `topic` a read_committed consumer sees, up to the last stable offsets,
-    in each partition's order."""
+    """Every record of `topic` a read_committed consumer sees, in each partition's order, once
+    no transaction is open on it (a read_committed reader's end of a partition is its last
+    stable offset, so before then it would stop short of what later transactions committed)."""
+    settled(bootstrap, topic, partitions, timeout)
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -346,3 +368,77 @@ def test_a_handler_stalled_past_the_transaction_timeout_outputs_each_input_exact
         f"transaction.timeout.ms ({aborts} transactions aborted)",
     )
     assert aborts == 0, log.read_text()[-3000:]
+
+
+STORM_CYCLES = 6
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_a_rebalance_storm_outputs_each_input_exactly_once(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path, protocol: str
+) -> None:
+    """Proof 4: three members, then six cycles of one joining and, once the group committed
+    more, the oldest leaving, alternately with SIGTERM (its revoke and shutdown commit what is
+    committable in a transaction) and kill -9 (its open transaction is fenced by the next
+    joiner, which takes its identity as a restarted pod would). Every rebalance moves
+    partitions between members with held writes and transactions in flight; a read_committed
+    reader must still see each input once, in each key's order."""
+    source, output, group, env = copier(new_topic, KAFKAWORKER_KAFKA__GROUP_PROTOCOL=protocol)
+    if protocol == "consumer":
+        env["KAFKAWORKER_KAFKA__CONSUMER"] = "{}"  # KIP-848: session timeouts are broker-side
+    log = tmp_path / "workers.log"
+    feed = Feed(kafka_bootstrap, source, rate=1000)
+    names = iter(f"s{n}" for n in range(100))
+    members: list[tuple[str, subprocess.Popen[bytes]]] = []
+    free: list[str] = []  # identities of members killed: the next joiner takes one
+
+    def join() -> None:
+        name = free.pop() if free else next(names)
+        members.append((name, start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": name}, log)))
+
+    def progress(more: int, what: str) -> None:
+        goal = finished(kafka_bootstrap, group, source) + more
+        wait_until(
+            lambda: (
+                all(running(w, log) for _, w in members)
+                and finished(kafka_bootstrap, group, source) >= goal
+            ),
+            60,
+            what,
+        )
+
+    try:
+        for _ in range(3):
+            join()
+        progress(1000, "1000 inputs committed by three members")
+        for cycle in range(STORM_CYCLES):
+            join()
+            progress(300, f"cycle {cycle}: 300 more inputs committed after a member joined")
+            name, leaving = members.pop(0)
+            if cycle % 2 == 0:
+                stop(leaving)
+            else:
+                leaving.kill()
+                leaving.wait()
+                free.append(name)
+            progress(300, f"cycle {cycle}: 300 more inputs committed after a member left")
+        total = fed(feed)
+        await_committed_to_end(
+            kafka_bootstrap,
+            group,
+            source,
+            lambda: all(running(w, log) for _, w in members),
+            "every input committed after the storm",
+        )
+    finally:
+        feed.stop()
+        for _, worker in members:
+            stop(worker)
+    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
+    check_exactly_once(
+        outputs,
+        total,
+        f"{GUARANTEE} copier, rebalance storm: {STORM_CYCLES} join/leave cycles (SIGTERM and "
+        f"kill -9), 3-4 members, {protocol} protocol ({aborted(log)} transactions aborted)",
+    )
+    assert "transactional producer was fenced" not in log.read_text()
