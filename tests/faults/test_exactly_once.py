@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -127,6 +128,37 @@ def copier(new_topic: TopicFactory, **env: str) -> tuple[str, str, str, dict[str
     return source, output, group, env
 
 
+def await_finished(  # noqa: PLR0917 - the group's and the wait's
+    bootstrap: str, group: str, topic: str, alive: Callable[[], bool], count: int, what: str
+) -> None:
+    """Until the group committed `count` inputs of `topic`, its members `alive` meanwhile."""
+    wait_until(lambda: alive() and finished(bootstrap, group, topic) >= count, 120, what)
+
+
+def bounce(
+    bootstrap: str, env: dict[str, str], log: Path, until: tuple[str, str, int], how: str
+) -> None:
+    """A worker started and, once the group committed `until`'s count of its topic, killed
+    (how="kill": kill -9) or stopped (how="term": SIGTERM, which must exit 0)."""
+    group, topic, count = until
+    worker = start(bootstrap, env, log)
+    try:
+        await_finished(
+            bootstrap,
+            group,
+            topic,
+            lambda: running(worker, log),
+            count,
+            f"{count} inputs committed before {how}",
+        )
+    finally:
+        if how == "term":
+            stop(worker)
+        else:
+            worker.kill()
+            worker.wait()
+
+
 def fed(feed: Feed) -> int:
     """Stop the feed: the inputs the broker acknowledged (all it was given)."""
     feed.stop()
@@ -176,19 +208,9 @@ def test_kill_9_mid_stream_and_restart_output_each_input_exactly_once(
     kills = 0
     try:
         for kill_at in (2000, 6000, 10000):
-            worker = start(kafka_bootstrap, env, log)
-            try:
-                wait_until(
-                    lambda n=kill_at, w=worker: (
-                        running(w, log) and finished(kafka_bootstrap, group, source) >= n
-                    ),
-                    120,
-                    f"{kill_at} inputs committed before kill -9",
-                )
-            finally:
-                worker.kill()  # SIGKILL: mid-stream, a transaction likely open or committing
-                worker.wait()
-                kills += 1
+            # SIGKILL: mid-stream, a transaction likely open or committing
+            bounce(kafka_bootstrap, env, log, (group, source, kill_at), "kill")
+            kills += 1
     finally:
         total = fed(feed)
     assert finished(kafka_bootstrap, group, source) < total, "killed after the end"
@@ -397,13 +419,12 @@ def test_a_rebalance_storm_outputs_each_input_exactly_once(
         members.append((name, start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": name}, log)))
 
     def progress(more: int, what: str) -> None:
-        goal = finished(kafka_bootstrap, group, source) + more
-        wait_until(
-            lambda: (
-                all(running(w, log) for _, w in members)
-                and finished(kafka_bootstrap, group, source) >= goal
-            ),
-            60,
+        await_finished(
+            kafka_bootstrap,
+            group,
+            source,
+            lambda: all(running(w, log) for _, w in members),
+            finished(kafka_bootstrap, group, source) + more,
             what,
         )
 
@@ -442,3 +463,80 @@ def test_a_rebalance_storm_outputs_each_input_exactly_once(
         f"kill -9), 3-4 members, {protocol} protocol ({aborted(log)} transactions aborted)",
     )
     assert "transactional producer was fenced" not in log.read_text()
+
+
+class ConcurrentReader:
+    """A read_committed consumer of `topic` from its start, on its own thread for the whole
+    test, as Kafka's transactions system test runs one: it must never see an output twice,
+    even while members die with transactions open. The test owns it and stops it (stop())."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.values: list[int] = []
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{time.monotonic_ns()}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="read-committed", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            for record in self._consumer.consume(1000, timeout=0.2):
+                if record.error() is None:
+                    self.values.append(int(record.value() or b"-1"))
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
+def test_50000_inputs_through_5_kills_and_2_sigterms_with_a_reader_throughout(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    """Proof 1 at full size: at least 50,000 keyed inputs; the worker is killed with kill -9
+    five times and stopped with SIGTERM twice mid-stream, each time restarted with the same
+    identity; a read_committed consumer reads the output all along. Both it and a reader
+    started at the end see each input once, in each key's order."""
+    source, output, group, env = copier(new_topic, KAFKAWORKER_MEMBER="m1")
+    log = tmp_path / "worker.log"
+    reader = ConcurrentReader(kafka_bootstrap, output)
+    feed = Feed(kafka_bootstrap, source, rate=2500)
+    stops = ["kill", "kill", "term", "kill", "kill", "term", "kill"]
+    try:
+        for n, how in enumerate(stops):
+            bounce(kafka_bootstrap, env, log, (group, source, 6000 * (n + 1)), how)
+            if len(feed.acked) >= 50_000:
+                feed.stop()
+        wait_until(lambda: len(feed.acked) >= 50_000, 60, "50,000 inputs produced")
+        total = fed(feed)
+        assert finished(kafka_bootstrap, group, source) < total, "stopped after the end"
+        worker = start(kafka_bootstrap, env, log)
+        try:
+            await_committed_to_end(
+                kafka_bootstrap, group, source, lambda: running(worker, log), "every input"
+            )
+        finally:
+            stop(worker)
+        outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
+        wait_until(lambda: len(reader.values) >= len(outputs), 30, "the reader at the end")
+    finally:
+        feed.stop()
+        reader.stop()
+    aborts = aborted(log)
+    check_exactly_once(
+        outputs,
+        total,
+        f"{GUARANTEE} copier, kill -9 x5 and SIGTERM x2 mid-stream ({aborts} transactions aborted)",
+    )
+    check_exactly_once(
+        reader.values,
+        total,
+        f"{GUARANTEE} copier, the same seen by a read_committed reader throughout",
+    )
