@@ -135,6 +135,14 @@ def await_finished(  # noqa: PLR0917 - the group's and the wait's
     wait_until(lambda: alive() and finished(bootstrap, group, topic) >= count, 120, what)
 
 
+def drained(bootstrap: str, feed: Feed, source: tuple[str, str], alive: Callable[[], bool]) -> int:
+    """Stop the feed and wait until the group committed all of it: the inputs fed."""
+    group, topic = source
+    total = fed(feed)
+    await_committed_to_end(bootstrap, group, topic, alive, "every input committed")
+    return total
+
+
 def bounce(
     bootstrap: str, env: dict[str, str], log: Path, until: tuple[str, str, int], how: str
 ) -> None:
@@ -174,6 +182,21 @@ def await_committed_to_end(
     wait_until(
         lambda: alive() and committed(bootstrap, group, topic, PARTITIONS) == ends, 120, what
     )
+
+
+def aborted(log: Path) -> int:
+    """Transactions the worker aborted (its log: one line each, renewed producers included)."""
+    text = log.read_text()
+    return text.count("transaction aborted") + text.count("starting a fresh one")
+
+
+def check_output_once(bootstrap: str, output: str, total: int, log: Path, scenario: str) -> int:
+    """check_exactly_once of what a read_committed reader of `output` sees; the row says how
+    many transactions the workers (their `log`) aborted. Returns that count."""
+    outputs = [int(v) for v in read_committed(bootstrap, output)]
+    aborts = aborted(log)
+    check_exactly_once(outputs, total, f"{scenario} ({aborts} transactions aborted)")
+    return aborts
 
 
 def running(worker: subprocess.Popen[bytes], log: Path) -> bool:
@@ -341,12 +364,6 @@ def test_a_zombie_thawed_after_its_session_commits_nothing(
     assert "partitions lost" in thawed or "transaction aborted" in thawed
 
 
-def aborted(log: Path) -> int:
-    """Transactions the worker aborted (its log: one line each, renewed producers included)."""
-    text = log.read_text()
-    return text.count("transaction aborted") + text.count("starting a fresh one")
-
-
 def test_a_handler_stalled_past_the_transaction_timeout_outputs_each_input_exactly_once(
     kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
 ) -> None:
@@ -374,20 +391,17 @@ def test_a_handler_stalled_past_the_transaction_timeout_outputs_each_input_exact
             60,
             "6000 inputs produced (six of them stall)",
         )
-        total = fed(feed)
-        await_committed_to_end(
-            kafka_bootstrap, group, source, lambda: running(worker, log), "every input committed"
-        )
+        total = drained(kafka_bootstrap, feed, (group, source), lambda: running(worker, log))
     finally:
         feed.stop()
         stop(worker)
-    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
-    aborts = aborted(log)
-    check_exactly_once(
-        outputs,
+    aborts = check_output_once(
+        kafka_bootstrap,
+        output,
         total,
+        log,
         f"{GUARANTEE} copier, {total // 1000} handler calls stalled 5 s past a 3 s "
-        f"transaction.timeout.ms ({aborts} transactions aborted)",
+        "transaction.timeout.ms",
     )
     assert aborts == 0, log.read_text()[-3000:]
 
@@ -455,12 +469,13 @@ def test_a_rebalance_storm_outputs_each_input_exactly_once(
         feed.stop()
         for _, worker in members:
             stop(worker)
-    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
-    check_exactly_once(
-        outputs,
+    check_output_once(
+        kafka_bootstrap,
+        output,
         total,
+        log,
         f"{GUARANTEE} copier, rebalance storm: {STORM_CYCLES} join/leave cycles (SIGTERM and "
-        f"kill -9), 3-4 members, {protocol} protocol ({aborted(log)} transactions aborted)",
+        f"kill -9), 3-4 members, {protocol} protocol",
     )
     assert "transactional producer was fenced" not in log.read_text()
 
@@ -540,3 +555,53 @@ def test_50000_inputs_through_5_kills_and_2_sigterms_with_a_reader_throughout(
         total,
         f"{GUARANTEE} copier, the same seen by a read_committed reader throughout",
     )
+
+
+def test_a_transaction_timed_out_by_the_coordinator_is_aborted_and_redone(
+    kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    """The abortable case of a stall: the whole worker frozen (SIGSTOP) while a transaction is
+    open, past `transaction.timeout.ms` (2 s) and the coordinator's clean-up pass (10 s), but
+    within its session (30 s): the coordinator aborts the transaction and bumps the producer's
+    epoch. Thawed, the worker's transaction fails (its records timed out: abortable), and its
+    commit or abort is refused as "fenced by a newer instance" (fatal): a fresh producer of the
+    same transactional.id carries on, the partitions are rewound and delivered again, the
+    member keeps them. Before that fix the handler stopped here (2 runs of 3). Transactions run
+    back to back (an interval of 1 ms) so that a freeze almost always lands in one; it is
+    repeated until an abort is seen."""
+    source, output, group, env = copier(
+        new_topic,
+        KAFKAWORKER_MEMBER="m1",
+        KAFKAWORKER_TRANSACTION_INTERVAL="0.001",
+        KAFKAWORKER_KAFKA__PRODUCER='{"transaction.timeout.ms": 2000, "delivery.timeout.ms": 2000}',
+        KAFKAWORKER_KAFKA__CONSUMER='{"session.timeout.ms": 30000}',  # the freeze is within it
+    )
+    log = tmp_path / "worker.log"
+    feed = Feed(kafka_bootstrap, source, rate=1000)
+    worker = start(kafka_bootstrap, env, log)
+    freezes = 0
+    try:
+        alive = lambda: running(worker, log)  # noqa: E731
+        await_finished(kafka_bootstrap, group, source, alive, 2000, "2000 inputs committed")
+        while aborted(log) == 0 and freezes < 4:
+            worker.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(13.0)  # a freeze: past the transaction's timeout and the clean-up
+            finally:
+                worker.send_signal(signal.SIGCONT)
+            freezes += 1
+            done = finished(kafka_bootstrap, group, source)
+            await_finished(kafka_bootstrap, group, source, alive, done + 1000, "thawed, working")
+        total = drained(kafka_bootstrap, feed, (group, source), alive)
+    finally:
+        feed.stop()
+        stop(worker)
+    aborts = check_output_once(
+        kafka_bootstrap,
+        output,
+        total,
+        log,
+        f"{GUARANTEE} copier, frozen {freezes} x 13 s past a 2 s transaction.timeout.ms",
+    )
+    assert aborts >= 1, log.read_text()[-3000:]
+    assert "partitions lost" not in log.read_text()
