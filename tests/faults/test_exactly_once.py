@@ -146,9 +146,12 @@ def drained(bootstrap: str, feed: Feed, source: tuple[str, str], alive: Callable
 def bounce(
     bootstrap: str, env: dict[str, str], log: Path, until: tuple[str, str, int], how: str
 ) -> None:
-    """A worker started and, once the group committed `until`'s count of its topic, killed
-    (how="kill": kill -9) or stopped (how="term": SIGTERM, which must exit 0)."""
+    """A worker started and, once the group committed `until`'s count of its topic, and at
+    least 500 more than before it started (so it is past its start-up and working: a SIGTERM
+    before its handlers are installed kills it), killed (how="kill": kill -9) or stopped
+    (how="term": SIGTERM, which must exit 0)."""
     group, topic, count = until
+    count = max(count, finished(bootstrap, group, topic) + 500)
     worker = start(bootstrap, env, log)
     try:
         await_finished(
