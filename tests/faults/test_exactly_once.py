@@ -31,6 +31,16 @@ GUARANTEE = os.environ.get("EOS_GUARANTEE", "exactly_once")
 
 
 def start(bootstrap: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A copier worker, once its topics are in the cluster's metadata: a topic created a
+    moment ago may not be yet, and the worker's start-up check then refuses its output (seen
+    once in a run of the whole file)."""
+    topics = [env[name] for name in ("EOS_TOPIC", "EOS_OUTPUT", "EOS_SIDE") if name in env]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    wait_until(
+        lambda: set(topics) <= set(admin.list_topics(timeout=10).topics),
+        30,
+        f"{topics} in the metadata",
+    )
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "kafkaworker", "run", "tests.apps.eos_copier:app"],
