@@ -7,6 +7,7 @@ hard bounces of the clients, then a read_committed consumer checks set equality.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -443,7 +444,16 @@ def test_a_rebalance_storm_outputs_each_input_exactly_once(
 
     def join() -> None:
         name = free.pop() if free else next(names)
-        members.append((name, start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": name}, log)))
+        worker = start(kafka_bootstrap, {**env, "KAFKAWORKER_MEMBER": name}, log)
+        members.append((name, worker))
+        # Past its start-up (a SIGTERM before it exits 143 at once, as documented), so that a
+        # member stopped later leaves the group with its revoke and shutdown commits.
+        started = re.compile(rf"worker started .*pid={worker.pid}\b")
+        wait_until(
+            lambda: running(worker, log) and bool(started.search(log.read_text())),
+            60,
+            f"member {name} started",
+        )
 
     def progress(more: int, what: str) -> None:
         await_finished(
