@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kafkaworker.errors import KafkaWorkerError, StartupError
-from kafkaworker.handlers import resolve_specs
+from kafkaworker.handlers import HandlerSpec, resolve_specs
 from kafkaworker.ops.access import Access
 from kafkaworker.ops.connection import AdminConnection, exists
 from kafkaworker.ops.groups import group_offsets
@@ -166,7 +166,23 @@ def check(connection: AdminConnection, access: Access, app: App, settings: Setti
             checks.append(Check(f"group {group}", True, f"may Read; {shown}"))
         except KafkaWorkerError as exc:
             checks.append(Check(f"group {group}", False, str(exc)))
+    checks += [_guarantee_check(app.name, spec, settings) for spec in specs]
     return checks
+
+
+def _guarantee_check(app_name: str, spec: HandlerSpec, settings: Settings) -> Check:
+    """What the handler promises (its settings were checked by resolve_specs): an operator
+    reading the preflight sees which outputs need read_committed readers, and the
+    transactional.id this process will use (the one an ACL must allow)."""
+    from kafkaworker.runtime.poll.transactions import transactional_id  # noqa: PLC0415
+
+    detail = f"processing guarantee {spec.processing_guarantee}"
+    if spec.processing_guarantee == "exactly_once":
+        detail += (
+            f" (transactional.id {transactional_id(app_name, spec, settings)}; read its "
+            "outputs with isolation.level=read_committed)"
+        )
+    return Check(f"handler {spec.name}", True, detail)
 
 
 def _share_group_check(group: str, settings: Settings) -> Check:

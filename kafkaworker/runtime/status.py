@@ -92,7 +92,7 @@ class ProcessStatus:
                     "dlq": spec.dlq,
                     # For the fleet's report: what the handler promises, and how its records
                     # decode (the DLQ explorer decodes them the same way).
-                    "guarantee": getattr(spec, "processing_guarantee", "at_least_once"),
+                    "guarantee": spec.processing_guarantee,
                     "codec": spec.codec if isinstance(spec.codec, str) else spec.codec.name,
                     "handler_seconds_p99": runtime.executor.handler_seconds_p99(),
                     "breaker": "none"

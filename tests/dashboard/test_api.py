@@ -50,6 +50,7 @@ def test_status_and_failures_match_metrics(
     assert row["topics"] == [name]
     assert row["group"] == f"dash-{name}"
     assert (row["mode"], row["ordering"], row["breaker"]) == ("stream", "partition", "closed")
+    assert row["guarantee"] == "at_least_once"
     assert row["dlq"] == f"{name}.dlq"
 
     # Partitions: both assigned here, committed at the log end once everything is finished.

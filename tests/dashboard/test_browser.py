@@ -42,6 +42,7 @@ def test_the_page_follows_the_worker_live(
     expect(page.locator("button[data-action]")).to_have_count(0)
     row = page.locator(f'#handlers tr[data-handler="{HANDLER}"]')
     expect(row.locator('[data-field="finished"]')).to_have_text("0", timeout=SHOWN)
+    expect(row.locator('[data-field="guarantee"]')).to_have_text("at_least_once")
 
     # About 5 s of work on partition 0: its lag shows above 0, then falls to 0.
     send(kafka_bootstrap, name, [{"id": i} for i in range(1000)], partition=0)

@@ -310,6 +310,16 @@ def test_check_passes_and_fails_for_each_cause(
     )
     assert kw("topics", "describe", f"{source}.dlq").exit_code == 1  # check created nothing
     assert "may Read; new (no offsets or members yet)" in passed  # not "Dead"
+    assert "\nok    handler handle: processing guarantee at_least_once\n" in passed
+    (env / "settings.yaml").write_text(
+        "member: m7\nhandlers:\n  handle:\n    processing_guarantee: exactly_once\n"
+    )
+    module = app.split(":")[0]
+    assert (
+        f"\nok    handler handle: processing guarantee exactly_once (transactional.id "
+        f"{module}.handle.m7.0; read its outputs with isolation.level=read_committed)\n"
+    ) in ok("check", app)
+    (env / "settings.yaml").unlink()
 
     def failing(app_ref: str, settings: str | None = None) -> list[str]:
         if settings is not None:

@@ -4,6 +4,7 @@ bad body) and that the token never reaches a log line or a reply."""
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -190,3 +191,22 @@ def test_the_dashboard_serves_the_asyncapi_document_it_is_given() -> None:
         assert (status, kind) == (200, "application/yaml; charset=utf-8")
         assert set(yaml.safe_load(body)["channels"]) == {"orders", "orders.dlq", "orders.accepted"}
     assert made == [1]
+
+
+def test_each_handler_row_shows_its_processing_guarantee() -> None:
+    """The handlers table has a guarantee column, filled from the processes' statuses."""
+    statuses = [
+        {"handlers": [{"name": "copy", "guarantee": "exactly_once"}]},
+        {"handlers": [{"name": "audit", "guarantee": "at_least_once"}]},
+    ]
+    board = Dashboard(DashboardSettings(), CollectorRegistry(), lambda: statuses)
+    rows = {row["name"]: row["guarantee"] for row in board.status()["handlers"]}
+    assert rows == {"copy": "exactly_once", "audit": "at_least_once"}
+    static = resources.files("kafkaworker.observability.dashboard").joinpath("static")
+    page = static.joinpath("index.html").read_text()
+    header = page.split('<tbody id="handlers"')[0].rsplit("<thead>", 1)[1]
+    assert ">guarantee</th>" in header
+    script = static.joinpath("dashboard.js").read_text()
+    assert '"data-field": "guarantee" }, h.guarantee)' in script
+    # The empty table's one cell spans every column.
+    assert f')), {header.count("<th")}, "no handler reported yet")' in script

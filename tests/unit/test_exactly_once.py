@@ -804,3 +804,32 @@ def test_a_producer_fenced_while_it_aborts_is_renewed_once_and_the_partitions_re
     with pytest.raises(TransactionFencedError, match="could not be aborted"):
         turns.interval()
     assert turns.renewed == 1
+
+
+def test_a_producer_fenced_in_its_transaction_is_renewed_once_and_the_partitions_rewound() -> None:
+    """The coordinator timed the transaction out (the process was frozen past
+    transaction.timeout.ms) and bumped the epoch: the commit says fenced, as librdkafka does
+    for a newer instance. A fresh producer redoes the work; a second fence within a minute is
+    another process with this transactional.id, and the handler stops."""
+    turns = EosTurns(renewable=True)
+    turns.append(2)
+    turns.poller.turn()
+    turns.finish([0, 1])
+    fenced = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
+    turns.producer.fail["commit"] = fenced
+    turns.interval()
+    assert turns.renewed == 1
+    assert turns.source.position(P0) == 0  # rewound
+    assert turns.metrics.transactions.labels("handle", "aborted")._value.get() == 1
+    turns.poller.turn()
+    turns.finish([0, 1])
+    turns.interval()
+    assert turns.producer.outputs() == [b"out-0-0", b"out-0-1"]
+    assert turns.source.committed[P0] == 2
+    turns.append(1)
+    turns.poller.turn()
+    turns.finish([2])
+    turns.producer.fail["commit"] = fenced
+    with pytest.raises(TransactionFencedError, match="its transactional producer was fenced"):
+        turns.interval()
+    assert turns.renewed == 1

@@ -21,8 +21,10 @@ Errors, as librdkafka's INTRODUCTION.md ("Transactional Producer", error handlin
 - abortable (`txn_requires_abort()`: a failed delivery, a fenced generation): abort, and the
   poll thread rewinds the partitions of the aborted transaction to their committed positions
   and delivers their messages again (Poller._rewind): nothing lost, nothing doubled;
-- fatal (`fatal()`: this transactional.id was fenced by a newer producer, so another process
-  has the same identity or took over): the handler stops with one line saying so.
+- fatal (`fatal()`: fenced, by the coordinator's epoch bump after it timed the transaction
+  out, or by another process with the same transactional.id): a fresh producer and the same
+  rewind, at most once a minute; a second fence within the minute means another process has
+  this identity, and the handler stops with one line saying so.
 """
 
 from __future__ import annotations
@@ -422,8 +424,9 @@ class TransactionalCommit:
                 raise
 
     def _renewed(self, abort_exc: KafkaException, reason: str) -> bool:
-        """A fatal error from the abort itself. librdkafka 2.16 aborts a transaction whose
-        delivery failed by bumping the producer's epoch (KIP-360), which the coordinator
+        """A fatal error from the transaction or its abort. librdkafka 2.16 aborts a
+        transaction whose delivery failed by bumping the producer's epoch (KIP-360), which the
+        coordinator
         refuses while the transaction is open, so the abort lasts until the coordinator times
         the transaction out; the coordinator's own epoch bump then sometimes fences this
         producer (seen in the abort tests, about one abort in ten). Nothing of the transaction
@@ -440,8 +443,8 @@ class TransactionalCommit:
             return False
         self._renewed_at = now
         log.warning(
-            "the transactional producer was fenced while it aborted a failed transaction; "
-            "starting a fresh one (nothing of the transaction is committed)",
+            "the transactional producer was fenced (its transaction timed out, or it failed and "
+            "was being aborted); starting a fresh one (nothing of the transaction is committed)",
             handler=self._handler,
             error=str(error),
             reason=reason,
@@ -454,6 +457,17 @@ class TransactionalCommit:
         reason = error.str() if isinstance(error, KafkaError) else str(exc)
         partitions = [f"{tp.topic}[{tp.partition}]" for tp in offsets]
         if isinstance(error, KafkaError) and error.fatal():
+            # A process frozen past transaction.timeout.ms while its transaction was open (a
+            # GC pause, a VM stall): the coordinator aborted it and bumped the epoch, and the
+            # next call says "fenced by a newer instance", as a second process with this
+            # transactional.id would (seen in tests/faults/test_exactly_once.py, the freeze
+            # test, in one run of two). Nothing of the transaction is committed either way: a
+            # fresh producer carries on and the partitions are rewound (librdkafka: fatal ->
+            # a new producer), at most once a minute as below.
+            if self._renewed(exc, reason):
+                self.aborts += 1
+                self._aborted.inc()
+                return
             self._fenced = True
             # One line: what, why, what to do. The poll thread stops with it.
             message = (

@@ -79,7 +79,8 @@ function renderStatus(status) {
 
   fill("handlers", status.handlers.map((h) => el("tr", { "data-handler": h.name },
     cell(h.name), cell((h.topics || []).join(", ")), cell(h.group), cell(h.mode),
-    cell(h.ordering), numCell(h.concurrency), numCell(h.in_flight),
+    cell(h.ordering),
+    el("td", { "data-field": "guarantee" }, h.guarantee), numCell(h.concurrency), numCell(h.in_flight),
     cell(duration(h.handler_seconds_mean)),
     el("td", { "data-field": "p99" }, duration(h.handler_seconds_p99)),
     el("td", { class: "num", "data-field": "finished" }, num(h.finished)),
@@ -93,7 +94,7 @@ function renderStatus(status) {
         ? button("open breaker", "open_breaker", { handler: h.name })
         : button("close breaker", "close_breaker", { handler: h.name }))
       : null),
-  )), 16, "no handler reported yet");
+  )), 17, "no handler reported yet");
 
   fill("partitions", status.partitions.map((p) => el("tr",
     { "data-partition": `${p.topic}[${p.partition}]`, "data-handler": p.handler },
