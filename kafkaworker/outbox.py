@@ -345,7 +345,11 @@ class OutboxRelay:
                     counted_at = time.monotonic()
                 rows = connection.execute(self._pending, (self.batch,)).fetchall()
                 if rows:
-                    self._publish(connection, producer, rows)
+                    if self._publish(connection, producer, rows):
+                        # Rows failed (and their keys wait): a pause, not a tight loop on a
+                        # row that may never be published.
+                        stopping.wait(LOCK_RETRY)
+                        continue
                     if len(rows) == self.batch:
                         continue  # more waiting: no pause
                 self._wait(connection)
@@ -368,20 +372,34 @@ class OutboxRelay:
         connection: psycopg.Connection[Any],
         producer: confluent_kafka.Producer,
         rows: Sequence[tuple[Any, ...]],
-    ) -> None:
-        """One round: every row produced in id order (so in order per key: the idempotent
+    ) -> bool:
+        """One round: the rows produced in id order (so in order per key: the idempotent
         producer keeps a partition's order across its retries), then the acknowledged ones
-        marked. A row not acknowledged stays unpublished and is sent again next round."""
+        marked; True when some were not (they are sent again next round).
+
+        A key's order survives a row that fails: a row librdkafka refuses at once (larger
+        than message.max.bytes, say) holds back every later row of its topic and key in the
+        round (not produced), and an acknowledged row behind a row of its key whose delivery
+        failed is left unmarked, so it is published again after that row. A row that can
+        never be published holds its key back for good (the warning names it), never the
+        other keys. Raises on what needs a new producer: a fatal error, a flush timed out."""
+        from confluent_kafka import KafkaException  # noqa: PLC0415 - a client, made when used
+
         acked: list[int] = []
-        failed: list[str] = []
+        failed: dict[int, Any] = {}  # row id -> its KafkaError
+        streams: dict[int, tuple[str, Any]] = {}  # row id -> (topic, key): what keeps order
+        held: dict[tuple[str, Any], int] = {}  # (topic, key) -> its first row not published
 
         def report(error: Any, record: Any, row_id: int) -> None:
             if error is None:
                 acked.append(row_id)
             else:
-                failed.append(error.str())
+                failed[row_id] = error
 
         for row_id, topic, key, value, names, values in rows:
+            stream = streams[row_id] = (topic, key)
+            if stream in held:
+                continue  # an earlier row of this key was refused: it goes first
             headers = [*zip(names, values, strict=True), (ID_HEADER, str(row_id).encode())]
             while True:
                 try:
@@ -395,18 +413,43 @@ class OutboxRelay:
                     break
                 except BufferError:
                     producer.poll(0.05)  # the local queue is full: serve deliveries
+                except KafkaException as exc:  # refused by librdkafka itself
+                    failed[row_id] = exc.args[0]
+                    held[stream] = row_id
+                    break
         left = producer.flush(FLUSH_TIMEOUT)
-        if acked:
-            marked = connection.execute(self._mark, (acked,))
-            self.published += len(acked)
-            if self._metrics is not None:
-                table = self.outbox.table
-                self._metrics.outbox_published.labels(table).inc(len(acked))
-                latency = self._metrics.outbox_publish_seconds.labels(table)
-                for (seconds,) in marked.fetchall():
-                    latency.observe(seconds)
-        if failed or left:
+        for row_id in failed:
+            stream = streams[row_id]
+            held[stream] = min(held.get(stream, row_id), row_id)
+        publishable = [i for i in acked if i < held.get(streams[i], i + 1)]
+        if publishable:
+            self._mark_published(connection, publishable)
+        if left or any(error.fatal() for error in failed.values()):
             raise RuntimeError(
                 f"{len(failed) + left} of {len(rows)} outbox records not acknowledged "
-                f"({failed[0] if failed else 'flush timed out'}); they are sent again"
+                f"({next(iter(failed.values())).str() if failed else 'flush timed out'}); "
+                "they are sent again by a new producer"
             )
+        if not failed:
+            return False
+        first = min(failed)
+        log.warning(
+            "outbox records not published; their keys wait for them, sent again next round",
+            table=self.outbox.table,
+            failed=len(failed),
+            held_back=len(rows) - len(publishable) - len(failed),
+            first_id=first,
+            topic=streams[first][0],
+            error=failed[first].str(),
+        )
+        return True
+
+    def _mark_published(self, connection: psycopg.Connection[Any], ids: list[int]) -> None:
+        marked = connection.execute(self._mark, (ids,))
+        self.published += len(ids)
+        if self._metrics is not None:
+            table = self.outbox.table
+            self._metrics.outbox_published.labels(table).inc(len(ids))
+            latency = self._metrics.outbox_publish_seconds.labels(table)
+            for (seconds,) in marked.fetchall():
+                latency.observe(seconds)
