@@ -66,6 +66,10 @@ LOCK_RETRY = 1.0
 # (30 s, producer_config) plus a margin.
 FLUSH_TIMEOUT = 40.0
 CONNECT_TIMEOUT = 10
+# A round with a row for a topic not in the relay's list asks the cluster for the list again,
+# at most this often. Without it such a row was produced and failed only after librdkafka's
+# topic.metadata.propagation.max.ms (30 s), every round: every other topic waited as long.
+TOPICS_RELISTED = 1.0
 
 _SCHEMA = """
 create table if not exists {table} (
@@ -266,6 +270,8 @@ class OutboxRelay:
         self._purge = sql.SQL(_PURGE).format(table=table).as_string(None)
         self._thread = OwnedThread(self._run, name=f"kw-outbox-relay-{outbox.table}")
         self.active = threading.Event()  # set while this relay holds the lock
+        self._topics: set[str] = set()  # topics the cluster listed, by the relay's thread
+        self._listed_at = -TOPICS_RELISTED
         self.published = 0  # rows marked published by this relay (read by tests, logs)
 
     def start(self) -> OutboxRelay:
@@ -383,8 +389,9 @@ class OutboxRelay:
         failed is left unmarked, so it is published again after that row. A row that can
         never be published holds its key back for good (the warning names it), never the
         other keys. Raises on what needs a new producer: a fatal error, a flush timed out."""
-        from confluent_kafka import KafkaException  # noqa: PLC0415 - a client, made when used
+        from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415 - a client
 
+        missing = self._missing_topics(producer, {row[1] for row in rows})
         acked: list[int] = []
         failed: dict[int, Any] = {}  # row id -> its KafkaError
         streams: dict[int, tuple[str, Any]] = {}  # row id -> (topic, key): what keeps order
@@ -400,6 +407,12 @@ class OutboxRelay:
             stream = streams[row_id] = (topic, key)
             if stream in held:
                 continue  # an earlier row of this key was refused: it goes first
+            if topic in missing:
+                failed[row_id] = KafkaError(
+                    KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic!r} does not exist"
+                )
+                held[stream] = row_id
+                continue
             headers = [*zip(names, values, strict=True), (ID_HEADER, str(row_id).encode())]
             while True:
                 try:
@@ -443,6 +456,16 @@ class OutboxRelay:
             error=failed[first].str(),
         )
         return True
+
+    def _missing_topics(self, producer: confluent_kafka.Producer, topics: set[str]) -> set[str]:
+        """Those of `topics` the cluster does not list: their rows wait, not produced."""
+        unknown = topics - self._topics
+        if unknown and time.monotonic() - self._listed_at >= TOPICS_RELISTED:
+            listed = producer.list_topics(timeout=CONNECT_TIMEOUT).topics
+            self._topics = {name for name, found in listed.items() if found.error is None}
+            self._listed_at = time.monotonic()
+            unknown = topics - self._topics
+        return unknown
 
     def _mark_published(self, connection: psycopg.Connection[Any], ids: list[int]) -> None:
         marked = connection.execute(self._mark, (ids,))
