@@ -65,6 +65,11 @@ LOCK_RETRY = 1.0
 # How long a batch may wait for its acknowledgements: the producer's delivery.timeout.ms
 # (30 s, producer_config) plus a margin.
 FLUSH_TIMEOUT = 40.0
+# Once stop() is asked, how much longer a round waits for its acknowledgements: the rows not
+# acknowledged by then stay unpublished for the next relay (at least once). Without it a stop
+# waited out a round up to FLUSH_TIMEOUT: the bridge's SIGTERM took 30 s when the broker was
+# slow to give the producer its id (seen in tests/bridge/test_outbox.py).
+STOP_FLUSH = 5.0
 CONNECT_TIMEOUT = 10
 # A round with a row for a topic not in the relay's list asks the cluster for the list again,
 # at most this often. Without it such a row was produced and failed only after librdkafka's
@@ -278,7 +283,7 @@ class OutboxRelay:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = FLUSH_TIMEOUT + 5) -> None:
+    def stop(self, timeout: float = STOP_FLUSH + CONNECT_TIMEOUT + 5) -> None:
         self._thread.stop(timeout)
 
     @property
@@ -430,7 +435,7 @@ class OutboxRelay:
                     failed[row_id] = exc.args[0]
                     held[stream] = row_id
                     break
-        left = producer.flush(FLUSH_TIMEOUT)
+        left = self._flush(producer)
         for row_id in failed:
             stream = streams[row_id]
             held[stream] = min(held.get(stream, row_id), row_id)
@@ -456,6 +461,16 @@ class OutboxRelay:
             error=failed[first].str(),
         )
         return True
+
+    def _flush(self, producer: confluent_kafka.Producer) -> int:
+        """producer.flush(FLUSH_TIMEOUT), cut to STOP_FLUSH once the relay is stopping;
+        returns how many records are still waiting."""
+        stopping = self._thread.stopping
+        deadline = time.monotonic() + FLUSH_TIMEOUT
+        while (left := producer.flush(0.25)) and time.monotonic() < deadline:
+            if stopping.is_set():
+                deadline = min(deadline, time.monotonic() + STOP_FLUSH)
+        return int(left)
 
     def _missing_topics(self, producer: confluent_kafka.Producer, topics: set[str]) -> set[str]:
         """Those of `topics` the cluster does not list: their rows wait, not produced."""

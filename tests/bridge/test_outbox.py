@@ -103,3 +103,27 @@ def test_a_bridge_killed_mid_stream_loses_no_acknowledged_record(
     assert acknowledged <= published, sorted(acknowledged - published)[:10]
     # A committed row whose answer the kill cut off is published too: at least once.
     assert len(published) == int(rows[0])
+
+
+def test_a_write_the_database_refuses_is_unavailable_and_not_written(
+    start_bridge: BridgeFactory, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    """The outbox table renamed away under the bridge: its insert fails before any commit, so
+    the answer is UNAVAILABLE (certainly not written); with the table back, OK again."""
+    topic = new_topic(1)
+    bridge = start_bridge("--outbox", env={"KAFKAWORKER_POSTGRES__URL": postgres_url})
+    with grpc.insecure_channel(bridge.address) as channel:
+        stub = bridge_pb2_grpc.OrderBridgeStub(channel)
+        first = stub.Publish(pb.PublishRequest(topic=topic, value=b"1"), timeout=10)
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute("alter table kafkaworker_outbox rename to kafkaworker_outbox_away")
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Publish(pb.PublishRequest(topic=topic, value=b"2"), timeout=10)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "not written to the outbox" in str(refused.value.details())
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute("alter table kafkaworker_outbox_away rename to kafkaworker_outbox")
+            ids = [r[0] for r in db.execute("select id from kafkaworker_outbox").fetchall()]
+        assert ids == [first.outbox_id]
+        again = stub.Publish(pb.PublishRequest(topic=topic, value=b"3"), timeout=10)
+        assert again.outbox_id > first.outbox_id
