@@ -65,7 +65,16 @@ LOCK_RETRY = 1.0
 # How long a batch may wait for its acknowledgements: the producer's delivery.timeout.ms
 # (30 s, producer_config) plus a margin.
 FLUSH_TIMEOUT = 40.0
+# Once stop() is asked, how much longer a round waits for its acknowledgements: the rows not
+# acknowledged by then stay unpublished for the next relay (at least once). Without it a stop
+# waited out a round up to FLUSH_TIMEOUT: the bridge's SIGTERM took 30 s when the broker was
+# slow to give the producer its id (seen in tests/bridge/test_outbox.py).
+STOP_FLUSH = 5.0
 CONNECT_TIMEOUT = 10
+# A round with a row for a topic not in the relay's list asks the cluster for the list again,
+# at most this often. Without it such a row was produced and failed only after librdkafka's
+# topic.metadata.propagation.max.ms (30 s), every round: every other topic waited as long.
+TOPICS_RELISTED = 1.0
 
 _SCHEMA = """
 create table if not exists {table} (
@@ -266,13 +275,15 @@ class OutboxRelay:
         self._purge = sql.SQL(_PURGE).format(table=table).as_string(None)
         self._thread = OwnedThread(self._run, name=f"kw-outbox-relay-{outbox.table}")
         self.active = threading.Event()  # set while this relay holds the lock
+        self._topics: set[str] = set()  # topics the cluster listed, by the relay's thread
+        self._listed_at = -TOPICS_RELISTED
         self.published = 0  # rows marked published by this relay (read by tests, logs)
 
     def start(self) -> OutboxRelay:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = FLUSH_TIMEOUT + 5) -> None:
+    def stop(self, timeout: float = STOP_FLUSH + CONNECT_TIMEOUT + 5) -> None:
         self._thread.stop(timeout)
 
     @property
@@ -345,7 +356,11 @@ class OutboxRelay:
                     counted_at = time.monotonic()
                 rows = connection.execute(self._pending, (self.batch,)).fetchall()
                 if rows:
-                    self._publish(connection, producer, rows)
+                    if self._publish(connection, producer, rows):
+                        # Rows failed (and their keys wait): a pause, not a tight loop on a
+                        # row that may never be published.
+                        stopping.wait(LOCK_RETRY)
+                        continue
                     if len(rows) == self.batch:
                         continue  # more waiting: no pause
                 self._wait(connection)
@@ -368,20 +383,41 @@ class OutboxRelay:
         connection: psycopg.Connection[Any],
         producer: confluent_kafka.Producer,
         rows: Sequence[tuple[Any, ...]],
-    ) -> None:
-        """One round: every row produced in id order (so in order per key: the idempotent
+    ) -> bool:
+        """One round: the rows produced in id order (so in order per key: the idempotent
         producer keeps a partition's order across its retries), then the acknowledged ones
-        marked. A row not acknowledged stays unpublished and is sent again next round."""
+        marked; True when some were not (they are sent again next round).
+
+        A key's order survives a row that fails: a row librdkafka refuses at once (larger
+        than message.max.bytes, say) holds back every later row of its topic and key in the
+        round (not produced), and an acknowledged row behind a row of its key whose delivery
+        failed is left unmarked, so it is published again after that row. A row that can
+        never be published holds its key back for good (the warning names it), never the
+        other keys. Raises on what needs a new producer: a fatal error, a flush timed out."""
+        from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415 - a client
+
+        missing = self._missing_topics(producer, {row[1] for row in rows})
         acked: list[int] = []
-        failed: list[str] = []
+        failed: dict[int, Any] = {}  # row id -> its KafkaError
+        streams: dict[int, tuple[str, Any]] = {}  # row id -> (topic, key): what keeps order
+        held: dict[tuple[str, Any], int] = {}  # (topic, key) -> its first row not published
 
         def report(error: Any, record: Any, row_id: int) -> None:
             if error is None:
                 acked.append(row_id)
             else:
-                failed.append(error.str())
+                failed[row_id] = error
 
         for row_id, topic, key, value, names, values in rows:
+            stream = streams[row_id] = (topic, key)
+            if stream in held:
+                continue  # an earlier row of this key was refused: it goes first
+            if topic in missing:
+                failed[row_id] = KafkaError(
+                    KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic!r} does not exist"
+                )
+                held[stream] = row_id
+                continue
             headers = [*zip(names, values, strict=True), (ID_HEADER, str(row_id).encode())]
             while True:
                 try:
@@ -395,18 +431,63 @@ class OutboxRelay:
                     break
                 except BufferError:
                     producer.poll(0.05)  # the local queue is full: serve deliveries
-        left = producer.flush(FLUSH_TIMEOUT)
-        if acked:
-            marked = connection.execute(self._mark, (acked,))
-            self.published += len(acked)
-            if self._metrics is not None:
-                table = self.outbox.table
-                self._metrics.outbox_published.labels(table).inc(len(acked))
-                latency = self._metrics.outbox_publish_seconds.labels(table)
-                for (seconds,) in marked.fetchall():
-                    latency.observe(seconds)
-        if failed or left:
+                except KafkaException as exc:  # refused by librdkafka itself
+                    failed[row_id] = exc.args[0]
+                    held[stream] = row_id
+                    break
+        left = self._flush(producer)
+        for row_id in failed:
+            stream = streams[row_id]
+            held[stream] = min(held.get(stream, row_id), row_id)
+        publishable = [i for i in acked if i < held.get(streams[i], i + 1)]
+        if publishable:
+            self._mark_published(connection, publishable)
+        if left or any(error.fatal() for error in failed.values()):
             raise RuntimeError(
                 f"{len(failed) + left} of {len(rows)} outbox records not acknowledged "
-                f"({failed[0] if failed else 'flush timed out'}); they are sent again"
+                f"({next(iter(failed.values())).str() if failed else 'flush timed out'}); "
+                "they are sent again by a new producer"
             )
+        if not failed:
+            return False
+        first = min(failed)
+        log.warning(
+            "outbox records not published; their keys wait for them, sent again next round",
+            table=self.outbox.table,
+            failed=len(failed),
+            held_back=len(rows) - len(publishable) - len(failed),
+            first_id=first,
+            topic=streams[first][0],
+            error=failed[first].str(),
+        )
+        return True
+
+    def _flush(self, producer: confluent_kafka.Producer) -> int:
+        """producer.flush(FLUSH_TIMEOUT), cut to STOP_FLUSH once the relay is stopping;
+        returns how many records are still waiting."""
+        stopping = self._thread.stopping
+        deadline = time.monotonic() + FLUSH_TIMEOUT
+        while (left := producer.flush(0.25)) and time.monotonic() < deadline:
+            if stopping.is_set():
+                deadline = min(deadline, time.monotonic() + STOP_FLUSH)
+        return int(left)
+
+    def _missing_topics(self, producer: confluent_kafka.Producer, topics: set[str]) -> set[str]:
+        """Those of `topics` the cluster does not list: their rows wait, not produced."""
+        unknown = topics - self._topics
+        if unknown and time.monotonic() - self._listed_at >= TOPICS_RELISTED:
+            listed = producer.list_topics(timeout=CONNECT_TIMEOUT).topics
+            self._topics = {name for name, found in listed.items() if found.error is None}
+            self._listed_at = time.monotonic()
+            unknown = topics - self._topics
+        return unknown
+
+    def _mark_published(self, connection: psycopg.Connection[Any], ids: list[int]) -> None:
+        marked = connection.execute(self._mark, (ids,))
+        self.published += len(ids)
+        if self._metrics is not None:
+            table = self.outbox.table
+            self._metrics.outbox_published.labels(table).inc(len(ids))
+            latency = self._metrics.outbox_publish_seconds.labels(table)
+            for (seconds,) in marked.fetchall():
+                latency.observe(seconds)

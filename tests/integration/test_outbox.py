@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from confluent_kafka.admin import NewTopic
 
 from kafkaworker import App, Message
 from kafkaworker.outbox import OutboxRelay
@@ -20,7 +22,7 @@ from kafkaworker.postgres import PostgresInbox, PostgresOutbox
 from kafkaworker.testing.jvm import free_port
 from tests.conftest import TopicFactory
 from tests.metrics_support import samples, total
-from tests.support import make_settings, produce, read_topic, running, wait_until
+from tests.support import end_offsets, make_settings, produce, read_topic, running, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -218,3 +220,112 @@ def test_the_relays_metrics_are_on_the_workers_metrics_endpoint(
             10,
             "the backlog counted back to 0",
         )
+
+
+def test_a_row_that_cannot_be_published_holds_back_its_key_and_no_other(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    """k:1 is larger than the producer's message.max.bytes (librdkafka refuses it at once):
+    k:0 and the other key's rows are published once each, k:2 waits behind k:1 round after
+    round; once k:1 is fixed (the row updated by hand), k:1 then k:2 follow, each once."""
+    topic = new_topic(1)
+    outbox = PostgresOutbox(postgres_url, poll_interval=0.2)
+    too_large = b"x" * 1_500_000
+    with psycopg.connect(postgres_url) as db:
+        for key, value in (("k", b"0"), ("k", too_large), ("k", b"2"), ("j", b"0"), ("j", b"1")):
+            outbox.add(db, topic, value, key=key)
+    with relaying(outbox, kafka_bootstrap) as relay:
+        wait_until(lambda: relay.published == 3, 30, "k:0, j:0, j:1 published")
+        # A round after the failure: j:2 goes through while k:1 and k:2 are still waiting.
+        with psycopg.connect(postgres_url) as db:
+            outbox.add(db, topic, b"2", key="j")
+        wait_until(lambda: relay.published == 4, 30, "j:2 published")
+        early = read_topic(kafka_bootstrap, topic, 4)
+        assert sorted((r.key(), r.value()) for r in early) == [
+            (b"j", b"0"),
+            (b"j", b"1"),
+            (b"j", b"2"),
+            (b"k", b"0"),
+        ]
+        assert unpublished_ids(postgres_url) == [2, 3]  # k:1 and k:2 behind it
+        with psycopg.connect(postgres_url) as db:
+            db.execute("update kafkaworker_outbox set value = '1' where id = 2")
+        wait_until(lambda: relay.published == 6, 30, "k:1 then k:2 published")
+    assert end_offsets(kafka_bootstrap, topic, 1) == {0: 6}  # no record published twice
+    records = read_topic(kafka_bootstrap, topic, 6)
+    assert sorted(outbox_id(r) for r in records) == [1, 2, 3, 4, 5, 6]
+    assert [r.value() for r in records if r.key() == b"k"] == [b"0", b"1", b"2"]
+
+
+def unpublished_ids(url: str) -> list[int]:
+    with psycopg.connect(url) as db:
+        rows = db.execute(
+            "select id from kafkaworker_outbox where published_at is null order by id"
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def test_a_row_the_broker_refuses_publishes_no_later_row_of_its_key_first(
+    kafka_bootstrap: str, admin: Any, postgres_url: str
+) -> None:
+    """k:1 fits the producer's limit but not the topic's max.message.bytes (2,000): the broker
+    refuses its delivery. No record of key k after it is on the topic before it: once k:1 is
+    made to fit, k's records come first-time in order 0, 1, 2, and every row is published.
+    Seen here: the broker refuses the whole produce batch k:1 travels in (all 4 rows, j:0
+    included), round after round, so nothing of that partition is published until k:1 fits;
+    a batch split elsewhere would leave an acknowledged k:2 unmarked, sent again after k:1."""
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    config = {"max.message.bytes": "2000"}
+    admin.create_topics([NewTopic(topic, 1, 1, config=config)])[topic].result(30)
+    outbox = PostgresOutbox(postgres_url, poll_interval=0.2)
+    with psycopg.connect(postgres_url) as db:
+        for key, value in (("k", b"0"), ("k", b"x" * 5000), ("k", b"2"), ("j", b"0")):
+            outbox.add(db, topic, value, key=key)
+    with relaying(outbox, kafka_bootstrap) as relay:
+        wait_until(lambda: 2 in unpublished_ids(postgres_url) and relay.active.is_set(), 30, "up")
+        # Two rounds at least have met k:1's refusal: the next row added is published after.
+        with psycopg.connect(postgres_url) as db:
+            outbox.add(db, new_topic_for(admin), b"probe")
+        wait_until(lambda: 5 not in unpublished_ids(postgres_url), 30, "the probe published")
+        before = end_offsets(kafka_bootstrap, topic, 1)[0]
+        early = read_topic(kafka_bootstrap, topic, before) if before else []
+        assert b"2" not in [r.value() for r in early if r.key() == b"k"], early
+        with psycopg.connect(postgres_url) as db:
+            db.execute("update kafkaworker_outbox set value = '1' where id = 2")
+        wait_until(lambda: unpublished_ids(postgres_url) == [], 30, "every row published")
+    records = read_topic(kafka_bootstrap, topic, end_offsets(kafka_bootstrap, topic, 1)[0])
+    firsts: list[bytes] = []
+    for record in records:
+        if record.key() == b"k" and record.value() not in firsts:
+            firsts.append(record.value())
+    assert firsts == [b"0", b"1", b"2"]
+    assert {outbox_id(r) for r in records} == {1, 2, 3, 4}
+    admin.delete_topics([topic])
+
+
+def new_topic_for(admin: Any) -> str:
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    admin.create_topics([NewTopic(name, 1, 1)])[name].result(30)
+    return name
+
+
+def test_a_row_for_a_missing_topic_waits_without_holding_back_the_other_topics(
+    kafka_bootstrap: str, admin: Any, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    """A row for a topic that does not exist is not produced (librdkafka would fail it only
+    after 30 s, every round, and every other row of the round would wait as long): the rows
+    after it for other topics are published within seconds; once the topic is created, the
+    row follows."""
+    present, missing = new_topic(1), f"t-{uuid.uuid4().hex[:12]}"
+    outbox = PostgresOutbox(postgres_url, poll_interval=0.2)
+    with psycopg.connect(postgres_url) as db:
+        outbox.add(db, missing, b"m0", key="k")
+        outbox.add(db, present, b"p0", key="k")
+    with relaying(outbox, kafka_bootstrap):
+        started = time.monotonic()
+        wait_until(lambda: unpublished_ids(postgres_url) == [1], 10, "the present topic's row")
+        assert time.monotonic() - started < 10
+        admin.create_topics([NewTopic(missing, 1, 1)])[missing].result(30)
+        wait_until(lambda: unpublished_ids(postgres_url) == [], 30, "the row once its topic is")
+    assert [r.value() for r in read_topic(kafka_bootstrap, missing, 1)] == [b"m0"]
+    admin.delete_topics([missing])
