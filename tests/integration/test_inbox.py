@@ -190,3 +190,53 @@ def test_offsets_reset_tells_of_the_inbox_rows_above_it_and_forgets_them_when_as
     assert refused.exit_code == 1
     assert "postgres.url is not set" in refused.output
     assert committed(kafka_bootstrap, group, topic, 1) == {0: 10}
+
+
+def test_a_retry_topic_copy_and_its_original_are_one_message_to_the_inbox(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A message that failed (rolled back) and succeeded from its retry topic is recorded
+    under its original's coordinates too: its original delivered again (here: the group moved
+    back to the start, as a crash before the commit would) is a duplicate, not a second
+    ledger row and another copy."""
+    topic = new_topic(1)
+    group = f"g-{topic}"
+    produce(kafka_bootstrap, topic, [b"%d" % i for i in range(10)])
+    with psycopg.connect(postgres_url) as db:
+        db.execute("create table ledger (value integer not null)")
+    calls: list[tuple[str, int]] = []
+    app = App("svc")
+
+    @app.handler(
+        topic, group=group, inbox=PostgresInbox(postgres_url), retry_topics=[0.2], codec="raw"
+    )
+    def handle(msg: Message[bytes], db: psycopg.Connection) -> None:
+        calls.append((msg.topic, int(msg.value)))
+        db.execute("insert into ledger (value) values (%s)", (int(msg.value),))
+        if msg.value == b"3" and msg.topic == topic:
+            raise TimeoutError("the ledger service timed out")  # after its insert: rolled back
+
+    def ledger() -> list[int]:
+        with psycopg.connect(postgres_url) as db:
+            return sorted(row[0] for row in db.execute("select value from ledger"))
+
+    settings = make_settings(kafka_bootstrap)
+    with running(app, settings):
+        wait_until(lambda: ledger() == list(range(10)), 60, "every value in the ledger once")
+        wait_until(lambda: committed(kafka_bootstrap, group, topic, 1) == {0: 10}, 30, "the commit")
+    assert (f"{topic}.retry.0.2s", 3) in calls
+
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.delenv("KAFKAWORKER_SETTINGS", raising=False)
+    moved = CliRunner().invoke(
+        cli, ["offsets", "reset", group, "--topic", topic, "--to-earliest", "--execute"]
+    )
+    assert moved.exit_code == 0, moved.output
+    calls.clear()
+    with running(app, settings):
+        wait_until(lambda: committed(kafka_bootstrap, group, topic, 1) == {0: 10}, 60, "the replay")
+    assert calls == []  # all ten recorded: 3 by its copy's row of its original
+    assert ledger() == list(range(10))

@@ -108,7 +108,6 @@ def plain(msg: Message[bytes]) -> None:
         (plain, {"inbox": INBOX, "mode": "queue"}, "queue mode"),
         (plain, {"inbox": INBOX, "ack": "manual"}, 'ack="manual"'),
         (plain, {"inbox": INBOX, "output": "out"}, "outputs"),
-        (plain, {"inbox": INBOX, "retry_topics": [1.0]}, "delayed retry topics"),
         (plain, {"inbox": "postgresql://db/shop"}, "PostgresInbox"),
     ],
 )
