@@ -317,13 +317,6 @@ class HandlerSpec:
                 "transaction; the outbox will do this)",
             ),
             (
-                "retry_topics",
-                list(self.retry_topics),
-                bool(self.retry_topics),
-                "delayed retry topics (a copy in a retry topic is another record to the "
-                "inbox, so it could be handled twice)",
-            ),
-            (
                 "processing_guarantee",
                 self.processing_guarantee,
                 self.processing_guarantee == "exactly_once",

@@ -49,6 +49,7 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
 
 import structlog
 
+from kafkaworker import headers as kw_headers
 from kafkaworker.errors import ConfigError, DatabaseUnavailable, StartupError
 from kafkaworker.inbox import CommittedOffsets, RunAsync
 from kafkaworker.outbox import ID_HEADER, OutboxRelay, PostgresOutbox
@@ -319,8 +320,10 @@ class PostgresInboxCalls(_InboxCalls):
                             insert, (group, msg.topic, msg.partition, msg.offset)
                         )
                         repeat = cursor.rowcount == 0
-                        if not repeat and (by_id := outbox_row(group, msg)) is not None:
-                            repeat = connection.execute(insert, by_id).rowcount == 0
+                        for row in () if repeat else also_rows(group, msg):
+                            if connection.execute(insert, row).rowcount == 0:
+                                repeat = True
+                                break
                         if repeat:
                             # Recorded meanwhile, by a member that ran it too (a frozen one
                             # whose partitions moved): its transaction committed first. Or
@@ -419,8 +422,10 @@ class AsyncPostgresInboxCalls(_InboxCalls):
                             insert, (group, msg.topic, msg.partition, msg.offset)
                         )
                         repeat = cursor.rowcount == 0
-                        if not repeat and (by_id := outbox_row(group, msg)) is not None:
-                            repeat = (await connection.execute(insert, by_id)).rowcount == 0
+                        for row in () if repeat else also_rows(group, msg):
+                            if (await connection.execute(insert, row)).rowcount == 0:
+                                repeat = True
+                                break
                         if repeat:
                             deduplicated()  # recorded meanwhile, or an outbox's repeat
                             return None
@@ -594,3 +599,34 @@ def outbox_row(group: str, msg: Any) -> tuple[str, str, int, int] | None:
             if name == ID_HEADER and value and value.isdigit():
                 return (group, msg.topic, OUTBOX_PARTITION, int(value))
     return None
+
+
+def origin_row(group: str, msg: Any) -> tuple[str, str, int, int] | None:
+    """The inbox row of the record a retry-topic copy was made from (its kw.original.*
+    headers), beside the copy's own: a copy is written when its original failed (and rolled
+    back), and the original can still run again (a crash before its offset was committed)
+    while the copy runs too; with this row, whichever commits second finds the other's row and
+    is a duplicate. The original's own coordinates, so its topic's committed offsets clean it
+    up. None for a record that is no copy (or a batch, which has no headers of its own)."""
+    headers = getattr(msg, "headers", None)
+    if not headers:
+        return None
+    found = {name: value for name, value in headers if name in kw_headers.ORIGIN}
+    topic = found.get(kw_headers.ORIGINAL_TOPIC)
+    partition = found.get(kw_headers.ORIGINAL_PARTITION)
+    offset = found.get(kw_headers.ORIGINAL_OFFSET)
+    if not topic or not partition or not offset:
+        return None
+    try:
+        row = (group, topic.decode(), int(partition), int(offset))
+    except (UnicodeDecodeError, ValueError):
+        return None  # not ours: written by hand
+    if row[1:] == (msg.topic, msg.partition, msg.offset):
+        return None  # the original itself: its own row is recorded already
+    return row
+
+
+def also_rows(group: str, msg: Any) -> list[tuple[str, str, int, int]]:
+    """The rows recorded with a message's own: by its kw.outbox.id, by its original's
+    coordinates."""
+    return [row for row in (outbox_row(group, msg), origin_row(group, msg)) if row is not None]

@@ -19,7 +19,11 @@ from kafkaworker.cli.common import (
     table,
     terminal_width,
 )
+from kafkaworker.errors import StartupError
 from kafkaworker.ops import SHARE_GROUP_NOT_DESCRIBED, GroupOffsets, KafkaAdmin, active_members
+from kafkaworker.ops.groups import OffsetChange
+from kafkaworker.ops.inbox import INBOX_TABLE, InboxRows
+from kafkaworker.settings import Settings
 
 
 @click.group()
@@ -102,6 +106,15 @@ def group_table(found: GroupOffsets) -> str:
 )
 @click.option("--execute", is_flag=True, help="apply it (without: a dry run)")
 @click.option(
+    "--inbox-table",
+    help="the database inbox's table (default kafkaworker_inbox), read at postgres.url",
+)
+@click.option(
+    "--forget-inbox",
+    is_flag=True,
+    help="with --execute: delete the inbox rows at and above the new positions (run them again)",
+)
+@click.option(
     "--yes",
     "new_group",
     is_flag=True,
@@ -119,6 +132,8 @@ def reset(  # noqa: PLR0917 - click passes every option by position
     shift_by: int | None,
     partitions: tuple[int, ...],
     execute: bool,
+    inbox_table: str | None,
+    forget_inbox: bool,
     new_group: bool,
     settings_path: str | None,
     as_json: bool,
@@ -126,7 +141,11 @@ def reset(  # noqa: PLR0917 - click passes every option by position
     """Move GROUP's committed offsets on --topic. A dry run unless --execute (the dry run
     also while the group has members). --execute is refused while the group has active
     members (stop its workers first), and needs --yes for a group with no committed offsets
-    (a new group, or a typo of its name)."""
+    (a new group, or a typo of its name).
+
+    With a database inbox (postgres.url set, or --inbox-table): the inbox's rows at and above
+    the new positions are counted; the inbox finishes those messages without calling the
+    handler. --forget-inbox deletes them with --execute, so that they run again."""
     selectors = [to_earliest, to_latest, to_offset is not None]
     selectors += [to_datetime is not None, shift_by is not None]
     if sum(selectors) != 1:
@@ -136,7 +155,9 @@ def reset(  # noqa: PLR0917 - click passes every option by position
     if new_group and not execute:
         raise click.UsageError("--yes goes with --execute")
     notes: list[str] = []
-    with one_line(), KafkaAdmin(settings_from(settings_path)) as admin:
+    settings = settings_from(settings_path)
+    inbox = inbox_rows(settings, inbox_table, forget_inbox, group, topic)
+    with one_line(), KafkaAdmin(settings) as admin:
         if not execute:  # what --execute would meet, said beside the preview
             found = admin.group(group, time_lag=False)
             if found.members:
@@ -158,8 +179,13 @@ def reset(  # noqa: PLR0917 - click passes every option by position
             execute=execute,
             allow_new_group=new_group,
         )
+    inbox_report: dict[str, object] | None = None
+    if inbox is not None:  # after the move: rows are only ever forgotten for a reset done
+        with one_line():
+            inbox_report, inbox_note = settle_inbox(inbox, changes, execute, forget_inbox)
+        notes.append(inbox_note)
     if as_json:
-        echo_json({"executed": execute, "changes": changes, "notes": notes})
+        echo_json({"executed": execute, "changes": changes, "notes": notes, "inbox": inbox_report})
         return
     rows = [
         {
@@ -177,5 +203,55 @@ def reset(  # noqa: PLR0917 - click passes every option by position
         click.echo(f"moved group {group} on {topic}")
     else:
         click.echo("dry run: nothing changed; add --execute to apply")
-        for note in notes:
-            click.echo(f"note: {note}")
+    for note in notes:
+        click.echo(f"note: {note}")
+
+
+def inbox_rows(
+    settings: Settings, table: str | None, forget: bool, group: str, topic: str
+) -> InboxRows | None:
+    """The inbox a reset must tell about: asked for (--inbox-table, --forget-inbox), or
+    there by the settings (postgres.url). None: no database inbox is known."""
+    if table is None and not forget and settings.postgres.url is None:
+        return None
+    with one_line():
+        rows = InboxRows(settings, table or INBOX_TABLE, group, topic)
+        rows.check()  # before anything moves: a reset is never half done for want of it
+    return rows
+
+
+def settle_inbox(
+    inbox: InboxRows, changes: list[OffsetChange], execute: bool, forget: bool
+) -> tuple[dict[str, object], str]:
+    """Count (and with --execute --forget-inbox delete) the inbox rows at and above the new
+    positions; the report and the line that says it."""
+    targets = {c.partition: c.target for c in changes}
+    where = f"{inbox.table} at {inbox.where}"
+    if execute and forget:
+        try:
+            forgotten = inbox.forget(targets)
+        except StartupError as exc:
+            raise StartupError(
+                f"the offsets moved, but the inbox rows were not deleted ({exc}): run the "
+                "same reset again"
+            ) from None
+        return (
+            {"table": inbox.table, "rows": 0, "forgotten": forgotten},
+            f"inbox: {forgotten} row(s) at and above the new positions deleted from {where}: "
+            "those messages run again",
+        )
+    counted = inbox.at_or_above(targets)
+    rows = sum(counted.values())
+    report: dict[str, object] = {
+        "table": inbox.table,
+        "rows": rows,
+        "per_partition": {str(p): n for p, n in counted.items()},  # JSON keys are text
+        "forgotten": 0,
+    }
+    if not rows:
+        return report, f"inbox: no rows at or above the new positions in {where}"
+    then = "--forget-inbox with --execute deletes them" if not forget else "--execute deletes them"
+    return report, (
+        f"inbox: {rows} row(s) at or above the new positions in {where}: the inbox finishes "
+        f"those messages without calling the handler; {then} to run them again"
+    )

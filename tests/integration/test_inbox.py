@@ -3,10 +3,13 @@ cleanup deletes the rows below the group's committed offsets, and only those."""
 
 from __future__ import annotations
 
+import orjson
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 from kafkaworker import App, Message
+from kafkaworker.cli import cli
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.postgres import PostgresInbox
 from tests.conftest import TopicFactory
@@ -110,3 +113,130 @@ def test_rows_younger_than_cleanup_after_stay(
         wait_until(lambda: inbox_count(postgres_url, group) == 9, 30, "the old row cleaned up")
     assert handled == list(range(1, 10))
     assert inbox_count(postgres_url, group) == 9
+
+
+def test_offsets_reset_tells_of_the_inbox_rows_above_it_and_forgets_them_when_asked(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reset back over handled messages: the inbox still holds their rows (younger than
+    cleanup_after), so a replay finishes them uncalled, and `offsets reset` says how many;
+    with --forget-inbox they are deleted and run again."""
+    topic = new_topic(1)
+    group = f"g-{topic}"
+    produce(kafka_bootstrap, topic, [b"%d" % i for i in range(10)])
+    handled: list[int] = []
+    app = App("svc")
+
+    @app.handler(topic, group=group, inbox=PostgresInbox(postgres_url), codec="raw")
+    def handle(msg: Message[bytes], db: psycopg.Connection) -> None:
+        db.execute("select 1")
+        handled.append(msg.offset)
+
+    settings = make_settings(kafka_bootstrap)
+
+    def run_to_end() -> None:
+        with running(app, settings):
+            wait_until(
+                lambda: committed(kafka_bootstrap, group, topic, 1) == {0: 10},
+                60,
+                "offsets committed to the end",
+            )
+
+    def reset(*args: str) -> dict[str, object]:
+        result = CliRunner().invoke(
+            cli, ["offsets", "reset", group, "--topic", topic, *args, "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        return orjson.loads(result.output)  # type: ignore[no-any-return]
+
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("KAFKAWORKER_POSTGRES__URL", postgres_url)
+    monkeypatch.delenv("KAFKAWORKER_SETTINGS", raising=False)
+    run_to_end()
+    assert handled == list(range(10))
+
+    # Back to 7 without forgetting: said in the dry run and the execution, and the replay of
+    # 7-9 calls nothing (the inbox has their rows).
+    dry = reset("--to-offset", "7")
+    assert dry["inbox"] == {
+        "table": "kafkaworker_inbox",
+        "rows": 3,
+        "per_partition": {"0": 3},
+        "forgotten": 0,
+    }
+    assert any("finishes those messages without calling" in str(n) for n in dry["notes"])  # type: ignore[union-attr]
+    text = CliRunner().invoke(
+        cli, ["offsets", "reset", group, "--topic", topic, "--to-offset", "7"]
+    )
+    assert "note: inbox: 3 row(s) at or above the new positions in kafkaworker_inbox" in text.output
+    assert reset("--to-offset", "7", "--execute")["executed"] is True
+    run_to_end()
+    assert handled == list(range(10))
+
+    # Back to 4, forgetting: 4-9 run again.
+    moved = reset("--to-offset", "4", "--execute", "--forget-inbox")
+    assert moved["inbox"] == {"table": "kafkaworker_inbox", "rows": 0, "forgotten": 6}
+    run_to_end()
+    assert handled == list(range(10)) + list(range(4, 10))
+
+    # Asked for without a database: one line, nothing moved.
+    monkeypatch.delenv("KAFKAWORKER_POSTGRES__URL")
+    refused = CliRunner().invoke(
+        cli, ["offsets", "reset", group, "--topic", topic, "--to-offset", "0", "--forget-inbox"]
+    )
+    assert refused.exit_code == 1
+    assert "postgres.url is not set" in refused.output
+    assert committed(kafka_bootstrap, group, topic, 1) == {0: 10}
+
+
+def test_a_retry_topic_copy_and_its_original_are_one_message_to_the_inbox(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A message that failed (rolled back) and succeeded from its retry topic is recorded
+    under its original's coordinates too: its original delivered again (here: the group moved
+    back to the start, as a crash before the commit would) is a duplicate, not a second
+    ledger row and another copy."""
+    topic = new_topic(1)
+    group = f"g-{topic}"
+    produce(kafka_bootstrap, topic, [b"%d" % i for i in range(10)])
+    with psycopg.connect(postgres_url) as db:
+        db.execute("create table ledger (value integer not null)")
+    calls: list[tuple[str, int]] = []
+    app = App("svc")
+
+    @app.handler(
+        topic, group=group, inbox=PostgresInbox(postgres_url), retry_topics=[0.2], codec="raw"
+    )
+    def handle(msg: Message[bytes], db: psycopg.Connection) -> None:
+        calls.append((msg.topic, int(msg.value)))
+        db.execute("insert into ledger (value) values (%s)", (int(msg.value),))
+        if msg.value == b"3" and msg.topic == topic:
+            raise TimeoutError("the ledger service timed out")  # after its insert: rolled back
+
+    def ledger() -> list[int]:
+        with psycopg.connect(postgres_url) as db:
+            return sorted(row[0] for row in db.execute("select value from ledger"))
+
+    settings = make_settings(kafka_bootstrap)
+    with running(app, settings):
+        wait_until(lambda: ledger() == list(range(10)), 60, "every value in the ledger once")
+        wait_until(lambda: committed(kafka_bootstrap, group, topic, 1) == {0: 10}, 30, "the commit")
+    assert (f"{topic}.retry.0.2s", 3) in calls
+
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.delenv("KAFKAWORKER_SETTINGS", raising=False)
+    moved = CliRunner().invoke(
+        cli, ["offsets", "reset", group, "--topic", topic, "--to-earliest", "--execute"]
+    )
+    assert moved.exit_code == 0, moved.output
+    calls.clear()
+    with running(app, settings):
+        wait_until(lambda: committed(kafka_bootstrap, group, topic, 1) == {0: 10}, 60, "the replay")
+    assert calls == []  # all ten recorded: 3 by its copy's row of its original
+    assert ledger() == list(range(10))

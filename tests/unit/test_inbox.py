@@ -15,7 +15,7 @@ import pytest
 from kafkaworker import App, Backoff, Message
 from kafkaworker.errors import ConfigError, DatabaseUnavailable, StartupError
 from kafkaworker.observability.metrics import Metrics
-from kafkaworker.postgres import PostgresInbox, PostgresInboxCalls
+from kafkaworker.postgres import TABLE, PostgresInbox, PostgresInboxCalls
 from kafkaworker.runtime.failures.policy import Action, FailurePolicy
 from kafkaworker.runtime.poll.partitions import PartitionState
 from kafkaworker.runtime.source import Partition
@@ -108,7 +108,6 @@ def plain(msg: Message[bytes]) -> None:
         (plain, {"inbox": INBOX, "mode": "queue"}, "queue mode"),
         (plain, {"inbox": INBOX, "ack": "manual"}, 'ack="manual"'),
         (plain, {"inbox": INBOX, "output": "out"}, "outputs"),
-        (plain, {"inbox": INBOX, "retry_topics": [1.0]}, "delayed retry topics"),
         (plain, {"inbox": "postgresql://db/shop"}, "PostgresInbox"),
     ],
 )
@@ -603,3 +602,9 @@ def test_an_inbox_and_exactly_once_together_are_refused_in_one_line() -> None:
         def handle(msg: Message[Any]) -> None: ...
 
     assert "\n" not in str(refused.value)
+
+
+def test_the_reset_command_names_the_inbox_table_the_inbox_uses() -> None:
+    from kafkaworker.ops.inbox import INBOX_TABLE  # noqa: PLC0415 - psycopg-free on purpose
+
+    assert INBOX_TABLE == TABLE
