@@ -5,32 +5,20 @@ once its output is acknowledged; a record the broker always refuses ends in the 
 
 from __future__ import annotations
 
-import threading
-import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from kafkaworker import App, Backoff, Message
 from tests.conftest import TopicFactory
 from tests.faults.test_exactly_once import read_committed
+from tests.integration.refused_outputs import KEYS, PRODUCER, keyed_copier, refusing_topic
 from tests.support import committed, make_settings, produce, running, wait_until
 
 pytestmark = pytest.mark.kafka
-
-# Record batches over 16 KB are refused by the broker (MESSAGE_TOO_LARGE); the producer's
-# batches stay under 8 KB (batch.size), so only the batch with the 30 KB record is.
-SMALL = {"max.message.bytes": "16000"}
-KEYS = 13
-
-
-def refusing_topic(admin: AdminClient, partitions: int) -> str:
-    output = f"out-{uuid.uuid4().hex[:12]}"
-    admin.create_topics([NewTopic(output, partitions, 1, config=SMALL)])[output].result(30)
-    return output
 
 
 def test_a_refused_output_runs_its_message_again_with_the_later_ones_of_its_key_in_order(
@@ -39,34 +27,12 @@ def test_a_refused_output_runs_its_message_again_with_the_later_ones_of_its_key_
     source = new_topic(4)
     output = refusing_topic(admin, 4)
     total = 400
-    produce(
-        kafka_bootstrap,
-        source,
-        [orjson.dumps({"id": i}) for i in range(total)],
-        keys=[b"k%d" % (i % KEYS) for i in range(total)],
-    )
     app = App("alo-refused")
-    seen: Counter[int] = Counter()
-    lock = threading.Lock()
-
-    @app.handler(
-        source,
-        output=output,
-        ordering="key",
-        concurrency=4,
-        retries=1,  # the refusal counts as a failed attempt: the retry's output is written
-        backoff=Backoff(initial=0.01),
-    )
-    def copy(msg: Message[dict[str, Any]]) -> dict[str, Any]:
-        number = msg.value["id"]
-        with lock:
-            seen[number] += 1
-            first = seen[number] == 1
-        return {"id": number, "pad": "x" * (30_000 if number == 150 and first else 10)}
+    seen = keyed_copier(kafka_bootstrap, app, source, output, total=total, refused=150)
 
     settings = make_settings(
         kafka_bootstrap,
-        kafka={"bootstrap_servers": kafka_bootstrap, "producer": {"batch.size": 8000}},
+        kafka={"bootstrap_servers": kafka_bootstrap, "producer": PRODUCER},
     )
     with running(app, settings):
         wait_until(
@@ -103,7 +69,7 @@ def test_an_output_the_broker_always_refuses_dead_letters_its_message_and_loses_
 
     settings = make_settings(
         kafka_bootstrap,
-        kafka={"bootstrap_servers": kafka_bootstrap, "producer": {"batch.size": 8000}},
+        kafka={"bootstrap_servers": kafka_bootstrap, "producer": PRODUCER},
         circuit_breaker={"enabled": False},
     )
     with running(app, settings):
