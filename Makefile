@@ -65,7 +65,7 @@ faults: install jars postgres-tools
 	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
 	@$(PY) -m tools.faults
 
-# The soak test at its full length (30 minutes; `make test` runs it for 3): steady traffic,
+# The soak test at its full length (30 minutes; `make test` runs it for 2): steady traffic,
 # a member restarted every 30 s, memory, threads and file descriptors flat, nothing lost.
 soak: install jars
 	SOAK_SECONDS=1800 $(PY) -m pytest tests/faults/test_soak.py -s $(PYTEST_ARGS)

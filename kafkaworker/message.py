@@ -213,10 +213,13 @@ class DispatchedMessage(Message[Any], Generic[L]):
     binds (manual acks only).
     """
 
-    __slots__ = ("_held", "_on_ack", "_on_nack", "lease")
+    __slots__ = ("_held", "_on_ack", "_on_nack", "lease", "unacked")
 
     lease: L
     _held: tuple[BaseException, int] | None
+    # At least once, a def handler's outputs produced and not acknowledged yet (their futures):
+    # the executor finishes the message once they are (runtime/execute/core.py, `pending`).
+    unacked: list[Any] | None
 
     @classmethod
     def run_of(
@@ -264,8 +267,9 @@ class DispatchedMessage(Message[Any], Generic[L]):
         return held[0] if held is not None else None
 
     def hold_nack(self, error: BaseException, failures: int) -> None:
-        """A nack after the handler returned, with the failures so far, for the failure path
-        to take up when the message runs again."""
+        """A nack after the handler returned (or an output the broker refused after it had),
+        with the failures so far, for the failure path to take up when the message runs
+        again."""
         self._held = (error, failures)
 
     def take_nack(self) -> tuple[BaseException, int] | None:

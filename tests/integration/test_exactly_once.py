@@ -5,19 +5,18 @@ record the broker always refuses ends in the DLQ, not in a loop of aborts."""
 
 from __future__ import annotations
 
-import threading
-import uuid
 from collections import Counter
 from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from kafkaworker import App, Backoff, Message
 from tests.conftest import TopicFactory
 from tests.faults.test_exactly_once import read_committed
+from tests.integration.refused_outputs import PRODUCER, keyed_copier, refusing_topic
 from tests.support import committed, make_settings, produce, running, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -36,44 +35,24 @@ def test_an_aborted_transaction_is_rewound_and_delivered_again_exactly_once(
     kafka_bootstrap: str, admin: AdminClient, new_topic: TopicFactory
 ) -> None:
     source = new_topic(4)
-    # Record batches over 16 KB are refused by the broker (MESSAGE_TOO_LARGE): in a
-    # transaction, an abortable error (librdkafka INTRODUCTION.md). The producer's batches
-    # stay under 8 KB (batch.size), so only a batch with the 30 KB record is refused.
-    output = f"out-{uuid.uuid4().hex[:12]}"
-    small = {"max.message.bytes": "16000"}
-    admin.create_topics([NewTopic(output, 4, 1, config=small)])[output].result(timeout=30)
+    output = refusing_topic(admin, 4)
     total = 400
-    produce(
-        kafka_bootstrap,
-        source,
-        [orjson.dumps({"id": i}) for i in range(total)],
-        keys=[b"k%d" % (i % 13) for i in range(total)],
-    )
     app = App("eos-abort")
-    seen: Counter[int] = Counter()
-    lock = threading.Lock()
-
-    @app.handler(
+    # Input 150's first output is too large: its transaction aborts, and the redelivery's
+    # output (and everything else the aborted transaction held) commits later.
+    seen = keyed_copier(
+        kafka_bootstrap,
+        app,
         source,
-        output=output,
-        ordering="key",
-        concurrency=4,
-        retries=1,  # the refusal counts as a failed attempt: the retry's output commits
-        backoff=Backoff(initial=0.01),
+        output,
+        total=total,
+        refused=150,
         processing_guarantee="exactly_once",
     )
-    def copy(msg: Message[dict[str, Any]]) -> dict[str, Any]:
-        number = msg.value["id"]
-        with lock:
-            seen[number] += 1
-            first = seen[number] == 1
-        # Input 150's first output is too large: its transaction aborts, and the redelivery's
-        # output (and everything else the aborted transaction held) commits later.
-        return {"id": number, "pad": "x" * (30_000 if number == 150 and first else 10)}
 
     settings = make_settings(
         kafka_bootstrap,
-        kafka={"bootstrap_servers": kafka_bootstrap, "producer": {"batch.size": 8000}},
+        kafka={"bootstrap_servers": kafka_bootstrap, "producer": PRODUCER},
     )
     with running(app, settings) as runner:
         wait_until(
@@ -92,9 +71,7 @@ def test_a_record_the_broker_always_refuses_ends_in_the_dlq_not_in_a_loop_of_abo
     kafka_bootstrap: str, admin: AdminClient, new_topic: TopicFactory
 ) -> None:
     source, dlq = new_topic(2), new_topic(1, prefix="dlq")
-    output = f"out-{uuid.uuid4().hex[:12]}"
-    small = {"max.message.bytes": "16000"}
-    admin.create_topics([NewTopic(output, 2, 1, config=small)])[output].result(timeout=30)
+    output = refusing_topic(admin, 2)
     total = 200
     produce(kafka_bootstrap, source, [orjson.dumps({"id": i}) for i in range(total)])
     app = App("eos-poison")
@@ -113,7 +90,7 @@ def test_a_record_the_broker_always_refuses_ends_in_the_dlq_not_in_a_loop_of_abo
 
     settings = make_settings(
         kafka_bootstrap,
-        kafka={"bootstrap_servers": kafka_bootstrap, "producer": {"batch.size": 8000}},
+        kafka={"bootstrap_servers": kafka_bootstrap, "producer": PRODUCER},
         circuit_breaker={"enabled": False},
     )
     with running(app, settings) as runner:

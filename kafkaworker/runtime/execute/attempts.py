@@ -114,10 +114,13 @@ class Attempts:
         failures = 0
         seconds = 0.0  # in handler calls
         nacks: list[BaseException] = []  # nacks during the handler call
+        # A nack after an earlier call had returned, or an output of an earlier call that the
+        # broker refused after the executor ran on (core.py, `pending`): the failure path
+        # takes it up with the failures so far, so that retries count across them.
+        resumed = msg.take_nack()
+        if resumed is not None:
+            failed, failures = resumed
         if manual:
-            resumed = msg.take_nack()  # a nack after an earlier call had returned
-            if resumed is not None:
-                failed, failures = resumed
             calls = self._manual_callbacks(msg, lease, nacks, lambda: failures)
         while True:
             error = failed

@@ -34,7 +34,7 @@ from kafkaworker.runtime.clock import SYSTEM_CLOCK, Clock
 from kafkaworker.runtime.execute.attempts import Attempts
 from kafkaworker.runtime.execute.batches import BatchRunner
 from kafkaworker.runtime.execute.outputs import Outputs
-from kafkaworker.runtime.execute.steps import Emit, Idle, Sleep, Write
+from kafkaworker.runtime.execute.steps import Acks, Emit, Idle, Sleep, Write
 from kafkaworker.runtime.handoff import (
     Completion,
     CompletionQueue,
@@ -118,6 +118,17 @@ class ExecutorCore:
         metrics = metrics or Metrics()
         self._handler_seconds = metrics.handler_seconds.labels(spec.name)
         self.lock = threading.Lock()
+        # Whether a message's outputs may be acknowledged after its lane moved on (`pending` in
+        # _chunk): at least once, auto acks, single messages; the thread driver sets
+        # defer_acks once it knows its outputs are produced (not held for a transaction).
+        self.may_defer_acks = (
+            spec.output is not None
+            and not self._manual
+            and spec.processing_guarantee == "at_least_once"
+            and batches is None
+            and not spec.is_async
+        )
+        self.defer_acks = False
         self._lanes = Lanes(spec.ordering, take_size=spec.batch.max_size if spec.batch else 1)
         self.closing = False
         # Mean handler time per message lately (whichever chunk reported last).
@@ -293,12 +304,56 @@ class ExecutorCore:
             call, attempt = self._traced_inline(call)
         timed = self._timed.append
         msg: Dispatched | None = None
+        # Deferred acknowledgements (defer_acks): messages whose handler returned and whose
+        # outputs are produced but not all acknowledged yet, in lane order; a later message
+        # that finished waits behind them, so that `run` stays in order and an output that
+        # fails runs its message and every later one of the lane again, in order, as a replay
+        # after a crash would; the first takes the failure path (Attempts picks up the held
+        # error with its failures so far: `retries` counts the refusals, then the DLQ).
+        defer = self.defer_acks
+        pending: deque[Dispatched] = deque()
+
+        def acknowledged(waited: bool = False) -> None:
+            # Finish the pending messages whose outputs are all acknowledged, oldest first,
+            # up to the first that is not. Once the chunk `waited` for them (no message is
+            # running then), the first not acknowledged runs again with those after it:
+            # failed, or not done within the produce timeout.
+            while pending:
+                head = pending[0]
+                error: BaseException | None = None
+                for future in getattr(head, "unacked", None) or ():
+                    if not future.done():
+                        error = TimeoutError(
+                            f"an output of {head.topic}[{head.partition}]@{head.offset} was "
+                            "not acknowledged within the produce timeout"
+                        )
+                    else:
+                        error = future.exception()
+                    if error is not None:
+                        break
+                if error is not None:
+                    if not waited:
+                        return
+                    head.hold_nack(error, head.attempt - 1)
+                    for again in pending:
+                        again.unacked = None
+                    chunk.extendleft(reversed(pending))
+                    pending.clear()
+                    return
+                pending.popleft()
+                head.unacked = None
+                finished(head.offset)
+
+        def outstanding() -> Acks:
+            return Acks([f for m in pending for f in getattr(m, "unacked", None) or ()])
 
         def flush() -> None:
             # On the loop, the finished run is gathered already (`_unreported`), merged by
             # lease with the other chunks' runs, and handler time goes to the gathering too:
             # a completion of its own per flush would be one per message for the poll thread.
             nonlocal report, reported_at, busy, calls
+            if pending:
+                acknowledged()
             if not awaiting:
                 if run:
                     report.append(_completion((lease, run.copy(), FINISHED)))
@@ -311,10 +366,22 @@ class ExecutorCore:
                 report = []
 
         try:
-            while chunk:
+            while chunk or pending:
                 if lease.revoked:
+                    if pending:
+                        # What is acknowledged by then is finished, and committed by the
+                        # revoke: the next owner would run it again otherwise.
+                        yield outstanding()
+                        acknowledged()
                     break
-                if due and (run or report):
+                if not chunk:
+                    # Every message of the chunk ran: wait for its outputs' acknowledgements
+                    # (one wait for the chunk, where a worker used to wait per message).
+                    yield outstanding()
+                    acknowledged(waited=True)
+                    flush()
+                    continue
+                if due and (run or report or pending):
                     flush()
                 # A stretch of calls between two clock readings: the clock is only read,
                 # and finished work only reported, between stretches.
@@ -348,6 +415,10 @@ class ExecutorCore:
                     outcome, seconds = yield from attempt(msg, failed, flush)
                     waited += clock() - entered - seconds
                     if outcome is FINISHED:
+                        if defer and (pending or getattr(msg, "unacked", None)):
+                            pending.append(msg)
+                            msg = None
+                            continue
                         finished(msg.offset)
                         if awaiting:
                             unreported[key] = entry
@@ -402,6 +473,11 @@ class ExecutorCore:
                 run.clear()
             if msg is not None:
                 chunk.appendleft(msg)
+            if pending:  # produced, not known to be acknowledged: not finished
+                for again in pending:
+                    again.unacked = None
+                chunk.extendleft(reversed(pending))
+                pending.clear()
             left = self._claimed(list(chunk))
             chunk.clear()
             if left:
@@ -563,6 +639,7 @@ class Driver:
         self._clock = core.clock
         self._carry: dict[type, Callable[[Any], Any]] = {
             Emit: self._emit,
+            Acks: self._acks,
             Write: self._write,
             Sleep: self._sleep,
             Idle: self._idle,
@@ -576,6 +653,9 @@ class Driver:
         return self.core.handler_seconds_p99(window)
 
     def _emit(self, step: Emit) -> Any:
+        raise NotImplementedError
+
+    def _acks(self, step: Acks) -> Any:
         raise NotImplementedError
 
     def _write(self, step: Write) -> Any:

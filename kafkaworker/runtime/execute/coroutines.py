@@ -28,7 +28,7 @@ from kafkaworker.runtime.execute.core import (
 )
 from kafkaworker.runtime.execute.event_loop import EventLoopThread, cancelling
 from kafkaworker.runtime.execute.outputs import Outputs
-from kafkaworker.runtime.execute.steps import Emit, Idle, Sleep, Write
+from kafkaworker.runtime.execute.steps import Acks, Emit, Idle, Sleep, Write
 from kafkaworker.runtime.handoff import Dispatched, Lease, Run
 
 log = structlog.get_logger("kafkaworker.aio")
@@ -181,6 +181,15 @@ class AsyncPool(Driver):
                 error = exc
 
     # -- the steps, awaiting --------------------------------------------------------------
+
+    async def _acks(self, step: Acks) -> None:
+        """Not yielded on the loop (its emit awaits the acknowledgements); for completeness."""
+        assert self._outputs is not None
+        if step.futures:
+            await asyncio.wait(
+                [asyncio.wrap_future(f) for f in step.futures],
+                timeout=self._outputs.produce_timeout,
+            )
 
     async def _emit(self, step: Emit) -> BaseException | None:
         assert self._outputs is not None

@@ -186,12 +186,16 @@ class Outputs:
         """Produce `result` (each item of a list, tuple or generator; None: nothing) and wait
         for the acknowledgements; the error, if one failed (encoding, delivery)."""
         try:
-            futures = [self._send(msg, item, self.produce_timeout) for item in _items(result)]
-            for future in futures:
+            for future in self.produce(msg, result):
                 future.result(self.produce_timeout)
         except BaseException as exc:  # noqa: BLE001 - handed to the failure policy
             return exc
         return None
+
+    def produce(self, msg: Message[Any], result: Any) -> list[Future[Any]]:
+        """Produce `result` without waiting for the broker: the futures of its records.
+        Encoding errors, and a librdkafka queue full for produce_timeout, raise."""
+        return [self._send(msg, item, self.produce_timeout) for item in _items(result)]
 
     async def emit_async(
         self, msg: Message[Any], result: Any, sends: list[Any] | None = None

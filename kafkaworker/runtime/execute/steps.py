@@ -19,14 +19,22 @@ if TYPE_CHECKING:
 
 
 class Emit(NamedTuple):
-    """Produce the handler's outputs for `msg` and wait for every acknowledgement. Reply: the
-    error (encoding, delivery), or None."""
+    """Produce the handler's outputs for `msg` and wait for every acknowledgement (or, where
+    the core defers acknowledgements, leave their futures on `msg.unacked`). Reply: the error
+    (encoding, delivery), or None."""
 
     msg: Dispatched
     result: Any
     # exactly_once: what app.producer was asked to send during the call (producer.HeldSend),
     # held with the outputs.
     sends: list[Any] | None = None
+
+
+class Acks(NamedTuple):
+    """Wait until every one of `futures` (produced outputs) is done, or the outputs' produce
+    timeout has passed. Reply: None (the waiter reads the futures)."""
+
+    futures: list[Any]
 
 
 class Write(NamedTuple):
@@ -56,4 +64,4 @@ class Idle(NamedTuple):
     until: Callable[[], bool]
 
 
-Step = Emit | Write | Sleep | Idle
+Step = Emit | Acks | Write | Sleep | Idle
