@@ -42,6 +42,13 @@ class InboxCalls(Protocol):
         handler, both return awaitables."""
         ...
 
+    def wrap_batch(self, call: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+        """A batch handler's call `call(messages, connection)` as the runtime makes it: one
+        transaction that records every message of the batch; the handler gets only those not
+        recorded before, and is not called when none is left. A BatchFailures commits the
+        others, without the failed ones' rows."""
+        ...
+
     def start_cleanup(self, committed: CommittedOffsets) -> None:
         """Delete, in the background, the rows below the group's committed offsets (when the
         inbox has a cleanup); takes `committed` over, closing it when the cleanup stops."""
