@@ -13,7 +13,8 @@ from kafkaworker.cli import cli
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.postgres import PostgresInbox
 from tests.conftest import TopicFactory
-from tests.support import committed, end_offsets, make_settings, produce, running, wait_until
+from tests.inbox_support import committed_to_the_end
+from tests.support import committed, make_settings, produce, running, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -24,19 +25,6 @@ def inbox_count(url: str, group: str) -> int:
             "select count(*) from kafkaworker_inbox where group_id = %s", (group,)
         ).fetchone()
     return int(row[0]) if row else 0
-
-
-def committed_to_the_end(
-    bootstrap: str, group: str, topic: str, partitions: int, timeout: float, *, what: str
-) -> None:
-    wait_until(
-        lambda: (
-            committed(bootstrap, group, topic, partitions)
-            == end_offsets(bootstrap, topic, partitions)
-        ),
-        timeout,
-        what,
-    )
 
 
 def back_to_the_start(
@@ -295,14 +283,14 @@ def test_a_batch_handler_commits_each_batch_with_its_records_and_a_replay_calls_
     settings = make_settings(kafka_bootstrap)
     with running(app, settings):
         wait_until(lambda: ledger() == list(range(total)), 60, "every value in the ledger once")
-        committed_to_the_end(kafka_bootstrap, group, topic, 3, 30, what="the commits")
+        committed_to_the_end(kafka_bootstrap, group, topic, 3, 30)
     assert sum(7 in c for c in calls) == 2  # the failed batch ran again
     assert inbox_count(postgres_url, group) == total
 
     back_to_the_start(monkeypatch, kafka_bootstrap, group, topic)
     calls.clear()
     with running(app, settings) as runner:
-        committed_to_the_end(kafka_bootstrap, group, topic, 3, 60, what="the replay")
+        committed_to_the_end(kafka_bootstrap, group, topic, 3, 60)
         replayed = runner.metrics.deduplicated.labels("store")._value.get()
     assert calls == []
     assert replayed == total
