@@ -627,14 +627,22 @@ def record_by_hand(url: str, offsets: list[int]) -> None:
             db.execute("insert into ledger values ('t', 0, %s, 'before')", (offset,))
 
 
-def run_batches(url: str, func: Any, count: int, **options: Any) -> Metrics:
-    """`func` as a batch handler with an inbox over `count` messages of one partition, run
-    until every offset is committed; its metrics."""
+def run_batches(
+    url: str,
+    func: Any,
+    count: int,
+    *,
+    headers: dict[int, list[tuple[str, bytes]]] | None = None,
+    max_size: int = 4,
+    **options: Any,
+) -> Metrics:
+    """`func` as a batch handler with an inbox over `count` messages of one partition (with
+    `headers` by offset), run until every offset is committed; its metrics."""
     metrics = Metrics()
-    spec = spec_for(func, inbox=PostgresInbox(url), batch=BatchPolicy(max_size=4), **options)
+    spec = spec_for(func, inbox=PostgresInbox(url), batch=BatchPolicy(max_size=max_size), **options)
     source = MemorySource({"t": 1})
     for i in range(count):
-        source.broker.append("t", b"%d" % i)
+        source.broker.append("t", b"%d" % i, headers=(headers or {}).get(i))
     from kafkaworker.runtime.compose import AppRuntime, GivenSources  # noqa: PLC0415
     from tests.unit.runtime_support import settings  # noqa: PLC0415
 
@@ -738,3 +746,20 @@ def test_batch_failures_in_an_aborted_transaction_fail_the_whole_batch(ledger_ur
     run_batches(ledger_url, aborts, 4, retries=1)
     assert seen[0] == seen[1] == [0, 1, 2, 3]  # all of it ran again, not only msgs[0]
     assert ledger_rows(ledger_url) == [(0, o) for o in range(4)]
+
+
+def test_an_outbox_record_published_twice_in_one_batch_is_applied_once(ledger_url: str) -> None:
+    # The relay published outbox row 7 again (it died before marking it): offsets 1 and 4.
+    again = [("kw.outbox.id", b"7")]
+    called: list[int] = []
+
+    def store(msgs: list[Message[bytes]], db: psycopg.Connection) -> None:
+        called.extend(m.offset for m in msgs)
+        for msg in msgs:
+            write_ledger(msg, db)
+
+    metrics = run_batches(ledger_url, store, 6, headers={1: again, 4: again}, max_size=8)
+    assert sorted(called) == [0, 1, 2, 3, 5]
+    assert deduplicated(metrics) == 1
+    # Both offsets recorded, and the id once.
+    assert inbox_rows(ledger_url) == [("t", -1, 7)] + [("t", 0, o) for o in range(6)]
