@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     from kafkaworker.handlers import HandlerSpec
+    from kafkaworker.observability.health import Health
     from kafkaworker.observability.metrics import Metrics
     from kafkaworker.settings import Settings
 
@@ -121,6 +122,10 @@ class Relay(Protocol):
     def start(self) -> Relay: ...
 
     def stop(self, timeout: float = ...) -> None: ...
+
+    def health(self) -> Health:
+        """Liveness and readiness of a relay run alone (`kafkaworker outbox relay`)."""
+        ...
 
 
 class Outbox(Protocol):
