@@ -11,7 +11,9 @@ Each call runs in a transaction on a connection of a pool sized to the handler's
 inbox table, then calls the handler with the connection, and commits when it returns; an error
 rolls both back, and the failure policy goes on as without an inbox (the DLQ write comes after
 the rollback). A message recorded already (delivered again after a crash or a rebalance) is
-finished at once without a call, and counted in `kafkaworker_deduplicated_total`.
+finished at once without a call, and counted in `kafkaworker_deduplicated_total`. A batch
+handler's call is one transaction that records the whole batch in one statement; the handler
+gets the messages not recorded before, and is not called when none is left (docs/inbox.md).
 
 The inbox table (created at start-up when missing; see docs/inbox.md):
 
@@ -736,8 +738,7 @@ def outbox_row(group: str, msg: Any) -> tuple[str, str, int, int] | None:
     """The inbox row that records an outbox's record by its `kw.outbox.id` header, beside its
     offset's: the relay publishes a record again (a new offset) when it died between the
     broker's acknowledgement and marking the row, and this row makes the repeat a duplicate.
-    Partition -1 (no partition's), the id as the offset; None without the header (or for a
-    batch, which has no headers of its own)."""
+    Partition -1 (no partition's), the id as the offset; None without the header."""
     headers = getattr(msg, "headers", None)
     if headers:
         for name, value in headers:
@@ -752,7 +753,7 @@ def origin_row(group: str, msg: Any) -> tuple[str, str, int, int] | None:
     back), and the original can still run again (a crash before its offset was committed)
     while the copy runs too; with this row, whichever commits second finds the other's row and
     is a duplicate. The original's own coordinates, so its topic's committed offsets clean it
-    up. None for a record that is no copy (or a batch, which has no headers of its own)."""
+    up. None for a record that is no copy."""
     headers = getattr(msg, "headers", None)
     if not headers:
         return None

@@ -484,6 +484,26 @@ def test_the_test_client_runs_an_inbox_handler_in_the_given_database(ledger_url:
     assert inbox_rows(ledger_url) == [("t", 0, 0), ("t", 0, 1)]
 
 
+def test_the_test_client_runs_a_batch_handler_with_an_inbox(ledger_url: str) -> None:
+    from kafkaworker.testing import TestClient  # noqa: PLC0415
+
+    record_by_hand(ledger_url, [1])  # offset 1 handled before: finished, not passed
+    app = App("svc")
+    batches: list[list[int]] = []
+
+    @app.handler("t", inbox=PostgresInbox(ledger_url), codec="raw", batch=BatchPolicy(10, 0))
+    def store(msgs: list[Message[bytes]], db: psycopg.Connection) -> None:
+        batches.append([m.offset for m in msgs])
+        for msg in msgs:
+            write_ledger(msg, db)
+
+    with TestClient(app) as client:
+        outcomes = [client.send("t", raw_value=b"%d" % i).outcome for i in range(3)]
+    assert outcomes == ["finished"] * 3
+    assert batches == [[0], [2]]  # the recorded one never reached the handler
+    assert ledger_rows(ledger_url) == [(0, 0), (0, 1), (0, 2)]
+
+
 def test_the_test_client_without_a_database_is_one_line() -> None:
     from kafkaworker.testing import TestClient  # noqa: PLC0415
 
