@@ -255,14 +255,17 @@ def test_kill_9_mid_stream_then_restart_every_ledger_row_exactly_once(
 
 
 STORM_PARTITIONS = 8
-STORM_CYCLES = 6
+# Four cycles, not the exactly-once storm's six: a joiner after a kill -9 waits out the dead
+# member's session (6 s) before the group rebalances, and six cycles took 76-87 s on the loaded
+# 2-core machine (2026-12-07), past this test's 60 s budget.
+STORM_CYCLES = 4
 
 
 def test_a_rebalance_storm_with_the_inbox_writes_each_ledger_row_once(
     kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str, tmp_path: Path
 ) -> None:
-    """Proof 3: three members, then six cycles of one joining and, once it wrote a ledger row
-    (or after 10 s: five members, eight partitions), the oldest leaving, alternately with
+    """Proof 3: three members, then four cycles of one joining and, once it wrote a ledger
+    row (or after 4 s: it may be given nothing at first), the oldest leaving, alternately with
     SIGTERM (it drains and leaves) and kill -9 (its partitions move when its session times
     out, with transactions it committed above the group's offsets). Every rebalance hands
     partitions over with messages recorded in the inbox and not committed in Kafka; the
@@ -295,14 +298,19 @@ def test_a_rebalance_storm_with_the_inbox_writes_each_ledger_row_once(
             joining = LedgerWorker(kafka_bootstrap, topic, log, **env).start()
             everyone.append(joining)
             members.append(joining)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not count(
+            joined = time.monotonic()
+            while time.monotonic() < joined + 4 and not count(
                 postgres_url, "select count(*) from ledger where pid = %s", (joining.pid,)
             ):
                 assert not joining.exited(), joining.output()[-3000:]
                 time.sleep(0.2)
+            working = time.monotonic()
             members.pop(0).leave(drain=cycle % 2 == 0)
             assert not any(m.exited() for m in members), [m.output()[-2000:] for m in members]
+            print(
+                f"cycle {cycle}: joiner working after {working - joined:.1f} s, "
+                f"the oldest left in {time.monotonic() - working:.1f} s"
+            )
         feed.stop()
         committed_to_the_end(kafka_bootstrap, group, topic, STORM_PARTITIONS, 90)
         repeats = sum(m.deduplicated() or 0 for m in members)
@@ -319,6 +327,9 @@ def test_a_rebalance_storm_with_the_inbox_writes_each_ledger_row_once(
     duplicates = count(postgres_url, rows) - len(handled)
     assert feed.acked <= handled
     assert (count(postgres_url, rows), lost, duplicates) == (total, 0, 0)
+    # The members left met messages recorded and not committed (5-423 over five runs): the
+    # storm did hand over work the inbox had to stop, not only clean partitions.
+    assert repeats > 0
     report_fault(
         f"inbox: rebalance storm, {STORM_CYCLES} join/leave cycles (SIGTERM and kill -9), "
         "3-4 members, key order, concurrency 4, classic protocol",
