@@ -271,7 +271,9 @@ def test_a_rebalance_storm_with_the_inbox_writes_each_ledger_row_once(
     partitions over with messages recorded in the inbox and not committed in Kafka; the
     ledger (no unique constraint) must hold each record the log has exactly once. The default
     (classic) protocol only: both protocols' storms without the inbox are test_rebalance_storm;
-    here the question is the inbox's, and CI time is tight."""
+    here the question is the inbox's, and CI time is tight. (The consumer protocol, tried once
+    on 2026-12-07: 23,784 records, each once, but 109 s, most of it the drain after the last
+    kill.)"""
     topic = new_topic(STORM_PARTITIONS)
     group = f"g-{topic}"
     with psycopg.connect(postgres_url) as db:
