@@ -305,10 +305,19 @@ class HandlerSpec:
                 "a def handler takes a psycopg.Connection (psycopg.AsyncConnection is for "
                 "async def handlers)",
             )
+        if self.ack == "manual":
+            # Not "yet": the row commits when the handler returns, before the ack it deferred.
+            raise bad(
+                "ack",
+                self.ack,
+                "an inbox records the message when the handler returns, so a message not "
+                "acked yet that comes again (a crash, a rebalance) would be finished without "
+                "the work the ack waited for, and a nack's retry would be a duplicate: do the "
+                'work in the handler\'s transaction (ack="auto"), or hand it on through the '
+                "outbox",
+            )
         unsupported = (
             ("mode", self.mode, self.mode == "queue", "queue mode (share groups)"),
-            ("batch", self.batch, self.batch is not None, "batch handlers"),
-            ("ack", self.ack, self.ack == "manual", 'ack="manual"'),
             (
                 "output",
                 self.output,

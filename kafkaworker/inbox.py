@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     from kafkaworker.handlers import HandlerSpec
+    from kafkaworker.observability.health import Health
     from kafkaworker.observability.metrics import Metrics
     from kafkaworker.settings import Settings
 
@@ -40,6 +41,13 @@ class InboxCalls(Protocol):
         """The handler call `call(msg, connection)` as the runtime makes it: in a transaction
         that records the message, or not at all when it was recorded before. For an async def
         handler, both return awaitables."""
+        ...
+
+    def wrap_batch(self, call: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+        """A batch handler's call `call(messages, connection)` as the runtime makes it: one
+        transaction that records every message of the batch; the handler gets only those not
+        recorded before, and is not called when none is left. A BatchFailures commits the
+        others, without the failed ones' rows."""
         ...
 
     def start_cleanup(self, committed: CommittedOffsets) -> None:
@@ -114,6 +122,10 @@ class Relay(Protocol):
     def start(self) -> Relay: ...
 
     def stop(self, timeout: float = ...) -> None: ...
+
+    def health(self) -> Health:
+        """Liveness and readiness of a relay run alone (`kafkaworker outbox relay`)."""
+        ...
 
 
 class Outbox(Protocol):

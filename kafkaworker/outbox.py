@@ -38,6 +38,7 @@ import structlog
 from psycopg import sql
 
 from kafkaworker.errors import ConfigError, StartupError
+from kafkaworker.observability.health import Health
 from kafkaworker.owned_thread import OwnedThread
 from kafkaworker.postgres_table import PostgresTable
 from kafkaworker.postgres_table import one_line as _one_line
@@ -275,6 +276,9 @@ class OutboxRelay:
         self._purge = sql.SQL(_PURGE).format(table=table).as_string(None)
         self._thread = OwnedThread(self._run, name=f"kw-outbox-relay-{outbox.table}")
         self.active = threading.Event()  # set while this relay holds the lock
+        # Its thread's life, for health(): started, and ended (stopped, or an escaped error).
+        self._started = threading.Event()
+        self._ended = threading.Event()
         self._topics: set[str] = set()  # topics the cluster listed, by the relay's thread
         self._listed_at = -TOPICS_RELISTED
         self.published = 0  # rows marked published by this relay (read by tests, logs)
@@ -290,7 +294,21 @@ class OutboxRelay:
     def stopping(self) -> threading.Event:
         return self._thread.stopping
 
+    def health(self) -> Health:
+        """`kafkaworker outbox relay`'s /healthz and /readyz: live while its thread runs (it
+        retries every failure itself, so only an escaped error ends it); ready as well, active
+        or standing by: a relay standing by is the spare that takes over within seconds."""
+        live = self._started.is_set() and not self._ended.is_set()
+        return Health(live, live, {"active": self.active.is_set()})
+
     def _run(self) -> None:
+        self._started.set()
+        try:
+            self._sessions()
+        finally:
+            self._ended.set()
+
+    def _sessions(self) -> None:
         stopping = self._thread.stopping
         while not stopping.is_set():
             try:

@@ -11,7 +11,9 @@ Each call runs in a transaction on a connection of a pool sized to the handler's
 inbox table, then calls the handler with the connection, and commits when it returns; an error
 rolls both back, and the failure policy goes on as without an inbox (the DLQ write comes after
 the rollback). A message recorded already (delivered again after a crash or a rebalance) is
-finished at once without a call, and counted in `kafkaworker_deduplicated_total`.
+finished at once without a call, and counted in `kafkaworker_deduplicated_total`. A batch
+handler's call is one transaction that records the whole batch in one statement; the handler
+gets the messages not recorded before, and is not called when none is left (docs/inbox.md).
 
 The inbox table (created at start-up when missing; see docs/inbox.md):
 
@@ -36,11 +38,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 try:
     import psycopg
     from psycopg import sql
+    from psycopg.pq import TransactionStatus
     from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError(
@@ -50,7 +53,7 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
 import structlog
 
 from kafkaworker import headers as kw_headers
-from kafkaworker.errors import ConfigError, DatabaseUnavailable, StartupError
+from kafkaworker.errors import BatchFailures, ConfigError, DatabaseUnavailable, StartupError
 from kafkaworker.inbox import CommittedOffsets, RunAsync
 from kafkaworker.outbox import ID_HEADER, OutboxRelay, PostgresOutbox
 from kafkaworker.owned_thread import OwnedThread
@@ -76,6 +79,8 @@ __all__ = [
 ]
 
 TABLE = "kafkaworker_inbox"
+# A transaction a failed statement aborted: nothing of it can commit.
+INERROR = TransactionStatus.INERROR
 # Start-up: how long the server may take to answer, and the pool to open all its connections.
 CONNECT_TIMEOUT = 10.0
 # How long a call waits for a pooled connection. Every worker thread has one of its own (the
@@ -115,6 +120,21 @@ _DELETE = (
     "delete from {table} where ctid in (select ctid from {table} where group_id = %s and "
     'topic = %s and partition = %s and "offset" < %s '
     "and handled_at < now() - make_interval(secs => %s) limit %s)"
+)
+# A batch's rows in one statement, in key order: two transactions recording overlapping rows
+# (a frozen member's batch and its successor's) then wait for each other in the same order
+# instead of deadlocking. Returns the rows it inserted; the others were recorded already.
+_INSERT_BATCH = (
+    'insert into {table} (group_id, topic, partition, "offset") '
+    'select %s, topic, partition, "offset" '
+    'from unnest(%s::text[], %s::integer[], %s::bigint[]) as r(topic, partition, "offset") '
+    'order by 1, 2, 3 on conflict do nothing returning topic, partition, "offset"'
+)
+# The rows of a batch's failed messages (BatchFailures), taken out of its transaction before
+# it commits, so that those messages run again.
+_FORGET_BATCH = (
+    'delete from {table} where group_id = %s and (topic, partition, "offset") in '
+    "(select * from unnest(%s::text[], %s::integer[], %s::bigint[]))"
 )
 # The outbox ids recorded (OUTBOX_PARTITION): by age alone.
 _DELETE_IDS = (
@@ -265,12 +285,81 @@ class _InboxCalls:
         name = sql.Identifier(table)
         self._insert = sql.SQL(_INSERT).format(table=name).as_string(None)
         self._recorded_query = sql.SQL(_RECORDED).format(table=name).as_string(None)
+        self._insert_batch = sql.SQL(_INSERT_BATCH).format(table=name).as_string(None)
+        self._forget_batch = sql.SQL(_FORGET_BATCH).format(table=name).as_string(None)
         # Look-up queries made: what the tests hold to "one per assignment", not one per
         # message.
         self.lookups = 0
 
     def start_cleanup(self, committed: CommittedOffsets) -> None:
         self._cleanup = _Cleanup.started(self._cleanup_factory, committed)
+
+    # -- a batch handler's call: one transaction for the batch --------------------------------
+
+    def _batch_rows(self, batch: list[Any]) -> list[list[tuple[str, str, int, int]]]:
+        """Each message's inbox rows: its own, then those recorded with it (also_rows)."""
+        group = self._group
+        return [[(group, m.topic, m.partition, m.offset), *also_rows(group, m)] for m in batch]
+
+    def _batch_args(self, rows: list[list[tuple[str, str, int, int]]]) -> tuple[Any, ...]:
+        """The arguments of _INSERT_BATCH and _FORGET_BATCH: the group, then a column each."""
+        flat = [row for message_rows in rows for row in message_rows]
+        return (self._group, [r[1] for r in flat], [r[2] for r in flat], [r[3] for r in flat])
+
+    @staticmethod
+    def _claimed(
+        batch: list[Any], rows: list[list[tuple[str, str, int, int]]], inserted: list[Any]
+    ) -> list[Any]:
+        """The messages of `batch` whose rows this transaction inserted, all of them: the
+        others were recorded already (by the member that ran them, or, for a row recorded
+        with it, by an earlier record of the same outbox id or original). A row two messages
+        of the batch share (the same outbox record published twice) goes to the first."""
+        left = {(str(t), int(p), int(o)) for t, p, o in inserted}
+        fresh = []
+        for msg, message_rows in zip(batch, rows, strict=True):
+            keys = [row[1:] for row in message_rows]
+            if all(key in left for key in keys):
+                left.difference_update(keys)
+                fresh.append(msg)
+        return fresh
+
+    def _committable(
+        self, error: BatchFailures, fresh: list[Any], connection: Any
+    ) -> tuple[BatchFailures, tuple[Any, ...]]:
+        """A batch handler's BatchFailures, when its transaction can commit the messages it
+        does not name, with the arguments of _FORGET_BATCH for the named ones' rows (what the
+        handler wrote for them commits too, unless it wrote them in a savepoint it rolled
+        back: `with db.transaction():`). Otherwise raises, inside the transaction, so that it
+        rolls back and the whole batch fails: keys that are not the batch's messages (as
+        without an inbox), or a transaction a failed statement aborted (nothing of it can
+        commit; the first named error is the batch's, which the policy decides: retried
+        together, or a fatal one run message by message)."""
+        members = set(fresh)
+        if not error.failures or any(key not in members for key in error.failures):
+            raise error
+        if connection.info.transaction_status is INERROR:
+            raise next(iter(error.failures.values())) from error
+        return error, self._batch_args(self._batch_rows(list(error.failures)))
+
+    def _finish_batch(
+        self, batch: list[Any], fresh: list[Any], failed: BatchFailures | None
+    ) -> None:
+        """After the batch's transaction committed: the messages not passed are counted (they
+        are finished), and a BatchFailures goes on to the policy."""
+        self._deduplicated.inc(len(batch) - len(fresh))
+        if failed is not None:
+            raise failed
+
+    def _raise_for(
+        self, exc: psycopg.Error | PoolTimeout, *, in_handler: bool, connection: Any
+    ) -> NoReturn:
+        """A database error during a call: the handler's own statement (the message's failure,
+        which the policy decides), or the runtime's (DatabaseUnavailable: retried in place)."""
+        if in_handler and connection is not None and not connection.broken:
+            raise exc
+        raise DatabaseUnavailable(
+            f"the inbox's PostgreSQL at {self._where}: {_one_line(exc)}"
+        ) from exc
 
 
 class PostgresInboxCalls(_InboxCalls):
@@ -336,13 +425,41 @@ class PostgresInboxCalls(_InboxCalls):
                         in_handler = False
                     return result  # committed
             except (psycopg.Error, PoolTimeout) as exc:
-                if in_handler and connection is not None and not connection.broken:
-                    raise  # the handler's own statement failed: the message's failure
-                raise DatabaseUnavailable(
-                    f"the inbox's PostgreSQL at {self._where}: {_one_line(exc)}"
-                ) from exc
+                self._raise_for(exc, in_handler=in_handler, connection=connection)
 
         return inbox_call
+
+    def wrap_batch(self, call: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+        pool = self._pool
+
+        def inbox_batch_call(batch: list[Any]) -> None:
+            connection: psycopg.Connection[Any] | None = None
+            in_handler = False
+            fresh: list[Any] = []
+            failed: BatchFailures | None = None
+            try:
+                with pool.connection() as connection:
+                    unseen = [msg for msg in batch if not self._recorded(connection, msg)]
+                    with connection.transaction():
+                        if unseen:
+                            rows = self._batch_rows(unseen)
+                            cursor = connection.execute(self._insert_batch, self._batch_args(rows))
+                            fresh = self._claimed(unseen, rows, cursor.fetchall())
+                        if fresh:  # else the whole batch was recorded: no call
+                            in_handler = True
+                            try:
+                                call(fresh, connection)
+                            except BatchFailures as error:
+                                failed, forget = self._committable(error, fresh, connection)
+                                in_handler = False
+                                connection.execute(self._forget_batch, forget)
+                            in_handler = False
+                    # committed
+            except (psycopg.Error, PoolTimeout) as exc:
+                self._raise_for(exc, in_handler=in_handler, connection=connection)
+            self._finish_batch(batch, fresh, failed)
+
+        return inbox_batch_call
 
     def _recorded(self, connection: psycopg.Connection[Any], msg: Any) -> bool:
         """Whether the message is recorded already, from the look-ups of its assignment (one
@@ -434,13 +551,43 @@ class AsyncPostgresInboxCalls(_InboxCalls):
                         in_handler = False
                     return result  # committed
             except (psycopg.Error, PoolTimeout) as exc:
-                if in_handler and connection is not None and not connection.broken:
-                    raise  # the handler's own statement failed: the message's failure
-                raise DatabaseUnavailable(
-                    f"the inbox's PostgreSQL at {self._where}: {_one_line(exc)}"
-                ) from exc
+                self._raise_for(exc, in_handler=in_handler, connection=connection)
 
         return inbox_call
+
+    def wrap_batch(self, call: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+        pool = self._pool
+
+        async def inbox_batch_call(batch: list[Any]) -> None:
+            connection: psycopg.AsyncConnection[Any] | None = None
+            in_handler = False
+            fresh: list[Any] = []
+            failed: BatchFailures | None = None
+            try:
+                async with pool.connection() as connection:
+                    unseen = [msg for msg in batch if not await self._recorded(connection, msg)]
+                    async with connection.transaction():
+                        if unseen:
+                            rows = self._batch_rows(unseen)
+                            cursor = await connection.execute(
+                                self._insert_batch, self._batch_args(rows)
+                            )
+                            fresh = self._claimed(unseen, rows, await cursor.fetchall())
+                        if fresh:  # else the whole batch was recorded: no call
+                            in_handler = True
+                            try:
+                                await call(fresh, connection)
+                            except BatchFailures as error:
+                                failed, forget = self._committable(error, fresh, connection)
+                                in_handler = False
+                                await connection.execute(self._forget_batch, forget)
+                            in_handler = False
+                    # committed
+            except (psycopg.Error, PoolTimeout) as exc:
+                self._raise_for(exc, in_handler=in_handler, connection=connection)
+            self._finish_batch(batch, fresh, failed)
+
+        return inbox_batch_call
 
     async def _recorded(self, connection: psycopg.AsyncConnection[Any], msg: Any) -> bool:
         """As PostgresInboxCalls._recorded, on the loop."""
@@ -591,8 +738,7 @@ def outbox_row(group: str, msg: Any) -> tuple[str, str, int, int] | None:
     """The inbox row that records an outbox's record by its `kw.outbox.id` header, beside its
     offset's: the relay publishes a record again (a new offset) when it died between the
     broker's acknowledgement and marking the row, and this row makes the repeat a duplicate.
-    Partition -1 (no partition's), the id as the offset; None without the header (or for a
-    batch, which has no headers of its own)."""
+    Partition -1 (no partition's), the id as the offset; None without the header."""
     headers = getattr(msg, "headers", None)
     if headers:
         for name, value in headers:
@@ -607,7 +753,7 @@ def origin_row(group: str, msg: Any) -> tuple[str, str, int, int] | None:
     back), and the original can still run again (a crash before its offset was committed)
     while the copy runs too; with this row, whichever commits second finds the other's row and
     is a duplicate. The original's own coordinates, so its topic's committed offsets clean it
-    up. None for a record that is no copy (or a batch, which has no headers of its own)."""
+    up. None for a record that is no copy."""
     headers = getattr(msg, "headers", None)
     if not headers:
         return None

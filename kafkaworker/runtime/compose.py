@@ -196,6 +196,8 @@ def build_handler(
     spans = process_spans(app_name, spec, settings) if settings.tracing.enabled else None
     attempts.spans = spans
     batches = BatchRunner(spec, attempts, metrics=metrics, spans=spans) if spec.batch else None
+    if batches is not None and inbox is not None:
+        batches.call = inbox.wrap_batch(spec.call_with_connection())  # a transaction per batch
     core = ExecutorCore(
         spec, attempts, completions, metrics=metrics, batches=batches, clock=clock, spans=spans
     )

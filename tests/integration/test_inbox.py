@@ -8,12 +8,13 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from kafkaworker import App, Message
+from kafkaworker import App, BatchPolicy, Message
 from kafkaworker.cli import cli
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.postgres import PostgresInbox
 from tests.conftest import TopicFactory
-from tests.support import committed, end_offsets, make_settings, produce, running, wait_until
+from tests.inbox_support import committed_to_the_end
+from tests.support import committed, make_settings, produce, running, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -24,6 +25,19 @@ def inbox_count(url: str, group: str) -> int:
             "select count(*) from kafkaworker_inbox where group_id = %s", (group,)
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def back_to_the_start(
+    monkeypatch: pytest.MonkeyPatch, bootstrap: str, group: str, topic: str
+) -> None:
+    """`kafkaworker offsets reset --to-earliest`: the group's messages come again, as after a
+    crash before any commit."""
+    monkeypatch.setenv("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS", bootstrap)
+    monkeypatch.delenv("KAFKAWORKER_SETTINGS", raising=False)
+    moved = CliRunner().invoke(
+        cli, ["offsets", "reset", group, "--topic", topic, "--to-earliest", "--execute"]
+    )
+    assert moved.exit_code == 0, moved.output
 
 
 def test_the_cleanup_deletes_the_rows_below_the_committed_offsets_only(
@@ -60,13 +74,8 @@ def test_the_cleanup_deletes_the_rows_below_the_committed_offsets_only(
             (group, topic, topic),
         )
     with running(app, make_settings(kafka_bootstrap)):
-        wait_until(
-            lambda: (
-                committed(kafka_bootstrap, group, topic, 2)
-                == end_offsets(kafka_bootstrap, topic, 2)
-            ),
-            60,
-            "offsets committed to the end",
+        committed_to_the_end(
+            kafka_bootstrap, group, topic, 2, 60, what="offsets committed to the end"
         )
         # Every handled row is below the committed offsets: only the one above stays.
         wait_until(lambda: inbox_count(postgres_url, group) == 1, 30, "the rows cleaned up")
@@ -101,13 +110,8 @@ def test_rows_younger_than_cleanup_after_stay(
             (group, topic),
         )
     with running(app, make_settings(kafka_bootstrap)):
-        wait_until(
-            lambda: (
-                committed(kafka_bootstrap, group, topic, 1)
-                == end_offsets(kafka_bootstrap, topic, 1)
-            ),
-            60,
-            "offsets committed to the end",
+        committed_to_the_end(
+            kafka_bootstrap, group, topic, 1, 60, what="offsets committed to the end"
         )
         # The old row goes (so the cleanup ran), the nine just handled stay.
         wait_until(lambda: inbox_count(postgres_url, group) == 9, 30, "the old row cleaned up")
@@ -229,14 +233,65 @@ def test_a_retry_topic_copy_and_its_original_are_one_message_to_the_inbox(
         wait_until(lambda: committed(kafka_bootstrap, group, topic, 1) == {0: 10}, 30, "the commit")
     assert (f"{topic}.retry.0.2s", 3) in calls
 
-    monkeypatch.setenv("KAFKAWORKER_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
-    monkeypatch.delenv("KAFKAWORKER_SETTINGS", raising=False)
-    moved = CliRunner().invoke(
-        cli, ["offsets", "reset", group, "--topic", topic, "--to-earliest", "--execute"]
-    )
-    assert moved.exit_code == 0, moved.output
+    back_to_the_start(monkeypatch, kafka_bootstrap, group, topic)
     calls.clear()
     with running(app, settings):
         wait_until(lambda: committed(kafka_bootstrap, group, topic, 1) == {0: 10}, 60, "the replay")
     assert calls == []  # all ten recorded: 3 by its copy's row of its original
     assert ledger() == list(range(10))
+
+
+def test_a_batch_handler_commits_each_batch_with_its_records_and_a_replay_calls_nothing(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch handler with an inbox on a real broker: a batch that fails after its inserts
+    rolls them back with its records and runs again; every message is in the ledger once; the
+    group moved back to the start (as a crash before the commits would), the replay finds the
+    whole batches recorded and never calls the handler, and counts each message."""
+    topic = new_topic(3)
+    group = f"g-{topic}"
+    total = 60
+    produce(kafka_bootstrap, topic, [b"%d" % i for i in range(total)])
+    with psycopg.connect(postgres_url) as db:
+        db.execute("create table ledger (value integer not null)")
+    calls: list[list[int]] = []
+    app = App("svc")
+
+    @app.handler(
+        topic,
+        group=group,
+        inbox=PostgresInbox(postgres_url),
+        batch=BatchPolicy(max_size=8, max_wait=0.1),
+        retries=2,
+        codec="raw",
+    )
+    def store(msgs: list[Message[bytes]], db: psycopg.Connection) -> None:
+        values = [int(m.value) for m in msgs]
+        calls.append(values)
+        with db.cursor() as cursor:
+            cursor.executemany("insert into ledger (value) values (%s)", [(v,) for v in values])
+        if 7 in values and sum(7 in c for c in calls) == 1:
+            raise TimeoutError("the ledger service timed out")  # after the inserts
+
+    def ledger() -> list[int]:
+        with psycopg.connect(postgres_url) as db:
+            return sorted(row[0] for row in db.execute("select value from ledger"))
+
+    settings = make_settings(kafka_bootstrap)
+    with running(app, settings):
+        wait_until(lambda: ledger() == list(range(total)), 60, "every value in the ledger once")
+        committed_to_the_end(kafka_bootstrap, group, topic, 3, 30)
+    assert sum(7 in c for c in calls) == 2  # the failed batch ran again
+    assert inbox_count(postgres_url, group) == total
+
+    back_to_the_start(monkeypatch, kafka_bootstrap, group, topic)
+    calls.clear()
+    with running(app, settings) as runner:
+        committed_to_the_end(kafka_bootstrap, group, topic, 3, 60)
+        replayed = runner.metrics.deduplicated.labels("store")._value.get()
+    assert calls == []
+    assert replayed == total
+    assert ledger() == list(range(total))

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from confluent_kafka.admin import NewTopic
@@ -21,7 +24,7 @@ from kafkaworker.outbox import OutboxRelay
 from kafkaworker.postgres import PostgresInbox, PostgresOutbox
 from kafkaworker.testing.jvm import free_port
 from tests.conftest import TopicFactory
-from tests.metrics_support import samples, total
+from tests.metrics_support import get, samples, total
 from tests.support import end_offsets, make_settings, produce, read_topic, running, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -329,3 +332,50 @@ def test_a_row_for_a_missing_topic_waits_without_holding_back_the_other_topics(
         wait_until(lambda: unpublished_ids(postgres_url) == [], 30, "the row once its topic is")
     assert [r.value() for r in read_topic(kafka_bootstrap, missing, 1)] == [b"m0"]
     admin.delete_topics([missing])
+
+
+def test_the_relay_run_alone_serves_its_metrics_and_health_on_metrics_port(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str, tmp_path: Path
+) -> None:
+    """`kafkaworker outbox relay` as its own process, with metrics.port set: /metrics has the
+    relay's counters, /healthz and /readyz answer 200 (it says whether it is active), and
+    SIGTERM ends it with 0."""
+    from tests.faults.test_outbox import RelayProcess  # noqa: PLC0415 - the process, shared
+
+    events, port = new_topic(2), free_port()
+    outbox = PostgresOutbox(postgres_url)
+    relay = RelayProcess(
+        kafka_bootstrap,
+        events,
+        tmp_path / "relay.txt",
+        OUTBOX_URL=postgres_url,
+        KAFKAWORKER_METRICS__PORT=str(port),
+        KAFKAWORKER_METRICS__HOST="127.0.0.1",
+    ).start()
+
+    def value(name: str) -> float:
+        return total(port, name, table="kafkaworker_outbox")
+
+    try:
+        wait_until(
+            lambda: (
+                get(port, "/metrics")[0] == 200 and value("kafkaworker_outbox_relay_active") == 1
+            ),
+            60,
+            "the relay active, on its /metrics",
+        )
+        status, body = get(port, "/readyz")
+        assert (status, get(port, "/healthz")[0]) == (200, 200)
+        assert orjson.loads(body)["active"] is True
+        with psycopg.connect(postgres_url) as db, db.transaction():
+            for i in range(20):
+                outbox.add(db, events, i, key=str(i % 5))
+        read_topic(kafka_bootstrap, events, 20)
+        wait_until(
+            lambda: value("kafkaworker_outbox_published_total") == 20, 10, "20 counted published"
+        )
+    finally:
+        relay.signal(signal.SIGTERM)
+        code = relay.wait(30)
+    assert code == 0, relay.output()[-3000:]
+    assert get(port, "/metrics")[0] == 0  # closed with the relay

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from kafkaworker import App, Backoff, Message
+from kafkaworker import App, Backoff, BatchFailures, BatchPolicy, Message
 from kafkaworker.errors import ConfigError, DatabaseUnavailable, StartupError
 from kafkaworker.observability.metrics import Metrics
 from kafkaworker.postgres import TABLE, PostgresInbox, PostgresInboxCalls
@@ -106,7 +106,7 @@ def plain(msg: Message[bytes]) -> None:
         (async_blocking, {"inbox": INBOX}, "takes a psycopg.AsyncConnection"),
         (sync_with_async, {"inbox": INBOX}, "a def handler takes a psycopg.Connection"),
         (plain, {"inbox": INBOX, "mode": "queue"}, "queue mode"),
-        (plain, {"inbox": INBOX, "ack": "manual"}, 'ack="manual"'),
+        (plain, {"inbox": INBOX, "ack": "manual"}, "the work the ack waited for"),
         (plain, {"inbox": INBOX, "output": "out"}, "outputs"),
         (plain, {"inbox": "postgresql://db/shop"}, "PostgresInbox"),
     ],
@@ -133,14 +133,12 @@ def test_an_async_handler_gets_an_async_connection() -> None:
     assert spec.connection == "db" and spec.is_async
 
 
-def test_batch_handlers_with_an_inbox_are_refused() -> None:
-    from kafkaworker import BatchPolicy  # noqa: PLC0415
-
-    def batch(msgs: list[Message[bytes]]) -> None:
-        del msgs
-
-    with pytest.raises(ConfigError, match="batch handlers cannot have an inbox yet"):
-        spec_for(batch, inbox=INBOX, batch=BatchPolicy())
+def test_manual_ack_with_an_inbox_is_refused_saying_why() -> None:
+    with pytest.raises(ConfigError) as refused:
+        spec_for(plain, inbox=INBOX, ack="manual")
+    line = str(refused.value)
+    assert "finished without the work the ack waited for" in line and "\n" not in line
+    assert "cannot have an inbox yet" not in line  # not a gap to fill: unsound as it stands
 
 
 def test_the_database_being_unavailable_is_retried_in_place_whatever_retries_says() -> None:
@@ -486,6 +484,26 @@ def test_the_test_client_runs_an_inbox_handler_in_the_given_database(ledger_url:
     assert inbox_rows(ledger_url) == [("t", 0, 0), ("t", 0, 1)]
 
 
+def test_the_test_client_runs_a_batch_handler_with_an_inbox(ledger_url: str) -> None:
+    from kafkaworker.testing import TestClient  # noqa: PLC0415
+
+    record_by_hand(ledger_url, [1])  # offset 1 handled before: finished, not passed
+    app = App("svc")
+    batches: list[list[int]] = []
+
+    @app.handler("t", inbox=PostgresInbox(ledger_url), codec="raw", batch=BatchPolicy(10, 0))
+    def store(msgs: list[Message[bytes]], db: psycopg.Connection) -> None:
+        batches.append([m.offset for m in msgs])
+        for msg in msgs:
+            write_ledger(msg, db)
+
+    with TestClient(app) as client:
+        outcomes = [client.send("t", raw_value=b"%d" % i).outcome for i in range(3)]
+    assert outcomes == ["finished"] * 3
+    assert batches == [[0], [2]]  # the recorded one never reached the handler
+    assert ledger_rows(ledger_url) == [(0, 0), (0, 1), (0, 2)]
+
+
 def test_the_test_client_without_a_database_is_one_line() -> None:
     from kafkaworker.testing import TestClient  # noqa: PLC0415
 
@@ -608,3 +626,160 @@ def test_the_reset_command_names_the_inbox_table_the_inbox_uses() -> None:
     from kafkaworker.ops.inbox import INBOX_TABLE  # noqa: PLC0415 - psycopg-free on purpose
 
     assert INBOX_TABLE == TABLE
+
+
+# -- batch handlers: one transaction for the batch ------------------------------------------
+
+
+def record_by_hand(url: str, offsets: list[int]) -> None:
+    """Offsets of partition 0 of "t" handled before a crash: committed in the database (the
+    inbox row and the ledger row), not in Kafka."""
+    PostgresInbox(url).open(
+        spec_for(plain, inbox=PostgresInbox(url), concurrency=1), group="svc", metrics=Metrics()
+    ).close()
+    with psycopg.connect(url) as db:
+        for offset in offsets:
+            db.execute(
+                'insert into kafkaworker_inbox (group_id, topic, partition, "offset") '
+                "values ('svc', 't', 0, %s)",
+                (offset,),
+            )
+            db.execute("insert into ledger values ('t', 0, %s, 'before')", (offset,))
+
+
+def run_batches(
+    url: str,
+    func: Any,
+    count: int,
+    *,
+    headers: dict[int, list[tuple[str, bytes]]] | None = None,
+    max_size: int = 4,
+    **options: Any,
+) -> Metrics:
+    """`func` as a batch handler with an inbox over `count` messages of one partition (with
+    `headers` by offset), run until every offset is committed; its metrics."""
+    metrics = Metrics()
+    spec = spec_for(func, inbox=PostgresInbox(url), batch=BatchPolicy(max_size=max_size), **options)
+    source = MemorySource({"t": 1})
+    for i in range(count):
+        source.broker.append("t", b"%d" % i, headers=(headers or {}).get(i))
+    from kafkaworker.runtime.compose import AppRuntime, GivenSources  # noqa: PLC0415
+    from tests.unit.runtime_support import settings  # noqa: PLC0415
+
+    runtime = AppRuntime(
+        App("svc"), settings(), [spec], sources=GivenSources({"handler": source}), metrics=metrics
+    )
+    with runtime:
+        runtime.start()
+        assert source.wait_for(lambda s: committed_to_the_end(s, [Partition("t", 0)]), 30)
+    return metrics
+
+
+def test_a_batch_is_one_transaction_and_recorded_messages_are_not_passed(ledger_url: str) -> None:
+    # 4-7: a whole batch recorded (no call); 1, 2, 9: some of a batch.
+    record_by_hand(ledger_url, [1, 2, 4, 5, 6, 7, 9])
+    batches: list[list[int]] = []
+    transactions: set[int] = set()
+
+    def store(msgs: list[Message[bytes]], db: psycopg.Connection) -> None:
+        batches.append([m.offset for m in msgs])
+        for msg in msgs:
+            write_ledger(msg, db)
+        (xid,) = db.execute("select txid_current()").fetchone() or (0,)
+        transactions.add(int(xid))
+
+    metrics = run_batches(ledger_url, store, 12)
+    called = sorted(o for batch in batches for o in batch)
+    assert called == [0, 3, 8, 10, 11]
+    assert all(batch for batch in batches)  # never called with nothing
+    assert len(transactions) == len(batches)  # one transaction per call
+    assert ledger_rows(ledger_url) == [(0, o) for o in range(12)]
+    assert inbox_rows(ledger_url) == [("t", 0, o) for o in range(12)]
+    assert deduplicated(metrics) == 7
+
+
+async def store_async(msgs: list[Message[bytes]], db: psycopg.AsyncConnection) -> None:
+    for msg in msgs:
+        await write_ledger_async(msg, db)
+
+
+def test_an_async_batch_handler_gets_the_transaction_too(ledger_url: str) -> None:
+    record_by_hand(ledger_url, [3, 4])
+    metrics = run_batches(ledger_url, store_async, 10, concurrency=2)
+    assert ledger_rows(ledger_url) == [(0, o) for o in range(10)]
+    assert inbox_rows(ledger_url) == [("t", 0, o) for o in range(10)]
+    assert deduplicated(metrics) == 2
+
+
+def test_a_failed_batch_rolls_back_its_writes_and_its_records(ledger_url: str) -> None:
+    calls: list[list[int]] = []
+
+    def fails_once(msgs: list[Message[bytes]], db: psycopg.Connection) -> None:
+        for msg in msgs:
+            write_ledger(msg, db)
+        calls.append([m.offset for m in msgs])
+        if len(calls) == 1:
+            raise RuntimeError("after the writes")
+
+    run_batches(ledger_url, fails_once, 8, retries=1)
+    assert calls[0] == calls[1]  # the batch ran again whole
+    assert ledger_rows(ledger_url) == [(0, o) for o in range(8)]  # once each
+    assert inbox_rows(ledger_url) == [("t", 0, o) for o in range(8)]
+
+
+def test_batch_failures_commit_the_others_and_run_the_failed_again(ledger_url: str) -> None:
+    failed_once: list[int] = []
+
+    def partly(msgs: list[Message[bytes]], db: psycopg.Connection) -> None:
+        failures: dict[Message[bytes], BaseException] = {}
+        for msg in msgs:
+            try:
+                with db.transaction():  # a savepoint: a failed message's write goes with it
+                    write_ledger(msg, db)
+                    if msg.offset % 3 == 1 and msg.offset not in failed_once:
+                        failed_once.append(msg.offset)
+                        raise ValueError(f"{msg.offset} is not yet")
+            except ValueError as error:
+                failures[msg] = error
+        if failures:
+            raise BatchFailures(failures)
+
+    run_batches(ledger_url, partly, 8, retries=1)
+    assert failed_once == [1, 4, 7]
+    assert ledger_rows(ledger_url) == [(0, o) for o in range(8)]
+    assert inbox_rows(ledger_url) == [("t", 0, o) for o in range(8)]
+
+
+def test_batch_failures_in_an_aborted_transaction_fail_the_whole_batch(ledger_url: str) -> None:
+    seen: list[list[int]] = []
+
+    def aborts(msgs: list[Message[bytes]], db: psycopg.Connection) -> None:
+        seen.append([m.offset for m in msgs])
+        for msg in msgs:
+            write_ledger(msg, db)
+        if len(seen) == 1:
+            try:
+                db.execute("select 1/0")  # aborts the transaction: nothing of it can commit
+            except psycopg.errors.DivisionByZero as error:
+                raise BatchFailures({msgs[0]: error}) from error
+
+    run_batches(ledger_url, aborts, 4, retries=1)
+    assert seen[0] == seen[1] == [0, 1, 2, 3]  # all of it ran again, not only msgs[0]
+    assert ledger_rows(ledger_url) == [(0, o) for o in range(4)]
+
+
+def test_an_outbox_record_published_twice_in_one_batch_is_applied_once(ledger_url: str) -> None:
+    # The relay published outbox row 7 again (it died before marking it): offsets 1 and 4.
+    again = [("kw.outbox.id", b"7")]
+    called: list[int] = []
+
+    def store(msgs: list[Message[bytes]], db: psycopg.Connection) -> None:
+        called.extend(m.offset for m in msgs)
+        for msg in msgs:
+            write_ledger(msg, db)
+
+    metrics = run_batches(ledger_url, store, 6, headers={1: again, 4: again}, max_size=8)
+    assert sorted(called) == [0, 1, 2, 3, 5]
+    assert deduplicated(metrics) == 1
+    # Both offsets recorded, and the id once.
+    assert inbox_rows(ledger_url) == [("t", -1, 7)] + [("t", 0, o) for o in range(6)]

@@ -50,6 +50,9 @@ class BatchRunner:
         self._spans = spans
         self.max_size = spec.batch.max_size
         self._attempts = attempts
+        # The call of the batch handler with a list; the composition root wraps it in the
+        # inbox's transaction when the handler has one.
+        self.call: Callable[[list[Dispatched]], Any] = spec.func
         self._handler_seconds = metrics.handler_seconds.labels(spec.name)
         self._handler_failures = metrics.handler_failures.labels(spec.name)
         self._skipped = metrics.skipped.labels(spec.name)
@@ -104,7 +107,7 @@ class BatchRunner:
             error: BaseException | None = None
             try:
                 # A copy: the handler may change its list.
-                yield from attempts.calling(self.spec.func, list(remaining))
+                yield from attempts.calling(self.call, list(remaining))
             except GeneratorExit:
                 raise
             except BaseException as exc:  # noqa: BLE001 - the failure policy decides
