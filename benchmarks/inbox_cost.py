@@ -6,7 +6,7 @@ the same insert through a connection of the handler's own, at least once (a pool
 autocommit: one transaction per row, as the inbox's). Prints msg/s of each and their ratio
 (issue 27's S9 asks for >= 0.8 of the at-least-once figure).
 
-    python -m benchmarks.inbox_cost [--messages N] [--concurrency N]
+    python -m benchmarks.inbox_cost [--messages N] [--concurrency N] [--fsync]
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ def _timed(app: App, source: MemorySource, messages: int) -> float:
     return messages / elapsed
 
 
-def run(messages: int, concurrency: int) -> dict[str, Any]:
+def run(messages: int, concurrency: int, *, fsync: bool = False) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    server = PostgresServer().start()
+    server = PostgresServer(fsync=fsync).start()
     try:
         with psycopg.connect(server.url) as db:
             db.execute('create table ledger (partition int, "offset" bigint, key text)')
@@ -110,6 +110,7 @@ def run(messages: int, concurrency: int) -> dict[str, Any]:
         "inbox_msg_s": round(inbox_rate),
         "own_connection_msg_s": round(own_rate),
         "ratio": round(inbox_rate / own_rate, 2),
+        "fsync": fsync,
     }
 
 
@@ -117,8 +118,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--fsync",
+        action="store_true",
+        help="the server flushes each commit to disk, as production does (the tests' is off)",
+    )
     args = parser.parse_args()
-    print(run(args.messages, args.concurrency))
+    print(run(args.messages, args.concurrency, fsync=args.fsync))
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def bin_dir() -> Path | None:
 class PostgresServer:
     """One server; `start()` it, then `url` (database `postgres`, user `postgres`)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, fsync: bool = False) -> None:
         self.port = port or free_port()
+        self.fsync = fsync
         self._bin = bin_dir()
         self._root = Path(tempfile.mkdtemp(prefix="kw-postgres-"))
         self.data = self._root / "data"
@@ -105,9 +106,10 @@ class PostgresServer:
                     "-c",
                     "max_connections=200",
                     # A throwaway server: durability is the tests' subject only through the
-                    # worker's transactions, never through the machine crashing.
+                    # worker's transactions, never through the machine crashing. On for a
+                    # benchmark that weighs commits as production pays for them.
                     "-c",
-                    "fsync=off",
+                    f"fsync={'on' if self.fsync else 'off'}",
                 ]
             ),
             self.log,
