@@ -74,9 +74,7 @@ def test_the_cleanup_deletes_the_rows_below_the_committed_offsets_only(
             (group, topic, topic),
         )
     with running(app, make_settings(kafka_bootstrap)):
-        committed_to_the_end(
-            kafka_bootstrap, group, topic, 2, 60, what="offsets committed to the end"
-        )
+        committed_to_the_end(kafka_bootstrap, group, topic, 2, 60)
         # Every handled row is below the committed offsets: only the one above stays.
         wait_until(lambda: inbox_count(postgres_url, group) == 1, 30, "the rows cleaned up")
     assert len(handled) == 40
@@ -110,9 +108,7 @@ def test_rows_younger_than_cleanup_after_stay(
             (group, topic),
         )
     with running(app, make_settings(kafka_bootstrap)):
-        committed_to_the_end(
-            kafka_bootstrap, group, topic, 1, 60, what="offsets committed to the end"
-        )
+        committed_to_the_end(kafka_bootstrap, group, topic, 1, 60)
         # The old row goes (so the cleanup ran), the nine just handled stay.
         wait_until(lambda: inbox_count(postgres_url, group) == 9, 30, "the old row cleaned up")
     assert handled == list(range(1, 10))
