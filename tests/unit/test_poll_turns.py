@@ -29,7 +29,12 @@ from kafkaworker.runtime.poll import offset_map
 from kafkaworker.runtime.poll.backpressure import WITHHOLD
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.fairness import FAIR_WAIT, FIRST_QUOTA
-from kafkaworker.runtime.poll.poller import COMMIT_HOLD_AFTER, OffsetCommit, Poller
+from kafkaworker.runtime.poll.poller import (
+    COMMIT_HOLD_AFTER,
+    REBALANCE_GRACE,
+    OffsetCommit,
+    Poller,
+)
 from kafkaworker.runtime.poll.share_poller import ACK_FLUSH, SharePoller
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
@@ -800,6 +805,7 @@ def test_a_partition_whose_commits_go_unanswered_takes_no_new_work_until_they_ar
     # A broker killed: its coordinator answers no commit, and what is finished meanwhile runs
     # again once the session times out (tests/faults/test_broker_faults.py).
     turns = Turns(2, spec=handler(concurrency=1))
+    turns.clock.advance(REBALANCE_GRACE)  # the assignment is not that recent
     turns.executor.recent_handler_seconds = 0.05  # a small quota: the rest waits on this side
     turns.append(20, partition=0)
     turns.append(20, partition=1)
@@ -828,3 +834,23 @@ def test_a_partition_whose_commits_go_unanswered_takes_no_new_work_until_they_ar
     assert turns.source.paused == set() and turns.dispatched(0)
     assert turns.source.committed[P0] == len(first) + len(topped_up)
     assert turns.poller.stats.commit_holds == 1
+
+
+def test_no_partition_is_held_for_its_commits_just_after_a_rebalance() -> None:
+    # The coordinator leaves the commits of partitions kept through a cooperative rebalance
+    # unanswered until it is over: that is no outage.
+    turns = Turns(2, spec=handler(concurrency=1))
+    turns.append(20, partition=0)
+    turns.turn()
+    turns.clock.advance(REBALANCE_GRACE)
+    turns.source.unanswered.add(P0)
+    turns.executor.finish(0, turns.dispatched(0)[:1])
+    turns.turn()  # P0's commit sent, unanswered
+    turns.source.revoke([P1])
+    turns.turn()  # the revoke comes inside this turn's fetch
+    turns.clock.advance(COMMIT_HOLD_AFTER)
+    turns.turn()
+    assert turns.source.paused == set()
+    turns.clock.advance(REBALANCE_GRACE)
+    turns.turn()
+    assert turns.source.paused == {P0}
