@@ -985,8 +985,7 @@ class OffsetCommit:
                 self._refused(len(sent.metadata))
             if code in REBALANCING and partition in self._unacknowledged:
                 # Refused for a rebalance: the coordinator answers; the re-send's wait counts
-                # from now. (A commit left unanswered while the group rebalances still holds
-                # its partition: 0.47 s seen, docs/reliability.md.)
+                # from now. (One left unanswered while the group rebalances: REBALANCE_GRACE.)
                 self._unacknowledged[partition] = self._clock.monotonic()
             self._changed[partition] = tracker
 
