@@ -29,7 +29,12 @@ from kafkaworker.runtime.poll import offset_map
 from kafkaworker.runtime.poll.backpressure import WITHHOLD
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.fairness import FAIR_WAIT, FIRST_QUOTA
-from kafkaworker.runtime.poll.poller import OffsetCommit, Poller
+from kafkaworker.runtime.poll.poller import (
+    COMMIT_HOLD_AFTER,
+    REBALANCE_GRACE,
+    OffsetCommit,
+    Poller,
+)
 from kafkaworker.runtime.poll.share_poller import ACK_FLUSH, SharePoller
 from kafkaworker.runtime.source import Partition
 from kafkaworker.runtime.source.memory import MemorySource
@@ -794,3 +799,58 @@ def test_shutdown_releases_a_fetchs_surplus_with_what_never_started() -> None:
     turns.poller.shutdown()
     assert sorted(turns.acks()) == [(0, o, "release") for o in range(6)]
     assert turns.poller.unfinished_at_exit == {}
+
+
+def test_a_partition_whose_commits_go_unanswered_takes_no_new_work_until_they_are() -> None:
+    # A broker killed: its coordinator answers no commit, and what is finished meanwhile runs
+    # again once the session times out (tests/faults/test_broker_faults.py).
+    turns = Turns(2, spec=handler(concurrency=1))
+    turns.clock.advance(REBALANCE_GRACE)  # the assignment is not that recent
+    turns.executor.recent_handler_seconds = 0.05  # a small quota: the rest waits on this side
+    turns.append(20, partition=0)
+    turns.append(20, partition=1)
+    turns.turn()
+    turns.source.unanswered.add(P0)
+    first = turns.dispatched(0)
+    turns.executor.finish(0, first)
+    turns.executor.finish(1, turns.dispatched(1))
+    turns.turn()  # both committed (P1 acknowledged, P0 not) and topped up from their backlogs
+    topped_up = turns.dispatched(0)
+    assert topped_up and turns.source.paused == set()
+    turns.clock.advance(COMMIT_HOLD_AFTER)
+    turns.turn()
+    assert turns.source.paused == {P0}
+    [held] = [s for s in turns.poller.partitions if s.partition == 0]
+    assert held.pause_reason == "commits not acknowledged"
+    # What the executor holds runs on; no more of P0 is handed over, P1 goes on.
+    turns.executor.finish(0, topped_up)
+    turns.executor.finish(1, turns.dispatched(1))
+    turns.turn(2)
+    assert turns.dispatched(0) == [] and turns.dispatched(1)
+    assert P0 not in turns.source.committed or turns.source.committed[P0] == 0
+    # The coordinator is back: the commits that waited are made, and P0 takes work again.
+    turns.source.answer_commits()
+    turns.turn(2)
+    assert turns.source.paused == set() and turns.dispatched(0)
+    assert turns.source.committed[P0] == len(first) + len(topped_up)
+    assert turns.poller.stats.commit_holds == 1
+
+
+def test_no_partition_is_held_for_its_commits_just_after_a_rebalance() -> None:
+    # The coordinator leaves the commits of partitions kept through a cooperative rebalance
+    # unanswered until it is over: that is no outage.
+    turns = Turns(2, spec=handler(concurrency=1))
+    turns.append(20, partition=0)
+    turns.turn()
+    turns.clock.advance(REBALANCE_GRACE)
+    turns.source.unanswered.add(P0)
+    turns.executor.finish(0, turns.dispatched(0)[:1])
+    turns.turn()  # P0's commit sent, unanswered
+    turns.source.revoke([P1])
+    turns.turn()  # the revoke comes inside this turn's fetch
+    turns.clock.advance(COMMIT_HOLD_AFTER)
+    turns.turn()
+    assert turns.source.paused == set()
+    turns.clock.advance(REBALANCE_GRACE)
+    turns.turn()
+    assert turns.source.paused == {P0}

@@ -1,8 +1,9 @@
 """Pausing: which partitions are paused, and why.
 
 A partition is paused while backpressure limits it (poll/backpressure.py), while the circuit
-breaker is open (all of the handler's partitions), or while it holds retry records that are
-not due yet (poll/delayed.py). The poll thread applies the changes to the source.
+breaker is open (all of the handler's partitions), while it holds retry records that are
+not due yet (poll/delayed.py), or while its commits go unacknowledged (poll/poller.py,
+COMMIT_HOLD_AFTER). The poll thread applies the changes to the source.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Pausing:
         # Partitions an operator paused from the dashboard: held until the operator resumes
         # them (or they are revoked). Written by the dashboard's thread, read here.
         self.operator_held: set[Partition] = set()
+        # Partitions whose commits the coordinator has not acknowledged for a while (set by
+        # the poll thread each turn): work finished now could not be made durable.
+        self.commit_held: set[Partition] = set()
         # An operator's breaker request ("open" / "close"), applied at the next update().
         self.breaker_request: str | None = None
 
@@ -56,9 +60,17 @@ class Pausing:
         reasons = self.reasons
         reasons.clear()
         held = self.operator_held
+        commit_held = self.commit_held
         for state in partitions:
             by_operator = bool(held) and state.topic_partition in held
-            want = state in keep_paused or breaker_open or by_operator or self._delayed.holds(state)
+            by_commits = bool(commit_held) and state.topic_partition in commit_held
+            want = (
+                state in keep_paused
+                or breaker_open
+                or by_operator
+                or by_commits
+                or self._delayed.holds(state)
+            )
             if want != state.paused and not state.lease.revoked:
                 state.paused = want
                 if want:
@@ -70,6 +82,8 @@ class Pausing:
                         if breaker_open
                         else "delayed retry not due"
                         if self._delayed.holds(state)
+                        else "commits not acknowledged"
+                        if by_commits
                         else "backpressure"
                     )
                 else:

@@ -276,6 +276,11 @@ class TransactionalCommit:
         # Refusals are kept: a rewound partition's refused message is delivered again here.
         self._keep_current(gone)
 
+    def unacknowledged(self, longer_than: float) -> set[Partition]:
+        """None: a transaction's commit is waited for on the poll thread itself (no work is
+        dispatched meanwhile), and an aborted one rewinds its partitions."""
+        return set()
+
     def close(self) -> None:
         """The transaction is never open between commits: nothing to abort; flush what the
         producer may still send (nothing) and let it go."""

@@ -15,8 +15,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
-from confluent_kafka import AcknowledgeType
+from confluent_kafka import AcknowledgeType, KafkaError
 from confluent_kafka import Message as Record
+
+# Commit errors that a rebalance in progress causes (the member's generation or epoch moved):
+# the coordinator answered, and the commit is sent again once the rebalance is over.
+REBALANCING = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.STALE_MEMBER_EPOCH,
+    }
+)
 
 
 class Partition(NamedTuple):
@@ -90,6 +101,12 @@ class Source(Protocol):
     def failed_commits(self) -> list[tuple[Partition, int]]:
         """Partitions whose asynchronous commit failed since last asked, with the error code
         (confluent_kafka.KafkaError's): to be committed again with what is finished then."""
+        ...
+
+    def acknowledged_commits(self) -> list[tuple[Partition, int]]:
+        """Partitions whose commit the group coordinator acknowledged since last asked, with
+        the offset committed: the committer holds back new work of a partition whose
+        commits go unacknowledged (poll/poller.py, OffsetCommit.unacknowledged)."""
         ...
 
     def log_end(self, partition: Partition) -> int | None:

@@ -16,7 +16,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from kafkaworker import clients
 from kafkaworker.errors import StartupError
 from kafkaworker.handlers import HandlerSpec
-from kafkaworker.runtime.source import AssignmentListener, OffsetAndMetadata, Partition, Record
+from kafkaworker.runtime.source import (
+    REBALANCING,
+    AssignmentListener,
+    OffsetAndMetadata,
+    Partition,
+    Record,
+)
 from kafkaworker.settings import Settings
 
 log = structlog.get_logger("kafkaworker.source")
@@ -92,17 +98,6 @@ def _reason(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-# Commit errors that a rebalance in progress causes (the member's generation or epoch moved).
-_REBALANCING = frozenset(
-    {
-        KafkaError.ILLEGAL_GENERATION,
-        KafkaError.REBALANCE_IN_PROGRESS,
-        KafkaError.UNKNOWN_MEMBER_ID,
-        KafkaError.STALE_MEMBER_EPOCH,
-    }
-)
-
-
 def _topic_partitions(partitions: Sequence[Partition]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition) for topic, partition in partitions]
 
@@ -131,6 +126,8 @@ class ConsumerGroupSource:
         self._revoked: set[Partition] = set()
         # Asynchronous commits that failed, told by librdkafka's commit callback inside poll().
         self._failed: list[tuple[Partition, int]] = []
+        # Commits the coordinator acknowledged, told by the same callback.
+        self._acknowledged: list[tuple[Partition, int]] = []
         self._synchronous = False  # inside a synchronous commit (revoke, shutdown, starts)
         config = dict(config)
         self._group_protocol = config.get("group.protocol", "classic")
@@ -268,6 +265,10 @@ class ConsumerGroupSource:
     def failed_commits(self) -> list[tuple[Partition, int]]:
         failed, self._failed = self._failed, []
         return failed
+
+    def acknowledged_commits(self) -> list[tuple[Partition, int]]:
+        acknowledged, self._acknowledged = self._acknowledged, []
+        return acknowledged
 
     def _commit_or_raise(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
         # It raises for the request; a partition's own failure is in its result. The commit
@@ -510,6 +511,9 @@ class ConsumerGroupSource:
         failed = [tp for tp in partitions if tp.error is not None]
         error = error or (failed[0].error if failed else None)
         if error is None:
+            self._acknowledged.extend(
+                (Partition(tp.topic, tp.partition), tp.offset) for tp in partitions
+            )
             if not self._synchronous:
                 log.debug(
                     "committed (periodic)",
@@ -527,7 +531,7 @@ class ConsumerGroupSource:
         # Not a delivery problem: the committer commits those partitions again at its next
         # interval, with what is finished then, and uncommitted work is delivered again, never
         # skipped. During a rebalance it is routine.
-        routine = error.code() in _REBALANCING
+        routine = error.code() in REBALANCING
         (log.debug if routine else log.warning)(
             "commit failed; committed again at the next interval",
             handler=self._handler,

@@ -122,6 +122,12 @@ class MemorySource:
         # asynchronous one told by failed_commits()), as a commit during a rebalance does.
         self.fail_commits: dict[Partition, int] = {}
         self._failed: list[tuple[Partition, int]] = []
+        self._acknowledged: list[tuple[Partition, int]] = []
+        # Set by a test: commits of these partitions wait for answer_commits(), neither
+        # acknowledged nor refused (a group coordinator that is away: librdkafka keeps the
+        # request until it is back, or until the member's session times out).
+        self.unanswered: set[Partition] = set()
+        self._waiting: dict[Partition, tuple[int, str]] = {}
         self.closed = False
 
     # -- the test's side (records go in through `broker`) ---------------------------------
@@ -206,16 +212,37 @@ class MemorySource:
             if failing and not asynchronous:
                 raise KafkaException(KafkaError(next(iter(failing.values()))))
             self._failed.extend(failing.items())
-            offsets = {p: o for p, o in offsets.items() if p not in failing}
-            self.committed.update((p, offset) for p, (offset, _) in offsets.items())
-            self.metadata.update((p, metadata) for p, (_, metadata) in offsets.items())
-            self.commits.append({p: offset for p, (offset, _) in offsets.items()})
-            self._cond.notify_all()
+            self._waiting.update((p, o) for p, o in offsets.items() if p in self.unanswered)
+            offsets = {
+                p: o for p, o in offsets.items() if p not in failing and p not in self.unanswered
+            }
+            self._apply(offsets)
+
+    def answer_commits(self) -> None:
+        """The coordinator is back: the commits that waited are made and acknowledged."""
+        with self._cond:
+            self.unanswered.clear()
+            waiting, self._waiting = self._waiting, {}
+            if waiting:
+                self._apply(waiting)
+
+    def _apply(self, offsets: Mapping[Partition, tuple[int, str]]) -> None:
+        """Under the lock: commits made (and acknowledged)."""
+        self._acknowledged.extend((p, offset) for p, (offset, _) in offsets.items())
+        self.committed.update((p, offset) for p, (offset, _) in offsets.items())
+        self.metadata.update((p, metadata) for p, (_, metadata) in offsets.items())
+        self.commits.append({p: offset for p, (offset, _) in offsets.items()})
+        self._cond.notify_all()
 
     def failed_commits(self) -> list[tuple[Partition, int]]:
         with self._cond:
             failed, self._failed = self._failed, []
             return failed
+
+    def acknowledged_commits(self) -> list[tuple[Partition, int]]:
+        with self._cond:
+            acknowledged, self._acknowledged = self._acknowledged, []
+            return acknowledged
 
     def log_end(self, partition: Partition) -> int | None:
         with self._cond:
