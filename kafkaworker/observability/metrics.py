@@ -121,6 +121,14 @@ class Metrics:
             labels,
             registry=reg,
         )
+        self.commit_holds = Counter(
+            "kafkaworker_commit_holds",
+            "Times partitions stopped taking new work because the group coordinator left their "
+            "commits unacknowledged for 0.5 s (a broker down: work finished then could not be "
+            "committed and would run again)",
+            labels,
+            registry=reg,
+        )
         self.offset_map_skipped = Counter(
             "kafkaworker_offset_map_skipped",
             "Records not handled again at assignment because the committed offset map lists "

@@ -834,6 +834,7 @@ def test_a_partition_whose_commits_go_unanswered_takes_no_new_work_until_they_ar
     assert turns.source.paused == set() and turns.dispatched(0)
     assert turns.source.committed[P0] == len(first) + len(topped_up)
     assert turns.poller.stats.commit_holds == 1
+    assert turns.metrics.commit_holds.labels("handle")._value.get() == 1
 
 
 def test_no_partition_is_held_for_its_commits_just_after_a_rebalance() -> None:

@@ -503,6 +503,7 @@ class Poller(PollLoop):
         before = self._pausing.commit_held
         if held - before:
             self.stats.commit_holds += 1
+            self._metrics.commit_holds.labels(self.spec.name).inc()
             log.warning(
                 "commits have not been acknowledged by the group coordinator; these "
                 "partitions take no new work until they are (work finished now could not "
