@@ -833,3 +833,25 @@ def test_a_producer_fenced_in_its_transaction_is_renewed_once_and_the_partitions
     with pytest.raises(TransactionFencedError, match="its transactional producer was fenced"):
         turns.interval()
     assert turns.renewed == 1
+
+
+def test_a_fatal_error_that_is_no_fence_is_renewed_every_time() -> None:
+    """The transaction coordinator's node died while it led an output partition: the abort
+    ends in a fatal INVALID_TXN_STATE (tests/faults/test_cluster3.py), twice within a minute
+    when two nodes die one after the other. No other process has this transactional.id, so
+    the handler carries on with a fresh producer each time instead of stopping."""
+    turns = EosTurns(renewable=True)
+    invalid = KafkaError(KafkaError.INVALID_TXN_STATE, "Failed to end transaction", fatal=True)
+    for offset in range(3):
+        turns.append(1)
+        turns.poller.turn()
+        turns.finish([offset])
+        turns.producer.fail["commit"] = abortable("records timed out: their leader died")
+        turns.producer.fail["abort"] = invalid
+        turns.interval()
+        assert turns.renewed == offset + 1
+        assert turns.source.position(P0) == offset  # rewound
+        turns.poller.turn()
+        turns.finish([offset])
+        turns.interval()
+    assert turns.producer.outputs() == [b"out-0-0", b"out-0-1", b"out-0-2"]

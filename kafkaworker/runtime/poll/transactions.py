@@ -75,6 +75,11 @@ RECORD_ERRORS = frozenset(
         KafkaError.INVALID_RECORD,
     }
 )
+# Fatal errors that say another producer of this transactional.id has a newer epoch: another
+# process with the same identity, or the coordinator's own bump after a timeout (_renewed).
+FENCES = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
 # Commit at once, whatever the interval, when this many messages' writes are held below
 # committable positions (bounds what a transaction carries under load).
 COMMIT_AT_HELD = 20_000
@@ -191,7 +196,7 @@ class TransactionalCommit:
         self._spans = spans
         # Makes a fresh producer of the same transactional.id (see _renewed); None: never.
         self._renew = renew
-        self._renewed_at = float("-inf")
+        self._fenced_at = float("-inf")  # the last fence renewed (see _renewed)
         self._source = source
         self._held = held
         self._handler = handler
@@ -426,25 +431,36 @@ class TransactionalCommit:
     def _renewed(self, abort_exc: KafkaException, reason: str) -> bool:
         """A fatal error from the transaction or its abort. librdkafka 2.16 aborts a
         transaction whose delivery failed by bumping the producer's epoch (KIP-360), which the
-        coordinator
-        refuses while the transaction is open, so the abort lasts until the coordinator times
-        the transaction out; the coordinator's own epoch bump then sometimes fences this
-        producer (seen in the abort tests, about one abort in ten). Nothing of the transaction
-        is committed either way: a fresh producer of the same transactional.id
-        (init_transactions) carries on and the partitions are rewound. At most once a minute:
-        a second process with this transactional.id fences it again, and then it stops."""
+        coordinator refuses while the transaction is open, so the abort lasts until the
+        coordinator times the transaction out; the coordinator's own epoch bump then sometimes
+        fences this producer (seen in the abort tests, about one abort in ten). When the
+        transaction coordinator's node dies while it leads an output partition, the abort may
+        instead end in INVALID_TXN_STATE (librdkafka#4849's error), also fatal
+        (tests/faults/test_cluster3.py, in 1 run of 7: at both kills; the second came 53 s
+        after the first renewal, and the once-a-minute rule then stopped the handler).
+        Nothing of the transaction is committed either way, and the rewind starts from the
+        group's committed offsets, which say what was: a fresh producer of the same
+        transactional.id (init_transactions) carries on. A fence (another instance's epoch)
+        is renewed at most once a minute: a second process with this transactional.id fences
+        it again, and then it stops. A fatal error that is no fence is renewed every time:
+        each takes a failed transaction, and a cluster that refuses the fresh producer stops
+        the handler at its init_transactions."""
         error = abort_exc.args[0]
-        now = time.monotonic()
-        if (
-            self._renew is None
-            or not (isinstance(error, KafkaError) and error.fatal())
-            or now - self._renewed_at < 60.0
-        ):
+        if self._renew is None or not (isinstance(error, KafkaError) and error.fatal()):
             return False
-        self._renewed_at = now
+        now = time.monotonic()
+        fence = error.code() in FENCES
+        if fence:
+            if now - self._fenced_at < 60.0:
+                return False
+            self._fenced_at = now
         log.warning(
             "the transactional producer was fenced (its transaction timed out, or it failed and "
-            "was being aborted); starting a fresh one (nothing of the transaction is committed)",
+            "was being aborted); starting a fresh one (nothing of the transaction is committed)"
+            if fence
+            else "the transactional producer hit a fatal error (a transaction coordinator "
+            "moved while it aborted); starting a fresh one (nothing of the transaction is "
+            "committed)",
             handler=self._handler,
             error=str(error),
             reason=reason,
