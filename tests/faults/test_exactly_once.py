@@ -116,13 +116,15 @@ def read_committed(
     return records
 
 
-def check_exactly_once(outputs: list[int], total: int, scenario: str) -> None:
+def check_exactly_once(
+    outputs: list[int], total: int, scenario: str, recovery: float | None = None
+) -> None:
     """Inputs 0..total-1 (Feed's values, keyed k{value % 64}) each output once, each key's
     outputs in input order; the row goes to the fault table."""
     counts = Counter(outputs)
     lost = total - len(counts)
     duplicates = sum(n - 1 for n in counts.values())
-    report_fault(scenario, total, lost, duplicates, None)
+    report_fault(scenario, total, lost, duplicates, recovery)
     assert (lost, duplicates) == (0, 0), f"{lost} lost, {duplicates} duplicated"
     assert set(counts) == set(range(total))
     by_key: dict[int, list[int]] = {}
@@ -204,12 +206,19 @@ def aborted(log: Path) -> int:
     return text.count("transaction aborted") + text.count("starting a fresh one")
 
 
-def check_output_once(bootstrap: str, output: str, total: int, log: Path, scenario: str) -> int:
+def check_output_once(  # noqa: PLR0917 - the topic's, the log's and the row's
+    bootstrap: str,
+    output: str,
+    total: int,
+    log: Path,
+    scenario: str,
+    recovery: float | None = None,
+) -> int:
     """check_exactly_once of what a read_committed reader of `output` sees; the row says how
     many transactions the workers (their `log`) aborted. Returns that count."""
     outputs = [int(v) for v in read_committed(bootstrap, output)]
     aborts = aborted(log)
-    check_exactly_once(outputs, total, f"{scenario} ({aborts} transactions aborted)")
+    check_exactly_once(outputs, total, f"{scenario} ({aborts} transactions aborted)", recovery)
     return aborts
 
 
