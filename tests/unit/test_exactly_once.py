@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from kafkaworker.runtime.handoff import (
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.poller import Poller
 from kafkaworker.runtime.poll.transactions import (
+    STUCK_MARGIN,
     TransactionalClient,
     TransactionalCommit,
     TransactionFencedError,
@@ -855,3 +857,39 @@ def test_a_fatal_error_that_is_no_fence_is_renewed_every_time() -> None:
         turns.finish([offset])
         turns.interval()
     assert turns.producer.outputs() == [b"out-0-0", b"out-0-1", b"out-0-2"]
+
+
+def test_a_send_offsets_stuck_past_its_timeout_gives_the_producer_up() -> None:
+    """librdkafka#5456/#5511: send_offsets_to_transaction blocked past its timeout after the
+    group coordinator's node was killed (tests/faults/test_cluster3.py). Past api_timeout +
+    STUCK_MARGIN the poll thread goes on: a fresh producer, the partitions rewound, the work
+    redone once; the stuck call is left on its own thread."""
+    turns = EosTurns(renewable=True)
+    release = threading.Event()
+    real = turns.producer.send_offsets_to_transaction
+    stuck = [True]
+
+    def send_offsets(positions: list[TopicPartition], metadata: Any, timeout: float = -1) -> None:
+        if stuck:
+            stuck.clear()
+            release.wait(30)  # as librdkafka, deaf to `timeout`
+            return
+        real(positions, metadata, timeout)
+
+    turns.producer.send_offsets_to_transaction = send_offsets  # type: ignore[method-assign]
+    try:
+        turns.append(2)
+        turns.poller.turn()
+        turns.finish([0, 1])
+        started = time.monotonic()
+        turns.interval()
+        waited = time.monotonic() - started
+        assert turns.renewed == 1
+        assert 1.0 + STUCK_MARGIN - 0.5 < waited < 1.0 + STUCK_MARGIN + 3  # api_timeout=1.0
+        assert turns.source.position(P0) == 0  # rewound
+        turns.poller.turn()
+        turns.finish([0, 1])
+        turns.interval()
+        assert turns.producer.outputs() == [b"out-0-0", b"out-0-1"]
+    finally:
+        release.set()
