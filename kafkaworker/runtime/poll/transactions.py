@@ -86,8 +86,8 @@ FENCES = frozenset(
 # checked; #5511: a coordinator cached on a broker that left the metadata is waited for, as a
 # killed KRaft broker does): seen on the 3-node cluster (tests/faults/test_cluster3.py), the
 # poll thread blocked there for more than 85 s after the node coordinating the group was
-# killed, in 1 run of 6. The call runs on a thread of its own, waited for this much longer
-# than its timeout (_bounded).
+# killed (2 runs of 16 went silent, stacks taken in one). The call runs on a thread of its
+# own, waited for this much longer than its timeout (_bounded).
 STUCK_MARGIN = 5.0
 # Commit at once, whatever the interval, when this many messages' writes are held below
 # committable positions (bounds what a transaction carries under load).
