@@ -116,13 +116,15 @@ def read_committed(
     return records
 
 
-def check_exactly_once(outputs: list[int], total: int, scenario: str) -> None:
+def check_exactly_once(
+    outputs: list[int], total: int, scenario: str, recovery: float | None = None
+) -> None:
     """Inputs 0..total-1 (Feed's values, keyed k{value % 64}) each output once, each key's
     outputs in input order; the row goes to the fault table."""
     counts = Counter(outputs)
     lost = total - len(counts)
     duplicates = sum(n - 1 for n in counts.values())
-    report_fault(scenario, total, lost, duplicates, None)
+    report_fault(scenario, total, lost, duplicates, recovery)
     assert (lost, duplicates) == (0, 0), f"{lost} lost, {duplicates} duplicated"
     assert set(counts) == set(range(total))
     by_key: dict[int, list[int]] = {}
@@ -146,11 +148,17 @@ def await_finished(  # noqa: PLR0917 - the group's and the wait's
     wait_until(lambda: alive() and finished(bootstrap, group, topic) >= count, 120, what)
 
 
-def drained(bootstrap: str, feed: Feed, source: tuple[str, str], alive: Callable[[], bool]) -> int:
+def drained(
+    bootstrap: str,
+    feed: Feed,
+    source: tuple[str, str],
+    alive: Callable[[], bool],
+    what: str = "every input committed",
+) -> int:
     """Stop the feed and wait until the group committed all of it: the inputs fed."""
     group, topic = source
     total = fed(feed)
-    await_committed_to_end(bootstrap, group, topic, alive, "every input committed")
+    await_committed_to_end(bootstrap, group, topic, alive, what)
     return total
 
 
@@ -204,12 +212,23 @@ def aborted(log: Path) -> int:
     return text.count("transaction aborted") + text.count("starting a fresh one")
 
 
-def check_output_once(bootstrap: str, output: str, total: int, log: Path, scenario: str) -> int:
-    """check_exactly_once of what a read_committed reader of `output` sees; the row says how
-    many transactions the workers (their `log`) aborted. Returns that count."""
+def check_output_once(
+    bootstrap: str,
+    output: str,
+    total: int,
+    scenario: str,
+    *,
+    log: Path | None = None,
+    recovery: float | None = None,
+) -> int:
+    """check_exactly_once of what a read_committed reader of `output` sees; with the workers'
+    `log`, the row says how many transactions they aborted. Returns that count (0 without)."""
     outputs = [int(v) for v in read_committed(bootstrap, output)]
+    if log is None:
+        check_exactly_once(outputs, total, scenario, recovery)
+        return 0
     aborts = aborted(log)
-    check_exactly_once(outputs, total, f"{scenario} ({aborts} transactions aborted)")
+    check_exactly_once(outputs, total, f"{scenario} ({aborts} transactions aborted)", recovery)
     return aborts
 
 
@@ -263,10 +282,12 @@ def test_kill_9_mid_stream_and_restart_output_each_input_exactly_once(
     finally:
         stop(worker)
     assert kills == 3
-    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
-    check_exactly_once(outputs, total, f"{GUARANTEE} copier, kill -9 x3 ({kind} def)")
-    sent = [int(v) for v in read_committed(kafka_bootstrap, side)]
-    check_exactly_once(sent, total, f"{GUARANTEE} app.producer.send in the handler, kill -9 x3")
+    check_output_once(
+        kafka_bootstrap, output, total, f"{GUARANTEE} copier, kill -9 x3 ({kind} def)"
+    )
+    check_output_once(
+        kafka_bootstrap, side, total, f"{GUARANTEE} app.producer.send in the handler, kill -9 x3"
+    )
     assert "transactional producer was fenced" not in log.read_text()
 
 
@@ -307,21 +328,21 @@ def test_members_joining_leaving_and_killed_output_each_input_exactly_once(
         killed.kill()
         killed.wait()
         until(16000, "16000 inputs committed after the second was killed")
-        total = fed(feed)
-        await_committed_to_end(
+        total = drained(
             kafka_bootstrap,
-            group,
-            source,
+            feed,
+            (group, source),
             lambda: all(running(w, log) for w in workers.values()),
-            "every input committed",
         )
     finally:
         feed.stop()
         for worker in workers.values():
             stop(worker)
-    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
-    check_exactly_once(
-        outputs, total, f"{GUARANTEE} copier, 2 members: join, SIGTERM, kill -9 ({protocol})"
+    check_output_once(
+        kafka_bootstrap,
+        output,
+        total,
+        f"{GUARANTEE} copier, 2 members: join, SIGTERM, kill -9 ({protocol})",
     )
     assert "transactional producer was fenced" not in log.read_text()
 
@@ -360,20 +381,19 @@ def test_a_zombie_thawed_after_its_session_commits_nothing(
         finally:
             workers["a"].send_signal(signal.SIGCONT)
         until(9000, "9000 inputs committed after a thawed")
-        total = fed(feed)
-        await_committed_to_end(
+        total = drained(
             kafka_bootstrap,
-            group,
-            source,
+            feed,
+            (group, source),
             lambda: all(running(w, logs[n]) for n, w in workers.items()),
-            "every input committed",
         )
     finally:
         feed.stop()
         for worker in workers.values():
             stop(worker)
-    outputs = [int(v) for v in read_committed(kafka_bootstrap, output)]
-    check_exactly_once(outputs, total, f"{GUARANTEE} copier, a member frozen past its session")
+    check_output_once(
+        kafka_bootstrap, output, total, f"{GUARANTEE} copier, a member frozen past its session"
+    )
     thawed = logs["a"].read_text()
     assert "partitions lost" in thawed or "transaction aborted" in thawed
 
@@ -413,9 +433,9 @@ def test_a_handler_stalled_past_the_transaction_timeout_outputs_each_input_exact
         kafka_bootstrap,
         output,
         total,
-        log,
         f"{GUARANTEE} copier, {total // 1000} handler calls stalled 5 s past a 3 s "
         "transaction.timeout.ms",
+        log=log,
     )
     assert aborts == 0, log.read_text()[-3000:]
 
@@ -480,11 +500,10 @@ def test_a_rebalance_storm_outputs_each_input_exactly_once(
                 leaving.wait()
                 free.append(name)
             progress(300, f"cycle {cycle}: 300 more inputs committed after a member left")
-        total = fed(feed)
-        await_committed_to_end(
+        total = drained(
             kafka_bootstrap,
-            group,
-            source,
+            feed,
+            (group, source),
             lambda: all(running(w, log) for _, w in members),
             "every input committed after the storm",
         )
@@ -496,9 +515,9 @@ def test_a_rebalance_storm_outputs_each_input_exactly_once(
         kafka_bootstrap,
         output,
         total,
-        log,
         f"{GUARANTEE} copier, rebalance storm: {STORM_CYCLES} join/leave cycles (SIGTERM and "
         f"kill -9), 3-4 members, {protocol} protocol",
+        log=log,
     )
     assert "transactional producer was fenced" not in log.read_text()
 
@@ -623,8 +642,8 @@ def test_a_transaction_timed_out_by_the_coordinator_is_aborted_and_redone(
         kafka_bootstrap,
         output,
         total,
-        log,
         f"{GUARANTEE} copier, frozen {freezes} x 13 s past a 2 s transaction.timeout.ms",
+        log=log,
     )
     assert aborts >= 1, log.read_text()[-3000:]
     assert "partitions lost" not in log.read_text()

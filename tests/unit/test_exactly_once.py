@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from kafkaworker.runtime.handoff import (
 from kafkaworker.runtime.poll.delayed import DelayedRetries
 from kafkaworker.runtime.poll.poller import Poller
 from kafkaworker.runtime.poll.transactions import (
+    STUCK_MARGIN,
     TransactionalClient,
     TransactionalCommit,
     TransactionFencedError,
@@ -833,3 +835,61 @@ def test_a_producer_fenced_in_its_transaction_is_renewed_once_and_the_partitions
     with pytest.raises(TransactionFencedError, match="its transactional producer was fenced"):
         turns.interval()
     assert turns.renewed == 1
+
+
+def test_a_fatal_error_that_is_no_fence_is_renewed_every_time() -> None:
+    """The transaction coordinator's node died while it led an output partition: the abort
+    ends in a fatal INVALID_TXN_STATE (tests/faults/test_cluster3.py), twice within a minute
+    when two nodes die one after the other. No other process has this transactional.id, so
+    the handler carries on with a fresh producer each time instead of stopping."""
+    turns = EosTurns(renewable=True)
+    invalid = KafkaError(KafkaError.INVALID_TXN_STATE, "Failed to end transaction", fatal=True)
+    for offset in range(3):
+        turns.append(1)
+        turns.poller.turn()
+        turns.finish([offset])
+        turns.producer.fail["commit"] = abortable("records timed out: their leader died")
+        turns.producer.fail["abort"] = invalid
+        turns.interval()
+        assert turns.renewed == offset + 1
+        assert turns.source.position(P0) == offset  # rewound
+        turns.poller.turn()
+        turns.finish([offset])
+        turns.interval()
+    assert turns.producer.outputs() == [b"out-0-0", b"out-0-1", b"out-0-2"]
+
+
+def test_a_send_offsets_stuck_past_its_timeout_gives_the_producer_up() -> None:
+    """librdkafka#5456/#5511: send_offsets_to_transaction blocked past its timeout after the
+    group coordinator's node was killed (tests/faults/test_cluster3.py). Past api_timeout +
+    STUCK_MARGIN the poll thread goes on: a fresh producer, the partitions rewound, the work
+    redone once; the stuck call is left on its own thread."""
+    turns = EosTurns(renewable=True)
+    release = threading.Event()
+    real = turns.producer.send_offsets_to_transaction
+    stuck = [True]
+
+    def send_offsets(positions: list[TopicPartition], metadata: Any, timeout: float = -1) -> None:
+        if stuck:
+            stuck.clear()
+            release.wait(30)  # as librdkafka, deaf to `timeout`
+            return
+        real(positions, metadata, timeout)
+
+    turns.producer.send_offsets_to_transaction = send_offsets  # type: ignore[method-assign]
+    try:
+        turns.append(2)
+        turns.poller.turn()
+        turns.finish([0, 1])
+        started = time.monotonic()
+        turns.interval()
+        waited = time.monotonic() - started
+        assert turns.renewed == 1
+        assert 1.0 + STUCK_MARGIN - 0.5 < waited < 1.0 + STUCK_MARGIN + 3  # api_timeout=1.0
+        assert turns.source.position(P0) == 0  # rewound
+        turns.poller.turn()
+        turns.finish([0, 1])
+        turns.interval()
+        assert turns.producer.outputs() == [b"out-0-0", b"out-0-1"]
+    finally:
+        release.set()

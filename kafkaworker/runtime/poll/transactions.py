@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -75,6 +76,19 @@ RECORD_ERRORS = frozenset(
         KafkaError.INVALID_RECORD,
     }
 )
+# Fatal errors that say another producer of this transactional.id has a newer epoch: another
+# process with the same identity, or the coordinator's own bump after a timeout (_renewed).
+FENCES = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
+# librdkafka 2.16's send_offsets_to_transaction may block past its timeout when the group
+# coordinator's broker is gone (librdkafka#5456: the coordinator request's timeout is never
+# checked; #5511: a coordinator cached on a broker that left the metadata is waited for, as a
+# killed KRaft broker does): seen on the 3-node cluster (tests/faults/test_cluster3.py), the
+# poll thread blocked there for more than 85 s after the node coordinating the group was
+# killed (2 runs of 16 went silent, stacks taken in one). The call runs on a thread of its
+# own, waited for this much longer than its timeout (_bounded).
+STUCK_MARGIN = 5.0
 # Commit at once, whatever the interval, when this many messages' writes are held below
 # committable positions (bounds what a transaction carries under load).
 COMMIT_AT_HELD = 20_000
@@ -191,7 +205,7 @@ class TransactionalCommit:
         self._spans = spans
         # Makes a fresh producer of the same transactional.id (see _renewed); None: never.
         self._renew = renew
-        self._renewed_at = float("-inf")
+        self._fenced_at = float("-inf")  # the last fence renewed (see _renewed)
         self._source = source
         self._held = held
         self._handler = handler
@@ -329,7 +343,12 @@ class TransactionalCommit:
                 self._produce(record, self._on_delivery(refused, partition, offset, record))
             metadata = self._source.group_metadata()
             self._call(
-                lambda: producer.send_offsets_to_transaction(offsets, metadata, self._api_timeout)
+                lambda: self._bounded(
+                    lambda: producer.send_offsets_to_transaction(
+                        offsets, metadata, self._api_timeout
+                    ),
+                    "send_offsets_to_transaction",
+                )
             )
             self._call(lambda: producer.commit_transaction(self._api_timeout))
         except KafkaException as exc:
@@ -407,6 +426,37 @@ class TransactionalCommit:
                 # set; a failed delivery fails commit_transaction, which aborts).
                 self._producer.poll(_QUEUE_FULL_WAIT)
 
+    def _bounded(self, api: Callable[[], None], name: str) -> None:
+        """Call a transactional API that may not honour its timeout (see STUCK_MARGIN) on a
+        daemon thread, and wait api_timeout + STUCK_MARGIN for it. Past that, a fatal
+        _TIMED_OUT: the producer is given up (a fresh one, _renewed, fences it and aborts its
+        transaction; the partitions are rewound), and the thread, which owns nothing else, is
+        left to return when librdkafka does (daemon: it never holds the process's exit)."""
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                api()
+            except BaseException as exc:  # noqa: BLE001 - handed to the poll thread
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        thread = threading.Thread(target=run, name=f"{self._handler}-{name}", daemon=True)
+        thread.start()
+        thread.join(self._api_timeout + STUCK_MARGIN)
+        if not outcome:
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._TIMED_OUT,
+                    f"{name} did not return within {self._api_timeout + STUCK_MARGIN:.0f}s "
+                    "(librdkafka#5456)",
+                    fatal=True,
+                )
+            )
+        if outcome[0] is not None:
+            raise outcome[0]
+
     def _call(self, api: Callable[[], None]) -> None:
         """Call a transactional API, again while it fails with a retriable error (librdkafka:
         'the application may call the same API again'), for at most api_timeout."""
@@ -431,25 +481,36 @@ class TransactionalCommit:
     def _renewed(self, abort_exc: KafkaException, reason: str) -> bool:
         """A fatal error from the transaction or its abort. librdkafka 2.16 aborts a
         transaction whose delivery failed by bumping the producer's epoch (KIP-360), which the
-        coordinator
-        refuses while the transaction is open, so the abort lasts until the coordinator times
-        the transaction out; the coordinator's own epoch bump then sometimes fences this
-        producer (seen in the abort tests, about one abort in ten). Nothing of the transaction
-        is committed either way: a fresh producer of the same transactional.id
-        (init_transactions) carries on and the partitions are rewound. At most once a minute:
-        a second process with this transactional.id fences it again, and then it stops."""
+        coordinator refuses while the transaction is open, so the abort lasts until the
+        coordinator times the transaction out; the coordinator's own epoch bump then sometimes
+        fences this producer (seen in the abort tests, about one abort in ten). When the
+        transaction coordinator's node dies while it leads an output partition, the abort may
+        instead end in INVALID_TXN_STATE (librdkafka#4849's error), also fatal
+        (tests/faults/test_cluster3.py, in 1 run of 7: at both kills; the second came 53 s
+        after the first renewal, and the once-a-minute rule then stopped the handler).
+        Nothing of the transaction is committed either way, and the rewind starts from the
+        group's committed offsets, which say what was: a fresh producer of the same
+        transactional.id (init_transactions) carries on. A fence (another instance's epoch)
+        is renewed at most once a minute: a second process with this transactional.id fences
+        it again, and then it stops. A fatal error that is no fence is renewed every time:
+        each takes a failed transaction, and a cluster that refuses the fresh producer stops
+        the handler at its init_transactions."""
         error = abort_exc.args[0]
-        now = time.monotonic()
-        if (
-            self._renew is None
-            or not (isinstance(error, KafkaError) and error.fatal())
-            or now - self._renewed_at < 60.0
-        ):
+        if self._renew is None or not (isinstance(error, KafkaError) and error.fatal()):
             return False
-        self._renewed_at = now
+        now = time.monotonic()
+        fence = error.code() in FENCES
+        if fence:
+            if now - self._fenced_at < 60.0:
+                return False
+            self._fenced_at = now
         log.warning(
             "the transactional producer was fenced (its transaction timed out, or it failed and "
-            "was being aborted); starting a fresh one (nothing of the transaction is committed)",
+            "was being aborted); starting a fresh one (nothing of the transaction is committed)"
+            if fence
+            else "the transactional producer hit a fatal error (an abort refused after the "
+            "transaction coordinator moved, or a call stuck in librdkafka); starting a fresh one "
+            "(nothing of the transaction is committed)",
             handler=self._handler,
             error=str(error),
             reason=reason,
