@@ -106,5 +106,9 @@ def test_a_record_the_broker_always_refuses_ends_in_the_dlq_not_in_a_loop_of_abo
     assert dead == [{"id": 77}]
     # Each refusal counts as one failed attempt: the first three deliveries' transactions
     # abort (the last attempt of each holds the record again), the fourth delivery fails all
-    # three attempts (retries=2) without producing, and the message goes to the DLQ.
-    assert aborted == 3
+    # three attempts (retries=2) without producing, and the message goes to the DLQ. A refusal
+    # may cost one more abort: in a fresh-clone run of 2026-12-07 the transaction after the
+    # first refusal's abort failed with "skipped sequence numbers (OUT_OF_ORDER_SEQUENCE_NUMBER,
+    # requires epoch bump)", librdkafka's epoch bump catching up (4 aborts). A loop of aborts
+    # would be dozens.
+    assert 3 <= aborted <= 6, aborted
