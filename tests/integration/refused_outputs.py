@@ -63,3 +63,26 @@ def keyed_copier(
         return {"id": number, "pad": "x" * (30_000 if number == refused and first else 10)}
 
     return seen
+
+
+POISON = 77
+
+
+def poison_copier(
+    bootstrap: str, admin: AdminClient, app: App, source: str, dlq: str, **options: Any
+) -> tuple[str, int]:
+    """200 inputs on `source` (2 partitions), copied by a handler of `app` (retries=2, then
+    `dlq`) whose output of input POISON the broker always refuses; its output topic and the
+    input count."""
+    output = refusing_topic(admin, 2)
+    total = 200
+    produce(bootstrap, source, [orjson.dumps({"id": i}) for i in range(total)])
+
+    @app.handler(
+        source, output=output, dlq=dlq, retries=2, backoff=Backoff(initial=0.01), **options
+    )
+    def copy(msg: Message[dict[str, Any]]) -> dict[str, Any]:
+        number = msg.value["id"]
+        return {"id": number, "pad": "x" * (30_000 if number == POISON else 10)}
+
+    return output, total

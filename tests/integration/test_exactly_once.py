@@ -6,18 +6,17 @@ record the broker always refuses ends in the DLQ, not in a loop of aborts."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from kafkaworker import App, Backoff, Message
+from kafkaworker import App
 from tests.conftest import TopicFactory
 from tests.faults.test_exactly_once import read_committed
-from tests.integration.refused_outputs import PRODUCER, keyed_copier, refusing_topic
-from tests.support import committed, make_settings, produce, running, wait_until
+from tests.integration.refused_outputs import PRODUCER, keyed_copier, poison_copier, refusing_topic
+from tests.support import committed, make_settings, running, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -71,22 +70,10 @@ def test_a_record_the_broker_always_refuses_ends_in_the_dlq_not_in_a_loop_of_abo
     kafka_bootstrap: str, admin: AdminClient, new_topic: TopicFactory
 ) -> None:
     source, dlq = new_topic(2), new_topic(1, prefix="dlq")
-    output = refusing_topic(admin, 2)
-    total = 200
-    produce(kafka_bootstrap, source, [orjson.dumps({"id": i}) for i in range(total)])
     app = App("eos-poison")
-
-    @app.handler(
-        source,
-        output=output,
-        dlq=dlq,
-        retries=2,
-        backoff=Backoff(initial=0.01),
-        processing_guarantee="exactly_once",
+    output, total = poison_copier(
+        kafka_bootstrap, admin, app, source, dlq, processing_guarantee="exactly_once"
     )
-    def copy(msg: Message[dict[str, Any]]) -> dict[str, Any]:
-        number = msg.value["id"]
-        return {"id": number, "pad": "x" * (30_000 if number == 77 else 10)}
 
     settings = make_settings(
         kafka_bootstrap,

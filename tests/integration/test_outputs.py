@@ -6,17 +6,22 @@ once its output is acknowledged; a record the broker always refuses ends in the 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from kafkaworker import App, Backoff, Message
+from kafkaworker import App
 from tests.conftest import TopicFactory
 from tests.faults.test_exactly_once import read_committed
-from tests.integration.refused_outputs import KEYS, PRODUCER, keyed_copier, refusing_topic
-from tests.support import committed, make_settings, produce, running, wait_until
+from tests.integration.refused_outputs import (
+    KEYS,
+    PRODUCER,
+    keyed_copier,
+    poison_copier,
+    refusing_topic,
+)
+from tests.support import committed, make_settings, running, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -57,15 +62,8 @@ def test_an_output_the_broker_always_refuses_dead_letters_its_message_and_loses_
     kafka_bootstrap: str, admin: AdminClient, new_topic: TopicFactory
 ) -> None:
     source, dlq = new_topic(2), new_topic(1, prefix="dlq")
-    output = refusing_topic(admin, 2)
-    total = 200
-    produce(kafka_bootstrap, source, [orjson.dumps({"id": i}) for i in range(total)])
     app = App("alo-poison")
-
-    @app.handler(source, output=output, dlq=dlq, retries=2, backoff=Backoff(initial=0.01))
-    def copy(msg: Message[dict[str, Any]]) -> dict[str, Any]:
-        number = msg.value["id"]
-        return {"id": number, "pad": "x" * (30_000 if number == 77 else 10)}
+    output, total = poison_copier(kafka_bootstrap, admin, app, source, dlq)
 
     settings = make_settings(
         kafka_bootstrap,
