@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from kafkaworker import App, Settings
 from kafkaworker.runtime.runner import Runner
@@ -118,26 +125,49 @@ def produce(
 
 
 def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30) -> list[Any]:
-    """The first `count` records of `topic` (fails if fewer arrive within `timeout`)."""
+    """The first `count` records of `topic` (fails if fewer arrive within `timeout`), read
+    read_committed from the start of every partition. Assigned, not subscribed: no group to
+    join (a second or more each, under load), and a topic the worker creates later is waited
+    for here, not at librdkafka's next metadata refresh."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{time.time()}",
-            "auto.offset.reset": "earliest",
+            "group.id": "kafkaworker-tests-reader",  # never joined nor committed
             "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([topic])
     records: list[Any] = []
     deadline = time.monotonic() + timeout
+    assigned = 0
     try:
         while len(records) < count and time.monotonic() < deadline:
-            for record in consumer.consume(count, timeout=0.5):
+            if not assigned:
+                found = consumer.list_topics(topic, timeout=5).topics.get(topic)
+                if found is None or found.error is not None or not found.partitions:
+                    time.sleep(0.2)
+                    continue
+                assigned = len(found.partitions)
+                consumer.assign(
+                    [TopicPartition(topic, p, OFFSET_BEGINNING) for p in found.partitions]
+                )
+            for record in consumer.consume(count - len(records), timeout=0.5):
                 if record.error() is None:
                     records.append(record)
+        # Said on failure: did the records never reach the topic, or not this reader?
+        ends = (
+            [
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+                for p in range(assigned)
+            ]
+            if len(records) < count
+            else []
+        )
     finally:
         consumer.close()
-    assert len(records) >= count, f"{len(records)} of {count} records arrived on {topic}"
+    assert len(records) >= count, (
+        f"{len(records)} of {count} records arrived on {topic} "
+        f"({assigned} partitions, log ends {ends})"
+    )
     return records
 
 

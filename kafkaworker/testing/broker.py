@@ -108,6 +108,8 @@ TEST_BROKER_PROPERTIES: dict[str, str] = {
     "group.consumer.heartbeat.interval.ms": "1000",
     "group.share.min.heartbeat.interval.ms": "250",
     "group.share.heartbeat.interval.ms": "1000",
+    # Lets a test give its share group a 4 s acquisition lock (Kafka's floor is 15 s).
+    "group.share.min.record.lock.duration.ms": "1000",
     "group.coordinator.rebalance.protocols": "classic,consumer,share",
     "num.network.threads": "2",
     "num.io.threads": "4",

@@ -245,7 +245,7 @@ def test_sigterm_drains_and_releases_what_it_had_not_started(
     record, started = tmp_path / "deliveries.txt", tmp_path / "starts.txt"
     env = env_for(
         topic,
-        QUEUE_SLEEP=1.0,
+        QUEUE_SLEEP=0.5,
         QUEUE_CONCURRENCY=2,
         QUEUE_STARTS=str(started),
         QUEUE_ASYNC="1" if kind == "async" else "0",
@@ -321,9 +321,10 @@ def test_a_handler_slower_than_the_lock_is_named_in_a_warning(
 ) -> None:
     topic = new_topic(1)
     group = f"q-{topic}"
-    set_group_config(kafka_bootstrap, group, share_record_lock_duration_ms="15000")
+    # A 4 s lock (the test broker's floor is 1 s, Kafka's 15 s) and a 5 s handler.
+    set_group_config(kafka_bootstrap, group, share_record_lock_duration_ms="4000")
     record, started = tmp_path / "deliveries.txt", tmp_path / "starts.txt"
-    env = env_for(topic, QUEUE_SLEEP=17, QUEUE_CONCURRENCY=1, QUEUE_STARTS=str(started))
+    env = env_for(topic, QUEUE_SLEEP=5, QUEUE_CONCURRENCY=1, QUEUE_STARTS=str(started))
     worker = QueueWorker(kafka_bootstrap, topic, record, **env).start()
     try:
         produce_jobs(kafka_bootstrap, topic, range(1))
@@ -340,7 +341,7 @@ def test_a_handler_slower_than_the_lock_is_named_in_a_warning(
     output = worker.output()
     warning = next(line for line in output.splitlines() if "acquisition lock" in line)
     assert "handler=work" in warning and "share.record.lock.duration.ms" in warning
-    assert "lock_seconds=15.0" in warning
+    assert "lock_seconds=4.0" in warning
     assert "INVALID_RECORD_STATE" in output  # the late ACCEPT, refused
 
 
