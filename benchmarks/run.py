@@ -902,6 +902,16 @@ def scenario_s9(bootstrap: str, log: Callable[[str], None], *, smoke: bool) -> d
     finally:
         server.cleanup()
     log(f"S9: relay: {_s9_text(result)}")
+    # The inbox's cost, broker-less (benchmarks/inbox_cost.py, a server of its own).
+    from benchmarks.inbox_cost import run as inbox_cost  # noqa: PLC0415 - the postgres extra
+
+    result["inbox"] = inbox = inbox_cost(2_000 if smoke else 20_000, 16)
+    log(
+        f"S9: inbox {inbox['inbox_msg_s']:,} msg/s, {inbox['ratio']}x a bare autocommit insert "
+        f"({inbox['own_connection_msg_s']:,}), {inbox['ratio_to_own_transaction']}x a "
+        f"transaction per call ({inbox['own_transaction_msg_s']:,}); batch inbox "
+        f"{inbox['inbox_batch_msg_s']:,} msg/s ({inbox['batch_ratio']}x)"
+    )
     return result
 
 
@@ -1053,6 +1063,28 @@ def markdown(report: dict[str, Any]) -> str:
             else f"| batch {s9['batch']} | {s9['records_per_s']:,.0f} | {s9['rows']:,} | "
             f"{s9['rate']:g}/s | {s9['commit_to_ack_p50_ms']:.1f} | "
             f"{s9['commit_to_ack_p99_ms']:.1f} |",
+            "",
+        ]
+    inbox = (s9 or {}).get("inbox")
+    if inbox:
+        lines += [
+            "## S9 inbox (broker-less: the in-memory source, 8 partitions, 1000 keys, "
+            "concurrency 16, one ledger row a message)",
+            "",
+            "The same insert through a pool of the handler's own, at least once: autocommit",
+            "(one statement) and a transaction per call (psycopg's default: BEGIN, insert,",
+            "COMMIT). The batch inbox: partition order, batches of up to 100, one executemany.",
+            "Issue 27: the inbox >= 0.8x its own-connection baseline.",
+            "",
+            "| handler | msg/s | inbox / it |",
+            "|---|---:|---:|",
+            f"| inbox, one message a call | {inbox['inbox_msg_s']:,} | |",
+            f"| own connection, autocommit | {inbox['own_connection_msg_s']:,} | "
+            f"{inbox['ratio']} |",
+            f"| own connection, a transaction per call | {inbox['own_transaction_msg_s']:,} | "
+            f"{inbox['ratio_to_own_transaction']} |",
+            f"| batch inbox (vs autocommit) | {inbox['inbox_batch_msg_s']:,} | "
+            f"{inbox['batch_ratio']} |",
             "",
         ]
     return "\n".join(lines)

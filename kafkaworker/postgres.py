@@ -404,25 +404,34 @@ class PostgresInboxCalls(_InboxCalls):
                     if recorded(connection, msg):
                         deduplicated()
                         return None
-                    with connection.transaction():
-                        cursor = connection.execute(
-                            insert, (group, msg.topic, msg.partition, msg.offset)
-                        )
-                        repeat = cursor.rowcount == 0
-                        for row in () if repeat else also_rows(group, msg):
-                            if connection.execute(insert, row).rowcount == 0:
-                                repeat = True
-                                break
-                        if repeat:
+                    rows = [(group, msg.topic, msg.partition, msg.offset), *also_rows(group, msg)]
+                    # BEGIN and the inbox rows in one round trip: pipeline mode for the
+                    # runtime's own statements only; the handler's run as usual. The
+                    # Transaction counts as psycopg's own block, so that db.commit() in the
+                    # handler is refused. S9: 4 round trips a message -> 3.
+                    transaction = psycopg.Transaction(connection)
+                    try:
+                        with connection.pipeline():
+                            transaction.__enter__()
+                            cursors = [connection.execute(insert, row) for row in rows]
+                        if any(cursor.rowcount == 0 for cursor in cursors):
                             # Recorded meanwhile, by a member that ran it too (a frozen one
                             # whose partitions moved): its transaction committed first. Or
                             # an outbox's record published again (a new offset, the same
-                            # kw.outbox.id): its offset is recorded, its handler not called.
+                            # kw.outbox.id). Rolled back: a row of this message recorded
+                            # with no call of its handler would skip a later message.
                             deduplicated()
-                            return None
-                        in_handler = True
-                        result = call(msg, connection)
-                        in_handler = False
+                            transaction.force_rollback = True
+                            result = None
+                        else:
+                            in_handler = True
+                            result = call(msg, connection)
+                            in_handler = False
+                    except BaseException as exc:
+                        if transaction.status is transaction.Status.ACTIVE:
+                            transaction.__exit__(type(exc), exc, exc.__traceback__)
+                        raise
+                    transaction.__exit__(None, None, None)
                     return result  # committed
             except (psycopg.Error, PoolTimeout) as exc:
                 self._raise_for(exc, in_handler=in_handler, connection=connection)
@@ -534,21 +543,26 @@ class AsyncPostgresInboxCalls(_InboxCalls):
                     if await recorded(connection, msg):
                         deduplicated()
                         return None
-                    async with connection.transaction():
-                        cursor = await connection.execute(
-                            insert, (group, msg.topic, msg.partition, msg.offset)
-                        )
-                        repeat = cursor.rowcount == 0
-                        for row in () if repeat else also_rows(group, msg):
-                            if (await connection.execute(insert, row)).rowcount == 0:
-                                repeat = True
-                                break
-                        if repeat:
+                    rows = [(group, msg.topic, msg.partition, msg.offset), *also_rows(group, msg)]
+                    # As PostgresInboxCalls.wrap: BEGIN and the rows in one round trip.
+                    transaction = psycopg.AsyncTransaction(connection)
+                    try:
+                        async with connection.pipeline():
+                            await transaction.__aenter__()
+                            cursors = [await connection.execute(insert, row) for row in rows]
+                        if any(cursor.rowcount == 0 for cursor in cursors):
                             deduplicated()  # recorded meanwhile, or an outbox's repeat
-                            return None
-                        in_handler = True
-                        result = await call(msg, connection)
-                        in_handler = False
+                            transaction.force_rollback = True
+                            result = None
+                        else:
+                            in_handler = True
+                            result = await call(msg, connection)
+                            in_handler = False
+                    except BaseException as exc:
+                        if transaction.status is transaction.Status.ACTIVE:
+                            await transaction.__aexit__(type(exc), exc, exc.__traceback__)
+                        raise
+                    await transaction.__aexit__(None, None, None)
                     return result  # committed
             except (psycopg.Error, PoolTimeout) as exc:
                 self._raise_for(exc, in_handler=in_handler, connection=connection)

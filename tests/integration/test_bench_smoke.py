@@ -57,7 +57,7 @@ def test_the_benchmark_suite_runs_end_to_end(kafka_bootstrap: str, tmp_path: Pat
     assert ("Tracing on (spans exported to a real Jaeger" in written) == bool(traced)
 
 
-def test_the_outbox_relay_row_s9_runs(
+def test_s9_the_outbox_relay_and_the_inbox_rows_run(
     kafka_bootstrap: str, postgres_server: object, tmp_path: Path
 ) -> None:
     """S9 with its own throwaway PostgreSQL (postgres_server: installed and startable here)."""
@@ -68,4 +68,17 @@ def test_the_outbox_relay_row_s9_runs(
     s9 = json.loads((tmp_path / "smoke.json").read_text())["s9"]
     assert "error" not in s9, s9
     assert s9["rows"] == 2000 and s9["records_per_s"] > 0 and s9["latency_rows"] > 0
-    assert "## S9 outbox relay" in (tmp_path / "smoke.md").read_text()
+    inbox = s9["inbox"]
+    assert inbox["messages"] == 2000
+    assert all(
+        inbox[k] > 0
+        for k in (
+            "inbox_msg_s",
+            "own_connection_msg_s",
+            "own_transaction_msg_s",
+            "inbox_batch_msg_s",
+        )
+    )
+    written = (tmp_path / "smoke.md").read_text()
+    assert "## S9 outbox relay" in written
+    assert "| batch inbox (vs autocommit) |" in written

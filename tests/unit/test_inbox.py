@@ -228,6 +228,34 @@ def test_a_skipped_failure_leaves_neither_the_write_nor_the_record(ledger_url: s
     assert inbox_rows(ledger_url) == [("t", 0, 0), ("t", 0, 2)]
 
 
+@pytest.mark.parametrize("call", ["commit", "rollback"])
+def test_the_handler_cannot_end_the_inbox_transaction_itself(ledger_url: str, call: str) -> None:
+    # Committed half way, the write would stay without the record (or the record without
+    # the write): psycopg refuses both inside the runtime's transaction block.
+    errors: list[BaseException] = []
+
+    def ends_it(msg: Message[bytes], db: psycopg.Connection) -> None:
+        write_ledger(msg, db)
+        try:
+            getattr(db, call)()
+        except psycopg.ProgrammingError as exc:
+            errors.append(exc)
+            raise
+
+    spec = spec_for(ends_it, inbox=PostgresInbox(ledger_url), on_exhausted="skip")
+    source = MemorySource({"t": 1})
+    for i in range(3):
+        source.broker.append("t", b"%d" % i)
+    with running(spec, source):
+        assert source.wait_for(lambda s: committed_to_the_end(s, [Partition("t", 0)]), 30)
+    assert len(errors) == 3
+    assert all(
+        f"Explicit {call}() forbidden within a Transaction context" in str(e) for e in errors
+    )
+    assert ledger_rows(ledger_url) == []
+    assert inbox_rows(ledger_url) == []
+
+
 def test_recorded_messages_are_finished_without_a_call_and_counted(ledger_url: str) -> None:
     with psycopg.connect(ledger_url) as db:
         PostgresInbox(ledger_url).open(
