@@ -86,3 +86,25 @@ def test_partitions_are_held_and_released_independently_and_dropped_on_revoke() 
     assert delayed.holds(second)
     delayed.drop(second)  # revoked: the next owner fetches it again
     assert not delayed
+
+
+def test_a_retry_record_is_never_due_before_its_delay_has_passed() -> None:
+    # The due time is in whole milliseconds: rounded up, not truncated (a 2 s stage once ran
+    # after 1.99990 s in CI).
+    from kafkaworker.runtime.execute.outputs import FailureRecords  # noqa: PLC0415
+    from kafkaworker.runtime.failures.retrytopics import Stage  # noqa: PLC0415
+
+    clock = ManualClock(wall=1_700_000_000.0004)
+    records = FailureRecords(None, group="g", handler="h", clock=clock)
+    (failed,) = run(PartitionState("orders", 0), None)
+    record = records.retry(failed, TimeoutError("slow"), Stage("orders", TOPIC, 2.0))
+    due = int(dict(record.headers)[headers.RETRY_DUE] or b"")
+    assert due / 1000 >= clock.time() + 2.0
+    assert due == 1_700_000_002_001
+    held = DelayedRetries([TOPIC], clock=clock)
+    state = PartitionState(TOPIC, 0)
+    assert held.admit(state, run(state, due)) == []
+    clock.advance(2.0)  # 1 ms short of the due time
+    assert held.due() == []
+    clock.advance(0.001)
+    assert [offsets(m) for _, m in held.due()] == [[0]]
