@@ -155,12 +155,7 @@ def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30) -> l
                     records.append(record)
         # Said on failure: did the records never reach the topic, or not this reader?
         ends = (
-            [
-                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
-                for p in range(assigned)
-            ]
-            if len(records) < count
-            else []
+            [_log_end(consumer, topic, p) for p in range(assigned)] if len(records) < count else []
         )
     finally:
         consumer.close()
@@ -169,6 +164,13 @@ def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30) -> l
         f"({assigned} partitions, log ends {ends})"
     )
     return records
+
+
+def _log_end(consumer: Consumer, topic: str, partition: int) -> int | str:
+    try:
+        return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)[1])
+    except KafkaException as exc:
+        return f"unknown ({exc.args[0].str()})"
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
