@@ -50,8 +50,19 @@ def test_one_trace_from_a_grpc_client_through_the_bridge_to_the_next_worker(
         context = call.get_span_context()
         trace_id, client_id = format(context.trace_id, "032x"), format(context.span_id, "016x")
 
+        wanted = [
+            ("kafkaworker.bridge.v1.OrderBridge/Publish", "bridge"),
+            (f"send {orders}", "bridge"),
+            (f"process {orders}", "orders-worker"),
+            (f"send {shipments}", "orders-worker"),
+            (f"process {shipments}", "shipments-worker"),
+        ]
+
         def complete(spans: list[Span]) -> bool:
-            return named(spans, f"process {shipments}", "shipments-worker") is not None
+            # Every one: each process exports on its own schedule, so the last worker's span
+            # can reach Jaeger before an earlier process's (a CI run found one missing when
+            # only the last was waited for).
+            return all(named(spans, name, service) is not None for name, service in wanted)
 
         spans = traced.jaeger.wait_spans(
             trace_id, complete, "the spans from the client to the last worker"
