@@ -1,10 +1,10 @@
 """The inbox's cost, broker-less: the in-memory source, the real poll thread and worker
 threads, 8 partitions, key order over 1,000 keys, concurrency 16, one ledger row per message
-into a throwaway PostgreSQL (kafkaworker.testing.postgres). Two handlers, run one after the
-other on the same server: the inbox (its transaction records the message with the row), and
-the same insert through a connection of the handler's own, at least once (a pool of its own),
+into a throwaway PostgreSQL (kafkaworker.testing.postgres). Four handlers, run one after the
+other on the same server: the inbox (its transaction records the message with the row); the
+same insert through a connection of the handler's own, at least once (a pool of its own),
 twice: autocommit (one statement a row) and psycopg's default (a transaction per call: BEGIN,
-the insert, COMMIT); and the batch variant (partition order, batches of up to 100, one
+the insert, COMMIT); and the batch inbox (partition order, batches of up to 100, one
 transaction and one executemany each). Prints msg/s of each and the inbox's ratios (issue 27's
 S9 asks for >= 0.8 of the at-least-once figure).
 
